@@ -1,0 +1,122 @@
+"""Shared API types: the base model, Conditions, references and CRD-schema markers.
+
+Imported by every resource module in ``tokenyard.api``; nothing here talks to a cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "tokenyard.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Label and annotation keys the operator puts on what it creates.
+LABEL_POOL = "tokenyard.dev/pool"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_MODEL = "tokenyard.dev/model"
+ANNOTATION_SPEC_HASH = "tokenyard.dev/spec-hash"
+
+# Condition types and reasons (CamelCase, as Kubernetes conventions ask).
+COND_READY = "Ready"
+COND_METRICS_AVAILABLE = "MetricsAvailable"
+COND_CAPPED = "Capped"
+
+REASON_VALIDATION_FAILED = "ValidationFailed"
+REASON_POOL_NOT_FOUND = "PoolNotFound"
+REASON_ACCELERATOR_NOT_FOUND = "AcceleratorNotFound"
+REASON_GPU_LIMIT_EXCEEDED = "GPULimitExceeded"
+REASON_RAYSERVICE_CRD_MISSING = "RayServiceCRDMissing"
+REASON_DEPLOYING = "Deploying"
+REASON_RUNNING = "Running"
+REASON_UNHEALTHY = "Unhealthy"
+REASON_EXTERNAL_PROVIDER = "ExternalProvider"
+REASON_SECRET_NOT_FOUND = "SecretNotFound"
+REASON_TARGET_NOT_FOUND = "TargetNotFound"
+REASON_NO_READY_TARGETS = "NoReadyTargets"
+REASON_TARGETS_READY = "TargetsReady"
+REASON_RECONCILED = "Reconciled"
+REASON_METRICS_UNAVAILABLE = "MetricsUnavailable"
+REASON_BUDGET_CAPPED = "BudgetCapped"
+REASON_GPU_CAPPED = "GPUCapped"
+REASON_NOT_CAPPED = "NotCapped"
+
+
+class ApiModel(BaseModel):
+    """Base of every API type: camelCase field names as written, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+        validate_assignment=False,
+    )
+
+    def dump(self) -> dict[str, Any]:
+        """The object as it is written in YAML, without unset optional fields."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    """JSON-schema extra that becomes ``x-kubernetes-validations`` in the CRD."""
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+def list_map(*keys: str) -> dict[str, Any]:
+    """JSON-schema extra for a list the API server treats as a map keyed by ``keys``."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+PRESERVE_UNKNOWN: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DATA_CLASS = r"^[a-z][a-z0-9-]{0,62}$"
+
+DataClass = Annotated[str, Field(pattern=DATA_CLASS, max_length=63)]
+"""A data class name such as public, internal, pii, pci or secret."""
+ModelName = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
+"""The name of a ModelDeployment in the same namespace."""
+
+
+class Condition(ApiModel):
+    """A standard Kubernetes condition."""
+
+    type: str = Field(max_length=316)
+    """type of the condition, in CamelCase, for example Ready."""
+    status: Literal["True", "False", "Unknown"]
+    """status of the condition: True, False or Unknown."""
+    reason: str = Field(default="", max_length=1024)
+    """reason is a CamelCase word saying why the condition has this status."""
+    message: str = Field(default="", max_length=32768)
+    """message is a human-readable explanation, naming the field at fault if any."""
+    observedGeneration: int | None = Field(default=None, ge=0)
+    """observedGeneration is the metadata.generation the condition was computed from."""
+    lastTransitionTime: str | None = None
+    """lastTransitionTime is when status last changed (RFC 3339)."""
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the same namespace."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253)
+    """name of the Secret, in the same namespace as the object that refers to it."""
+    key: str = Field(min_length=1, max_length=253)
+    """key inside the Secret's data."""
+
+
+class Toleration(ApiModel):
+    """A pod toleration, as in core/v1 Toleration."""
+
+    key: str | None = None
+    """key is the taint key the toleration applies to; empty matches all keys."""
+    operator: Literal["Exists", "Equal"] | None = None
+    """operator is Exists or Equal (default Equal)."""
+    value: str | None = None
+    """value the taint must have when operator is Equal."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """effect of the taint to tolerate; empty matches all effects."""
+    tolerationSeconds: int | None = None
+    """tolerationSeconds bounds how long a NoExecute taint is tolerated."""

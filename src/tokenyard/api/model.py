@@ -1,0 +1,272 @@
+"""The ModelDeployment resource: one model, served in the pool by vLLM or by an external provider."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from tokenyard.api.common import (
+    DataClass,
+    DNS_LABEL,
+    PRESERVE_UNKNOWN,
+    ApiModel,
+    Condition,
+    SecretKeyRef,
+    cel,
+)
+
+Tier = Literal["economy", "standard", "frontier"]
+TIER_QUALITY: dict[str, float] = {"economy": 0.3, "standard": 0.6, "frontier": 1.0}
+
+SOURCE_URI = r"^(hf|s3|gs|pvc|file)://.+$"
+
+
+class EngineSpec(ApiModel):
+    """vLLM engine settings."""
+
+    tensorParallelSize: int = Field(default=1, ge=1, le=64)
+    """tensorParallelSize splits each layer over this many GPUs."""
+    pipelineParallelSize: int = Field(default=1, ge=1, le=64)
+    """pipelineParallelSize splits the layers over this many GPUs."""
+    maxModelLen: int | None = Field(default=None, ge=16, le=10_000_000)
+    """maxModelLen is the longest context (prompt + output tokens) the engine accepts;
+    the router never sends a longer request here."""
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    """dtype of weights and activations."""
+    quantization: (
+        Literal["awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors", "gguf", "marlin"]
+        | None
+    ) = None
+    """quantization method of the checkpoint, if any."""
+    gpuMemoryUtilization: float = Field(default=0.9, gt=0, le=1)
+    """gpuMemoryUtilization is the fraction of GPU memory vLLM may use (weights and KV cache)."""
+    enablePrefixCaching: bool = True
+    """enablePrefixCaching reuses the KV cache of shared prompt prefixes."""
+    enforceEager: bool = False
+    """enforceEager disables CUDA graphs (slower, starts faster, uses less memory)."""
+    extraArgs: dict[str, Any] = Field(default_factory=dict, json_schema_extra=PRESERVE_UNKNOWN)
+    """extraArgs are further vLLM engine arguments, by their Python names
+    (for example max_num_seqs: 128)."""
+
+
+class InClusterSpec(ApiModel):
+    """A model served inside the pool by vLLM on Ray Serve."""
+
+    source: str = Field(pattern=SOURCE_URI, max_length=1024)
+    """source of the weights: hf://org/name, s3://bucket/path, gs://bucket/path,
+    pvc://claim/path or file:///local/path."""
+    revision: str | None = Field(default=None, max_length=256)
+    """revision (branch, tag or commit) of an hf:// source."""
+    accelerator: str = Field(pattern=DNS_LABEL, max_length=40)
+    """accelerator is the name of an accelerator class of the pool this model runs on."""
+    gpusPerReplica: int | None = Field(default=None, ge=0, le=64)
+    """gpusPerReplica is the GPUs one replica takes; defaults to tensorParallelSize x
+    pipelineParallelSize (0 on a CPU-only class)."""
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    """engine holds the vLLM engine settings."""
+    nominalTokensPerSecond: float = Field(default=1000.0, gt=0, le=10_000_000)
+    """nominalTokensPerSecond is the throughput one replica is expected to reach; it
+    estimates the cost per 1M tokens until the autoscaler measures it."""
+
+
+class TokenPrice(ApiModel):
+    """Price in USD per one million tokens."""
+
+    inputPer1M: float = Field(ge=0, le=100000)
+    """inputPer1M is the price of one million prompt tokens, in USD."""
+    outputPer1M: float = Field(ge=0, le=100000)
+    """outputPer1M is the price of one million generated tokens, in USD."""
+
+
+class ExternalSpec(ApiModel):
+    """A model served by an external OpenAI-compatible provider."""
+
+    baseURL: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
+    """baseURL of the provider's OpenAI-compatible API, including /v1 (for example
+    https://api.openai.com/v1)."""
+    providerModel: str = Field(min_length=1, max_length=256)
+    """providerModel is the model name the provider expects in requests."""
+    apiKeySecretRef: SecretKeyRef | None = None
+    """apiKeySecretRef names the Secret key holding the provider's API key; it reaches
+    the router as an environment variable, never inlined."""
+    price: TokenPrice
+    """price the provider charges per 1M tokens."""
+    timeoutSeconds: float = Field(default=60.0, gt=0, le=3600)
+    """timeoutSeconds bounds one call to the provider."""
+
+
+class AutoscalingSpec(ApiModel):
+    """Bounds and targets the autoscaler sizes this model by."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            ("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas"),
+        )
+    }
+
+    mode: Literal["Tokenyard", "Manual", "External"] = "Tokenyard"
+    """mode says who owns spec.replicas: Tokenyard (the tokenyard autoscaler), Manual
+    (kubectl scale; the autoscaler only reports) or External (an HPA or KEDA scaling
+    the scale subresource)."""
+    minReplicas: int = Field(default=1, ge=0, le=1000)
+    """minReplicas is never undercut, even when GPUs are short; 0 allows scale to zero."""
+    maxReplicas: int = Field(default=1, ge=1, le=1000)
+    """maxReplicas is never exceeded."""
+    targetOngoingRequests: float = Field(default=16.0, gt=0, le=10000)
+    """targetOngoingRequests is the running plus waiting requests one replica should
+    carry."""
+    targetKVCacheUsage: float = Field(default=0.8, gt=0, le=1)
+    """targetKVCacheUsage is the KV-cache fill above which the model scales up."""
+    targetGPUUtilization: float = Field(default=0.8, gt=0, le=1)
+    """targetGPUUtilization is the GPU busy fraction above which the model scales up."""
+    ttftSLOSeconds: float = Field(default=2.0, gt=0, le=600)
+    """ttftSLOSeconds is the p95 time-to-first-token objective."""
+    scaleToZeroAfterSeconds: int | None = Field(default=None, ge=30, le=604800)
+    """scaleToZeroAfterSeconds removes the last replica after this long without requests
+    (only when minReplicas is 0)."""
+    coldStartSeconds: float = Field(default=120.0, ge=0, le=7200)
+    """coldStartSeconds is how long a new replica takes to serve (image, weights, warm-up)."""
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    """priority decides who gets GPUs first when the pool is short (higher first)."""
+
+
+class ModelDeploymentSpec(ApiModel):
+    """ModelDeploymentSpec describes one model: where it runs and what it is good for."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "has(self.inCluster) != has(self.external)",
+                "exactly one of inCluster or external must be set",
+            ),
+            ("!has(self.inCluster) || has(self.pool)", "pool is required for inCluster models"),
+            (
+                "!has(self.replicas) || !has(self.inCluster) || "
+                "(self.replicas >= self.autoscaling.minReplicas "
+                "&& self.replicas <= self.autoscaling.maxReplicas) || "
+                "self.autoscaling.mode != 'Tokenyard'",
+                "replicas must lie within autoscaling.minReplicas and maxReplicas",
+            ),
+        )
+    }
+
+    pool: str | None = Field(default=None, pattern=DNS_LABEL, max_length=63)
+    """pool is the ServingPool (same namespace) whose Ray cluster serves this model;
+    required for inCluster models."""
+    servedModelName: str | None = Field(default=None, min_length=1, max_length=256)
+    """servedModelName is the name clients may use in the request's model field to call
+    this model directly; defaults to metadata.name."""
+    tier: Tier = "standard"
+    """tier labels the model economy, standard or frontier; it sets the default quality."""
+    quality: float | None = Field(default=None, ge=0, le=1)
+    """quality in [0, 1] is the hardest estimated request difficulty this model is good
+    enough for; defaults by tier (economy 0.3, standard 0.6, frontier 1.0)."""
+    inCluster: InClusterSpec | None = None
+    """inCluster serves the model with vLLM inside the pool."""
+    external: ExternalSpec | None = None
+    """external sends requests to an OpenAI-compatible provider."""
+    replicas: int | None = Field(default=None, ge=0, le=1000)
+    """replicas is the desired number of replicas (scale subresource); written by the
+    autoscaler, kubectl scale or an HPA depending on autoscaling.mode."""
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    """autoscaling holds the bounds and targets the autoscaler uses."""
+    dataClasses: list[DataClass] | None = Field(
+        default=None, max_length=32, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """dataClasses the model may receive (for example public, internal, pii); defaults
+    to every class for inCluster models and only public for external ones."""
+
+    def effective_quality(self) -> float:
+        """The quality score routing uses."""
+        return self.quality if self.quality is not None else TIER_QUALITY[self.tier]
+
+    def gpus_per_replica(self) -> int:
+        """GPUs one replica takes (0 for external models)."""
+        if self.inCluster is None:
+            return 0
+        if self.inCluster.gpusPerReplica is not None:
+            return self.inCluster.gpusPerReplica
+        e = self.inCluster.engine
+        return e.tensorParallelSize * e.pipelineParallelSize
+
+    def desired_replicas(self) -> int:
+        """spec.replicas, or the autoscaling minimum (at least 1 unless scale to zero)."""
+        if self.replicas is not None:
+            return self.replicas
+        return self.autoscaling.minReplicas
+
+
+class ServedBy(ApiModel):
+    """Where the model is served."""
+
+    pool: str | None = None
+    """pool is the ServingPool serving the model."""
+    rayService: str | None = None
+    """rayService is the KubeRay RayService serving the model."""
+    application: str | None = None
+    """application is the Ray Serve application name of the model."""
+    baseURL: str | None = None
+    """baseURL of an external provider."""
+
+
+class AutoscalingStatus(ApiModel):
+    """The autoscaler's latest decision."""
+
+    desiredReplicas: int | None = None
+    """desiredReplicas the autoscaler wants."""
+    minReplicas: int | None = None
+    """minReplicas bound the autoscaler hands Ray Serve."""
+    maxReplicas: int | None = None
+    """maxReplicas bound the autoscaler hands Ray Serve."""
+    reason: str | None = None
+    """reason explains the decision."""
+    lastDecisionTime: str | None = None
+    """lastDecisionTime is when the decision was made (RFC 3339)."""
+    lastScaleTime: str | None = None
+    """lastScaleTime is when the autoscaler last changed replicas (RFC 3339)."""
+
+
+class ModelDeploymentStatus(ApiModel):
+    """ModelDeploymentStatus is the observed state of the model."""
+
+    observedGeneration: int | None = None
+    """observedGeneration is the spec generation this status reflects."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """conditions: Ready says whether the model serves, with reasons such as
+    ValidationFailed, PoolNotFound, AcceleratorNotFound, GPULimitExceeded, Deploying."""
+    replicas: int | None = None
+    """replicas currently asked of Ray Serve."""
+    readyReplicas: int | None = None
+    """readyReplicas that serve requests."""
+    desiredReplicas: int | None = None
+    """desiredReplicas the autoscaler wants."""
+    selector: str | None = None
+    """selector of the model's pods, for the scale subresource."""
+    servedBy: ServedBy | None = None
+    """servedBy tells where the model is served."""
+    costPer1MTokens: float | None = None
+    """costPer1MTokens is the effective USD cost of one million tokens (blended)."""
+    costSource: Literal["Price", "Estimated", "Measured"] | None = None
+    """costSource: Price (external list price), Estimated (from nominal throughput) or
+    Measured (by the autoscaler from GPU-hours and tokens served)."""
+    quality: float | None = None
+    """quality score routing uses."""
+    model: str | None = None
+    """model is the weights source or provider model, for kubectl get."""
+    autoscaling: AutoscalingStatus | None = None
+    """autoscaling is the autoscaler's latest decision."""
+
+
+class ModelDeployment(ApiModel):
+    """ModelDeployment is one model served by vLLM in a pool or by an external provider."""
+
+    KIND: ClassVar[str] = "ModelDeployment"
+    PLURAL: ClassVar[str] = "modeldeployments"
+    SHORT_NAMES: ClassVar[list[str]] = ["md"]
+
+    apiVersion: str = "tokenyard.dev/v1alpha1"
+    kind: str = "ModelDeployment"
+    metadata: dict[str, object] = Field(default_factory=dict)
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus | None = None

@@ -1,0 +1,305 @@
+"""The RoutingPolicy resource: a virtual model endpoint and how its requests are routed."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from tokenyard.api.common import (
+    DNS_LABEL,
+    ApiModel,
+    Condition,
+    DataClass,
+    ModelName,
+    SecretKeyRef,
+    cel,
+    list_map,
+)
+
+Strategy = Literal["CheapestSufficient", "Weighted", "Ordered"]
+FailureKind = Literal["Error", "Timeout", "Unavailable", "Overloaded", "RateLimited", "Budget"]
+DetectorName = Literal["email", "payment-card", "iban", "national-id", "private-key"]
+WINDOW = r"^[1-9][0-9]*(m|h|d)$"
+HEADER_NAME = r"^[A-Za-z0-9-]+$"
+
+
+class Target(ApiModel):
+    """A model the endpoint may send requests to."""
+
+    model: str = Field(pattern=DNS_LABEL, max_length=63)
+    """model is the name of a ModelDeployment in the same namespace."""
+    weight: int | None = Field(default=None, ge=0, le=100)
+    """weight is the target's share of traffic under the Weighted strategy (relative)."""
+
+
+class Range(ApiModel):
+    """An inclusive range; either bound may be left out."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            ("!has(self.min) || !has(self.max) || self.min <= self.max", "min must be <= max"),
+        )
+    }
+
+    min: float | None = None
+    """min is the smallest value that matches."""
+    max: float | None = None
+    """max is the largest value that matches."""
+
+
+class Match(ApiModel):
+    """Conditions a request must meet for a rule to apply; all given ones must hold."""
+
+    difficulty: Range | None = None
+    """difficulty matches the estimated difficulty, in [0, 1]."""
+    promptTokens: Range | None = None
+    """promptTokens matches the estimated prompt length in tokens."""
+    tenants: list[Annotated[str, Field(max_length=253)]] = Field(
+        default_factory=list, max_length=64
+    )
+    """tenants matches any of these tenants."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """headers matches requests carrying every one of these header values (names are
+    case-insensitive)."""
+    tags: list[Annotated[str, Field(max_length=63)]] = Field(default_factory=list, max_length=32)
+    """tags matches requests tagged (X-Tokenyard-Tags header) with any of these tags."""
+    dataClasses: list[DataClass] = Field(default_factory=list, max_length=32)
+    """dataClasses matches requests carrying any of these data classes."""
+
+
+class Rule(ApiModel):
+    """An explicit routing rule: requests that match go to its targets, in order."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=63)
+    """name of the rule, unique in the policy; shown in audit lines and decisions."""
+    match: Match = Field(default_factory=Match)
+    """match says which requests the rule applies to; empty matches all."""
+    targets: list[ModelName] = Field(min_length=1, max_length=16)
+    """targets are model names from spec.targets, tried in this order."""
+
+
+class ClassifierSpec(ApiModel):
+    """How request difficulty is estimated."""
+
+    type: Literal["Heuristic"] = "Heuristic"
+    """type of classifier; Heuristic scores prompt length, conversation depth, requested
+    output length and code, math and reasoning signals."""
+    allowHeaderOverride: bool = False
+    """allowHeaderOverride lets a client set the difficulty with the
+    X-Tokenyard-Difficulty header (a number in [0, 1])."""
+
+
+class CircuitBreakerSpec(ApiModel):
+    """Stops sending to a failing backend for a while."""
+
+    failureThreshold: int = Field(default=5, ge=1, le=1000)
+    """failureThreshold consecutive failures open the breaker."""
+    cooldownSeconds: float = Field(default=30.0, gt=0, le=3600)
+    """cooldownSeconds after which one probe request is let through (half-open)."""
+
+
+class FallbackSpec(ApiModel):
+    """When and how a failed request is retried on the next target."""
+
+    on: list[FailureKind] = Field(
+        default_factory=lambda: ["Error", "Timeout", "Unavailable", "Overloaded"],
+        max_length=6,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    """on lists the failures that move a request to the next target: Error, Timeout,
+    Unavailable, Overloaded, RateLimited (the backend said 429) and Budget."""
+    maxAttempts: int = Field(default=3, ge=1, le=10)
+    """maxAttempts counts every target tried, the first included."""
+    perAttemptTimeoutSeconds: float = Field(default=60.0, gt=0, le=3600)
+    """perAttemptTimeoutSeconds bounds one attempt until its first token."""
+    totalTimeoutSeconds: float = Field(default=120.0, gt=0, le=7200)
+    """totalTimeoutSeconds bounds the whole request, fallbacks included."""
+    circuitBreaker: CircuitBreakerSpec = Field(default_factory=CircuitBreakerSpec)
+    """circuitBreaker settings, per backend."""
+
+
+class Budget(ApiModel):
+    """A spend limit for a tenant."""
+
+    tenant: str = Field(min_length=1, max_length=253)
+    """tenant the budget applies to; * applies to every tenant without its own entry
+    (each gets the limit separately)."""
+    limitUSD: float = Field(ge=0, le=100_000_000)
+    """limitUSD is the most the tenant may spend in one window."""
+    window: str = Field(default="24h", pattern=WINDOW)
+    """window is the budget period, such as 60m, 24h or 30d (fixed windows from the
+    Unix epoch)."""
+    onExceeded: Literal["Downgrade", "Reject"] = "Downgrade"
+    """onExceeded: Downgrade sends the tenant to the cheapest target only; Reject answers
+    429 until the window ends."""
+
+
+class RateLimit(ApiModel):
+    """Request and token rate limits for a tenant."""
+
+    tenant: str = Field(min_length=1, max_length=253)
+    """tenant the limit applies to; * applies to every tenant without its own entry."""
+    requestsPerMinute: int | None = Field(default=None, ge=1, le=100_000_000)
+    """requestsPerMinute allowed for the tenant."""
+    tokensPerMinute: int | None = Field(default=None, ge=1, le=10_000_000_000)
+    """tokensPerMinute (prompt plus output) allowed for the tenant."""
+
+
+class TenantSpec(ApiModel):
+    """How the router tells tenants apart."""
+
+    header: str = Field(default="X-Tenant", pattern=HEADER_NAME, max_length=128)
+    """header that carries the tenant name."""
+    apiKeysSecretRef: SecretKeyRef | None = None
+    """apiKeysSecretRef names a Secret key whose value maps API keys to tenants, one
+    'key: tenant' per line (YAML); a bearer token found there sets the tenant."""
+    requireKnownTenant: bool = False
+    """requireKnownTenant rejects requests (401) with no tenant or an API key not in the
+    Secret."""
+    defaultTenant: str = Field(default="default", min_length=1, max_length=253)
+    """defaultTenant is used when a request names none (and unknown tenants are allowed)."""
+
+
+class EgressSpec(ApiModel):
+    """Which data may leave the cluster to external targets. Fails closed."""
+
+    allowedExternalDataClasses: list[DataClass] = Field(
+        default_factory=lambda: ["public"],
+        max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    """allowedExternalDataClasses may be sent to external targets; a request with any
+    other class (from the header or a detector) never leaves the cluster."""
+    dataClassHeader: str = Field(default="X-Data-Class", pattern=HEADER_NAME, max_length=128)
+    """dataClassHeader carries the request's data classes, comma-separated."""
+    defaultDataClass: DataClass = "internal"
+    """defaultDataClass is assumed for requests that declare none and trip no detector."""
+    detectors: list[DetectorName] = Field(
+        default_factory=lambda: ["email", "payment-card", "iban", "national-id", "private-key"],
+        max_length=8,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    """detectors scan prompts: email and national-id mark pii, payment-card (Luhn
+    checked) and iban mark pci, private-key marks secret."""
+
+
+class AuditSpec(ApiModel):
+    """The per-request audit log."""
+
+    enabled: bool = True
+    """enabled writes one JSON line per request to the router's audit stream."""
+    includePrompts: bool = False
+    """includePrompts adds prompt text to audit lines (off by default)."""
+
+
+class RoutingPolicySpec(ApiModel):
+    """RoutingPolicySpec describes a virtual model and how its requests are routed."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "self.rules.all(r, r.targets.all(t, self.targets.exists(x, x.model == t)))",
+                "every rules[].targets entry must name a model in spec.targets",
+            ),
+            (
+                "self.strategy != 'Weighted' || self.targets.exists(t, has(t.weight) && "
+                "t.weight > 0)",
+                "the Weighted strategy needs at least one target with weight > 0",
+            ),
+        )
+    }
+
+    pool: str = Field(pattern=DNS_LABEL, max_length=63)
+    """pool is the ServingPool whose router serves this endpoint."""
+    endpoint: str | None = Field(default=None, min_length=1, max_length=256)
+    """endpoint is the virtual model name clients send as model; defaults to
+    metadata.name."""
+    targets: list[Target] = Field(
+        min_length=1, max_length=32, json_schema_extra=list_map("model")
+    )
+    """targets are the ModelDeployments this endpoint may use."""
+    strategy: Strategy = "CheapestSufficient"
+    """strategy when no rule matches: CheapestSufficient (cheapest target whose quality
+    covers the estimated difficulty), Weighted (split by weight, for canaries) or
+    Ordered (targets in the order listed)."""
+    rules: list[Rule] = Field(default_factory=list, max_length=32, json_schema_extra=list_map("name"))
+    """rules are tried in order before the strategy; the first match decides the
+    targets."""
+    classifier: ClassifierSpec = Field(default_factory=ClassifierSpec)
+    """classifier estimates request difficulty."""
+    fallback: FallbackSpec = Field(default_factory=FallbackSpec)
+    """fallback says which failures try the next target."""
+    tenants: TenantSpec = Field(default_factory=TenantSpec)
+    """tenants says how requests are attributed to tenants."""
+    budgets: list[Budget] = Field(
+        default_factory=list, max_length=256, json_schema_extra=list_map("tenant")
+    )
+    """budgets cap each tenant's spend per window."""
+    rateLimits: list[RateLimit] = Field(
+        default_factory=list, max_length=256, json_schema_extra=list_map("tenant")
+    )
+    """rateLimits cap each tenant's requests and tokens per minute."""
+    egress: EgressSpec = Field(default_factory=EgressSpec)
+    """egress says which data classes may reach external targets."""
+    audit: AuditSpec = Field(default_factory=AuditSpec)
+    """audit configures the per-request audit log."""
+
+
+class TargetStatus(ApiModel):
+    """The observed state of one target."""
+
+    model: str
+    """model is the ModelDeployment name."""
+    ready: bool = False
+    """ready is true when the model serves requests."""
+    location: str | None = None
+    """location is the Ray Serve application (in-cluster) or provider URL (external)."""
+    external: bool = False
+    """external is true for provider-hosted models."""
+    quality: float | None = None
+    """quality score of the model."""
+    costPer1MTokens: float | None = None
+    """costPer1MTokens is the model's effective blended price."""
+    trafficShare: float | None = None
+    """trafficShare is the fraction of recent requests sent here."""
+    requests: int | None = None
+    """requests sent to this target since the router started."""
+    message: str | None = None
+    """message explains why the target is not ready."""
+
+
+class RoutingPolicyStatus(ApiModel):
+    """RoutingPolicyStatus is the observed state of the endpoint."""
+
+    observedGeneration: int | None = None
+    """observedGeneration is the spec generation this status reflects."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """conditions: Ready says whether at least one target serves."""
+    endpoint: str | None = None
+    """endpoint is the model name clients use."""
+    targets: list[TargetStatus] = Field(default_factory=list)
+    """targets shows each target's readiness, location, price and traffic."""
+    readyTargets: str | None = None
+    """readyTargets summarises ready/total targets."""
+    requests: int | None = None
+    """requests served by the endpoint."""
+    fallbacks: int | None = None
+    """fallbacks taken by the endpoint."""
+    spendUSD: float | None = None
+    """spendUSD is the endpoint's spend in the current budget window."""
+
+
+class RoutingPolicy(ApiModel):
+    """RoutingPolicy is a virtual model endpoint that routes each request to the cheapest
+    model good enough for it, with fallback, budgets, rate limits, egress rules and audit."""
+
+    KIND: ClassVar[str] = "RoutingPolicy"
+    PLURAL: ClassVar[str] = "routingpolicies"
+    SHORT_NAMES: ClassVar[list[str]] = ["rp"]
+
+    apiVersion: str = "tokenyard.dev/v1alpha1"
+    kind: str = "RoutingPolicy"
+    metadata: dict[str, object] = Field(default_factory=dict)
+    spec: RoutingPolicySpec
+    status: RoutingPolicyStatus | None = None

@@ -1,0 +1,157 @@
+"""The ServingPool resource: one shared Ray cluster and its accelerator classes."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from tokenyard.api.common import (
+    DNS_LABEL,
+    ApiModel,
+    Condition,
+    Toleration,
+    cel,
+    list_map,
+)
+
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+
+
+class AcceleratorClass(ApiModel):
+    """A class of identical worker nodes in the pool, such as A10G or H100 GPUs."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "self.gpusPerNode > 0 || has(self.maxWorkers)",
+                "maxWorkers is required when gpusPerNode is 0 (a CPU-only class)",
+            ),
+        )
+    }
+
+    name: str = Field(pattern=DNS_LABEL, max_length=40)
+    """name of the class, referred to by ModelDeployment spec.inCluster.accelerator."""
+    nodeSelector: dict[str, str] = Field(default_factory=dict)
+    """nodeSelector picks the Kubernetes nodes of this class (for example
+    nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3)."""
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    """tolerations let this class's Ray workers run on tainted GPU nodes."""
+    resourceName: str = Field(default="nvidia.com/gpu", min_length=1, max_length=253)
+    """resourceName is the extended resource that counts this class's GPUs."""
+    gpusPerNode: int = Field(default=1, ge=0, le=64)
+    """gpusPerNode is how many GPUs one Ray worker pod of this class takes; 0 makes a
+    CPU-only class (small models, tests)."""
+    maxGPUs: int = Field(default=0, ge=0, le=100000)
+    """maxGPUs is the most GPUs of this class the pool may use at once; models asking for
+    more get the condition GPULimitExceeded."""
+    maxWorkers: int | None = Field(default=None, ge=0, le=10000)
+    """maxWorkers bounds the Ray worker pods of this class; defaults to maxGPUs /
+    gpusPerNode (required for CPU-only classes)."""
+    hourlyCostPerGPU: float = Field(default=0.0, ge=0, le=10000)
+    """hourlyCostPerGPU in USD, used for spend, budgets and the cost per 1M tokens."""
+    cpu: str = Field(default="8", pattern=QUANTITY)
+    """cpu requested by each Ray worker pod of this class."""
+    memory: str = Field(default="64Gi", pattern=QUANTITY)
+    """memory requested by each Ray worker pod of this class."""
+
+
+class HeadSpec(ApiModel):
+    """Resources of the Ray head pod (CPU only; it also runs the router)."""
+
+    cpu: str = Field(default="2", pattern=QUANTITY)
+    """cpu requested by the Ray head pod."""
+    memory: str = Field(default="8Gi", pattern=QUANTITY)
+    """memory requested by the Ray head pod."""
+
+
+class RouterSpec(ApiModel):
+    """How the pool's tokenyard router is scaled."""
+
+    minReplicas: int = Field(default=1, ge=1, le=100)
+    """minReplicas of the router deployment."""
+    maxReplicas: int = Field(default=2, ge=1, le=100)
+    """maxReplicas of the router deployment."""
+    cpu: float = Field(default=1.0, ge=0, le=64)
+    """cpu (Ray logical CPUs) reserved per router replica."""
+
+
+class ServingPoolSpec(ApiModel):
+    """ServingPoolSpec describes a shared Ray cluster that serves models and routers."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "self.router.minReplicas <= self.router.maxReplicas",
+                "router.minReplicas must be <= router.maxReplicas",
+            ),
+        )
+    }
+
+    accelerators: list[AcceleratorClass] = Field(
+        default_factory=list, max_length=16, json_schema_extra=list_map("name")
+    )
+    """accelerators lists the classes of worker nodes the pool may use; each becomes a
+    Ray worker group."""
+    image: str | None = Field(default=None, max_length=512)
+    """image is the container image of the Ray head and workers (with tokenyard and vLLM
+    installed); defaults to the operator's setting."""
+    rayVersion: str = Field(default="2.60.0", pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$")
+    """rayVersion must match the Ray version inside the image."""
+    head: HeadSpec = Field(default_factory=HeadSpec)
+    """head sets the Ray head pod's resources."""
+    router: RouterSpec = Field(default_factory=RouterSpec)
+    """router sets how the pool's tokenyard router is scaled."""
+    hourlyBudgetUSD: float | None = Field(default=None, ge=0, le=10000000)
+    """hourlyBudgetUSD caps the pool's GPU spend per hour; the autoscaler keeps the sum
+    of GPU-hours times price under it."""
+    serviceAccountName: str | None = Field(default=None, pattern=DNS_LABEL, max_length=63)
+    """serviceAccountName runs the Ray pods under this ServiceAccount."""
+
+
+class AcceleratorUsage(ApiModel):
+    """GPUs requested in one accelerator class."""
+
+    name: str
+    """name of the accelerator class."""
+    requestedGPUs: int = 0
+    """requestedGPUs is what the pool's models ask for at their current replicas."""
+    maxGPUs: int = 0
+    """maxGPUs is the class's limit."""
+
+
+class ServingPoolStatus(ApiModel):
+    """ServingPoolStatus is the observed state of the pool."""
+
+    observedGeneration: int | None = None
+    """observedGeneration is the spec generation this status reflects."""
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=list_map("type"))
+    """conditions: Ready tells whether the pool's RayService exists and is healthy."""
+    accelerators: list[AcceleratorUsage] = Field(default_factory=list)
+    """accelerators shows GPUs requested against the limit, per class."""
+    gpus: str | None = None
+    """gpus summarises GPU use as used/limit per class (for kubectl get)."""
+    hourlyCostUSD: float | None = None
+    """hourlyCostUSD is the hourly GPU cost of the pool at current replicas."""
+    models: list[str] = Field(default_factory=list)
+    """models are the ModelDeployments that belong to the pool."""
+    policies: list[str] = Field(default_factory=list)
+    """policies are the RoutingPolicies served by the pool's router."""
+    modelCount: int | None = None
+    """modelCount is the number of member models."""
+    rayService: str | None = None
+    """rayService is the name of the KubeRay RayService the operator manages."""
+
+
+class ServingPool(ApiModel):
+    """ServingPool is a pool of shared GPUs: one Ray cluster serving many models."""
+
+    KIND: ClassVar[str] = "ServingPool"
+    PLURAL: ClassVar[str] = "servingpools"
+    SHORT_NAMES: ClassVar[list[str]] = ["spool"]
+
+    apiVersion: str = "tokenyard.dev/v1alpha1"
+    kind: str = "ServingPool"
+    metadata: dict[str, object] = Field(default_factory=dict)
+    spec: ServingPoolSpec
+    status: ServingPoolStatus | None = None

@@ -1,0 +1,1 @@
+"""The autoscaler: Prometheus signals, pure scaling decisions, the loop, the simulator."""

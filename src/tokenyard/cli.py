@@ -1,0 +1,118 @@
+"""The `tokenyard` command line: one entry point, each subcommand in its own layer.
+
+Subcommand implementations are imported lazily so that `tokenyard crds` or `render`
+never pay for importing Ray or vLLM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tokenyard import __version__
+
+
+def _cmd_version(_: argparse.Namespace) -> int:
+    print(f"tokenyard {__version__}")
+    return 0
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    from tokenyard.api.crd import build_crds, crd_filename, render_yaml
+
+    crds = build_crds()
+    if not args.out:
+        print("---\n".join(render_yaml(c) for c in crds), end="")
+        return 0
+    for out in args.out:
+        d = Path(out)
+        d.mkdir(parents=True, exist_ok=True)
+        for crd in crds:
+            (d / crd_filename(crd)).write_text(render_yaml(crd))
+        print(f"wrote {len(crds)} CRDs to {d}")
+    return 0
+
+
+def _lazy(module: str, func: str = "main") -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        mod = importlib.import_module(module)
+        result: int = getattr(mod, func)(args)
+        return result
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tokenyard",
+        description="Multi-model LLM serving on Kubernetes: route each request to the "
+        "cheapest good-enough model.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("version", help="print the version")
+    s.set_defaults(func=_cmd_version)
+
+    s = sub.add_parser("crds", help="print the generated CRDs, or write them with --out")
+    s.add_argument("--out", action="append", help="directory to write into (repeatable)")
+    s.set_defaults(func=_cmd_crds)
+
+    s = sub.add_parser(
+        "render",
+        help="render, without a cluster, the RayServices and other objects the operator "
+        "would create from manifests",
+    )
+    s.add_argument("-f", "--filename", action="append", required=True, help="file or directory")
+    s.add_argument("-n", "--namespace", default="default", help="namespace of objects without one")
+    s.set_defaults(func=_lazy("tokenyard.operator.render"))
+
+    s = sub.add_parser("operator", help="run the kopf operator")
+    s.add_argument("--namespace", action="append", help="watch only these namespaces")
+    s.set_defaults(func=_lazy("tokenyard.operator.main"))
+
+    s = sub.add_parser("up", help="run the whole data plane locally on Ray Serve, no Kubernetes")
+    s.add_argument("-f", "--filename", action="append", required=True, help="file or directory")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--num-cpus", type=int, default=None, help="Ray logical CPUs")
+    s.add_argument("--state-dir", default=None, help="ledger and audit directory")
+    s.set_defaults(func=_lazy("tokenyard.serving.local"))
+
+    s = sub.add_parser("make-tiny-model", help="build a tiny local model (no downloads)")
+    s.add_argument("path", help="directory to write the model into")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_lazy("tokenyard.serving.tiny"))
+
+    s = sub.add_parser("explain", help="show the routing decision for a request, offline")
+    s.add_argument("-f", "--filename", action="append", required=True, help="manifests")
+    s.add_argument("--request", required=True, help="request body JSON file ('-' for stdin)")
+    s.add_argument("--header", action="append", default=[], help="NAME: VALUE (repeatable)")
+    s.add_argument("--endpoint", default=None, help="policy endpoint if the body names none")
+    s.set_defaults(func=_lazy("tokenyard.serving.explain"))
+
+    s = sub.add_parser("autoscaler", help="run the autoscaler loop")
+    s.set_defaults(func=_lazy("tokenyard.autoscaler.main"))
+
+    s = sub.add_parser("simulate", help="replay a request trace against a pool's autoscaling")
+    s.add_argument("--trace", required=True, help="CSV: TIMESTAMP, ContextTokens, GeneratedTokens")
+    s.add_argument("--scenario", default=None, help="scenario YAML (default: built-in)")
+    s.add_argument("--plot", default=None, help="write a PNG plot here")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(func=_lazy("tokenyard.autoscaler.simulate"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The kopf operator: handlers plus pure desired-state builders."""

@@ -1,0 +1,1 @@
+"""The data plane: the router and model apps that run on Ray Serve."""

@@ -1,0 +1,97 @@
+"""tokenyard's one typed settings object, read from TOKENYARD_* environment variables.
+
+Validated once at process start (operator, autoscaler, router, CLI) and passed down;
+the helm chart's values map onto these variables. Nested fields use ``__``, for example
+``TOKENYARD_OPERATOR__NAMESPACES=team-a,team-b``.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OperatorSettings(BaseModel):
+    """Settings of the kopf operator (`tokenyard operator`)."""
+
+    namespaces: list[str] = Field(default_factory=list)
+    """Namespaces to watch; empty watches the whole cluster."""
+    default_ray_image: str = "ghcr.io/tokenyard/tokenyard-ray:0.1.0"
+    """Ray image for pools that set no spec.image: built from Dockerfile.ray (Ray LLM + tokenyard)."""
+    tokenyard_image: str = "ghcr.io/tokenyard/tokenyard:0.1.0"
+    """Image of the operator/autoscaler themselves."""
+    # kopf's watch requests otherwise hang for ever on some API servers and load
+    # balancers that drop idle connections silently (kopf issues #585, #847):
+    # a server-side timeout makes the watch restart, a client-side one catches the rest.
+    watch_server_timeout_s: int = Field(default=300, ge=10)
+    watch_client_timeout_s: int = Field(default=330, ge=10)
+    # How often level-based timers re-render pools and re-read RayService status.
+    resync_interval_s: float = Field(default=30.0, gt=0)
+    # Waiting on an external object (RayService CRD, Secret): retry after this long.
+    retry_delay_s: float = Field(default=15.0, gt=0)
+    health_port: int = Field(default=8080, ge=1, le=65535)
+    """Port of the liveness/readiness endpoint."""
+    peering: str | None = None
+    """kopf peering object name; None runs standalone (one replica)."""
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [x.strip() for x in v.split(",") if x.strip()]
+        return v
+
+
+class AutoscalerSettings(BaseModel):
+    """Settings of the autoscaler (`tokenyard autoscaler`)."""
+
+    prometheus_url: str = "http://prometheus-operated.monitoring:9090"
+    """Prometheus base URL."""
+    interval_s: float = Field(default=15.0, gt=0)
+    """Seconds between decisions."""
+    stale_after_s: float = Field(default=120.0, gt=0)
+    """A series older than this counts as missing."""
+    namespaces: list[str] = Field(default_factory=list)
+    """Namespaces to manage; empty manages all."""
+    lease_name: str = "tokenyard-autoscaler"
+    """Lease used for leader election so two replicas never act at once."""
+    lease_namespace: str = "tokenyard-system"
+    lease_duration_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [x.strip() for x in v.split(",") if x.strip()]
+        return v
+
+
+class RouterSettings(BaseModel):
+    """Settings of the router inside Ray Serve and of `tokenyard up`."""
+
+    state_dir: str = "~/.local/state/tokenyard"
+    """Where local mode keeps the spend ledger and audit log."""
+    ledger_flush_interval_s: float = Field(default=5.0, gt=0)
+    """How often spend is persisted: a crash loses at most this much accounting."""
+    log_prompts: bool = False
+    """Never log prompt text unless a policy's audit asks for it."""
+
+
+class Settings(BaseSettings):
+    """Every setting of tokenyard; one object, validated at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TOKENYARD_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    log_level: str = "INFO"
+    log_format: str = "json"
+    """json (one object per line) or text."""
+    operator: OperatorSettings = Field(default_factory=OperatorSettings)
+    autoscaler: AutoscalerSettings = Field(default_factory=AutoscalerSettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
+
+
+def load_settings() -> Settings:
+    """Read and validate the settings from the environment (raises on invalid input)."""
+    return Settings()
