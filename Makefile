@@ -21,6 +21,7 @@ $(VENV)/.installed: pyproject.toml
 
 tools:
 	scripts/install-tools.sh
+	scripts/install-prometheus.sh
 
 # The main job: what tokenyard would create from the examples, then the local data plane.
 demo: install

@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_lazy("tokenyard.serving.explain"))
 
     s = sub.add_parser("autoscaler", help="run the autoscaler loop")
+    s.add_argument("--once", action="store_true", help="decide and act once, then exit")
+    s.add_argument("--signals-file", default=None, help="read signals from JSON, not Prometheus")
     s.set_defaults(func=_lazy("tokenyard.autoscaler.main"))
 
     s = sub.add_parser("simulate", help="replay a request trace against a pool's autoscaling")

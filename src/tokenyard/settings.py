@@ -7,17 +7,19 @@ the helm chart's values map onto these variables. Nested fields use ``__``, for 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class OperatorSettings(BaseModel):
     """Settings of the kopf operator (`tokenyard operator`)."""
 
-    namespaces: list[str] = Field(default_factory=list)
+    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Namespaces to watch; empty watches the whole cluster."""
     default_ray_image: str = "ghcr.io/tokenyard/tokenyard-ray:0.1.0"
-    """Ray image for pools that set no spec.image: built from Dockerfile.ray (Ray LLM + tokenyard)."""
+    """Ray image for pools that set no spec.image (Dockerfile.ray: Ray LLM + tokenyard)."""
     tokenyard_image: str = "ghcr.io/tokenyard/tokenyard:0.1.0"
     """Image of the operator/autoscaler themselves."""
     # kopf's watch requests otherwise hang for ever on some API servers and load
@@ -37,6 +39,7 @@ class OperatorSettings(BaseModel):
     @field_validator("namespaces", mode="before")
     @classmethod
     def _split(cls, v: object) -> object:
+        # Comma-separated (NoDecode keeps pydantic-settings from json-decoding it first).
         if isinstance(v, str):
             return [x.strip() for x in v.split(",") if x.strip()]
         return v
@@ -51,7 +54,7 @@ class AutoscalerSettings(BaseModel):
     """Seconds between decisions."""
     stale_after_s: float = Field(default=120.0, gt=0)
     """A series older than this counts as missing."""
-    namespaces: list[str] = Field(default_factory=list)
+    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Namespaces to manage; empty manages all."""
     lease_name: str = "tokenyard-autoscaler"
     """Lease used for leader election so two replicas never act at once."""
@@ -61,6 +64,7 @@ class AutoscalerSettings(BaseModel):
     @field_validator("namespaces", mode="before")
     @classmethod
     def _split(cls, v: object) -> object:
+        # Comma-separated (NoDecode keeps pydantic-settings from json-decoding it first).
         if isinstance(v, str):
             return [x.strip() for x in v.split(",") if x.strip()]
         return v

@@ -5,6 +5,7 @@ Imported by every resource module in ``tokenyard.api``; nothing here talks to a 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -67,6 +68,21 @@ def cel(*rules: tuple[str, str]) -> dict[str, Any]:
 def list_map(*keys: str) -> dict[str, Any]:
     """JSON-schema extra for a list the API server treats as a map keyed by ``keys``."""
     return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+def require(ok: bool, message: str) -> None:
+    """Raise the message of a CEL rule that pydantic enforces too (offline validation)."""
+    if not ok:
+        raise ValueError(message)
+
+
+def require_unique(values: Iterable[object], field: str) -> None:
+    """Reject duplicates the API server rejects in a list-map or set list."""
+    seen: set[object] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{field}: duplicate value {value!r}")
+        seen.add(value)
 
 
 PRESERVE_UNKNOWN: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}

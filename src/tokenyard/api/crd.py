@@ -2,10 +2,16 @@
 
 Called by ``tokenyard crds`` and ``make crds``; the drift test compares its output with
 ``crds/`` and ``charts/tokenyard/crds/``. Pydantic's JSON schema is not a structural
-CRD schema as it is, so this module inlines ``$defs``, turns ``Optional`` into
-``nullable``, converts JSON-Schema-2020 bounds to OpenAPI v3.0, drops titles and
+CRD schema as it is, so this module inlines ``$defs``, turns ``Optional[X]`` into a plain
+optional ``X``, converts JSON-Schema-2020 bounds to OpenAPI v3.0, drops titles and
 ``additionalProperties: false``, and writes defaults of nested objects so that CEL rules
 can rely on them.
+
+Optional fields are deliberately not ``nullable``: the API server prunes an explicit
+``null`` of a non-nullable field before defaulting and validation, so ``field: null``
+means "unset" exactly as pydantic's ``None`` does, and CEL's ``has(self.field)`` agrees.
+With ``nullable: true`` the null would be kept, ``has()`` would be true and rules such as
+"exactly one of inCluster or external" would disagree with the pydantic validators.
 """
 
 from __future__ import annotations
@@ -87,17 +93,14 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
             out[key] = " ".join(value.split())
             continue
         out[key] = _resolve(value, defs)
-    # Optional[X] -> X + nullable
+    # Optional[X] -> X, optional (see the module docstring for why not nullable). The
+    # field's own keys (its description, its default) win over those of the type.
     any_of = out.pop("anyOf", None)
     if any_of is not None:
         non_null = [s for s in any_of if s.get("type") != "null"]
         if len(non_null) != 1:
             raise ValueError(f"unsupported union in CRD schema: {any_of}")
-        base = dict(non_null[0])
-        for k, v in out.items():
-            base.setdefault(k, v)
-        if len(non_null) < len(any_of):
-            base["nullable"] = True
+        base = {**non_null[0], **out}
         if base.get("default", 0) is None:
             del base["default"]
         out = base
@@ -139,9 +142,8 @@ def _recurse_nested(field: FieldInfo, sub: dict[str, Any]) -> None:
     ann = field.annotation
     candidates = [ann, *getattr(ann, "__args__", ())]
     for cand in candidates:
-        if isinstance(cand, type) and issubclass(cand, BaseModel):
-            if sub.get("type") == "object":
-                _add_factory_defaults(cand, sub)
+        if isinstance(cand, type) and issubclass(cand, BaseModel) and sub.get("type") == "object":
+            _add_factory_defaults(cand, sub)
         inner = getattr(cand, "__args__", ())
         for inner_cand in inner:
             if (

@@ -1,25 +1,50 @@
-"""The ModelDeployment resource: one model, served in the pool by vLLM or by an external provider."""
+"""The ModelDeployment resource: one model, served in a pool by vLLM or by a provider."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tokenyard.api.common import (
-    DataClass,
     DNS_LABEL,
     PRESERVE_UNKNOWN,
     ApiModel,
     Condition,
+    DataClass,
     SecretKeyRef,
     cel,
+    list_map,
+    require,
+    require_unique,
 )
 
 Tier = Literal["economy", "standard", "frontier"]
 TIER_QUALITY: dict[str, float] = {"economy": 0.3, "standard": 0.6, "frontier": 1.0}
 
 SOURCE_URI = r"^(hf|s3|gs|pvc|file)://.+$"
+
+# CEL rules the API server enforces; the model validators below raise the same messages
+# so `tokenyard render` rejects offline what `kubectl apply` would reject.
+RULE_AUTOSCALING_MIN_MAX = (
+    "self.minReplicas <= self.maxReplicas",
+    "minReplicas must be <= maxReplicas",
+)
+RULE_EXACTLY_ONE_BACKEND = (
+    "has(self.inCluster) != has(self.external)",
+    "exactly one of inCluster or external must be set",
+)
+RULE_POOL_FOR_IN_CLUSTER = (
+    "!has(self.inCluster) || has(self.pool)",
+    "pool is required for inCluster models",
+)
+RULE_REPLICAS_IN_BOUNDS = (
+    "!has(self.replicas) || !has(self.inCluster) || "
+    "(self.replicas >= self.autoscaling.minReplicas "
+    "&& self.replicas <= self.autoscaling.maxReplicas) || "
+    "self.autoscaling.mode != 'Tokenyard'",
+    "replicas must lie within autoscaling.minReplicas and maxReplicas",
+)
 
 
 class EngineSpec(ApiModel):
@@ -35,8 +60,7 @@ class EngineSpec(ApiModel):
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     """dtype of weights and activations."""
     quantization: (
-        Literal["awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors", "gguf", "marlin"]
-        | None
+        Literal["awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors", "gguf", "marlin"] | None
     ) = None
     """quantization method of the checkpoint, if any."""
     gpuMemoryUtilization: float = Field(default=0.9, gt=0, le=1)
@@ -99,11 +123,7 @@ class ExternalSpec(ApiModel):
 class AutoscalingSpec(ApiModel):
     """Bounds and targets the autoscaler sizes this model by."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": cel(
-            ("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas"),
-        )
-    }
+    model_config = ApiModel.model_config | {"json_schema_extra": cel(RULE_AUTOSCALING_MIN_MAX)}
 
     mode: Literal["Tokenyard", "Manual", "External"] = "Tokenyard"
     """mode says who owns spec.replicas: Tokenyard (the tokenyard autoscaler), Manual
@@ -130,24 +150,18 @@ class AutoscalingSpec(ApiModel):
     priority: int = Field(default=0, ge=-1000, le=1000)
     """priority decides who gets GPUs first when the pool is short (higher first)."""
 
+    @model_validator(mode="after")
+    def _cel(self) -> Self:
+        require(self.minReplicas <= self.maxReplicas, RULE_AUTOSCALING_MIN_MAX[1])
+        return self
+
 
 class ModelDeploymentSpec(ApiModel):
     """ModelDeploymentSpec describes one model: where it runs and what it is good for."""
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": cel(
-            (
-                "has(self.inCluster) != has(self.external)",
-                "exactly one of inCluster or external must be set",
-            ),
-            ("!has(self.inCluster) || has(self.pool)", "pool is required for inCluster models"),
-            (
-                "!has(self.replicas) || !has(self.inCluster) || "
-                "(self.replicas >= self.autoscaling.minReplicas "
-                "&& self.replicas <= self.autoscaling.maxReplicas) || "
-                "self.autoscaling.mode != 'Tokenyard'",
-                "replicas must lie within autoscaling.minReplicas and maxReplicas",
-            ),
+            RULE_EXACTLY_ONE_BACKEND, RULE_POOL_FOR_IN_CLUSTER, RULE_REPLICAS_IN_BOUNDS
         )
     }
 
@@ -176,6 +190,21 @@ class ModelDeploymentSpec(ApiModel):
     )
     """dataClasses the model may receive (for example public, internal, pii); defaults
     to every class for inCluster models and only public for external ones."""
+
+    @model_validator(mode="after")
+    def _cel(self) -> Self:
+        require((self.inCluster is None) != (self.external is None), RULE_EXACTLY_ONE_BACKEND[1])
+        require(self.inCluster is None or self.pool is not None, RULE_POOL_FOR_IN_CLUSTER[1])
+        a = self.autoscaling
+        require(
+            self.replicas is None
+            or self.inCluster is None
+            or a.minReplicas <= self.replicas <= a.maxReplicas
+            or a.mode != "Tokenyard",
+            RULE_REPLICAS_IN_BOUNDS[1],
+        )
+        require_unique(self.dataClasses or [], "dataClasses")
+        return self
 
     def effective_quality(self) -> float:
         """The quality score routing uses."""
@@ -232,7 +261,7 @@ class ModelDeploymentStatus(ApiModel):
 
     observedGeneration: int | None = None
     """observedGeneration is the spec generation this status reflects."""
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=list_map("type"))
     """conditions: Ready says whether the model serves, with reasons such as
     ValidationFailed, PoolNotFound, AcceleratorNotFound, GPULimitExceeded, Deploying."""
     replicas: int | None = None

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tokenyard.api.common import (
     DNS_LABEL,
@@ -15,13 +15,38 @@ from tokenyard.api.common import (
     SecretKeyRef,
     cel,
     list_map,
+    require,
+    require_unique,
 )
 
 Strategy = Literal["CheapestSufficient", "Weighted", "Ordered"]
 FailureKind = Literal["Error", "Timeout", "Unavailable", "Overloaded", "RateLimited", "Budget"]
 DetectorName = Literal["email", "payment-card", "iban", "national-id", "private-key"]
+DEFAULT_FALLBACK_ON: tuple[FailureKind, ...] = ("Error", "Timeout", "Unavailable", "Overloaded")
+DEFAULT_DETECTORS: tuple[DetectorName, ...] = (
+    "email",
+    "payment-card",
+    "iban",
+    "national-id",
+    "private-key",
+)
 WINDOW = r"^[1-9][0-9]*(m|h|d)$"
 HEADER_NAME = r"^[A-Za-z0-9-]+$"
+
+# CEL rules the API server enforces; the model validators below raise the same messages
+# so `tokenyard render` rejects offline what `kubectl apply` would reject.
+RULE_RANGE_MIN_MAX = (
+    "!has(self.min) || !has(self.max) || self.min <= self.max",
+    "min must be <= max",
+)
+RULE_RULE_TARGETS_KNOWN = (
+    "self.rules.all(r, r.targets.all(t, self.targets.exists(x, x.model == t)))",
+    "every rules[].targets entry must name a model in spec.targets",
+)
+RULE_WEIGHTED_NEEDS_WEIGHT = (
+    "self.strategy != 'Weighted' || self.targets.exists(t, has(t.weight) && t.weight > 0)",
+    "the Weighted strategy needs at least one target with weight > 0",
+)
 
 
 class Target(ApiModel):
@@ -36,16 +61,17 @@ class Target(ApiModel):
 class Range(ApiModel):
     """An inclusive range; either bound may be left out."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": cel(
-            ("!has(self.min) || !has(self.max) || self.min <= self.max", "min must be <= max"),
-        )
-    }
+    model_config = ApiModel.model_config | {"json_schema_extra": cel(RULE_RANGE_MIN_MAX)}
 
     min: float | None = None
     """min is the smallest value that matches."""
     max: float | None = None
     """max is the largest value that matches."""
+
+    @model_validator(mode="after")
+    def _cel(self) -> Self:
+        require(self.min is None or self.max is None or self.min <= self.max, RULE_RANGE_MIN_MAX[1])
+        return self
 
 
 class Match(ApiModel):
@@ -103,7 +129,7 @@ class FallbackSpec(ApiModel):
     """When and how a failed request is retried on the next target."""
 
     on: list[FailureKind] = Field(
-        default_factory=lambda: ["Error", "Timeout", "Unavailable", "Overloaded"],
+        default_factory=lambda: list(DEFAULT_FALLBACK_ON),
         max_length=6,
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
@@ -176,7 +202,7 @@ class EgressSpec(ApiModel):
     defaultDataClass: DataClass = "internal"
     """defaultDataClass is assumed for requests that declare none and trip no detector."""
     detectors: list[DetectorName] = Field(
-        default_factory=lambda: ["email", "payment-card", "iban", "national-id", "private-key"],
+        default_factory=lambda: list(DEFAULT_DETECTORS),
         max_length=8,
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
@@ -197,17 +223,7 @@ class RoutingPolicySpec(ApiModel):
     """RoutingPolicySpec describes a virtual model and how its requests are routed."""
 
     model_config = ApiModel.model_config | {
-        "json_schema_extra": cel(
-            (
-                "self.rules.all(r, r.targets.all(t, self.targets.exists(x, x.model == t)))",
-                "every rules[].targets entry must name a model in spec.targets",
-            ),
-            (
-                "self.strategy != 'Weighted' || self.targets.exists(t, has(t.weight) && "
-                "t.weight > 0)",
-                "the Weighted strategy needs at least one target with weight > 0",
-            ),
-        )
+        "json_schema_extra": cel(RULE_RULE_TARGETS_KNOWN, RULE_WEIGHTED_NEEDS_WEIGHT)
     }
 
     pool: str = Field(pattern=DNS_LABEL, max_length=63)
@@ -215,15 +231,15 @@ class RoutingPolicySpec(ApiModel):
     endpoint: str | None = Field(default=None, min_length=1, max_length=256)
     """endpoint is the virtual model name clients send as model; defaults to
     metadata.name."""
-    targets: list[Target] = Field(
-        min_length=1, max_length=32, json_schema_extra=list_map("model")
-    )
+    targets: list[Target] = Field(min_length=1, max_length=32, json_schema_extra=list_map("model"))
     """targets are the ModelDeployments this endpoint may use."""
     strategy: Strategy = "CheapestSufficient"
     """strategy when no rule matches: CheapestSufficient (cheapest target whose quality
     covers the estimated difficulty), Weighted (split by weight, for canaries) or
     Ordered (targets in the order listed)."""
-    rules: list[Rule] = Field(default_factory=list, max_length=32, json_schema_extra=list_map("name"))
+    rules: list[Rule] = Field(
+        default_factory=list, max_length=32, json_schema_extra=list_map("name")
+    )
     """rules are tried in order before the strategy; the first match decides the
     targets."""
     classifier: ClassifierSpec = Field(default_factory=ClassifierSpec)
@@ -244,6 +260,25 @@ class RoutingPolicySpec(ApiModel):
     """egress says which data classes may reach external targets."""
     audit: AuditSpec = Field(default_factory=AuditSpec)
     """audit configures the per-request audit log."""
+
+    @model_validator(mode="after")
+    def _cel(self) -> Self:
+        known = {t.model for t in self.targets}
+        require(all(t in known for r in self.rules for t in r.targets), RULE_RULE_TARGETS_KNOWN[1])
+        require(
+            self.strategy != "Weighted"
+            or any(t.weight is not None and t.weight > 0 for t in self.targets),
+            RULE_WEIGHTED_NEEDS_WEIGHT[1],
+        )
+        # List-map keys and set items the API server rejects as "Duplicate value".
+        require_unique((t.model for t in self.targets), "targets[].model")
+        require_unique((r.name for r in self.rules), "rules[].name")
+        require_unique((b.tenant for b in self.budgets), "budgets[].tenant")
+        require_unique((r.tenant for r in self.rateLimits), "rateLimits[].tenant")
+        require_unique(self.fallback.on, "fallback.on")
+        require_unique(self.egress.allowedExternalDataClasses, "egress.allowedExternalDataClasses")
+        require_unique(self.egress.detectors, "egress.detectors")
+        return self
 
 
 class TargetStatus(ApiModel):
@@ -274,7 +309,7 @@ class RoutingPolicyStatus(ApiModel):
 
     observedGeneration: int | None = None
     """observedGeneration is the spec generation this status reflects."""
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=list_map("type"))
     """conditions: Ready says whether at least one target serves."""
     endpoint: str | None = None
     """endpoint is the model name clients use."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tokenyard.api.common import (
     DNS_LABEL,
@@ -13,22 +13,28 @@ from tokenyard.api.common import (
     Toleration,
     cel,
     list_map,
+    require,
+    require_unique,
 )
 
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+
+# CEL rules the API server enforces; the model validators below raise the same messages
+# so `tokenyard render` rejects offline what `kubectl apply` would reject.
+RULE_CPU_CLASS_MAX_WORKERS = (
+    "self.gpusPerNode > 0 || has(self.maxWorkers)",
+    "maxWorkers is required when gpusPerNode is 0 (a CPU-only class)",
+)
+RULE_ROUTER_MIN_MAX = (
+    "self.router.minReplicas <= self.router.maxReplicas",
+    "router.minReplicas must be <= router.maxReplicas",
+)
 
 
 class AcceleratorClass(ApiModel):
     """A class of identical worker nodes in the pool, such as A10G or H100 GPUs."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": cel(
-            (
-                "self.gpusPerNode > 0 || has(self.maxWorkers)",
-                "maxWorkers is required when gpusPerNode is 0 (a CPU-only class)",
-            ),
-        )
-    }
+    model_config = ApiModel.model_config | {"json_schema_extra": cel(RULE_CPU_CLASS_MAX_WORKERS)}
 
     name: str = Field(pattern=DNS_LABEL, max_length=40)
     """name of the class, referred to by ModelDeployment spec.inCluster.accelerator."""
@@ -55,6 +61,11 @@ class AcceleratorClass(ApiModel):
     memory: str = Field(default="64Gi", pattern=QUANTITY)
     """memory requested by each Ray worker pod of this class."""
 
+    @model_validator(mode="after")
+    def _cel(self) -> Self:
+        require(self.gpusPerNode > 0 or self.maxWorkers is not None, RULE_CPU_CLASS_MAX_WORKERS[1])
+        return self
+
 
 class HeadSpec(ApiModel):
     """Resources of the Ray head pod (CPU only; it also runs the router)."""
@@ -79,14 +90,7 @@ class RouterSpec(ApiModel):
 class ServingPoolSpec(ApiModel):
     """ServingPoolSpec describes a shared Ray cluster that serves models and routers."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": cel(
-            (
-                "self.router.minReplicas <= self.router.maxReplicas",
-                "router.minReplicas must be <= router.maxReplicas",
-            ),
-        )
-    }
+    model_config = ApiModel.model_config | {"json_schema_extra": cel(RULE_ROUTER_MIN_MAX)}
 
     accelerators: list[AcceleratorClass] = Field(
         default_factory=list, max_length=16, json_schema_extra=list_map("name")
@@ -107,6 +111,12 @@ class ServingPoolSpec(ApiModel):
     of GPU-hours times price under it."""
     serviceAccountName: str | None = Field(default=None, pattern=DNS_LABEL, max_length=63)
     """serviceAccountName runs the Ray pods under this ServiceAccount."""
+
+    @model_validator(mode="after")
+    def _cel(self) -> Self:
+        require(self.router.minReplicas <= self.router.maxReplicas, RULE_ROUTER_MIN_MAX[1])
+        require_unique((a.name for a in self.accelerators), "accelerators[].name")
+        return self
 
 
 class AcceleratorUsage(ApiModel):

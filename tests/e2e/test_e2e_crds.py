@@ -1,0 +1,219 @@
+"""The generated CRDs on a real API server: Established, examples accepted, invalid
+samples rejected by schema or CEL with their messages, defaults as the tests assume,
+status and scale subresources, printer columns."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import tokenyard_crdcheck as crdcheck
+from kubernetes.client.exceptions import ApiException
+
+from tokenyard.api import GROUP, VERSION
+from tokenyard.api.crd import PRINTER_COLUMNS
+
+PLURALS = {
+    "ServingPool": "servingpools",
+    "ModelDeployment": "modeldeployments",
+    "RoutingPolicy": "routingpolicies",
+}
+EXAMPLES = crdcheck.example_documents()
+SAMPLES = crdcheck.invalid_samples()
+MERGE = "application/merge-patch+json"
+
+
+def _create(cluster: Any, namespace: str, doc: dict[str, Any], dry_run: bool = False) -> Any:
+    return cluster.custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURALS[doc["kind"]],
+        doc,
+        dry_run="All" if dry_run else None,
+        field_validation="Strict",
+    )
+
+
+def test_crds_are_established(cluster: Any, crds: list[dict[str, Any]]) -> None:
+    for crd in crds:
+        live = cluster.apiext.read_custom_resource_definition(crd["metadata"]["name"])
+        conditions = {c.type: c.status for c in live.status.conditions}
+        assert conditions["Established"] == "True"
+        assert conditions["NamesAccepted"] == "True"
+        assert live.spec.names.short_names == crd["spec"]["names"]["shortNames"]
+
+
+@pytest.mark.parametrize(("name", "doc"), EXAMPLES, ids=[n for n, _ in EXAMPLES])
+def test_examples_are_accepted(
+    cluster: Any, crds: list[dict[str, Any]], namespace: str, name: str, doc: dict[str, Any]
+) -> None:
+    if doc.get("apiVersion") == f"{GROUP}/{VERSION}":
+        _create(cluster, namespace, doc, dry_run=True)
+    else:
+        assert doc["kind"] == "Secret", f"{name}: no e2e check for {doc['kind']}"
+        cluster.core.create_namespaced_secret(namespace, doc, dry_run="All")
+
+
+@pytest.mark.parametrize(("name", "doc"), SAMPLES, ids=[n for n, _ in SAMPLES])
+def test_invalid_samples_are_rejected_with_their_message(
+    cluster: Any, crds: list[dict[str, Any]], namespace: str, name: str, doc: dict[str, Any]
+) -> None:
+    by, field, message = crdcheck.expectation(doc)
+    with pytest.raises(ApiException) as info:
+        _create(cluster, namespace, doc, dry_run=True)
+    assert info.value.status == 422, info.value.body
+    body = json.loads(info.value.body)
+    text = body["message"]
+    assert message in text, text
+    # The server names the field: "spec.rules[1]: Duplicate value", "spec: Invalid value".
+    assert re.search(rf"(^|[\s,\[]){re.escape(field)}: ", text), text
+    if by == "cel":
+        assert 'Invalid value: "object"' in text, text
+
+
+def test_server_defaults_match_the_offline_emulation(
+    cluster: Any, crds: list[dict[str, Any]], namespace: str
+) -> None:
+    """The CEL unit tests fill defaults themselves; prove they fill the same ones."""
+    for name in ("gpu-pool", "qwen-small", "chat"):
+        doc = crdcheck.example(name)
+        live = _create(cluster, namespace, doc, dry_run=True)
+        assert live["spec"] == crdcheck.admit(doc).defaulted["spec"], name
+
+
+@pytest.fixture
+def model(cluster: Any, crds: list[dict[str, Any]], namespace: str) -> Iterator[str]:
+    doc = crdcheck.example("qwen-small")
+    doc["metadata"]["name"] = "scale-me"
+    doc["spec"]["replicas"] = 1
+    _create(cluster, namespace, doc)
+    yield "scale-me"
+    cluster.custom.delete_namespaced_custom_object(
+        GROUP, VERSION, namespace, "modeldeployments", "scale-me"
+    )
+
+
+def test_status_subresource(cluster: Any, namespace: str, model: str) -> None:
+    status = {
+        "observedGeneration": 1,
+        "replicas": 2,
+        "readyReplicas": 1,
+        "selector": "tokenyard.dev/model=scale-me",
+        "costPer1MTokens": 0.09,
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "Deploying",
+                "message": "waiting",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ],
+    }
+    out = cluster.custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        namespace,
+        "modeldeployments",
+        model,
+        {"status": status},
+        _content_type=MERGE,
+    )
+    assert out["status"]["replicas"] == 2
+    assert out["status"]["conditions"][0]["reason"] == "Deploying"
+    # Spec changes through /status are ignored, and status through the main endpoint.
+    cluster.custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        namespace,
+        "modeldeployments",
+        model,
+        {"spec": {"tier": "frontier"}},
+        _content_type=MERGE,
+    )
+    cluster.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "modeldeployments",
+        model,
+        {"status": {"replicas": 7}},
+        _content_type=MERGE,
+    )
+    live = cluster.custom.get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "modeldeployments", model
+    )
+    assert live["spec"]["tier"] == "economy"
+    assert live["status"]["replicas"] == 2
+
+
+def test_scale_subresource(cluster: Any, namespace: str, model: str) -> None:
+    cluster.custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        namespace,
+        "modeldeployments",
+        model,
+        {"status": {"replicas": 1, "selector": "tokenyard.dev/model=scale-me"}},
+        _content_type=MERGE,
+    )
+    scale = cluster.custom.get_namespaced_custom_object_scale(
+        GROUP, VERSION, namespace, "modeldeployments", model
+    )
+    assert scale["spec"]["replicas"] == 1
+    assert scale["status"]["replicas"] == 1
+    assert scale["status"]["selector"] == "tokenyard.dev/model=scale-me"
+    cluster.custom.patch_namespaced_custom_object_scale(
+        GROUP,
+        VERSION,
+        namespace,
+        "modeldeployments",
+        model,
+        {"spec": {"replicas": 3}},
+        _content_type=MERGE,
+    )
+    live = cluster.custom.get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "modeldeployments", model
+    )
+    assert live["spec"]["replicas"] == 3
+    # A scale write is an update of the object, so the CEL rules still hold: 9 is
+    # outside autoscaling.maxReplicas (4) while the tokenyard autoscaler owns replicas.
+    with pytest.raises(ApiException) as info:
+        cluster.custom.patch_namespaced_custom_object_scale(
+            GROUP,
+            VERSION,
+            namespace,
+            "modeldeployments",
+            model,
+            {"spec": {"replicas": 9}},
+            _content_type=MERGE,
+        )
+    assert info.value.status == 422
+    assert "replicas must lie within" in json.loads(info.value.body)["message"]
+
+
+def test_printer_columns_are_served(cluster: Any, namespace: str, model: str) -> None:
+    for kind, plural in PLURALS.items():
+        live = cluster.apiext.read_custom_resource_definition(f"{plural}.{GROUP}")
+        served = [c.name for c in live.spec.versions[0].additional_printer_columns]
+        assert served == [c["name"] for c in PRINTER_COLUMNS[kind]]
+    response = cluster.custom.list_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "modeldeployments",
+        _headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+        _preload_content=False,
+    )
+    table = json.loads(response.data)
+    assert table["kind"] == "Table"
+    names = [c["name"] for c in table["columnDefinitions"]]
+    assert names == ["Name"] + [c["name"] for c in PRINTER_COLUMNS["ModelDeployment"]]
+    (row,) = [r for r in table["rows"] if r["cells"][0] == model]
+    cells = dict(zip(names, row["cells"], strict=True))
+    assert cells["Tier"] == "economy"
+    assert cells["Accelerator"] == "l4"

@@ -1,0 +1,143 @@
+"""End to end on real parts: vLLM (CPU, tiny model) -> Prometheus -> signals -> decide_pool.
+
+The test starts vLLM's OpenAI server, a Prometheus scraping it every second, and a load
+of concurrent completions. The autoscaler's Prometheus signal source reads the engine's
+series and the real decision code, with short windows, must ask for more replicas while
+the load runs and come back to the minimum after it stops. There is one engine, so the
+test checks the sizing decisions, not new replicas serving (the kmock test checks that
+decisions are written; the simulator checks their effect on latency).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tokenyard.autoscaler.decide import DecisionConfig, ModelState, ModelView, PoolView, decide_pool
+from tokenyard.autoscaler.signals import ModelRef, PrometheusSignalSource
+
+from .conftest import StartPrometheus, free_port, wait_http, wait_window_full
+
+pytestmark = [pytest.mark.serving, pytest.mark.timeout(420)]
+
+MODEL = "tiny-autoscaled"
+
+
+@pytest.fixture
+def vllm_server(tmp_path: Path) -> Iterator[str]:
+    pytest.importorskip("vllm")
+    from tokenyard.serving.tiny import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "model")
+    port = free_port()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_LOGGING_LEVEL": "WARNING",
+    }
+    with (tmp_path / "vllm.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+                "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
+                "--served-model-name", MODEL, "--dtype", "float32",
+                "--max-model-len", "512", "--enforce-eager",
+            ],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        try:
+            wait_http(f"http://127.0.0.1:{port}/health", 240, proc)
+        except (RuntimeError, TimeoutError) as exc:
+            tail = (tmp_path / "vllm.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"vLLM did not start: {exc}\n{tail}") from exc
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _load(base: str, stop: threading.Event, workers: int) -> ThreadPoolExecutor:
+    def worker() -> None:
+        with httpx.Client(base_url=f"http://{base}", timeout=60) as c:
+            while not stop.is_set():
+                c.post(
+                    "/v1/completions",
+                    json={
+                        "model": MODEL,
+                        "prompt": "Explain how autoscaling works " * 8,
+                        "max_tokens": 96,
+                        "ignore_eos": True,
+                    },
+                )
+
+    pool = ThreadPoolExecutor(max_workers=workers)
+    for _ in range(workers):
+        pool.submit(worker)
+    return pool
+
+
+def test_scales_up_under_load_and_back_down(prometheus: StartPrometheus, vllm_server: str) -> None:
+    url = prometheus([vllm_server])
+    wait_window_full(url, "vllm:num_requests_running", "6s", 5)
+    source = PrometheusSignalSource(url, rate_window="5s", stale_after_s=30)
+    cfg = DecisionConfig(stable_window_s=6, panic_window_s=2, scale_down_delay_s=4)
+    pool = PoolView(name="cpu")
+    ref = ModelRef(MODEL, MODEL)
+    current = 1
+    states: dict[str, ModelState] = {}
+    history: list[tuple[str, int, float, str]] = []
+
+    def decide(phase: str) -> int:
+        nonlocal current, states
+        now = time.time()
+        sig = source.model_signals([ref], now)
+        view = ModelView(
+            name=MODEL, min_replicas=1, max_replicas=8, current_replicas=current,
+            ready_replicas=current, gpus_per_replica=0, target_ongoing=2,
+            cold_start_s=0, nominal_tokens_per_s=1e9,
+        )  # fmt: skip
+        decisions, states = decide_pool(pool, {MODEL: view}, sig, states, now=now, cfg=cfg)
+        d = decisions[MODEL]
+        history.append((phase, d.desired, sig[MODEL].ongoing, d.reason))
+        if d.write:
+            current = d.desired
+        return d.desired
+
+    assert decide("idle") == 1
+
+    stop = threading.Event()
+    load = _load(vllm_server, stop, workers=12)
+    peak = 1
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and peak < 3:
+            time.sleep(2)
+            peak = max(peak, decide("load"))
+    finally:
+        stop.set()
+        load.shutdown(wait=True)
+    assert peak >= 3, history
+
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and current > 1:
+        time.sleep(2)
+        decide("after")
+    assert current == 1, history
+    after = [h for h in history if h[0] == "after"]
+    # Scale-down is gradual (step limit) and never below the minimum.
+    assert all(h[1] >= 1 for h in after)

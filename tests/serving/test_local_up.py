@@ -1,0 +1,124 @@
+"""`tokenyard up` as a user runs it: a subprocess, answered through its printed URL, Ctrl-C.
+
+The manifests are a temporary copy of examples/local with the model sources pointed at a
+tiny model built in the test, so the run does no download and builds nothing itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import openai
+import psutil
+import pytest
+import yaml
+
+pytest.importorskip("vllm", reason="needs vLLM (the cpu extra) and ray[serve]")
+
+pytestmark = [
+    pytest.mark.serving,
+    pytest.mark.timeout(600),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+]
+
+REPO = Path(__file__).resolve().parents[2]
+URL_RE = re.compile(r"OpenAI base URL: (http://\S+/v1)")
+MARK = "TOKENYARD_UP_TEST_MARK"
+
+
+def _local_copy(dest: Path, model: Path) -> Path:
+    """examples/local with only tiny-economy in the policy, served from ``model``."""
+    dest.mkdir()
+    for f in (REPO / "examples" / "local").glob("*.yaml"):
+        docs = [d for d in yaml.safe_load_all(f.read_text()) if d]
+        kept = []
+        for d in docs:
+            if d["kind"] == "ModelDeployment":
+                if d["metadata"]["name"] != "tiny-economy":
+                    continue  # one engine keeps this test small
+                d["spec"]["inCluster"]["source"] = f"file://{model}"
+            if d["kind"] == "RoutingPolicy":
+                d["spec"]["targets"] = [{"model": "tiny-economy"}]
+            kept.append(d)
+        (dest / f.name).write_text(yaml.safe_dump_all(kept, sort_keys=False))
+    return dest
+
+
+def _marked_processes(mark: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get(MARK) == mark:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def test_tokenyard_up_serves_and_stops_cleanly(
+    tiny_models: dict[str, Path], tmp_path: Path, port_factory: Callable[[], int]
+) -> None:
+    manifests = _local_copy(tmp_path / "local", tiny_models["economy"])
+    port = port_factory()
+    mark = uuid.uuid4().hex
+    # The mark is inherited by Ray's processes: after exit none may be left with it.
+    env = {**os.environ, MARK: mark, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    exe = shutil.which("tokenyard", path=str(Path(sys.executable).parent)) or "tokenyard"
+    proc = subprocess.Popen(
+        [exe, "up", "-f", str(manifests), "--port", str(port),
+         "--state-dir", str(tmp_path / "state")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    url: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            m = URL_RE.search(line)
+            if m:
+                url.append(m.group(1))
+            if "Press Ctrl-C" in line:
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(420), "tokenyard up did not come up:\n" + "".join(lines[-40:])
+        assert url == [f"http://127.0.0.1:{port}/v1"]
+        with openai.OpenAI(base_url=url[0], api_key="unused", max_retries=0, timeout=60) as c:
+            assert {m.id for m in c.models.list()} >= {"chat", "tiny-economy"}
+            resp = c.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=8
+            )
+        assert resp.model == "tiny-economy" and resp.usage is not None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        reader.join(10)
+    out = "".join(lines)
+    assert code == 0, out[-3000:]
+    assert "stopped." in out
+    assert (tmp_path / "state" / "ledger-local-local.json").exists()
+    assert (tmp_path / "state" / "audit.jsonl").read_text().strip()
+    deadline = time.monotonic() + 30
+    while _marked_processes(mark) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not _marked_processes(mark), "Ray processes outlived tokenyard up"

@@ -1,0 +1,323 @@
+"""Table tests of every decision rule in tokenyard.autoscaler.decide (pure: no clock, no I/O)."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import replace
+
+import pytest
+
+from tokenyard.api.common import REASON_BUDGET_CAPPED, REASON_GPU_CAPPED
+from tokenyard.autoscaler.decide import (
+    ClassLimit,
+    Decision,
+    DecisionConfig,
+    ModelState,
+    ModelView,
+    PoolView,
+    cost_per_1m,
+    decide_pool,
+)
+from tokenyard.autoscaler.signals import ModelSignals, unavailable
+
+POOL = PoolView(name="p", classes={"gpu": ClassLimit(max_gpus=None, price_per_gpu_hour=1.0)})
+FAST = DecisionConfig(scale_down_delay_s=30)
+
+
+def view(name: str = "m", **kw: object) -> ModelView:
+    base = {
+        "name": name,
+        "min_replicas": 1,
+        "max_replicas": 10,
+        "current_replicas": 1,
+        "accelerator": "gpu",
+        "price_per_gpu_hour": 1.0,
+        "target_ongoing": 10.0,
+        "cold_start_s": 30.0,
+        "nominal_tokens_per_s": 1e9,
+    }
+    base.update(kw)
+    return ModelView(**base)  # type: ignore[arg-type]
+
+
+def sig(running: float = 0, waiting: float = 0, **kw: object) -> ModelSignals:
+    return ModelSignals(observed_at=0, running=running, waiting=waiting, **kw)  # type: ignore[arg-type]
+
+
+class Driver:
+    """Feeds one model signals over time and applies its decisions like the loop does."""
+
+    def __init__(self, v: ModelView, cfg: DecisionConfig = FAST, pool: PoolView = POOL) -> None:
+        self.v, self.cfg, self.pool = v, cfg, pool
+        self.states: dict[str, ModelState] = {}
+        self.changes = 0
+
+    def step(self, t: float, s: ModelSignals) -> Decision:
+        d, self.states = decide_pool(
+            self.pool, {self.v.name: self.v}, {self.v.name: s}, self.states, now=t, cfg=self.cfg
+        )
+        dec = d[self.v.name]
+        if dec.write:
+            self.changes += 1
+            self.v = replace(self.v, current_replicas=dec.desired, ready_replicas=dec.desired)
+        return dec
+
+    def run(self, t0: float, t1: float, s: ModelSignals, every: float = 5) -> Decision:
+        t, dec = t0, None
+        while t <= t1:
+            dec = self.step(t, s)
+            t += every
+        assert dec is not None
+        return dec
+
+
+def test_steady_load_sizes_by_requests_in_flight() -> None:
+    d = Driver(view())
+    dec = d.run(0, 120, sig(running=35))
+    assert dec.desired == 4  # 35 in flight / 10 per replica
+    assert "replicas of load" in dec.reason
+    assert dec.metrics_available
+
+
+@pytest.mark.parametrize(
+    ("burst", "expect_panic", "expect"),
+    [
+        (15, False, 1),  # 1.5x: within what the 60s average absorbs, no panic
+        # 4x: panic; the 6s window holds this sample and the last (5 s apart):
+        # (5 + 40) / 2 = 22.5 in flight -> 3 replicas at once.
+        (40, True, 3),
+    ],
+)
+def test_burst_and_panic(burst: float, expect_panic: bool, expect: int) -> None:
+    d = Driver(view())
+    d.run(0, 120, sig(running=5))
+    dec = d.step(125, sig(running=burst))
+    assert dec.panic is expect_panic
+    assert dec.desired == expect
+    if expect_panic:
+        assert dec.reason.startswith("panic")
+
+
+def test_panic_never_scales_down() -> None:
+    d = Driver(view())
+    d.run(0, 60, sig(running=5))
+    assert d.step(65, sig(running=75)).desired == 4  # (5 + 75) / 2 / 10
+    for t in range(70, 120, 5):  # the burst is over, but panic lasts a stable window
+        assert d.step(t, sig(running=0)).desired == 4
+
+
+def test_scale_down_waits_for_cool_down_then_respects_step_limit() -> None:
+    cfg = DecisionConfig(
+        stable_window_s=10, panic_window_s=2, scale_down_delay_s=60, remember_bursts=False
+    )
+    d = Driver(view(), cfg)
+    d.run(0, 100, sig(running=10))
+    assert d.step(105, sig(running=80)).desired == 8  # panic: 8x the ready replica
+    for t in range(110, 165, 5):  # panic ends at 115, the cool-down at 165
+        dec = d.step(t, sig(running=0))
+        assert dec.desired == 8
+    assert "cool-down" in dec.reason
+    seen = [d.step(t, sig(running=0)).desired for t in range(165, 400, 5)]
+    assert seen[-1] == 1
+    steps = list(zip([8, *seen], seen, strict=False))
+    assert all(b >= math.ceil(a / 2) for a, b in steps)  # at most half at a time
+    assert sum(b < a for a, b in steps) >= 3  # 8 -> 4 -> 2 -> 1
+
+
+def test_idle_model_scales_to_zero_only_when_allowed() -> None:
+    allowed = Driver(view(min_replicas=0, scale_to_zero_after_s=60))
+    kept = Driver(view(min_replicas=0))
+    for d in (allowed, kept):
+        d.run(0, 30, sig(running=3))
+        d.run(35, 80, sig())  # idle 50 s: not yet
+        assert d.v.current_replicas == 1
+    allowed.run(85, 200, sig())
+    kept.run(85, 200, sig())
+    assert allowed.v.current_replicas == 0
+    assert kept.v.current_replicas == 1
+
+
+def test_zero_replicas_activate_on_the_first_request() -> None:
+    d = Driver(view(min_replicas=0, current_replicas=0, ready_replicas=0,
+                    scale_to_zero_after_s=60))  # fmt: skip
+    assert d.step(0, sig()).desired == 0
+    dec = d.step(5, sig(waiting=3))
+    assert dec.desired == 1
+    assert dec.write
+
+
+def test_missing_metrics_hold_and_never_zero() -> None:
+    d = Driver(view(min_replicas=0, scale_to_zero_after_s=30, current_replicas=3,
+                    ready_replicas=3))  # fmt: skip
+    d.run(0, 60, sig(running=30))
+    for t in range(65, 400, 5):
+        dec = d.step(t, unavailable(t, "no vLLM series"))
+        assert dec.desired == 3
+        assert not dec.write
+        assert not dec.metrics_available
+        assert dec.reason.startswith("MetricsUnavailable")
+
+
+@pytest.mark.parametrize("mode", ["Manual", "External"])
+def test_other_owners_are_only_reported(mode: str) -> None:
+    d = Driver(view(mode=mode, current_replicas=2))
+    dec = d.run(0, 120, sig(running=90))
+    assert dec.desired == 2
+    assert not dec.write
+    assert d.changes == 0
+    assert dec.reason.startswith(mode)
+    assert "would ask 9" in dec.reason
+
+
+def test_steady_noisy_load_does_not_flap() -> None:
+    rng = random.Random(7)
+    d = Driver(view(), DecisionConfig())
+    for i in range(240):  # 20 minutes at 5 s, load 25 +- 8%
+        d.step(i * 5.0, sig(running=25 * (1 + rng.uniform(-0.08, 0.08))))
+    assert d.v.current_replicas == 3
+    assert d.changes == 1  # the first scale-up, then nothing
+
+
+def test_kv_cache_and_ttft_rules() -> None:
+    kv = Driver(view(current_replicas=4, ready_replicas=4))
+    assert kv.step(0, sig(running=4, kv_cache_usage=0.95)).desired == 5  # 4 x 0.95/0.8
+    ttft = Driver(view(current_replicas=2, ready_replicas=2, ttft_slo_s=2.0))
+    dec = ttft.step(0, sig(running=4, waiting=2, ttft_p95_s=5.0))
+    assert dec.desired == 3
+    assert "TTFT" in dec.reason
+    # A high p95 with nothing queued describes the past: no scale-up.
+    calm = Driver(view(current_replicas=2, ready_replicas=2, ttft_slo_s=2.0))
+    dec = calm.step(0, sig(running=4, ttft_p95_s=5.0))
+    assert dec.desired <= 2
+    assert "TTFT" not in dec.reason
+
+
+def test_queued_tokens_count_over_a_cold_start() -> None:
+    # 2000-token prompts, 4 req/s, 8000 tokens/s: a 1-replica engine at 80% util.
+    base = {"prompt_tokens_per_s": 8000.0, "request_rate": 4.0}
+    v = view(nominal_tokens_per_s=10000.0, target_gpu_util=0.8, cold_start_s=30.0,
+             target_ongoing=100.0)  # fmt: skip
+    short = Driver(v).step(0, sig(running=8, waiting=6, **base))  # 12k tokens: drains
+    long = Driver(v).step(0, sig(running=8, waiting=120, **base))  # 240k tokens: 30 s+
+    assert short.desired == 1  # (8000 + 12000/30) / 8000 = 1.05: inside the dead band
+    assert long.desired == 2  # (8000 + 240000/30) / 8000 = 2.0: one more replica
+
+
+def _two(pool: PoolView, a: ModelView, b: ModelView, sa: ModelSignals, sb: ModelSignals
+         ) -> dict[str, Decision]:  # fmt: skip
+    d, _ = decide_pool(pool, {a.name: a, b.name: b}, {a.name: sa, b.name: sb}, {}, now=0.0)
+    return d
+
+
+def test_gpu_cap_and_priority() -> None:
+    pool = PoolView(name="p", classes={"h100": ClassLimit(max_gpus=8, price_per_gpu_hour=4.0)})
+    hi = view("frontier", accelerator="h100", gpus_per_replica=4, priority=10,
+              price_per_gpu_hour=4.0)  # fmt: skip
+    lo = view("standard", accelerator="h100", gpus_per_replica=2, priority=0,
+              price_per_gpu_hour=4.0)  # fmt: skip
+    d = _two(pool, hi, lo, sig(running=19), sig(running=29))
+    assert d["frontier"].desired == 1  # asks 2: 4 + 2 (standard's minimum) + 4 > 8
+    assert d["frontier"].capped == REASON_GPU_CAPPED
+    assert d["standard"].desired == 2  # 1 + 1 more fits in the 2 GPUs frontier left
+    assert d["standard"].capped == REASON_GPU_CAPPED
+
+
+def test_frontier_yields_idle_gpus_and_takes_them_back() -> None:
+    pool = PoolView(name="p", classes={"h100": ClassLimit(max_gpus=8, price_per_gpu_hour=4.0)})
+    frontier = view("frontier", accelerator="h100", gpus_per_replica=4, priority=10,
+                    min_replicas=0, current_replicas=0, ready_replicas=0,
+                    price_per_gpu_hour=4.0)  # fmt: skip
+    cheap = view("cheap", accelerator="h100", gpus_per_replica=1, priority=0,
+                 price_per_gpu_hour=4.0)  # fmt: skip
+    idle = _two(pool, frontier, cheap, sig(), sig(running=75))
+    assert idle["frontier"].desired == 0
+    assert idle["cheap"].desired == 8  # all GPUs
+    assert idle["cheap"].capped is None
+    busy = _two(pool, frontier, replace(cheap, current_replicas=8), sig(waiting=12),
+                sig(running=75))  # fmt: skip
+    assert busy["frontier"].desired == 1
+    assert busy["cheap"].desired == 4
+    assert busy["cheap"].capped == REASON_GPU_CAPPED
+
+
+def test_budget_cap_prefers_value_per_dollar() -> None:
+    pool = PoolView(
+        name="p",
+        classes={"l4": ClassLimit(None, 1.0), "h100": ClassLimit(None, 10.0)},
+        hourly_budget_usd=14.0,
+    )
+    cheap = view("cheap", accelerator="l4", price_per_gpu_hour=1.0,
+                 nominal_tokens_per_s=1000.0)  # fmt: skip
+    dear = view("dear", accelerator="h100", price_per_gpu_hour=10.0,
+                nominal_tokens_per_s=1000.0)  # fmt: skip
+    d = _two(pool, cheap, dear, sig(running=45), sig(running=45))
+    # Minimums cost 11 $/h; the 3 left buy 3 cheap replicas, not a tenth of a dear one.
+    assert d["cheap"].desired == 4
+    assert d["dear"].desired == 1
+    assert d["dear"].capped == REASON_BUDGET_CAPPED
+    assert "budget" in d["dear"].reason
+
+
+def test_minimums_are_never_undercut() -> None:
+    pool = PoolView(name="p", classes={"gpu": ClassLimit(max_gpus=2)})
+    a = view("a", min_replicas=2)
+    b = view("b", min_replicas=2)
+    d = _two(pool, a, b, sig(running=50), sig(running=50))
+    assert d["a"].desired == 2
+    assert d["b"].desired == 2
+    assert {d["a"].capped, d["b"].capped} == {REASON_GPU_CAPPED}
+
+
+def test_manual_replicas_count_against_the_pool() -> None:
+    pool = PoolView(name="p", classes={"gpu": ClassLimit(max_gpus=4)})
+    manual = view("pinned", mode="Manual", current_replicas=3)
+    auto = view("auto")
+    d = _two(pool, manual, auto, sig(running=90), sig(running=90))
+    assert d["pinned"].desired == 3
+    assert d["auto"].desired == 1
+    assert d["auto"].capped == REASON_GPU_CAPPED
+
+
+def test_measured_cost_per_million_tokens() -> None:
+    # One replica of one GPU at 3.6 $/h serving 1000 tokens/s: 1 $ per 1M tokens.
+    v = view(price_per_gpu_hour=3.6, nominal_tokens_per_s=1e6)
+    d = Driver(v, DecisionConfig(cost_time_constant_s=1e9))
+    d.run(0, 3600, sig(running=1, prompt_tokens_per_s=800.0, generation_tokens_per_s=200.0),
+          every=15)  # fmt: skip
+    assert cost_per_1m(d.states["m"], d.cfg) == pytest.approx(1.0, rel=0.01)
+    dec = d.step(3615, sig(running=1, prompt_tokens_per_s=800.0, generation_tokens_per_s=200.0))
+    assert dec.cost_per_1m_tokens == pytest.approx(1.0, rel=0.01)
+
+
+def test_cost_unmeasured_until_enough_tokens() -> None:
+    d = Driver(view())
+    dec = d.run(0, 10, sig(running=1, prompt_tokens_per_s=10.0))
+    assert dec.cost_per_1m_tokens is None
+
+
+def test_band_gives_ray_serve_spare_room() -> None:
+    pool = PoolView(name="p", classes={"gpu": ClassLimit(max_gpus=6)})
+    d, _ = decide_pool(pool, {"m": view()}, {"m": sig(running=25)}, {}, now=0.0)
+    assert (d["m"].band_min, d["m"].band_max) == (3, 6)
+
+
+@pytest.mark.parametrize(("p95", "expect"), [(4.0, 2), (1.0, 1)])
+def test_burst_preprovisioning_only_while_slo_at_risk(p95: float, expect: int) -> None:
+    # 40 requests in flight of 2000-token prompts = 80k tokens; prefilled within the 5 s
+    # SLO at 8000 tokens/s per replica that is 2 replicas, while the throughput is 1.
+    v = view(nominal_tokens_per_s=10000.0, target_gpu_util=0.8, ttft_slo_s=5.0,
+             target_ongoing=100.0)  # fmt: skip
+    s = sig(running=40, prompt_tokens_per_s=8000.0, request_rate=4.0, ttft_p95_s=p95)
+    dec = Driver(v).step(0, s)
+    assert dec.desired == expect
+    assert dec.reason.startswith("burst") is (expect == 2)
+
+
+def test_no_restacking_while_replicas_start() -> None:
+    v = view(current_replicas=2, ready_replicas=1, cold_start_s=120)
+    small = Driver(v).step(0, sig(running=30))  # asks 3 while one replica starts
+    assert small.desired == 2
+    assert "starting" in small.reason
+    big = Driver(v).step(0, sig(running=50))  # asks 5: at least twice, so it goes
+    assert big.desired == 5

@@ -1,0 +1,231 @@
+"""The loop against an in-memory fake API: what it writes, when, and who may act."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any
+
+import pytest
+
+from tokenyard.autoscaler.kube import Conflict
+from tokenyard.autoscaler.leader import LeaderElector
+from tokenyard.autoscaler.loop import Autoscaler, run_forever, set_condition
+from tokenyard.autoscaler.signals import ModelSignals, StaticSignalSource
+from tokenyard.settings import AutoscalerSettings
+
+
+class FakeApi:
+    """A KubeApi keeping objects in dicts and recording every write."""
+
+    def __init__(self) -> None:
+        self.pools: dict[tuple[str, str], dict[str, Any]] = {}
+        self.models: dict[tuple[str, str], dict[str, Any]] = {}
+        self.leases: dict[tuple[str, str], dict[str, Any]] = {}
+        self.writes: list[tuple[str, str, Any]] = []
+        self.events: list[tuple[str, str]] = []
+        self.fail_events = False
+
+    def list_pools(self, namespace: str | None) -> list[dict[str, Any]]:
+        return [copy.deepcopy(p) for (ns, _), p in self.pools.items() if namespace in (None, ns)]
+
+    def list_models(self, namespace: str | None) -> list[dict[str, Any]]:
+        return [copy.deepcopy(m) for (ns, _), m in self.models.items() if namespace in (None, ns)]
+
+    def patch_scale(self, namespace: str, name: str, replicas: int) -> None:
+        self.writes.append(("scale", name, replicas))
+        self.models[(namespace, name)]["spec"]["replicas"] = replicas
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.writes.append(("status", name, copy.deepcopy(status)))
+        self.models[(namespace, name)].setdefault("status", {}).update(copy.deepcopy(status))
+
+    def create_event(self, obj: dict[str, Any], reason: str, note: str, type_: str = "Normal"
+                     ) -> None:  # fmt: skip
+        if self.fail_events:
+            raise RuntimeError("events are down")
+        self.events.append((obj["metadata"]["name"], reason))
+
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        lease = self.leases.get((namespace, name))
+        return copy.deepcopy(lease) if lease else None
+
+    def create_lease(self, namespace: str, body: dict[str, Any]) -> None:
+        key = (namespace, body["metadata"]["name"])
+        if key in self.leases:
+            raise Conflict("exists")
+        self.leases[key] = {**copy.deepcopy(body), "metadata": {**body["metadata"],
+                                                              "resourceVersion": "1"}}  # fmt: skip
+
+    def patch_lease(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        lease = self.leases[(namespace, name)]
+        rv = body.get("metadata", {}).get("resourceVersion")
+        if rv is not None and rv != lease["metadata"]["resourceVersion"]:
+            raise Conflict("resourceVersion changed")
+        lease["spec"].update(body["spec"])
+        lease["metadata"]["resourceVersion"] = str(int(lease["metadata"]["resourceVersion"]) + 1)
+
+
+def _seed(api: FakeApi) -> None:
+    api.pools[("ns", "pool")] = {
+        "metadata": {"name": "pool", "namespace": "ns"},
+        "spec": {"accelerators": [{"name": "l4", "maxGPUs": 4, "hourlyCostPerGPU": 1.0}]},
+    }
+    for name, mode in (("auto", "Tokenyard"), ("manual", "Manual")):
+        api.models[("ns", name)] = {
+            "metadata": {"name": name, "namespace": "ns", "generation": 2},
+            "spec": {
+                "pool": "pool",
+                "inCluster": {"source": "hf://x/y", "accelerator": "l4"},
+                "replicas": 1,
+                "autoscaling": {
+                    "mode": mode,
+                    "minReplicas": 1,
+                    "maxReplicas": 4,
+                    "targetOngoingRequests": 10,
+                },
+            },
+        }
+    api.models[("ns", "ext")] = {
+        "metadata": {"name": "ext", "namespace": "ns"},
+        "spec": {
+            "external": {
+                "baseURL": "https://api.example/v1",
+                "providerModel": "m",
+                "price": {"inputPer1M": 1, "outputPer1M": 2},
+            }
+        },
+    }
+    api.models[("ns", "broken")] = {"metadata": {"name": "broken", "namespace": "ns"},
+                                    "spec": {"tier": "premium"}}  # fmt: skip
+
+
+def _scaler(api: FakeApi, running: float) -> Autoscaler:
+    busy = ModelSignals(observed_at=0, running=running)
+    return Autoscaler(api, StaticSignalSource({"auto": busy, "manual": busy}),
+                      AutoscalerSettings())  # fmt: skip
+
+
+def test_tick_writes_scale_status_and_events() -> None:
+    api = FakeApi()
+    _seed(api)
+    result = _scaler(api, 25).tick(1000.0)
+    assert ("scale", "auto", 3) in api.writes
+    assert not [w for w in api.writes if w[0] == "scale" and w[1] != "auto"]
+    status = api.models[("ns", "auto")]["status"]
+    assert status["autoscaling"]["desiredReplicas"] == 3
+    assert status["autoscaling"]["lastScaleTime"] == "1970-01-01T00:16:40Z"
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["MetricsAvailable"]["status"] == "True"
+    assert conds["MetricsAvailable"]["observedGeneration"] == 2
+    assert conds["Capped"]["reason"] == "NotCapped"
+    assert ("auto", "ScaledUp") in api.events
+    assert api.models[("ns", "manual")]["status"]["autoscaling"]["reason"].startswith("Manual")
+    assert any("broken" in s for s in result.skipped)
+    assert ("ns", "ext") not in result.decisions  # external models have no replicas
+
+
+def test_status_written_only_when_changed() -> None:
+    api = FakeApi()
+    _seed(api)
+    scaler = _scaler(api, 25)
+    scaler.tick(1000.0)
+    n = len(api.writes)
+    scaler.tick(1005.0)
+    assert len(api.writes) == n
+
+
+def test_gpu_cap_sets_condition_and_warns_once() -> None:
+    api = FakeApi()
+    _seed(api)
+    scaler = _scaler(api, 200)  # asks 4; manual keeps 1 of the 4 GPUs
+    scaler.tick(1000.0)
+    auto = api.models[("ns", "auto")]
+    assert auto["spec"]["replicas"] == 3
+    capped = next(c for c in auto["status"]["conditions"] if c["type"] == "Capped")
+    assert (capped["status"], capped["reason"]) == ("True", "GPUCapped")
+    scaler.tick(1005.0)
+    assert api.events.count(("auto", "GPUCapped")) == 1
+
+
+def test_failing_events_do_not_stop_writes() -> None:
+    api = FakeApi()
+    _seed(api)
+    api.fail_events = True
+    _scaler(api, 25).tick(1000.0)
+    assert api.models[("ns", "auto")]["spec"]["replicas"] == 3
+    assert api.models[("ns", "auto")]["status"]["autoscaling"]["desiredReplicas"] == 3
+
+
+def test_condition_transition_time_moves_only_on_flip() -> None:
+    conds = set_condition([], "Capped", "False", reason="NotCapped", message="", now=10,
+                          generation=None)  # fmt: skip
+    same = set_condition(conds, "Capped", "False", reason="NotCapped", message="x", now=20,
+                         generation=None)  # fmt: skip
+    flipped = set_condition(same, "Capped", "True", reason="GPUCapped", message="", now=30,
+                            generation=1)  # fmt: skip
+    assert same[0]["lastTransitionTime"] == conds[0]["lastTransitionTime"]
+    assert flipped[0]["lastTransitionTime"] == "1970-01-01T00:00:30Z"
+
+
+def test_leader_election_one_at_a_time() -> None:
+    api = FakeApi()
+    a = LeaderElector(api, "sys", "lease", "a", 30)
+    b = LeaderElector(api, "sys", "lease", "b", 30)
+    assert a.try_acquire(1000)
+    assert not b.try_acquire(1001)
+    assert a.try_acquire(1020)
+    assert not b.try_acquire(1049)
+    assert b.try_acquire(1051)
+    assert not a.try_acquire(1052)
+    assert api.leases[("sys", "lease")]["spec"]["leaseTransitions"] == 1
+
+
+def test_leader_election_race_has_one_winner() -> None:
+    api = FakeApi()
+    LeaderElector(api, "sys", "lease", "old", 30).try_acquire(0)
+    a = LeaderElector(api, "sys", "lease", "a", 30)
+    b = LeaderElector(api, "sys", "lease", "b", 30)
+    stale = api.get_lease("sys", "lease")
+    assert a.try_acquire(100)
+    # b read the Lease before a took it: its update carries the old resourceVersion.
+    api.get_lease = lambda ns, name: stale  # type: ignore[method-assign]
+    assert not b.try_acquire(100)
+
+
+def test_run_forever_acts_only_while_leading() -> None:
+    api = FakeApi()
+    _seed(api)
+    api.leases[("sys", "lease")] = {"metadata": {"name": "lease", "resourceVersion": "1"},
+                                    "spec": {"holderIdentity": "other",
+                                             "renewTime": "2999-01-01T00:00:00.000000Z",
+                                             "leaseDurationSeconds": 30}}  # fmt: skip
+    stop = threading.Event()
+    ticks = iter(range(1000, 1100))
+
+    def clock() -> float:
+        t = float(next(ticks))
+        if t > 1005:
+            stop.set()
+        return t
+
+    elector = LeaderElector(api, "sys", "lease", "me", 30)
+    run_forever(_scaler(api, 25), elector, 0.0, stop, clock)
+    assert api.writes == []
+
+
+@pytest.mark.parametrize("leading", [True])
+def test_run_forever_ticks_when_leading(leading: bool) -> None:
+    api = FakeApi()
+    _seed(api)
+    stop = threading.Event()
+    ticks = iter(range(1000, 1100))
+
+    def clock() -> float:
+        t = float(next(ticks))
+        if t > 1003:
+            stop.set()
+        return t
+
+    run_forever(_scaler(api, 25), LeaderElector(api, "sys", "lease", "me", 30), 0.0, stop, clock)
+    assert ("scale", "auto", 3) in api.writes

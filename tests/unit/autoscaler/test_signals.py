@@ -1,0 +1,128 @@
+"""Signal sources: Prometheus results to signals, missing and stale series, injected signals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tokenyard.autoscaler import queries
+from tokenyard.autoscaler.signals import (
+    ModelRef,
+    ModelSignals,
+    PrometheusSignalSource,
+    StaticSignalSource,
+    by_label,
+)
+
+NOW = 1_700_000_000.0
+
+
+def _vec(label: str, values: dict[str, float], ts: float = NOW) -> list[dict[str, Any]]:
+    return [{"metric": {label: k}, "value": [ts, str(v)]} for k, v in values.items()]
+
+
+class FakeProm:
+    """Answers each query by which builder in ``queries`` produced it."""
+
+    def __init__(self, seen_at: float = NOW, fail: bool = False) -> None:
+        self.seen_at = seen_at
+        self.fail = fail
+        self.asked: list[str] = []
+
+    def __call__(self, q: str) -> list[dict[str, Any]]:
+        self.asked.append(q)
+        if self.fail:
+            raise ConnectionError("connection refused")
+        m = queries.MODEL_LABEL
+        table = {
+            queries.running(): _vec(m, {"llama": 4}),
+            queries.waiting(): _vec(m, {"llama": 6}),
+            queries.last_sample_time(): _vec(m, {"llama": self.seen_at}),
+            queries.kv_cache_usage(): _vec(m, {"llama": 0.5}),
+            queries.request_rate("1m"): _vec(m, {"llama": 2.0}),
+            queries.prompt_tokens_rate("1m"): _vec(m, {"llama": 900.0}),
+            queries.generation_tokens_rate("1m"): _vec(m, {"llama": 100.0}),
+            queries.ttft_p95("1m"): _vec(m, {"llama": float("nan")}),
+            queries.serve_ongoing(): _vec(queries.APPLICATION_LABEL, {"model-llama": 12}),
+            queries.gpu_utilization_by_class(): [
+                {
+                    "metric": {
+                        "namespace": "ns",
+                        queries.POOL_LABEL: "pool",
+                        queries.GROUP_LABEL: "l4",
+                    },
+                    "value": [NOW, "75"],
+                }
+            ],
+        }
+        return table.get(q, [])
+
+
+REFS = [ModelRef("llama", "llama", "ns", "pool", "l4"), ModelRef("gone", "gone")]
+
+
+def test_signals_from_prometheus_results() -> None:
+    src = PrometheusSignalSource("http://unused", query=FakeProm())
+    out = src.model_signals(REFS, NOW)
+    s = out["llama"]
+    assert s.available
+    assert (s.running, s.waiting, s.kv_cache_usage) == (4, 6, 0.5)
+    assert s.tokens_per_s == 1000.0
+    assert s.ttft_p95_s is None  # NaN (no first tokens in the window) is no value
+    assert s.serve_ongoing == 12
+    assert s.ongoing == 12  # Ray Serve counts more in flight than the engine
+    assert s.gpu_utilization == 0.75
+    assert not out["gone"].available
+    assert "model_name=gone" in out["gone"].detail
+
+
+def test_stale_series_are_unavailable() -> None:
+    src = PrometheusSignalSource("http://unused", query=FakeProm(NOW - 600), stale_after_s=120)
+    s = src.model_signals(REFS, NOW)["llama"]
+    assert not s.available
+    assert "600s old" in s.detail
+
+
+def test_query_failure_is_unavailable_not_zero() -> None:
+    src = PrometheusSignalSource("http://unused", query=FakeProm(fail=True))
+    out = src.model_signals(REFS, NOW)
+    assert not any(s.available for s in out.values())
+    assert out["llama"].running is None
+    assert src.spend_usd_per_hour(NOW) == {}
+    assert src.pool_signals("ns", "pool", NOW).gpus_in_use == {}
+
+
+def test_by_label_drops_nan_and_unlabelled() -> None:
+    res = [
+        {"metric": {"model_name": "a"}, "value": [0, "1.5"]},
+        {"metric": {"model_name": "b"}, "value": [0, "NaN"]},
+        {"metric": {}, "value": [0, "3"]},
+        {"metric": {"model_name": "c"}, "value": [0, "+Inf"]},
+    ]
+    assert by_label(res, "model_name") == {"a": 1.5}
+
+
+def test_every_query_reads_both_vllm_spellings() -> None:
+    for q in (queries.running(), queries.waiting(), queries.kv_cache_usage()):
+        assert "vllm:" in q and "ray_vllm_" in q
+    for q in (queries.request_rate("1m"), queries.prompt_tokens_rate("1m"), queries.ttft_p95("1m")):
+        assert "[1m]" in q and "ray_vllm_" in q
+
+
+def test_static_source_reads_file_each_time(tmp_path: Path) -> None:
+    f = tmp_path / "signals.json"
+    f.write_text(json.dumps({"models": {"llama": {"running": 3}}, "spendUSDPerHour": {"e": 2}}))
+    src = StaticSignalSource(path=str(f))
+    assert src.model_signals(REFS, NOW)["llama"].running == 3
+    assert not src.model_signals(REFS, NOW)["gone"].available
+    assert src.spend_usd_per_hour(NOW) == {"e": 2.0}
+    f.write_text("not json")
+    assert not src.model_signals(REFS, NOW)["llama"].available
+
+
+def test_static_source_in_memory() -> None:
+    src = StaticSignalSource({"llama": ModelSignals(observed_at=0, running=1, waiting=2)})
+    s = src.model_signals(REFS, NOW)["llama"]
+    assert s.observed_at == NOW
+    assert s.ongoing == 3

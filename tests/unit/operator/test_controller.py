@@ -1,0 +1,325 @@
+"""The reconciler against an in-memory API: passes are idempotent, write only on change,
+and report what they cannot do."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from typing import Any
+
+import pytest
+from tests.unit.operator.factories import NS, external_doc, model_doc, policy_doc, pool_doc
+
+from tokenyard.operator.controller import (
+    Controller,
+    DictStore,
+    WorkQueue,
+    namespace_key,
+    parse,
+    pool_key,
+)
+from tokenyard.operator.kube import MODELS, POLICIES, POOLS, RAY_SERVICES, SECRETS, FakeKubeApi
+from tokenyard.settings import OperatorSettings
+
+T0 = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+
+
+class World:
+    """A store and an API server that agree (the store is what the watches saw)."""
+
+    def __init__(self, *, crd: bool = True) -> None:
+        served = {POOLS, MODELS, POLICIES, SECRETS} | ({RAY_SERVICES} if crd else set())
+        self.api = FakeKubeApi(served=served)
+        self.store = DictStore()
+        self.now = T0
+        self.ctrl = Controller(
+            self.api, self.store, OperatorSettings(retry_delay_s=1), clock=lambda: self.now
+        )
+
+    def add(self, *docs: dict[str, Any]) -> None:
+        for d in docs:
+            res = {"ServingPool": POOLS, "ModelDeployment": MODELS, "RoutingPolicy": POLICIES}.get(
+                d["kind"]
+            )
+            if res is None:
+                self.api.put(SECRETS, d)
+                continue
+            self.api.put(res, d)
+            group = {
+                POOLS: self.store.pool_bodies,
+                MODELS: self.store.model_bodies,
+                POLICIES: self.store.policy_bodies,
+            }[res]
+            group[:] = [b for b in group if b["metadata"]["name"] != d["metadata"]["name"]] + [d]
+
+    def sync(self) -> None:
+        """Let the store see what the API server has now (the watch events)."""
+        for res, group in (
+            (POOLS, self.store.pool_bodies),
+            (MODELS, self.store.model_bodies),
+            (POLICIES, self.store.policy_bodies),
+        ):
+            group[:] = [
+                self.api.objects[(res, NS, b["metadata"]["name"])]
+                for b in group
+                if (res, NS, b["metadata"]["name"]) in self.api.objects
+            ]
+
+    def obj(self, res: Any, name: str) -> dict[str, Any]:
+        return self.api.objects[(res, NS, name)]
+
+    async def settle(self) -> None:
+        """Reconcile until statuses stop changing (what the operator's event loop does)."""
+        for _ in range(5):
+            self.ctrl.enqueue_pool(NS, "gpu-pool", 0)
+            self.ctrl.enqueue_namespace(NS, 0)
+            await self.ctrl.drain()
+            self.sync()
+
+    def writes(self) -> list[tuple[str, str, str, str]]:
+        return [c for c in self.api.calls if c[0] not in ("get", "discover")]
+
+
+def secret(name: str = "provider-key", key: str = "apiKey") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": NS},
+        "data": {key: "c2stc2VjcmV0"},
+    }
+
+
+def ready(obj: dict[str, Any]) -> tuple[str, str]:
+    c = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+    return c["status"], c["reason"]
+
+
+async def test_pass_creates_then_converges_to_no_writes() -> None:
+    w = World()
+    w.add(
+        pool_doc(),
+        model_doc("economy"),
+        external_doc(),
+        policy_doc(targets=("economy", "provider")),
+        secret(),
+    )
+    await w.settle()
+    rs = w.obj(RAY_SERVICES, "gpu-pool")
+    assert rs["metadata"]["ownerReferences"][0]["uid"] == "uid-pool"
+    assert ready(w.obj(MODELS, "economy")) == ("False", "Deploying")
+    assert ready(w.obj(MODELS, "provider")) == ("True", "ExternalProvider")
+    assert w.obj(POLICIES, "chat")["status"]["readyTargets"] == "1/2"
+    assert w.obj(POOLS, "gpu-pool")["status"]["gpus"] == "l4 1/4, h100 0/8"
+    assert w.ctrl.stats.created == 1
+
+    # Nothing changed: a further pass reads but writes nothing (no status, no RayService).
+    w.api.calls.clear()
+    await w.settle()
+    assert w.writes() == []
+
+    # KubeRay reports the app running: the status flows back, once.
+    await w.api.patch(
+        RAY_SERVICES,
+        NS,
+        "gpu-pool",
+        {
+            "status": {
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "NonZeroServeEndpoints",
+                        "message": "",
+                    }
+                ],
+                "activeServiceStatus": {
+                    "applicationStatuses": {"model-economy": {"status": "RUNNING"}}
+                },
+            }
+        },
+    )
+    w.now = T0 + datetime.timedelta(minutes=5)
+    await w.settle()
+    assert ready(w.obj(MODELS, "economy")) == ("True", "Running")
+    assert ready(w.obj(POOLS, "gpu-pool")) == ("True", "Running")
+    assert w.obj(POLICIES, "chat")["status"]["readyTargets"] == "2/2"
+    c = next(c for c in w.obj(MODELS, "economy")["status"]["conditions"] if c["type"] == "Ready")
+    assert c["lastTransitionTime"] == "2026-01-02T03:09:05Z"
+    assert w.ctrl.stats.updated == 0  # status changes never touch the RayService
+
+
+async def test_spec_change_patches_the_rayservice_once() -> None:
+    w = World()
+    w.add(pool_doc(), model_doc("economy"))
+    await w.settle()
+    before = w.obj(RAY_SERVICES, "gpu-pool")["metadata"]["annotations"]["tokenyard.dev/spec-hash"]
+    w.add(model_doc("economy", engine={"maxModelLen": 2048}))
+    w.api.calls.clear()
+    await w.settle()
+    rs_writes = [c for c in w.writes() if c[1] == "rayservices"]
+    assert rs_writes == [("patch", "rayservices", NS, "gpu-pool")]
+    assert (
+        w.obj(RAY_SERVICES, "gpu-pool")["metadata"]["annotations"]["tokenyard.dev/spec-hash"]
+        != before
+    )
+
+
+async def test_invalid_members_are_skipped_and_others_served() -> None:
+    w = World()
+    bad = model_doc("bad")
+    bad["spec"]["inCluster"]["gpusPerReplica"] = "lots"
+    w.add(pool_doc(), model_doc("economy"), bad)
+    await w.settle()
+    rs = w.obj(RAY_SERVICES, "gpu-pool")
+    assert "model-economy" in rs["spec"]["serveConfigV2"]
+    assert "model-bad" not in rs["spec"]["serveConfigV2"]
+    assert "status" not in w.obj(MODELS, "bad")  # its own handler reports ValidationFailed
+    assert "bad" in w.obj(POOLS, "gpu-pool")["status"]["models"]
+
+
+async def test_gpu_limit_is_a_condition_and_a_warning_event() -> None:
+    w = World()
+    w.add(pool_doc(), model_doc("huge", autoscaling={"minReplicas": 5, "maxReplicas": 5}))
+    await w.settle()
+    assert ready(w.obj(MODELS, "huge")) == ("False", "GPULimitExceeded")
+    assert "model-huge" not in w.obj(RAY_SERVICES, "gpu-pool")["spec"]["serveConfigV2"]
+    warnings = [e for e in w.api.events if e[1] == "Warning"]
+    assert [(e[0], e[2]) for e in warnings] == [("huge", "GPULimitExceeded")]
+    assert (
+        "excluded: huge (GPULimitExceeded)"
+        in w.obj(POOLS, "gpu-pool")["status"]["conditions"][0]["message"]
+    )
+
+
+async def test_rayservice_crd_missing() -> None:
+    w = World(crd=False)
+    w.add(pool_doc(), model_doc("economy"))
+    await w.settle()
+    assert ready(w.obj(POOLS, "gpu-pool")) == ("False", "RayServiceCRDMissing")
+    assert ready(w.obj(MODELS, "economy")) == ("False", "RayServiceCRDMissing")
+    assert not any(c[0] == "create" for c in w.api.calls)
+    # Retried later by itself:
+    assert pool_key(NS, "gpu-pool") in w.ctrl.queue._due
+
+
+async def test_create_conflict_patches_the_existing_object() -> None:
+    w = World()
+    w.add(pool_doc(), model_doc("economy"))
+    # A RayService created by an earlier pass whose watch event was not seen yet.
+    stale = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {
+            "name": "gpu-pool",
+            "namespace": NS,
+            "labels": {
+                "app.kubernetes.io/managed-by": "tokenyard",
+                "tokenyard.dev/pool": "gpu-pool",
+            },
+            "annotations": {"tokenyard.dev/spec-hash": "old"},
+        },
+        "spec": {"serveConfigV2": "", "rayClusterConfig": {}},
+    }
+    real_get = w.api.get
+    hidden = {"first": True}
+
+    async def get_once_missing(res: Any, ns: str, name: str) -> dict[str, Any]:
+        if res == RAY_SERVICES and hidden.pop("first", False):
+            w.api.put(RAY_SERVICES, stale)
+            from tokenyard.operator.kube import NotFound
+
+            raise NotFound(404, "not yet")
+        return await real_get(res, ns, name)
+
+    w.api.get = get_once_missing  # type: ignore[method-assign]
+    await w.settle()
+    assert w.ctrl.stats.created == 0 and w.ctrl.stats.updated >= 1
+    assert "model-economy" in w.obj(RAY_SERVICES, "gpu-pool")["spec"]["serveConfigV2"]
+
+
+async def test_foreign_rayservice_is_left_alone() -> None:
+    w = World()
+    w.add(pool_doc())
+    w.api.put(
+        RAY_SERVICES,
+        {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayService",
+            "metadata": {"name": "gpu-pool", "namespace": NS},
+            "spec": {"serveConfigV2": "mine"},
+        },
+    )
+    await w.settle()
+    assert w.obj(RAY_SERVICES, "gpu-pool")["spec"] == {"serveConfigV2": "mine"}
+    assert ready(w.obj(POOLS, "gpu-pool")) == ("False", "RayServiceConflict")
+
+
+async def test_orphans_get_pool_not_found() -> None:
+    w = World()
+    w.add(
+        model_doc("lost", pool="nope"),
+        policy_doc(pool="nope", targets=("lost",)),
+        external_doc("free", pool=None),
+        secret(),
+    )
+    await w.settle()
+    assert ready(w.obj(MODELS, "lost")) == ("False", "PoolNotFound")
+    assert ready(w.obj(POLICIES, "chat")) == ("False", "PoolNotFound")
+    assert ready(w.obj(MODELS, "free")) == ("True", "ExternalProvider")
+    assert RAY_SERVICES not in {k[0] for k in w.api.objects}
+
+
+async def test_deleted_pool_turns_members_into_orphans() -> None:
+    w = World()
+    w.add(pool_doc(), model_doc("economy"))
+    await w.settle()
+    w.store.pool_bodies.clear()
+    del w.api.objects[(POOLS, NS, "gpu-pool")]
+    await w.settle()
+    assert ready(w.obj(MODELS, "economy")) == ("False", "PoolNotFound")
+
+
+def test_parse_keeps_unknown_status_fields_from_failing_the_object() -> None:
+    doc = model_doc("m", status={"kopf": {"progress": {}}, "replicas": 1})
+    p = parse(__import__("tokenyard.api.model", fromlist=["ModelDeployment"]).ModelDeployment, doc)
+    assert p.error is None and p.obj.status.replicas == 1
+
+
+def test_parse_names_the_field() -> None:
+    from tokenyard.api.model import ModelDeployment
+
+    doc = model_doc("m")
+    doc["spec"]["inCluster"]["engine"]["tensorParallelSize"] = 0
+    p = parse(ModelDeployment, doc)
+    assert (
+        p.obj is None
+        and p.error is not None
+        and "spec.inCluster.engine.tensorParallelSize" in p.error
+    )
+
+
+# --------------------------------------------------------------------------- queue
+
+
+async def test_work_queue_coalesces_and_serialises_keys() -> None:
+    t = [0.0]
+    q = WorkQueue(clock=lambda: t[0])
+    q.add("a", 1.0)
+    q.add("a", 5.0)  # keeps the earlier due time
+    q.add("b", 2.0)
+    t[0] = 1.5
+    assert await asyncio.wait_for(q.get(), 1) == "a"
+    q.add("a", 0.0)  # while "a" is processed: queued again after done()
+    t[0] = 2.5
+    assert await asyncio.wait_for(q.get(), 1) == "b"
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(q.get(), 0.05)
+    q.done("a")
+    assert await asyncio.wait_for(q.get(), 1) == "a"
+
+
+async def test_member_events_enqueue_old_and_new_pools() -> None:
+    w = World()
+    w.ctrl.on_member_event("model", NS, "m", "p1", deleted=False)
+    w.ctrl.on_member_event("model", NS, "m", "p2", deleted=False)
+    assert {pool_key(NS, "p1"), pool_key(NS, "p2"), namespace_key(NS)} <= set(w.ctrl.queue._due)
