@@ -73,7 +73,7 @@ def manifests(models: dict[str, Path], ext_url: str, *, chat_strategy: str = "Ch
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "provider"},
         "stringData": {"apiKey": "sk-test-not-a-real-key"},
     }  # fmt: skip
-    fallback = {"on": ["Error", "Timeout", "Unavailable", "Overloaded"],
+    fallback = {"retryOn": ["Error", "Timeout", "Unavailable", "Overloaded"],
                 "perAttemptTimeoutSeconds": 30, "totalTimeoutSeconds": 60}  # fmt: skip
 
     def policy(name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -211,7 +211,7 @@ def stack(
         try:
             flush_ledger(p.pool)
         finally:
-            serve.shutdown()
+            serve.shutdown()  # type: ignore[no-untyped-call]
             ray.shutdown()
             for var in p.env:
                 os.environ.pop(var, None)
@@ -455,6 +455,57 @@ def test_fallback_when_external_backend_dies(stack: Stack) -> None:
     assert "tokenyard_fallbacks_total" in metrics and 'reason="Unavailable"' in metrics
 
 
+def test_stats_count_requests_targets_and_fallbacks(stack: Stack) -> None:
+    """GET /v1/tokenyard/stats: compared as differences, so earlier tests do not matter.
+    After the fallback test the external model is down, so ext-first falls back."""
+
+    def stats() -> dict[str, Any]:
+        r = httpx.get(f"{stack.root}/v1/tokenyard/stats", timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json()["endpoints"]  # type: ignore[no-any-return]
+
+    before = stats()
+    c = stack.client()
+    seen: dict[str, int] = {}
+    for difficulty in ("0.1", "0.9", "0.1"):
+        raw = c.chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+            extra_headers={"X-Tokenyard-Difficulty": difficulty},
+        )  # fmt: skip
+        target = raw.headers["x-tokenyard-target"]
+        seen[target] = seen.get(target, 0) + 1
+    ext_down = stack.ext.proc.poll() is not None
+    ext_first = c.chat.completions.with_raw_response.create(
+        model="ext-first", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    assert ext_first.headers["x-tokenyard-target"] == ("tiny-economy" if ext_down else "ext-public")
+
+    def grew(after: dict[str, Any], ep: str, *keys: str) -> Any:
+        def get(doc: dict[str, Any]) -> Any:
+            for k in keys:
+                doc = doc.get(k, {}) if isinstance(doc, dict) else {}
+            return doc or 0
+
+        return get(after.get(ep, {})) - get(before.get(ep, {}))
+
+    # One router replica here; polling keeps the test right with more (mirror refresh).
+    deadline = time.monotonic() + 15
+    after = stats()
+    while time.monotonic() < deadline and grew(after, "ext-first", "requests") < 1:
+        time.sleep(0.5)
+        after = stats()
+    assert grew(after, "chat", "requests") == 3
+    for model, n in seen.items():
+        assert grew(after, "chat", "byTarget", model) == n
+        assert grew(after, "chat", "recent", "byTarget", model) == n
+    assert grew(after, "chat", "recent", "requests") == 3
+    assert grew(after, "ext-first", "requests") == 1
+    assert grew(after, "ext-first", "fallbacks") >= (1 if ext_down else 0)
+    chat_stats = after["chat"]
+    assert chat_stats["spendUSD"] > 0 and chat_stats["spendWindow"] == "24h"
+    assert chat_stats["windowSeconds"] > 0
+
+
 def test_spend_survives_router_and_ledger_restart(stack: Stack) -> None:
     import ray
     from ray import serve
@@ -489,3 +540,18 @@ def test_spend_survives_router_and_ledger_restart(stack: Stack) -> None:
     with pytest.raises(openai.RateLimitError) as err:
         chat(capped, "chat", "hi", rid())
     assert err.value.body["code"] == "budget_exceeded"  # type: ignore[index]
+
+
+def test_fallback_when_a_model_app_is_deleted(stack: Stack) -> None:
+    from ray import serve
+
+    hard = {"X-Tokenyard-Difficulty": "0.9"}
+    c = stack.client()
+    assert chat(c, "chat", "hi", rid(), headers=hard).model == "tiny-frontier"
+    serve.delete("model-tiny-frontier")  # blocks until the app is gone
+    time.sleep(3)  # > the router's application-status poll interval
+    request_id = rid()
+    assert chat(c, "chat", "hi", request_id, headers=hard).model == "tiny-economy"
+    line = stack.audit_for(request_id)
+    assert line["target"] == "tiny-economy"
+    assert line["fallbacks"] == []  # known not ready: skipped, never tried

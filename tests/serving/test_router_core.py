@@ -319,6 +319,43 @@ async def test_models_health_and_unknown_route(make_router: Any) -> None:
     assert (await client.get("/nope")).status_code == 404
 
 
+async def test_stats_count_requests_fallbacks_targets_and_spend(
+    backends: Backends, make_router: Any
+) -> None:
+    backends.handlers["a"] = lambda r: httpx.Response(500, json={"error": {"message": "boom"}})
+    backends.handlers["b"] = lambda r: httpx.Response(200, json=completion("b"))
+    star = [{"tenant": "*", "limitUSD": 1.0, "window": "60m"}]
+    _, client = make_router(config(["a", "b"], budgets=star))
+    empty = (await client.get("/v1/tokenyard/stats")).json()
+    assert empty["endpoints"]["ep"]["requests"] == 0 and set(empty["endpoints"]) == {"ep"}
+
+    seen = [(await client.post("/v1/chat/completions", json=BODY)).headers["x-tokenyard-target"]]
+    backends.handlers["a"] = lambda r: httpx.Response(200, json=completion("a"))
+    seen.append(
+        (await client.post("/v1/chat/completions", json=BODY)).headers["x-tokenyard-target"]
+    )
+    direct = await client.post("/v1/chat/completions", json={**BODY, "model": "b"})
+    assert direct.status_code == 200
+    assert (
+        await client.post("/v1/chat/completions", json={**BODY, "model": "x"})
+    ).status_code == 404
+
+    r = await client.get("/v1/tokenyard/stats")
+    assert r.status_code == 200
+    doc = r.json()
+    assert (doc["pool"], doc["namespace"]) == ("p", "ns")
+    assert doc["generatedAt"].endswith("Z")
+    ep = doc["endpoints"]["ep"]
+    assert seen == ["b", "a"]
+    assert (ep["requests"], ep["fallbacks"]) == (2, 1)
+    assert ep["byTarget"] == ep["recent"]["byTarget"] == {"a": 1, "b": 1}
+    assert ep["spendWindow"] == "60m"
+    assert ep["spendUSD"] == pytest.approx(5 * 2.0 / 1e6 + 5 * 1.0 / 1e6)
+    # A model called by name is its own endpoint; unknown names are not counted.
+    assert set(doc["endpoints"]) == {"ep", "b"}
+    assert doc["endpoints"]["b"]["byTarget"] == {"b": 1}
+
+
 def test_audit_logger_writes_one_json_line(
     tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -128,12 +128,12 @@ class CircuitBreakerSpec(ApiModel):
 class FallbackSpec(ApiModel):
     """When and how a failed request is retried on the next target."""
 
-    on: list[FailureKind] = Field(
+    retryOn: list[FailureKind] = Field(
         default_factory=lambda: list(DEFAULT_FALLBACK_ON),
         max_length=6,
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
-    """on lists the failures that move a request to the next target: Error, Timeout,
+    """retryOn lists the failures that move a request to the next target: Error, Timeout,
     Unavailable, Overloaded, RateLimited (the backend said 429) and Budget."""
     maxAttempts: int = Field(default=3, ge=1, le=10)
     """maxAttempts counts every target tried, the first included."""
@@ -275,7 +275,7 @@ class RoutingPolicySpec(ApiModel):
         require_unique((r.name for r in self.rules), "rules[].name")
         require_unique((b.tenant for b in self.budgets), "budgets[].tenant")
         require_unique((r.tenant for r in self.rateLimits), "rateLimits[].tenant")
-        require_unique(self.fallback.on, "fallback.on")
+        require_unique(self.fallback.retryOn, "fallback.retryOn")
         require_unique(self.egress.allowedExternalDataClasses, "egress.allowedExternalDataClasses")
         require_unique(self.egress.detectors, "egress.detectors")
         return self

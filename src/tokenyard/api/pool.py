@@ -76,8 +76,21 @@ class HeadSpec(ApiModel):
     """memory requested by the Ray head pod."""
 
 
+class RouterStateSpec(ApiModel):
+    """Where the router keeps its spend ledger, so budgets survive restarts."""
+
+    persistent: bool = True
+    """persistent keeps the ledger on a PersistentVolumeClaim (named POOL-router-state,
+    owned by the pool) mounted on the Ray head; false keeps it on the head pod's own
+    disk, lost whenever that pod is replaced."""
+    storageClassName: str | None = Field(default=None, max_length=253)
+    """storageClassName of the claim; the cluster's default class when unset."""
+    size: str = Field(default="1Gi", pattern=QUANTITY)
+    """size of the claim (the ledger needs a few MB)."""
+
+
 class RouterSpec(ApiModel):
-    """How the pool's tokenyard router is scaled."""
+    """How the pool's tokenyard router is scaled and where it keeps state."""
 
     minReplicas: int = Field(default=1, ge=1, le=100)
     """minReplicas of the router deployment."""
@@ -85,6 +98,8 @@ class RouterSpec(ApiModel):
     """maxReplicas of the router deployment."""
     cpu: float = Field(default=1.0, ge=0, le=64)
     """cpu (Ray logical CPUs) reserved per router replica."""
+    state: RouterStateSpec = Field(default_factory=RouterStateSpec)
+    """state says where spend is persisted."""
 
 
 class ServingPoolSpec(ApiModel):

@@ -14,8 +14,12 @@ has in flight within the SLO (the next burst's capacity). The largest ask wins. 
 down waits for a cool-down after the last scale-up, takes the largest recommendation of
 the last ``scale_down_delay_s`` and removes at most half of the replicas at once; a 10%
 dead band keeps a steady load from flapping, and replicas still starting are not
-stacked on. A model with ``minReplicas: 0`` and ``scaleToZeroAfterSeconds`` goes to zero
-after that long without requests, and back to one as soon as a request waits.
+stacked on. Two rules weigh replicas against their cold start: keep-warm holds what the
+last burst needed for as long as ``keep_warm_usd`` pays for a replica (cheap replicas
+longer), and a replica whose cold start exceeds the stable window is not added while the
+ready ones clear all in flight before it could serve. A model with ``minReplicas: 0``
+and ``scaleToZeroAfterSeconds`` goes to zero after that long without requests, and back
+to one as soon as a request waits.
 
 Per pool (:func:`allocate`): every model first gets its minimum (never undercut), then
 replicas are handed out one at a time, highest priority first, then by value per dollar
@@ -65,6 +69,17 @@ class DecisionConfig:
     (1.0: twice the replicas): one burst makes one scale event, not one per interval."""
     burst_slo_fraction: float = 0.5
     """Pre-provision for the last bursts only while p95 TTFT exceeds this share of the SLO."""
+    keep_warm_usd: float = 0.1
+    """Keep-warm: after a burst, scale-down keeps the replicas that burst needed for as
+    long as this many USD per replica buy (0, or a replica without a price: off). LLM
+    traffic comes in active periods minutes apart and a released replica returns only
+    after its cold start, so cheap replicas are worth keeping longer: 0.1 USD keeps a
+    0.80 USD/h replica 7.5 min, an 8 USD/h one 45 s."""
+    cold_start_aware: bool = True
+    """For a model whose cold start is longer than the stable window (the load the
+    autoscaler can see), add no replica while the ready ones clear all in flight before a
+    new one could serve and the steady load fits them: it would start to an empty queue,
+    yet cost from the moment it is asked for."""
     tolerance: float = 0.1
     """Dead band: no change while the ask is within 10% of the current replicas."""
     cost_time_constant_s: float = 1800.0
@@ -181,6 +196,9 @@ class ModelState:
     """(time, replicas a burst needs) over the panic window."""
     recommendations: tuple[tuple[float, int], ...] = ()
     """(time, recommended replicas) over the scale-down delay."""
+    peaks: tuple[tuple[float, float], ...] = ()
+    """(time, replicas a burst needed) over the keep-warm window, a sliding maximum: each
+    entry is larger than every later one, so the first is the window's maximum."""
     panic_until: float | None = None
     last_active: float | None = None
     last_scale_up: float | None = None
@@ -379,7 +397,21 @@ def recommend(
     )
     if burst > n and burst > current and at_risk:
         n, why = burst, f"burst: {burst_avg:.2f} replicas prefill what is in flight within SLO"
-    n_capped = min(max(n, burst, floor), hi)
+    # Keep-warm: the largest burst need within the model's keep-warm window (as long as
+    # keep_warm_usd pays for one replica) bounds scale-down, so a model keeps what its
+    # last burst needed through the calm between two active periods.
+    keep_warm_s = (
+        cfg.keep_warm_usd * 3600 / view.replica_cost_per_hour
+        if cfg.keep_warm_usd > 0 and view.replica_cost_per_hour > 0
+        else 0.0
+    )
+    peaks: tuple[tuple[float, float], ...] = ()
+    warm = 0
+    if keep_warm_s > 0:
+        kept = (p for p in state.peaks if p[0] > now - keep_warm_s and p[1] > burst_avg)
+        peaks = (*kept, (now, burst_avg))
+        warm = _ceil(peaks[0][1] * (1 - cfg.tolerance))
+    n_capped = min(max(n, burst, warm, floor), hi)
     recs = (
         *(r for r in state.recommendations if r[0] > now - cfg.scale_down_delay_s),
         (now, n_capped),
@@ -393,10 +425,12 @@ def recommend(
         else:
             stabilised = max(r[1] for r in recs)
             step_floor = current - max(1, int(current - current / cfg.max_scale_down_rate))
-            target = max(n, stabilised, step_floor)
+            target = max(n, stabilised, step_floor, warm)
             if floor == 0 and n == 0 and current == 1:
                 target = max(0, stabilised)
-            if target > n:
+            if target > n and warm >= target:
+                why = f"{why}; keep-warm: a burst of the last {keep_warm_s:.0f}s needed {warm}"
+            elif target > n:
                 why = f"{why}; scale-down limited to {target}"
             n = min(target, current)
     elif n > current:
@@ -404,8 +438,29 @@ def recommend(
         # Replicas asked for are still starting: add more before they serve only for a
         # clearly larger ask, so one burst is one scale event, not one per interval.
         starting = current - ready
+        clear_s = in_flight / (ready * view.nominal_tokens_per_s) if ready > 0 else math.inf
         if starting > 0 and n < current + max(1, _ceil(cfg.restack_fraction * current)):
             n, why = current, f"waiting for {starting} starting replica(s): {why}"
+        elif (
+            cfg.cold_start_aware
+            and in_flight > 0
+            and clear_s < view.cold_start_s
+            and view.cold_start_s > cfg.stable_window_s
+            and stable <= ready
+        ):
+            # A new replica costs from now but serves only after its cold start; when the
+            # ready ones clear all in flight before then and the steady load fits them,
+            # it would start to an empty queue. A backlog that outlasts a cold start, or
+            # a steady load beyond the ready replicas, still scales up. Only for cold
+            # starts beyond the stable window: a shorter one is likely to meet the next
+            # burst of the same active period.
+            n, why = (
+                current,
+                (
+                    f"cold-start-aware: {ready} ready clear what is in flight in {clear_s:.0f}s"
+                    f" < {view.cold_start_s:g}s cold start; {why}"
+                ),
+            )
 
     n = min(max(n, floor), hi)
     new_state = replace(
@@ -413,6 +468,7 @@ def recommend(
         samples=samples,
         bursts=bursts,
         recommendations=recs,
+        peaks=peaks,
         panic_until=panic_until,
         last_active=last_active,
     )

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from pydantic import ValidationError
 from tokenyard.api.common import (
     REASON_DEPLOYING,
     REASON_EXTERNAL_PROVIDER,
+    REASON_NO_READY_TARGETS,
     REASON_RUNNING,
     REASON_TARGETS_READY,
 )
@@ -49,8 +51,11 @@ log = logging.getLogger("tokenyard.operator")
 # creating 50 models of a pool renders its RayService a few times, not 50 times.
 DEBOUNCE_S = 0.2
 # Passes run concurrently for different keys (never for the same key); they mostly
-# wait on the API server, so a few workers hide its latency.
-WORKERS = 4
+# wait on the API server, so several workers hide its latency.
+WORKERS = 8
+# Status writes in flight at once, per pass: bounded so a pool of hundreds of models
+# does not open hundreds of connections at the API server.
+STATUS_WRITES_IN_FLIGHT = 16
 
 Body = Mapping[str, Any]
 
@@ -204,6 +209,8 @@ def _ready_reason(st: Mapping[str, Any] | None) -> tuple[str | None, str | None]
 _GOOD = {REASON_RUNNING, REASON_EXTERNAL_PROVIDER, REASON_TARGETS_READY}
 # Transitional: logged, no Event (every new model passes through it).
 _QUIET = {REASON_DEPLOYING}
+# Expected while targets start (each target reports its own problems): a Normal Event.
+_NORMAL = {REASON_NO_READY_TARGETS}
 
 
 # --------------------------------------------------------------------------- queue
@@ -304,7 +311,9 @@ class Controller:
         self.queue = WorkQueue()
         self.stats = Stats()
         self._crd_served: bool | None = None
+        self._write_slots = asyncio.Semaphore(STATUS_WRITES_IN_FLIGHT)
         self._last_pool: dict[tuple[str, str, str], str] = {}
+        self._fingerprints: dict[tuple[str, str, str], str] = {}
 
     # ----------------------------------------------------------------- triggers
 
@@ -313,6 +322,31 @@ class Controller:
 
     def enqueue_namespace(self, namespace: str, delay: float = DEBOUNCE_S) -> None:
         self.queue.add(namespace_key(namespace), delay)
+
+    def changed(self, kind: str, namespace: str, name: str, body: Body | None) -> bool:
+        """Whether a watch event carries a change that can alter what the operator
+        renders or reports: spec, generation, or the status fields others write that we
+        read (the autoscaler's bounds, a measured cost). Our own status writes and kopf's
+        annotations come back as events too; they are dropped here, not re-rendered."""
+        key = (kind, namespace, name)
+        if body is None:  # deleted
+            self._fingerprints.pop(key, None)
+            return True
+        raw_status = body.get("status")
+        st: Mapping[str, Any] = raw_status if isinstance(raw_status, Mapping) else {}
+        relevant = {
+            "spec": body.get("spec"),
+            "generation": (body.get("metadata") or {}).get("generation"),
+            "autoscaling": st.get("autoscaling"),
+            "cost": (st.get("costPer1MTokens"), st.get("costSource"))
+            if st.get("costSource") == "Measured"
+            else None,
+        }
+        fp = json.dumps(relevant, sort_keys=True, default=str)
+        if self._fingerprints.get(key) == fp:
+            return False
+        self._fingerprints[key] = fp
+        return True
 
     def on_member_event(
         self,
@@ -439,6 +473,41 @@ class Controller:
             out[name] = set((s.get("data") or {}).keys()) | set((s.get("stringData") or {}).keys())
         return out
 
+    async def pool_exists(self, ns: str, name: str) -> bool:
+        """Whether the pool exists: the index, else the API server (the pool's watch
+        event can arrive after its members' when they are created together)."""
+        if self.store.pool(ns, name) is not None:
+            return True
+        try:
+            await self.api.get(POOLS, ns, name)
+        except NotFound:
+            return False
+        return True
+
+    async def model_exists(self, ns: str, name: str) -> bool:
+        """Whether the ModelDeployment exists (the index, else the API server)."""
+        return await self._model_body(ns, name) is not None
+
+    async def _model_body(self, ns: str, name: str) -> Body | None:
+        """A ModelDeployment from the index, else from the API server: a policy's target
+        created just before it may not have reached the index yet."""
+        body = self.store.model(ns, name)
+        if body is not None:
+            return body
+        try:
+            return await self.api.get(MODELS, ns, name)
+        except NotFound:
+            return None
+
+    async def _bounded(self, writes: list[Awaitable[None]]) -> None:
+        """Run status writes with at most STATUS_WRITES_IN_FLIGHT at once."""
+
+        async def one(w: Awaitable[None]) -> None:
+            async with self._write_slots:
+                await w
+
+        await asyncio.gather(*(one(w) for w in writes))
+
     async def _write_status(
         self,
         resource: Any,
@@ -462,21 +531,14 @@ class Controller:
         if new is None or (new.get("reason"), new.get("status")) == (old_reason, old_st):
             return
         reason, message = str(new.get("reason")), str(new.get("message"))
-        if reason in _QUIET:
-            self.log.info(
-                "%s %s/%s Ready=%s reason=%s: %s", obj, ns, name, new.get("status"), reason, message
-            )
-        elif reason in _GOOD:
-            self.log.info(
-                "%s %s/%s Ready=%s reason=%s: %s", obj, ns, name, new.get("status"), reason, message
-            )
-            if old_reason is not None:
-                await self.api.post_event(body, "Normal", reason, message)
-        else:
-            self.log.warning(
-                "%s %s/%s Ready=%s reason=%s: %s", obj, ns, name, new.get("status"), reason, message
-            )
+        problem = reason not in _GOOD and reason not in _QUIET and reason not in _NORMAL
+        (self.log.warning if problem else self.log.info)(
+            "%s %s/%s Ready=%s reason=%s: %s", obj, ns, name, new.get("status"), reason, message
+        )
+        if problem:
             await self.api.post_event(body, "Warning", reason, message)
+        elif reason in _NORMAL or (reason in _GOOD and old_reason is not None):
+            await self.api.post_event(body, "Normal", reason, message)
 
     # ----------------------------------------------------------------- pools
 
@@ -522,7 +584,7 @@ class Controller:
             for t in pol.spec.targets:
                 if t.model in member_names or t.model in targets or t.model in invalid_models:
                     continue
-                tb = self.store.model(ns, t.model)
+                tb = await self._model_body(ns, t.model)
                 if tb is None:
                     continue
                 tp = parse(ModelDeployment, tb)
@@ -568,7 +630,9 @@ class Controller:
             self._crd_served = None  # look again next pass
             self.queue.add(pool_key(ns, name), self.settings.retry_delay_s)
 
-        # Statuses: members, policies, then the pool.
+        # Statuses: members and policies (concurrently: a pool of 50 models would
+        # otherwise wait 50 round trips), then the pool.
+        writes: list[Awaitable[None]] = []
         for b, md in members:
             ctx = status.ModelContext(
                 pool=pool,
@@ -577,9 +641,8 @@ class Controller:
                 crd_missing=crd_missing,
                 secrets=secrets,
             )
-            await self._write_status(
-                MODELS, "ModelDeployment", b, status.build_model_status(md, ctx, now=now)
-            )
+            desired = status.build_model_status(md, ctx, now=now)
+            writes.append(self._write_status(MODELS, "ModelDeployment", b, desired))
         models_by_name = {builders.obj_name(m): m for m in all_models}
         for b, pol in policies:
             pctx = status.PolicyContext(
@@ -591,9 +654,9 @@ class Controller:
                 crd_missing=crd_missing,
                 secrets=secrets,
             )
-            await self._write_status(
-                POLICIES, "RoutingPolicy", b, status.build_policy_status(pol, pctx, now=now)
-            )
+            desired = status.build_policy_status(pol, pctx, now=now)
+            writes.append(self._write_status(POLICIES, "RoutingPolicy", b, desired))
+        await self._bounded(writes)
         excluded = [
             f"{n} ({d.reason})"
             for n, d in sorted(render.admission.decisions.items())
@@ -664,6 +727,10 @@ class Controller:
         for ref in sorted(self.store.pool_refs(ns)):
             if ref and ref in pools:
                 continue
+            if ref and await self.pool_exists(ns, ref):
+                # Created, but its watch event has not reached the index yet.
+                self.enqueue_pool(ns, ref)
+                continue
             for b in self.store.models_of_pool(ns, ref):
                 p = parse(ModelDeployment, b)
                 if p.obj is None:
@@ -684,7 +751,7 @@ class Controller:
                 models: dict[str, ModelDeployment] = {}
                 invalid: set[str] = set()
                 for t in pol.spec.targets:
-                    tb = self.store.model(ns, t.model)
+                    tb = await self._model_body(ns, t.model)
                     if tb is None:
                         continue
                     tp = parse(ModelDeployment, tb)

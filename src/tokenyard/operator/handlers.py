@@ -181,27 +181,43 @@ async def cleanup(memo: Any, **_: Any) -> None:
             await task
 
 
+@kopf.on.probe(id="reconciler")
+async def reconciler_probe(memo: Any, **_: Any) -> dict[str, int]:
+    """Part of the liveness endpoint (/healthz): fails if the reconciler has stopped, so
+    Kubernetes restarts an operator that would otherwise watch but never act."""
+    task = memo.get("controller_task")
+    if task is None or task.done():
+        raise RuntimeError("the tokenyard reconciler is not running")
+    ctrl = _controller(memo)
+    return {"queued": len(ctrl.queue), "passes": ctrl.stats.passes, "errors": ctrl.stats.errors}
+
+
 # --------------------------------------------------------------------------- events
 
 
 @kopf.on.event(GROUP, VERSION, POOLS_PLURAL)
-async def pool_event(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    _controller(memo).on_pool_event(namespace or "", name)
+async def pool_event(
+    type: str, namespace: str | None, name: str, body: kopf.Body, memo: Any, **_: Any
+) -> None:
+    ctrl = _controller(memo)
+    ns = namespace or ""
+    if ctrl.changed("pool", ns, name, None if type == "DELETED" else body):
+        ctrl.on_pool_event(ns, name)
 
 
 @kopf.on.event(GROUP, VERSION, MODELS_PLURAL)
 async def model_event(
     type: str, namespace: str | None, name: str, body: kopf.Body, memo: Any, **_: Any
 ) -> None:
+    ctrl = _controller(memo)
+    ns = namespace or ""
+    deleted = type == "DELETED"
+    if not ctrl.changed("model", ns, name, None if deleted else body):
+        return  # our own status write or kopf's annotations coming back
     spec = body.get("spec")
     external = isinstance(spec, Mapping) and spec.get("external") is not None
-    _controller(memo).on_member_event(
-        "model",
-        namespace or "",
-        name,
-        _pool_ref(body) or None,
-        deleted=type == "DELETED",
-        external=external,
+    ctrl.on_member_event(
+        "model", ns, name, _pool_ref(body) or None, deleted=deleted, external=external
     )
 
 
@@ -209,9 +225,11 @@ async def model_event(
 async def policy_event(
     type: str, namespace: str | None, name: str, body: kopf.Body, memo: Any, **_: Any
 ) -> None:
-    _controller(memo).on_member_event(
-        "policy", namespace or "", name, _pool_ref(body) or None, deleted=type == "DELETED"
-    )
+    ctrl = _controller(memo)
+    ns = namespace or ""
+    deleted = type == "DELETED"
+    if ctrl.changed("policy", ns, name, None if deleted else body):
+        ctrl.on_member_event("policy", ns, name, _pool_ref(body) or None, deleted=deleted)
 
 
 # --------------------------------------------------------------------------- validation
@@ -243,7 +261,9 @@ async def _report(
             subresource="status",
         )
     if old is None or (old.get("reason"), old.get("message")) != (reason, message):
-        kopf.event(body, type="Warning", reason=reason, message=message)
+        # Through the reconciler's API seam rather than kopf.event(): one Event poster for
+        # the whole operator, with unique names (kopf's relies on generateName).
+        await ctrl.api.post_event(body, "Warning", reason, message)
         logger.error("%s: %s", reason, message)
 
 
@@ -303,7 +323,7 @@ async def model_changed(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: An
         await _invalid(memo, MODELS, body, str(parsed.error), logger)
     md: ModelDeployment = parsed.obj
     ns = str(body.metadata.namespace)
-    if md.spec.pool is not None and _controller(memo).store.pool(ns, md.spec.pool) is None:
+    if md.spec.pool is not None and not await _controller(memo).pool_exists(ns, md.spec.pool):
         await _pool_missing(memo, MODELS, body, md.spec.pool, logger)
 
 
@@ -317,12 +337,12 @@ async def policy_changed(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: A
     pol: RoutingPolicy = parsed.obj
     ctrl = _controller(memo)
     ns = str(body.metadata.namespace)
-    if ctrl.store.pool(ns, pol.spec.pool) is None:
+    if not await ctrl.pool_exists(ns, pol.spec.pool):
         await _pool_missing(memo, POLICIES, body, pol.spec.pool, logger)
     missing = [
         f"spec.targets[{i}].model: ModelDeployment {t.model!r} not found"
         for i, t in enumerate(pol.spec.targets)
-        if ctrl.store.model(ns, t.model) is None
+        if not await ctrl.model_exists(ns, t.model)
     ]
     if missing:
         # The reconciler writes the TargetNotFound condition and its Event; here we only

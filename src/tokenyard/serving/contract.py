@@ -37,6 +37,17 @@ ENV_TENANT_KEYS_PREFIX = "TOKENYARD_TENANT_KEYS_"
 # Where pvc:// sources are mounted in Ray worker pods.
 PVC_MOUNT_ROOT = "/mnt/models"
 
+# The router's state (spend ledger) on the Ray head: a volume mounted here, which is
+# a PersistentVolumeClaim when the pool's spec.router.state.persistent is true.
+STATE_MOUNT = "/var/lib/tokenyard"
+STATE_VOLUME = "tokenyard-state"
+LEDGER_PATH = f"{STATE_MOUNT}/ledger.json"
+
+
+def state_claim_name(pool: str) -> str:
+    """Name of the PersistentVolumeClaim holding a pool's router state."""
+    return f"{pool}-router-state"
+
 
 def model_app_name(model: str) -> str:
     """Ray Serve application name of an in-cluster ModelDeployment."""

@@ -10,6 +10,13 @@ Budget windows are fixed windows from the Unix epoch (``60m``, ``24h``, ``30d``)
 every replica and every restart agrees on where a window starts. Spend is kept in
 per-minute, per-hour and per-day buckets; a window is answered from the coarsest bucket
 size that divides its length. Old buckets are pruned, so memory stays bounded.
+
+The ledger also counts observed traffic per endpoint (requests, fallbacks, requests per
+served target) for RoutingPolicy status: since-start totals plus a rolling window of the
+last ``TRAFFIC_WINDOW_S`` seconds in ``TRAFFIC_BUCKET_S`` buckets. The counters travel in
+the same snapshot (an optional ``traffic`` key, so snapshots written before it existed
+still load) and their keys come from the router's config (endpoints, catalogue names),
+never from client input, so they stay bounded.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +46,11 @@ _GRANULARITIES = (60, 3600, 86400)
 _DEFAULT_RETENTION_S = {60: 2 * 3600, 3600: 3 * 86400, 86400: 62 * 86400}
 # Pruning walks every bucket; doing it at most once a minute keeps record() O(1).
 _PRUNE_EVERY_S = 60.0
+# Observed traffic: "recent" is the last TRAFFIC_WINDOW_S seconds, counted in buckets of
+# TRAFFIC_BUCKET_S; long enough to smooth a bursty endpoint, short enough that a share
+# in RoutingPolicy status follows a policy change within minutes.
+TRAFFIC_BUCKET_S = 60
+TRAFFIC_WINDOW_S = 600
 
 
 def cost_usd(entry: CatalogueEntry, tokens_in: int, tokens_out: int) -> float:
@@ -79,6 +91,53 @@ class Totals:
     requests: int = 0
 
 
+@dataclass
+class TrafficCounts:
+    """Requests, fallbacks and requests per served target over some span of time."""
+
+    requests: int = 0
+    fallbacks: int = 0
+    by_target: dict[str, int] = field(default_factory=dict)
+
+    def add(self, target: str | None, fallbacks: int, requests: int = 1) -> None:
+        self.requests += requests
+        self.fallbacks += fallbacks
+        if target is not None:
+            self.by_target[target] = self.by_target.get(target, 0) + requests
+
+    def merge(self, other: TrafficCounts) -> None:
+        self.requests += other.requests
+        self.fallbacks += other.fallbacks
+        for target, n in other.by_target.items():
+            self.by_target[target] = self.by_target.get(target, 0) + n
+
+    def copy(self) -> TrafficCounts:
+        return TrafficCounts(self.requests, self.fallbacks, dict(self.by_target))
+
+
+@dataclass
+class EndpointTraffic:
+    """One endpoint's traffic: since-start totals and per-bucket recent counts."""
+
+    total: TrafficCounts = field(default_factory=TrafficCounts)
+    buckets: dict[int, TrafficCounts] = field(default_factory=dict)
+    """Bucket start (a multiple of TRAFFIC_BUCKET_S) -> the counts in that bucket."""
+
+
+@dataclass(frozen=True)
+class TrafficSummary:
+    """What :meth:`SpendLedger.traffic` answers: totals and the rolling recent window."""
+
+    total: TrafficCounts
+    recent: TrafficCounts
+    window_s: int = TRAFFIC_WINDOW_S
+
+
+def _recent_horizon(now: float) -> float:
+    """Buckets starting after this belong to the recent window holding ``now``."""
+    return now - TRAFFIC_WINDOW_S
+
+
 class SpendLedger:
     """Spend per (tenant, endpoint) in time buckets; ``now`` is always passed in."""
 
@@ -91,6 +150,7 @@ class SpendLedger:
             g: {} for g in _GRANULARITIES
         }
         self._totals: dict[tuple[str, str, str], Totals] = {}
+        self._traffic: dict[str, EndpointTraffic] = {}
         self._last_prune = -math.inf
         self.configure_windows(windows)
 
@@ -140,6 +200,47 @@ class SpendLedger:
             selected = [b for (t, _), b in per_key.items() if t == tenant]
         return sum(v for buckets in selected for b, v in buckets.items() if start <= b < end)
 
+    def endpoint_spend(self, endpoint: str, window: str, now: float) -> float:
+        """Spend of every tenant on ``endpoint`` in the window holding ``now``."""
+        length = window_seconds(window)
+        start, end = window_bounds(window, now)
+        per_key = self._buckets[_granularity(length)]
+        return sum(
+            v
+            for (_, e), buckets in per_key.items()
+            if e == endpoint
+            for b, v in buckets.items()
+            if start <= b < end
+        )
+
+    def record_traffic(self, endpoint: str, target: str | None, fallbacks: int, now: float) -> None:
+        """Count one request to ``endpoint`` answered by ``target`` (None: by no target)
+        after giving up on ``fallbacks`` targets (failed, timed out, circuit open)."""
+        if fallbacks < 0:
+            raise ValueError(f"fallbacks must be non-negative, got {fallbacks!r}")
+        traffic = self._traffic.setdefault(endpoint, EndpointTraffic())
+        traffic.total.add(target, fallbacks)
+        start = int(now // TRAFFIC_BUCKET_S) * TRAFFIC_BUCKET_S
+        traffic.buckets.setdefault(start, TrafficCounts()).add(target, fallbacks)
+        if now - self._last_prune >= _PRUNE_EVERY_S:
+            self.prune(now)
+
+    def traffic(self, endpoint: str, now: float) -> TrafficSummary | None:
+        """The endpoint's traffic since start and in the recent window, or None if none."""
+        traffic = self._traffic.get(endpoint)
+        if traffic is None:
+            return None
+        recent = TrafficCounts()
+        horizon = _recent_horizon(now)
+        for start, counts in traffic.buckets.items():
+            if horizon < start <= now:
+                recent.merge(counts)
+        return TrafficSummary(total=traffic.total.copy(), recent=recent)
+
+    def traffic_endpoints(self) -> list[str]:
+        """Endpoints with counted traffic, sorted."""
+        return sorted(self._traffic)
+
     def totals(self) -> dict[tuple[str, str, str], Totals]:
         """Lifetime totals by (tenant, endpoint, model), for status and metrics."""
         return {k: Totals(**vars(v)) for k, v in self._totals.items()}
@@ -158,11 +259,17 @@ class SpendLedger:
                     dropped += 1
                 if not buckets:
                     del per_key[key]
+        horizon = _recent_horizon(now)
+        for traffic in self._traffic.values():
+            for b in [b for b in traffic.buckets if b <= horizon]:
+                del traffic.buckets[b]
+                dropped += 1
         return dropped
 
     def bucket_count(self) -> int:
         """Buckets held (a bound on memory), for tests and metrics."""
-        return sum(len(b) for per_key in self._buckets.values() for b in per_key.values())
+        spend = sum(len(b) for per_key in self._buckets.values() for b in per_key.values())
+        return spend + sum(len(t.buckets) for t in self._traffic.values())
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-serialisable copy of the whole ledger."""
@@ -180,6 +287,17 @@ class SpendLedger:
                 [tenant, endpoint, model, t.cost_usd, t.tokens_in, t.tokens_out, t.requests]
                 for (tenant, endpoint, model), t in sorted(self._totals.items())
             ],
+            "traffic": {
+                endpoint: {
+                    **_counts_to_json(t.total),
+                    # [bucket start, requests, fallbacks, {target: requests}]
+                    "recent": [
+                        [start, c.requests, c.fallbacks, dict(sorted(c.by_target.items()))]
+                        for start, c in sorted(t.buckets.items())
+                    ],
+                }
+                for endpoint, t in sorted(self._traffic.items())
+            },
         }
 
     def restore(self, snapshot: Mapping[str, Any]) -> None:
@@ -204,9 +322,48 @@ class SpendLedger:
                 )
         except (KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"malformed ledger snapshot: {err!r}") from err
+        try:
+            traffic = _traffic_from_json(snapshot.get("traffic", {}))
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
+            # Traffic counters only feed status; never lose budgets over them.
+            log.warning("ledger traffic counters unreadable; reset", extra={"error": repr(err)})
+            traffic = {}
         self._buckets = buckets
         self._totals = totals
+        self._traffic = traffic
         self._last_prune = -math.inf
+
+
+def _counts_to_json(c: TrafficCounts) -> dict[str, Any]:
+    return {
+        "requests": c.requests,
+        "fallbacks": c.fallbacks,
+        "byTarget": dict(sorted(c.by_target.items())),
+    }
+
+
+def _counts_from_json(requests: Any, fallbacks: Any, by_target: Any) -> TrafficCounts:
+    counts = TrafficCounts(_count(requests), _count(fallbacks))
+    for target, n in by_target.items():
+        counts.by_target[str(target)] = _count(n)
+    return counts
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"not a count: {value!r}")
+    return value
+
+
+def _traffic_from_json(raw: Any) -> dict[str, EndpointTraffic]:
+    """The ``traffic`` section of a snapshot (absent in snapshots from before it)."""
+    out: dict[str, EndpointTraffic] = {}
+    for endpoint, t in raw.items():
+        traffic = EndpointTraffic(_counts_from_json(t["requests"], t["fallbacks"], t["byTarget"]))
+        for start, requests, fallbacks, by_target in t.get("recent", []):
+            traffic.buckets[int(start)] = _counts_from_json(requests, fallbacks, by_target)
+        out[str(endpoint)] = traffic
+    return out
 
 
 class TenantSpendView(Protocol):

@@ -10,6 +10,9 @@ Persistence is periodic: a crash of the actor's process loses at most
 ``RouterSettings.ledger_flush_interval_s`` seconds of accounting, and a crashed router
 replica at most the last ``SEND_INTERVAL_S`` of its own records (sent in batches, so the
 request path never waits on the actor); a clean shutdown (``flush``) loses nothing.
+
+The same batches carry each request's traffic (endpoint, served target, fallbacks) for
+the router's ``GET /v1/tokenyard/stats``, so the counters add up over all replicas.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ SEND_INTERVAL_S = 0.25
 
 Row = tuple[str, str, str, float, int, int, float]
 """(tenant, endpoint, model, cost_usd, tokens_in, tokens_out, now)."""
+
+TrafficRow = tuple[str, str | None, int, float]
+"""(endpoint, served target or None, fallbacks, now): one request, whatever its outcome."""
 
 
 def ledger_actor_name(namespace: str, pool: str) -> str:
@@ -111,6 +117,16 @@ class LedgerActor:
             self._version += 1
         return self._version
 
+    async def record_traffic(self, rows: list[TrafficRow]) -> int:
+        """Count a batch of requests (one router replica's last interval)."""
+        self._ensure_flusher()
+        for endpoint, target, fallbacks, now in rows:
+            self._ledger.record_traffic(endpoint, target, fallbacks, now)
+        if rows:
+            self._dirty = True
+            self._version += 1
+        return self._version
+
     async def configure_windows(self, windows: list[str]) -> None:
         """Keep buckets long enough for these budget windows (from the policies)."""
         self._ledger.configure_windows(windows)
@@ -148,6 +164,9 @@ def get_or_create_ledger(
         get_if_exists=True,
         # Detached: it outlives any one router replica and router redeploys.
         lifetime="detached",
+        # On the head node: that is where the state volume is mounted in a cluster
+        # (contract.STATE_MOUNT), so the file survives router and head restarts.
+        resources={"node:__internal_head__": 0.001},
         num_cpus=0,
         max_concurrency=1000,
     ).remote(path, flush_interval_s)
@@ -179,6 +198,8 @@ class LedgerClient:
         self._windows: list[str] = []
         self._task: asyncio.Task[None] | None = None
         self._pending: list[Row] = []
+        self._pending_traffic: list[TrafficRow] = []
+        self._warned_old_actor = False
 
     def spend(self, tenant: str, endpoint: str | None, window: str, now: float) -> float:
         return self.mirror.spend(tenant, endpoint, window, now)
@@ -201,9 +222,21 @@ class LedgerClient:
             self._replace(snap)
 
     def _send(self) -> None:
-        if self._actor is not None and self._pending:
+        if self._actor is None:
+            return
+        if self._pending:
             batch, self._pending = self._pending, []
             self._actor.record_many.remote(batch)
+        if self._pending_traffic:
+            # A call of its own, not an argument of record_many: a ledger actor started
+            # by an older router (it is detached) then fails this call only, never spend.
+            traffic, self._pending_traffic = self._pending_traffic, []
+            try:
+                self._actor.record_traffic.remote(traffic)
+            except AttributeError:
+                if not self._warned_old_actor:
+                    self._warned_old_actor = True
+                    logger.warning("the ledger actor predates traffic counters; not sent")
 
     async def refresh(self) -> None:
         if self._actor is None:
@@ -213,6 +246,8 @@ class LedgerClient:
         self._replace(snap)
         for row in self._pending:  # recorded while the snapshot was on its way
             self.mirror.record(*row)
+        for traffic in self._pending_traffic:
+            self.mirror.record_traffic(*traffic)
 
     async def _refresh_loop(self) -> None:
         last_refresh = 0.0
@@ -249,6 +284,15 @@ class LedgerClient:
         self.mirror.record(*row)
         if self._actor is not None:
             self._pending.append(row)
+
+    def record_traffic(
+        self, *, endpoint: str, target: str | None, fallbacks: int, now: float
+    ) -> None:
+        """Count one finished request to ``endpoint`` (``target`` None: none answered)."""
+        row: TrafficRow = (endpoint, target, fallbacks, now)
+        self.mirror.record_traffic(*row)
+        if self._actor is not None:
+            self._pending_traffic.append(row)
 
     async def flush(self) -> None:
         """Send what is pending and have the actor persist it now (router shutdown)."""

@@ -10,7 +10,9 @@ Per request: parse, resolve the tenant, extract features (detectors, classifier)
 rate-limit, decide (the pure policy engine), then try the targets in order with
 fallback on the failure kinds the policy names (never after the first streamed chunk
 was sent), per-attempt and total timeouts and a circuit breaker per backend. Spend
-goes to the shared ledger actor; each request leaves one audit line and metrics.
+goes to the shared ledger actor; each request leaves one audit line and metrics, and is
+counted (endpoint, served target, fallbacks) in the ledger for ``GET /v1/tokenyard/stats``,
+which the operator reads into RoutingPolicy status.
 Rate limits and circuit breakers are per replica (local state, no round-trip); budgets
 are shared by all replicas through the ledger.
 """
@@ -73,6 +75,7 @@ from tokenyard.serving.ledger_actor import LedgerClient
 from tokenyard.serving.metrics import RouterMetrics
 from tokenyard.serving.policy_engine import BackendState, Decision, decide
 from tokenyard.serving.providers import ProviderClient
+from tokenyard.serving.stats import STATS_PATH, build_stats
 
 logger = logging.getLogger("tokenyard.router")
 
@@ -341,6 +344,11 @@ class RouterCore:
             return Response(body, media_type=ctype)
         if method == "POST" and path == "/v1/tokenyard/explain":
             return await self.explain(request)
+        if method == "GET" and path == STATS_PATH:
+            try:
+                return JSONResponse(self.stats())
+            except RouterError as not_ready:
+                return _error_response(not_ready, uuid.uuid4().hex)
         err = RouterError(404, f"no route {method} {path}", type="invalid_request_error")
         return _error_response(err, uuid.uuid4().hex)
 
@@ -395,6 +403,19 @@ class RouterCore:
                 }
             )
         return {"object": "list", "data": data}
+
+    def stats(self) -> dict[str, Any]:
+        """Observed traffic and spend per endpoint, summed over every router replica
+        (read from the ledger mirror: at most the refresh interval behind)."""
+        state = self.state
+        return build_stats(
+            pool=self.args.pool,
+            namespace=self.args.namespace,
+            now=self._clock(),
+            policies={e: p.spec for e, p in state.policies.items()},
+            direct={e: p.spec for e, p in state.direct.items()},
+            source=self.ledger.mirror,
+        )
 
     async def explain(self, request: Request) -> Response:
         from tokenyard.serving.explain import explain_request
@@ -544,6 +565,13 @@ class RouterCore:
                     cost_usd=out.cost,
                     tokens_in=out.tokens_in,
                     tokens_out=out.tokens_out,
+                    now=now,
+                )
+            if pol is not None:
+                self.ledger.record_traffic(
+                    endpoint=pol.endpoint,
+                    target=out.target,
+                    fallbacks=len(out.fallbacks),
                     now=now,
                 )
             if pol is not None and out.target is not None:
@@ -705,7 +733,7 @@ class _Ctx:
         else:
             breaker.release(now)  # rate limited: says nothing about its health
         self.core.metrics.set_circuit(target, breaker.state(now))
-        if failure.kind is None or failure.kind not in self.fb.on:
+        if failure.kind is None or failure.kind not in self.fb.retryOn:
             return False
         self._note_fallback(target, failure.kind, str(failure))
         return True

@@ -193,7 +193,7 @@ class Cluster:
         ]
 
     async def eventually(
-        self, check: Callable[[], Any], within: float = 10.0, what: str = "condition"
+        self, check: Callable[[], Any], within: float = 30.0, what: str = "condition"
     ) -> Any:
         deadline = asyncio.get_running_loop().time() + within
         last: Any = None
@@ -224,14 +224,21 @@ def ready(obj: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 @contextlib.asynccontextmanager
-async def operator(emulator: Any) -> AsyncIterator[asyncio.Task[None]]:
+async def operator(
+    emulator: Any, *, health_port: int | None = None
+) -> AsyncIterator[asyncio.Task[None]]:
     """Run the real operator until the block ends (kopf's cleanup handlers run)."""
     _server["url"] = str(emulator.url).rstrip("/")
     stop = asyncio.Event()
-    task = asyncio.create_task(run_operator(operator_settings(), stop_flag=stop, liveness=False))
+    settings = operator_settings()
+    if health_port is not None:
+        settings.operator.health_port = health_port
+    task = asyncio.create_task(
+        run_operator(settings, stop_flag=stop, liveness=health_port is not None)
+    )
     try:
         # kopf lists then watches each resource; wait until all three watches are open.
-        deadline = asyncio.get_running_loop().time() + 15
+        deadline = asyncio.get_running_loop().time() + 30
         while True:
             watched = {
                 str(r.resource.plural)
@@ -248,7 +255,7 @@ async def operator(emulator: Any) -> AsyncIterator[asyncio.Task[None]]:
     finally:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 15)
+            await asyncio.wait_for(task, 30)
 
 
 # Every API call the operator made in this session: (verb, group, resource, subresource,

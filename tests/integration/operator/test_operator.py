@@ -19,9 +19,11 @@ from tests.integration.operator.harness import (
     load_manifests,
     operator,
     ready,
+    reason,
 )
+from tests.unit.operator.factories import kuberay_status
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
 
 NS = "llm"
 ALL = ("pool.yaml", "models.yaml", "policy.yaml")
@@ -41,35 +43,6 @@ def app(rs: dict[str, Any], name: str) -> dict[str, Any]:
 
 def spec_hash(rs: dict[str, Any] | None) -> str | None:
     return None if rs is None else rs["metadata"]["annotations"]["tokenyard.dev/spec-hash"]
-
-
-def reason(obj: dict[str, Any] | None) -> str | None:
-    c = ready(obj)
-    return None if c is None else c["reason"]
-
-
-def kuberay_status(rs: dict[str, Any], running: bool = True) -> dict[str, Any]:
-    """What KubeRay would write once Ray Serve runs every application."""
-    state = "RUNNING" if running else "DEPLOYING"
-    return {
-        "status": {
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "True" if running else "False",
-                    "reason": "NonZeroServeEndpoints" if running else "Initializing",
-                    "message": "",
-                    "lastTransitionTime": "2026-01-01T00:00:00Z",
-                }
-            ],
-            "serviceStatus": "Running" if running else "",
-            "activeServiceStatus": {
-                "applicationStatuses": {
-                    a: {"status": state, "serveDeploymentStatuses": {}} for a in apps(rs)
-                }
-            },
-        }
-    }
 
 
 async def patch_status(cluster: Cluster, name: str, body: dict[str, Any]) -> None:
@@ -214,10 +187,12 @@ async def test_invalid_model_is_excluded_and_reported(cluster: Cluster, kmock: A
         )
         assert "model-broken" not in apps(rs)
         await cluster.eventually(lambda: reason(cluster.get(MODELS, NS, "economy")) == "Deploying")
-        events = cluster.all("v1/events")
-        assert any(
-            e["reason"] == "ValidationFailed" and e["involvedObject"]["name"] == "broken"
-            for e in events
+        await cluster.eventually(
+            lambda: any(
+                e["reason"] == "ValidationFailed" and e["involvedObject"]["name"] == "broken"
+                for e in cluster.all("v1/events")
+            ),
+            what="a ValidationFailed Event",
         )
         await cluster.eventually(
             lambda: "broken" in cluster.get(POOLS, NS, "gpu-pool")["status"]["models"],  # type: ignore[index]
@@ -239,7 +214,10 @@ async def test_missing_pool_is_reported(cluster: Cluster, kmock: Any) -> None:
             and "no-such-pool" in cond["message"]
         )
         assert cluster.all(RAYSERVICES) == []
-        assert any(e["reason"] == "PoolNotFound" for e in cluster.all("v1/events"))
+        await cluster.eventually(
+            lambda: any(e["reason"] == "PoolNotFound" for e in cluster.all("v1/events")),
+            what="a PoolNotFound Event",
+        )
 
 
 async def test_rayservice_crd_missing(kmock: Any) -> None:
@@ -301,3 +279,21 @@ async def test_restart_mid_way_creates_no_duplicates_and_loses_nothing(
     assert creates_after == creates_before == 1
     assert len(cluster.all(RAYSERVICES)) == 1
     assert spec_hash(cluster.get(RAYSERVICES, NS, "gpu-pool")) == before
+
+
+async def test_liveness_endpoint_reports_the_reconciler(cluster: Cluster, kmock: Any) -> None:
+    import socket
+
+    import aiohttp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with operator(kmock, health_port=port):
+        await cluster.apply(*load_manifests(*ALL))
+        await cluster.eventually(lambda: cluster.get(RAYSERVICES, NS, "gpu-pool"))
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/healthz") as r:
+            assert r.status == 200
+            body = await r.json()
+        assert body["reconciler"]["passes"] >= 1
+        assert body["reconciler"]["errors"] == 0

@@ -173,8 +173,8 @@ AGREEMENT = [
     ),
     ("RoutingPolicy", {"budgets": [{"tenant": "a", "limitUSD": 1, "window": "30d"}]}, True),
     ("RoutingPolicy", {"budgets": [{"tenant": "a", "limitUSD": 1, "window": "0h"}]}, False),
-    ("RoutingPolicy", {"fallback": {"on": ["Error", "Error"]}}, False),
-    ("RoutingPolicy", {"fallback": {"on": ["Teapot"]}}, False),
+    ("RoutingPolicy", {"fallback": {"retryOn": ["Error", "Error"]}}, False),
+    ("RoutingPolicy", {"fallback": {"retryOn": ["Teapot"]}}, False),
     ("RoutingPolicy", {"egress": {"detectors": []}}, True),
     ("RoutingPolicy", {"rateLimits": [{"tenant": "*"}, {"tenant": "*"}]}, False),
 ]

@@ -123,7 +123,7 @@ def test_defaults_of_a_minimal_model() -> None:
 def test_defaults_of_a_minimal_policy() -> None:
     spec = RoutingPolicySpec.model_validate({"pool": "p", "targets": [{"model": "m"}]})
     assert spec.strategy == "CheapestSufficient"
-    assert spec.fallback.on == ["Error", "Timeout", "Unavailable", "Overloaded"]
+    assert spec.fallback.retryOn == ["Error", "Timeout", "Unavailable", "Overloaded"]
     assert spec.egress.allowedExternalDataClasses == ["public"]
     assert spec.egress.defaultDataClass == "internal"
     assert spec.audit.enabled is True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from dataclasses import replace
@@ -22,7 +23,9 @@ from tokenyard.autoscaler.decide import (
 from tokenyard.autoscaler.signals import ModelSignals, unavailable
 
 POOL = PoolView(name="p", classes={"gpu": ClassLimit(max_gpus=None, price_per_gpu_hour=1.0)})
-FAST = DecisionConfig(scale_down_delay_s=30)
+# The older rules' tests isolate them from keep-warm and cold-start-awareness, which have
+# tests of their own below.
+FAST = DecisionConfig(scale_down_delay_s=30, keep_warm_usd=0, cold_start_aware=False)
 
 
 def view(name: str = "m", **kw: object) -> ModelView:
@@ -109,7 +112,11 @@ def test_panic_never_scales_down() -> None:
 
 def test_scale_down_waits_for_cool_down_then_respects_step_limit() -> None:
     cfg = DecisionConfig(
-        stable_window_s=10, panic_window_s=2, scale_down_delay_s=60, remember_bursts=False
+        stable_window_s=10,
+        panic_window_s=2,
+        scale_down_delay_s=60,
+        remember_bursts=False,
+        keep_warm_usd=0,
     )
     d = Driver(view(), cfg)
     d.run(0, 100, sig(running=10))
@@ -321,3 +328,80 @@ def test_no_restacking_while_replicas_start() -> None:
     assert "starting" in small.reason
     big = Driver(v).step(0, sig(running=50))  # asks 5: at least twice, so it goes
     assert big.desired == 5
+
+
+@pytest.mark.parametrize(
+    ("cold_start", "running", "prompt_rate", "held"),
+    [
+        # 40 x 2000-token prompts = 80k tokens in flight: one ready replica (10k tokens/s)
+        # clears them in 8 s, long before a 120 s cold start ends: the new replica would
+        # find an empty queue, so none is added.
+        (120.0, 40, 8000.0, True),
+        # The same burst with a 30 s cold start, within the 60 s stable window the
+        # autoscaler sees: the next burst of the active period may well need it.
+        (30.0, 40, 8000.0, False),
+        # A backlog that outlasts the cold start (3M tokens: 300 s) still scales up.
+        (120.0, 1500, 8000.0, False),
+        # A steady load beyond the ready replica (12k tokens/s of 8k) still scales up.
+        (120.0, 40, 12000.0, False),
+    ],
+)
+def test_cold_start_aware_scale_up(
+    cold_start: float, running: int, prompt_rate: float, held: bool
+) -> None:
+    v = view(nominal_tokens_per_s=10000.0, target_gpu_util=0.8, ttft_slo_s=5.0,
+             target_ongoing=1000.0, cold_start_s=cold_start)  # fmt: skip
+    s = sig(running=running, prompt_tokens_per_s=prompt_rate, request_rate=prompt_rate / 2000,
+            ttft_p95_s=4.0)  # fmt: skip
+    dec = Driver(v, DecisionConfig(keep_warm_usd=0)).step(0, s)
+    assert (dec.desired == 1) is held
+    assert dec.reason.startswith("cold-start-aware") is held
+    off = Driver(v, DecisionConfig(keep_warm_usd=0, cold_start_aware=False)).step(0, s)
+    if held:
+        assert off.desired > 1  # the rule alone made the difference
+
+
+def test_cold_start_aware_needs_token_signals() -> None:
+    # Without token rates the time to clear the backlog is unknown: panic scales as before.
+    d = Driver(view(cold_start_s=120), DecisionConfig(scale_down_delay_s=30, keep_warm_usd=0))
+    d.run(0, 60, sig(running=5))
+    assert d.step(65, sig(running=75)).desired == 4
+
+
+@pytest.mark.parametrize(
+    ("price", "at_200s", "at_600s"),
+    [
+        (0.8, 4, 1),  # 0.1 USD keeps a 0.80 USD/h replica 450 s: held through the calm
+        (8.0, 1, 1),  # ... and an 8 USD/h replica 45 s: released as without keep-warm
+        (0.0, 1, 1),  # a replica without a price (CPU class): keep-warm has no measure
+    ],
+)
+def test_keep_warm_holds_the_last_burst_for_what_it_costs(
+    price: float, at_200s: int, at_600s: int
+) -> None:
+    cfg = DecisionConfig(scale_down_delay_s=30, keep_warm_usd=0.1, cold_start_aware=False)
+    d = Driver(view(price_per_gpu_hour=price), cfg)
+    d.run(0, 10, sig(running=40))  # a burst: panic to 4 replicas
+    assert d.v.current_replicas == 4
+    d.run(15, 200, sig())
+    assert d.v.current_replicas == at_200s
+    if at_200s == 4:
+        assert "keep-warm" in d.step(205, sig()).reason
+    d.run(210, 600, sig())
+    assert d.v.current_replicas == at_600s
+    peaks = d.states["m"].peaks
+    # A sliding maximum: decreasing, within the window, the first entry the largest.
+    assert all(a[1] > b[1] for a, b in itertools.pairwise(peaks))
+    if price > 0:
+        assert all(t > 600 - 0.1 * 3600 / price for t, _ in peaks)
+    else:
+        assert peaks == ()
+
+
+def test_keep_warm_off_releases_like_before() -> None:
+    cfg = DecisionConfig(scale_down_delay_s=30, keep_warm_usd=0, cold_start_aware=False)
+    d = Driver(view(price_per_gpu_hour=0.8), cfg)
+    d.run(0, 10, sig(running=40))
+    d.run(15, 200, sig())
+    assert d.v.current_replicas == 1
+    assert d.states["m"].peaks == ()

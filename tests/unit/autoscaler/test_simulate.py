@@ -35,7 +35,7 @@ def small_pool() -> sim.Scenario:
 def test_report_structure_and_gpu_limits(small_pool: sim.Scenario) -> None:
     trace = _trace()
     report = sim.simulate(small_pool, trace)
-    assert [r.policy for r in report.results] == ["static", "hpa", "tokenyard"]
+    assert [r.policy for r in report.results] == ["static", "static-pool", "hpa", "tokenyard"]
     limits = {a.name: a.maxGPUs for a in small_pool.accelerators}
     ty = report.by("tokenyard")
     for i in range(len(ty.series["t"])):
@@ -54,7 +54,11 @@ def test_report_structure_and_gpu_limits(small_pool: sim.Scenario) -> None:
             assert min(r.series[f"replicas:{m.name}"]) >= 0
             assert max(r.series[f"replicas:{m.name}"]) <= m.autoscaling.maxReplicas
     assert report.by("static").scale_events == 0
-    assert set(report.ratios()) == {"tokenyard/static", "tokenyard/hpa"}
+    assert set(report.ratios()) == {
+        "tokenyard/static",
+        "tokenyard/static-pool",
+        "tokenyard/hpa",
+    }
 
 
 def test_static_oracle_meets_the_target(small_pool: sim.Scenario) -> None:
@@ -63,6 +67,15 @@ def test_static_oracle_meets_the_target(small_pool: sim.Scenario) -> None:
     for m, n in zip(small_pool.models, report.static_replicas, strict=True):
         stats = static.models[m.name]
         assert stats["sloAttainment"] >= small_pool.sloTarget or n == m.autoscaling.maxReplicas
+
+
+def test_static_pool_oracle_meets_the_target_pool_wide(small_pool: sim.Scenario) -> None:
+    report = sim.simulate(small_pool, _trace())
+    per_model, pool_wide = report.by("static"), report.by("static-pool")
+    assert pool_wide.slo_attainment >= small_pool.sloTarget
+    # A weaker criterion: never a dearer fleet, never a better worst model.
+    assert pool_wide.cost_usd <= per_model.cost_usd + 1e-9
+    assert pool_wide.min_model_slo <= per_model.min_model_slo + 1e-9
 
 
 def test_routing_sends_hard_requests_to_better_models() -> None:
@@ -97,5 +110,7 @@ def test_cli_main_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFix
     args = argparse.Namespace(trace=str(csv), scenario=str(scenario), plot=str(png), json=True)
     assert sim.main(args) == 0
     out = json.loads(capsys.readouterr().out)
-    assert {r["policy"] for r in out["results"]} == {"static", "hpa", "tokenyard"}
+    assert {r["policy"] for r in out["results"]} == {"static", "static-pool", "hpa", "tokenyard"}
+    # The worst model never beats the weighted mean of all models.
+    assert all(r["minModelSLOAttainment"] <= r["sloAttainment"] + 1e-9 for r in out["results"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

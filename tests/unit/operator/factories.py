@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import yaml
+
 from tokenyard.api.model import ModelDeployment
 from tokenyard.api.policy import RoutingPolicy
 from tokenyard.api.pool import ServingPool
@@ -162,3 +164,31 @@ def with_(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         node = node.setdefault(k, {})
     node[keys[-1]] = value
     return out
+
+
+def kuberay_status(rs: dict[str, Any], running: bool = True) -> dict[str, Any]:
+    """What KubeRay would write once Ray Serve runs every application of ``rs``."""
+    state = "RUNNING" if running else "DEPLOYING"
+    return {
+        "status": {
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True" if running else "False",
+                    "reason": "NonZeroServeEndpoints" if running else "Initializing",
+                    "message": "",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }
+            ],
+            "serviceStatus": "Running" if running else "",
+            "activeServiceStatus": {
+                "applicationStatuses": {
+                    a: {"status": state, "serveDeploymentStatuses": {}} for a in _apps(rs)
+                }
+            },
+        }
+    }
+
+
+def _apps(rs: dict[str, Any]) -> list[str]:
+    return [a["name"] for a in yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]]

@@ -191,7 +191,12 @@ EXPECTED_SERVE: dict[str, Any] = {
                                         "allowHeaderOverride": False,
                                     },
                                     "fallback": {
-                                        "on": ["Error", "Timeout", "Unavailable", "Overloaded"],
+                                        "retryOn": [
+                                            "Error",
+                                            "Timeout",
+                                            "Unavailable",
+                                            "Overloaded",
+                                        ],
                                         "maxAttempts": 3,
                                         "perAttemptTimeoutSeconds": 60.0,
                                         "totalTimeoutSeconds": 120.0,
@@ -337,13 +342,11 @@ def full_render() -> builders.PoolRender:
 def test_whole_ray_service() -> None:
     rs = full_render().ray_service
     assert yaml.safe_load(rs["spec"]["serveConfigV2"]) == EXPECTED_SERVE
-    expected = expected_ray_service(builders.spec_hash(rs["spec"]))
+    serve = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    expected = expected_ray_service(builders.spec_hash(rs["spec"], serve))
     assert rs == expected
-    # The hash is over the spec as rendered: recomputing from the expected spec agrees.
-    assert (
-        builders.spec_hash(expected["spec"])
-        == rs["metadata"]["annotations"]["tokenyard.dev/spec-hash"]
-    )
+    # The hash covers the serve config as data, not as YAML text.
+    assert builders.spec_hash(rs["spec"], serve) != builders.spec_hash(rs["spec"])
 
 
 def test_render_is_deterministic_whatever_the_input_order() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import json
 
-from tests.unit.operator.factories import external, model, policy, pool
+from tests.unit.operator.factories import external, kuberay_status, model, policy, pool
 from tests.unit.operator.kuberay_schema import FIXTURE, errors
 from tests.unit.operator.test_builders import frontier
 
@@ -47,8 +47,6 @@ def test_a_field_kuberay_does_not_know_is_reported() -> None:
 
 
 def test_kuberay_status_used_by_the_status_builders_is_valid() -> None:
-    from tests.integration.operator.test_operator import kuberay_status
-
     rs = rendered()
     rs.update(kuberay_status(rs))
     assert errors(rs) == []

@@ -1,0 +1,509 @@
+"""How the operator scales: N ModelDeployments over several pools, time to converge.
+
+For each N (10, 100, 1000 by default) this starts a fresh API server (the kmock
+emulator, in this process) and the real operator as a child process (`tokenyard
+operator`, logging in through a kubeconfig, exactly as in a cluster), creates N models
+spread over min(20, ceil(N/10)) pools with one RoutingPolicy per pool, and measures:
+
+- converge: seconds from the first create until every pool's RayService lists every
+  one of its models (and the router), read from the API server;
+- requests: API requests the operator made in that time (kmock records each one);
+- peak RSS: the operator process's high-water mark (VmHWM from /proc, else psutil).
+
+With KUBECONFIG set, the same runs against that cluster instead (a namespace per N,
+deleted afterwards; request counts are not observable there and show as n/a).
+
+Usage: python benchmarks/operator_scale.py [--sizes 10,100,1000] [--timeout 120] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+GROUP = "tokenyard.dev/v1alpha1"
+MAX_POOLS = 20
+PER_POOL = 10
+
+
+@dataclass
+class Result:
+    models: int
+    pools: int
+    converge_s: float | None
+    """Seconds from the first create until every RayService lists all its models."""
+    requests: int | None
+    """The operator's API requests until then."""
+    peak_rss_mb: float | None
+    rayservice_writes: int | None
+    """RayService creates and patches until convergence (a pool renders a few times
+    while its models arrive; the spec-hash keeps it from writing more)."""
+    settle_s: float | None = None
+    """Seconds until the operator went quiet (every status written)."""
+    settle_requests: int | None = None
+    """The operator's API requests until quiet: statuses and kopf's own bookkeeping."""
+    cpu_s: float | None = None
+    """CPU seconds the operator process used in all."""
+
+
+def layout(n: int) -> list[tuple[str, list[str]]]:
+    """Pools and the models in each: N/10 pools of 10, at most 20 pools."""
+    pools = min(MAX_POOLS, max(1, math.ceil(n / PER_POOL)))
+    out: list[tuple[str, list[str]]] = [(f"pool-{p:02d}", []) for p in range(pools)]
+    for i in range(n):
+        out[i % pools][1].append(f"model-{i:04d}")
+    return out
+
+
+def manifests(ns: str, n: int) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for pool, models in layout(n):
+        docs.append(
+            {
+                "apiVersion": GROUP,
+                "kind": "ServingPool",
+                "metadata": {"name": pool, "namespace": ns},
+                "spec": {
+                    "accelerators": [
+                        {"name": "l4", "gpusPerNode": 1, "maxGPUs": 1000, "hourlyCostPerGPU": 0.8}
+                    ]
+                },
+            }
+        )
+        for m in models:
+            docs.append(
+                {
+                    "apiVersion": GROUP,
+                    "kind": "ModelDeployment",
+                    "metadata": {"name": m, "namespace": ns},
+                    "spec": {
+                        "pool": pool,
+                        "tier": "economy",
+                        "inCluster": {"source": f"hf://org/{m}", "accelerator": "l4"},
+                        "autoscaling": {"minReplicas": 1, "maxReplicas": 2},
+                    },
+                }
+            )
+        docs.append(
+            {
+                "apiVersion": GROUP,
+                "kind": "RoutingPolicy",
+                "metadata": {"name": f"{pool}-chat", "namespace": ns},
+                "spec": {"pool": pool, "targets": [{"model": m} for m in models[:3]]},
+            }
+        )
+    return docs
+
+
+def plural(kind: str) -> str:
+    return {
+        "ServingPool": "servingpools",
+        "ModelDeployment": "modeldeployments",
+        "RoutingPolicy": "routingpolicies",
+    }[kind]
+
+
+def expected_apps(n: int) -> dict[str, set[str]]:
+    return {
+        pool: {f"model-{m}" for m in models} | {"tokenyard-router"} for pool, models in layout(n)
+    }
+
+
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_APPS: dict[str, set[str]] = {}
+
+
+def apps_of(rs: dict[str, Any] | None) -> set[str]:
+    """Application names in a RayService's serveConfigV2, parsed once per spec-hash (the
+    poll loop shares the emulator's event loop, so it must stay cheap)."""
+    if not rs:
+        return set()
+    key = (rs.get("metadata", {}).get("annotations") or {}).get("tokenyard.dev/spec-hash", "")
+    if key not in _APPS:
+        text = rs.get("spec", {}).get("serveConfigV2") or ""
+        cfg = yaml.load(text, Loader=_LOADER) or {}
+        _APPS[key] = {a["name"] for a in cfg.get("applications", [])}
+    return _APPS[key]
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).memory_info().rss) / 2**20
+    except Exception:
+        return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def operator_process(kubeconfig: str, log_path: Path) -> Any:
+    env = {
+        **os.environ,
+        "KUBECONFIG": kubeconfig,
+        "TOKENYARD_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        "TOKENYARD_LOG_FORMAT": "text",
+        "TOKENYARD_OPERATOR__HEALTH_PORT": str(free_port()),
+        "TOKENYARD_OPERATOR__RESYNC_INTERVAL_S": "30",
+        "PYTHONWARNINGS": "ignore",
+    }
+    with log_path.open("w") as log:
+        prefix = os.environ.get("BENCH_OPERATOR_PREFIX", "").split()
+        proc = subprocess.Popen(
+            [sys.executable, *prefix, "-m", "tokenyard.cli", "operator"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# --------------------------------------------------------------------------- kmock
+
+
+@contextlib.asynccontextmanager
+async def emulator() -> AsyncIterator[Any]:
+    import kmock
+
+    speed_up_kmock()
+    async with kmock.KubernetesEmulator() as k, kmock.Server(k):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            k.resources.load_bundled()
+        verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
+        for p, kind, subs in (
+            ("servingpools", "ServingPool", {"status"}),
+            ("modeldeployments", "ModelDeployment", {"status", "scale"}),
+            ("routingpolicies", "RoutingPolicy", {"status"}),
+        ):
+            k.resources[f"{GROUP}/{p}"] = kmock.ResourceInfo(
+                kind=kind, namespaced=True, verbs=verbs, subresources=subs
+            )
+        k.resources["ray.io/v1/rayservices"] = kmock.ResourceInfo(
+            kind="RayService", namespaced=True, verbs=verbs, subresources={"status"}
+        )
+        yield k
+
+
+def kubeconfig_for(url: str, path: Path) -> None:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "kmock", "cluster": {"server": url}}],
+                "users": [{"name": "kmock", "user": {"token": "benchmark"}}],
+                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
+                "current-context": "kmock",
+            }
+        )
+    )
+
+
+def speed_up_kmock() -> None:
+    """Make the emulator's request matching O(1) per request instead of O(requests).
+
+    kmock decides which reaction serves a request by testing ``request in view``, which
+    walks the whole request log through every filter: an emulated API server that is
+    O(requests^2). At N=1000 the emulator, not the operator, would dominate the figures
+    (the operator used ~5 s of CPU while kmock used the whole run). For a request known
+    to be in the log (the one being served), membership in a chain of filters is just
+    "every filter's criteria accept it", which is what this computes; anything else
+    (slices, unions, exclusions) goes through kmock's own code.
+    """
+    from kmock._internal import dsl, rendering
+
+    original = dsl.View.__contains__
+    if getattr(original, "_tokenyard_fast", False):
+        return
+
+    def contains(self: Any, item: Any) -> bool:
+        if not isinstance(item, rendering.Request):
+            return bool(original(self, item))
+        criteria = []
+        node = self
+        while True:
+            kind = type(node)
+            if kind is dsl.Filter:
+                criteria.append(node.criteria)
+                node = node._source
+            elif kind in (dsl.Priority, dsl.Chained):
+                node = node._source
+            elif isinstance(node, dsl.Root):
+                return all(c(item) for c in criteria)
+            else:
+                return bool(original(self, item))
+
+    contains._tokenyard_fast = True  # type: ignore[attr-defined]
+    dsl.View.__contains__ = contains  # type: ignore[method-assign]
+
+
+class RequestLog:
+    """Counts the emulator's requests: all, the operator's (kopf's user agent), and the
+    operator's RayService writes; and which resources are being watched."""
+
+    def __init__(self, k: Any) -> None:
+        self.k = k
+        self.seen = 0
+        self.total = 0
+        self.operator = 0
+        self.operator_rayservice_writes = 0
+        self.watched: set[str] = set()
+
+    def drain(self) -> None:
+        log: list[Any] = self.k._requests
+        new, self.seen = log[self.seen :], len(log)
+        for r in new:
+            self.total += 1
+            res = r.resource
+            if res is not None and r.params.get("watch") == "true":
+                self.watched.add(res.plural)
+            if r.headers.get("User-Agent", "").startswith("kopf"):
+                self.operator += 1
+                if res is not None and res.plural == "rayservices" and str(r.method.value) != "GET":
+                    self.operator_rayservice_writes += 1
+
+    async def run(self) -> None:
+        while True:
+            self.drain()
+            await asyncio.sleep(0.02)
+
+
+async def run_kmock(n: int, limit_s: float, workdir: Path) -> Result:
+
+    ns = "bench"
+    async with emulator() as k:
+        url = str(k.url).rstrip("/")
+        kubeconfig_for(url, workdir / "kubeconfig")
+        log = RequestLog(k)
+        drainer = asyncio.create_task(log.run())
+        try:
+            with operator_process(
+                str(workdir / "kubeconfig"), workdir / f"operator-{n}.log"
+            ) as proc:
+                return await _measure(
+                    k, url, ns, n, limit_s=limit_s, log=log, proc=proc, workdir=workdir
+                )
+        finally:
+            drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drainer
+
+
+async def _measure(
+    k: Any,
+    url: str,
+    ns: str,
+    n: int,
+    *,
+    limit_s: float,
+    log: RequestLog,
+    proc: Any,
+    workdir: Path,
+) -> Result:
+    import aiohttp
+
+    deadline = time.monotonic() + 60
+    while not {"servingpools", "modeldeployments", "routingpolicies"} <= log.watched:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"operator did not start; see {workdir}/operator-{n}.log")
+        await asyncio.sleep(0.05)
+
+    docs = manifests(ns, n)
+    log.drain()
+    before, before_rs = log.operator, log.operator_rayservice_writes
+    t0 = time.monotonic()
+    sem = asyncio.Semaphore(32)
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector, headers={"User-Agent": "bench"}) as s:
+
+        async def create(doc: dict[str, Any]) -> None:
+            path = f"{url}/apis/{GROUP}/namespaces/{ns}/{plural(doc['kind'])}"
+            async with sem, s.post(path, json=doc) as r:
+                assert r.status < 300, await r.text()
+
+        await asyncio.gather(*(create(d) for d in docs))
+
+    want = expected_apps(n)
+    converge: float | None = None
+    while time.monotonic() - t0 < limit_s:
+        have = {}
+        for (res, ons, name), obj in list(k.objects.items()):
+            if res.plural == "rayservices" and ons == ns and not obj.deleted:
+                have[name] = apps_of(obj.raw)
+        if all(have.get(p) == apps for p, apps in want.items()):
+            converge = time.monotonic() - t0
+            break
+        await asyncio.sleep(0.1)
+    log.drain()
+    requests = log.operator - before
+    rs_writes = log.operator_rayservice_writes - before_rs
+    # Then until the operator goes quiet (2 s without a request): every status written.
+    settle: float | None = None
+    last, quiet_since = log.operator, time.monotonic()
+    while time.monotonic() - t0 < limit_s:
+        await asyncio.sleep(0.1)
+        log.drain()
+        if log.operator != last:
+            last, quiet_since = log.operator, time.monotonic()
+        elif time.monotonic() - quiet_since >= 2.0:
+            settle = quiet_since - t0
+            break
+    return Result(
+        n,
+        len(want),
+        converge,
+        requests,
+        peak_rss_mb(proc.pid),
+        rs_writes,
+        settle,
+        log.operator - before if settle is not None else None,
+        cpu_seconds(proc.pid),
+    )
+
+
+# --------------------------------------------------------------------------- real cluster
+
+
+def run_cluster(n: int, timeout: float, workdir: Path) -> Result:
+    from kubernetes import client, config
+
+    config.load_kube_config()
+    api = client.CustomObjectsApi()
+    core = client.CoreV1Api()
+    ns = f"tokenyard-bench-{n}-{int(time.time())}"
+    core.create_namespace({"metadata": {"name": ns}})
+    try:
+        with operator_process(os.environ["KUBECONFIG"], workdir / f"operator-{n}.log") as proc:
+            time.sleep(5)
+            t0 = time.monotonic()
+            for d in manifests(ns, n):
+                api.create_namespaced_custom_object(
+                    "tokenyard.dev", "v1alpha1", ns, plural(d["kind"]), d
+                )
+            want = expected_apps(n)
+            converge = None
+            while time.monotonic() - t0 < timeout:
+                items = api.list_namespaced_custom_object("ray.io", "v1", ns, "rayservices")[
+                    "items"
+                ]
+                have = {i["metadata"]["name"]: apps_of(i) for i in items}
+                if all(have.get(p) == apps for p, apps in want.items()):
+                    converge = time.monotonic() - t0
+                    break
+                time.sleep(0.5)
+            return Result(n, len(want), converge, None, peak_rss_mb(proc.pid), None)
+    finally:
+        core.delete_namespace(ns)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def table(results: list[Result]) -> str:
+    def fmt(v: Any, spec: str = "") -> str:
+        return "n/a" if v is None else format(v, spec)
+
+    rows = [
+        (
+            "models",
+            "pools",
+            "converge (s)",
+            "API requests",
+            "RayService writes",
+            "settled (s)",
+            "requests to settle",
+            "operator CPU (s)",
+            "peak RSS (MB)",
+        )
+    ]
+    rows += [
+        (
+            str(r.models),
+            str(r.pools),
+            fmt(r.converge_s, ".2f") if r.converge_s is not None else "timeout",
+            fmt(r.requests),
+            fmt(r.rayservice_writes),
+            fmt(r.settle_s, ".2f"),
+            fmt(r.settle_requests),
+            fmt(r.cpu_s, ".1f"),
+            fmt(r.peak_rss_mb, ".0f"),
+        )
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="10,100,1000")
+    ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="tokenyard-bench-") as tmp:
+        work = Path(tmp)
+        for n in sizes:
+            if os.environ.get("KUBECONFIG"):
+                r = run_cluster(n, args.timeout, work)
+            else:
+                r = asyncio.run(run_kmock(n, args.timeout, work))
+            results.append(r)
+            print(f"N={n}: {asdict(r)}", file=sys.stderr, flush=True)
+            if r.converge_s is None:
+                print((work / f"operator-{n}.log").read_text()[-3000:], file=sys.stderr)
+    print(json.dumps([asdict(r) for r in results], indent=2) if args.json else table(results))
+    return 0 if all(r.converge_s is not None for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

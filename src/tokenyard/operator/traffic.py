@@ -1,0 +1,127 @@
+"""Observed traffic for RoutingPolicy status, read from the router's stats endpoint.
+
+The operator calls :func:`fetch_stats` on :func:`stats_url` (through KubeRay's serve
+Service) and turns the document into status fields with the pure :func:`traffic_fields`.
+The router side is ``tokenyard.serving.stats`` (which the operator does not import: only
+the serving contract crosses the layer); both must agree on :data:`STATS_PATH`, which a
+unit test checks. Nothing here raises on a router that is down, old or garbled: status
+then simply carries no traffic figures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from tokenyard.operator.builders import ray_service_name
+from tokenyard.serving.contract import SERVE_PORT
+
+STATS_PATH = "/v1/tokenyard/stats"
+# Shares are rounded so status changes (and is written) only when traffic really moves.
+SHARE_DIGITS = 3
+SPEND_DIGITS = 6
+
+
+def stats_url(pool_name: str, namespace: str) -> str:
+    """The router's stats endpoint through KubeRay's serve Service of the pool's RayService
+    (KubeRay names it ``<rayservice>-serve-svc``)."""
+    service = f"{ray_service_name(pool_name)}-serve-svc"
+    return f"http://{service}.{namespace}.svc:{SERVE_PORT}{STATS_PATH}"
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def _counts(value: Any) -> dict[str, int] | None:
+    if not isinstance(value, Mapping):
+        return None
+    out: dict[str, int] = {}
+    for k, v in value.items():
+        n = _count(v)
+        if not isinstance(k, str) or n is None:
+            return None
+        out[k] = n
+    return out
+
+
+def traffic_fields(stats: Any, endpoint: str, targets: Sequence[str]) -> dict[str, Any]:
+    """RoutingPolicy status fields from the router's stats document.
+
+    Returns ``{"requests", "fallbacks", "spendUSD", "targets": {model: {"trafficShare",
+    "requests"}}}`` with an entry for each of ``targets``: trafficShare is the target's
+    fraction of the requests targets answered in the recent window (0 when there were
+    none), requests its count since the router's ledger started. Returns {} when the
+    document is missing, garbled or does not know the endpoint; never raises.
+    """
+    try:
+        return _traffic_fields(stats, endpoint, targets)
+    except Exception:
+        # Status is best effort: a surprise in the document must not fail a reconcile.
+        return {}
+
+
+def _traffic_fields(stats: Any, endpoint: str, targets: Sequence[str]) -> dict[str, Any]:
+    if not isinstance(stats, Mapping):
+        return {}
+    endpoints = stats.get("endpoints")
+    if not isinstance(endpoints, Mapping):
+        return {}
+    ep = endpoints.get(endpoint)
+    if not isinstance(ep, Mapping):
+        return {}
+    requests = _count(ep.get("requests"))
+    fallbacks = _count(ep.get("fallbacks"))
+    by_target = _counts(ep.get("byTarget"))
+    recent = ep.get("recent")
+    recent_by_target = _counts(recent.get("byTarget")) if isinstance(recent, Mapping) else None
+    spend = ep.get("spendUSD")
+    if (
+        requests is None
+        or fallbacks is None
+        or by_target is None
+        or recent_by_target is None
+        or isinstance(spend, bool)
+        or not isinstance(spend, int | float)
+        or not math.isfinite(spend)
+        or spend < 0
+    ):
+        return {}
+    served_recently = sum(recent_by_target.values())
+    per_target: dict[str, dict[str, Any]] = {}
+    for model in targets:
+        share = recent_by_target.get(model, 0) / served_recently if served_recently else 0.0
+        per_target[model] = {
+            "trafficShare": round(min(max(share, 0.0), 1.0), SHARE_DIGITS),
+            "requests": by_target.get(model, 0),
+        }
+    return {
+        "requests": requests,
+        "fallbacks": fallbacks,
+        "spendUSD": round(float(spend), SPEND_DIGITS),
+        "targets": per_target,
+    }
+
+
+async def fetch_stats(
+    url: str, client: httpx.AsyncClient, timeout_s: float
+) -> dict[str, Any] | None:
+    """The router's stats document, or None on any failure (unreachable, not 200, not a
+    JSON object): the router may be starting, restarting or older than the endpoint."""
+    try:
+        response = await client.get(url, timeout=timeout_s)
+        if response.status_code != 200:
+            return None
+        data = response.json()
+    except Exception:
+        # Any failure means "no figures this time"; the next reconcile tries again.
+        return None
+    return data if isinstance(data, dict) else None
+
+
+__all__ = ["STATS_PATH", "fetch_stats", "stats_url", "traffic_fields"]
