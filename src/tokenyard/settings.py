@@ -31,6 +31,9 @@ class OperatorSettings(BaseModel):
     resync_interval_s: float = Field(default=30.0, gt=0)
     # Waiting on an external object (RayService CRD, Secret): retry after this long.
     retry_delay_s: float = Field(default=15.0, gt=0)
+    # Routers answer their stats from memory; a slow answer means an unhealthy router,
+    # and waiting longer would only delay status for the pool's other objects.
+    router_stats_timeout_s: float = Field(default=2.0, gt=0)
     health_port: int = Field(default=8080, ge=1, le=65535)
     """Port of the liveness/readiness endpoint."""
     peering: str | None = None

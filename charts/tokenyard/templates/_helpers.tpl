@@ -89,64 +89,85 @@ seccompProfile:
       fieldPath: metadata.name
 {{- end -}}
 
-{{/* RBAC rules. Every verb here is one the operator or autoscaler uses; the chart
-     tests assert this exact set, and docs/install.md explains each. */}}
+{{/* RBAC rules: exactly the calls the operator and autoscaler make, no more. The chart
+     tests pin this exact set, tests/integration/operator/test_rbac.py checks every call
+     recorded from a run of the operator against it, and docs/install.md explains each. */}}
 
-{{/* Operator, namespaced resources (a ClusterRole when watching all namespaces). */}}
+{{/* Operator, namespaced resources (a ClusterRole when watching all namespaces). kopf
+     lists and watches the three kinds and patches its progress annotations onto them;
+     the reconciler reads pools and models, writes status, owns one RayService and the
+     router's state claim per pool, checks that referenced Secrets exist and posts core/v1
+     Events (kopf's own Events are POSTed too, never patched). Policies are only ever
+     read from kopf's index, so they get no get. */}}
 {{- define "tokenyard.operatorNamespacedRules" -}}
 - apiGroups: ["tokenyard.dev"]
-  resources: ["servingpools", "modeldeployments", "routingpolicies"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  resources: ["servingpools", "modeldeployments"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["tokenyard.dev"]
+  resources: ["routingpolicies"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["tokenyard.dev"]
   resources: ["servingpools/status", "modeldeployments/status", "routingpolicies/status"]
-  verbs: ["get", "patch", "update"]
-- apiGroups: ["tokenyard.dev"]
-  resources: ["modeldeployments/scale"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 - apiGroups: ["ray.io"]
   resources: ["rayservices"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: [""]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "create"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- if and .Values.operator.peering .Values.watchNamespaces }}
+# kopf peering in each watched namespace: it lists and watches the KopfPeering and
+# patches its own heartbeat into it (the object itself is created by the admin).
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
+{{- end }}
 {{- end -}}
 
-{{/* Operator, cluster-scoped resources: kopf reads CRDs and namespaces at start-up. */}}
+{{/* Operator, cluster-scoped resources. kopf lists and watches CRDs to learn which
+     resources are served; with watchNamespaces it also lists and watches namespaces
+     (clusterwide, kopf never reads them); with peering on and the whole cluster
+     watched, it uses a ClusterKopfPeering. */}}
 {{- define "tokenyard.operatorClusterRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
+{{- if .Values.watchNamespaces }}
 - apiGroups: [""]
   resources: ["namespaces"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
+{{- else if .Values.operator.peering }}
 - apiGroups: ["kopf.dev"]
   resources: ["clusterkopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
+{{- end }}
 {{- end -}}
 
+{{/* Autoscaler, in the watched namespaces: it lists pools and models each interval,
+     writes replicas through the scale subresource and its decision through status, and
+     posts events.k8s.io/v1 Events (create only; each has a unique name). */}}
 {{- define "tokenyard.autoscalerNamespacedRules" -}}
 - apiGroups: ["tokenyard.dev"]
-  resources: ["servingpools", "modeldeployments", "routingpolicies"]
-  verbs: ["get", "list", "watch"]
+  resources: ["servingpools", "modeldeployments"]
+  verbs: ["list"]
 - apiGroups: ["tokenyard.dev"]
-  resources: ["modeldeployments/scale", "modeldeployments/status", "servingpools/status"]
-  verbs: ["get", "patch", "update"]
-# The autoscaler writes events.k8s.io/v1 Events; the core group is the same objects
-# seen through the older API, so granting both adds no reach.
-- apiGroups: ["", "events.k8s.io"]
+  resources: ["modeldeployments/scale", "modeldeployments/status"]
+  verbs: ["patch"]
+- apiGroups: ["events.k8s.io"]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end -}}
 
-{{/* Leader election, only in the release namespace. */}}
+{{/* Leader election, only in the release namespace: read the Lease, create it when
+     missing, renew or take it over with a merge patch carrying its resourceVersion. */}}
 {{- define "tokenyard.autoscalerLeaseRules" -}}
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
-  verbs: ["get", "list", "watch", "create", "patch", "update"]
+  verbs: ["get", "create", "patch"]
 {{- end -}}

@@ -450,6 +450,8 @@ class PoolRender:
     policies: list[RoutingPolicy]
     """The pool's policies, by name."""
     problems: list[Problem] = field(default_factory=list)
+    state_claim: dict[str, Any] | None = None
+    """The PersistentVolumeClaim of the router's spend ledger (None when not persistent)."""
 
 
 def _pool_policies(pool: ServingPool, policies: Iterable[RoutingPolicy]) -> list[RoutingPolicy]:
@@ -570,17 +572,64 @@ def _pod_spec(
     return spec
 
 
+# The Ray images run as user ray (uid 1000) in group users (gid 100); a fresh volume is
+# owned by root, so the pod's fsGroup makes the state volume writable for the ledger.
+RAY_IMAGE_GID = 100
+
+
+def state_volume(pool: ServingPool) -> dict[str, Any]:
+    """The head's state volume: the pool's claim when persistent, else the pod's disk."""
+    if pool.spec.router.state.persistent:
+        claim = {"claimName": contract.state_claim_name(obj_name(pool))}
+        return {"name": contract.STATE_VOLUME, "persistentVolumeClaim": claim}
+    return {"name": contract.STATE_VOLUME, "emptyDir": {}}
+
+
+def build_state_claim(pool: ServingPool) -> dict[str, Any] | None:
+    """The PersistentVolumeClaim holding the router's spend ledger, owned by the pool.
+
+    One writer (the ledger actor on the head), so ReadWriteOnce suffices. The operator
+    creates it once and never patches it: a claim's spec is immutable once bound."""
+    st = pool.spec.router.state
+    if not st.persistent:
+        return None
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": st.size}},
+    }
+    if st.storageClassName is not None:
+        spec["storageClassName"] = st.storageClassName
+    metadata: dict[str, Any] = {
+        "name": contract.state_claim_name(obj_name(pool)),
+        "namespace": obj_namespace(pool),
+        "labels": pool_labels(obj_name(pool)),
+    }
+    owners = owner_references(pool)
+    if owners:
+        metadata["ownerReferences"] = owners
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": spec}
+
+
 def build_head_group(pool: ServingPool, image: str, env: list[dict[str, Any]]) -> dict[str, Any]:
-    """The CPU-only head group: GCS, dashboard, Serve controller and proxy, the router."""
+    """The CPU-only head group: GCS, dashboard, Serve controller and proxy, the router,
+    and the router's spend ledger on the state volume."""
     h = pool.spec.head
+    mount = {"name": contract.STATE_VOLUME, "mountPath": contract.STATE_MOUNT}
     container = _container(
-        HEAD_CONTAINER, image, _resources(h.cpu, h.memory), env, ports=HEAD_PORTS
+        HEAD_CONTAINER,
+        image,
+        _resources(h.cpu, h.memory),
+        env,
+        ports=HEAD_PORTS,
+        mounts=[mount],
     )
+    spec = _pod_spec(pool, container, volumes=[state_volume(pool)])
+    spec["securityContext"] = {"fsGroup": RAY_IMAGE_GID}
     return {
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": str(head_num_cpus(pool))},
         "template": {
             "metadata": {"labels": pool_labels(obj_name(pool))},
-            "spec": _pod_spec(pool, container),
+            "spec": spec,
         },
     }
 
@@ -725,7 +774,9 @@ def router_config(
 
 def router_application(pool: ServingPool, config: contract.RouterConfig) -> dict[str, Any]:
     r = pool.spec.router
-    args = contract.RouterAppArgs(pool=obj_name(pool), namespace=obj_namespace(pool))
+    args = contract.RouterAppArgs(
+        pool=obj_name(pool), namespace=obj_namespace(pool), ledgerPath=contract.LEDGER_PATH
+    )
     return {
         "name": contract.ROUTER_APP_NAME,
         "route_prefix": contract.ROUTER_ROUTE_PREFIX,
@@ -919,6 +970,7 @@ def render_pool(
         externals=externals,
         policies=pol,
         problems=problems,
+        state_claim=build_state_claim(pool),
     )
 
 

@@ -31,8 +31,9 @@ from tokenyard.api.common import (
 from tokenyard.api.model import ModelDeployment, ModelDeploymentStatus
 from tokenyard.api.policy import RoutingPolicy, RoutingPolicyStatus
 from tokenyard.api.pool import ServingPool, ServingPoolStatus
-from tokenyard.operator import builders, plan, status
+from tokenyard.operator import builders, plan, status, traffic
 from tokenyard.operator.kube import (
+    CLAIMS,
     MODELS,
     POLICIES,
     POOLS,
@@ -43,7 +44,11 @@ from tokenyard.operator.kube import (
     KubeApi,
     NotFound,
 )
+from tokenyard.serving import contract
 from tokenyard.settings import OperatorSettings
+
+StatsFetcher = Callable[[str], Awaitable[dict[str, Any] | None]]
+"""Reads the router's stats document at a URL; None on any failure."""
 
 log = logging.getLogger("tokenyard.operator")
 
@@ -302,8 +307,10 @@ class Controller:
         *,
         clock: Callable[[], datetime.datetime] = _utcnow,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = log,
+        stats_fetcher: StatsFetcher | None = None,
     ) -> None:
         self.api = api
+        self.stats_fetcher = stats_fetcher
         self.store = store
         self.settings = settings
         self.clock = clock
@@ -625,7 +632,10 @@ class Controller:
             if existing is None and conflict is None:
                 crd_missing = True
 
+        if existing is not None and render.state_claim is not None:
+            await self._ensure_claim(body, render.state_claim)
         observed = status.observe_ray_service(existing)
+        router_stats = await self._router_stats(ns, name, observed)
         if crd_missing:
             self._crd_served = None  # look again next pass
             self.queue.add(pool_key(ns, name), self.settings.retry_delay_s)
@@ -653,6 +663,16 @@ class Controller:
                 observed=observed,
                 crd_missing=crd_missing,
                 secrets=secrets,
+                traffic=(
+                    traffic.traffic_fields(
+                        router_stats,
+                        pol.spec.endpoint or builders.obj_name(pol),
+                        [t.model for t in pol.spec.targets],
+                    )
+                    or None
+                    if router_stats is not None
+                    else None
+                ),
             )
             desired = status.build_policy_status(pol, pctx, now=now)
             writes.append(self._write_status(POLICIES, "RoutingPolicy", b, desired))
@@ -674,6 +694,36 @@ class Controller:
         await self._write_status(
             POOLS, "ServingPool", body, status.build_pool_status(pool, pctx2, now=now)
         )
+
+    async def _ensure_claim(self, pool_body: Body, claim: dict[str, Any]) -> None:
+        """Create the router's state claim if it does not exist; never patch it (a bound
+        claim's spec is immutable, and resizing is the storage admin's call)."""
+        ns, name = claim["metadata"]["namespace"], claim["metadata"]["name"]
+        try:
+            await self.api.get(CLAIMS, ns, name)
+            return
+        except NotFound:
+            pass
+        try:
+            await self.api.create(CLAIMS, ns, claim)
+        except Conflict:
+            return
+        self.log.info("created PersistentVolumeClaim %s/%s for the router's ledger", ns, name)
+        await self.api.post_event(
+            pool_body, "Normal", "StateClaimCreated", f"created PersistentVolumeClaim {name}"
+        )
+
+    async def _router_stats(
+        self, ns: str, pool: str, observed: status.ObservedRayService | None
+    ) -> dict[str, Any] | None:
+        """The router's traffic figures, only once KubeRay reports the router running
+        (before that the Service has no endpoints and the call could only time out)."""
+        if self.stats_fetcher is None or observed is None:
+            return None
+        app = observed.app(contract.ROUTER_APP_NAME)
+        if app is None or app.status != "RUNNING":
+            return None
+        return await self.stats_fetcher(traffic.stats_url(pool, ns))
 
     async def _apply(
         self, pool_body: Body, desired: dict[str, Any], existing: dict[str, Any] | None

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
+import httpx
 import kopf
 
 from tokenyard.api.common import (
@@ -27,7 +28,7 @@ from tokenyard.api.common import (
 from tokenyard.api.model import ModelDeployment
 from tokenyard.api.policy import RoutingPolicy
 from tokenyard.api.pool import ServingPool
-from tokenyard.operator import status
+from tokenyard.operator import status, traffic
 from tokenyard.operator.controller import Body, Controller, Store, parse, rfc3339
 from tokenyard.operator.kube import MODELS, POLICIES, POOLS, KopfKubeApi, Resource
 from tokenyard.settings import Settings, load_settings
@@ -161,7 +162,14 @@ async def startup(
     settings.posting.level = logging.WARNING
     store: Store = KopfIndexStore(kwargs)
     api = KopfKubeApi(settings, logging.getLogger("tokenyard.operator.api"))
-    ctrl = Controller(api, store, op)
+    # One pooled client for the routers' stats endpoints, closed at cleanup.
+    client = httpx.AsyncClient()
+    memo["stats_client"] = client
+
+    async def fetch(url: str) -> dict[str, Any] | None:
+        return await traffic.fetch_stats(url, client, op.router_stats_timeout_s)
+
+    ctrl = Controller(api, store, op, stats_fetcher=fetch)
     memo["controller"] = ctrl
     memo["controller_task"] = asyncio.create_task(ctrl.run(), name="tokenyard reconciler")
     logger.info(
@@ -179,6 +187,9 @@ async def cleanup(memo: Any, **_: Any) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    client = memo.get("stats_client")
+    if client is not None:
+        await client.aclose()
 
 
 @kopf.on.probe(id="reconciler")

@@ -69,6 +69,7 @@ MODELS = Resource(GROUP, VERSION, "modeldeployments")
 POLICIES = Resource(GROUP, VERSION, "routingpolicies")
 RAY_SERVICES = Resource("ray.io", "v1", "rayservices")
 SECRETS = Resource("", "v1", "secrets")
+CLAIMS = Resource("", "v1", "persistentvolumeclaims")
 EVENTS = Resource("", "v1", "events")
 
 

@@ -123,6 +123,8 @@ def render(
         known = secrets.get(ns)
         r = builders.render_pool(pool, same_ns, pols, secrets=known, settings=settings)
         children.append(r.ray_service)
+        if r.state_claim is not None:
+            children.append(r.state_claim)
         problems += r.problems
     problems += builders.orphan_problems(m.pools, m.models, m.policies)
     return children, problems

@@ -452,6 +452,9 @@ class PolicyContext:
     observed: ObservedRayService | None = None
     crd_missing: bool = False
     secrets: Secrets | None = None
+    traffic: Mapping[str, Any] | None = None
+    """Observed traffic from the router (``traffic.traffic_fields``); None keeps the
+    figures already in status (router unreachable or not running yet)."""
 
 
 def _target_status(
@@ -487,9 +490,12 @@ def _target_status(
             out["ready"] = ready
             if not ready:
                 out["message"] = f"{reason}: {message}"
-    # Traffic figures belong to the router; carry them over.
+    # Traffic figures come from the router; without a fresh reading keep the last one.
+    fresh = (ctx.traffic or {}).get("targets", {}).get(model)
     for k in ("trafficShare", "requests"):
-        if old is not None and old.get(k) is not None:
+        if fresh is not None and fresh.get(k) is not None:
+            out[k] = fresh[k]
+        elif old is not None and old.get(k) is not None:
             out[k] = old[k]
     return out
 
@@ -527,13 +533,17 @@ def build_policy_status(policy: RoutingPolicy, ctx: PolicyContext, *, now: str) 
     conds = merge_conditions(
         old_status.get("conditions"), [condition(COND_READY, ready, reason, message, gen)], now
     )
-    return {
+    out: dict[str, Any] = {
         "observedGeneration": gen,
         "conditions": conds,
         "endpoint": policy.spec.endpoint or obj_name(policy),
         "targets": targets,
         "readyTargets": summary,
     }
+    for k in ("requests", "fallbacks", "spendUSD"):
+        if ctx.traffic and ctx.traffic.get(k) is not None:
+            out[k] = ctx.traffic[k]
+    return out
 
 
 # --------------------------------------------------------------------------- diffing

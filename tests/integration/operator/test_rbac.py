@@ -42,6 +42,7 @@ AGREED: dict[tuple[str, str], set[str]] = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
     ("", "events"): {"create", "patch"},
     ("", "secrets"): {"get", "list", "watch"},
+    ("", "persistentvolumeclaims"): {"get", "create"},
     ("", "namespaces"): {"get", "list", "watch"},
     ("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "patch", "update"},
     ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
@@ -86,6 +87,7 @@ async def test_operator_calls_stay_within_the_agreed_permissions(
     calls = await _exercise(cluster, kmock) | API_CALLS
     assert ("create", "ray.io", "rayservices", "", True) in calls
     assert ("patch", "tokenyard.dev", "modeldeployments", "status", True) in calls
+    assert ("create", "", "persistentvolumeclaims", "", True) in calls
     extra = sorted(
         (verb, group, _name(res, sub))
         for verb, group, res, sub, _ in calls

@@ -29,46 +29,42 @@ pytestmark = pytest.mark.skipif(
 )
 
 TY = "tokenyard.dev"
-# (group, resource, verbs): what the operator does. kopf lists and watches every
-# resource it handles, patches finalizers and its annotations on them and patches status;
-# the reconciler creates/patches/deletes RayServices, reads Secrets (SecretNotFound),
-# posts Events; kopf reads CRDs and namespaces at start-up and uses peering objects.
-OPERATOR_NEEDS: dict[tuple[str, str], set[str]] = {
-    (TY, "servingpools"): {"get", "list", "watch", "patch", "update"},
-    (TY, "modeldeployments"): {"get", "list", "watch", "patch", "update"},
-    (TY, "routingpolicies"): {"get", "list", "watch", "patch", "update"},
-    (TY, "servingpools/status"): {"get", "patch", "update"},
-    (TY, "modeldeployments/status"): {"get", "patch", "update"},
-    (TY, "routingpolicies/status"): {"get", "patch", "update"},
-    (TY, "modeldeployments/scale"): {"get", "patch", "update"},
-    ("ray.io", "rayservices"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("", "events"): {"create", "patch"},
-    ("", "secrets"): {"get", "list", "watch"},
-    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
-    ("", "namespaces"): {"get", "list", "watch"},
-    ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
+# (group, resource) -> verbs: what the operator does (the calls recorded by
+# tests/integration/operator/test_rbac.py, plus kopf's reads from its source). kopf lists
+# and watches the three kinds and patches its annotations onto them; the reconciler gets
+# pools and models, patches status, gets/creates/patches RayServices, gets/creates the
+# router's state PersistentVolumeClaim, gets Secrets (SecretNotFound) and POSTs Events;
+# kopf lists and watches CRDs.
+OPERATOR_NAMESPACED: dict[tuple[str, str], set[str]] = {
+    (TY, "servingpools"): {"get", "list", "watch", "patch"},
+    (TY, "modeldeployments"): {"get", "list", "watch", "patch"},
+    (TY, "routingpolicies"): {"list", "watch", "patch"},
+    (TY, "servingpools/status"): {"patch"},
+    (TY, "modeldeployments/status"): {"patch"},
+    (TY, "routingpolicies/status"): {"patch"},
+    ("ray.io", "rayservices"): {"get", "create", "patch"},
+    ("", "persistentvolumeclaims"): {"get", "create"},
+    ("", "secrets"): {"get"},
+    ("", "events"): {"create"},
 }
-OPERATOR_CLUSTER_SCOPED = {
-    ("apiextensions.k8s.io", "customresourcedefinitions"),
-    ("", "namespaces"),
-    ("kopf.dev", "clusterkopfpeerings"),
-}
-# The autoscaler lists pools and models, writes the scale and status subresources,
-# posts events.k8s.io Events and holds a Lease in the release namespace.
+CRDS = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+# kopf lists and watches namespaces only when limited to some (never clusterwide).
+NAMESPACES = {("", "namespaces"): {"list", "watch"}}
+# kopf peering, only with operator.peering set: lists, watches and patches the object.
+CLUSTER_PEERING = {("kopf.dev", "clusterkopfpeerings"): {"list", "watch", "patch"}}
+NAMESPACED_PEERING = {("kopf.dev", "kopfpeerings"): {"list", "watch", "patch"}}
+# The autoscaler lists pools and models, patches the scale and status subresources of
+# models, POSTs events.k8s.io Events and holds a Lease in the release namespace.
 AUTOSCALER_NEEDS: dict[tuple[str, str], set[str]] = {
-    (TY, "servingpools"): {"get", "list", "watch"},
-    (TY, "modeldeployments"): {"get", "list", "watch"},
-    (TY, "routingpolicies"): {"get", "list", "watch"},
-    (TY, "modeldeployments/scale"): {"get", "patch", "update"},
-    (TY, "modeldeployments/status"): {"get", "patch", "update"},
-    (TY, "servingpools/status"): {"get", "patch", "update"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
+    (TY, "servingpools"): {"list"},
+    (TY, "modeldeployments"): {"list"},
+    (TY, "modeldeployments/scale"): {"patch"},
+    (TY, "modeldeployments/status"): {"patch"},
+    ("events.k8s.io", "events"): {"create"},
 }
-LEASE_NEEDS = {
-    ("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "patch", "update"}
-}
+LEASE_NEEDS = {("coordination.k8s.io", "leases"): {"get", "create", "patch"}}
+TEAMS = ["--set", "watchNamespaces={team-a,team-b}"]
+PEERING = ["--set", "operator.peering=tokenyard"]
 
 
 @dataclass(frozen=True)
@@ -148,25 +144,31 @@ def test_no_wildcards_anywhere(extra: list[str]) -> None:
             assert "impersonate" not in rule["verbs"]
 
 
-def test_operator_cluster_wide_gets_exactly_what_it_uses() -> None:
-    grants = grants_of(render(), OPERATOR_SA)
+@pytest.mark.parametrize(
+    ("extra", "peering"), [([], {}), (PEERING, CLUSTER_PEERING)], ids=["standalone", "peering"]
+)
+def test_operator_cluster_wide_gets_exactly_what_it_uses(
+    extra: list[str], peering: dict[tuple[str, str], set[str]]
+) -> None:
+    grants = grants_of(render(*extra), OPERATOR_SA)
     assert all(g.namespace is None for g in grants)
-    assert as_table(grants) == OPERATOR_NEEDS
+    assert as_table(grants) == OPERATOR_NAMESPACED | CRDS | peering
 
 
-def test_operator_namespaced_gets_exactly_what_it_uses_per_namespace() -> None:
-    grants = grants_of(render("--set", "watchNamespaces={team-a,team-b}"), OPERATOR_SA)
+@pytest.mark.parametrize(
+    ("extra", "peering"), [([], {}), (PEERING, NAMESPACED_PEERING)], ids=["standalone", "peering"]
+)
+def test_operator_namespaced_gets_exactly_what_it_uses_per_namespace(
+    extra: list[str], peering: dict[tuple[str, str], set[str]]
+) -> None:
+    grants = grants_of(render(*TEAMS, *extra), OPERATOR_SA)
+    assert as_table({g for g in grants if g.namespace is None}) == CRDS | NAMESPACES
     for ns in ("team-a", "team-b"):
-        for (group, resource), verbs in OPERATOR_NEEDS.items():
-            for verb in verbs:
-                assert allowed(grants, verb, group, resource, ns), (ns, group, resource, verb)
-    cluster = {(g.group, g.resource) for g in grants if g.namespace is None}
-    assert cluster == OPERATOR_CLUSTER_SCOPED
+        assert as_table({g for g in grants if g.namespace == ns}) == OPERATOR_NAMESPACED | peering
+    assert {g.namespace for g in grants} == {None, "team-a", "team-b"}
     assert not allowed(grants, "get", TY, "modeldeployments", "other-team")
     assert not allowed(grants, "get", "", "secrets", "other-team")
     assert not allowed(grants, "create", "ray.io", "rayservices", NS)
-    namespaced = {k: v for k, v in OPERATOR_NEEDS.items() if k not in OPERATOR_CLUSTER_SCOPED}
-    assert as_table({g for g in grants if g.namespace == "team-a"}) == namespaced
 
 
 @pytest.mark.parametrize("extra", [[], ["--set", "watchNamespaces={team-a}"]])
@@ -194,6 +196,12 @@ def test_autoscaler_gets_exactly_what_it_uses(extra: list[str]) -> None:
         ("get", "", "configmaps"),
         ("create", "apps", "deployments"),
         ("delete", "", "namespaces"),
+        ("list", "", "secrets"),
+        ("update", TY, "modeldeployments"),
+        ("delete", "ray.io", "rayservices"),
+        ("delete", "", "persistentvolumeclaims"),
+        ("patch", "", "events"),
+        ("list", "", "namespaces"),
     ],
 )
 def test_nothing_beyond_the_job(verb: str, group: str, resource: str) -> None:
@@ -217,17 +225,9 @@ def test_rbac_can_be_left_to_the_user() -> None:
 
 def test_every_resource_the_operator_code_names_is_granted() -> None:
     """Ties the chart to the code: each resource type in tokenyard.operator.kube (the
-    only path from the reconciler to the API server) has a grant for the verbs the
-    reconciler uses on it (get/create/patch, or create for Events)."""
+    only path from the reconciler to the API server) is in the operator's table."""
     kube = pytest.importorskip("tokenyard.operator.kube")
     resources = [v for v in vars(kube).values() if isinstance(v, kube.Resource)]
     assert resources, "tokenyard.operator.kube declares no Resource constants"
-    grants = grants_of(render(), OPERATOR_SA)
     for r in resources:
-        verbs = {"create"} if r.plural == "events" else {"get"}
-        if r.group in (TY, "ray.io"):
-            verbs |= {"patch"}
-        if r.group == "ray.io":
-            verbs |= {"create"}
-        for verb in verbs:
-            assert allowed(grants, verb, r.group, r.plural, "default"), (r, verb)
+        assert (r.group, r.plural) in OPERATOR_NAMESPACED, r

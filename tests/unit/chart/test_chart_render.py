@@ -29,6 +29,7 @@ VALUE_SETS: dict[str, list[str]] = {
     "namespaced": ["--set", "watchNamespaces={team-a,team-b}"],
     "no-autoscaler": ["--set", "autoscaler.enabled=false"],
     "one-autoscaler": ["--set", "autoscaler.replicas=1"],
+    "peering": ["--set", "operator.peering=tokenyard"],
 }
 
 pytestmark = pytest.mark.skipif(
@@ -114,10 +115,10 @@ def test_namespaced_render_uses_roles_per_namespace() -> None:
         ("team-b", "t-tokenyard-autoscaler"),
         (NAMESPACE, "t-tokenyard-autoscaler-leader-election"),
     }
-    # Only the cluster-scoped reads stay cluster-wide.
+    # Only kopf's cluster-scoped reads (CRDs, and namespaces when limited) stay cluster-wide.
     (cluster_role,) = by_kind(docs, "ClusterRole")
     resources = {r for rule in cluster_role["rules"] for r in rule["resources"]}
-    assert resources == {"customresourcedefinitions", "namespaces", "clusterkopfpeerings"}
+    assert resources == {"customresourcedefinitions", "namespaces"}
     for binding in by_kind(docs, "RoleBinding"):
         (subject,) = binding["subjects"]
         assert subject["namespace"] == NAMESPACE
@@ -137,6 +138,7 @@ def test_namespaced_render_uses_roles_per_namespace() -> None:
         ("image.pullPolicy=Sometimes", "pull policy is an enum"),
         ("unknownKey=1", "unknown keys are typos"),
         ("operator.replicas=2", "the operator runs one standalone replica"),
+        ("operator.peering=Not_A_Name", "peering object names are DNS subdomains"),
     ],
 )
 def test_values_schema_rejects_bad_values(flag: str, why: str) -> None:
@@ -217,6 +219,22 @@ def test_cluster_wide_means_no_namespaces(monkeypatch: pytest.MonkeyPatch) -> No
     for deploy in by_kind(render(), "Deployment"):
         s = _settings_from(_container(deploy), monkeypatch)
         assert s.operator.namespaces == [] and s.autoscaler.namespaces == []
+
+
+@pytest.mark.parametrize("peering", ["", "tokenyard"])
+def test_peering_value_maps_onto_the_operator_setting(
+    peering: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = render("--set", f"operator.peering={peering}")
+    (deploy,) = [d for d in by_kind(docs, "Deployment") if "operator" in d["metadata"]["name"]]
+    monkeypatch.delenv("TOKENYARD_OPERATOR__PEERING", raising=False)
+    s = _settings_from(_container(deploy), monkeypatch)
+    assert s.operator.peering == (peering or None)
+    # The peering RBAC appears exactly when the operator runs with peering.
+    kinds = {
+        r for d in by_kind(docs, "ClusterRole") for rule in d["rules"] for r in rule["resources"]
+    }
+    assert ("clusterkopfpeerings" in kinds) is bool(peering)
 
 
 def test_values_map_onto_autoscaler_settings(monkeypatch: pytest.MonkeyPatch) -> None:

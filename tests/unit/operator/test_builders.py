@@ -119,7 +119,11 @@ EXPECTED_SERVE: dict[str, Any] = {
             "name": "tokenyard-router",
             "route_prefix": "/",
             "import_path": "tokenyard.serving.router_app:build_app",
-            "args": {"namespace": NS, "pool": "gpu-pool"},
+            "args": {
+                "namespace": NS,
+                "pool": "gpu-pool",
+                "ledgerPath": "/var/lib/tokenyard/ledger.json",
+            },
             "deployments": [
                 {
                     "name": "Router",
@@ -320,8 +324,21 @@ def expected_ray_service(spec_hash: str) -> dict[str, Any]:
                                     ],
                                     "resources": {"limits": head_amounts, "requests": head_amounts},
                                     "env": SECRET_ENV,
+                                    "volumeMounts": [
+                                        {
+                                            "name": "tokenyard-state",
+                                            "mountPath": "/var/lib/tokenyard",
+                                        }
+                                    ],
                                 }
-                            ]
+                            ],
+                            "volumes": [
+                                {
+                                    "name": "tokenyard-state",
+                                    "persistentVolumeClaim": {"claimName": "gpu-pool-router-state"},
+                                }
+                            ],
+                            "securityContext": {"fsGroup": 100},
                         },
                     },
                 },
@@ -705,3 +722,42 @@ def test_orphan_problems() -> None:
         ("RoutingPolicy", "chat", "PoolNotFound"),
     ]
     assert problems[0].message == "spec.pool: ServingPool 'nope' not found in namespace 'team-a'"
+
+
+def test_state_claim_is_owned_by_the_pool_and_mounted_on_the_head() -> None:
+    r = full_render()
+    assert r.state_claim == {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": "gpu-pool-router-state",
+            "namespace": NS,
+            "labels": LABELS,
+            **(
+                {"ownerReferences": r.ray_service["metadata"]["ownerReferences"]}
+                if "ownerReferences" in r.ray_service["metadata"]
+                else {}
+            ),
+        },
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+
+
+def test_state_not_persistent_uses_the_pods_disk_and_no_claim() -> None:
+    p = pool()
+    p.spec.router.state.persistent = False
+    p.spec.router.state.storageClassName = "fast"
+    r = render_pool(p, [model("economy")], [])
+    assert r.state_claim is None
+    head = r.ray_service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert head["volumes"] == [{"name": "tokenyard-state", "emptyDir": {}}]
+
+
+def test_state_claim_storage_class_and_size() -> None:
+    p = pool()
+    p.spec.router.state.storageClassName = "fast-ssd"
+    p.spec.router.state.size = "5Gi"
+    claim = render_pool(p, [model("economy")], []).state_claim
+    assert claim is not None
+    assert claim["spec"]["storageClassName"] == "fast-ssd"
+    assert claim["spec"]["resources"] == {"requests": {"storage": "5Gi"}}

@@ -18,7 +18,15 @@ from tokenyard.operator.controller import (
     parse,
     pool_key,
 )
-from tokenyard.operator.kube import MODELS, POLICIES, POOLS, RAY_SERVICES, SECRETS, FakeKubeApi
+from tokenyard.operator.kube import (
+    CLAIMS,
+    MODELS,
+    POLICIES,
+    POOLS,
+    RAY_SERVICES,
+    SECRETS,
+    FakeKubeApi,
+)
 from tokenyard.settings import OperatorSettings
 
 T0 = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
@@ -28,7 +36,7 @@ class World:
     """A store and an API server that agree (the store is what the watches saw)."""
 
     def __init__(self, *, crd: bool = True) -> None:
-        served = {POOLS, MODELS, POLICIES, SECRETS} | ({RAY_SERVICES} if crd else set())
+        served = {POOLS, MODELS, POLICIES, SECRETS, CLAIMS} | ({RAY_SERVICES} if crd else set())
         self.api = FakeKubeApi(served=served)
         self.store = DictStore()
         self.now = T0
@@ -323,3 +331,83 @@ async def test_member_events_enqueue_old_and_new_pools() -> None:
     w.ctrl.on_member_event("model", NS, "m", "p1", deleted=False)
     w.ctrl.on_member_event("model", NS, "m", "p2", deleted=False)
     assert {pool_key(NS, "p1"), pool_key(NS, "p2"), namespace_key(NS)} <= set(w.ctrl.queue._due)
+
+
+async def test_state_claim_is_created_once_and_never_patched() -> None:
+    w = World()
+    w.add(pool_doc(), model_doc("economy"))
+    await w.settle()
+    claim = w.obj(CLAIMS, "gpu-pool-router-state")
+    assert claim["spec"]["resources"] == {"requests": {"storage": "1Gi"}}
+    await w.settle()
+    claim_writes = [c for c in w.writes() if c[1] == "persistentvolumeclaims"]
+    assert [c[0] for c in claim_writes] == ["create"], claim_writes
+
+
+def _router_running(w: World) -> None:
+    rs = w.obj(RAY_SERVICES, "gpu-pool")
+    rs["status"] = {
+        "activeServiceStatus": {
+            "applicationStatuses": {"tokenyard-router": {"status": "RUNNING"}},
+        },
+    }
+
+
+STATS = {
+    "pool": "gpu-pool",
+    "namespace": NS,
+    "endpoints": {
+        "chat": {
+            "requests": 10,
+            "fallbacks": 2,
+            "byTarget": {"economy": 7, "provider": 3},
+            "windowSeconds": 600,
+            "recent": {"requests": 10, "byTarget": {"economy": 3, "provider": 1}},
+            "spendUSD": 0.25,
+            "spendWindow": "24h",
+        }
+    },
+}
+
+
+async def test_router_traffic_reaches_policy_status_once_the_router_runs() -> None:
+    w = World()
+    urls: list[str] = []
+
+    async def fetch(url: str) -> dict[str, Any] | None:
+        urls.append(url)
+        return STATS
+
+    w.ctrl.stats_fetcher = fetch
+    w.add(pool_doc(), model_doc("economy"), external_doc(), secret(), policy_doc())
+    await w.settle()
+    assert urls == []  # no router status yet: nothing to ask
+    assert "requests" not in w.obj(POLICIES, "chat")["status"]
+
+    _router_running(w)
+    await w.settle()
+    assert urls and urls[0] == f"http://gpu-pool-serve-svc.{NS}.svc:8000/v1/tokenyard/stats"
+    st = w.obj(POLICIES, "chat")["status"]
+    assert (st["requests"], st["fallbacks"], st["spendUSD"]) == (10, 2, 0.25)
+    shares = {t["model"]: (t.get("trafficShare"), t.get("requests")) for t in st["targets"]}
+    assert shares["economy"] == (0.75, 7)
+    assert shares["provider"] == (0.25, 3)
+
+
+async def test_unreachable_router_keeps_the_last_traffic_figures() -> None:
+    w = World()
+    answer: dict[str, Any] | None = STATS
+
+    async def fetch(url: str) -> dict[str, Any] | None:
+        return answer
+
+    w.ctrl.stats_fetcher = fetch
+    w.add(pool_doc(), model_doc("economy"), external_doc(), secret(), policy_doc())
+    await w.settle()
+    _router_running(w)
+    await w.settle()
+    answer = None
+    await w.settle()
+    st = w.obj(POLICIES, "chat")["status"]
+    assert st["requests"] == 10
+    assert {t["model"]: t.get("trafficShare") for t in st["targets"]}["economy"] == 0.75
