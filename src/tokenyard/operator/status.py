@@ -334,6 +334,23 @@ def build_model_status(md: ModelDeployment, ctx: ModelContext, *, now: str) -> d
     return out
 
 
+def not_ready_status(
+    existing_conditions: Sequence[Mapping[str, Any]] | None,
+    reason: str,
+    message: str,
+    generation: int | None,
+    *,
+    now: str,
+) -> dict[str, Any]:
+    """Status fields of an object the operator cannot serve at all: Ready=False."""
+    conds = merge_conditions(
+        existing_conditions,
+        [condition(COND_READY, False, reason, message, generation)],
+        now,
+    )
+    return {"observedGeneration": generation, "conditions": conds}
+
+
 def invalid_status(
     existing_conditions: Sequence[Mapping[str, Any]] | None,
     message: str,
@@ -342,12 +359,9 @@ def invalid_status(
     now: str,
 ) -> dict[str, Any]:
     """Status fields for an object whose spec does not validate."""
-    conds = merge_conditions(
-        existing_conditions,
-        [condition(COND_READY, False, REASON_VALIDATION_FAILED, message, generation)],
-        now,
+    return not_ready_status(
+        existing_conditions, REASON_VALIDATION_FAILED, message, generation, now=now
     )
-    return {"observedGeneration": generation, "conditions": conds}
 
 
 def pool_not_found_status(
@@ -357,12 +371,10 @@ def pool_not_found_status(
     *,
     now: str,
 ) -> dict[str, Any]:
-    conds = merge_conditions(
-        existing_conditions,
-        [condition(COND_READY, False, REASON_POOL_NOT_FOUND, message, generation)],
-        now,
+    """Status fields for a model or policy whose spec.pool does not exist."""
+    return not_ready_status(
+        existing_conditions, REASON_POOL_NOT_FOUND, message, generation, now=now
     )
-    return {"observedGeneration": generation, "conditions": conds}
 
 
 # --------------------------------------------------------------------------- pools

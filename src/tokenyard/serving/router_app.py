@@ -738,19 +738,25 @@ class _Ctx:
         self._note_fallback(target, failure.kind, str(failure))
         return True
 
+    def _admit(self, target: str) -> Any | None:
+        """The backend to try for ``target``, or None when it must be skipped (its
+        circuit is open or it has no backend), which counts as a fallback."""
+        if not self.breakers.get(target).allow(self.core._clock()):
+            self._note_fallback(target, "CircuitOpen", "circuit breaker open")
+            return None
+        backend = self.state.backends.get(target)
+        if backend is None:
+            self._note_fallback(target, "Unavailable", "no backend for target")
+        return backend
+
     async def complete(self) -> Response:
         last: BackendFailure | None = None
         for target, reason in self._candidates():
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 break
-            now = self.core._clock()
-            if not self.breakers.get(target).allow(now):
-                self._note_fallback(target, "CircuitOpen", "circuit breaker open")
-                continue
-            backend = self.state.backends.get(target)
+            backend = self._admit(target)
             if backend is None:
-                self._note_fallback(target, "Unavailable", "no backend for target")
                 continue
             per = min(self.fb.perAttemptTimeoutSeconds, remaining)
             try:
@@ -793,13 +799,8 @@ class _Ctx:
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 break
-            now = self.core._clock()
-            if not self.breakers.get(target).allow(now):
-                self._note_fallback(target, "CircuitOpen", "circuit breaker open")
-                continue
-            backend = self.state.backends.get(target)
+            backend = self._admit(target)
             if backend is None:
-                self._note_fallback(target, "Unavailable", "no backend for target")
                 continue
             per = min(self.fb.perAttemptTimeoutSeconds, remaining)
             agen = backend.stream(self.parsed.kind, self.body, per)
