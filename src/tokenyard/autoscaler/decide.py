@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from tokenyard.api.common import REASON_BUDGET_CAPPED, REASON_GPU_CAPPED
-from tokenyard.api.model import ModelDeployment
+from tokenyard.api.model import AutoscalingSpec, ModelDeployment
 from tokenyard.api.pool import ServingPool
 from tokenyard.autoscaler.signals import ModelSignals
 
@@ -88,6 +88,24 @@ class DecisionConfig:
     """Fewer (decayed) tokens than this leave costPer1MTokens unmeasured."""
 
 
+def autoscaling_fields(a: AutoscalingSpec) -> dict[str, Any]:
+    """The :class:`ModelView` fields read from a model's spec.autoscaling. One mapping
+    for the live autoscaler and the simulator, so both decide on the same reading."""
+    return {
+        "min_replicas": a.minReplicas,
+        "max_replicas": a.maxReplicas,
+        "priority": a.priority,
+        "target_ongoing": a.targetOngoingRequests,
+        "target_kv": a.targetKVCacheUsage,
+        "target_gpu_util": a.targetGPUUtilization,
+        "ttft_slo_s": a.ttftSLOSeconds,
+        "scale_to_zero_after_s": (
+            float(a.scaleToZeroAfterSeconds) if a.scaleToZeroAfterSeconds else None
+        ),
+        "cold_start_s": a.coldStartSeconds,
+    }
+
+
 @dataclass(frozen=True)
 class ModelView:
     """What the decision needs of one ModelDeployment and its accelerator class."""
@@ -130,23 +148,13 @@ class ModelView:
         ready = md.status.readyReplicas if md.status is not None else None
         return cls(
             name=str(md.metadata.get("name", "")),
-            min_replicas=a.minReplicas,
-            max_replicas=a.maxReplicas,
             current_replicas=spec.desired_replicas(),
             ready_replicas=ready,
             mode=a.mode,
             gpus_per_replica=spec.gpus_per_replica(),
             accelerator=accel,
             price_per_gpu_hour=price,
-            priority=a.priority,
-            target_ongoing=a.targetOngoingRequests,
-            target_kv=a.targetKVCacheUsage,
-            target_gpu_util=a.targetGPUUtilization,
-            ttft_slo_s=a.ttftSLOSeconds,
-            scale_to_zero_after_s=(
-                float(a.scaleToZeroAfterSeconds) if a.scaleToZeroAfterSeconds else None
-            ),
-            cold_start_s=a.coldStartSeconds,
+            **autoscaling_fields(a),
             nominal_tokens_per_s=(
                 spec.inCluster.nominalTokensPerSecond if spec.inCluster else 1000.0
             ),

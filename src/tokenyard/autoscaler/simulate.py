@@ -53,6 +53,7 @@ from tokenyard.autoscaler.decide import (
     ModelState,
     ModelView,
     PoolView,
+    autoscaling_fields,
     decide_pool,
 )
 from tokenyard.autoscaler.signals import ModelSignals
@@ -574,27 +575,17 @@ class TokenyardPolicy:
         self.capped_decisions = 0
 
     def view(self, srv: _Server, now: float) -> ModelView:
-        p, a = srv.p, srv.p.autoscaling
+        p = srv.p
         price = self.pool.classes[p.accelerator].price_per_gpu_hour
         return ModelView(
             name=p.name,
-            min_replicas=a.minReplicas,
-            max_replicas=a.maxReplicas,
             current_replicas=srv.asked,
             ready_replicas=srv.ready(now),
             mode="Tokenyard",
             gpus_per_replica=p.gpusPerReplica,
             accelerator=p.accelerator,
             price_per_gpu_hour=price,
-            priority=a.priority,
-            target_ongoing=a.targetOngoingRequests,
-            target_kv=a.targetKVCacheUsage,
-            target_gpu_util=a.targetGPUUtilization,
-            ttft_slo_s=a.ttftSLOSeconds,
-            scale_to_zero_after_s=(
-                float(a.scaleToZeroAfterSeconds) if a.scaleToZeroAfterSeconds else None
-            ),
-            cold_start_s=a.coldStartSeconds,
+            **autoscaling_fields(p.autoscaling),
             nominal_tokens_per_s=p.prefillTokensPerSecond,
             quality=p.quality,
         )

@@ -27,7 +27,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -738,27 +738,27 @@ class _Ctx:
         self._note_fallback(target, failure.kind, str(failure))
         return True
 
-    def _admit(self, target: str) -> Any | None:
-        """The backend to try for ``target``, or None when it must be skipped (its
-        circuit is open or it has no backend), which counts as a fallback."""
-        if not self.breakers.get(target).allow(self.core._clock()):
-            self._note_fallback(target, "CircuitOpen", "circuit breaker open")
-            return None
-        backend = self.state.backends.get(target)
-        if backend is None:
-            self._note_fallback(target, "Unavailable", "no backend for target")
-        return backend
-
-    async def complete(self) -> Response:
-        last: BackendFailure | None = None
+    def _attempts(self) -> Iterator[tuple[str, str, Any, float]]:
+        """(target, reason, backend, per-attempt timeout) for each target to try, in
+        order, until the total deadline passes. A target whose circuit is open or that
+        has no backend is skipped, which counts as a fallback. Lazy: the remaining time
+        is measured when the caller asks for the next attempt."""
         for target, reason in self._candidates():
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
-                break
-            backend = self._admit(target)
-            if backend is None:
+                return
+            if not self.breakers.get(target).allow(self.core._clock()):
+                self._note_fallback(target, "CircuitOpen", "circuit breaker open")
                 continue
-            per = min(self.fb.perAttemptTimeoutSeconds, remaining)
+            backend = self.state.backends.get(target)
+            if backend is None:
+                self._note_fallback(target, "Unavailable", "no backend for target")
+                continue
+            yield target, reason, backend, min(self.fb.perAttemptTimeoutSeconds, remaining)
+
+    async def complete(self) -> Response:
+        last: BackendFailure | None = None
+        for target, reason, backend, per in self._attempts():
             try:
                 result = await asyncio.wait_for(
                     backend.complete(self.parsed.kind, self.body, per), per
@@ -795,14 +795,7 @@ class _Ctx:
 
     async def stream(self) -> Response:
         last: BackendFailure | None = None
-        for target, reason in self._candidates():
-            remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            backend = self._admit(target)
-            if backend is None:
-                continue
-            per = min(self.fb.perAttemptTimeoutSeconds, remaining)
+        for target, reason, backend, per in self._attempts():
             agen = backend.stream(self.parsed.kind, self.body, per)
             try:
                 first = await asyncio.wait_for(agen.__anext__(), per)
