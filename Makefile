@@ -60,8 +60,11 @@ e2e-kind: install
 	  --repo https://ray-project.github.io/kuberay-helm/ --version 1.4.2 --wait
 	KUBECONFIG=.tools/kind-kubeconfig $(PY) -m pytest -q -ra tests/e2e
 
+# Both images: the operator/autoscaler image and the Ray image (Ray Serve LLM + tokenyard)
+# that pools run (values.yaml rayImage / settings.operator.default_ray_image).
 image:
 	docker build -t tokenyard:dev .
+	docker build -f Dockerfile.ray -t tokenyard-ray:dev .
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

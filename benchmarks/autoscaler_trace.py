@@ -1,7 +1,10 @@
 """Replays the shared Azure LLM code trace through the autoscaler simulator and prints the table.
 
 Run: ``.venv/bin/python benchmarks/autoscaler_trace.py [--trace CSV] [--scenario YAML]
-[--plot PNG] [--json]``
+[--plot PNG] [--json] [--seed N] [--no-spillover] [--seeds K]``
+
+``--seeds K`` also prints the mean over routing seeds 0..K-1 (the same trace, another
+difficulty draw; the static oracles are searched again per seed).
 
 Static (the fewest fixed replicas that meet the SLO target on this trace), a per-model
 HPA-style utilisation target and tokenyard's decide_pool run on the same simulator and
@@ -28,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenario", default=None)
     p.add_argument("--plot", default=None)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-spillover", action="store_true")
+    p.add_argument("--seeds", type=int, default=0, help="also the mean over seeds 0..K-1")
     args = p.parse_args(argv)
     if not Path(args.trace).is_file():
         print(f"autoscaler_trace: trace not found: {args.trace}", file=sys.stderr)
@@ -36,7 +42,38 @@ def main(argv: list[str] | None = None) -> int:
     code = simulate.main(args)
     if not args.json:
         print(f"simulated in {time.perf_counter() - started:.1f}s")
+    if args.seeds > 0 and code == 0:
+        seed_means(args)
     return code
+
+
+def seed_means(args: argparse.Namespace) -> None:
+    """Mean cost, attainment and scale events per policy over routing seeds."""
+    base = simulate.load_scenario(args.scenario)
+    if args.no_spillover:
+        base = base.model_copy(update={"spillover": False})
+    trace = simulate.read_trace(args.trace)
+    rows: dict[str, list[tuple[float, float, float, int]]] = {}
+    for seed in range(args.seeds):
+        report = simulate.simulate(base.model_copy(update={"seed": seed}), trace)
+        for r in report.results:
+            rows.setdefault(r.policy, []).append(
+                (r.cost_usd, r.slo_attainment, r.min_model_slo, r.scale_events)
+            )
+    ty = rows["tokenyard"]
+    print(f"\nmean over routing seeds 0-{args.seeds - 1}:")
+    print(f"{'policy':<12} {'cost USD':>9} {'SLO':>8} {'worst model':>12} {'events':>7} "
+          f"{'tokenyard/this':>15} {'seeds tokenyard >= this SLO':>28}")  # fmt: skip
+    for policy, vals in rows.items():
+        n = len(vals)
+        cost = sum(v[0] for v in vals) / n
+        ratio = sum(t[0] for t in ty) / sum(v[0] for v in vals)
+        wins = sum(1 for t, v in zip(ty, vals, strict=True) if t[1] >= v[1])
+        print(
+            f"{policy:<12} {cost:>9.2f} {sum(v[1] for v in vals) / n:>7.2%} "
+            f"{sum(v[2] for v in vals) / n:>11.2%} {sum(v[3] for v in vals) / n:>7.1f} "
+            f"{ratio:>14.1%} {wins:>25}/{n}"
+        )
 
 
 if __name__ == "__main__":

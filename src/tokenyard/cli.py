@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scenario", default=None, help="scenario YAML (default: built-in)")
     s.add_argument("--plot", default=None, help="write a PNG plot here")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.add_argument("--seed", type=int, default=None, help="routing seed (default: the scenario's)")
+    s.add_argument(
+        "--no-spillover",
+        action="store_true",
+        help="route without spill-over (every policy alike)",
+    )
     s.set_defaults(func=_lazy("tokenyard.autoscaler.simulate"))
     return p
 

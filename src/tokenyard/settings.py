@@ -63,6 +63,9 @@ class AutoscalerSettings(BaseModel):
     """Lease used for leader election so two replicas never act at once."""
     lease_namespace: str = "tokenyard-system"
     lease_duration_s: float = Field(default=30.0, gt=0)
+    health_port: int = Field(default=8081, ge=0, le=65535)
+    """Port of ``GET /healthz`` (0: no endpoint): 200 while the loop passes at least every
+    three intervals, 503 when it is stuck."""
 
     @field_validator("namespaces", mode="before")
     @classmethod

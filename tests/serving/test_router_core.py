@@ -1,7 +1,9 @@
 """The router's request handling without Ray: RouterCore over ASGI, providers faked with
-httpx.MockTransport. Covers what the real-engine tests cannot provoke on demand: a
-stream that breaks after its first chunk, timeouts, the circuit breaker, a config swap
-under a request in flight, and that provider keys are sent but never logged.
+httpx.MockTransport and in-cluster models with held fakes behind the backend seam.
+Covers what the real-engine tests cannot provoke on demand: a stream that breaks after
+its first chunk, timeouts, the circuit breaker, a config swap under a request in flight,
+spill-over under a pile of concurrent requests, and that provider keys are sent but never
+logged.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -22,6 +24,7 @@ from starlette.routing import Route
 
 from tokenyard.api.policy import RoutingPolicySpec
 from tokenyard.serving.audit import AUDIT_LOGGER, AuditLog
+from tokenyard.serving.backends import Backend, BackendFailure, build_backends
 from tokenyard.serving.contract import (
     CatalogueEntry,
     ExternalEndpoint,
@@ -29,9 +32,10 @@ from tokenyard.serving.contract import (
     RouterAppArgs,
     RouterConfig,
 )
+from tokenyard.serving.features import parse_request
 from tokenyard.serving.ledger_actor import LedgerClient
 from tokenyard.serving.providers import ProviderClient
-from tokenyard.serving.router_app import RouterCore
+from tokenyard.serving.router_app import BackendFactory, RouterCore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -123,10 +127,10 @@ def backends() -> Backends:
 @pytest.fixture
 async def make_router(
     backends: Backends, tmp_path: Any
-) -> AsyncIterator[Callable[[RouterConfig], tuple[RouterCore, httpx.AsyncClient]]]:
+) -> AsyncIterator[Callable[..., tuple[RouterCore, httpx.AsyncClient]]]:
     made: list[tuple[RouterCore, httpx.AsyncClient]] = []
 
-    def make(cfg: RouterConfig) -> tuple[RouterCore, httpx.AsyncClient]:
+    def make(cfg: RouterConfig, **core_kw: Any) -> tuple[RouterCore, httpx.AsyncClient]:
         core = RouterCore(
             RouterAppArgs(pool="p", namespace="ns", auditPath=str(tmp_path / "audit.jsonl")),
             ledger=LedgerClient(None),
@@ -134,6 +138,7 @@ async def make_router(
             audit=AuditLog(str(tmp_path / "audit.jsonl")),
             env={},
             watch_apps=False,
+            **core_kw,
         )
         core.apply_config(cfg)
         app = Starlette(routes=[Route("/{path:path}", core.handle, methods=["GET", "POST"])])
@@ -378,3 +383,333 @@ class _Stream(httpx.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for b in self._it:
             yield b
+
+
+# -- spill-over ------------------------------------------------------------------------
+
+NOW = 1_700_000_000.0
+# The estimate the router makes of BODY's prompt (what the queue clock counts).
+PROMPT = parse_request(BODY, {}, "chat").prompt_tokens
+# economy prefills 4 of these prompts a second: each one queued adds 0.25 s, so with a
+# TTFT SLO of 1.1 s it takes 4 at once (0.25 .. 1.0 s) and the 5th would wait 1.25 s.
+ECONOMY_TPS = 4.0 * PROMPT
+
+
+class HeldModel:
+    """An in-cluster model (a Ray Serve handle in production) that answers only when
+    released, so requests pile up in flight; optionally fails instead."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls = 0
+        self.release = asyncio.Event()
+        self.failure: BaseException | None = None
+        self.between_chunks: Callable[[], None] | None = None
+
+    async def complete(
+        self, kind: str, body: dict[str, Any], attempt_timeout: float
+    ) -> dict[str, Any]:
+        self.calls += 1
+        await self.release.wait()
+        if self.failure is not None:
+            raise self.failure
+        return completion(self.name)
+
+    async def stream(
+        self, kind: str, body: dict[str, Any], attempt_timeout: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        self.calls += 1
+        await self.release.wait()
+        if self.failure is not None:
+            raise self.failure
+        yield json.loads(chunk("Hel").removeprefix(b"data: "))
+        if self.between_chunks is not None:
+            self.between_chunks()
+        yield json.loads(chunk("lo").removeprefix(b"data: "))
+
+
+def held_models(*models: HeldModel) -> BackendFactory:
+    """The backend seam: these fakes for the in-cluster models, providers as usual."""
+    fakes = {m.name: m for m in models}
+
+    def make(
+        entries: Mapping[str, CatalogueEntry],
+        client: ProviderClient,
+        previous: Mapping[str, Backend] | None,
+    ) -> Mapping[str, Backend]:
+        external = {n: e for n, e in entries.items() if n not in fakes}
+        out: dict[str, Backend] = dict(build_backends(external, client, previous))
+        out.update({n: m for n, m in fakes.items() if n in entries})
+        return out
+
+    return make
+
+
+def in_cluster(name: str, quality: float, price: float, tps: float, slo: float) -> CatalogueEntry:
+    return CatalogueEntry(
+        name=name,
+        servedModelName=name,
+        kind="InCluster",
+        quality=quality,
+        inputPer1M=price,
+        outputPer1M=price,
+        app=f"model-{name}",
+        deployment="LLMServer",
+        replicas=1,
+        tokensPerSecond=tps,
+        ttftSLOSeconds=slo,
+    )
+
+
+def spill_config(router_replicas: int = 1, **spec: Any) -> RouterConfig:
+    """economy (slow), then an external provider, then frontier (fast), in that order."""
+    policy = RoutingPolicySpec.model_validate(
+        {
+            "pool": "p",
+            "targets": [{"model": "economy"}, {"model": "b"}, {"model": "frontier"}],
+            "strategy": "Ordered",
+            "egress": {"defaultDataClass": "public"},
+            **spec,
+        }
+    )
+    return RouterConfig(
+        pool="p",
+        namespace="ns",
+        models=[
+            in_cluster("economy", 0.3, 0.1, ECONOMY_TPS, 1.1),
+            entry("b", 2.0),  # external, quality 1: never a spill-over target
+            in_cluster("frontier", 1.0, 5.0, 1000.0 * PROMPT, 2.0),
+        ],
+        policies=[PolicyEntry(name="ep", namespace="ns", endpoint="ep", spec=policy.dump())],
+        routerReplicas=router_replicas,
+    )
+
+
+async def all_sent(*models: HeldModel, n: int) -> None:
+    """Wait (bounded) until the fakes have received ``n`` calls in all."""
+    for _ in range(1000):
+        if sum(m.calls for m in models) >= n:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"only {sum(m.calls for m in models)} of {n} requests arrived")
+
+
+@pytest.fixture
+def models() -> tuple[HeldModel, HeldModel]:
+    return HeldModel("economy"), HeldModel("frontier")
+
+
+async def test_a_saturated_model_spills_later_requests_to_the_better_one(
+    backends: Backends, make_router: Any, tmp_path: Any, models: tuple[HeldModel, HeldModel]
+) -> None:
+    economy, frontier = models
+    backends.handlers["b"] = lambda r: httpx.Response(200, json=completion("b"))
+    core, client = make_router(
+        spill_config(), backend_factory=held_models(economy, frontier), clock=lambda: NOW
+    )
+    posts = [asyncio.create_task(client.post("/v1/chat/completions", json=BODY)) for _ in range(10)]
+    await all_sent(economy, frontier, n=10)
+    # economy took what it can start within its SLO; the rest went to frontier, passing
+    # over the external target b.
+    assert (economy.calls, frontier.calls, backends.hits("b")) == (4, 6, 0)
+    assert (core.load.in_flight("economy"), core.load.in_flight("frontier")) == (4, 6)
+
+    economy.release.set()
+    frontier.release.set()
+    answers = await asyncio.gather(*posts)
+    assert all(r.status_code == 200 for r in answers)
+    served = sorted(r.headers["x-tokenyard-target"] for r in answers)
+    assert served == ["economy"] * 4 + ["frontier"] * 6
+    # Every attempt started: nothing in flight, no queue left behind.
+    assert (core.load.in_flight("economy"), core.load.in_flight("frontier")) == (0, 0)
+    assert core.load.backlog_s("economy", NOW) == 0.0
+
+    metrics = (await client.get("/metrics")).text
+    assert (
+        'tokenyard_spillovers_total{endpoint="ep",from_target="economy",to_target="frontier"} 6.0'
+        in metrics
+    )
+    lines = audit_lines(tmp_path)
+    spilled = [x for x in lines if x["spilled_from"] == "economy"]
+    assert len(spilled) == 6 and {x["target"] for x in spilled} == {"frontier"}
+    assert all("spill-over: economy expected TTFT" in x["reason"] for x in spilled)
+    # Charged at the price of the model that served (frontier, 5 $/1M), 3 + 2 tokens.
+    assert [x["cost_usd"] for x in spilled] == [pytest.approx(5 * 5.0 / 1e6)] * 6
+    kept = [x for x in lines if x["spilled_from"] is None]
+    assert {x["target"] for x in kept} == {"economy"}
+    assert [x["cost_usd"] for x in kept] == [pytest.approx(5 * 0.1 / 1e6)] * 4
+
+    # With the queue drained economy is first again.
+    assert (await client.post("/v1/chat/completions", json=BODY)).json()["model"] == "economy"
+
+
+async def test_spillover_disabled_keeps_the_policys_order(
+    backends: Backends, make_router: Any, models: tuple[HeldModel, HeldModel]
+) -> None:
+    economy, frontier = models
+    core, client = make_router(
+        spill_config(spillover={"enabled": False}),
+        backend_factory=held_models(economy, frontier),
+        clock=lambda: NOW,
+    )
+    posts = [asyncio.create_task(client.post("/v1/chat/completions", json=BODY)) for _ in range(8)]
+    await all_sent(economy, frontier, n=8)
+    assert (economy.calls, frontier.calls) == (8, 0)
+    # The load is still counted: another endpoint on the same model may spill.
+    assert core.load.in_flight("economy") == 8
+    economy.release.set()
+    await asyncio.gather(*posts)
+    assert core.load.in_flight("economy") == 0
+
+
+async def test_router_replicas_share_the_load_and_a_new_config_keeps_it(
+    make_router: Any, models: tuple[HeldModel, HeldModel]
+) -> None:
+    economy, frontier = models
+    # Two router replicas: each request seen here stands for two, so economy takes 2.
+    core, client = make_router(
+        spill_config(router_replicas=2),
+        backend_factory=held_models(economy, frontier),
+        clock=lambda: NOW,
+    )
+    posts = [asyncio.create_task(client.post("/v1/chat/completions", json=BODY)) for _ in range(4)]
+    await all_sent(economy, frontier, n=4)
+    assert (economy.calls, frontier.calls) == (2, 2)
+    # A config change (a RoutingPolicy edit, a scale) keeps what is in flight.
+    core.apply_config(spill_config(router_replicas=1))
+    assert core.load.share == 1.0
+    assert core.load.in_flight("economy") == 2
+    economy.release.set()
+    frontier.release.set()
+    await asyncio.gather(*posts)
+    assert core.load.in_flight("economy") == core.load.in_flight("frontier") == 0
+
+
+async def test_a_stream_leaves_the_queue_at_its_first_chunk(
+    make_router: Any, models: tuple[HeldModel, HeldModel]
+) -> None:
+    economy, frontier = models
+    core, client = make_router(spill_config(), backend_factory=held_models(economy, frontier))
+    seen: list[int] = []
+    economy.between_chunks = lambda: seen.append(core.load.in_flight("economy"))
+    post = asyncio.create_task(client.post("/v1/chat/completions", json={**BODY, "stream": True}))
+    await all_sent(economy, n=1)
+    assert core.load.in_flight("economy") == 1  # waiting for its first token
+    economy.release.set()
+    r = await post
+    assert r.status_code == 200 and '"content":"lo"' in r.text
+    # Counted as started once the first chunk came, while the answer still streamed.
+    assert seen == [0]
+    assert core.load.in_flight("economy") == 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_failed_and_timed_out_attempts_leave_nothing_in_flight(
+    backends: Backends, make_router: Any, models: tuple[HeldModel, HeldModel], stream: bool
+) -> None:
+    economy, frontier = models
+    economy.failure = BackendFailure("economy: engine died", kind="Error")
+    economy.release.set()  # frontier is never released: it times out
+
+    async def one_chunk() -> AsyncIterator[bytes]:
+        yield chunk("ok")
+        yield b"data: [DONE]\n\n"
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content).get("stream"):
+            sse = {"content-type": "text/event-stream"}
+            return httpx.Response(200, headers=sse, stream=_Stream(one_chunk()))
+        return httpx.Response(200, json=completion("b"))
+
+    backends.handlers["b"] = answer
+    core, client = make_router(
+        spill_config(fallback={"perAttemptTimeoutSeconds": 0.2, "maxAttempts": 3}),
+        backend_factory=held_models(economy, frontier),
+    )
+    # economy fails, b (external) answers.
+    r = await client.post("/v1/chat/completions", json={**BODY, "stream": stream})
+    assert r.status_code == 200 and r.headers["x-tokenyard-target"] == "b"
+    assert core.load.in_flight("economy") == 0
+    # Direct to frontier, which times out.
+    r = await client.post(
+        "/v1/chat/completions", json={**BODY, "model": "frontier", "stream": stream}
+    )
+    assert r.status_code == 504
+    assert frontier.calls == 1 and core.load.in_flight("frontier") == 0
+
+
+async def test_a_cancelled_request_leaves_nothing_in_flight(
+    make_router: Any, models: tuple[HeldModel, HeldModel]
+) -> None:
+    economy, frontier = models
+    core, client = make_router(spill_config(), backend_factory=held_models(economy, frontier))
+    for body in (BODY, {**BODY, "stream": True}):
+        post = asyncio.create_task(client.post("/v1/chat/completions", json=body))
+        await all_sent(economy, n=economy.calls + 1)
+        assert core.load.in_flight("economy") == 1
+        post.cancel()  # the client went away
+        with pytest.raises(asyncio.CancelledError):
+            await post
+        assert core.load.in_flight("economy") == 0
+
+
+async def test_explain_shows_the_spillover_the_live_load_would_cause(
+    make_router: Any, models: tuple[HeldModel, HeldModel]
+) -> None:
+    economy, frontier = models
+    core, client = make_router(
+        spill_config(), backend_factory=held_models(economy, frontier), clock=lambda: NOW
+    )
+    idle = (await client.post("/v1/tokenyard/explain", json=BODY)).json()
+    assert [t["model"] for t in idle["targets"]] == ["economy", "b", "frontier"]
+    assert "spilledFrom" not in idle
+
+    posts = [asyncio.create_task(client.post("/v1/chat/completions", json=BODY)) for _ in range(4)]
+    await all_sent(economy, n=4)
+    busy = (await client.post("/v1/tokenyard/explain", json=BODY)).json()
+    assert [t["model"] for t in busy["targets"]] == ["frontier", "economy", "b"]
+    assert busy["spilledFrom"] == "economy"
+    assert "spill-over: economy expected TTFT 1.2s > 1 x SLO 1.1s" in busy["targets"][0]["reason"]
+    # Explaining sends nothing: the load is unchanged.
+    assert core.load.in_flight("economy") == 4 and core.load.in_flight("frontier") == 0
+    economy.release.set()
+    await asyncio.gather(*posts)
+
+
+def test_running_replicas_come_from_serve_status(make_router: Any) -> None:
+    from types import SimpleNamespace
+
+    from ray.serve._private.common import ReplicaState
+
+    from tokenyard.serving.router_app import running_replicas
+
+    app = SimpleNamespace(
+        deployments={
+            "LLMServer": SimpleNamespace(
+                replica_states={ReplicaState.RUNNING: 3, ReplicaState.STARTING: 2}
+            )
+        }
+    )
+    assert running_replicas(app) == 3
+    assert running_replicas(SimpleNamespace(deployments={})) == 0
+    core, _ = make_router(spill_config())
+    assert core.live_replicas() is None  # the watch has not read Serve yet: the catalogue's
+    core._running_replicas = {"model-economy": 3, "model-other": 1}
+    # By model name, only for the catalogue's in-cluster models.
+    assert core.live_replicas() == {"economy": 3}
+
+
+async def test_a_model_whose_replicas_are_starting_takes_no_spillover(
+    make_router: Any, models: tuple[HeldModel, HeldModel]
+) -> None:
+    economy, frontier = models
+    core, client = make_router(
+        spill_config(), backend_factory=held_models(economy, frontier), clock=lambda: NOW
+    )
+    # Ray Serve reports frontier's replica still starting: economy queues instead.
+    core._running_replicas = {"model-economy": 1, "model-frontier": 0}
+    posts = [asyncio.create_task(client.post("/v1/chat/completions", json=BODY)) for _ in range(6)]
+    await all_sent(economy, frontier, n=6)
+    assert (economy.calls, frontier.calls) == (6, 0)
+    economy.release.set()
+    await asyncio.gather(*posts)

@@ -91,7 +91,8 @@ class InClusterSpec(ApiModel):
     """engine holds the vLLM engine settings."""
     nominalTokensPerSecond: float = Field(default=1000.0, gt=0, le=10_000_000)
     """nominalTokensPerSecond is the throughput one replica is expected to reach; it
-    estimates the cost per 1M tokens until the autoscaler measures it."""
+    estimates the cost per 1M tokens until the autoscaler measures it, and the router's
+    spill-over (RoutingPolicy spec.spillover) takes it as the replica's prefill speed."""
 
 
 class TokenPrice(ApiModel):
@@ -141,7 +142,8 @@ class AutoscalingSpec(ApiModel):
     targetGPUUtilization: float = Field(default=0.8, gt=0, le=1)
     """targetGPUUtilization is the GPU busy fraction above which the model scales up."""
     ttftSLOSeconds: float = Field(default=2.0, gt=0, le=600)
-    """ttftSLOSeconds is the p95 time-to-first-token objective."""
+    """ttftSLOSeconds is the p95 time-to-first-token objective; the router's spill-over
+    (RoutingPolicy spec.spillover) also keeps requests within it."""
     scaleToZeroAfterSeconds: int | None = Field(default=None, ge=30, le=604800)
     """scaleToZeroAfterSeconds removes the last replica after this long without requests
     (only when minReplicas is 0)."""

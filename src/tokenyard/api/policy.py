@@ -145,6 +145,28 @@ class FallbackSpec(ApiModel):
     """circuitBreaker settings, per backend."""
 
 
+class SpilloverSpec(ApiModel):
+    """Moves a request off an in-cluster model that is expected to answer too late."""
+
+    enabled: bool = True
+    """enabled turns spill-over on. The router estimates, per in-cluster model, the time
+    to first token a new request would see: the prompt tokens it has sent that model and
+    not yet seen start, divided by the model's replicas times its
+    spec.inCluster.nominalTokensPerSecond, plus the request's own prefill (each router
+    replica takes what it sends for 1 / the pool's spec.router.minReplicas of the load).
+    When the first target of a request is an in-cluster model whose estimate exceeds
+    threshold x its autoscaling.ttftSLOSeconds, the request goes first to the next target
+    in the decision's order that is in-cluster, of at least the same quality and expected
+    to start it within half its own ttftSLOSeconds (spare capacity only: spill-over must
+    not push that model's own traffic toward its SLO); the original target stays next,
+    as a fallback. Never to an External target, never to a weaker model; spend is charged
+    at the price of the model that served."""
+    threshold: float = Field(default=1.0, gt=0, le=10)
+    """threshold multiplies the first target's ttftSLOSeconds: spill-over starts when
+    that model's expected time to first token exceeds threshold x its SLO (1 spills as
+    soon as the SLO would be missed; 2 tolerates twice the SLO)."""
+
+
 class Budget(ApiModel):
     """A spend limit for a tenant."""
 
@@ -246,6 +268,9 @@ class RoutingPolicySpec(ApiModel):
     """classifier estimates request difficulty."""
     fallback: FallbackSpec = Field(default_factory=FallbackSpec)
     """fallback says which failures try the next target."""
+    spillover: SpilloverSpec = Field(default_factory=SpilloverSpec)
+    """spillover sends a request to a better in-cluster target with room when its first
+    target is expected to miss its time-to-first-token SLO."""
     tenants: TenantSpec = Field(default_factory=TenantSpec)
     """tenants says how requests are attributed to tenants."""
     budgets: list[Budget] = Field(

@@ -80,6 +80,12 @@ class DecisionConfig:
     autoscaler can see), add no replica while the ready ones clear all in flight before a
     new one could serve and the steady load fits them: it would start to an empty queue,
     yet cost from the moment it is asked for."""
+    prewarm_cold_starts: float = 4.0
+    """Pre-warm: a model whose keep-warm window is at least this many cold starts long
+    scales up to what its last burst needed (keep-warm's count) once its replicas are
+    ready, instead of only keeping that many on the way down: the next burst of the same
+    active period then finds them running. Cheap replicas qualify (0.80 USD/h with a
+    30 s cold start: 7.5 min >= 2 min), dear or slow ones do not. 0: off."""
     tolerance: float = 0.1
     """Dead band: no change while the ask is within 10% of the current replicas."""
     cost_time_constant_s: float = 1800.0
@@ -470,6 +476,16 @@ def recommend(
                 ),
             )
 
+    # Pre-warm: for a cheap model (keep-warm lasts several cold starts) the capacity the
+    # last burst needed is worth having, not only worth keeping; added once nothing is
+    # starting, so a burst still in progress is not restacked.
+    if (
+        cfg.prewarm_cold_starts > 0
+        and keep_warm_s >= cfg.prewarm_cold_starts * view.cold_start_s
+        and warm > max(n, current)
+        and ready >= current
+    ):
+        n, why = warm, f"pre-warm: a burst of the last {keep_warm_s:.0f}s needed {warm}"
     n = min(max(n, floor), hi)
     new_state = replace(
         state,

@@ -35,6 +35,7 @@ from tokenyard.autoscaler.decide import (
     PoolView,
     decide_pool,
 )
+from tokenyard.autoscaler.health import Heartbeat
 from tokenyard.autoscaler.kube import KubeApi, rfc3339
 from tokenyard.autoscaler.leader import LeaderElector
 from tokenyard.autoscaler.signals import ModelRef, SignalSource
@@ -314,16 +315,24 @@ def run_forever(
     elector: LeaderElector | None,
     interval_s: float,
     stop: threading.Event,
+    *,
     clock: Callable[[], float] = time.time,
+    heartbeat: Heartbeat | None = None,
 ) -> None:
-    """Decides every interval while leading, until ``stop`` is set."""
+    """Decides every interval while leading, until ``stop`` is set; beats ``heartbeat``
+    after every pass (leader or not) for the health endpoint."""
     while not stop.is_set():
         started = clock()
-        if elector is None or elector.try_acquire(started):
+        leader = elector is None or elector.try_acquire(started)
+        error: str | None = None
+        if leader:
             try:
                 t = autoscaler.tick(started)
                 if t.skipped:
                     log.warning("skipped: %s", "; ".join(t.skipped))
             except Exception as exc:  # the API server or Prometheus may be down; retry
+                error = f"{type(exc).__name__}: {exc}"
                 log.warning("autoscaler interval failed: %s", exc)
+        if heartbeat is not None:
+            heartbeat.beat(leader=leader, ticked=leader, error=error)
         stop.wait(max(0.0, interval_s - (clock() - started)))

@@ -15,6 +15,7 @@ import threading
 import time
 from types import FrameType
 
+from tokenyard.autoscaler.health import Heartbeat, serve_health
 from tokenyard.autoscaler.kube import KubernetesApi
 from tokenyard.autoscaler.leader import LeaderElector
 from tokenyard.autoscaler.loop import Autoscaler, run_forever
@@ -57,6 +58,16 @@ def main(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    heartbeat = Heartbeat()
+    server = None
+    if s.health_port:
+        # Three intervals without a pass (or one lease duration, if longer) is a stuck loop.
+        max_age = max(3 * s.interval_s, s.lease_duration_s)
+        server = serve_health(heartbeat, max_age, s.health_port)
     log.info("autoscaler starting: prometheus %s, every %.0fs", s.prometheus_url, s.interval_s)
-    run_forever(autoscaler, elector, s.interval_s, stop)
+    try:
+        run_forever(autoscaler, elector, s.interval_s, stop, heartbeat=heartbeat)
+    finally:
+        if server is not None:
+            server.shutdown()
     return 0

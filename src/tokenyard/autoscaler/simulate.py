@@ -58,6 +58,7 @@ from tokenyard.autoscaler.decide import (
 )
 from tokenyard.autoscaler.signals import ModelSignals
 from tokenyard.autoscaler.trace import TraceRequest, read_trace
+from tokenyard.serving.spillover import Capacity, Option, QueueClock, choose
 
 
 class _Model(BaseModel):
@@ -107,6 +108,14 @@ class Scenario(_Model):
     hpaScaleDownStabilizationSeconds: float = Field(default=300.0, ge=0)
     maxQueueSeconds: float = Field(default=60.0, gt=0)
     sloTarget: float = Field(default=0.99, gt=0, le=1)
+    spillover: bool = True
+    """Route as a RoutingPolicy with spec.spillover enabled (the default) would: a request
+    whose model is expected to miss its TTFT SLO goes to the next better model expected to
+    meet its own (the router's estimate, tokenyard.serving.spillover). Applies to every
+    policy alike."""
+    spilloverThreshold: float = Field(default=1.0, gt=0)
+    replicaRefreshSeconds: float = Field(default=2.0, gt=0)
+    """How often the router re-reads the replicas Ray Serve runs (its status watch)."""
     seed: int = 0
 
 
@@ -199,14 +208,19 @@ def load_scenario(path: str | None) -> Scenario:
     return Scenario.model_validate(yaml.safe_load(Path(path).read_text()))
 
 
-def route(scenario: Scenario, trace: Sequence[TraceRequest]) -> list[tuple[TraceRequest, int]]:
-    """CheapestSufficient: each request to the cheapest model whose quality covers it."""
+def price_order(scenario: Scenario) -> list[int]:
+    """The models' indices by price per token, cheapest first (CheapestSufficient's order)."""
     price = {a.name: a.hourlyCostPerGPU for a in scenario.accelerators}
 
     def per_token(m: ModelProfile) -> float:
         return m.gpusPerReplica * price[m.accelerator] / m.prefillTokensPerSecond
 
-    order = sorted(range(len(scenario.models)), key=lambda i: per_token(scenario.models[i]))
+    return sorted(range(len(scenario.models)), key=lambda i: per_token(scenario.models[i]))
+
+
+def route(scenario: Scenario, trace: Sequence[TraceRequest]) -> list[tuple[TraceRequest, int]]:
+    """CheapestSufficient: each request to the cheapest model whose quality covers it."""
+    order = price_order(scenario)
     best = max(range(len(scenario.models)), key=lambda i: scenario.models[i].quality)
     rng = random.Random(scenario.seed)
     a, b = scenario.difficultyBeta
@@ -232,7 +246,10 @@ class _Server:
         self.kv = 0.0
         self.ttfts: deque[tuple[float, float]] = deque()
         self.slo = prof.autoscaling.ttftSLOSeconds
-        self.requests = self.met = self.dropped = self.events = 0
+        self.clock: QueueClock | None = None
+        self.known_replicas = 0
+        """Ready replicas as the router last read them from Ray Serve's status."""
+        self.requests = self.met = self.dropped = self.spilled_in = self.events = 0
         self.cost = self.gpu_seconds = self.replica_seconds = 0.0
         self.reset_interval()
 
@@ -271,6 +288,8 @@ class _Server:
         while self.queue and now - self.queue[0][0] > self.p_max_queue:
             self.queue.popleft()
             self.dropped += 1
+            if self.clock is not None:
+                self.clock.started(p.name, now)
         cap = ready * p.kvCacheTokens
         while self.queue and ready > 0:
             arrival, prompt, out = self.queue[0]
@@ -294,6 +313,8 @@ class _Server:
                 self.ttfts.append((done, ttft))
                 if ttft <= self.slo:
                     self.met += 1
+                if self.clock is not None:
+                    self.clock.started(p.name, done)
                 heapq.heappush(
                     self.decoding,
                     (done + head[3] / p.decodeTokensPerSecond, head[2] + head[3], int(head[3])),
@@ -312,6 +333,10 @@ class _Server:
             self.ttfts.popleft()
 
     p_max_queue = 60.0
+
+    def capacity(self) -> Capacity:
+        """The model's capacity as the router knows it."""
+        return Capacity(self.known_replicas, self.p.prefillTokensPerSecond, self.slo)
 
     def signals(self, now: float) -> ModelSignals:
         t = max(self.i_time, 1e-9)
@@ -403,10 +428,32 @@ def run(
         series[f"demand:{m.name}"] = []
         series[f"replicas:{m.name}"] = []
     bucket = [0.0] * len(servers)
+    clock = QueueClock() if scenario.spillover else None
+    if only is None:  # spill-over needs every model
+        for srv in servers:
+            srv.clock = clock
+            srv.known_replicas = srv.ready(0.0)
+    # The targets a request may spill to: models at least as good, cheapest first.
+    order = price_order(scenario)
+    ups = {
+        i: [j for j in order if j != i and scenario.models[j].quality >= m.quality]
+        for i, m in enumerate(scenario.models)
+    }
     k, now, next_policy, next_sample = 0, 0.0, interval, 0.0
+    next_refresh = scenario.replicaRefreshSeconds
     while now < horizon:
         while k < len(reqs) and reqs[k][0].t <= now:
             r, i = reqs[k]
+            if clock is not None and only is None:
+                options = [
+                    Option(servers[j].p.name, servers[j].p.quality, True, servers[j].capacity())
+                    for j in (i, *ups[i])
+                ]
+                spill = choose(options, clock, r.prompt, now, scenario.spilloverThreshold)
+                if spill is not None:
+                    i = (i, *ups[i])[spill.index]
+                    servers[i].spilled_in += 1
+                clock.sent(servers[i].p.name, servers[i].capacity(), r.prompt, now)
             srv = servers[i]
             srv.queue.append((r.t, r.prompt, r.output))
             srv.requests += 1
@@ -416,6 +463,10 @@ def run(
         for srv in servers:
             srv.step(now, dt)
         now += dt
+        if now >= next_refresh:
+            for srv in servers:
+                srv.known_replicas = srv.ready(now)
+            next_refresh += scenario.replicaRefreshSeconds
         if now >= next_policy:
             policy(now, servers)
             for srv in servers:
@@ -435,6 +486,7 @@ def run(
             "requests": s.requests,
             "sloAttainment": round(s.met / s.requests, 4) if s.requests else 1.0,
             "dropped": s.dropped,
+            "spilledIn": s.spilled_in,
             "meanReplicas": round(s.replica_seconds / now, 2) if now else 0.0,
             "scaleEvents": s.events,
         }
@@ -462,6 +514,68 @@ def _hold(now: float, servers: list[_Server]) -> None:
 
 def static_oracle(scenario: Scenario, routed: Sequence[tuple[TraceRequest, int]]) -> list[int]:
     """Per model, the fewest fixed replicas that reach the SLO target on this trace."""
+    return _with_spillover(scenario, routed, _static_alone(scenario, routed), per_model=True)
+
+
+def static_pool_oracle(scenario: Scenario, routed: Sequence[tuple[TraceRequest, int]]) -> list[int]:
+    """The cheapest fixed fleet whose pool-wide attainment (all requests together) reaches
+    the SLO target on this trace: a weaker criterion than :func:`static_oracle`'s (every
+    model on its own), shown beside it so that a policy judged on pool-wide attainment is
+    compared with the static fleet that meets that same criterion."""
+    return _with_spillover(scenario, routed, _static_pool_alone(scenario, routed), per_model=False)
+
+
+def _fleet_cost(scenario: Scenario, fleet: Sequence[int]) -> float:
+    price = {a.name: a.hourlyCostPerGPU for a in scenario.accelerators}
+    return sum(
+        n * m.gpusPerReplica * price[m.accelerator]
+        for n, m in zip(fleet, scenario.models, strict=True)
+    )
+
+
+def _with_spillover(
+    scenario: Scenario,
+    routed: Sequence[tuple[TraceRequest, int]],
+    alone: list[int],
+    *,
+    per_model: bool,
+) -> list[int]:
+    """The cheapest fleet meeting the criterion once requests spill over between models.
+
+    ``alone`` meets it with every model on its own traffic (found fast, model by model);
+    spill-over moves load between models, so the fleets at or below it are tried whole,
+    cheapest first. If ``alone`` itself falls short, the worst model grows until it holds.
+    """
+    if not scenario.spillover:
+        return alone
+
+    def ok(fleet: Sequence[int]) -> tuple[bool, RunResult]:
+        res = run(scenario, routed, policy_name="static", policy=_hold, interval=1e9,
+                  initial=list(fleet))  # fmt: skip
+        met = res.min_model_slo if per_model else res.slo_attainment
+        return met >= scenario.sloTarget, res
+
+    ranges = [
+        range(max(1, m.autoscaling.minReplicas), n + 1)
+        for m, n in zip(scenario.models, alone, strict=True)
+    ]
+    for combo in sorted(itertools.product(*ranges), key=lambda f: _fleet_cost(scenario, f)):
+        if ok(combo)[0]:
+            return list(combo)
+    fleet = list(alone)
+    while True:
+        good, res = ok(fleet)
+        growable = [
+            j for j, m in enumerate(scenario.models) if fleet[j] < m.autoscaling.maxReplicas
+        ]
+        if good or not growable:
+            return fleet
+        worst = min(growable, key=lambda j: res.models[scenario.models[j].name]["sloAttainment"])
+        fleet[worst] += 1
+
+
+def _static_alone(scenario: Scenario, routed: Sequence[tuple[TraceRequest, int]]) -> list[int]:
+    """Per model on its own traffic, the fewest fixed replicas that reach the target."""
     sizes: list[int] = []
     for i, m in enumerate(scenario.models):
         lo, hi = max(1, m.autoscaling.minReplicas), m.autoscaling.maxReplicas
@@ -490,14 +604,11 @@ def static_oracle(scenario: Scenario, routed: Sequence[tuple[TraceRequest, int]]
     return sizes
 
 
-def static_pool_oracle(scenario: Scenario, routed: Sequence[tuple[TraceRequest, int]]) -> list[int]:
-    """The cheapest fixed fleet whose pool-wide attainment (all requests together) reaches
-    the SLO target on this trace: a weaker criterion than :func:`static_oracle`'s (every
-    model on its own), shown beside it so that a policy judged on pool-wide attainment is
-    compared with the static fleet that meets that same criterion."""
+def _static_pool_alone(scenario: Scenario, routed: Sequence[tuple[TraceRequest, int]]) -> list[int]:
+    """The cheapest fixed fleet reaching the target pool-wide, each model on its own traffic."""
     price = {a.name: a.hourlyCostPerGPU for a in scenario.accelerators}
-    # The models do not interact, so each one's misses per fleet size are measured alone,
-    # from one replica up to the first size that misses nothing.
+    # Without spill-over the models do not interact, so each one's misses per fleet size
+    # are measured alone, from one replica up to the first size that misses nothing.
     options: list[list[tuple[int, int]]] = []
     total = 0
     for i, m in enumerate(scenario.models):
@@ -639,9 +750,10 @@ class Report:
         }
 
     def table(self) -> str:
+        routing = "with spill-over" if self.scenario.spillover else "without spill-over"
         lines = [
             f"trace: {self.trace_requests} requests over {self.trace_seconds / 60:.1f} min; "
-            f"scenario {self.scenario.name}",
+            f"scenario {self.scenario.name}; routing seed {self.scenario.seed}, {routing}",
             f"{'policy':<12} {'cost USD':>9} {'GPU-h':>7} {'SLO':>8} {'worst model':>12} "
             f"{'dropped':>8} {'events':>7} {'tokenyard/this':>15}",
         ]
@@ -748,6 +860,10 @@ def plot(report: Report, path: str) -> None:
 def main(args: argparse.Namespace) -> int:
     """``tokenyard simulate``: replay a trace and print the comparison."""
     scenario = load_scenario(args.scenario)
+    if getattr(args, "seed", None) is not None:
+        scenario = scenario.model_copy(update={"seed": args.seed})
+    if getattr(args, "no_spillover", False):
+        scenario = scenario.model_copy(update={"spillover": False})
     trace = read_trace(args.trace)
     if not trace:
         print(f"simulate: no requests in {args.trace}", file=sys.stderr)

@@ -753,12 +753,17 @@ def router_config(
 ) -> contract.RouterConfig:
     """The router's user_config: its catalogue (admitted in-cluster models and external
     ones) and the pool's policies. Readiness here depends on specs and Secrets only, never
-    on observed state, so the rendered RayService does not churn with KubeRay's status."""
+    on observed state, so the rendered RayService does not churn with KubeRay's status.
+    For the same reason spill-over's replica count is what the model app asks Ray Serve
+    for (``model_replicas(...).initial``, already part of the model app), not the
+    status's readyReplicas."""
     entries: list[contract.CatalogueEntry] = []
     for m in models:
         assert m.spec.inCluster is not None
         acc = accelerator(pool, m.spec.inCluster.accelerator)
-        entries.append(contract.catalogue_entry(m, ready=True, accel=acc))
+        entries.append(
+            contract.catalogue_entry(m, ready=True, accel=acc, replicas=model_replicas(m).initial)
+        )
     for m in externals:
         assert m.spec.external is not None
         ready = not secret_missing(m.spec.external.apiKeySecretRef, secrets)
@@ -769,6 +774,7 @@ def router_config(
         namespace=obj_namespace(pool),
         models=entries,
         policies=[policy_entry(p) for p in policies],
+        routerReplicas=pool.spec.router.minReplicas,
     )
 
 

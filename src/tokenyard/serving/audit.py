@@ -55,6 +55,8 @@ class AuditRecord:
     stream: bool = False
     error: str | None = None
     downgraded: bool = False
+    spilled_from: str | None = None
+    """The target the policy chose first when spill-over sent the request elsewhere."""
     prompt: str | None = None
 
     def to_json(self) -> str:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenyard.api.model import ModelDeployment, ModelDeploymentSpec
 from tokenyard.api.policy import RoutingPolicySpec
 from tokenyard.api.pool import AcceleratorClass
+from tokenyard.serving.spillover import Capacity
 
 ROUTER_APP_NAME = "tokenyard-router"
 ROUTER_IMPORT_PATH = "tokenyard.serving.router_app:build_app"
@@ -113,6 +114,25 @@ class CatalogueEntry(_Contract):
     external: ExternalEndpoint | None = None
     ready: bool = True
     """False while the model is known not to serve (the router skips it)."""
+    replicas: int | None = None
+    """Replicas of an in-cluster model the router counts on for spill-over: the count
+    the operator asks Ray Serve for (spec, not observed status, so the rendered
+    RayService does not change with every status update)."""
+    tokensPerSecond: float | None = None
+    """Prompt tokens one replica prefills per second (spec.inCluster.nominalTokensPerSecond)."""
+    ttftSLOSeconds: float | None = None
+    """The model's time-to-first-token objective (spec.autoscaling.ttftSLOSeconds)."""
+
+    def capacity(self) -> Capacity | None:
+        """The model's capacity for spill-over; None for External or unknown models."""
+        if (
+            self.kind != "InCluster"
+            or self.replicas is None
+            or self.tokensPerSecond is None
+            or self.ttftSLOSeconds is None
+        ):
+            return None
+        return Capacity(self.replicas, self.tokensPerSecond, self.ttftSLOSeconds)
 
 
 class PolicyEntry(_Contract):
@@ -137,6 +157,9 @@ class RouterConfig(_Contract):
     namespace: str
     models: list[CatalogueEntry] = Field(default_factory=list)
     policies: list[PolicyEntry] = Field(default_factory=list)
+    routerReplicas: int = Field(default=1, ge=1)
+    """Router replicas the pool runs at least (spec.router.minReplicas): each replica
+    takes 1 / routerReplicas of the traffic when it estimates a model's queue."""
 
 
 class RouterAppArgs(_Contract):
@@ -256,8 +279,15 @@ def catalogue_entry(
     *,
     ready: bool,
     accel: AcceleratorClass | None = None,
+    replicas: int | None = None,
 ) -> CatalogueEntry:
-    """The router's view of one ModelDeployment."""
+    """The router's view of one ModelDeployment.
+
+    ``replicas`` is the count the router assumes serve an in-cluster model (the operator
+    passes what it asks Ray Serve for); default: ``spec.desired_replicas()``. Observed
+    status (readyReplicas) is deliberately not read: the entry is rendered into the
+    RayService, which must change only when specs do.
+    """
     name = str(md.metadata.get("name", ""))
     spec = md.spec
     served = spec.servedModelName or name
@@ -295,4 +325,7 @@ def catalogue_entry(
         app=model_app_name(name),
         deployment=MODEL_DEPLOYMENT,
         ready=ready,
+        replicas=replicas if replicas is not None else spec.desired_replicas(),
+        tokensPerSecond=spec.inCluster.nominalTokensPerSecond,
+        ttftSLOSeconds=spec.autoscaling.ttftSLOSeconds,
     )

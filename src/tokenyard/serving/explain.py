@@ -4,6 +4,9 @@
 ``POST /v1/tokenyard/explain`` (live catalogue and ledger): it runs the same parsing,
 tenant resolution, feature extraction and :func:`~tokenyard.serving.policy_engine.decide`
 the router runs, and returns the decision as a dict. :func:`main` is the CLI.
+
+Spill-over needs live load: the router passes its queue clock and the decision shows a
+spill-over when the router would make it now; offline there is no load and none is shown.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from tokenyard.serving.features import (
     resolve_tenant,
 )
 from tokenyard.serving.ledger import StaticSpend, TenantSpendView
-from tokenyard.serving.policy_engine import BackendState, decide
+from tokenyard.serving.policy_engine import BackendState, apply_spillover, decide
+from tokenyard.serving.spillover import QueueClock
 
 
 def find_policy(config: RouterConfig, endpoint: str) -> PolicyEntry | None:
@@ -61,11 +65,15 @@ def explain_request(
     backends: Mapping[str, BackendState] | None = None,
     classifier: DifficultyClassifier | None = None,
     rng: random.Random | None = None,
+    load: QueueClock | None = None,
+    live_replicas: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The decision for a request as a JSON-ready dict; raises :class:`RouterError`.
 
     ``api_keys`` maps a policy name to its key-to-tenant map; ``backends`` is the live
-    backend state (default: each catalogue entry's ``ready``, circuits closed).
+    backend state (default: each catalogue entry's ``ready``, circuits closed); ``load``
+    is the router's queue clock (default: none, so no spill-over) and ``live_replicas``
+    the replicas Ray Serve reports running per model (default: the catalogue's count).
     """
     parsed = parse_request(body, headers, kind)
     policy = find_policy(config, parsed.model)
@@ -78,6 +86,16 @@ def explain_request(
     if backends is None:
         backends = {m.name: BackendState(ready=m.ready) for m in config.models}
     decision = decide(features, spec, catalogue, backends, ledger_view, now, rng or random.Random())
+    if load is not None:
+        decision = apply_spillover(
+            decision,
+            catalogue,
+            load,
+            features.prompt_tokens,
+            now,
+            spec.spillover,
+            live_replicas=live_replicas,
+        )
     out = decision.to_dict()
     out["difficultySource"] = features.difficulty_source
     out["promptTokens"] = features.prompt_tokens

@@ -112,7 +112,11 @@ def plan(
         raise ManifestError("no ModelDeployment or RoutingPolicy found in the manifests")
     cfg = router_config(m)
     pool = cfg.pool or "local"
-    cfg = cfg.model_copy(update={"pool": pool, "namespace": LOCAL_NAMESPACE})
+    # Every model runs one replica here (below): spill-over must count on one.
+    models = [
+        e.model_copy(update={"replicas": 1}) if e.kind == "InCluster" else e for e in cfg.models
+    ]
+    cfg = cfg.model_copy(update={"pool": pool, "namespace": LOCAL_NAMESPACE, "models": models})
 
     apps: list[dict[str, Any]] = []
     resources: dict[str, float] = {}

@@ -58,6 +58,13 @@ class RouterMetrics:
             ["endpoint", "from_target", "reason"],
             registry=r,
         )
+        self.spillovers = Counter(
+            "tokenyard_spillovers",
+            "Requests sent first to another in-cluster target because the one the policy "
+            "chose was expected to miss its time-to-first-token SLO.",
+            ["endpoint", "from_target", "to_target"],
+            registry=r,
+        )
         self.decision_latency = Histogram(
             "tokenyard_decision_latency_seconds",
             "Time to parse, classify and decide a request (no model call).",

@@ -18,16 +18,20 @@ Order of the decision:
 4. availability: targets not ready or whose circuit refuses now are skipped; nothing
    left: 503 with Retry-After;
 5. the list is cut to ``fallback.maxAttempts``.
+
+:func:`apply_spillover` then reorders a decision by live load (``spec.spillover``): it is
+kept apart so :func:`decide` stays a function of the request and the policy, and offline
+``tokenyard explain`` (no load) runs exactly the same decision.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from tokenyard.api.policy import Budget, Match, Range, RoutingPolicySpec, Rule
+from tokenyard.api.policy import Budget, Match, Range, RoutingPolicySpec, Rule, SpilloverSpec
 from tokenyard.serving.contract import CatalogueEntry, PolicyEntry, blended_price
 from tokenyard.serving.errors import (
     DEFAULT_RETRY_AFTER_S,
@@ -38,6 +42,7 @@ from tokenyard.serving.errors import (
 )
 from tokenyard.serving.features import RequestFeatures, spec_of
 from tokenyard.serving.ledger import window_bounds
+from tokenyard.serving.spillover import Capacity, Option, QueueClock, choose
 
 WILDCARD = "*"
 RULE_STRATEGY = "Rule"
@@ -95,6 +100,8 @@ class Decision:
     tenant: str = ""
     data_classes: tuple[str, ...] = ()
     budget: BudgetStatus | None = None
+    spilled_from: str | None = None
+    """The model the policy put first, when spill-over moved another target ahead of it."""
 
     @property
     def models(self) -> list[str]:
@@ -113,6 +120,8 @@ class Decision:
             "targets": [{"model": c.model, "reason": c.reason} for c in self.targets],
             "skipped": [{"model": c.model, "reason": c.reason} for c in self.skipped],
         }
+        if self.spilled_from is not None:
+            out["spilledFrom"] = self.spilled_from
         if self.budget is not None:
             out["budget"] = {
                 "limitUSD": self.budget.limit_usd,
@@ -434,14 +443,76 @@ def decide(  # noqa: PLR0917
     )
 
 
+# Positional like decide; the clock and prompt size are the live inputs spill-over adds.
+def capacity_of(
+    entry: CatalogueEntry, live_replicas: Mapping[str, int] | None = None
+) -> Capacity | None:
+    """A model's capacity for spill-over: the catalogue's, with the replicas Ray Serve
+    reports running when the router knows them (a replica still starting serves nothing,
+    so counting it would hide the very queue a burst builds while it starts)."""
+    cap = entry.capacity()
+    if cap is None or live_replicas is None or entry.name not in live_replicas:
+        return cap
+    return replace(cap, replicas=live_replicas[entry.name])
+
+
+def apply_spillover(  # noqa: PLR0917
+    decision: Decision,
+    catalogue: Mapping[str, CatalogueEntry],
+    clock: QueueClock,
+    prompt_tokens: float,
+    now: float,
+    spec: SpilloverSpec,
+    *,
+    live_replicas: Mapping[str, int] | None = None,
+) -> Decision:
+    """The decision with its spill-over target moved first, or unchanged.
+
+    ``live_replicas`` (model name to replicas Ray Serve reports RUNNING) overrides the
+    catalogue's count, which includes replicas still starting (see :func:`capacity_of`).
+
+    When the first target is an in-cluster model whose expected time to first token
+    (``clock``) exceeds ``spec.threshold`` x its SLO, the next target that is in-cluster,
+    of at least the same quality and expected to start the request with spare capacity
+    (:func:`~tokenyard.serving.spillover.choose`) goes first, with the reason appended;
+    the others keep their order, so the original is its fallback.
+    """
+    if not spec.enabled or len(decision.targets) < 2:
+        return decision
+    options: list[Option] = []
+    for c in decision.targets:
+        entry = catalogue.get(c.model)
+        if entry is None:  # not routable anyway; never a spill-over target
+            options.append(Option(c.model, float("-inf"), False))
+            continue
+        options.append(
+            Option(
+                c.model,
+                entry.quality,
+                entry.kind == "InCluster",
+                capacity_of(entry, live_replicas),
+            )
+        )
+    spill = choose(options, clock, prompt_tokens, now, spec.threshold)
+    if spill is None:
+        return decision
+    targets = list(decision.targets)
+    moved = targets.pop(spill.index)
+    reason = f"{moved.reason}; {spill.reason}" if moved.reason else spill.reason
+    targets.insert(0, Candidate(moved.model, reason))
+    return replace(decision, targets=targets, spilled_from=decision.targets[0].model)
+
+
 __all__ = [
     "BackendState",
     "BudgetStatus",
     "Candidate",
     "Decision",
     "TenantSpendView",
+    "apply_spillover",
     "budget_for",
     "budget_status",
+    "capacity_of",
     "decide",
     "first_matching_rule",
     "rule_matches",

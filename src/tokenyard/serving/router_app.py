@@ -7,14 +7,16 @@ without a restart. All request logic lives in :class:`RouterCore`, which holds n
 object but the backends' handles and the ledger client, so it is also used directly.
 
 Per request: parse, resolve the tenant, extract features (detectors, classifier),
-rate-limit, decide (the pure policy engine), then try the targets in order with
-fallback on the failure kinds the policy names (never after the first streamed chunk
+rate-limit, decide (the pure policy engine), spill over when the first target is an
+in-cluster model expected to miss its TTFT SLO (``spec.spillover``, estimated from this
+replica's :class:`~tokenyard.serving.spillover.QueueClock`), then try the targets in order
+with fallback on the failure kinds the policy names (never after the first streamed chunk
 was sent), per-attempt and total timeouts and a circuit breaker per backend. Spend
 goes to the shared ledger actor; each request leaves one audit line and metrics, and is
 counted (endpoint, served target, fallbacks) in the ledger for ``GET /v1/tokenyard/stats``,
 which the operator reads into RoutingPolicy status.
-Rate limits and circuit breakers are per replica (local state, no round-trip); budgets
-are shared by all replicas through the ledger.
+Rate limits, circuit breakers and the spill-over queue clock are per replica (local
+state, no round-trip); budgets are shared by all replicas through the ledger.
 """
 
 from __future__ import annotations
@@ -73,8 +75,15 @@ from tokenyard.serving.features import (
 from tokenyard.serving.ledger import cost_usd
 from tokenyard.serving.ledger_actor import LedgerClient
 from tokenyard.serving.metrics import RouterMetrics
-from tokenyard.serving.policy_engine import BackendState, Decision, decide
+from tokenyard.serving.policy_engine import (
+    BackendState,
+    Decision,
+    apply_spillover,
+    capacity_of,
+    decide,
+)
 from tokenyard.serving.providers import ProviderClient
+from tokenyard.serving.spillover import QueueClock
 from tokenyard.serving.stats import STATS_PATH, build_stats
 
 logger = logging.getLogger("tokenyard.router")
@@ -91,6 +100,12 @@ APP_STATUS_INTERVAL_S = 2.0
 ENDPOINT_HEADER = "x-tokenyard-endpoint"
 TARGET_HEADER = "x-tokenyard-target"
 REQUEST_ID_HEADER = "x-request-id"
+
+BackendFactory = Callable[
+    [Mapping[str, CatalogueEntry], ProviderClient, Mapping[str, Backend] | None],
+    Mapping[str, Backend],
+]
+"""Builds the backends of a catalogue, reusing the previous ones (:func:`build_backends`)."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +151,17 @@ def _error_response(err: RouterError, request_id: str) -> JSONResponse:
     return JSONResponse(err.to_body(), status_code=err.status, headers=headers)
 
 
+def running_replicas(app: Any) -> int:
+    """Replicas of a Serve application's deployments in state RUNNING (a
+    ``serve.status()`` ApplicationStatusOverview)."""
+    total = 0
+    for dep in getattr(app, "deployments", {}).values():
+        for state, n in getattr(dep, "replica_states", {}).items():
+            if str(getattr(state, "value", state)) == "RUNNING":
+                total += int(n)
+    return total
+
+
 def _sse(obj: Mapping[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
@@ -166,6 +192,7 @@ def build_state(
     previous: _State | None,
     client: ProviderClient,
     env: Mapping[str, str],
+    make_backends: BackendFactory = build_backends,
 ) -> _State:
     """The router state for a config; reuses backends whose target did not change."""
     catalogue = {m.name: m for m in cfg.models}
@@ -201,7 +228,7 @@ def build_state(
             api_keys=owner.api_keys if owner is not None else {},
             direct=True,
         )
-    backends = build_backends(catalogue, client, previous.backends if previous else None)
+    backends = make_backends(catalogue, client, previous.backends if previous else None)
     version = previous.version + 1 if previous else 1
     return _State(cfg, catalogue, policies, direct, backends, version)
 
@@ -221,6 +248,7 @@ class RouterCore:
         rng: random.Random | None = None,
         env: Mapping[str, str] | None = None,
         watch_apps: bool = True,
+        backend_factory: BackendFactory = build_backends,
     ) -> None:
         self.args = args
         self.ledger = ledger
@@ -236,9 +264,15 @@ class RouterCore:
         self._breakers: dict[str, CircuitBreakers] = {}
         self._app_status: dict[str, str] | None = None
         self._was_running: set[str] = set()
+        self._running_replicas: dict[str, int] = {}
+        """Replicas Ray Serve reports RUNNING, per model app (from the status watch)."""
         self._watch_apps = watch_apps
         self._watcher: asyncio.Task[None] | None = None
         self._tenant_labels: set[str] = set()
+        self._make_backends = backend_factory
+        # Per model, the prompts this replica sent and has not seen start (spill-over).
+        # Kept across configs: its entries leave by themselves when nothing is in flight.
+        self.load = QueueClock()
 
     # -- configuration -------------------------------------------------------------
 
@@ -246,7 +280,8 @@ class RouterCore:
         """Swap in a new config atomically; requests in flight keep the old one."""
         from tokenyard.serving.ratelimit import RateLimiter
 
-        state = build_state(cfg, self._state, self.provider, self._env)
+        state = build_state(cfg, self._state, self.provider, self._env, self._make_backends)
+        self.load.share = 1 / cfg.routerReplicas
         for endpoint, pol in {**state.direct, **state.policies}.items():
             limiter = self._limiters.get(endpoint)
             if limiter is None:
@@ -296,9 +331,23 @@ class RouterCore:
                     name: str(getattr(app.status, "value", app.status))
                     for name, app in st.applications.items()
                 }
+                self._running_replicas = {
+                    name: running_replicas(app) for name, app in st.applications.items()
+                }
             except Exception:
                 logger.warning("could not read Serve application status", exc_info=True)
             await asyncio.sleep(APP_STATUS_INTERVAL_S)
+
+    def live_replicas(self) -> dict[str, int] | None:
+        """Model name to replicas Ray Serve reports running, for spill-over; None until
+        the status watch has read them (the catalogue's count is used meanwhile)."""
+        if not self._running_replicas:
+            return None
+        out: dict[str, int] = {}
+        for name, entry in self.state.catalogue.items():
+            if entry.app is not None and entry.app in self._running_replicas:
+                out[name] = self._running_replicas[entry.app]
+        return out
 
     def _ready(self, entry: CatalogueEntry) -> bool:
         if not entry.ready:
@@ -439,6 +488,8 @@ class RouterCore:
                     n: BackendState(ready=self._ready(e)) for n, e in state.catalogue.items()
                 },
                 classifier=self._classifier,
+                load=self.load,
+                live_replicas=self.live_replicas(),
             )
         except RouterError as err:
             return _error_response(err, request_id)
@@ -498,6 +549,20 @@ class RouterCore:
                 now,
                 self._rng,
             )
+            decision = apply_spillover(
+                decision,
+                state.catalogue,
+                self.load,
+                features.prompt_tokens,
+                now,
+                pol.spec.spillover,
+                live_replicas=self.live_replicas(),
+            )
+            if decision.spilled_from is not None:
+                record.spilled_from = decision.spilled_from
+                self.metrics.spillovers.labels(
+                    pol.endpoint, decision.spilled_from, decision.targets[0].model
+                ).inc()
             self.metrics.decision_latency.labels(endpoint=pol.endpoint).observe(
                 time.perf_counter() - started
             )
@@ -738,6 +803,24 @@ class _Ctx:
         self._note_fallback(target, failure.kind, str(failure))
         return True
 
+    @contextlib.contextmanager
+    def _in_flight(self, target: str) -> Iterator[None]:
+        """One attempt on ``target`` as spill-over's queue clock sees it: sent on entry,
+        started exactly once on exit, whatever ends the wait (first chunk, answer,
+        failure, timeout, cancellation), so the in-flight count cannot leak. External
+        targets are not counted: spill-over never uses their load."""
+        entry = self.state.catalogue.get(target)
+        if entry is None or entry.kind != "InCluster":
+            yield
+            return
+        load = self.core.load
+        cap = capacity_of(entry, self.core.live_replicas())
+        load.sent(target, cap, self.parsed.prompt_tokens, self.core._clock())
+        try:
+            yield
+        finally:
+            load.started(target, self.core._clock())
+
     def _attempts(self) -> Iterator[tuple[str, str, Any, float]]:
         """(target, reason, backend, per-attempt timeout) for each target to try, in
         order, until the total deadline passes. A target whose circuit is open or that
@@ -760,9 +843,11 @@ class _Ctx:
         last: BackendFailure | None = None
         for target, reason, backend, per in self._attempts():
             try:
-                result = await asyncio.wait_for(
-                    backend.complete(self.parsed.kind, self.body, per), per
-                )
+                # Without a stream the first token is not seen: the answer ends the wait.
+                with self._in_flight(target):
+                    result = await asyncio.wait_for(
+                        backend.complete(self.parsed.kind, self.body, per), per
+                    )
             except asyncio.CancelledError:
                 self.breakers.get(target).release(self.core._clock())
                 raise
@@ -798,7 +883,8 @@ class _Ctx:
         for target, reason, backend, per in self._attempts():
             agen = backend.stream(self.parsed.kind, self.body, per)
             try:
-                first = await asyncio.wait_for(agen.__anext__(), per)
+                with self._in_flight(target):
+                    first = await asyncio.wait_for(agen.__anext__(), per)
             except StopAsyncIteration:
                 failure = BackendFailure(f"{target}: empty stream", kind="Error")
             except asyncio.CancelledError:

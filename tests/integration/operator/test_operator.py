@@ -86,6 +86,9 @@ async def test_apply_creates_rayservice_and_status_flows_back(cluster: Cluster, 
         router = app(rs, "tokenyard-router")["deployments"][0]["user_config"]
         assert [m["name"] for m in router["models"]] == ["economy", "external", "frontier"]
         assert [p["endpoint"] for p in router["policies"]] == ["chat"]
+        # Spill-over's view: replicas from the spec, the pool's router minReplicas.
+        assert [m.get("replicas") for m in router["models"]] == [1, None, 1]
+        assert router["routerReplicas"] == 1
 
         # Before KubeRay reports anything: deploying, GPU accounting, policy 1/3 (external).
         await cluster.eventually(
@@ -122,6 +125,8 @@ async def test_apply_creates_rayservice_and_status_flows_back(cluster: Cluster, 
         assert cluster.get(POLICIES, NS, "chat")["status"]["readyTargets"] == "3/3"  # type: ignore[index]
         economy = cluster.get(MODELS, NS, "economy")
         assert economy is not None and economy["status"]["readyReplicas"] == 1
+        # Readiness reached status only: the serve config was not rolled again.
+        assert spec_hash(cluster.get(RAYSERVICES, NS, "gpu-pool")) == spec_hash(rs)
 
 
 async def test_update_and_delete_rerender(cluster: Cluster, kmock: Any) -> None:

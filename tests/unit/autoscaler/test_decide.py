@@ -405,3 +405,28 @@ def test_keep_warm_off_releases_like_before() -> None:
     d.run(15, 200, sig())
     assert d.v.current_replicas == 1
     assert d.states["m"].peaks == ()
+
+
+@pytest.mark.parametrize(
+    ("price", "prewarm", "expect"),
+    [
+        (0.8, 4.0, 5),  # keep-warm 450 s >= 4 cold starts of 30 s: pre-warmed
+        (8.0, 4.0, 1),  # keep-warm 45 s: too dear to hold, so not worth adding either
+        (0.8, 0.0, 1),  # pre-warm off: keep-warm only bounds scale-down
+    ],
+)
+def test_prewarm_adds_what_the_last_burst_needed_for_cheap_models(
+    price: float, prewarm: float, expect: int
+) -> None:
+    cfg = DecisionConfig(keep_warm_usd=0.1, prewarm_cold_starts=prewarm, cold_start_aware=False)
+    d = Driver(view(price_per_gpu_hour=price, nominal_tokens_per_s=1000, target_gpu_util=0.8), cfg)
+    # 10 requests in flight of 800 prompt tokens each: 8000 tokens to prefill within the
+    # 2 s SLO at 800 tokens/s per replica is 5 replicas' worth; the steady load is 1, and
+    # the TTFT is fine, so without pre-warm nothing scales up.
+    s = sig(running=10, request_rate=1.0, prompt_tokens_per_s=800.0)
+    dec = d.step(0, s)
+    assert d.v.current_replicas == expect
+    if expect > 1:
+        assert "pre-warm" in dec.reason
+    d.run(5, 60, sig())
+    assert d.v.current_replicas == expect  # held through the calm (keep-warm)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tokenyard.autoscaler.health import Heartbeat
 from tokenyard.autoscaler.kube import Conflict
 from tokenyard.autoscaler.leader import LeaderElector
 from tokenyard.autoscaler.loop import Autoscaler, run_forever, set_condition
@@ -210,7 +211,7 @@ def test_run_forever_acts_only_while_leading() -> None:
         return t
 
     elector = LeaderElector(api, "sys", "lease", "me", 30)
-    run_forever(_scaler(api, 25), elector, 0.0, stop, clock)
+    run_forever(_scaler(api, 25), elector, 0.0, stop, clock=clock)
     assert api.writes == []
 
 
@@ -227,5 +228,9 @@ def test_run_forever_ticks_when_leading(leading: bool) -> None:
             stop.set()
         return t
 
-    run_forever(_scaler(api, 25), LeaderElector(api, "sys", "lease", "me", 30), 0.0, stop, clock)
+    beat = Heartbeat(clock=lambda: 1000.0)
+    elector = LeaderElector(api, "sys", "lease", "me", 30)
+    run_forever(_scaler(api, 25), elector, 0.0, stop, clock=clock, heartbeat=beat)
     assert ("scale", "auto", 3) in api.writes
+    ok, body = beat.report(max_age_s=45)
+    assert ok and body["leader"] is True and body["lastError"] is None

@@ -114,3 +114,37 @@ def test_cli_main_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFix
     # The worst model never beats the weighted mean of all models.
     assert all(r["minModelSLOAttainment"] <= r["sloAttainment"] + 1e-9 for r in out["results"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_spillover_moves_overflow_to_better_models_only() -> None:
+    on = sim.builtin_scenario()
+    off = on.model_copy(update={"spillover": False})
+    routed = sim.route(on, _trace(600))
+    fleet = [1, 1, 1]
+    res = {
+        name: sim.run(
+            s, routed, policy_name="static", policy=sim._hold, interval=1e9, initial=fleet
+        )
+        for name, s in (("on", on), ("off", off))
+    }
+    moved = {m: v["spilledIn"] for m, v in res["on"].models.items()}
+    # The cheapest model is nobody's better model; overflow reached the better ones.
+    assert moved["economy-8b"] == 0
+    assert moved["standard-32b"] + moved["frontier-70b"] > 0
+    assert all(v["spilledIn"] == 0 for v in res["off"].models.values())
+    # The same fleet costs the same; spare capacity elsewhere only helps the bursts.
+    assert res["on"].cost_usd == pytest.approx(res["off"].cost_usd)
+    assert res["on"].slo_attainment > res["off"].slo_attainment
+    assert res["on"].requests == res["off"].requests == len(routed)
+
+
+def test_static_oracles_with_spillover_are_never_dearer(small_pool: sim.Scenario) -> None:
+    trace = _trace()
+    with_spill = sim.simulate(small_pool, trace)
+    without = sim.simulate(small_pool.model_copy(update={"spillover": False}), trace)
+    for name in ("static", "static-pool"):
+        assert with_spill.by(name).cost_usd <= without.by(name).cost_usd + 1e-9
+    assert with_spill.by("static").min_model_slo >= small_pool.sloTarget or any(
+        n == m.autoscaling.maxReplicas
+        for n, m in zip(with_spill.static_replicas, small_pool.models, strict=True)
+    )

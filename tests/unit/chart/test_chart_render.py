@@ -183,6 +183,19 @@ def test_operator_probes_hit_the_kopf_health_endpoint() -> None:
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
 
 
+def test_autoscaler_probes_hit_its_health_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = render("--set", "autoscaler.healthPort=9099", "--set", "autoscaler.intervalSeconds=30")
+    (deploy,) = [d for d in by_kind(docs, "Deployment") if "autoscaler" in d["metadata"]["name"]]
+    c = _container(deploy)
+    assert c["args"] == ["autoscaler"]
+    assert c["ports"] == [{"name": "health", "containerPort": 9099, "protocol": "TCP"}]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    # The first liveness check waits for three intervals: the loop's own staleness limit.
+    assert c["livenessProbe"]["initialDelaySeconds"] == 90
+    assert _settings_from(c, monkeypatch).autoscaler.health_port == 9099
+
+
 def _settings_from(container: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Settings:
     for env in container["env"]:
         if "value" in env:

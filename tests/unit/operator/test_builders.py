@@ -144,6 +144,11 @@ EXPECTED_SERVE: dict[str, Any] = {
                                 "app": "model-economy",
                                 "deployment": "LLMServer",
                                 "ready": True,
+                                # Spill-over's capacity: what the model app asks Ray
+                                # Serve for (initial_replicas), never observed status.
+                                "replicas": 1,
+                                "tokensPerSecond": 1000.0,
+                                "ttftSLOSeconds": 2.0,
                             },
                             {
                                 "name": "frontier",
@@ -156,6 +161,9 @@ EXPECTED_SERVE: dict[str, Any] = {
                                 "app": "model-frontier",
                                 "deployment": "LLMServer",
                                 "ready": True,
+                                "replicas": 1,
+                                "tokensPerSecond": 1000.0,
+                                "ttftSLOSeconds": 2.0,
                             },
                             {
                                 "name": "provider",
@@ -209,6 +217,7 @@ EXPECTED_SERVE: dict[str, Any] = {
                                             "cooldownSeconds": 30.0,
                                         },
                                     },
+                                    "spillover": {"enabled": True, "threshold": 1.0},
                                     "tenants": {
                                         "header": "X-Tenant",
                                         "apiKeysSecretRef": {"name": "chat-tenants", "key": "keys"},
@@ -233,6 +242,7 @@ EXPECTED_SERVE: dict[str, Any] = {
                                 },
                             }
                         ],
+                        "routerReplicas": 1,
                     },
                 }
             ],
@@ -445,6 +455,47 @@ def test_external_targets_of_other_pools_join_the_catalogue() -> None:
     # Not targeted by this pool's policies and in no pool: not in the catalogue.
     r = render_pool(pool(), [model("economy"), other], [policy(targets=("economy",))])
     assert r.externals == []
+
+
+def router_user_config(r: builders.PoolRender) -> dict[str, Any]:
+    apps = yaml.safe_load(r.ray_service["spec"]["serveConfigV2"])["applications"]
+    router = next(a for a in apps if a["name"] == "tokenyard-router")
+    config: dict[str, Any] = router["deployments"][0]["user_config"]
+    return config
+
+
+def test_spillover_capacity_follows_the_spec_and_the_pool_router() -> None:
+    md = model(
+        "economy",
+        replicas=2,
+        autoscaling={"minReplicas": 1, "maxReplicas": 3, "ttftSLOSeconds": 0.5},
+        inCluster={"source": "hf://org/e", "accelerator": "l4", "nominalTokensPerSecond": 4000},
+    )
+    doc = pool_doc(router={"minReplicas": 3, "maxReplicas": 4, "cpu": 1.0})
+    cfg = router_user_config(render_pool(ServingPool.model_validate(doc), [md, external()], []))
+    economy, provider = cfg["models"]
+    assert (economy["replicas"], economy["tokensPerSecond"], economy["ttftSLOSeconds"]) == (
+        2,
+        4000.0,
+        0.5,
+    )
+    # An external model has no capacity: spill-over never sends to it.
+    assert {"replicas", "tokensPerSecond", "ttftSLOSeconds"}.isdisjoint(provider)
+    assert cfg["routerReplicas"] == 3
+
+
+def test_observed_replicas_never_change_the_ray_service() -> None:
+    """The router's replica count comes from the spec: a status update (which the
+    operator itself writes from KubeRay's status) must not re-render the RayService,
+    or every readiness change would roll a new serve config out."""
+    base = render_pool(pool(), [model("economy", replicas=2)], []).ray_service
+    for observed in ({"readyReplicas": 0}, {"readyReplicas": 1, "replicas": 2}):
+        md = model("economy", replicas=2, status=observed)
+        assert render_pool(pool(), [md], []).ray_service == base
+    # The autoscaler's scale (spec.replicas) is a spec change and does reach the router.
+    scaled = render_pool(pool(), [model("economy", replicas=1)], [])
+    assert router_user_config(scaled)["models"][0]["replicas"] == 1
+    assert scaled.ray_service != base
 
 
 def test_members_of_other_pools_and_namespaces_are_ignored() -> None:
