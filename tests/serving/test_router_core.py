@@ -575,9 +575,11 @@ async def test_router_replicas_share_the_load_and_a_new_config_keeps_it(
     posts = [asyncio.create_task(client.post("/v1/chat/completions", json=BODY)) for _ in range(4)]
     await all_sent(economy, frontier, n=4)
     assert (economy.calls, frontier.calls) == (2, 2)
+    assert core._limiters["ep"].share == 0.5  # rate limits are the pool's too
     # A config change (a RoutingPolicy edit, a scale) keeps what is in flight.
     core.apply_config(spill_config(router_replicas=1))
     assert core.load.share == 1.0
+    assert core._limiters["ep"].share == 1.0
     assert core.load.in_flight("economy") == 2
     economy.release.set()
     frontier.release.set()

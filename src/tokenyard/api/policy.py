@@ -280,7 +280,9 @@ class RoutingPolicySpec(ApiModel):
     rateLimits: list[RateLimit] = Field(
         default_factory=list, max_length=256, json_schema_extra=list_map("tenant")
     )
-    """rateLimits cap each tenant's requests and tokens per minute."""
+    """rateLimits cap each tenant's requests and tokens per minute, for the pool as a
+    whole: each router replica enforces 1 / spec.router.minReplicas of them (exact while
+    the router runs at its minimum)."""
     egress: EgressSpec = Field(default_factory=EgressSpec)
     """egress says which data classes may reach external targets."""
     audit: AuditSpec = Field(default_factory=AuditSpec)

@@ -5,6 +5,12 @@ to one minute's worth. The router calls :meth:`RateLimiter.check` before routing
 an estimate (prompt tokens plus max_tokens), which takes one request and the estimate
 or raises a 429 with Retry-After; after the response it calls :meth:`commit` with the
 actual tokens so the bucket reflects real use. ``now`` is always passed in.
+
+Limits hold per router replica, so each replica enforces its ``share`` of them
+(1 / the pool's ``spec.router.minReplicas``): the pool as a whole then enforces the
+limit while the router runs at its minimum, rather than minReplicas times it. Ray Serve
+spreads requests over replicas evenly enough for this; a router scaled out beyond its
+minimum lets up to replicas / minReplicas times the limit through.
 """
 
 from __future__ import annotations
@@ -43,6 +49,12 @@ class _Bucket:
         return 0.0 if self.level >= need else (need - self.level) / self.rate
 
 
+def _check_share(share: float) -> float:
+    if not 0 < share <= 1:
+        raise ValueError("share must be in (0, 1]")
+    return share
+
+
 def limit_for(limits: Iterable[RateLimit], tenant: str) -> RateLimit | None:
     """The tenant's own limit, else the ``*`` entry, else None."""
     wildcard: RateLimit | None = None
@@ -57,35 +69,41 @@ def limit_for(limits: Iterable[RateLimit], tenant: str) -> RateLimit | None:
 class RateLimiter:
     """Token-bucket limits of one policy's tenants (a ``*`` entry applies per tenant)."""
 
-    def __init__(self, limits: Iterable[RateLimit] = ()) -> None:
+    def __init__(self, limits: Iterable[RateLimit] = (), share: float = 1.0) -> None:
         self._limits: list[RateLimit] = list(limits)
+        self.share = _check_share(share)
         self._requests: dict[str, _Bucket] = {}
         self._tokens: dict[str, _Bucket] = {}
         self._last_sweep = 0.0
 
-    def configure(self, limits: Iterable[RateLimit]) -> None:
-        """New limits (a policy edit); buckets are resized, keeping what was used."""
+    def configure(self, limits: Iterable[RateLimit], share: float | None = None) -> None:
+        """New limits (a policy edit) or share (a router scale); buckets are resized,
+        keeping what was used."""
         self._limits = list(limits)
+        if share is not None:
+            self.share = _check_share(share)
         for buckets, attr in ((self._requests, "requestsPerMinute"),
                               (self._tokens, "tokensPerMinute")):  # fmt: skip
             for tenant in list(buckets):
                 lim = limit_for(self._limits, tenant)
-                cap = getattr(lim, attr) if lim is not None else None
-                if cap is None:
+                limit = getattr(lim, attr) if lim is not None else None
+                if limit is None:
                     del buckets[tenant]
                 else:
+                    cap = limit * self.share
                     b = buckets[tenant]
-                    b.level = min(float(cap), b.level + (cap - b.capacity))
-                    b.capacity = float(cap)
+                    b.level = min(cap, b.level + (cap - b.capacity))
+                    b.capacity = cap
 
     def _bucket(
-        self, buckets: dict[str, _Bucket], tenant: str, cap: int | None, now: float
+        self, buckets: dict[str, _Bucket], tenant: str, limit: int | None, now: float
     ) -> _Bucket | None:
-        if cap is None:
+        if limit is None:
             return None
         b = buckets.get(tenant)
         if b is None:
-            b = buckets[tenant] = _Bucket(float(cap), float(cap), now)
+            cap = limit * self.share
+            b = buckets[tenant] = _Bucket(cap, cap, now)
         b.refill(now)
         return b
 

@@ -16,7 +16,8 @@ goes to the shared ledger actor; each request leaves one audit line and metrics,
 counted (endpoint, served target, fallbacks) in the ledger for ``GET /v1/tokenyard/stats``,
 which the operator reads into RoutingPolicy status.
 Rate limits, circuit breakers and the spill-over queue clock are per replica (local
-state, no round-trip); budgets are shared by all replicas through the ledger.
+state, no round-trip; rate limits and the clock take 1 / routerReplicas of the pool's
+traffic); budgets are shared by all replicas through the ledger.
 """
 
 from __future__ import annotations
@@ -284,10 +285,11 @@ class RouterCore:
         self.load.share = 1 / cfg.routerReplicas
         for endpoint, pol in {**state.direct, **state.policies}.items():
             limiter = self._limiters.get(endpoint)
+            share = 1 / cfg.routerReplicas  # limits are the pool's; each replica takes its part
             if limiter is None:
-                self._limiters[endpoint] = RateLimiter(pol.spec.rateLimits)
+                self._limiters[endpoint] = RateLimiter(pol.spec.rateLimits, share)
             else:
-                limiter.configure(pol.spec.rateLimits)
+                limiter.configure(pol.spec.rateLimits, share)
             breakers = self._breakers.get(endpoint)
             if breakers is None:
                 self._breakers[endpoint] = CircuitBreakers(pol.spec.fallback.circuitBreaker)

@@ -113,3 +113,26 @@ def test_configure_resizes_keeping_use() -> None:
     retry_after(rl, "a", 0, T0)
     rl.configure([])
     rl.check("a", 0, T0)  # no longer limited
+
+
+def test_each_router_replica_enforces_its_share_of_the_pool_limit() -> None:
+    # Four replicas at the router's minimum: each lets through a quarter of the limit,
+    # so the pool as a whole enforces 8 requests and 4000 tokens per minute.
+    lims = [RateLimit(tenant="a", requestsPerMinute=8, tokensPerMinute=4000)]
+    replicas = [RateLimiter(lims, share=0.25) for _ in range(4)]
+    for rl in replicas:
+        rl.check("a", 500, T0)
+        rl.check("a", 500, T0)
+        # 2 requests/min per replica refill one per 30 s; 1000 tokens/min one per 60 ms.
+        assert retry_after(rl, "a", 0, T0) == pytest.approx(30.0)
+    assert sum(rl.remaining("a", T0)[1] or 0 for rl in replicas) == pytest.approx(0.0)
+
+    # A router scale-out (a new minReplicas) resizes the buckets, keeping what was used.
+    rl = replicas[0]
+    rl.configure(lims, share=0.5)
+    assert rl.remaining("a", T0) == (pytest.approx(2.0), pytest.approx(1000.0))
+    rl.check("a", 1000, T0)
+    with pytest.raises(ValueError, match="share"):
+        RateLimiter(lims, share=0)
+    with pytest.raises(ValueError, match="share"):
+        rl.configure(lims, share=1.5)
