@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenyard.api.model import ModelDeployment, ModelDeploymentSpec
-from tokenyard.api.policy import RoutingPolicySpec
+from tokenyard.api.policy import RoutingPolicySpec, Target
 from tokenyard.api.pool import AcceleratorClass
 from tokenyard.serving.spillover import Capacity
 
@@ -160,6 +160,40 @@ class RouterConfig(_Contract):
     routerReplicas: int = Field(default=1, ge=1)
     """Router replicas the pool runs at least (spec.router.minReplicas): each replica
     takes 1 / routerReplicas of the traffic when it estimates a model's queue."""
+
+
+def direct_policy(config: RouterConfig, served_name: str) -> PolicyEntry | None:
+    """The endpoint of a model called by its servedModelName, as the router serves it.
+
+    Routed to that model only, under the tenants, budgets, rate limits, egress and audit
+    of the first policy that lists it as a target, or the defaults (only public data may
+    leave the cluster). None when a policy owns the name or no model has it.
+    """
+    if any(p.endpoint == served_name for p in config.policies):
+        return None
+    model = next((m for m in config.models if m.servedModelName == served_name), None)
+    if model is None:
+        return None
+    owner = next(
+        (p for p in config.policies if any(t.model == model.name for t in p.policy_spec().targets)),
+        None,
+    )
+    base = (
+        owner.policy_spec()
+        if owner is not None
+        else RoutingPolicySpec(pool=config.pool, targets=[Target(model=model.name)])
+    )
+    spec = base.model_copy(
+        update={"targets": [Target(model=model.name)], "rules": [], "strategy": "Ordered"}
+    )
+    return PolicyEntry(
+        name=owner.name if owner is not None else model.name,
+        namespace=owner.namespace if owner is not None else config.namespace,
+        endpoint=served_name,
+        generation=owner.generation if owner is not None else None,
+        spec=spec.dump(),
+        tenantKeysEnv=owner.tenantKeysEnv if owner is not None else None,
+    )
 
 
 class RouterAppArgs(_Contract):

@@ -30,6 +30,7 @@ from tokenyard.serving.contract import (
     PolicyEntry,
     RouterConfig,
     catalogue_entry,
+    direct_policy,
     tenant_keys_env,
 )
 from tokenyard.serving.errors import RouterError, bad_request, model_not_found
@@ -46,11 +47,12 @@ from tokenyard.serving.spillover import QueueClock
 
 
 def find_policy(config: RouterConfig, endpoint: str) -> PolicyEntry | None:
-    """The policy serving ``endpoint`` in the router's config, if any."""
+    """The policy serving ``endpoint`` in the router's config: a RoutingPolicy's endpoint,
+    or a model called by its servedModelName (:func:`contract.direct_policy`)."""
     for p in config.policies:
         if p.endpoint == endpoint:
             return p
-    return None
+    return direct_policy(config, endpoint)
 
 
 def explain_request(

@@ -39,7 +39,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from tokenyard.api.policy import RoutingPolicySpec, Target
+from tokenyard.api.policy import RoutingPolicySpec
 from tokenyard.serving.audit import AuditLog, AuditRecord
 from tokenyard.serving.backends import (
     Backend,
@@ -55,6 +55,7 @@ from tokenyard.serving.contract import (
     PolicyEntry,
     RouterAppArgs,
     RouterConfig,
+    direct_policy,
 )
 from tokenyard.serving.errors import (
     RouterError,
@@ -205,27 +206,17 @@ def build_state(
         )
     # A model called by its servedModelName: routed to itself only, but under the
     # tenants, budgets, rate limits, egress and audit of the first policy that lists it
-    # (or the defaults: only public data may leave the cluster).
+    # (contract.direct_policy, which explain shares).
     direct: dict[str, _Policy] = {}
     for m in cfg.models:
-        if m.servedModelName in policies:
+        entry = direct_policy(cfg, m.servedModelName)
+        if entry is None:
             continue
-        owner = next(
-            (pol for pol in policies.values() if any(t.model == m.name for t in pol.spec.targets)),
-            None,
-        )
-        base = (
-            owner.spec
-            if owner is not None
-            else RoutingPolicySpec(pool=cfg.pool, targets=[Target(model=m.name)])
-        )
-        spec = base.model_copy(
-            update={"targets": [Target(model=m.name)], "rules": [], "strategy": "Ordered"}
-        )
+        owner = next((p for p in policies.values() if p.name == entry.name), None)
         direct[m.servedModelName] = _Policy(
             endpoint=m.servedModelName,
-            name=owner.name if owner is not None else m.name,
-            spec=spec,
+            name=entry.name,
+            spec=entry.policy_spec(),
             api_keys=owner.api_keys if owner is not None else {},
             direct=True,
         )

@@ -189,3 +189,32 @@ def test_cli_body_without_model_means_the_only_policy(tmp_path: Path) -> None:
     code, out, err = explain_cli(tmp_path, {"prompt": "Once upon a time", "max_tokens": 16})
     assert code == 0, err
     assert out["endpoint"] == "chat" and out["maxTokens"] == 16
+
+
+def test_cli_explains_a_model_called_by_name_under_its_policy(tmp_path: Path) -> None:
+    # A model called directly is routed to itself only, under the tenants, budgets and
+    # egress of the first policy that lists it (chat), exactly as the router serves it.
+    body = {"model": "standard", "messages": [{"role": "user", "content": "hi"}]}
+    code, out, err = explain_cli(tmp_path, body, "--header", "X-Tenant: team-b")
+    assert code == 0, err
+    assert out["endpoint"] == "standard" and out["policy"] == "default/chat"
+    assert out["strategy"] == "Ordered" and out["rule"] is None
+    assert [t["model"] for t in out["targets"]] == ["standard"]
+    assert out["tenant"] == "team-b" and out["budget"]["limitUSD"] == 10
+    # chat keeps PII in the cluster: the external model, called by name with an email in
+    # the prompt, is refused as the router would refuse it.
+    body = {"model": "frontier", "messages": [{"role": "user", "content": "email a@b.example"}]}
+    code, out, _ = explain_cli(tmp_path, body)
+    assert code == 1 and out["status"] == 403 and out["error"]["code"] == "egress_denied"
+
+
+def test_direct_policy_is_the_router_s_view() -> None:
+    from tokenyard.serving.contract import direct_policy
+
+    assert direct_policy(CONFIG, "chat") is None  # a policy's endpoint, not a model
+    assert direct_policy(CONFIG, "nope") is None
+    entry = direct_policy(CONFIG, "economy")
+    assert entry is not None
+    spec = entry.policy_spec()
+    assert [t.model for t in spec.targets] == ["economy"] and spec.rules == []
+    assert spec.budgets == CONFIG.policies[0].policy_spec().budgets
