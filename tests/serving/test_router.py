@@ -375,7 +375,27 @@ def test_explain_does_not_call_a_model(stack: Stack) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["targets"][0]["model"] == "tiny-frontier"
+    # A model called by name is explained as the router serves it: itself only.
+    r = httpx.post(
+        f"{stack.root}/v1/tokenyard/explain",
+        json={"model": "tiny-economy", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert [t["model"] for t in r.json()["targets"]] == ["tiny-economy"]
     assert len(stack.audit_lines()) == before
+
+
+def test_spillover_reads_running_replicas_from_serve_status(stack: Stack) -> None:
+    # The router counts replicas from serve.status() (RUNNING ones); the shape it reads
+    # is Ray Serve's own.
+    from ray import serve
+
+    from tokenyard.serving.router_app import running_replicas
+
+    apps = serve.status().applications
+    models = {n: running_replicas(a) for n, a in apps.items() if n.startswith("model-")}
+    assert models and all(v == 1 for v in models.values()), models
 
 
 def test_audit_lines(stack: Stack) -> None:
