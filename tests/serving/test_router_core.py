@@ -696,9 +696,11 @@ def test_running_replicas_come_from_serve_status(make_router: Any) -> None:
     assert running_replicas(SimpleNamespace(deployments={})) == 0
     core, _ = make_router(spill_config())
     assert core.live_replicas() is None  # the watch has not read Serve yet: the catalogue's
-    core._running_replicas = {"model-economy": 3, "model-other": 1}
+    core.note_running({"model-economy": 3, "model-other": 1})
     # By model name, only for the catalogue's in-cluster models.
     assert core.live_replicas() == {"economy": 3}
+    core.note_running({"model-economy": 2})  # the next read: mapped again, not cached
+    assert core.live_replicas() == {"economy": 2}
 
 
 async def test_a_model_whose_replicas_are_starting_takes_no_spillover(
@@ -709,7 +711,7 @@ async def test_a_model_whose_replicas_are_starting_takes_no_spillover(
         spill_config(), backend_factory=held_models(economy, frontier), clock=lambda: NOW
     )
     # Ray Serve reports frontier's replica still starting: economy queues instead.
-    core._running_replicas = {"model-economy": 1, "model-frontier": 0}
+    core.note_running({"model-economy": 1, "model-frontier": 0})
     posts = [asyncio.create_task(client.post("/v1/chat/completions", json=BODY)) for _ in range(6)]
     await all_sent(economy, frontier, n=6)
     assert (economy.calls, frontier.calls) == (6, 0)

@@ -258,6 +258,9 @@ class RouterCore:
         self._was_running: set[str] = set()
         self._running_replicas: dict[str, int] = {}
         """Replicas Ray Serve reports RUNNING, per model app (from the status watch)."""
+        self._running_reads = 0
+        self._live: dict[str, int] | None = None
+        self._live_key: tuple[int, int] | None = None
         self._watch_apps = watch_apps
         self._watcher: asyncio.Task[None] | None = None
         self._tenant_labels: set[str] = set()
@@ -324,23 +327,29 @@ class RouterCore:
                     name: str(getattr(app.status, "value", app.status))
                     for name, app in st.applications.items()
                 }
-                self._running_replicas = {
-                    name: running_replicas(app) for name, app in st.applications.items()
-                }
+                self.note_running({n: running_replicas(a) for n, a in st.applications.items()})
             except Exception:
                 logger.warning("could not read Serve application status", exc_info=True)
             await asyncio.sleep(APP_STATUS_INTERVAL_S)
 
+    def note_running(self, by_app: dict[str, int]) -> None:
+        """Replicas Ray Serve runs per application, as the status watch read them."""
+        self._running_replicas = by_app
+        self._running_reads += 1
+
     def live_replicas(self) -> dict[str, int] | None:
         """Model name to replicas Ray Serve reports running, for spill-over; None until
-        the status watch has read them (the catalogue's count is used meanwhile)."""
-        if not self._running_replicas:
-            return None
-        out: dict[str, int] = {}
-        for name, entry in self.state.catalogue.items():
-            if entry.app is not None and entry.app in self._running_replicas:
-                out[name] = self._running_replicas[entry.app]
-        return out
+        the status watch has read them (the catalogue's count is used meanwhile).
+        Mapped once per status read or config, not per request."""
+        running, state = self._running_replicas, self.state
+        key = (self._running_reads, state.version)
+        if self._live_key != key:
+            out: dict[str, int] = {}
+            for name, entry in state.catalogue.items():
+                if entry.app is not None and entry.app in running:
+                    out[name] = running[entry.app]
+            self._live, self._live_key = (out if running else None), key
+        return self._live
 
     def _ready(self, entry: CatalogueEntry) -> bool:
         if not entry.ready:
