@@ -717,3 +717,28 @@ async def test_a_model_whose_replicas_are_starting_takes_no_spillover(
     assert (economy.calls, frontier.calls) == (6, 0)
     economy.release.set()
     await asyncio.gather(*posts)
+
+
+def test_a_model_called_by_name_uses_its_owner_policy_s_tenant_keys() -> None:
+    from tokenyard.serving.router_app import build_state
+
+    spec = RoutingPolicySpec.model_validate(
+        {"pool": "p", "targets": [{"model": "a"}], "egress": {"defaultDataClass": "public"}}
+    )
+    cfg = RouterConfig(
+        pool="p",
+        namespace="ns",
+        models=[entry("a", 1.0), entry("b", 2.0)],
+        policies=[
+            PolicyEntry(name="ep", namespace="ns", endpoint="ep", spec=spec.dump(),
+                        tenantKeysEnv="KEYS_EP"),
+            # Named like model b but not listing it: b's direct endpoint is not its.
+            PolicyEntry(name="b", namespace="ns", endpoint="other", spec=spec.dump(),
+                        tenantKeysEnv="KEYS_B"),
+        ],
+    )  # fmt: skip
+    env = {"KEYS_EP": "sk-1: team-a", "KEYS_B": "sk-2: team-b"}
+    state = build_state(cfg, None, None, env, make_backends=lambda c, p, prev: {})  # type: ignore[arg-type]
+    assert state.direct["a"].name == "ep" and state.direct["a"].api_keys == {"sk-1": "team-a"}
+    assert state.direct["b"].name == "b" and state.direct["b"].api_keys == {}
+    assert [t.model for t in state.direct["a"].spec.targets] == ["a"]

@@ -212,12 +212,11 @@ def build_state(
         entry = direct_policy(cfg, m.servedModelName)
         if entry is None:
             continue
-        owner = next((p for p in policies.values() if p.name == entry.name), None)
         direct[m.servedModelName] = _Policy(
             endpoint=m.servedModelName,
             name=entry.name,
             spec=entry.policy_spec(),
-            api_keys=owner.api_keys if owner is not None else {},
+            api_keys=_load_api_keys(entry, env),  # the owner's keys (its tenantKeysEnv)
             direct=True,
         )
     backends = make_backends(catalogue, client, previous.backends if previous else None)
