@@ -50,6 +50,7 @@ class ApiModel(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         populate_by_name=True,
         use_attribute_docstrings=True,
         validate_assignment=False,

@@ -177,6 +177,15 @@ AGREEMENT = [
     ("RoutingPolicy", {"fallback": {"retryOn": ["Teapot"]}}, False),
     ("RoutingPolicy", {"egress": {"detectors": []}}, True),
     ("RoutingPolicy", {"rateLimits": [{"tenant": "*"}, {"tenant": "*"}]}, False),
+    ("RoutingPolicy", {"spillover": {"enabled": False, "threshold": 10}}, True),
+    ("RoutingPolicy", {"spillover": {"threshold": 0}}, False),
+    ("RoutingPolicy", {"spillover": {"threshold": 10.5}}, False),
+    # Types as the API server reads them: no string for a boolean or a number.
+    ("RoutingPolicy", {"spillover": {"enabled": "yes"}}, False),
+    ("ModelDeployment", {"replicas": "1"}, False),
+    ("ModelDeployment", {"autoscaling": {"ttftSLOSeconds": "5"}}, False),
+    ("ModelDeployment", {"autoscaling": {"ttftSLOSeconds": 5}}, True),
+    ("ServingPool", {"router": {"state": {"persistent": "false"}}}, False),
 ]
 
 
