@@ -484,7 +484,16 @@ def test_stats_count_requests_targets_and_fallbacks(stack: Stack) -> None:
         assert r.status_code == 200, r.text
         return r.json()["endpoints"]  # type: ignore[no-any-return]
 
-    before = stats()
+    # Earlier tests' requests reach the ledger in batches (every 0.25 s) and in no set
+    # order, and the router's mirror of it refreshes every second: take the baseline once
+    # two reads further apart than both agree.
+    before, deadline = stats(), time.monotonic() + 20
+    while time.monotonic() < deadline:
+        time.sleep(2.5)
+        again = stats()
+        if again == before:
+            break
+        before = again
     c = stack.client()
     seen: dict[str, int] = {}
     for difficulty in ("0.1", "0.9", "0.1"):
