@@ -39,12 +39,51 @@ def main(argv: list[str] | None = None) -> int:
         print(f"autoscaler_trace: trace not found: {args.trace}", file=sys.stderr)
         return 1
     started = time.perf_counter()
-    code = simulate.main(args)
+    report = simulate.run_cli(args)
+    if report is None:
+        return 1
     if not args.json:
-        print(f"simulated in {time.perf_counter() - started:.1f}s")
-    if args.seeds > 0 and code == 0:
+        print(f"simulated in {time.perf_counter() - started:.1f}s\n")
+        print(bar(report))
+    if args.seeds > 0:
         seed_means(args)
-    return code
+    return 0
+
+
+def bar(report: simulate.Report) -> str:
+    """The issue's bar for this run, line by line: tokenyard at the SLO target (pool-wide),
+    at most 0.60 x static (provisioned for the peak, every model at the target) and 0.85 x
+    HPA-style at the SLO target, with fewer scale events than HPA-style."""
+    ty = report.by("tokenyard")
+    static, hpa_slo, hpa = report.by("static"), report.by("hpa-slo"), report.by("hpa")
+    target = report.scenario.sloTarget
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    rows = [
+        (
+            f"tokenyard attainment {ty.slo_attainment:.2%} >= {target:.0%}",
+            ty.slo_attainment >= target,
+        ),
+        (
+            f"tokenyard / static = {ty.cost_usd / static.cost_usd:.3f} <= 0.60",
+            ty.cost_usd <= 0.60 * static.cost_usd,
+        ),
+        (
+            f"tokenyard / hpa-slo = {ty.cost_usd / hpa_slo.cost_usd:.3f} <= 0.85 "
+            f"(hpa-slo at {hpa_slo.slo_attainment:.2%})",
+            ty.cost_usd <= 0.85 * hpa_slo.cost_usd and hpa_slo.slo_attainment >= target,
+        ),
+        (
+            f"scale events {ty.scale_events} < hpa {hpa.scale_events}, hpa-slo "
+            f"{hpa_slo.scale_events}",
+            ty.scale_events < min(hpa.scale_events, hpa_slo.scale_events),
+        ),
+    ]
+    return "the issue's bar on this run:\n" + "\n".join(
+        f"  {mark(ok):<8} {text}" for text, ok in rows
+    )
 
 
 def seed_means(args: argparse.Namespace) -> None:
