@@ -742,3 +742,85 @@ def test_a_model_called_by_name_uses_its_owner_policy_s_tenant_keys() -> None:
     assert state.direct["a"].name == "ep" and state.direct["a"].api_keys == {"sk-1": "team-a"}
     assert state.direct["b"].name == "b" and state.direct["b"].api_keys == {}
     assert [t.model for t in state.direct["a"].spec.targets] == ["a"]
+
+
+async def test_each_replica_takes_its_share_from_the_router_s_running_replicas(
+    backends: Backends, make_router: Any
+) -> None:
+    backends.handlers["a"] = lambda r: httpx.Response(200, json=completion("a-model"))
+    cfg = config(["a"], rateLimits=[{"tenant": "*", "requestsPerMinute": 4}])
+    assert cfg.routerReplicas == 1
+    core, client = make_router(cfg, clock=lambda: NOW)
+    assert core.share == 1.0  # spec.router.minReplicas until the status watch counts
+    # Ray Serve scaled the router to two replicas: each takes half of the pool's limit.
+    core.note_running({"tokenyard-router": 2, "model-a": 5})
+    assert core.share == 0.5 and core.load.share == 0.5
+    codes = [(await client.post("/v1/chat/completions", json=BODY)).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    # A read without the router's count (or a new config) keeps what was counted.
+    core.note_running({"model-a": 5})
+    core.apply_config(cfg)
+    assert core.share == 0.5
+    # Back to one replica: the bucket grows to the whole limit, keeping what was used.
+    core.note_running({"tokenyard-router": 1})
+    assert core.share == 1.0 and core.load.share == 1.0
+    codes = [(await client.post("/v1/chat/completions", json=BODY)).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+
+
+def test_the_share_counts_this_router_s_own_application_only(make_router: Any) -> None:
+    core, _ = make_router(config(["a"]), app_name="router-two")
+    core.note_running({"tokenyard-router": 4, "router-two": 2})
+    assert core.share == 0.5
+
+
+async def test_a_capped_saturated_model_downgrades_when_the_policy_allows(
+    make_router: Any, tmp_path: Any
+) -> None:
+    economy, tiny = HeldModel("economy"), HeldModel("tiny")
+    policy = RoutingPolicySpec.model_validate(
+        {
+            "pool": "p",
+            "targets": [{"model": "economy"}, {"model": "tiny"}],
+            "strategy": "Ordered",
+            "egress": {"defaultDataClass": "public"},
+            "spillover": {"downgradeWhenCapped": True},
+        }
+    )
+    capped = in_cluster("economy", 0.3, 0.1, ECONOMY_TPS, 1.1).model_copy(
+        update={"capped": "GPUCapped"}
+    )
+    cfg = RouterConfig(
+        pool="p",
+        namespace="ns",
+        models=[capped, in_cluster("tiny", 0.1, 0.01, 1000.0 * PROMPT, 2.0)],
+        policies=[PolicyEntry(name="ep", namespace="ns", endpoint="ep", spec=policy.dump())],
+    )
+    core, client = make_router(cfg, backend_factory=held_models(economy, tiny), clock=lambda: NOW)
+    posts = [asyncio.create_task(client.post("/v1/chat/completions", json=BODY)) for _ in range(10)]
+    await all_sent(economy, tiny, n=10)
+    # economy keeps what it starts within its SLO; being capped, the rest go to tiny.
+    assert (economy.calls, tiny.calls) == (4, 6)
+    economy.release.set()
+    tiny.release.set()
+    answers = await asyncio.gather(*posts)
+    assert all(r.status_code == 200 for r in answers)
+    lines = audit_lines(tmp_path)
+    downgraded = [x for x in lines if x.get("capacity_downgrade")]
+    assert len(downgraded) == 6 and {x["spilled_from"] for x in downgraded} == {"economy"}
+    registry = core.metrics.registry
+    labels = {"endpoint": "ep", "from_target": "economy", "to_target": "tiny"}
+    assert registry.get_sample_value("tokenyard_capacity_downgrades_total", labels) == 6
+    assert registry.get_sample_value("tokenyard_spillovers_total", labels) is None
+    # Once the autoscaler lifts the cap, the same load queues on economy instead.
+    core.apply_config(
+        cfg.model_copy(
+            update={"models": [capped.model_copy(update={"capped": None}), cfg.models[1]]}
+        )
+    )
+    economy.release.clear()
+    more = [asyncio.create_task(client.post("/v1/chat/completions", json=BODY)) for _ in range(6)]
+    await all_sent(economy, tiny, n=16)
+    assert (economy.calls, tiny.calls) == (10, 6)
+    economy.release.set()
+    await asyncio.gather(*more)

@@ -153,7 +153,7 @@ class SpilloverSpec(ApiModel):
     to first token a new request would see: the prompt tokens it has sent that model and
     not yet seen start, divided by the model's replicas times its
     spec.inCluster.nominalTokensPerSecond, plus the request's own prefill (each router
-    replica takes what it sends for 1 / the pool's spec.router.minReplicas of the load).
+    replica takes what it sends for 1 / the router's running replicas of the load).
     When the first target of a request is an in-cluster model whose estimate exceeds
     threshold x its autoscaling.ttftSLOSeconds, the request goes first to the next target
     in the decision's order that is in-cluster, of at least the same quality and expected
@@ -165,6 +165,15 @@ class SpilloverSpec(ApiModel):
     """threshold multiplies the first target's ttftSLOSeconds: spill-over starts when
     that model's expected time to first token exceeds threshold x its SLO (1 spills as
     soon as the SLO would be missed; 2 tolerates twice the SLO)."""
+    downgradeWhenCapped: bool = False
+    """downgradeWhenCapped lets a request go to a weaker model when its own model cannot
+    keep up and cannot grow: the model is Capped (the autoscaler gives it fewer replicas
+    than it asks for, for lack of GPUs or budget: its Capped condition), its expected
+    time to first token exceeds threshold x its SLO, and no target of at least its
+    quality has room. The request then goes first to the strongest weaker in-cluster
+    target of the decision expected to start it within half its own ttftSLOSeconds; the
+    capped model stays next, as a fallback. Off by default: it trades answer quality
+    for latency, and only targets within fallback.maxAttempts are candidates."""
 
 
 class Budget(ApiModel):
@@ -270,7 +279,8 @@ class RoutingPolicySpec(ApiModel):
     """fallback says which failures try the next target."""
     spillover: SpilloverSpec = Field(default_factory=SpilloverSpec)
     """spillover sends a request to a better in-cluster target with room when its first
-    target is expected to miss its time-to-first-token SLO."""
+    target is expected to miss its time-to-first-token SLO (and, with
+    downgradeWhenCapped, to a weaker one when that target is capped)."""
     tenants: TenantSpec = Field(default_factory=TenantSpec)
     """tenants says how requests are attributed to tenants."""
     budgets: list[Budget] = Field(
@@ -281,8 +291,8 @@ class RoutingPolicySpec(ApiModel):
         default_factory=list, max_length=256, json_schema_extra=list_map("tenant")
     )
     """rateLimits cap each tenant's requests and tokens per minute, for the pool as a
-    whole: each router replica enforces 1 / spec.router.minReplicas of them (exact while
-    the router runs at its minimum)."""
+    whole: each router replica enforces 1 / the router's running replicas of them (Ray
+    Serve's count, read every 2 s; spec.router.minReplicas until it is known)."""
     egress: EgressSpec = Field(default_factory=EgressSpec)
     """egress says which data classes may reach external targets."""
     audit: AuditSpec = Field(default_factory=AuditSpec)

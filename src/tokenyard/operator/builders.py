@@ -756,13 +756,23 @@ def router_config(
     on observed state, so the rendered RayService does not churn with KubeRay's status.
     For the same reason spill-over's replica count is what the model app asks Ray Serve
     for (``model_replicas(...).initial``, already part of the model app), not the
-    status's readyReplicas."""
+    status's readyReplicas. The one status the catalogue follows is each model's Capped
+    condition, and only when a policy of the pool sets spillover.downgradeWhenCapped."""
+    with_capped = any(
+        p.spec.spillover.enabled and p.spec.spillover.downgradeWhenCapped for p in policies
+    )
     entries: list[contract.CatalogueEntry] = []
     for m in models:
         assert m.spec.inCluster is not None
         acc = accelerator(pool, m.spec.inCluster.accelerator)
         entries.append(
-            contract.catalogue_entry(m, ready=True, accel=acc, replicas=model_replicas(m).initial)
+            contract.catalogue_entry(
+                m,
+                ready=True,
+                accel=acc,
+                replicas=model_replicas(m).initial,
+                with_capped=with_capped,
+            )
         )
     for m in externals:
         assert m.spec.external is not None

@@ -57,6 +57,8 @@ class AuditRecord:
     downgraded: bool = False
     spilled_from: str | None = None
     """The target the policy chose first when spill-over sent the request elsewhere."""
+    capacity_downgrade: bool = False
+    """True when that elsewhere was a weaker model (spillover.downgradeWhenCapped)."""
     prompt: str | None = None
 
     def to_json(self) -> str:

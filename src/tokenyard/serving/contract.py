@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tokenyard.api.common import COND_CAPPED
 from tokenyard.api.model import ModelDeployment, ModelDeploymentSpec
 from tokenyard.api.policy import RoutingPolicySpec, Target
 from tokenyard.api.pool import AcceleratorClass
@@ -122,6 +123,10 @@ class CatalogueEntry(_Contract):
     """Prompt tokens one replica prefills per second (spec.inCluster.nominalTokensPerSecond)."""
     ttftSLOSeconds: float | None = None
     """The model's time-to-first-token objective (spec.autoscaling.ttftSLOSeconds)."""
+    capped: str | None = None
+    """GPUCapped or BudgetCapped while the autoscaler gives the model fewer replicas than
+    it asks for (its Capped condition). Rendered only for pools where a policy sets
+    spillover.downgradeWhenCapped, so other pools' RayServices do not change with it."""
 
     def capacity(self) -> Capacity | None:
         """The model's capacity for spill-over; None for External or unknown models."""
@@ -159,7 +164,8 @@ class RouterConfig(_Contract):
     policies: list[PolicyEntry] = Field(default_factory=list)
     routerReplicas: int = Field(default=1, ge=1)
     """Router replicas the pool runs at least (spec.router.minReplicas): each replica
-    takes 1 / routerReplicas of the traffic when it estimates a model's queue."""
+    takes 1 / routerReplicas of the traffic (rate limits, queue estimate) until it has
+    read the router's RUNNING replicas from Ray Serve's status."""
 
 
 def direct_policy(config: RouterConfig, served_name: str) -> PolicyEntry | None:
@@ -314,13 +320,16 @@ def catalogue_entry(
     ready: bool,
     accel: AcceleratorClass | None = None,
     replicas: int | None = None,
+    with_capped: bool = False,
 ) -> CatalogueEntry:
     """The router's view of one ModelDeployment.
 
     ``replicas`` is the count the router assumes serve an in-cluster model (the operator
     passes what it asks Ray Serve for); default: ``spec.desired_replicas()``. Observed
     status (readyReplicas) is deliberately not read: the entry is rendered into the
-    RayService, which must change only when specs do.
+    RayService, which must change only when specs do. ``with_capped`` adds the Capped
+    condition's reason (for spillover.downgradeWhenCapped): only then does the entry
+    follow that status condition.
     """
     name = str(md.metadata.get("name", ""))
     spec = md.spec
@@ -362,4 +371,15 @@ def catalogue_entry(
         replicas=replicas if replicas is not None else spec.desired_replicas(),
         tokensPerSecond=spec.inCluster.nominalTokensPerSecond,
         ttftSLOSeconds=spec.autoscaling.ttftSLOSeconds,
+        capped=capped_reason(md) if with_capped else None,
     )
+
+
+def capped_reason(md: ModelDeployment) -> str | None:
+    """The reason of the model's Capped=True condition (GPUCapped, BudgetCapped), or None."""
+    if md.status is None:
+        return None
+    for c in md.status.conditions:
+        if c.type == COND_CAPPED and c.status == "True":
+            return c.reason or COND_CAPPED
+    return None

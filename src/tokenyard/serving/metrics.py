@@ -65,6 +65,15 @@ class RouterMetrics:
             ["endpoint", "from_target", "to_target"],
             registry=r,
         )
+        self.capacity_downgrades = Counter(
+            "tokenyard_capacity_downgrades",
+            "Requests sent first to a weaker in-cluster target because the one the policy "
+            "chose was capped (no GPUs or budget to grow), expected to miss its "
+            "time-to-first-token SLO and no better target had room "
+            "(spillover.downgradeWhenCapped).",
+            ["endpoint", "from_target", "to_target"],
+            registry=r,
+        )
         self.decision_latency = Histogram(
             "tokenyard_decision_latency_seconds",
             "Time to parse, classify and decide a request (no model call).",

@@ -102,6 +102,9 @@ class Decision:
     budget: BudgetStatus | None = None
     spilled_from: str | None = None
     """The model the policy put first, when spill-over moved another target ahead of it."""
+    capacity_downgrade: bool = False
+    """True when the target moved first is weaker: the first was capped and saturated
+    (spillover.downgradeWhenCapped)."""
 
     @property
     def models(self) -> list[str]:
@@ -122,6 +125,8 @@ class Decision:
         }
         if self.spilled_from is not None:
             out["spilledFrom"] = self.spilled_from
+        if self.capacity_downgrade:
+            out["capacityDowngrade"] = True
         if self.budget is not None:
             out["budget"] = {
                 "limitUSD": self.budget.limit_usd,
@@ -475,7 +480,9 @@ def apply_spillover(  # noqa: PLR0917
     (``clock``) exceeds ``spec.threshold`` x its SLO, the next target that is in-cluster,
     of at least the same quality and expected to start the request with spare capacity
     (:func:`~tokenyard.serving.spillover.choose`) goes first, with the reason appended;
-    the others keep their order, so the original is its fallback.
+    the others keep their order, so the original is its fallback. With
+    ``spec.downgradeWhenCapped`` a capped first target with no better one free goes to
+    the strongest weaker in-cluster target with room (``capacity_downgrade``).
     """
     if not spec.enabled or len(decision.targets) < 2:
         return decision
@@ -491,16 +498,24 @@ def apply_spillover(  # noqa: PLR0917
                 entry.quality,
                 entry.kind == "InCluster",
                 capacity_of(entry, live_replicas),
+                entry.capped,
             )
         )
-    spill = choose(options, clock, prompt_tokens, now, spec.threshold)
+    spill = choose(
+        options, clock, prompt_tokens, now, spec.threshold, downgrade=spec.downgradeWhenCapped
+    )
     if spill is None:
         return decision
     targets = list(decision.targets)
     moved = targets.pop(spill.index)
     reason = f"{moved.reason}; {spill.reason}" if moved.reason else spill.reason
     targets.insert(0, Candidate(moved.model, reason))
-    return replace(decision, targets=targets, spilled_from=decision.targets[0].model)
+    return replace(
+        decision,
+        targets=targets,
+        spilled_from=decision.targets[0].model,
+        capacity_downgrade=spill.downgrade,
+    )
 
 
 __all__ = [

@@ -76,6 +76,10 @@ class RateLimiter:
         self._tokens: dict[str, _Bucket] = {}
         self._last_sweep = 0.0
 
+    @property
+    def limits(self) -> list[RateLimit]:
+        return list(self._limits)
+
     def configure(self, limits: Iterable[RateLimit], share: float | None = None) -> None:
         """New limits (a policy edit) or share (a router scale); buckets are resized,
         keeping what was used."""

@@ -16,8 +16,8 @@ goes to the shared ledger actor; each request leaves one audit line and metrics,
 counted (endpoint, served target, fallbacks) in the ledger for ``GET /v1/tokenyard/stats``,
 which the operator reads into RoutingPolicy status.
 Rate limits, circuit breakers and the spill-over queue clock are per replica (local
-state, no round-trip; rate limits and the clock take 1 / routerReplicas of the pool's
-traffic); budgets are shared by all replicas through the ledger.
+state, no round-trip; rate limits and the clock take 1 / the router's RUNNING replicas of
+the pool's traffic); budgets are shared by all replicas through the ledger.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from tokenyard.serving.backends import (
 from tokenyard.serving.circuit import CircuitBreakers
 from tokenyard.serving.classifier import HeuristicClassifier
 from tokenyard.serving.contract import (
+    ROUTER_APP_NAME,
     ROUTER_DEPLOYMENT,
     CatalogueEntry,
     PolicyEntry,
@@ -240,8 +241,11 @@ class RouterCore:
         env: Mapping[str, str] | None = None,
         watch_apps: bool = True,
         backend_factory: BackendFactory = build_backends,
+        app_name: str = ROUTER_APP_NAME,
     ) -> None:
         self.args = args
+        self.app_name = app_name
+        """This router's Serve application: its RUNNING replicas share the pool's traffic."""
         self.ledger = ledger
         self.provider = provider or ProviderClient()
         self.metrics = metrics or RouterMetrics()
@@ -258,6 +262,10 @@ class RouterCore:
         self._running_replicas: dict[str, int] = {}
         """Replicas Ray Serve reports RUNNING, per model app (from the status watch)."""
         self._running_reads = 0
+        self._configured_routers = 1
+        """spec.router.minReplicas as rendered (routerReplicas): the share's basis until
+        the status watch has counted this router's RUNNING replicas."""
+        self._running_routers: int | None = None
         self._live: dict[str, int] | None = None
         self._live_key: tuple[int, int] | None = None
         self._watch_apps = watch_apps
@@ -275,10 +283,11 @@ class RouterCore:
         from tokenyard.serving.ratelimit import RateLimiter
 
         state = build_state(cfg, self._state, self.provider, self._env, self._make_backends)
-        self.load.share = 1 / cfg.routerReplicas
+        self._configured_routers = cfg.routerReplicas
+        share = self.share  # limits are the pool's; each replica takes its part
+        self.load.share = share
         for endpoint, pol in {**state.direct, **state.policies}.items():
             limiter = self._limiters.get(endpoint)
-            share = 1 / cfg.routerReplicas  # limits are the pool's; each replica takes its part
             if limiter is None:
                 self._limiters[endpoint] = RateLimiter(pol.spec.rateLimits, share)
             else:
@@ -332,9 +341,34 @@ class RouterCore:
             await asyncio.sleep(APP_STATUS_INTERVAL_S)
 
     def note_running(self, by_app: dict[str, int]) -> None:
-        """Replicas Ray Serve runs per application, as the status watch read them."""
+        """Replicas Ray Serve runs per application, as the status watch read them. This
+        router's own count sets the share of the pool's traffic each replica assumes."""
         self._running_replicas = by_app
         self._running_reads += 1
+        routers = by_app.get(self.app_name, 0)
+        if routers > 0 and routers != self._running_routers:
+            before = self.share
+            self._running_routers = routers
+            if self.share != before:
+                self._reshare()
+
+    @property
+    def share(self) -> float:
+        """This replica's part of the pool's traffic: 1 / the router's RUNNING replicas
+        (Ray Serve scales it between spec.router.minReplicas and maxReplicas), or
+        1 / minReplicas until the status watch has counted them. Rate limits and the
+        spill-over queue estimate are the pool's, each replica takes this part."""
+        return 1 / (self._running_routers or self._configured_routers)
+
+    def _reshare(self) -> None:
+        share = self.share
+        self.load.share = share
+        for limiter in self._limiters.values():
+            limiter.configure(limiter.limits, share)
+        logger.info(
+            "router replicas changed: each takes its share of limits and queues",
+            extra={"routerReplicas": round(1 / share), "share": round(share, 4)},
+        )
 
     def live_replicas(self) -> dict[str, int] | None:
         """Model name to replicas Ray Serve reports running, for spill-over; None until
@@ -561,9 +595,13 @@ class RouterCore:
             )
             if decision.spilled_from is not None:
                 record.spilled_from = decision.spilled_from
-                self.metrics.spillovers.labels(
-                    pol.endpoint, decision.spilled_from, decision.targets[0].model
-                ).inc()
+                record.capacity_downgrade = decision.capacity_downgrade
+                counter = (
+                    self.metrics.capacity_downgrades
+                    if decision.capacity_downgrade
+                    else self.metrics.spillovers
+                )
+                counter.labels(pol.endpoint, decision.spilled_from, decision.targets[0].model).inc()
             self.metrics.decision_latency.labels(endpoint=pol.endpoint).observe(
                 time.perf_counter() - started
             )
@@ -1005,7 +1043,11 @@ class Router:
         ledger = LedgerClient(actor)
         # Load spend before serving: a restarted replica must not forget budgets.
         ledger.load_blocking()
-        self.core = RouterCore(self._args, ledger=ledger)
+        try:
+            app_name = serve.get_replica_context().app_name or ROUTER_APP_NAME
+        except Exception:  # not inside a Serve replica (direct construction)
+            app_name = ROUTER_APP_NAME
+        self.core = RouterCore(self._args, ledger=ledger, app_name=app_name)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.core.apply_config(RouterConfig.model_validate(user_config))

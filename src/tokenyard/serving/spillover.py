@@ -21,6 +21,11 @@ same quality (never a weaker model than the one the policy chose) and expected t
 the request within half its own SLO (``SPILL_HEADROOM``: spare capacity only) goes
 first; the original stays next, as a fallback. A model whose capacity is unknown (no
 ready replicas, no rate) neither spills nor takes spill-over.
+
+With ``downgrade`` (spillover.downgradeWhenCapped), a first target that would miss its
+SLO, has no better target with room and is *capped* (the autoscaler cannot give it the
+replicas it asks for) sends the request to the strongest weaker in-cluster target with
+the same spare capacity instead: a capped model's queue does not shrink by waiting.
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ class Option:
     quality: float
     in_cluster: bool
     capacity: Capacity | None = None
+    capped: str | None = None
+    """Why the autoscaler cannot grow the model (GPUCapped, BudgetCapped), or None."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,8 @@ class Spill:
 
     index: int
     reason: str
+    downgrade: bool = False
+    """True when the target is weaker than the one it replaces (a capped model's)."""
 
 
 class QueueClock:
@@ -131,13 +140,15 @@ def choose(  # noqa: PLR0917
     now: float,
     threshold: float = 1.0,
     headroom: float = SPILL_HEADROOM,
+    downgrade: bool = False,
 ) -> Spill | None:
     """The target to try first instead of ``options[0]``, or None to keep the order.
 
     A target takes spill-over only if it is expected to start the request within
     ``headroom`` x its own SLO: spill-over uses spare capacity, it must not push a better
     model's own traffic towards its SLO (nor make its autoscaler scale up for load that
-    is not its own)."""
+    is not its own). With ``downgrade``, a capped first target that finds no better one
+    goes to the strongest weaker target meeting the same test (the earliest of equals)."""
     if len(options) < 2:
         return None
     first = options[0]
@@ -159,7 +170,28 @@ def choose(  # noqa: PLR0917
                 f"{threshold:g} x SLO {cap.ttft_slo_s:g}s; {o.name} expected {theirs:.1f}s "
                 f"(SLO {oc.ttft_slo_s:g}s)",
             )
-    return None
+    if not downgrade or first.capped is None:
+        return None
+    best: tuple[float, int, float] | None = None
+    for i, o in enumerate(options[1:], start=1):
+        oc = o.capacity
+        if not o.in_cluster or oc is None or not oc.known or o.quality >= first.quality:
+            continue
+        theirs = clock.expected_ttft(o.name, oc, prompt_tokens, now)
+        fits = theirs <= headroom * oc.ttft_slo_s and theirs < mine
+        if fits and (best is None or o.quality > best[0]):
+            best = (o.quality, i, theirs)
+    if best is None:
+        return None
+    _, i, theirs = best
+    o = options[i]
+    return Spill(
+        i,
+        f"capacity downgrade: {first.name} is {first.capped} and expected TTFT {mine:.1f}s > "
+        f"{threshold:g} x SLO {cap.ttft_slo_s:g}s with no better model free; {o.name} "
+        f"(quality {o.quality:g} < {first.quality:g}) expected {theirs:.1f}s",
+        downgrade=True,
+    )
 
 
 __all__ = ["Capacity", "Option", "QueueClock", "Spill", "choose"]

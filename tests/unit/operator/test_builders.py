@@ -14,12 +14,14 @@ from tests.unit.operator.factories import (
     model,
     model_doc,
     policy,
+    policy_doc,
     pool,
     pool_doc,
     with_,
 )
 
 from tokenyard.api.model import ModelDeployment
+from tokenyard.api.policy import RoutingPolicy
 from tokenyard.api.pool import ServingPool
 from tokenyard.operator import builders
 from tokenyard.operator.builders import Decision, render_pool
@@ -217,7 +219,11 @@ EXPECTED_SERVE: dict[str, Any] = {
                                             "cooldownSeconds": 30.0,
                                         },
                                     },
-                                    "spillover": {"enabled": True, "threshold": 1.0},
+                                    "spillover": {
+                                        "enabled": True,
+                                        "threshold": 1.0,
+                                        "downgradeWhenCapped": False,
+                                    },
                                     "tenants": {
                                         "header": "X-Tenant",
                                         "apiKeysSecretRef": {"name": "chat-tenants", "key": "keys"},
@@ -812,3 +818,28 @@ def test_state_claim_storage_class_and_size() -> None:
     assert claim is not None
     assert claim["spec"]["storageClassName"] == "fast-ssd"
     assert claim["spec"]["resources"] == {"requests": {"storage": "5Gi"}}
+
+
+def test_the_capped_condition_reaches_the_router_only_for_downgrading_pools() -> None:
+    capped = {"conditions": [{"type": "Capped", "status": "True", "reason": "GPUCapped"}]}
+    plain = policy(targets=("economy",))
+    downgrading = RoutingPolicy.model_validate(
+        with_(policy_doc(targets=("economy",)), "spec.spillover", {"downgradeWhenCapped": True})
+    )
+    # Without a downgrading policy the status is not read: the RayService stays put.
+    base = render_pool(pool(), [model("economy")], [plain]).ray_service
+    assert render_pool(pool(), [model("economy", status=capped)], [plain]).ray_service == base
+    r = render_pool(pool(), [model("economy", status=capped)], [downgrading])
+    assert router_user_config(r)["models"][0]["capped"] == "GPUCapped"
+    released = render_pool(pool(), [model("economy")], [downgrading])
+    assert "capped" not in router_user_config(released)["models"][0]
+    # Spill-over off: no downgrade either, so nothing to follow.
+    off = RoutingPolicy.model_validate(
+        with_(
+            policy_doc(targets=("economy",)),
+            "spec.spillover",
+            {"enabled": False, "downgradeWhenCapped": True},
+        )
+    )
+    r = render_pool(pool(), [model("economy", status=capped)], [off])
+    assert "capped" not in router_user_config(r)["models"][0]

@@ -454,3 +454,84 @@ def test_live_replicas_replace_the_catalogue_count() -> None:
     assert apply_spillover(d, CATALOGUE, clock, 100, NOW, spec).models == ["frontier", "economy"]
     starting = apply_spillover(d, CATALOGUE, clock, 100, NOW, spec, live_replicas={"frontier": 0})
     assert starting is d
+
+
+# -- capacity downgrade (spillover.downgradeWhenCapped) ----------------------------------
+
+CAPPED_STANDARD = Option("standard", 0.6, True, ONE, capped="GPUCapped")
+TINY = Option("tiny", 0.1, True, cap(tps=100_000, slo=5.0))
+SMALL = Option("small", 0.3, True, cap(tps=100_000, slo=5.0))
+
+
+def test_a_capped_saturated_model_downgrades_to_the_strongest_weaker_one_with_room() -> None:
+    clock = saturated("standard", prompts=3)  # standard: 3 s queued + 0.1 s own > 1 s SLO
+    busy_small = Option("busy", 0.5, True, cap(slo=1.0))
+    clock.sent("busy", busy_small.capacity, 3000, NOW)  # no room either
+    options = [CAPPED_STANDARD, PROVIDER, TINY, busy_small, SMALL]
+    spill = choose(options, clock, 100, NOW, downgrade=True)
+    assert spill is not None and spill.downgrade
+    assert spill.index == 4  # small (0.3) over tiny (0.1); busy and the provider passed
+    assert spill.reason == (
+        "capacity downgrade: standard is GPUCapped and expected TTFT 3.1s > 1 x SLO 1s "
+        "with no better model free; small (quality 0.3 < 0.6) expected 0.0s"
+    )
+    # Off by default, and never for a model the autoscaler can still grow.
+    assert choose(options, clock, 100, NOW) is None
+    uncapped = Option("standard", 0.6, True, ONE)
+    assert choose([uncapped, TINY, SMALL], clock, 100, NOW, downgrade=True) is None
+
+
+def test_a_better_model_with_room_wins_over_a_downgrade() -> None:
+    clock = saturated("standard", prompts=3)
+    spill = choose([CAPPED_STANDARD, SMALL, FRONTIER], clock, 100, NOW, downgrade=True)
+    assert spill is not None and not spill.downgrade and spill.index == 2
+
+
+def test_no_downgrade_while_the_capped_model_keeps_its_slo_or_nothing_weaker_has_room() -> None:
+    calm = saturated("standard", prompts=0)
+    assert choose([CAPPED_STANDARD, SMALL], calm, 100, NOW, downgrade=True) is None
+    clock = saturated("standard", prompts=3)
+    clock.sent("small", SMALL.capacity, 10_000_000, NOW)  # 100 s queued
+    assert choose([CAPPED_STANDARD, SMALL], clock, 100, NOW, downgrade=True) is None
+    external_only = [CAPPED_STANDARD, Option("cheap-api", 0.2, False, None)]
+    assert choose(external_only, clock, 100, NOW, downgrade=True) is None
+
+
+def test_apply_downgrades_a_capped_model_and_marks_the_decision() -> None:
+    catalogue = {
+        **CATALOGUE,
+        "standard": CATALOGUE["standard"].model_copy(
+            update={"capped": "BudgetCapped", "tokensPerSecond": 1000.0, "ttftSLOSeconds": 1.0}
+        ),
+        "economy": CATALOGUE["economy"].model_copy(update={"tokensPerSecond": 100_000.0}),
+    }
+    d = decision_for(["standard", "economy"])
+    busy = saturated("standard", prompts=3)
+    spec = SpilloverSpec(downgradeWhenCapped=True)
+    out = apply_spillover(d, catalogue, busy, 100, NOW, spec)
+    assert out.models == ["economy", "standard"]
+    assert out.spilled_from == "standard" and out.capacity_downgrade
+    assert out.to_dict()["capacityDowngrade"] is True
+    assert "capacity downgrade: standard is BudgetCapped" in out.targets[0].reason
+    assert apply_spillover(d, catalogue, busy, 100, NOW, SpilloverSpec()) is d
+    assert apply_spillover(d, CATALOGUE, busy, 100, NOW, spec) is d  # not capped
+
+
+def test_catalogue_entry_follows_the_capped_condition_only_when_asked() -> None:
+    capped = md(
+        IN_CLUSTER,
+        status={
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "Serving"},
+                {"type": "Capped", "status": "True", "reason": "GPUCapped"},
+            ]
+        },
+    )
+    assert catalogue_entry(capped, ready=True).capped is None
+    assert catalogue_entry(capped, ready=True, with_capped=True).capped == "GPUCapped"
+    released = md(
+        IN_CLUSTER,
+        status={"conditions": [{"type": "Capped", "status": "False", "reason": "NotCapped"}]},
+    )
+    assert catalogue_entry(released, ready=True, with_capped=True).capped is None
+    assert catalogue_entry(md(IN_CLUSTER), ready=True, with_capped=True).capped is None
