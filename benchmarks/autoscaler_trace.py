@@ -1,7 +1,8 @@
 """Replays the shared Azure LLM code trace through the autoscaler simulator and prints the table.
 
 Run: ``.venv/bin/python benchmarks/autoscaler_trace.py [--trace CSV] [--scenario YAML]
-[--plot PNG] [--json] [--seed N] [--no-spillover] [--seeds K]``
+[--plot PNG] [--json] [--seed N] [--no-spillover] [--downgrade] [--max-gpus CLASS=N,...]
+[--seeds K]``
 
 ``--seeds K`` also prints the mean over routing seeds 0..K-1 (the same trace, another
 difficulty draw; the static oracles are searched again per seed).
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 from tokenyard.autoscaler import simulate
+from tokenyard.cli import simulate_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TRACE = REPO.parent / "shared" / "traces" / "azure_llm_code_2023.csv"
@@ -28,11 +30,7 @@ DEFAULT_TRACE = REPO.parent / "shared" / "traces" / "azure_llm_code_2023.csv"
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--trace", default=str(DEFAULT_TRACE))
-    p.add_argument("--scenario", default=None)
-    p.add_argument("--plot", default=None)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--no-spillover", action="store_true")
+    simulate_arguments(p)
     p.add_argument("--seeds", type=int, default=0, help="also the mean over seeds 0..K-1")
     args = p.parse_args(argv)
     if not Path(args.trace).is_file():
@@ -87,22 +85,28 @@ def bar(report: simulate.Report) -> str:
 
 
 def seed_means(args: argparse.Namespace) -> None:
-    """Mean cost, attainment and scale events per policy over routing seeds."""
-    base = simulate.load_scenario(args.scenario)
-    if args.no_spillover:
-        base = base.model_copy(update={"spillover": False})
+    """Mean cost, attainment, scale events and capacity downgrades per policy over
+    routing seeds."""
+    base = simulate.scenario_from_args(args)
     trace = simulate.read_trace(args.trace)
-    rows: dict[str, list[tuple[float, float, float, int]]] = {}
+    rows: dict[str, list[tuple[float, float, float, int, int]]] = {}
     for seed in range(args.seeds):
         report = simulate.simulate(base.model_copy(update={"seed": seed}), trace)
         for r in report.results:
             rows.setdefault(r.policy, []).append(
-                (r.cost_usd, r.slo_attainment, r.min_model_slo, r.scale_events)
+                (
+                    r.cost_usd,
+                    r.slo_attainment,
+                    r.min_model_slo,
+                    r.scale_events,
+                    sum(int(m.get("downgradedIn", 0)) for m in r.models.values()),
+                )
             )
     ty = rows["tokenyard"]
     print(f"\nmean over routing seeds 0-{args.seeds - 1}:")
     print(f"{'policy':<12} {'cost USD':>9} {'SLO':>8} {'worst model':>12} {'events':>7} "
-          f"{'tokenyard/this':>15} {'seeds tokenyard >= this SLO':>28}")  # fmt: skip
+          f"{'downgraded':>10} {'tokenyard/this':>15} "
+          f"{'seeds tokenyard >= this SLO':>28}")  # fmt: skip
     for policy, vals in rows.items():
         n = len(vals)
         cost = sum(v[0] for v in vals) / n
@@ -111,7 +115,7 @@ def seed_means(args: argparse.Namespace) -> None:
         print(
             f"{policy:<12} {cost:>9.2f} {sum(v[1] for v in vals) / n:>7.2%} "
             f"{sum(v[2] for v in vals) / n:>11.2%} {sum(v[3] for v in vals) / n:>7.1f} "
-            f"{ratio:>14.1%} {wins:>25}/{n}"
+            f"{sum(v[4] for v in vals) / n:>10.1f} {ratio:>14.1%} {wins:>25}/{n}"
         )
 
 

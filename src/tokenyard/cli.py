@@ -45,6 +45,29 @@ def _lazy(module: str, func: str = "main") -> Callable[[argparse.Namespace], int
     return run
 
 
+def simulate_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``tokenyard simulate`` after --trace (benchmarks/autoscaler_trace.py
+    takes the same)."""
+    p.add_argument("--scenario", default=None, help="scenario YAML (default: built-in)")
+    p.add_argument("--plot", default=None, help="write a PNG plot here")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--seed", type=int, default=None, help="routing seed (default: the scenario's)")
+    p.add_argument(
+        "--no-spillover", action="store_true", help="route without spill-over (every policy alike)"
+    )
+    p.add_argument(
+        "--downgrade",
+        action="store_true",
+        help="route as spillover.downgradeWhenCapped does (capped models shed to weaker ones)",
+    )
+    p.add_argument(
+        "--max-gpus",
+        default=None,
+        metavar="CLASS=N,...",
+        help="override accelerator classes' maxGPUs, e.g. a100=2,h100=2",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tokenyard",
@@ -100,15 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("simulate", help="replay a request trace against a pool's autoscaling")
     s.add_argument("--trace", required=True, help="CSV: TIMESTAMP, ContextTokens, GeneratedTokens")
-    s.add_argument("--scenario", default=None, help="scenario YAML (default: built-in)")
-    s.add_argument("--plot", default=None, help="write a PNG plot here")
-    s.add_argument("--json", action="store_true", help="print the report as JSON")
-    s.add_argument("--seed", type=int, default=None, help="routing seed (default: the scenario's)")
-    s.add_argument(
-        "--no-spillover",
-        action="store_true",
-        help="route without spill-over (every policy alike)",
-    )
+    simulate_arguments(s)
     s.set_defaults(func=_lazy("tokenyard.autoscaler.simulate"))
     return p
 

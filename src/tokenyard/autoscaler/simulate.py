@@ -117,6 +117,10 @@ class Scenario(_Model):
     meet its own (the router's estimate, tokenyard.serving.spillover). Applies to every
     policy alike."""
     spilloverThreshold: float = Field(default=1.0, gt=0)
+    downgradeWhenCapped: bool = False
+    """Route as a policy with spec.spillover.downgradeWhenCapped would: a capped model
+    (only tokenyard's allocation reports one) that would miss its SLO sends the request
+    to the strongest weaker model with room. Counted per model as downgradedIn."""
     replicaRefreshSeconds: float = Field(default=2.0, gt=0)
     """How often the router re-reads the replicas Ray Serve runs (its status watch)."""
     seed: int = 0
@@ -253,6 +257,10 @@ class _Server:
         self.known_replicas = 0
         """Ready replicas as the router last read them from Ray Serve's status."""
         self.requests = self.met = self.dropped = self.spilled_in = self.events = 0
+        self.downgraded_in = 0
+        self.capped: str | None = None
+        """GPUCapped or BudgetCapped while the autoscaler's allocation gives the model
+        less than it asks (tokenyard's policy sets it; the router reads the condition)."""
         self.cost = self.gpu_seconds = self.replica_seconds = 0.0
         self.reset_interval()
 
@@ -436,10 +444,16 @@ def run(
         for srv in servers:
             srv.clock = clock
             srv.known_replicas = srv.ready(0.0)
-    # The targets a request may spill to: models at least as good, cheapest first.
+    # The targets a request may spill to: models at least as good, cheapest first (as
+    # CheapestSufficient lists them), then the weaker ones, strongest first (its
+    # fallbacks, the candidates of a capacity downgrade).
     order = price_order(scenario)
     ups = {
         i: [j for j in order if j != i and scenario.models[j].quality >= m.quality]
+        + sorted(
+            (j for j in order if scenario.models[j].quality < m.quality),
+            key=lambda j: -scenario.models[j].quality,
+        )
         for i, m in enumerate(scenario.models)
     }
     k, now, next_policy, next_sample = 0, 0.0, interval, 0.0
@@ -449,13 +463,23 @@ def run(
             r, i = reqs[k]
             if clock is not None and only is None:
                 options = [
-                    Option(servers[j].p.name, servers[j].p.quality, True, servers[j].capacity())
+                    Option(
+                        servers[j].p.name,
+                        servers[j].p.quality,
+                        True,
+                        servers[j].capacity(),
+                        servers[j].capped,
+                    )
                     for j in (i, *ups[i])
                 ]
-                spill = choose(options, clock, r.prompt, now, scenario.spilloverThreshold)
+                spill = choose(options, clock, r.prompt, now, scenario.spilloverThreshold,
+                               downgrade=scenario.downgradeWhenCapped)  # fmt: skip
                 if spill is not None:
                     i = (i, *ups[i])[spill.index]
-                    servers[i].spilled_in += 1
+                    if spill.downgrade:
+                        servers[i].downgraded_in += 1
+                    else:
+                        servers[i].spilled_in += 1
                 clock.sent(servers[i].p.name, servers[i].capacity(), r.prompt, now)
             srv = servers[i]
             srv.queue.append((r.t, r.prompt, r.output))
@@ -490,6 +514,7 @@ def run(
             "sloAttainment": round(s.met / s.requests, 4) if s.requests else 1.0,
             "dropped": s.dropped,
             "spilledIn": s.spilled_in,
+            "downgradedIn": s.downgraded_in,
             "meanReplicas": round(s.replica_seconds / now, 2) if now else 0.0,
             "scaleEvents": s.events,
         }
@@ -536,6 +561,23 @@ def _fleet_cost(scenario: Scenario, fleet: Sequence[int]) -> float:
     )
 
 
+def _class_cap(scenario: Scenario, i: int) -> int:
+    """The most replicas of model ``i`` its accelerator class holds, alone."""
+    m = scenario.models[i]
+    limit = next(a.maxGPUs for a in scenario.accelerators if a.name == m.accelerator)
+    return max(0, min(m.autoscaling.maxReplicas, limit // m.gpusPerReplica))
+
+
+def fits(scenario: Scenario, fleet: Sequence[int]) -> bool:
+    """True when the fleet stays within every accelerator class's maxGPUs (a static fleet
+    or an HPA beyond them would leave replicas Pending: they neither serve nor cost)."""
+    used: dict[str, int] = {}
+    for n, m in zip(fleet, scenario.models, strict=True):
+        used[m.accelerator] = used.get(m.accelerator, 0) + n * m.gpusPerReplica
+    limits = {a.name: a.maxGPUs for a in scenario.accelerators}
+    return all(used[c] <= limits[c] for c in used)
+
+
 def _with_spillover(
     scenario: Scenario,
     routed: Sequence[tuple[TraceRequest, int]],
@@ -547,41 +589,60 @@ def _with_spillover(
 
     ``alone`` meets it with every model on its own traffic (found fast, model by model);
     spill-over moves load between models, so the fleets at or below it are tried whole,
-    cheapest first. If ``alone`` itself falls short, the worst model grows until it holds.
-    """
+    cheapest first, among those that fit the pool's GPUs. If ``alone`` itself falls
+    short, the worst model that still gains grows, one replica at a time, until the
+    criterion holds or no model gains (then the fleet that came closest is returned)."""
     if not scenario.spillover:
         return alone
 
     def ok(fleet: Sequence[int]) -> tuple[bool, RunResult]:
         res = run(scenario, routed, policy_name="static", policy=_hold, interval=1e9,
                   initial=list(fleet))  # fmt: skip
-        met = res.min_model_slo if per_model else res.slo_attainment
-        return met >= scenario.sloTarget, res
+        return _criterion(res, per_model) >= scenario.sloTarget, res
 
     ranges = [
         range(max(1, m.autoscaling.minReplicas), n + 1)
         for m, n in zip(scenario.models, alone, strict=True)
     ]
-    for combo in sorted(itertools.product(*ranges), key=lambda f: _fleet_cost(scenario, f)):
+    combos = (f for f in itertools.product(*ranges) if fits(scenario, f))
+    for combo in sorted(combos, key=lambda f: _fleet_cost(scenario, f)):
         if ok(combo)[0]:
             return list(combo)
+    # Grow the worst model that can grow and gains from it; a model whose next replica
+    # does not raise the criterion (or does not fit the pool) is not grown again.
     fleet = list(alone)
-    while True:
-        good, res = ok(fleet)
+    good, res = ok(fleet)
+    stuck: set[int] = set()
+    while not good:
         growable = [
-            j for j, m in enumerate(scenario.models) if fleet[j] < m.autoscaling.maxReplicas
+            j
+            for j, m in enumerate(scenario.models)
+            if j not in stuck
+            and fleet[j] < m.autoscaling.maxReplicas
+            and fits(scenario, [n + (k == j) for k, n in enumerate(fleet)])
         ]
-        if good or not growable:
-            return fleet
+        if not growable:
+            break
         worst = min(growable, key=lambda j: res.models[scenario.models[j].name]["sloAttainment"])
-        fleet[worst] += 1
+        bigger = [n + (k == worst) for k, n in enumerate(fleet)]
+        good_b, res_b = ok(bigger)
+        if good_b or _criterion(res_b, per_model) > _criterion(res, per_model):
+            fleet, good, res = bigger, good_b, res_b
+        else:
+            stuck.add(worst)
+    return fleet
+
+
+def _criterion(res: RunResult, per_model: bool) -> float:
+    return res.min_model_slo if per_model else res.slo_attainment
 
 
 def _static_alone(scenario: Scenario, routed: Sequence[tuple[TraceRequest, int]]) -> list[int]:
     """Per model on its own traffic, the fewest fixed replicas that reach the target."""
     sizes: list[int] = []
     for i, m in enumerate(scenario.models):
-        lo, hi = max(1, m.autoscaling.minReplicas), m.autoscaling.maxReplicas
+        lo = max(1, m.autoscaling.minReplicas)
+        hi = max(lo, _class_cap(scenario, i))
 
         def ok(n: int, i: int = i) -> bool:
             initial = [0] * len(scenario.models)
@@ -616,7 +677,8 @@ def _static_pool_alone(scenario: Scenario, routed: Sequence[tuple[TraceRequest, 
     total = 0
     for i, m in enumerate(scenario.models):
         opts: list[tuple[int, int]] = []
-        for n in range(max(1, m.autoscaling.minReplicas), m.autoscaling.maxReplicas + 1):
+        lo = max(1, m.autoscaling.minReplicas)
+        for n in range(lo, max(lo, _class_cap(scenario, i)) + 1):
             initial = [0] * len(scenario.models)
             initial[i] = n
             res = run(scenario, routed, policy_name="static", policy=_hold, interval=1e9,
@@ -630,6 +692,8 @@ def _static_pool_alone(scenario: Scenario, routed: Sequence[tuple[TraceRequest, 
     best: tuple[float, list[int]] | None = None
     for combo in itertools.product(*options):
         if sum(miss for _, miss in combo) > allowed:
+            continue
+        if not fits(scenario, [n for n, _ in combo]):
             continue
         cost = sum(
             n * m.gpusPerReplica * price[m.accelerator]
@@ -649,6 +713,9 @@ class HPAPolicy:
 
     def __call__(self, now: float, servers: list[_Server]) -> None:
         window = self.scenario.hpaScaleDownStabilizationSeconds
+        free = {a.name: a.maxGPUs for a in self.scenario.accelerators}
+        for srv in servers:
+            free[srv.p.accelerator] -= srv.asked * srv.p.gpusPerReplica
         for j, srv in enumerate(servers):
             a = srv.p.autoscaling
             ready = srv.ready(now)
@@ -669,6 +736,10 @@ class HPAPolicy:
                 desired = min(current, max(d for _, d in hist))
             desired = min(desired, max(2 * current, current + 4))
             desired = max(1, a.minReplicas, min(a.maxReplicas, desired))
+            if desired > current:  # beyond the class's GPUs a pod would stay Pending
+                room = max(0, free[srv.p.accelerator]) // srv.p.gpusPerReplica
+                desired = min(desired, current + room)
+            free[srv.p.accelerator] -= (desired - current) * srv.p.gpusPerReplica
             srv.scale(desired, now)
 
 
@@ -758,6 +829,7 @@ class TokenyardPolicy:
         )
         for s in servers:
             d = decisions[s.p.name]
+            s.capped = d.capped
             if d.capped:
                 self.capped_decisions += 1
             if d.write:
@@ -833,6 +905,7 @@ class Report:
         for r in self.results:
             per = ", ".join(
                 f"{n}: {v['meanReplicas']} avg replicas, SLO {v['sloAttainment']:.2%}"
+                + (f", {v['downgradedIn']} downgraded in" if v.get("downgradedIn") else "")
                 for n, v in r.models.items()
             )
             lines.append(f"  {r.policy}: {per}")
@@ -926,14 +999,46 @@ def main(args: argparse.Namespace) -> int:
     return 0 if run_cli(args) is not None else 1
 
 
+def _max_gpus(raw: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for part in filter(None, (x.strip() for x in raw.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ValueError(f"--max-gpus: expected CLASS=N, got {part!r}")
+        out[name.strip()] = int(value)
+    return out
+
+
+def scenario_from_args(args: argparse.Namespace) -> Scenario:
+    """The scenario file (or the built-in one) with the command line's overrides."""
+    scenario = load_scenario(getattr(args, "scenario", None))
+    update: dict[str, Any] = {}
+    if getattr(args, "seed", None) is not None:
+        update["seed"] = args.seed
+    if getattr(args, "no_spillover", False):
+        update["spillover"] = False
+    if getattr(args, "downgrade", False):
+        update["downgradeWhenCapped"] = True
+    if getattr(args, "max_gpus", None):
+        limits = _max_gpus(args.max_gpus)
+        unknown = set(limits) - {a.name for a in scenario.accelerators}
+        if unknown:
+            raise ValueError(f"--max-gpus: no accelerator class {sorted(unknown)} in the scenario")
+        update["accelerators"] = [
+            a.model_copy(update={"maxGPUs": limits.get(a.name, a.maxGPUs)})
+            for a in scenario.accelerators
+        ]
+    return scenario.model_copy(update=update)
+
+
 def run_cli(args: argparse.Namespace) -> Report | None:
     """What ``tokenyard simulate`` does with its arguments; the report, or None (and a
-    message on stderr) when the trace has no requests."""
-    scenario = load_scenario(args.scenario)
-    if getattr(args, "seed", None) is not None:
-        scenario = scenario.model_copy(update={"seed": args.seed})
-    if getattr(args, "no_spillover", False):
-        scenario = scenario.model_copy(update={"spillover": False})
+    message on stderr) when the trace has no requests or an option is wrong."""
+    try:
+        scenario = scenario_from_args(args)
+    except ValueError as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return None
     trace = read_trace(args.trace)
     if not trace:
         print(f"simulate: no requests in {args.trace}", file=sys.stderr)

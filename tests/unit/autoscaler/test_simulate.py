@@ -222,3 +222,62 @@ def test_benchmark_prints_the_bar_and_seed_means(
     for policy in ("static", "static-pool", "hpa", "hpa-slo", "tokenyard"):
         assert f"\n{policy} " in out.split("mean over routing seeds 0-1:")[1]
     assert bench.main(["--trace", str(tmp_path / "missing.csv")]) == 1
+
+
+def _capped(scenario: sim.Scenario, **limits: int) -> sim.Scenario:
+    accels = [a.model_copy(update={"maxGPUs": limits.get(a.name, a.maxGPUs)})
+              for a in scenario.accelerators]  # fmt: skip
+    return scenario.model_copy(update={"accelerators": accels})
+
+
+def test_baselines_stay_within_the_pool_s_gpus() -> None:
+    s = _capped(sim.builtin_scenario(), l4=2, a100=1, h100=2)
+    report = sim.simulate(s, _trace())
+    assert sim.fits(s, report.static_replicas) and sim.fits(s, report.static_pool_replicas)
+    for r in report.results:
+        for k in range(len(r.series["t"])):
+            fleet = [int(r.series[f"replicas:{m.name}"][k]) for m in s.models]
+            assert sim.fits(s, fleet), (r.policy, k, fleet)
+    assert not sim.fits(s, [3, 1, 1]) and not sim.fits(s, [1, 1, 2])
+
+
+def test_capacity_downgrade_moves_a_capped_model_s_overflow_to_a_weaker_one() -> None:
+    s = _capped(sim.builtin_scenario(), a100=1, h100=2)
+    rng = random.Random(3)
+    heavy, t = [], 0.0
+    while t < 600:  # bursts of 10 requests/s of long prompts: standard's one A100 saturates
+        t += rng.expovariate(10.0 if 60 < t % 240 < 120 else 0.5)
+        heavy.append(TraceRequest(t, rng.randint(1000, 6000), rng.randint(5, 200)))
+    routed = sim.route(s, heavy)
+
+    def tokenyard(scenario: sim.Scenario) -> sim.RunResult:
+        return sim.run(scenario, routed, policy_name="tokenyard",
+                       policy=sim.TokenyardPolicy(scenario), interval=5.0,
+                       initial=[1, 1, 1])  # fmt: skip
+
+    off, on = tokenyard(s), tokenyard(s.model_copy(update={"downgradeWhenCapped": True}))
+    assert all(m["downgradedIn"] == 0 for m in off.models.values())
+    moved = {n: m["downgradedIn"] for n, m in on.models.items()}
+    # Only weaker models take a downgrade: never the frontier, the strongest.
+    assert moved["frontier-70b"] == 0 and moved["economy-8b"] > 0
+    assert on.requests == off.requests == len(routed)
+    assert on.slo_attainment > off.slo_attainment
+
+
+def test_command_line_overrides(tmp_path: Path) -> None:
+    from tokenyard.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["simulate", "--trace", "t.csv", "--max-gpus", "a100=2, h100=4", "--downgrade",
+         "--no-spillover", "--seed", "7"]
+    )  # fmt: skip
+    s = sim.scenario_from_args(args)
+    assert {a.name: a.maxGPUs for a in s.accelerators} == {"l4": 16, "a100": 2, "h100": 4}
+    assert (s.downgradeWhenCapped, s.spillover, s.seed) == (True, False, 7)
+    for bad in ("a100", "a100=x", "tpu=4"):
+        args.max_gpus = bad
+        with pytest.raises(ValueError, match="--max-gpus"):
+            sim.scenario_from_args(args)
+    args.trace = str(tmp_path / "t.csv")
+    (tmp_path / "t.csv").write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,10,1\n")
+    assert sim.main(args) == 1  # the wrong option is reported, not raised
