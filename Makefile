@@ -49,6 +49,8 @@ bench: install
 	$(PY) benchmarks/operator_scale.py
 	$(PY) benchmarks/router_overhead.py
 	$(PY) benchmarks/autoscaler_trace.py
+	$(PY) benchmarks/autoscaler_trace.py --scenario benchmarks/scenarios/grounded-h100.yaml
+	$(PY) benchmarks/gpu_prefill.py
 
 e2e: install
 	$(PY) -m pytest -q -ra tests/e2e

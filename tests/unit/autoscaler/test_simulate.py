@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -204,13 +206,7 @@ def test_hpa_slo_search_falls_back_to_the_best_attainment() -> None:
 def test_benchmark_prints_the_bar_and_seed_means(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[3] / "benchmarks" / "autoscaler_trace.py"
-    spec = importlib.util.spec_from_file_location("autoscaler_trace_bench", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench: Any = _bench("autoscaler_trace")
     csv = tmp_path / "t.csv"
     rows = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
     rows += [f"{int(r.t * 1e7)},{r.prompt},{r.output}" for r in _trace(300)]
@@ -281,3 +277,44 @@ def test_command_line_overrides(tmp_path: Path) -> None:
     args.trace = str(tmp_path / "t.csv")
     (tmp_path / "t.csv").write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,10,1\n")
     assert sim.main(args) == 1  # the wrong option is reported, not raised
+
+
+def _bench(name: str) -> object:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_grounded_scenario_loads_and_shares_the_h100s() -> None:
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "scenarios" / "grounded-h100.yaml"
+    s = sim.load_scenario(str(path))
+    assert s.name == "grounded-h100"
+    by = {m.name: m for m in s.models}
+    assert by["standard-32b"].accelerator == by["frontier-70b"].accelerator == "h100"
+    # CheapestSufficient's order: economy, standard, frontier by price per prefill token.
+    assert [s.models[i].name for i in sim.price_order(s)] == [
+        "economy-8b",
+        "standard-32b",
+        "frontier-70b",
+    ]
+
+
+def test_gpu_prefill_counts_two_flops_per_parameter_and_skips_without_a_gpu(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bench: Any = _bench("gpu_prefill")
+    llama8b = next(s for s in bench.SHAPES if s.name == "llama-3.1-8b")
+    # Llama-3.1-8B: about 218M parameters per decoder layer, plus causal attention.
+    per_layer = bench.layer_flops_per_token(llama8b, 2048)
+    assert per_layer == pytest.approx(2 * 218e6 + 2 * 2 * 4096 * 1024, rel=0.01)
+    import torch
+
+    if not torch.cuda.is_available():
+        assert bench.main([]) == 0
+        assert "no CUDA GPU here" in capsys.readouterr().out
