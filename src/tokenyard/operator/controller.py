@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from tokenyard.api.common import (
+    COND_CAPPED,
     REASON_DEPLOYING,
     REASON_EXTERNAL_PROVIDER,
     REASON_NO_READY_TARGETS,
@@ -74,6 +75,16 @@ def _utcnow() -> datetime.datetime:
 
 
 # --------------------------------------------------------------------------- store
+
+
+def _capped_condition(conditions: Any) -> tuple[Any, Any] | None:
+    """(status, reason) of a Capped condition in a raw status, or None."""
+    if not isinstance(conditions, list):
+        return None
+    for c in conditions:
+        if isinstance(c, Mapping) and c.get("type") == COND_CAPPED:
+            return (c.get("status"), c.get("reason"))
+    return None
 
 
 class Store(Protocol):
@@ -333,7 +344,8 @@ class Controller:
     def changed(self, kind: str, namespace: str, name: str, body: Body | None) -> bool:
         """Whether a watch event carries a change that can alter what the operator
         renders or reports: spec, generation, or the status fields others write that we
-        read (the autoscaler's bounds, a measured cost). Our own status writes and kopf's
+        read (the autoscaler's bounds, a measured cost, the Capped condition that
+        spillover.downgradeWhenCapped renders). Our own status writes and kopf's
         annotations come back as events too; they are dropped here, not re-rendered."""
         key = (kind, namespace, name)
         if body is None:  # deleted
@@ -348,6 +360,7 @@ class Controller:
             "cost": (st.get("costPer1MTokens"), st.get("costSource"))
             if st.get("costSource") == "Measured"
             else None,
+            "capped": _capped_condition(st.get("conditions")),
         }
         fp = json.dumps(relevant, sort_keys=True, default=str)
         if self._fingerprints.get(key) == fp:

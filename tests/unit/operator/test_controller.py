@@ -411,3 +411,60 @@ async def test_unreachable_router_keeps_the_last_traffic_figures() -> None:
     st = w.obj(POLICIES, "chat")["status"]
     assert st["requests"] == 10
     assert {t["model"]: t.get("trafficShare") for t in st["targets"]}["economy"] == 0.75
+
+
+def test_watch_events_that_matter_to_the_render_pass_the_filter() -> None:
+    w = World()
+    body = model_doc("economy")
+    assert w.ctrl.changed("model", NS, "economy", body)
+    assert not w.ctrl.changed("model", NS, "economy", body)  # the same event again
+    # Our own Ready condition coming back is no change for the render...
+    ready = {**body, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    assert not w.ctrl.changed("model", NS, "economy", ready)
+    # ...but the autoscaler's Capped condition is (spillover.downgradeWhenCapped renders it).
+    capped = {
+        **body,
+        "status": {
+            "conditions": [
+                {"type": "Ready", "status": "True"},
+                {"type": "Capped", "status": "True", "reason": "GPUCapped"},
+            ]
+        },
+    }
+    assert w.ctrl.changed("model", NS, "economy", capped)
+    assert not w.ctrl.changed("model", NS, "economy", capped)
+    budget = {**capped, "status": {"conditions": [{"type": "Capped", "status": "True",
+                                                   "reason": "BudgetCapped"}]}}  # fmt: skip
+    assert w.ctrl.changed("model", NS, "economy", budget)
+    assert w.ctrl.changed("model", NS, "economy", None)  # deleted
+
+
+async def test_a_capped_model_reaches_the_router_of_a_downgrading_pool_once() -> None:
+    import yaml
+
+    w = World()
+    policy = policy_doc(targets=("economy",))
+    policy["spec"]["spillover"] = {"downgradeWhenCapped": True}
+    w.add(pool_doc(), model_doc("economy"), policy)
+    await w.settle()
+
+    def router_models() -> list[dict[str, Any]]:
+        serve = yaml.safe_load(w.obj(RAY_SERVICES, "gpu-pool")["spec"]["serveConfigV2"])
+        router = next(a for a in serve["applications"] if a["name"] == "tokenyard-router")
+        models: list[dict[str, Any]] = router["deployments"][0]["user_config"]["models"]
+        return models
+
+    assert "capped" not in router_models()[0]
+    # The autoscaler marks the model Capped (a status write of its own).
+    capped = {"type": "Capped", "status": "True", "reason": "GPUCapped", "message": "l4 full"}
+    await w.api.patch(MODELS, NS, "economy", {"status": {"conditions": [capped]}})
+    w.sync()
+    w.api.calls.clear()
+    await w.settle()
+    assert router_models()[0]["capped"] == "GPUCapped"
+    # The operator's own status writes keep the autoscaler's condition.
+    types = {c["type"] for c in w.obj(MODELS, "economy")["status"]["conditions"]}
+    assert {"Ready", "Capped"} <= types
+    assert [c for c in w.writes() if c[1] == "rayservices"] == [
+        ("patch", "rayservices", NS, "gpu-pool")
+    ]
