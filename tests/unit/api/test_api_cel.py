@@ -182,6 +182,9 @@ AGREEMENT = [
     ("RoutingPolicy", {"spillover": {"threshold": 10.5}}, False),
     # Types as the API server reads them: no string for a boolean or a number.
     ("RoutingPolicy", {"spillover": {"enabled": "yes"}}, False),
+    ("RoutingPolicy", {"spillover": {"downgradeWhenCapped": True}}, True),
+    ("RoutingPolicy", {"spillover": {"downgradeWhenCapped": "true"}}, False),
+    ("RoutingPolicy", {"spillover": {"downgrade": True}}, False),  # unknown field
     ("ModelDeployment", {"replicas": "1"}, False),
     ("ModelDeployment", {"autoscaling": {"ttftSLOSeconds": "5"}}, False),
     ("ModelDeployment", {"autoscaling": {"ttftSLOSeconds": 5}}, True),
