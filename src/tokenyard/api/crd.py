@@ -59,6 +59,13 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
         _col("Status", "string", f"{_READY}.reason", "Reason of the Ready condition."),
         _col("Pool", "string", ".spec.pool", "The ServingPool.", priority=1),
         _col("Message", "string", f"{_READY}.message", "Ready condition message.", priority=1),
+        _col(
+            "Capped",
+            "string",
+            '.status.conditions[?(@.type=="Capped")].reason',
+            "GPUCapped or BudgetCapped while the pool gives fewer replicas than asked.",
+            priority=1,
+        ),
         _AGE,
     ],
     "RoutingPolicy": [
