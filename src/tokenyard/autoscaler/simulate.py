@@ -444,12 +444,14 @@ def run(
         for srv in servers:
             srv.clock = clock
             srv.known_replicas = srv.ready(0.0)
-    # The targets a request may spill to: models at least as good, cheapest first (as
-    # CheapestSufficient lists them), then the weaker ones, strongest first (its
-    # fallbacks, the candidates of a capacity downgrade).
+    # Per model, the targets in a routing decision's order: the model itself, then the
+    # models at least as good, cheapest first (as CheapestSufficient lists them; spill-over
+    # goes there), then the weaker ones, strongest first (its fallbacks: the candidates of
+    # a capacity downgrade).
     order = price_order(scenario)
-    ups = {
-        i: [j for j in order if j != i and scenario.models[j].quality >= m.quality]
+    targets = {
+        i: [i]
+        + [j for j in order if j != i and scenario.models[j].quality >= m.quality]
         + sorted(
             (j for j in order if scenario.models[j].quality < m.quality),
             key=lambda j: -scenario.models[j].quality,
@@ -470,12 +472,12 @@ def run(
                         servers[j].capacity(),
                         servers[j].capped,
                     )
-                    for j in (i, *ups[i])
+                    for j in targets[i]
                 ]
                 spill = choose(options, clock, r.prompt, now, scenario.spilloverThreshold,
                                downgrade=scenario.downgradeWhenCapped)  # fmt: skip
                 if spill is not None:
-                    i = (i, *ups[i])[spill.index]
+                    i = targets[i][spill.index]
                     if spill.downgrade:
                         servers[i].downgraded_in += 1
                     else:

@@ -158,28 +158,31 @@ def choose(  # noqa: PLR0917
     mine = clock.expected_ttft(first.name, cap, prompt_tokens, now)
     if mine <= threshold * cap.ttft_slo_s:
         return None
-    for i, o in enumerate(options[1:], start=1):
+
+    def room(o: Option) -> float | None:
+        """The expected TTFT on an in-cluster target with spare capacity, else None."""
         oc = o.capacity
-        if not o.in_cluster or oc is None or not oc.known or o.quality < first.quality:
-            continue
+        if not o.in_cluster or oc is None or not oc.known:
+            return None
         theirs = clock.expected_ttft(o.name, oc, prompt_tokens, now)
-        if theirs <= headroom * oc.ttft_slo_s and theirs < mine:
+        return theirs if theirs <= headroom * oc.ttft_slo_s and theirs < mine else None
+
+    for i, o in enumerate(options[1:], start=1):
+        if o.quality >= first.quality and (theirs := room(o)) is not None:
+            assert o.capacity is not None
             return Spill(
                 i,
                 f"spill-over: {first.name} expected TTFT {mine:.1f}s > "
                 f"{threshold:g} x SLO {cap.ttft_slo_s:g}s; {o.name} expected {theirs:.1f}s "
-                f"(SLO {oc.ttft_slo_s:g}s)",
+                f"(SLO {o.capacity.ttft_slo_s:g}s)",
             )
     if not downgrade or first.capped is None:
         return None
     best: tuple[float, int, float] | None = None
     for i, o in enumerate(options[1:], start=1):
-        oc = o.capacity
-        if not o.in_cluster or oc is None or not oc.known or o.quality >= first.quality:
+        if o.quality >= first.quality or (theirs := room(o)) is None:
             continue
-        theirs = clock.expected_ttft(o.name, oc, prompt_tokens, now)
-        fits = theirs <= headroom * oc.ttft_slo_s and theirs < mine
-        if fits and (best is None or o.quality > best[0]):
+        if best is None or o.quality > best[0]:
             best = (o.quality, i, theirs)
     if best is None:
         return None
