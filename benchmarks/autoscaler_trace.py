@@ -79,8 +79,30 @@ def bar(report: simulate.Report) -> str:
             ty.scale_events < min(hpa.scale_events, hpa_slo.scale_events),
         ),
     ]
-    return "the issue's bar on this run:\n" + "\n".join(
+    out = "the issue's bar on this run:\n" + "\n".join(
         f"  {mark(ok):<8} {text}" for text, ok in rows
+    )
+    floor = floor_cost(report)
+    if floor is not None:
+        out += (
+            f"\n  floor: minReplicas alone cost {floor:.2f} USD over the trace, "
+            f"{floor / static.cost_usd:.3f} of static; no policy that keeps them goes below"
+        )
+    return out
+
+
+def floor_cost(report: simulate.Report) -> float | None:
+    """What every model's minReplicas cost over the replayed span: the static run holds a
+    fixed fleet, so its cost per fleet-hour gives the span."""
+    sc = report.scenario
+    price = {a.name: a.hourlyCostPerGPU for a in sc.accelerators}
+    per_hour = [m.gpusPerReplica * price[m.accelerator] for m in sc.models]
+    fleet_hourly = sum(n * c for n, c in zip(report.static_replicas, per_hour, strict=True))
+    if fleet_hourly <= 0:
+        return None
+    hours = report.by("static").cost_usd / fleet_hourly
+    return hours * sum(
+        m.autoscaling.minReplicas * c for m, c in zip(sc.models, per_hour, strict=True)
     )
 
 

@@ -217,3 +217,52 @@ def test_printer_columns_are_served(cluster: Any, namespace: str, model: str) ->
     cells = dict(zip(names, row["cells"], strict=True))
     assert cells["Tier"] == "economy"
     assert cells["Accelerator"] == "l4"
+
+
+def test_autoscaler_measurements_survive_the_schema(
+    cluster: Any, crds: list[dict[str, Any]], namespace: str
+) -> None:
+    """The autoscaler's own writes of what it measured (pool status.measured, policy
+    status.spendUSDPerHour) go through the real status subresources, are kept by the
+    structural schema (not pruned) and leave the operator's fields alone."""
+    from tokenyard.autoscaler.kube import KubernetesApi
+    from tokenyard.autoscaler.loop import Autoscaler
+    from tokenyard.autoscaler.signals import PoolSignals, StaticSignalSource
+    from tokenyard.settings import AutoscalerSettings
+
+    pool, policy = crdcheck.example("gpu-pool"), crdcheck.example("chat")
+    _create(cluster, namespace, pool)
+    _create(cluster, namespace, policy)
+    try:
+        cluster.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, "servingpools", "gpu-pool",
+            {"status": {"gpus": "l4 1/8", "modelCount": 1}}, _content_type=MERGE,
+        )  # fmt: skip
+        classes = [a["name"] for a in pool["spec"]["accelerators"]]
+        src = StaticSignalSource()
+        src.pools[(namespace, "gpu-pool")] = PoolSignals(
+            gpus_in_use={classes[0]: 1.0}, gpu_utilization={classes[0]: 0.5}
+        )
+        src.spend = {(namespace, "chat"): 2.5}
+        scaler = Autoscaler(
+            KubernetesApi(cluster.api_client), src, AutoscalerSettings(namespaces=[namespace])
+        )
+        result = scaler.tick(1_700_000_000.0)
+        assert (namespace, "gpu-pool") in result.pools_measured
+        live = cluster.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "servingpools", "gpu-pool"
+        )
+        measured = live["status"]["measured"]
+        assert measured["accelerators"][0] == {
+            "name": classes[0], "gpusInUse": 1, "gpuUtilizationPercent": 50
+        }  # fmt: skip
+        assert measured["spendUSDPerHour"] == 2.5
+        assert measured["lastChangeTime"] == "2023-11-14T22:13:20Z"
+        assert live["status"]["gpus"] == "l4 1/8"
+        rp = cluster.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "routingpolicies", "chat"
+        )
+        assert rp["status"]["spendUSDPerHour"] == 2.5
+    finally:
+        for plural, name in (("routingpolicies", "chat"), ("servingpools", "gpu-pool")):
+            cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)

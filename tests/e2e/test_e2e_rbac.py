@@ -52,15 +52,19 @@ OPERATOR_UNUSED = [
 AUTOSCALER_USES = [
     ("list", TY, "modeldeployments", ""),
     ("list", TY, "servingpools", ""),
+    ("list", TY, "routingpolicies", ""),
     ("patch", TY, "modeldeployments", "scale"),
     ("patch", TY, "modeldeployments", "status"),
+    ("patch", TY, "servingpools", "status"),
+    ("patch", TY, "routingpolicies", "status"),
     ("create", "events.k8s.io", "events", ""),
 ]
 AUTOSCALER_UNUSED = [
     ("get", TY, "modeldeployments", ""),
     ("watch", TY, "modeldeployments", ""),
-    ("list", TY, "routingpolicies", ""),
-    ("patch", TY, "servingpools", "status"),
+    ("watch", TY, "routingpolicies", ""),
+    ("patch", TY, "servingpools", ""),
+    ("patch", TY, "routingpolicies", ""),
     ("update", TY, "modeldeployments", "scale"),
     ("create", "", "events", ""),
     ("patch", "events.k8s.io", "events", ""),

@@ -154,10 +154,10 @@ seccompProfile:
      posts events.k8s.io/v1 Events (create only; each has a unique name). */}}
 {{- define "tokenyard.autoscalerNamespacedRules" -}}
 - apiGroups: ["tokenyard.dev"]
-  resources: ["servingpools", "modeldeployments"]
+  resources: ["servingpools", "modeldeployments", "routingpolicies"]
   verbs: ["list"]
 - apiGroups: ["tokenyard.dev"]
-  resources: ["modeldeployments/scale", "modeldeployments/status"]
+  resources: ["modeldeployments/scale", "modeldeployments/status", "servingpools/status", "routingpolicies/status"]
   verbs: ["patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

@@ -360,6 +360,10 @@ class RoutingPolicyStatus(ApiModel):
     """fallbacks taken by the endpoint."""
     spendUSD: float | None = None
     """spendUSD is the endpoint's spend in the current budget window."""
+    spendUSDPerHour: float | None = None
+    """spendUSDPerHour is the endpoint's spend rate now, from the router's
+    tokenyard_cost_usd_total in Prometheus over the autoscaler's rate window. Written by
+    the autoscaler; unset until the router reports spend."""
 
 
 class RoutingPolicy(ApiModel):

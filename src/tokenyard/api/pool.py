@@ -145,6 +145,36 @@ class AcceleratorUsage(ApiModel):
     """maxGPUs is the class's limit."""
 
 
+class MeasuredAccelerator(ApiModel):
+    """What the GPUs of one accelerator class are doing, as Prometheus measures them."""
+
+    name: str
+    """name of the accelerator class."""
+    gpusInUse: int = 0
+    """gpusInUse counts the class's GPUs held by the pool's pods (one DCGM exporter series
+    per GPU). Fewer than requestedGPUs while replicas start or their pods wait for a
+    node; more while replicas that were scaled down drain."""
+    gpuUtilizationPercent: int | None = None
+    """gpuUtilizationPercent is the mean busy percentage of those GPUs
+    (DCGM_FI_DEV_GPU_UTIL)."""
+
+
+class PoolMeasurement(ApiModel):
+    """What the autoscaler reads from Prometheus about the pool."""
+
+    accelerators: list[MeasuredAccelerator] = Field(default_factory=list)
+    """accelerators lists, per class, the GPUs in use and how busy they are."""
+    gpus: str | None = None
+    """gpus summarises GPUs in use and their utilisation per class (for kubectl get)."""
+    spendUSDPerHour: float | None = None
+    """spendUSDPerHour is what the pool's RoutingPolicies charge per hour now (the
+    router's tokenyard_cost_usd_total over the autoscaler's rate window: tokens times each
+    target's price, External providers included). Unset until a router reports spend."""
+    lastChangeTime: str | None = None
+    """lastChangeTime is when these values last changed (the autoscaler writes them only
+    then)."""
+
+
 class ServingPoolStatus(ApiModel):
     """ServingPoolStatus is the observed state of the pool."""
 
@@ -166,6 +196,10 @@ class ServingPoolStatus(ApiModel):
     """modelCount is the number of member models."""
     rayService: str | None = None
     """rayService is the name of the KubeRay RayService the operator manages."""
+    measured: PoolMeasurement | None = None
+    """measured is what the autoscaler reads from Prometheus: GPUs in use and their
+    utilisation per class, and the spend rate of the pool's endpoints. Written by the
+    autoscaler, not the operator."""
 
 
 class ServingPool(ApiModel):

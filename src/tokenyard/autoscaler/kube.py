@@ -4,7 +4,8 @@
 implements it with the official client's ``CustomObjectsApi``, which speaks plain dicts
 for any group, so Leases (coordination.k8s.io) and Events (events.k8s.io) go through it
 too. Replicas are written only through the ModelDeployment scale subresource and status
-only through the status subresource, both as merge patches.
+(of models, pools and policies) only through the status subresource, all as merge
+patches that carry only the autoscaler's own fields.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tokenyard.api.common import GROUP, VERSION
 
 PLURAL_POOLS = "servingpools"
 PLURAL_MODELS = "modeldeployments"
+PLURAL_POLICIES = "routingpolicies"
 COMPONENT = "tokenyard-autoscaler"
 
 
@@ -31,9 +33,17 @@ class KubeApi(Protocol):
 
     def list_models(self, namespace: str | None) -> list[dict[str, Any]]: ...
 
+    def list_policies(self, namespace: str | None) -> list[dict[str, Any]]: ...
+
     def patch_scale(self, namespace: str, name: str, replicas: int) -> None: ...
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merges ``status`` into a ModelDeployment's status."""
+        ...
+
+    def patch_pool_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+
+    def patch_policy_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
 
     def create_event(
         self, obj: dict[str, Any], reason: str, note: str, type_: str = "Normal"
@@ -93,15 +103,27 @@ class KubernetesApi:
     def list_models(self, namespace: str | None) -> list[dict[str, Any]]:
         return self._list(PLURAL_MODELS, namespace)
 
+    def list_policies(self, namespace: str | None) -> list[dict[str, Any]]:
+        return self._list(PLURAL_POLICIES, namespace)
+
     def patch_scale(self, namespace: str, name: str, replicas: int) -> None:
         self._co.patch_namespaced_custom_object_scale(
             GROUP, VERSION, namespace, PLURAL_MODELS, name, {"spec": {"replicas": replicas}}
         )
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def _patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         self._co.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL_MODELS, name, {"status": status}
+            GROUP, VERSION, namespace, plural, name, {"status": status}
         )
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self._patch_status(PLURAL_MODELS, namespace, name, status)
+
+    def patch_pool_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self._patch_status(PLURAL_POOLS, namespace, name, status)
+
+    def patch_policy_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self._patch_status(PLURAL_POLICIES, namespace, name, status)
 
     def create_event(
         self, obj: dict[str, Any], reason: str, note: str, type_: str = "Normal"

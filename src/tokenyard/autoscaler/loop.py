@@ -5,7 +5,11 @@ Run by ``tokenyard autoscaler`` (:mod:`tokenyard.autoscaler.main`); tests drive
 replicas through the scale subresource (only for ``autoscaling.mode: Tokenyard`` and only
 when they change), ``status.autoscaling``, the measured cost per 1M tokens and the
 conditions MetricsAvailable and Capped through the status subresource (only when they
-change), and an Event for every scale and every change of the Capped condition.
+change), and an Event for every scale and every change of the Capped condition. Beside
+the decisions it reports what it measures: each ServingPool's ``status.measured`` (GPUs
+in use and their utilisation per class, the spend rate of its endpoints) and each
+RoutingPolicy's ``status.spendUSDPerHour``, written only when they move (see
+:func:`_moved`), so a steady pool costs the API server nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from tokenyard.autoscaler.decide import (
 from tokenyard.autoscaler.health import Heartbeat
 from tokenyard.autoscaler.kube import KubeApi, rfc3339
 from tokenyard.autoscaler.leader import LeaderElector
-from tokenyard.autoscaler.signals import ModelRef, SignalSource
+from tokenyard.autoscaler.signals import ModelRef, PoolSignals, SignalSource, SpendKey
 from tokenyard.settings import AutoscalerSettings
 
 log = logging.getLogger("tokenyard.autoscaler")
@@ -98,6 +102,60 @@ def set_condition(
     return out
 
 
+SPEND_STEP = 0.05
+"""A spend rate is rewritten when it moves by more than this fraction (or 0.01 USD/h)."""
+UTILIZATION_STEP = 5
+"""A class's GPU utilisation is rewritten when it moves by this many points or more."""
+
+
+def _moved(old: object, new: float | None) -> bool:
+    """Whether a measured spend rate moved enough to be written again."""
+    if new is None:
+        return False
+    if not isinstance(old, int | float) or isinstance(old, bool):
+        return True
+    return abs(new - old) > max(0.01, SPEND_STEP * abs(old))
+
+
+def measured_accelerators(pool: ServingPool, sig: PoolSignals) -> list[dict[str, Any]]:
+    """One entry per accelerator class of the pool, from Prometheus' view of its GPUs."""
+    out: list[dict[str, Any]] = []
+    for acc in pool.spec.accelerators:
+        entry: dict[str, Any] = {
+            "name": acc.name,
+            "gpusInUse": round(sig.gpus_in_use.get(acc.name, 0.0)),
+        }
+        util = sig.gpu_utilization.get(acc.name)
+        if util is not None:
+            entry["gpuUtilizationPercent"] = round(100 * util)
+        out.append(entry)
+    return out
+
+
+def _gpus_summary(accels: list[dict[str, Any]]) -> str | None:
+    parts = []
+    for a in accels:
+        util = a.get("gpuUtilizationPercent")
+        parts.append(f"{a['name']} {a['gpusInUse']}" + (f" ({util}%)" if util is not None else ""))
+    return ", ".join(parts) or None
+
+
+def _accelerators_moved(old: object, new: list[dict[str, Any]]) -> bool:
+    if not isinstance(old, list) or len(old) != len(new):
+        return True
+    for o, n in zip(old, new, strict=True):
+        if not isinstance(o, dict) or o.get("name") != n["name"]:
+            return True
+        if o.get("gpusInUse") != n["gpusInUse"]:
+            return True
+        ou, nu = o.get("gpuUtilizationPercent"), n.get("gpuUtilizationPercent")
+        if (ou is None) != (nu is None):
+            return True
+        if isinstance(ou, int | float) and isinstance(nu, int) and abs(nu - ou) >= UTILIZATION_STEP:
+            return True
+    return False
+
+
 @dataclass
 class Tick:
     """What one interval did, for logs and tests."""
@@ -105,6 +163,10 @@ class Tick:
     decisions: dict[Key, Decision] = field(default_factory=dict)
     scaled: list[Key] = field(default_factory=list)
     status_written: list[Key] = field(default_factory=list)
+    pools_measured: list[Key] = field(default_factory=list)
+    """Pools whose status.measured was written."""
+    spend_written: list[Key] = field(default_factory=list)
+    """RoutingPolicies whose status.spendUSDPerHour was written."""
     skipped: list[str] = field(default_factory=list)
 
 
@@ -136,9 +198,11 @@ class Autoscaler:
         """One interval: decide every pool's models and write what changed."""
         result = Tick()
         pools: dict[Key, ServingPool] = {}
+        raw_pools: dict[Key, dict[str, Any]] = {}
         for raw in self._list(self.api.list_pools):
             try:
                 pools[_meta(raw)] = ServingPool.model_validate(raw)
+                raw_pools[_meta(raw)] = raw
             except ValidationError as exc:
                 result.skipped.append(f"ServingPool {_meta(raw)}: {exc.error_count()} errors")
         members: dict[Key, list[tuple[dict[str, Any], ModelDeployment]]] = {}
@@ -158,7 +222,92 @@ class Autoscaler:
                 result.skipped.append(f"pool {ns}/{pool_name} not found")
                 continue
             self._pool(ns, pool, models, now, result)
+        pool_spend = self._policy_spend(now, result)
+        for key, pool in pools.items():
+            try:
+                self._measure_pool(
+                    key, raw_pools[key], pool, pool_spend=pool_spend, now=now, result=result
+                )
+            except Exception as exc:  # reporting must not stop the decisions
+                log.warning("measuring pool %s/%s failed: %s", *key, exc)
         return result
+
+    def _policy_spend(self, now: float, result: Tick) -> dict[Key, float]:
+        """Writes every RoutingPolicy's spend rate; returns the sum per pool. Spend is
+        matched by (namespace, endpoint); a series without a namespace (a scrape that adds
+        none) counts for the one policy serving that endpoint, if only one does."""
+        spend = self.signals.spend_usd_per_hour(now)
+        if spend is None:
+            return {}
+        policies: list[tuple[Key, str, str, dict[str, Any]]] = []
+        for raw in self._list(self.api.list_policies):
+            spec = raw.get("spec")
+            if not isinstance(spec, dict) or not isinstance(spec.get("pool"), str):
+                continue
+            key = _meta(raw)
+            endpoint = spec.get("endpoint") or key[1]
+            policies.append((key, spec["pool"], str(endpoint), raw))
+        per_ns: dict[SpendKey, int] = {}
+        per_endpoint: dict[str, int] = {}
+        for (ns, _), _, endpoint, _ in policies:
+            per_ns[(ns, endpoint)] = per_ns.get((ns, endpoint), 0) + 1
+            per_endpoint[endpoint] = per_endpoint.get(endpoint, 0) + 1
+        pool_spend: dict[Key, float] = {}
+        for key, pool, endpoint, raw in policies:
+            ns = key[0]
+            if per_ns[(ns, endpoint)] > 1:
+                result.skipped.append(
+                    f"RoutingPolicy {ns}/{key[1]}: endpoint {endpoint} is served by more than "
+                    "one policy in its namespace, so its spend cannot be told apart"
+                )
+                continue
+            rate = spend.get((ns, endpoint), 0.0)
+            if per_endpoint[endpoint] == 1:
+                rate += spend.get(("", endpoint), 0.0)
+            rate = round(rate, 4)
+            pool_spend[(ns, pool)] = pool_spend.get((ns, pool), 0.0) + rate
+            old = (raw.get("status") or {}).get("spendUSDPerHour")
+            if _moved(old, rate):
+                try:
+                    self.api.patch_policy_status(ns, key[1], {"spendUSDPerHour": rate})
+                    result.spend_written.append(key)
+                except Exception as exc:
+                    log.warning("writing spend of %s/%s failed: %s", *key, exc)
+        return pool_spend
+
+    def _measure_pool(
+        self,
+        key: Key,
+        raw: dict[str, Any],
+        pool: ServingPool,
+        *,
+        pool_spend: dict[Key, float],
+        now: float,
+        result: Tick,
+    ) -> None:
+        """Writes status.measured of one pool when its GPUs or spend moved."""
+        sig = self.signals.pool_signals(key[0], key[1], now)
+        if not sig.available:
+            return  # keep what was measured last; lastChangeTime tells its age
+        old = (raw.get("status") or {}).get("measured")
+        old = old if isinstance(old, dict) else {}
+        accels = measured_accelerators(pool, sig)
+        spend = pool_spend.get(key)
+        spend = round(spend, 4) if spend is not None else None
+        if not _accelerators_moved(old.get("accelerators"), accels) and not _moved(
+            old.get("spendUSDPerHour"), spend
+        ):
+            return
+        measured: dict[str, Any] = {
+            "accelerators": accels,
+            "gpus": _gpus_summary(accels),
+            "lastChangeTime": rfc3339(now),
+        }
+        spend_now = spend if spend is not None else old.get("spendUSDPerHour")
+        if spend_now is not None:
+            measured["spendUSDPerHour"] = spend_now
+        self.api.patch_pool_status(key[0], key[1], {"measured": measured})
+        result.pools_measured.append(key)
 
     def _pool(
         self,

@@ -17,7 +17,8 @@ label so that one round trip serves every model of the cluster:
   named after the accelerator class by the operator) on every Ray pod and the operator
   adds ``tokenyard.dev/pool``. GPU use is therefore known per pool and accelerator
   class, not per model: Ray places replicas of several models in one pod.
-* The router counts spend in ``tokenyard_cost_usd_total{endpoint,target,tenant}``.
+* The router counts spend in ``tokenyard_cost_usd_total{endpoint,target,tenant}``; the
+  scrape (a PodMonitor of the Ray pods) adds ``namespace``.
 """
 
 from __future__ import annotations
@@ -117,5 +118,7 @@ def gpus_in_use_by_class() -> str:
 
 
 def spend_usd_per_hour(window: str) -> str:
-    """USD per hour each endpoint (RoutingPolicy) is spending, from the router's counter."""
-    return f"sum by ({ENDPOINT_LABEL}) (rate(tokenyard_cost_usd_total[{window}])) * 3600"
+    """USD per hour each endpoint (RoutingPolicy) is spending, from the router's counter;
+    by namespace too (the scrape's target namespace), as endpoints of two namespaces may
+    share a name."""
+    return f"sum by (namespace, {ENDPOINT_LABEL}) (rate(tokenyard_cost_usd_total[{window}])) * 3600"

@@ -79,6 +79,14 @@ class PoolSignals:
 
     gpus_in_use: dict[str, float] = field(default_factory=dict)
     gpu_utilization: dict[str, float] = field(default_factory=dict)
+    available: bool = True
+    """False when Prometheus could not be read: no GPU series is not zero GPUs."""
+    detail: str = ""
+
+
+SpendKey = tuple[str, str]
+"""(namespace, endpoint) of a router's spend series; namespace "" when the scrape adds
+none."""
 
 
 class SignalSource(Protocol):
@@ -92,8 +100,9 @@ class SignalSource(Protocol):
         """GPU use of one pool per accelerator class."""
         ...
 
-    def spend_usd_per_hour(self, now: float) -> dict[str, float]:
-        """Spend rate per RoutingPolicy endpoint."""
+    def spend_usd_per_hour(self, now: float) -> dict[SpendKey, float] | None:
+        """Spend rate per RoutingPolicy endpoint; None when it cannot be read or no router
+        reports any (an absent counter is not a zero spend)."""
         ...
 
 
@@ -220,7 +229,7 @@ class PrometheusSignalSource:
             util = self._gpu_by_class()
         except Exception as exc:
             log.warning("prometheus query failed: %s", exc)
-            return PoolSignals()
+            return PoolSignals(available=False, detail=f"Prometheus query failed: {exc}")
         gpus: dict[str, float] = {}
         for s in used:
             labels = s.get("metric", {})
@@ -238,12 +247,21 @@ class PrometheusSignalSource:
             },
         )
 
-    def spend_usd_per_hour(self, now: float) -> dict[str, float]:
+    def spend_usd_per_hour(self, now: float) -> dict[SpendKey, float] | None:
         try:
-            return self._q(queries.spend_usd_per_hour(self.rate_window), queries.ENDPOINT_LABEL)
+            result = self._query(queries.spend_usd_per_hour(self.rate_window))
         except Exception as exc:
             log.warning("prometheus query failed: %s", exc)
-            return {}
+            return None
+        out: dict[SpendKey, float] = {}
+        for sample in result:
+            labels = sample.get("metric", {})
+            endpoint = labels.get(queries.ENDPOINT_LABEL)
+            v = _value(sample)
+            if endpoint is not None and v is not None:
+                key = (str(labels.get("namespace", "")), str(endpoint))
+                out[key] = out.get(key, 0.0) + v
+        return out or None
 
 
 class StaticSignalSource:
@@ -260,7 +278,7 @@ class StaticSignalSource:
         self.signals: dict[str, ModelSignals] = dict(signals or {})
         self.path = Path(path) if path else None
         self.pools: dict[tuple[str, str], PoolSignals] = {}
-        self.spend: dict[str, float] = {}
+        self.spend: dict[SpendKey, float] | None = None
 
     def _load(self, now: float) -> None:
         if self.path is None:
@@ -275,7 +293,11 @@ class StaticSignalSource:
             name: ModelSignals(observed_at=now, **fields)
             for name, fields in data.get("models", {}).items()
         }
-        self.spend = {str(k): float(v) for k, v in data.get("spendUSDPerHour", {}).items()}
+        # "namespace/endpoint" (or a bare endpoint: any namespace) -> USD per hour
+        raw = data.get("spendUSDPerHour")
+        self.spend = (
+            {_spend_key(str(k)): float(v) for k, v in raw.items()} if raw is not None else None
+        )
 
     def model_signals(self, models: Sequence[ModelRef], now: float) -> dict[str, ModelSignals]:
         self._load(now)
@@ -290,7 +312,14 @@ class StaticSignalSource:
         return out
 
     def pool_signals(self, namespace: str, pool: str, now: float) -> PoolSignals:
-        return self.pools.get((namespace, pool), PoolSignals())
+        unknown = PoolSignals(available=False, detail=f"no injected signals for {pool}")
+        return self.pools.get((namespace, pool), unknown)
 
-    def spend_usd_per_hour(self, now: float) -> dict[str, float]:
-        return dict(self.spend)
+    def spend_usd_per_hour(self, now: float) -> dict[SpendKey, float] | None:
+        self._load(now)
+        return dict(self.spend) if self.spend is not None else None
+
+
+def _spend_key(raw: str) -> SpendKey:
+    ns, sep, endpoint = raw.partition("/")
+    return (ns, endpoint) if sep else ("", raw)

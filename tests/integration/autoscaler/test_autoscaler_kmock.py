@@ -22,7 +22,7 @@ from kubernetes import client
 from tokenyard.autoscaler.kube import KubernetesApi
 from tokenyard.autoscaler.leader import LeaderElector
 from tokenyard.autoscaler.loop import Autoscaler
-from tokenyard.autoscaler.signals import ModelSignals, StaticSignalSource
+from tokenyard.autoscaler.signals import ModelSignals, PoolSignals, StaticSignalSource
 from tokenyard.settings import AutoscalerSettings
 
 NS = "team-a"
@@ -41,6 +41,21 @@ def _pool() -> dict[str, Any]:
             ],
             "hourlyBudgetUSD": 100.0,
         },
+        # Written by the operator; the autoscaler's status.measured must not disturb it.
+        "status": {"gpus": "l4 5/6, h100 4/8", "modelCount": 5},
+    }
+
+
+def _policy(name: str, endpoint: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"pool": "shared", "targets": [{"model": "economy"}]}
+    if endpoint:
+        spec["endpoint"] = endpoint
+    return {
+        "apiVersion": "tokenyard.dev/v1alpha1",
+        "kind": "RoutingPolicy",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+        "status": {"endpoint": endpoint or name, "spendUSD": 12.5},
     }
 
 
@@ -81,6 +96,9 @@ async def api(kmock: Any) -> Any:
     kmock.resources["tokenyard.dev/v1alpha1/servingpools"] = kmock.ResourceInfo(
         kind="ServingPool", namespaced=True, verbs=verbs, subresources={"status"}
     )
+    kmock.resources["tokenyard.dev/v1alpha1/routingpolicies"] = kmock.ResourceInfo(
+        kind="RoutingPolicy", namespaced=True, verbs=verbs, subresources={"status"}
+    )
     cfg = client.Configuration()
     cfg.host = str(kmock.url).rstrip("/")
     co = client.CustomObjectsApi(client.ApiClient(cfg))
@@ -97,6 +115,10 @@ async def api(kmock: Any) -> Any:
             co.create_namespaced_custom_object(
                 "tokenyard.dev", "v1alpha1", NS, "modeldeployments", body
             )
+        for body in (_policy("chat"), _policy("code", endpoint="code-v2")):
+            co.create_namespaced_custom_object(
+                "tokenyard.dev", "v1alpha1", NS, "routingpolicies", body
+            )
 
     await asyncio.to_thread(seed)
     return KubernetesApi(client.ApiClient(cfg))
@@ -104,7 +126,7 @@ async def api(kmock: Any) -> Any:
 
 def _signals() -> StaticSignalSource:
     busy = ModelSignals(observed_at=0, running=20, waiting=30, kv_cache_usage=0.5)
-    return StaticSignalSource(
+    src = StaticSignalSource(
         {
             "economy": busy,  # asks 4 (maxReplicas); the l4 class has room for 2
             "frontier": ModelSignals(observed_at=0, running=8, waiting=7),
@@ -113,11 +135,16 @@ def _signals() -> StaticSignalSource:
             # "dark" has no signals: MetricsUnavailable, hold.
         }
     )
+    src.pools[(NS, "shared")] = PoolSignals(
+        gpus_in_use={"l4": 5.0, "h100": 4.0}, gpu_utilization={"l4": 0.42, "h100": 0.9}
+    )
+    src.spend = {(NS, "chat"): 3.5, (NS, "code-v2"): 0.25, ("other", "chat"): 99.0}
+    return src
 
 
-def _obj(kmock: Any, name: str) -> dict[str, Any]:
+def _obj(kmock: Any, name: str, plural: str = "modeldeployments") -> dict[str, Any]:
     for (res, ns, n), obj in kmock.objects.items():
-        if res.plural == "modeldeployments" and ns == NS and n == name:
+        if res.plural == plural and ns == NS and n == name:
             return dict(obj.raw)
     raise KeyError(name)
 
@@ -175,6 +202,19 @@ async def test_writes_scale_and_status_and_respects_owners(kmock: Any, api: Any)
 
     events = [o.raw for (res, _, _), o in kmock.objects.items() if res.plural == "events"]
     assert events, "scaling must leave an Event"
+
+    # What it measures goes to the pool's and the policies' status subresources.
+    patches = _paths(kmock, "PATCH")
+    assert f"{GROUP_PATH}/namespaces/{NS}/servingpools/shared/status" in patches
+    assert f"{GROUP_PATH}/namespaces/{NS}/routingpolicies/chat/status" in patches
+    pool = _obj(kmock, "shared", "servingpools")
+    measured = pool["status"]["measured"]
+    assert measured["gpus"] == "l4 5 (42%), h100 4 (90%)"
+    assert measured["spendUSDPerHour"] == 3.75  # chat + code-v2, not the other namespace's
+    assert pool["status"]["gpus"] == "l4 5/6, h100 4/8"  # the operator's fields kept
+    chat = _obj(kmock, "chat", "routingpolicies")["status"]
+    assert (chat["spendUSDPerHour"], chat["spendUSD"]) == (3.5, 12.5)
+    assert _obj(kmock, "code", "routingpolicies")["status"]["spendUSDPerHour"] == 0.25
 
     # Same signals again: nothing changes, so nothing is written.
     before = len(_paths(kmock, "PATCH"))

@@ -93,6 +93,7 @@ kube_pod_labels{{namespace="other",pod="not-ours",uid="u3"}} 1
 tokenyard_cost_usd_total{{endpoint="chat",target="economy",tenant="acme"}} {0.01 * t}
 tokenyard_cost_usd_total{{endpoint="chat",target="frontier",tenant="acme"}} {0.02 * t}
 tokenyard_cost_usd_total{{endpoint="code",target="economy",tenant="acme"}} {0.001 * t}
+tokenyard_cost_usd_total{{endpoint="chat",namespace="team-b",target="economy",tenant="acme"}} {0.004 * t}
 """
 
 
@@ -161,8 +162,12 @@ def test_queries_read_every_exporter(prometheus: StartPrometheus, exporter: str)
     assert pool.gpu_utilization == pytest.approx({"h100": 0.8, "l4": 0.2})
 
     spend = source.spend_usd_per_hour(time.time())
-    assert spend["chat"] == pytest.approx(0.03 * 3600, rel=0.1)
-    assert spend["code"] == pytest.approx(0.001 * 3600, rel=0.1)
+    assert spend is not None
+    # Series without a namespace (this scrape adds none) are keyed by endpoint alone; a
+    # series with one (as a PodMonitor's target labels add) keeps its namespace.
+    assert spend[("", "chat")] == pytest.approx(0.03 * 3600, rel=0.1)
+    assert spend[("", "code")] == pytest.approx(0.001 * 3600, rel=0.1)
+    assert spend[("team-b", "chat")] == pytest.approx(0.004 * 3600, rel=0.1)
 
 
 def test_unreachable_prometheus_means_unavailable() -> None:
@@ -170,4 +175,5 @@ def test_unreachable_prometheus_means_unavailable() -> None:
     sig = source.model_signals([ModelRef("m", "m")], time.time())
     assert not sig["m"].available
     assert "Prometheus query failed" in sig["m"].detail
-    assert source.spend_usd_per_hour(time.time()) == {}
+    assert source.spend_usd_per_hour(time.time()) is None
+    assert not source.pool_signals("ns", "pool", time.time()).available

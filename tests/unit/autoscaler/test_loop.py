@@ -11,8 +11,8 @@ import pytest
 from tokenyard.autoscaler.health import Heartbeat
 from tokenyard.autoscaler.kube import Conflict
 from tokenyard.autoscaler.leader import LeaderElector
-from tokenyard.autoscaler.loop import Autoscaler, run_forever, set_condition
-from tokenyard.autoscaler.signals import ModelSignals, StaticSignalSource
+from tokenyard.autoscaler.loop import Autoscaler, _moved, run_forever, set_condition
+from tokenyard.autoscaler.signals import ModelSignals, PoolSignals, StaticSignalSource
 from tokenyard.settings import AutoscalerSettings
 
 
@@ -23,6 +23,7 @@ class FakeApi:
         self.pools: dict[tuple[str, str], dict[str, Any]] = {}
         self.models: dict[tuple[str, str], dict[str, Any]] = {}
         self.leases: dict[tuple[str, str], dict[str, Any]] = {}
+        self.policies: dict[tuple[str, str], dict[str, Any]] = {}
         self.writes: list[tuple[str, str, Any]] = []
         self.events: list[tuple[str, str]] = []
         self.fail_events = False
@@ -32,6 +33,18 @@ class FakeApi:
 
     def list_models(self, namespace: str | None) -> list[dict[str, Any]]:
         return [copy.deepcopy(m) for (ns, _), m in self.models.items() if namespace in (None, ns)]
+
+    def list_policies(self, namespace: str | None) -> list[dict[str, Any]]:
+        return [copy.deepcopy(p) for (ns, _), p in self.policies.items()
+                if namespace in (None, ns)]  # fmt: skip
+
+    def patch_pool_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.writes.append(("pool-status", name, copy.deepcopy(status)))
+        _merge(self.pools[(namespace, name)].setdefault("status", {}), status)
+
+    def patch_policy_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.writes.append(("policy-status", name, copy.deepcopy(status)))
+        _merge(self.policies[(namespace, name)].setdefault("status", {}), status)
 
     def patch_scale(self, namespace: str, name: str, replicas: int) -> None:
         self.writes.append(("scale", name, replicas))
@@ -65,6 +78,17 @@ class FakeApi:
             raise Conflict("resourceVersion changed")
         lease["spec"].update(body["spec"])
         lease["metadata"]["resourceVersion"] = str(int(lease["metadata"]["resourceVersion"]) + 1)
+
+
+def _merge(into: dict[str, Any], patch: dict[str, Any]) -> None:
+    """JSON merge patch (RFC 7386), as the API server applies it."""
+    for k, v in patch.items():
+        if v is None:
+            into.pop(k, None)
+        elif isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = copy.deepcopy(v)
 
 
 def _seed(api: FakeApi) -> None:
@@ -234,3 +258,95 @@ def test_run_forever_ticks_when_leading(leading: bool) -> None:
     assert ("scale", "auto", 3) in api.writes
     ok, body = beat.report(max_age_s=45)
     assert ok and body["leader"] is True and body["lastError"] is None
+
+
+def _policy(api: FakeApi, ns: str, name: str, pool: str, endpoint: str | None = None) -> None:
+    spec: dict[str, Any] = {"pool": pool, "targets": [{"model": "auto"}]}
+    if endpoint is not None:
+        spec["endpoint"] = endpoint
+    api.policies[(ns, name)] = {"metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
+def _measuring(api: FakeApi) -> tuple[Autoscaler, StaticSignalSource]:
+    busy = ModelSignals(observed_at=0, running=5)
+    src = StaticSignalSource({"auto": busy, "manual": busy})
+    src.pools[("ns", "pool")] = PoolSignals(gpus_in_use={"l4": 2.0}, gpu_utilization={"l4": 0.613})
+    return Autoscaler(api, src, AutoscalerSettings()), src
+
+
+def _pool_writes(api: FakeApi) -> list[Any]:
+    return [w for w in api.writes if w[0] == "pool-status"]
+
+
+def test_pool_measurement_written_when_it_moves() -> None:
+    api = FakeApi()
+    _seed(api)
+    scaler, src = _measuring(api)
+    result = scaler.tick(1000.0)
+    measured = api.pools[("ns", "pool")]["status"]["measured"]
+    assert measured["accelerators"] == [{"name": "l4", "gpusInUse": 2, "gpuUtilizationPercent": 61}]
+    assert measured["gpus"] == "l4 2 (61%)"
+    assert measured["lastChangeTime"] == "1970-01-01T00:16:40Z"
+    assert "spendUSDPerHour" not in measured  # no router reports spend
+    assert result.pools_measured == [("ns", "pool")]
+    # Utilisation within 5 points: nothing written.
+    src.pools[("ns", "pool")] = PoolSignals(gpus_in_use={"l4": 2.0}, gpu_utilization={"l4": 0.65})
+    scaler.tick(1005.0)
+    assert len(_pool_writes(api)) == 1
+    # A GPU more in use is written at once.
+    src.pools[("ns", "pool")] = PoolSignals(gpus_in_use={"l4": 3.0}, gpu_utilization={"l4": 0.65})
+    scaler.tick(1010.0)
+    assert api.pools[("ns", "pool")]["status"]["measured"]["gpus"] == "l4 3 (65%)"
+    # Prometheus down: the last measurement stays, nothing is written, nothing is zeroed.
+    src.pools[("ns", "pool")] = PoolSignals(available=False, detail="down")
+    scaler.tick(1015.0)
+    assert len(_pool_writes(api)) == 2
+    assert api.pools[("ns", "pool")]["status"]["measured"]["accelerators"][0]["gpusInUse"] == 3
+
+
+def test_policy_spend_per_namespace_and_endpoint_and_summed_per_pool() -> None:
+    api = FakeApi()
+    _seed(api)
+    _policy(api, "ns", "chat", "pool")
+    _policy(api, "ns", "code", "pool", endpoint="code-v2")
+    _policy(api, "ns", "quiet", "pool")
+    _policy(api, "ns", "dup-a", "pool", endpoint="same")
+    _policy(api, "ns", "dup-b", "other", endpoint="same")
+    _policy(api, "other-ns", "chat", "pool")
+    scaler, src = _measuring(api)
+    src.spend = {("ns", "chat"): 1.25, ("", "code-v2"): 0.5, ("other-ns", "chat"): 7.0,
+                 ("ns", "same"): 3.0}  # fmt: skip
+    result = scaler.tick(1000.0)
+    spend = {k: p.get("status", {}).get("spendUSDPerHour") for k, p in api.policies.items()}
+    assert spend == {
+        ("ns", "chat"): 1.25,
+        ("ns", "code"): 0.5,  # a series without namespace, for the one policy of that endpoint
+        ("ns", "quiet"): 0.0,  # routers report spend, none for this endpoint: zero
+        ("ns", "dup-a"): None,  # two policies of one namespace share the endpoint
+        ("ns", "dup-b"): None,
+        ("other-ns", "chat"): 7.0,
+    }
+    assert any("endpoint same" in s for s in result.skipped)
+    assert api.pools[("ns", "pool")]["status"]["measured"]["spendUSDPerHour"] == 1.75
+    # A move under 5% is not written; a larger one is, and the pool's sum with it.
+    n = len(api.writes)
+    src.spend = {**src.spend, ("ns", "chat"): 1.3}
+    scaler.tick(1005.0)
+    assert len(api.writes) == n
+    src.spend = {**src.spend, ("ns", "chat"): 2.5}
+    scaler.tick(1010.0)
+    assert api.policies[("ns", "chat")]["status"]["spendUSDPerHour"] == 2.5
+    assert api.pools[("ns", "pool")]["status"]["measured"]["spendUSDPerHour"] == 3.0
+    # Spend unreadable: nothing written, the last rates stay.
+    src.spend = None
+    n = len(api.writes)
+    scaler.tick(1015.0)
+    assert len(api.writes) == n
+    assert api.policies[("ns", "chat")]["status"]["spendUSDPerHour"] == 2.5
+
+
+def test_spend_rate_moves() -> None:
+    assert _moved(None, 0.0) and _moved("x", 1.0)
+    assert not _moved(1.0, None)
+    assert not _moved(10.0, 10.4) and _moved(10.0, 10.6)
+    assert not _moved(0.0, 0.01) and _moved(0.0, 0.02)

@@ -89,8 +89,29 @@ def test_query_failure_is_unavailable_not_zero() -> None:
     out = src.model_signals(REFS, NOW)
     assert not any(s.available for s in out.values())
     assert out["llama"].running is None
-    assert src.spend_usd_per_hour(NOW) == {}
-    assert src.pool_signals("ns", "pool", NOW).gpus_in_use == {}
+    assert src.spend_usd_per_hour(NOW) is None  # unknown, not zero
+    pool = src.pool_signals("ns", "pool", NOW)
+    assert not pool.available and pool.gpus_in_use == {}
+    assert "connection refused" in pool.detail
+
+
+def test_spend_is_keyed_by_namespace_and_endpoint() -> None:
+    q = queries.spend_usd_per_hour("1m")
+    assert "namespace" in q and "tokenyard_cost_usd_total" in q
+    result = [
+        {"metric": {"namespace": "a", "endpoint": "chat"}, "value": [NOW, "1.5"]},
+        {"metric": {"namespace": "b", "endpoint": "chat"}, "value": [NOW, "2"]},
+        {"metric": {"endpoint": "code"}, "value": [NOW, "0.25"]},  # scrape adds no namespace
+        {"metric": {"namespace": "a"}, "value": [NOW, "9"]},  # no endpoint: not a spend
+        {"metric": {"namespace": "a", "endpoint": "nan"}, "value": [NOW, "NaN"]},
+    ]
+    src = PrometheusSignalSource("http://unused", query=lambda _q: result)
+    assert src.spend_usd_per_hour(NOW) == {("a", "chat"): 1.5, ("b", "chat"): 2.0,
+                                           ("", "code"): 0.25}  # fmt: skip
+    # No router reports spend yet: unknown, not zero.
+    assert (
+        PrometheusSignalSource("http://unused", query=lambda _q: []).spend_usd_per_hour(NOW) is None
+    )
 
 
 def test_by_label_drops_nan_and_unlabelled() -> None:
@@ -112,11 +133,14 @@ def test_every_query_reads_both_vllm_spellings() -> None:
 
 def test_static_source_reads_file_each_time(tmp_path: Path) -> None:
     f = tmp_path / "signals.json"
-    f.write_text(json.dumps({"models": {"llama": {"running": 3}}, "spendUSDPerHour": {"e": 2}}))
+    spend = {"e": 2, "ns/chat": 0.5}
+    f.write_text(json.dumps({"models": {"llama": {"running": 3}}, "spendUSDPerHour": spend}))
     src = StaticSignalSource(path=str(f))
     assert src.model_signals(REFS, NOW)["llama"].running == 3
     assert not src.model_signals(REFS, NOW)["gone"].available
-    assert src.spend_usd_per_hour(NOW) == {"e": 2.0}
+    assert src.spend_usd_per_hour(NOW) == {("", "e"): 2.0, ("ns", "chat"): 0.5}
+    f.write_text(json.dumps({"models": {}}))
+    assert src.spend_usd_per_hour(NOW) is None
     f.write_text("not json")
     assert not src.model_signals(REFS, NOW)["llama"].available
 

@@ -220,6 +220,18 @@ def test_benchmark_prints_the_bar_and_seed_means(
     assert bench.main(["--trace", str(tmp_path / "missing.csv")]) == 1
 
 
+def test_benchmark_floor_is_the_minimum_fleet_held_over_the_trace() -> None:
+    bench: Any = _bench("autoscaler_trace")
+    s = sim.builtin_scenario()
+    trace = _trace(300)
+    report = sim.simulate(s, trace)
+    mins = [m.autoscaling.minReplicas for m in s.models]
+    held = sim.run(s, sim.route(s, trace), policy_name="floor", policy=sim._hold,
+                   interval=1e9, initial=mins)  # fmt: skip
+    assert bench.floor_cost(report) == pytest.approx(held.cost_usd, rel=1e-6)
+    assert "floor: minReplicas alone cost" in bench.bar(report)
+
+
 def _capped(scenario: sim.Scenario, **limits: int) -> sim.Scenario:
     accels = [a.model_copy(update={"maxGPUs": limits.get(a.name, a.maxGPUs)})
               for a in scenario.accelerators]  # fmt: skip

@@ -53,13 +53,17 @@ NAMESPACES = {("", "namespaces"): {"list", "watch"}}
 # kopf peering, only with operator.peering set: lists, watches and patches the object.
 CLUSTER_PEERING = {("kopf.dev", "clusterkopfpeerings"): {"list", "watch", "patch"}}
 NAMESPACED_PEERING = {("kopf.dev", "kopfpeerings"): {"list", "watch", "patch"}}
-# The autoscaler lists pools and models, patches the scale and status subresources of
-# models, POSTs events.k8s.io Events and holds a Lease in the release namespace.
+# The autoscaler lists pools, models and policies, patches the scale subresource of
+# models and the status subresource of all three (decisions; measured GPUs and spend),
+# POSTs events.k8s.io Events and holds a Lease in the release namespace.
 AUTOSCALER_NEEDS: dict[tuple[str, str], set[str]] = {
     (TY, "servingpools"): {"list"},
     (TY, "modeldeployments"): {"list"},
+    (TY, "routingpolicies"): {"list"},
     (TY, "modeldeployments/scale"): {"patch"},
     (TY, "modeldeployments/status"): {"patch"},
+    (TY, "servingpools/status"): {"patch"},
+    (TY, "routingpolicies/status"): {"patch"},
     ("events.k8s.io", "events"): {"create"},
 }
 LEASE_NEEDS = {("coordination.k8s.io", "leases"): {"get", "create", "patch"}}
