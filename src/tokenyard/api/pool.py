@@ -95,7 +95,8 @@ class RouterSpec(ApiModel):
     minReplicas: int = Field(default=1, ge=1, le=100)
     """minReplicas of the router deployment."""
     maxReplicas: int = Field(default=2, ge=1, le=100)
-    """maxReplicas of the router deployment."""
+    """maxReplicas of the router deployment; Ray Serve scales the router out when its
+    replicas carry more than 100 requests in flight each."""
     cpu: float = Field(default=1.0, ge=0, le=64)
     """cpu (Ray logical CPUs) reserved per router replica."""
     state: RouterStateSpec = Field(default_factory=RouterStateSpec)

@@ -222,7 +222,11 @@ class Autoscaler:
                 result.skipped.append(f"pool {ns}/{pool_name} not found")
                 continue
             self._pool(ns, pool, models, now, result)
-        pool_spend = self._policy_spend(now, result)
+        try:
+            pool_spend = self._policy_spend(now, result)
+        except Exception as exc:  # reporting must not stop the decisions (or fail health)
+            log.warning("reading or writing policy spend failed: %s", exc)
+            pool_spend = {}
         for key, pool in pools.items():
             try:
                 self._measure_pool(

@@ -804,6 +804,7 @@ def router_application(pool: ServingPool, config: contract.RouterConfig) -> dict
                 "autoscaling_config": {
                     "min_replicas": r.minReplicas,
                     "max_replicas": max(r.maxReplicas, r.minReplicas),
+                    "target_ongoing_requests": contract.ROUTER_TARGET_ONGOING_REQUESTS,
                 },
                 "ray_actor_options": {"num_cpus": r.cpu},
                 "user_config": config.model_dump(mode="json", exclude_none=True),

@@ -23,6 +23,11 @@ ROUTER_APP_NAME = "tokenyard-router"
 ROUTER_IMPORT_PATH = "tokenyard.serving.router_app:build_app"
 ROUTER_DEPLOYMENT = "Router"
 ROUTER_ROUTE_PREFIX = "/"
+ROUTER_TARGET_ONGOING_REQUESTS = 100
+"""Requests in flight per router replica at which Ray Serve adds a router replica. The
+router only awaits backends (its max_ongoing_requests is 1000), so Serve's default of 2
+would scale it out at the third concurrent request; every extra replica makes rate
+limits, spill-over estimates and budgets per-replica approximations for a moment."""
 
 MODEL_IMPORT_PATH = "tokenyard.serving.model_app:build_app"
 MODEL_DEPLOYMENT = "LLMServer"

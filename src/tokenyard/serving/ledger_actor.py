@@ -186,9 +186,12 @@ class LedgerClient:
     Decisions read a local mirror (no actor round-trip on the request path); each
     recorded spend goes to the mirror at once and to the actor in batches every
     ``SEND_INTERVAL_S``, and the mirror is replaced by the actor's snapshot every
-    ``refresh_s`` seconds so spend from other replicas shows up. Ray runs one caller's
-    actor calls in submission order, so a snapshot includes every batch sent before it;
-    records made while it is on its way are re-applied to the new mirror.
+    ``refresh_s`` seconds so spend from other replicas shows up. The ledger is an async
+    actor, which does not run one caller's calls in submission order: a refresh therefore
+    waits until the actor has applied every batch sent so far before it asks for the
+    snapshot, or a batch still on its way would vanish from the mirror until the next
+    refresh (and a budget would admit requests it should refuse). Records made while the
+    refresh is on its way are re-applied to the new mirror.
     """
 
     def __init__(self, actor: Any | None, refresh_s: float = 1.0) -> None:
@@ -199,6 +202,8 @@ class LedgerClient:
         self._task: asyncio.Task[None] | None = None
         self._pending: list[Row] = []
         self._pending_traffic: list[TrafficRow] = []
+        self._inflight: list[Any] = []
+        """ObjectRefs of batches sent that the actor has not confirmed yet."""
         self._warned_old_actor = False
 
     def spend(self, tenant: str, endpoint: str | None, window: str, now: float) -> float:
@@ -226,13 +231,13 @@ class LedgerClient:
             return
         if self._pending:
             batch, self._pending = self._pending, []
-            self._actor.record_many.remote(batch)
+            self._inflight.append(self._actor.record_many.remote(batch))
         if self._pending_traffic:
             # A call of its own, not an argument of record_many: a ledger actor started
             # by an older router (it is detached) then fails this call only, never spend.
             traffic, self._pending_traffic = self._pending_traffic, []
             try:
-                self._actor.record_traffic.remote(traffic)
+                self._inflight.append(self._actor.record_traffic.remote(traffic))
             except AttributeError:
                 if not self._warned_old_actor:
                     self._warned_old_actor = True
@@ -242,6 +247,10 @@ class LedgerClient:
         if self._actor is None:
             return
         self._send()
+        inflight, self._inflight = self._inflight, []
+        if inflight:
+            # Applied before the snapshot is taken (see the class docstring).
+            await asyncio.gather(*inflight)
         _, snap = await self._actor.snapshot.remote()
         self._replace(snap)
         for row in self._pending:  # recorded while the snapshot was on its way

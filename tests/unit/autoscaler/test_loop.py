@@ -350,3 +350,24 @@ def test_spend_rate_moves() -> None:
     assert not _moved(1.0, None)
     assert not _moved(10.0, 10.4) and _moved(10.0, 10.6)
     assert not _moved(0.0, 0.01) and _moved(0.0, 0.02)
+
+
+def test_reporting_failures_do_not_stop_decisions() -> None:
+    api = FakeApi()
+    _seed(api)
+    _policy(api, "ns", "chat", "pool")
+    scaler, src = _measuring(api)
+    src.spend = {("ns", "chat"): 1.0}
+
+    def forbidden(namespace: str | None) -> list[dict[str, Any]]:
+        raise RuntimeError("403: cannot list routingpolicies")
+
+    def broken(namespace: str, name: str, status: dict[str, Any]) -> None:
+        raise RuntimeError("500")
+
+    api.list_policies = forbidden  # type: ignore[method-assign]
+    api.patch_pool_status = broken  # type: ignore[method-assign]
+    result = scaler.tick(1000.0)
+    assert ("ns", "auto") in result.decisions
+    assert result.status_written  # the models' status is still written
+    assert not result.pools_measured and not result.spend_written

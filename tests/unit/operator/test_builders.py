@@ -129,7 +129,11 @@ EXPECTED_SERVE: dict[str, Any] = {
             "deployments": [
                 {
                     "name": "Router",
-                    "autoscaling_config": {"max_replicas": 2, "min_replicas": 1},
+                    "autoscaling_config": {
+                        "max_replicas": 2,
+                        "min_replicas": 1,
+                        "target_ongoing_requests": 100,
+                    },
                     "ray_actor_options": {"num_cpus": 1.0},
                     "user_config": {
                         "pool": "gpu-pool",

@@ -216,6 +216,42 @@ async def test_two_replicas_add_up_in_the_shared_actor() -> None:
     assert snap["traffic"]["chat"]["byTarget"] == {"a": 3, "b": 1}
 
 
+class _LateMethod:
+    """An actor call that runs only when its result is awaited: an async actor may run a
+    caller's calls out of order, so a batch can land after a later snapshot."""
+
+    def __init__(self, fn: Any) -> None:
+        self._fn = fn
+
+    def remote(self, *args: Any) -> Any:
+        return self._fn(*args)  # a coroutine: awaiting it runs the method
+
+
+async def test_a_refresh_keeps_a_batch_the_actor_runs_late() -> None:
+    pytest.importorskip("ray", reason="the ledger actor module needs ray")
+    from tokenyard.serving.ledger_actor import LedgerActor, LedgerClient
+
+    class LateHandle(_Handle):
+        def __getattr__(self, name: str) -> Any:
+            fn = getattr(self._actor, name)
+            return _LateMethod(fn) if name.startswith("record") else _Method(fn)
+
+    actor = LedgerActor(None)
+    client = LedgerClient(LateHandle(actor))
+    client.record(tenant="t", endpoint="chat", model="a", cost_usd=0.5, tokens_in=1,
+                  tokens_out=1, now=T0)  # fmt: skip
+    client.record_traffic(endpoint="chat", target="a", fallbacks=0, now=T0)
+    client._send()  # sent between refreshes: still on its way when the next one starts
+    client.record(tenant="t", endpoint="chat", model="a", cost_usd=0.25, tokens_in=1,
+                  tokens_out=1, now=T0)  # fmt: skip
+    await client.refresh()
+    # Both batches are in the mirror and in the actor: a budget check right after the
+    # refresh sees all the spend.
+    assert client.mirror.spend("t", "chat", "24h", T0) == 0.75
+    _, snap = await _Method(actor.snapshot).remote()
+    assert snap["traffic"]["chat"]["requests"] == 1
+
+
 async def test_a_ledger_actor_without_traffic_keeps_spend_flowing() -> None:
     pytest.importorskip("ray", reason="the ledger actor module needs ray")
     from tokenyard.serving.ledger_actor import LedgerActor, LedgerClient
