@@ -3,7 +3,6 @@ ServiceAccounts allow every verb tokenyard uses and deny what it must not do."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -13,10 +12,9 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
-from tokenyard_e2e import wait_for
+from tokenyard_e2e import tool, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-HELM = REPO / ".tools" / "helm" / "helm"
 TY = "tokenyard.dev"
 
 # (verb, group, resource, subresource) the operator uses, all namespaces (cluster-wide,
@@ -81,12 +79,7 @@ NEVER = [
 
 
 def _helm() -> str:
-    if HELM.exists():
-        return str(HELM)
-    found = shutil.which("helm")
-    if found is None:
-        pytest.skip("helm is not installed: run `make tools`")
-    return found
+    return tool("helm")
 
 
 @pytest.fixture

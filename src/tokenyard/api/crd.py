@@ -5,7 +5,9 @@ Called by ``tokenyard crds`` and ``make crds``; the drift test compares its outp
 CRD schema as it is, so this module inlines ``$defs``, turns ``Optional[X]`` into a plain
 optional ``X``, converts JSON-Schema-2020 bounds to OpenAPI v3.0, drops titles and
 ``additionalProperties: false``, and writes defaults of nested objects so that CEL rules
-can rely on them.
+can rely on them. A nested object's default is the whole defaulted object: the API server
+validates every default against its schema and CEL rules when the CRD is created, as
+written (nested defaults are not applied to it first), and rejects the CRD otherwise.
 
 Optional fields are deliberately not ``nullable``: the API server prunes an explicit
 ``null`` of a non-nullable field before defaulting and validation, so ``field: null``
@@ -161,7 +163,10 @@ def _add_factory_defaults(model: type[BaseModel], schema: dict[str, Any]) -> Non
         if field.default_factory is not None:
             value = field.default_factory()  # type: ignore[call-arg]
             if isinstance(value, BaseModel):
-                sub["default"] = {}
+                # The whole defaulted object, not {}: the API server validates a default
+                # against its schema and CEL rules as written, before any nested default
+                # applies, so {} fails a rule such as "minReplicas <= maxReplicas".
+                sub["default"] = value.model_dump(mode="json", by_alias=True, exclude_none=True)
             else:
                 sub["default"] = value
 

@@ -1,7 +1,9 @@
-"""Offline stand-in for what the API server does to a custom resource on create.
+"""Offline stand-in for what the API server does to a CRD and to a custom resource.
 
-Loaded by the API tests (tests/unit/api/conftest.py) and the e2e tests: prune nulls,
-apply schema defaults, validate the structural schema (with jsonschema), enforce
+Loaded by the API tests (tests/unit/api/conftest.py) and the e2e tests. For a CRD:
+every ``default`` must be pruned, valid against its schema and pass the CEL rules below
+it, as written (:func:`crd_default_errors`). For a custom resource on create: prune
+nulls, apply schema defaults, validate the structural schema (with jsonschema), enforce
 list-map/set uniqueness, then evaluate every ``x-kubernetes-validations`` rule with
 cel-python on the defaulted object, as the API server does in that order.
 """
@@ -272,6 +274,83 @@ def cel_errors(obj: Any, schema: dict[str, Any], path: str = "") -> list[str]:
         for i, item in enumerate(obj):
             errors.extend(cel_errors(item, schema["items"], f"{path}[{i}]"))
     return errors
+
+
+# --- the CRD itself: defaults -----------------------------------------------------
+
+CRD_SCHEMA_PATH = "spec.validation.openAPIV3Schema"
+
+
+def prune_unknown(value: Any, schema: dict[str, Any]) -> Any:
+    """``value`` with the fields its structural schema does not know removed, as the API
+    server prunes (x-kubernetes-preserve-unknown-fields keeps them)."""
+    if isinstance(value, dict):
+        if schema.get("x-kubernetes-preserve-unknown-fields"):
+            return value
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        if props is not None:
+            return {k: prune_unknown(v, props[k]) for k, v in value.items() if k in props}
+        if isinstance(extra, dict):
+            return {k: prune_unknown(v, extra) for k, v in value.items()}
+        return {}
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [prune_unknown(v, schema["items"]) for v in value]
+    return value
+
+
+def default_errors(schema: dict[str, Any], path: str = CRD_SCHEMA_PATH) -> list[str]:
+    """What the API server checks of every ``default`` when a CRD is created or updated
+    (apiextensions' defaulting validation): the default must be pruned (no unknown
+    fields), valid against its own schema, and pass the CEL rules of its schema and of
+    every schema below it, evaluated on the default as written: nested defaults are
+    not applied to a default first. Defaults under additionalProperties are forbidden.
+    Lines read like the server's: '<path>.default: <what is wrong>'."""
+    errors: list[str] = []
+    if "default" in schema:
+        value = schema["default"]
+        where = f"{path}.default"
+        if prune_unknown(value, schema) != value:
+            errors.append(f"{where}: Invalid value: must not have unknown fields")
+        invalid = (
+            schema_errors(value, schema) if isinstance(value, dict) else _scalar(value, schema)
+        )
+        errors.extend(f"{where}: Invalid value: {line}" for line in invalid)
+        for line in cel_errors(value, schema):
+            at, rest = line.split(": ", 1)
+            errors.append(f"{where}: {rest}" + ("" if at == "<root>" else f" (at {at})"))
+    for key, sub in schema.get("properties", {}).items():
+        errors.extend(default_errors(sub, f"{path}.properties[{key}]"))
+    if isinstance(schema.get("items"), dict):
+        errors.extend(default_errors(schema["items"], f"{path}.items"))
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict) and _has_default(extra):
+        errors.append(f"{path}.additionalProperties: Forbidden: default is not allowed")
+    return errors
+
+
+def _scalar(value: Any, schema: dict[str, Any]) -> list[str]:
+    validator = jsonschema.Draft4Validator(to_jsonschema(schema))
+    return [e.message for e in validator.iter_errors(value)]
+
+
+def _has_default(schema: dict[str, Any]) -> bool:
+    if "default" in schema:
+        return True
+    subs = list(schema.get("properties", {}).values())
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            subs.append(schema[key])
+    return any(_has_default(s) for s in subs)
+
+
+def crd_default_errors(crd: dict[str, Any]) -> list[str]:
+    """:func:`default_errors` for every served version of one CRD."""
+    return [
+        line
+        for version in crd["spec"]["versions"]
+        for line in default_errors(version["schema"]["openAPIV3Schema"])
+    ]
 
 
 # --- the whole admission path ----------------------------------------------------
