@@ -28,6 +28,7 @@ from tokenyard.api.common import (
     REASON_NO_READY_TARGETS,
     REASON_RUNNING,
     REASON_TARGETS_READY,
+    REASON_VALIDATION_FAILED,
 )
 from tokenyard.api.model import ModelDeployment, ModelDeploymentStatus
 from tokenyard.api.policy import RoutingPolicy, RoutingPolicyStatus
@@ -217,6 +218,11 @@ def parse(cls: type[Any], body: Body) -> Parsed:
     return Parsed(obj, None)
 
 
+def _ready_message(st: Mapping[str, Any] | None) -> str | None:
+    c = status.ready_condition((st or {}).get("conditions"))
+    return None if c is None else c.get("message")
+
+
 def _ready_reason(st: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
     c = status.ready_condition((st or {}).get("conditions"))
     return (None, None) if c is None else (c.get("status"), c.get("reason"))
@@ -281,6 +287,10 @@ class WorkQueue:
 
 
 # --------------------------------------------------------------------------- controller
+
+
+class MissingCRDs(RuntimeError):
+    """tokenyard's own CRDs are not installed: the reconciler cannot run."""
 
 
 PoolKey = tuple[str, str, str]  # ("pool", namespace, name)
@@ -417,7 +427,22 @@ class Controller:
         every object that has a timer, so deleting a pool would hang while the operator
         is down, and the finalizer's JSON patch needs resourceVersion (kmock has none).
         """
+        await self.require_crds()
         await asyncio.gather(self._resync_loop(), *(self._worker() for _ in range(workers)))
+
+    async def require_crds(self) -> None:
+        """Raise :class:`MissingCRDs` unless the API server serves our three resources.
+
+        kopf watches only the resources served when it starts (it does not list and watch
+        every CRD of the cluster to notice new ones: see handlers.startup), so an
+        operator started before its CRDs would otherwise watch nothing, silently."""
+        missing = [r.plural for r in (POOLS, MODELS, POLICIES) if not await self.api.served(r)]
+        if missing:
+            raise MissingCRDs(
+                f"the API server does not serve {', '.join(missing)}.{POOLS.group}/"
+                f"{POOLS.version}: install tokenyard's CRDs first (helm installs them; or "
+                "kubectl apply --server-side -f crds/); the operator exits and is restarted"
+            )
 
     async def _resync_loop(self) -> None:
         while True:
@@ -548,7 +573,14 @@ class Controller:
         self.stats.status_patches += 1
         old_st, old_reason = _ready_reason(current)
         new = status.ready_condition(desired.get("conditions"))
-        if new is None or (new.get("reason"), new.get("status")) == (old_reason, old_st):
+        if new is None:
+            return
+        if (new.get("reason"), new.get("status")) == (old_reason, old_st) and (
+            # Another broken field of an invalid spec is news; any other reason's message
+            # (Ray's, say) may change every pass and is not.
+            new.get("reason") != REASON_VALIDATION_FAILED
+            or new.get("message") == _ready_message(current)
+        ):
             return
         reason, message = str(new.get("reason")), str(new.get("message"))
         problem = reason not in _GOOD and reason not in _QUIET and reason not in _NORMAL
@@ -559,6 +591,18 @@ class Controller:
             await self.api.post_event(body, "Warning", reason, message)
         elif reason in _NORMAL or (reason in _GOOD and old_reason is not None):
             await self.api.post_event(body, "Normal", reason, message)
+
+    async def _report_invalid(self, resource: Any, obj: str, body: Body, parsed: Parsed) -> None:
+        """``ValidationFailed`` naming the field, with an Event and a log line when it
+        first appears or its message changes. Nothing is retried: the object's next spec
+        change (a watch event) brings it back."""
+        raw = body.get("status")
+        conditions = raw.get("conditions") if isinstance(raw, Mapping) else None
+        gen = (body.get("metadata") or {}).get("generation")
+        desired = status.invalid_status(
+            conditions, f"invalid spec: {parsed.error}", gen, now=self._now()
+        )
+        await self._write_status(resource, obj, body, desired)
 
     # ----------------------------------------------------------------- pools
 
@@ -572,26 +616,28 @@ class Controller:
         now = self._now()
         parsed = parse(ServingPool, body)
         if parsed.obj is None:
-            gen = (body.get("metadata") or {}).get("generation")
-            desired = status.invalid_status(
-                ((body.get("status") or {}).get("conditions")), str(parsed.error), gen, now=now
-            )
-            await self._write_status(POOLS, "ServingPool", body, desired)
+            await self._report_invalid(POOLS, "ServingPool", body, parsed)
             return
         pool: ServingPool = parsed.obj
 
         member_bodies = self.store.models_of_pool(ns, name)
         policy_bodies = self.store.policies_of_pool(ns, name)
+        # Invalid members and policies are reported and skipped, never disturbing the rest.
+        invalid: list[tuple[Any, str, Body, Parsed]] = []
         members: list[tuple[Body, ModelDeployment]] = []
         for b in member_bodies:
             p = parse(ModelDeployment, b)
             if p.obj is not None:
                 members.append((b, p.obj))
+            else:
+                invalid.append((MODELS, "ModelDeployment", b, p))
         policies: list[tuple[Body, RoutingPolicy]] = []
         for b in policy_bodies:
             p = parse(RoutingPolicy, b)
             if p.obj is not None:
                 policies.append((b, p.obj))
+            else:
+                invalid.append((POLICIES, "RoutingPolicy", b, p))
 
         # Targets of the pool's policies that are not members (external models of other
         # pools or of none; in-cluster models of other pools, shown as not served here).
@@ -655,7 +701,7 @@ class Controller:
 
         # Statuses: members and policies (concurrently: a pool of 50 models would
         # otherwise wait 50 round trips), then the pool.
-        writes: list[Awaitable[None]] = []
+        writes: list[Awaitable[None]] = [self._report_invalid(*args) for args in invalid]
         for b, md in members:
             ctx = status.ModelContext(
                 pool=pool,
@@ -797,7 +843,8 @@ class Controller:
             for b in self.store.models_of_pool(ns, ref):
                 p = parse(ModelDeployment, b)
                 if p.obj is None:
-                    continue  # its handler reports ValidationFailed
+                    await self._report_invalid(MODELS, "ModelDeployment", b, p)
+                    continue
                 md: ModelDeployment = p.obj
                 secrets: dict[str, set[str]] | None = None
                 if md.spec.external is not None and md.spec.external.apiKeySecretRef is not None:
@@ -809,6 +856,7 @@ class Controller:
             for b in self.store.policies_of_pool(ns, ref):
                 pp = parse(RoutingPolicy, b)
                 if pp.obj is None:
+                    await self._report_invalid(POLICIES, "RoutingPolicy", b, pp)
                     continue
                 pol: RoutingPolicy = pp.obj
                 models: dict[str, ModelDeployment] = {}
