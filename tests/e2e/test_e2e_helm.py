@@ -111,7 +111,9 @@ def test_install_apply_get_upgrade_uninstall(cluster: Any, helm_ns: str) -> None
             if d
         ]  # fmt: skip
         kinds = {d["kind"] for d in manifest}
-        assert {"Deployment", "ServiceAccount", "ClusterRole", "Role"} <= kinds, kinds
+        assert {"Deployment", "ServiceAccount", "Role", "RoleBinding"} <= kinds, kinds
+        # Scoped to namespaces, the chart creates nothing cluster-scoped.
+        assert not kinds & {"ClusterRole", "ClusterRoleBinding"}, kinds
         for doc in manifest:
             assert _exists(cluster, doc, helm_ns), (doc["kind"], doc["metadata"]["name"])
 
