@@ -543,8 +543,8 @@ def test_spend_survives_router_and_ledger_restart(stack: Stack) -> None:
     import ray
     from ray import serve
 
-    from tokenyard.serving.contract import ROUTER_APP_NAME
-    from tokenyard.serving.ledger_actor import find_ledger
+    from tokenyard.accounting.ledger_actor import find_ledger
+    from tokenyard.contract import ROUTER_APP_NAME
 
     capped = stack.client(X_Tenant="capped")
     with pytest.raises(openai.RateLimitError):

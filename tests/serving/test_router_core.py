@@ -22,18 +22,18 @@ pytest.importorskip("ray.serve", reason="needs the serving extra (ray[serve])")
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from tokenyard.accounting.audit import AUDIT_LOGGER, AuditLog
+from tokenyard.accounting.ledger_actor import LedgerClient
 from tokenyard.api.policy import RoutingPolicySpec
-from tokenyard.serving.audit import AUDIT_LOGGER, AuditLog
-from tokenyard.serving.backends import Backend, BackendFailure, build_backends
-from tokenyard.serving.contract import (
+from tokenyard.contract import (
     CatalogueEntry,
     ExternalEndpoint,
     PolicyEntry,
     RouterAppArgs,
     RouterConfig,
 )
-from tokenyard.serving.features import parse_request
-from tokenyard.serving.ledger_actor import LedgerClient
+from tokenyard.routing.request import parse_request
+from tokenyard.serving.backends import Backend, BackendFailure, build_backends
 from tokenyard.serving.providers import ProviderClient
 from tokenyard.serving.router_app import BackendFactory, RouterCore
 
@@ -364,7 +364,7 @@ async def test_stats_count_requests_fallbacks_targets_and_spend(
 def test_audit_logger_writes_one_json_line(
     tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tokenyard.serving.audit import AuditRecord
+    from tokenyard.accounting.audit import AuditRecord
 
     log = AuditLog(str(tmp_path / "a.jsonl"))
     log.write(AuditRecord(time=0.0, request_id="r", tenant="t", endpoint="e", kind="chat",

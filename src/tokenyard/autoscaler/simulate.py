@@ -61,7 +61,7 @@ from tokenyard.autoscaler.decide import (
 )
 from tokenyard.autoscaler.signals import ModelSignals
 from tokenyard.autoscaler.trace import TraceRequest, read_trace
-from tokenyard.serving.spillover import Capacity, Option, QueueClock, choose
+from tokenyard.routing.spillover import Capacity, Option, QueueClock, choose
 
 
 class _Model(BaseModel):
@@ -114,7 +114,7 @@ class Scenario(_Model):
     spillover: bool = True
     """Route as a RoutingPolicy with spec.spillover enabled (the default) would: a request
     whose model is expected to miss its TTFT SLO goes to the next better model expected to
-    meet its own (the router's estimate, tokenyard.serving.spillover). Applies to every
+    meet its own (the router's estimate, tokenyard.routing.spillover). Applies to every
     policy alike."""
     spilloverThreshold: float = Field(default=1.0, gt=0)
     downgradeWhenCapped: bool = False

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from tokenyard import contract
 from tokenyard.api.common import (
     ANNOTATION_SPEC_HASH,
     API_VERSION,
@@ -32,7 +33,6 @@ from tokenyard.api.common import (
 from tokenyard.api.model import ModelDeployment, ModelDeploymentSpec
 from tokenyard.api.policy import RoutingPolicy
 from tokenyard.api.pool import AcceleratorClass, ServingPool
-from tokenyard.serving import contract
 from tokenyard.settings import OperatorSettings
 
 RAY_API_VERSION = "ray.io/v1"

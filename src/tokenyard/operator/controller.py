@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from tokenyard import contract
 from tokenyard.api.common import (
     COND_CAPPED,
     REASON_DEPLOYING,
@@ -45,7 +46,6 @@ from tokenyard.operator.kube import (
     KubeApi,
     NotFound,
 )
-from tokenyard.serving import contract
 from tokenyard.settings import OperatorSettings
 
 StatsFetcher = Callable[[str], Awaitable[dict[str, Any] | None]]

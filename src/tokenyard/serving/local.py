@@ -24,7 +24,7 @@ from typing import Any
 from tokenyard.api.manifests import ManifestError, Manifests, load
 from tokenyard.api.model import ModelDeployment
 from tokenyard.api.pool import AcceleratorClass
-from tokenyard.serving.contract import (
+from tokenyard.contract import (
     MODEL_IMPORT_PATH,
     ROUTER_APP_NAME,
     ROUTER_DEPLOYMENT,
@@ -38,7 +38,7 @@ from tokenyard.serving.contract import (
     model_route_prefix,
     tenant_keys_env,
 )
-from tokenyard.serving.explain import _secret_value, router_config
+from tokenyard.routing.explain import router_config, secret_value
 from tokenyard.settings import load_settings
 
 # `tokenyard up` builds a missing model whose file:// source lies under this directory
@@ -183,7 +183,7 @@ def plan(
     for p in m.policies:
         ref = p.spec.tenants.apiKeysSecretRef
         if ref is not None:
-            text = _secret_value(m, ref.name, ref.key)
+            text = secret_value(m, ref.name, ref.key)
             if text is None:
                 raise ManifestError(
                     f"RoutingPolicy {_name(p)!r}: Secret {ref.name}/{ref.key} is not in the "
@@ -195,7 +195,7 @@ def plan(
         if ext is None or ext.apiKeySecretRef is None:
             continue
         var = api_key_env(_name(md))
-        text = _secret_value(m, ext.apiKeySecretRef.name, ext.apiKeySecretRef.key)
+        text = secret_value(m, ext.apiKeySecretRef.name, ext.apiKeySecretRef.key)
         if text is None:
             text = env_in.get(var)
         if text is None:
@@ -290,7 +290,7 @@ def flush_ledger(pool: str) -> None:
     """Persist the spend ledger now (Ctrl-C): nothing accounted is lost."""
     import ray
 
-    from tokenyard.serving.ledger_actor import find_ledger
+    from tokenyard.accounting.ledger_actor import find_ledger
 
     actor = find_ledger(LOCAL_NAMESPACE, pool)
     if actor is not None:

@@ -9,7 +9,7 @@ object but the backends' handles and the ledger client, so it is also used direc
 Per request: parse, resolve the tenant, extract features (detectors, classifier),
 rate-limit, decide (the pure policy engine), spill over when the first target is an
 in-cluster model expected to miss its TTFT SLO (``spec.spillover``, estimated from this
-replica's :class:`~tokenyard.serving.spillover.QueueClock`), then try the targets in order
+replica's :class:`~tokenyard.routing.spillover.QueueClock`), then try the targets in order
 with fallback on the failure kinds the policy names (never after the first streamed chunk
 was sent), per-attempt and total timeouts and a circuit breaker per backend. Spend
 goes to the shared ledger actor; each request leaves one audit line and metrics, and is
@@ -39,17 +39,13 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from tokenyard.accounting.audit import AuditLog, AuditRecord
+from tokenyard.accounting.ledger import cost_usd
+from tokenyard.accounting.ledger_actor import LedgerClient
+from tokenyard.accounting.metrics import RouterMetrics
+from tokenyard.accounting.stats import STATS_PATH, build_stats
 from tokenyard.api.policy import RoutingPolicySpec
-from tokenyard.serving.audit import AuditLog, AuditRecord
-from tokenyard.serving.backends import (
-    Backend,
-    BackendFailure,
-    build_backends,
-    classify_exception,
-)
-from tokenyard.serving.circuit import CircuitBreakers
-from tokenyard.serving.classifier import HeuristicClassifier
-from tokenyard.serving.contract import (
+from tokenyard.contract import (
     ROUTER_APP_NAME,
     ROUTER_DEPLOYMENT,
     CatalogueEntry,
@@ -58,7 +54,9 @@ from tokenyard.serving.contract import (
     RouterConfig,
     direct_policy,
 )
-from tokenyard.serving.errors import (
+from tokenyard.routing.classifiers import HeuristicClassifier
+from tokenyard.routing.decision import BackendState, Decision
+from tokenyard.routing.errors import (
     RouterError,
     bad_request,
     internal_error,
@@ -66,28 +64,19 @@ from tokenyard.serving.errors import (
     no_backend,
     timeout,
 )
-from tokenyard.serving.features import (
-    ParsedRequest,
-    RequestKind,
-    extract_features,
-    lower_headers,
-    parse_api_keys,
-    parse_request,
-    resolve_tenant,
+from tokenyard.routing.features import extract_features
+from tokenyard.routing.policy_engine import apply_spillover, capacity_of, decide
+from tokenyard.routing.request import ParsedRequest, RequestKind, lower_headers, parse_request
+from tokenyard.routing.spillover import QueueClock
+from tokenyard.routing.tenants import parse_api_keys, resolve_tenant
+from tokenyard.serving.backends import (
+    Backend,
+    BackendFailure,
+    build_backends,
+    classify_exception,
 )
-from tokenyard.serving.ledger import cost_usd
-from tokenyard.serving.ledger_actor import LedgerClient
-from tokenyard.serving.metrics import RouterMetrics
-from tokenyard.serving.policy_engine import (
-    BackendState,
-    Decision,
-    apply_spillover,
-    capacity_of,
-    decide,
-)
+from tokenyard.serving.circuit import CircuitBreakers
 from tokenyard.serving.providers import ProviderClient
-from tokenyard.serving.spillover import QueueClock
-from tokenyard.serving.stats import STATS_PATH, build_stats
 
 logger = logging.getLogger("tokenyard.router")
 
@@ -280,7 +269,7 @@ class RouterCore:
 
     def apply_config(self, cfg: RouterConfig) -> None:
         """Swap in a new config atomically; requests in flight keep the old one."""
-        from tokenyard.serving.ratelimit import RateLimiter
+        from tokenyard.accounting.ratelimit import RateLimiter
 
         state = build_state(cfg, self._state, self.provider, self._env, self._make_backends)
         self._configured_routers = cfg.routerReplicas
@@ -502,7 +491,7 @@ class RouterCore:
         )
 
     async def explain(self, request: Request) -> Response:
-        from tokenyard.serving.explain import explain_request
+        from tokenyard.routing.explain import explain_request
 
         request_id = uuid.uuid4().hex
         try:
@@ -1031,7 +1020,7 @@ class Router:
     """The Ray Serve ingress deployment; the policy config arrives via reconfigure."""
 
     def __init__(self, args: dict[str, Any]) -> None:
-        from tokenyard.serving.ledger_actor import get_or_create_ledger
+        from tokenyard.accounting.ledger_actor import get_or_create_ledger
         from tokenyard.settings import load_settings
 
         settings = load_settings().router

@@ -1,33 +1,21 @@
-"""Request parsing, tenant resolution and feature extraction for the routing decision.
+"""The first step of a request's path: its OpenAI body, validated and measured.
 
-The router calls :func:`parse_request` on each OpenAI body (400 on anything malformed),
-:func:`resolve_tenant` on its headers, then :func:`extract_features`, whose
-:class:`RequestFeatures` is everything :func:`tokenyard.serving.policy_engine.decide`
-looks at. Pure: no I/O, no clock.
+The router calls :func:`parse_request` on each chat or completion body (a 400
+:class:`~tokenyard.routing.errors.RouterError` on anything malformed); the
+:class:`ParsedRequest` it returns feeds tenant resolution (:mod:`tokenyard.routing.tenants`)
+and feature extraction (:mod:`tokenyard.routing.features`). Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
-import yaml
-
-from tokenyard.api.common import DATA_CLASS
-from tokenyard.api.policy import DetectorName, RoutingPolicySpec, TenantSpec
-from tokenyard.serving.classifier import (
-    DifficultyClassifier,
-    HeuristicClassifier,
-    difficulty_from_header,
-)
-from tokenyard.serving.detectors import detect
-from tokenyard.serving.errors import bad_request, unauthorized
+from tokenyard.routing.errors import bad_request
 
 RequestKind = Literal["chat", "completion"]
-TAGS_HEADER = "X-Tokenyard-Tags"
 
 # Tokens the chat format adds around each message (role markers, separators): OpenAI's
 # cookbook counts 3-4; we take 4 so the estimate errs on the long side.
@@ -53,12 +41,6 @@ COMPLETION_PARAMETERS = frozenset(
     }
 )  # fmt: skip
 MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-
-_DATA_CLASS_RE = re.compile(DATA_CLASS)
-_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,62}$")
-_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,252}$")
-
-Detector = Callable[[str, Iterable[DetectorName]], dict[str, list[str]]]
 
 
 def estimate_tokens(text: str) -> int:
@@ -93,29 +75,6 @@ class ParsedRequest:
     @property
     def messages(self) -> int:
         return len(self.roles)
-
-
-@dataclass(frozen=True)
-class RequestFeatures:
-    """Everything the policy engine decides on; ``prompt_text`` is for detectors/audit only."""
-
-    endpoint: str
-    tenant: str
-    prompt_tokens: int
-    max_tokens: int | None
-    messages: int
-    difficulty: float
-    difficulty_source: str
-    """"classifier" or "header"."""
-    data_classes: frozenset[str]
-    tags: frozenset[str]
-    headers: Mapping[str, str]
-    stream: bool
-    prompt_text: str = field(repr=False)
-    detected: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    """Detectors that fired, by data class (names only, never the matched text)."""
-    declared_classes: frozenset[str] = frozenset()
-    """Data classes the client declared in the data-class header."""
 
 
 def lower_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -297,171 +256,13 @@ def parse_request(
     )
 
 
-def _split_header(value: str | None) -> list[str]:
-    if not value:
-        return []
-    return [x.strip() for x in value.split(",") if x.strip()]
-
-
-def declared_data_classes(headers: Mapping[str, str], header: str) -> frozenset[str]:
-    """Data classes named in the policy's data-class header; a malformed name is a 400."""
-    out: set[str] = set()
-    for raw in _split_header(headers.get(header.lower())):
-        name = raw.lower()
-        if not _DATA_CLASS_RE.match(name):
-            raise bad_request(f"{header}: {raw[:64]!r} is not a valid data class name", header)
-        out.add(name)
-    return frozenset(out)
-
-
-def request_tags(headers: Mapping[str, str]) -> frozenset[str]:
-    """Tags from X-Tokenyard-Tags (comma-separated); a malformed tag is a 400."""
-    out: set[str] = set()
-    for raw in _split_header(headers.get(TAGS_HEADER.lower())):
-        if not _TAG_RE.match(raw):
-            raise bad_request(f"{TAGS_HEADER}: {raw[:64]!r} is not a valid tag", TAGS_HEADER)
-        out.add(raw)
-    return frozenset(out)
-
-
-def extract_features(
-    parsed: ParsedRequest,
-    policy: RoutingPolicySpec | Any,
-    endpoint: str,
-    tenant: str,
-    *,
-    classifier: DifficultyClassifier | None = None,
-    detectors: Detector | Iterable[DetectorName] | None = None,
-) -> RequestFeatures:
-    """The routing features of one request under one policy (a spec or a PolicyEntry).
-
-    Difficulty: the X-Tokenyard-Difficulty header when the policy allows it, else the
-    classifier (default :class:`HeuristicClassifier`). Data classes: those declared in
-    the policy's header plus those the detectors find; the policy's default class only
-    when both are empty. ``detectors`` is a detect function run with the policy's
-    enabled detectors (default :func:`~tokenyard.serving.detectors.detect`), or a list
-    of detector names to run instead of the policy's.
-    """
-    policy = spec_of(policy)
-    enabled: Iterable[DetectorName] = policy.egress.detectors
-    run: Detector = detect
-    if callable(detectors):
-        run = detectors
-    elif detectors is not None:
-        enabled = list(detectors)
-    headers = parsed.headers
-    override = difficulty_from_header(headers, policy.classifier.allowHeaderOverride)
-    if override is not None:
-        difficulty, source = override, "header"
-    else:
-        scorer = classifier if classifier is not None else HeuristicClassifier()
-        difficulty, source = min(1.0, max(0.0, float(scorer.score(parsed)))), "classifier"
-    declared = declared_data_classes(headers, policy.egress.dataClassHeader)
-    found = run(parsed.prompt_text, enabled) if parsed.prompt_text else {}
-    classes = set(declared) | set(found)
-    if not classes:
-        classes.add(policy.egress.defaultDataClass)
-    return RequestFeatures(
-        endpoint=endpoint,
-        tenant=tenant,
-        prompt_tokens=parsed.prompt_tokens,
-        max_tokens=parsed.max_tokens,
-        messages=parsed.messages,
-        difficulty=difficulty,
-        difficulty_source=source,
-        data_classes=frozenset(classes),
-        tags=request_tags(headers),
-        headers=headers,
-        stream=parsed.stream,
-        prompt_text=parsed.prompt_text,
-        detected={k: tuple(v) for k, v in sorted(found.items())},
-        declared_classes=declared,
-    )
-
-
-def bearer_token(headers: Mapping[str, str]) -> str | None:
-    """The bearer token of the Authorization header (lower-cased names), if any."""
-    auth = headers.get("authorization", "").strip()
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
-
-
-def resolve_tenant(
-    headers: Mapping[str, str], spec: TenantSpec, api_keys: Mapping[str, str]
-) -> str:
-    """The request's tenant: from its API key if mapped, else the tenant header, else default.
-
-    A mapped API key wins over the header (the key is a credential; the header is a
-    claim). With ``requireKnownTenant``: when keys are configured, only a mapped key
-    identifies a tenant; without keys, the tenant header must be present. Otherwise 401.
-    """
-    headers = lower_headers(headers)
-    token = bearer_token(headers)
-    if token is not None and token in api_keys:
-        return api_keys[token]
-    claimed = headers.get(spec.header.lower(), "").strip()
-    if claimed and not _TENANT_RE.match(claimed):
-        raise bad_request(f"{spec.header}: not a valid tenant name", param=spec.header)
-    if spec.requireKnownTenant:
-        if api_keys:
-            raise unauthorized(
-                "a valid API key is required" if token is None else "the API key is not known"
-            )
-        if not claimed:
-            raise unauthorized(f"the {spec.header} header is required")
-    return claimed or spec.defaultTenant
-
-
-def parse_api_keys(text: str) -> dict[str, str]:
-    """The 'key: tenant' YAML map of a tenant-keys Secret; ValueError if malformed."""
-    try:
-        data = yaml.safe_load(text) if text.strip() else {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"API key map is not valid YAML: {err.__class__.__name__}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError("API key map must be a mapping of 'key: tenant'")
-    out: dict[str, str] = {}
-    for i, (key, tenant) in enumerate(data.items()):
-        # Never echo the key itself: error messages end up in logs.
-        if not isinstance(key, str | int) or not str(key).strip():
-            raise ValueError(f"API key map entry {i}: the key must be a non-empty string")
-        if not isinstance(tenant, str) or not _TENANT_RE.match(tenant):
-            raise ValueError(f"API key map entry {i}: the tenant must be a valid name")
-        out[str(key).strip()] = tenant
-    return out
-
-
-def spec_of(policy: Any) -> RoutingPolicySpec:
-    """The RoutingPolicySpec of a spec, a PolicyEntry or a RoutingPolicy."""
-    if isinstance(policy, RoutingPolicySpec):
-        return policy
-    if hasattr(policy, "policy_spec"):
-        spec = policy.policy_spec()
-        assert isinstance(spec, RoutingPolicySpec)
-        return spec
-    inner = getattr(policy, "spec", None)
-    if isinstance(inner, RoutingPolicySpec):
-        return inner
-    raise TypeError(f"not a routing policy: {type(policy).__name__}")
-
-
-__all__: Sequence[str] = [
+__all__ = [
     "CHAT_PARAMETERS",
     "COMPLETION_PARAMETERS",
+    "MESSAGE_ROLES",
     "ParsedRequest",
-    "RequestFeatures",
-    "bearer_token",
-    "declared_data_classes",
+    "RequestKind",
     "estimate_tokens",
-    "extract_features",
     "lower_headers",
-    "parse_api_keys",
     "parse_request",
-    "request_tags",
-    "resolve_tenant",
-    "spec_of",
 ]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tokenyard.accounting.ratelimit import RateLimiter, limit_for
 from tokenyard.api.policy import RateLimit
-from tokenyard.serving.errors import RouterError
-from tokenyard.serving.ratelimit import RateLimiter, limit_for
+from tokenyard.routing.errors import RouterError
 
 T0 = 1000.0
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tokenyard.api.policy import RateLimit
-from tokenyard.serving.errors import rate_limited
+from tokenyard.routing.errors import rate_limited
 
 WILDCARD = "*"
 # A bucket idle this long has refilled completely and can be forgotten (bounded memory).

@@ -9,16 +9,15 @@ from typing import Any
 
 import pytest
 
-from tokenyard.serving.contract import CatalogueEntry
-from tokenyard.serving.ledger import (
+from tokenyard.accounting.ledger import (
     FileLedgerStore,
     MemoryLedgerStore,
     SpendLedger,
     cost_usd,
     load_ledger,
-    window_bounds,
-    window_seconds,
 )
+from tokenyard.contract import CatalogueEntry
+from tokenyard.routing.budget import window_bounds, window_seconds
 
 DAY = 86400.0
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z

@@ -7,13 +7,14 @@ from typing import Any
 import pytest
 
 from tokenyard.api.policy import RoutingPolicySpec
-from tokenyard.serving.classifier import (
+from tokenyard.routing.classifiers import (
     DifficultyClassifier,
     HeuristicClassifier,
     difficulty_from_header,
 )
-from tokenyard.serving.errors import RouterError
-from tokenyard.serving.features import ParsedRequest, extract_features, parse_request
+from tokenyard.routing.errors import RouterError
+from tokenyard.routing.features import extract_features
+from tokenyard.routing.request import ParsedRequest, parse_request
 
 CODE_TURN = (
     "```python\ndef merge(a, b):\n    return sorted(a + b)\n```\n"

@@ -1,46 +1,22 @@
-"""Request difficulty estimation: the pluggable classifier seam and the built-in heuristic.
+"""The built-in difficulty classifier: a deterministic heuristic that costs microseconds.
 
-The policy engine compares a request's difficulty in [0, 1] with each model's quality.
-The built-in :class:`HeuristicClassifier` is deterministic and costs microseconds: it
-looks at prompt length, conversation depth, requested output length and code, math and
-reasoning signals. Another classifier (say, embedding based) only has to implement
-:class:`DifficultyClassifier`. Called by :func:`tokenyard.serving.features.extract_features`.
+:class:`HeuristicClassifier` looks at prompt length, conversation depth, requested
+output length and code, math and reasoning signals; it answers the
+:class:`~tokenyard.routing.classifiers.base.DifficultyClassifier` call like any other
+classifier. :func:`tokenyard.routing.features.extract_features` uses it by default.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
 
-from tokenyard.serving.errors import bad_request
-
-DIFFICULTY_HEADER = "X-Tokenyard-Difficulty"
+from tokenyard.routing.classifiers.base import ClassifiableRequest
 
 # Only the start of very long prompts is scanned for signals: it keeps scoring cheap,
 # and length alone already pushes such prompts to the top of the scale.
 _SCAN_CHARS = 32_000
-
-
-class ClassifiableRequest(Protocol):
-    """What a classifier may look at (a :class:`~tokenyard.serving.features.ParsedRequest`)."""
-
-    @property
-    def prompt_text(self) -> str: ...
-    @property
-    def prompt_tokens(self) -> int: ...
-    @property
-    def max_tokens(self) -> int | None: ...
-    @property
-    def roles(self) -> Sequence[str]: ...
-
-
-@runtime_checkable
-class DifficultyClassifier(Protocol):
-    """Scores a request's difficulty: 0 is trivial, 1 needs the strongest model."""
-
-    def score(self, parsed: ClassifiableRequest) -> float: ...
 
 
 _CODE = [
@@ -130,24 +106,4 @@ class HeuristicClassifier:
         return round(min(1.0, max(0.0, raw)), 4)
 
 
-def difficulty_from_header(headers: Mapping[str, str], allowed: bool) -> float | None:
-    """The client's X-Tokenyard-Difficulty, if the policy allows overrides; else None.
-
-    ``headers`` has lower-cased names. A value that is not a number in [0, 1] is a 400
-    when overrides are allowed (and ignored otherwise, like the header itself).
-    """
-    if not allowed:
-        return None
-    raw = headers.get(DIFFICULTY_HEADER.lower())
-    if raw is None:
-        return None
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        value = math.nan
-    if not (0.0 <= value <= 1.0):  # also rejects NaN
-        raise bad_request(
-            f"{DIFFICULTY_HEADER} must be a number between 0 and 1, got {raw[:32]!r}",
-            param=DIFFICULTY_HEADER,
-        )
-    return value
+__all__ = ["HeuristicClassifier"]

@@ -1,4 +1,4 @@
-"""Spill-over: the queue clock, the choice (tokenyard.serving.spillover) and the step that
+"""Spill-over: the queue clock, the choice (tokenyard.routing.spillover) and the step that
 reorders a routing decision (policy_engine.apply_spillover)."""
 
 from __future__ import annotations
@@ -13,19 +13,14 @@ import pytest
 from tokenyard.api.manifests import load
 from tokenyard.api.model import ModelDeployment
 from tokenyard.api.policy import RoutingPolicySpec, SpilloverSpec
-from tokenyard.serving import spillover
-from tokenyard.serving.contract import CatalogueEntry, ExternalEndpoint, catalogue_entry
-from tokenyard.serving.features import RequestFeatures
-from tokenyard.serving.ledger import StaticSpend
+from tokenyard.contract import CatalogueEntry, ExternalEndpoint, catalogue_entry
+from tokenyard.routing import spillover
+from tokenyard.routing.budget import StaticSpend
+from tokenyard.routing.decision import Candidate, Decision
+from tokenyard.routing.features import RequestFeatures
+from tokenyard.routing.policy_engine import apply_spillover, capacity_of, decide
+from tokenyard.routing.spillover import Capacity, Option, QueueClock, choose
 from tokenyard.serving.local import plan
-from tokenyard.serving.policy_engine import (
-    Candidate,
-    Decision,
-    apply_spillover,
-    capacity_of,
-    decide,
-)
-from tokenyard.serving.spillover import Capacity, Option, QueueClock, choose
 
 NOW = 1_700_000_000.0
 

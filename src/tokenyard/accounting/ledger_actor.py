@@ -1,6 +1,6 @@
 """The one spend ledger of a pool: a named Ray actor shared by every router replica.
 
-It wraps the pure :class:`tokenyard.serving.ledger.SpendLedger` and persists it with a
+It wraps the pure :class:`tokenyard.accounting.ledger.SpendLedger` and persists it with a
 :class:`FileLedgerStore` at ``RouterAppArgs.ledgerPath`` (a volume in a cluster, the
 state directory in local mode). Why a file on a volume rather than a Kubernetes object:
 the router must not need API-server credentials, writes are frequent, and a volume
@@ -26,7 +26,7 @@ from typing import Any
 
 import ray
 
-from tokenyard.serving.ledger import FileLedgerStore, SpendLedger, load_ledger
+from tokenyard.accounting.ledger import FileLedgerStore, SpendLedger, load_ledger
 
 logger = logging.getLogger("tokenyard.router")
 

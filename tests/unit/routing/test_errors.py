@@ -7,8 +7,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tokenyard.serving import errors
-from tokenyard.serving.errors import RouterError, failure_kind
+from tokenyard.routing import errors
+from tokenyard.routing.errors import RouterError, failure_kind
 
 
 @pytest.mark.parametrize(

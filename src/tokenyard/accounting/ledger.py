@@ -25,21 +25,19 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from tokenyard.serving.contract import CatalogueEntry
+from tokenyard.contract import CatalogueEntry
+from tokenyard.routing.budget import window_bounds, window_seconds
 
-log = logging.getLogger("tokenyard.serving.ledger")
+log = logging.getLogger("tokenyard.accounting.ledger")
 
 SNAPSHOT_VERSION = 1
 
-_UNITS = {"m": 60, "h": 3600, "d": 86400}
-_WINDOW_RE = re.compile(r"^([1-9][0-9]*)(m|h|d)$")
 # Bucket sizes, finest first, with how long each is kept by default: long enough for
 # the usual 60m / 24h / 30d windows; configured longer windows extend it.
 _GRANULARITIES = (60, 3600, 86400)
@@ -56,21 +54,6 @@ TRAFFIC_WINDOW_S = 600
 def cost_usd(entry: CatalogueEntry, tokens_in: int, tokens_out: int) -> float:
     """What a request cost on ``entry``: tokens times its per-1M prices, in USD."""
     return (tokens_in * entry.inputPer1M + tokens_out * entry.outputPer1M) / 1_000_000
-
-
-def window_seconds(window: str) -> int:
-    """Length of a window such as ``60m``, ``24h`` or ``30d`` in seconds."""
-    m = _WINDOW_RE.match(window)
-    if not m:
-        raise ValueError(f"invalid window {window!r}: expected a number then m, h or d")
-    return int(m.group(1)) * _UNITS[m.group(2)]
-
-
-def window_bounds(window: str, now: float) -> tuple[float, float]:
-    """The fixed window (from the Unix epoch) containing ``now``: ``(start, end)``."""
-    length = window_seconds(window)
-    start = math.floor(now / length) * length
-    return float(start), float(start + length)
 
 
 def _granularity(length: int) -> int:
@@ -366,12 +349,6 @@ def _traffic_from_json(raw: Any) -> dict[str, EndpointTraffic]:
     return out
 
 
-class TenantSpendView(Protocol):
-    """What the policy engine reads from the ledger (a :class:`SpendLedger` fits)."""
-
-    def spend(self, tenant: str, endpoint: str | None, window: str, now: float) -> float: ...
-
-
 class LedgerStore(Protocol):
     """Where ledger snapshots persist between router and cluster restarts."""
 
@@ -504,13 +481,3 @@ def load_ledger(store: LedgerStore, windows: Iterable[str] = ()) -> SpendLedger:
             log.error("ledger snapshot invalid; starting empty", extra={"error": repr(err)})
             ledger = SpendLedger(windows)
     return ledger
-
-
-class StaticSpend:
-    """A fixed spend per tenant (any window): for ``tokenyard explain`` and tests."""
-
-    def __init__(self, spend: Mapping[str, float] | None = None) -> None:
-        self._spend = dict(spend or {})
-
-    def spend(self, tenant: str, endpoint: str | None, window: str, now: float) -> float:
-        return self._spend.get(tenant, 0.0)

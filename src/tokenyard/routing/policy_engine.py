@@ -22,157 +22,32 @@ Order of the decision:
 :func:`apply_spillover` then reorders a decision by live load (``spec.spillover``): it is
 kept apart so :func:`decide` stays a function of the request and the policy, and offline
 ``tokenyard explain`` (no load) runs exactly the same decision.
+The shapes of the result are in :mod:`tokenyard.routing.decision`, budgets in
+:mod:`tokenyard.routing.budget`.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
-from tokenyard.api.policy import Budget, Match, Range, RoutingPolicySpec, Rule, SpilloverSpec
-from tokenyard.serving.contract import CatalogueEntry, PolicyEntry, blended_price
-from tokenyard.serving.errors import (
+from tokenyard.api.policy import Match, Range, RoutingPolicySpec, Rule, SpilloverSpec
+from tokenyard.contract import CatalogueEntry, PolicyEntry, blended_price
+from tokenyard.routing.budget import BudgetStatus, TenantSpendView, budget_status
+from tokenyard.routing.decision import BackendState, Candidate, Decision
+from tokenyard.routing.errors import (
     DEFAULT_RETRY_AFTER_S,
+    RouterError,
     budget_exceeded,
     egress_denied,
     no_backend,
     prompt_too_long,
 )
-from tokenyard.serving.features import RequestFeatures, spec_of
-from tokenyard.serving.ledger import window_bounds
-from tokenyard.serving.spillover import Capacity, Option, QueueClock, choose
+from tokenyard.routing.features import RequestFeatures, spec_of
+from tokenyard.routing.spillover import Capacity, Option, QueueClock, choose
 
-WILDCARD = "*"
 RULE_STRATEGY = "Rule"
-
-
-@dataclass(frozen=True)
-class BackendState:
-    """What the router knows live about one backend."""
-
-    ready: bool = True
-    circuit_open: bool = False
-    """True while the backend's circuit refuses requests (open, or half-open with its
-    probe in flight)."""
-    half_open: bool = False
-    """True when the circuit lets one probe through."""
-    retry_after: float | None = None
-    """Seconds until the circuit lets a request through, when it refuses now."""
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A target in a decision and why it is there (or why it was skipped)."""
-
-    model: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class BudgetStatus:
-    """The tenant's budget for the current window."""
-
-    limit_usd: float
-    spent_usd: float
-    window: str
-    window_end: float
-    on_exceeded: str
-    exceeded: bool
-
-    @property
-    def remaining_usd(self) -> float:
-        return max(0.0, self.limit_usd - self.spent_usd)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The ordered targets for one request, the skipped ones and how they were chosen."""
-
-    endpoint: str
-    difficulty: float
-    targets: list[Candidate]
-    skipped: list[Candidate]
-    rule: str | None
-    strategy: str
-    downgraded: bool
-    tenant: str = ""
-    data_classes: tuple[str, ...] = ()
-    budget: BudgetStatus | None = None
-    spilled_from: str | None = None
-    """The model the policy put first, when spill-over moved another target ahead of it."""
-    capacity_downgrade: bool = False
-    """True when the target moved first is weaker: the first was capped and saturated
-    (spillover.downgradeWhenCapped)."""
-
-    @property
-    def models(self) -> list[str]:
-        return [c.model for c in self.targets]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, as explain prints it."""
-        out: dict[str, Any] = {
-            "endpoint": self.endpoint,
-            "tenant": self.tenant,
-            "difficulty": self.difficulty,
-            "dataClasses": list(self.data_classes),
-            "rule": self.rule,
-            "strategy": self.strategy,
-            "downgraded": self.downgraded,
-            "targets": [{"model": c.model, "reason": c.reason} for c in self.targets],
-            "skipped": [{"model": c.model, "reason": c.reason} for c in self.skipped],
-        }
-        if self.spilled_from is not None:
-            out["spilledFrom"] = self.spilled_from
-        if self.capacity_downgrade:
-            out["capacityDowngrade"] = True
-        if self.budget is not None:
-            out["budget"] = {
-                "limitUSD": self.budget.limit_usd,
-                "spentUSD": round(self.budget.spent_usd, 6),
-                "window": self.budget.window,
-                "windowEnd": self.budget.window_end,
-                "onExceeded": self.budget.on_exceeded,
-                "exceeded": self.budget.exceeded,
-            }
-        return out
-
-
-class TenantSpendView(Protocol):
-    """Read access to the spend ledger (a :class:`~tokenyard.serving.ledger.SpendLedger`)."""
-
-    def spend(self, tenant: str, endpoint: str | None, window: str, now: float) -> float: ...
-
-
-def budget_for(budgets: Iterable[Budget], tenant: str) -> Budget | None:
-    """The tenant's own budget, else the ``*`` entry, else None."""
-    wildcard: Budget | None = None
-    for b in budgets:
-        if b.tenant == tenant:
-            return b
-        if b.tenant == WILDCARD:
-            wildcard = b
-    return wildcard
-
-
-def budget_status(
-    spec: RoutingPolicySpec, tenant: str, endpoint: str, spend: TenantSpendView, now: float
-) -> BudgetStatus | None:
-    """The tenant's budget state on this endpoint now; None if it has no budget."""
-    budget = budget_for(spec.budgets, tenant)
-    if budget is None:
-        return None
-    spent = spend.spend(tenant, endpoint, budget.window, now)
-    _, end = window_bounds(budget.window, now)
-    return BudgetStatus(
-        limit_usd=budget.limitUSD,
-        spent_usd=spent,
-        window=budget.window,
-        window_end=end,
-        on_exceeded=budget.onExceeded,
-        exceeded=spent >= budget.limitUSD,
-    )
 
 
 def _in_range(r: Range | None, value: float) -> bool:
@@ -293,6 +168,158 @@ def _context_block(entry: CatalogueEntry, f: RequestFeatures) -> str | None:
     return None
 
 
+def _state(backends: Mapping[str, BackendState], name: str) -> BackendState:
+    return backends.get(name, BackendState())
+
+
+def _hard_filters(
+    spec: RoutingPolicySpec,
+    candidates: Sequence[str],
+    catalogue: Mapping[str, CatalogueEntry],
+    f: RequestFeatures,
+) -> tuple[dict[str, str], set[str]]:
+    """Why the request must never reach each blocked candidate (not a policy target, not
+    in the catalogue, egress, context length), and which of them egress blocks."""
+    allowed_external = frozenset(spec.egress.allowedExternalDataClasses)
+    policy_targets = {t.model for t in spec.targets}
+    blocked: dict[str, str] = {}
+    egress_blocked: set[str] = set()
+    for n in candidates:
+        if n not in policy_targets:
+            blocked[n] = "not in the policy's spec.targets"
+            continue
+        entry = catalogue.get(n)
+        if entry is None:
+            blocked[n] = "unknown model: not in the router's catalogue"
+            continue
+        why = _egress_block(entry, f.data_classes, allowed_external)
+        if why is not None:
+            blocked[n] = why
+            egress_blocked.add(n)
+            continue
+        why = _context_block(entry, f)
+        if why is not None:
+            blocked[n] = why
+    return blocked, egress_blocked
+
+
+# Positional, as decide calls it; each argument is one input of the ordering.
+def _order(  # noqa: PLR0917
+    rule: Rule | None,
+    spec: RoutingPolicySpec,
+    f: RequestFeatures,
+    catalogue: Mapping[str, CatalogueEntry],
+    eligible: set[str],
+    rng: random.Random,
+    candidates: Sequence[str],
+) -> tuple[list[Candidate], str]:
+    """Step 1: the candidates in the matching rule's order, else the strategy's, and the
+    name of what ordered them."""
+    if rule is not None:
+        ordered = [Candidate(n, f"rule {rule.name}: position {i + 1}")
+                   for i, n in enumerate(dict.fromkeys(rule.targets))]  # fmt: skip
+        return ordered, RULE_STRATEGY
+    ordered = _order_by_strategy(spec, f, catalogue, eligible, rng)
+    listed = {c.model for c in ordered}
+    ordered += [Candidate(n, "") for n in candidates if n not in listed]
+    return ordered, spec.strategy
+
+
+# Positional, as decide calls it; each argument is one part of the failed filtering.
+def _refusal(  # noqa: PLR0917
+    f: RequestFeatures,
+    candidates: Sequence[str],
+    blocked: Mapping[str, str],
+    egress_blocked: set[str],
+    skipped: Sequence[Candidate],
+    catalogue: Mapping[str, CatalogueEntry],
+) -> RouterError:
+    """Why no candidate may serve the request at all: 403 egress, 413 context, or 503."""
+    reachable = [n for n in candidates if n not in egress_blocked and n in catalogue]
+    if egress_blocked and not reachable:
+        return egress_denied(
+            f"no target of endpoint '{f.endpoint}' may receive data of class "
+            f"{', '.join(sorted(f.data_classes))}: "
+            + "; ".join(f"{c.model}: {c.reason}" for c in skipped)
+        )
+    too_long = [n for n in reachable if blocked.get(n, "").startswith("context")]
+    if too_long:
+        need = f.prompt_tokens + (f.max_tokens or 0)
+        longest = max(catalogue[n].maxModelLen or 0 for n in too_long)
+        return prompt_too_long(
+            f"the request needs about {need} tokens (prompt plus max_tokens) but the "
+            f"longest context of any allowed target of '{f.endpoint}' is {longest}"
+        )
+    return no_backend(f"endpoint '{f.endpoint}' has no usable target", DEFAULT_RETRY_AFTER_S)
+
+
+# Positional, as decide calls it; each argument is one input of the budget step.
+def _budget_spent(  # noqa: PLR0917
+    budget: BudgetStatus,
+    keep: Sequence[Candidate],
+    allowed: Sequence[str],
+    eligible: set[str],
+    catalogue: Mapping[str, CatalogueEntry],
+    f: RequestFeatures,
+    now: float,
+    skipped: list[Candidate],
+) -> list[Candidate]:
+    """Step 3 with the budget spent: 429 (Reject), or only the cheapest allowed target
+    (Downgrade), the others added to ``skipped``."""
+    if budget.on_exceeded == "Reject":
+        raise budget_exceeded(
+            f"tenant '{f.tenant}' has spent ${budget.spent_usd:.4f} of its "
+            f"${budget.limit_usd:g} budget for this {budget.window} window",
+            max(0.0, budget.window_end - now),
+        )
+    # Downgrade: the cheapest allowed target that can serve now (or, if none can,
+    # the cheapest allowed one, so the request still gets a probe or a clear 503).
+    pool = [n for n in allowed if n in eligible] or list(allowed)
+    cheapest = min(pool, key=lambda n: (_price(catalogue[n]), -catalogue[n].quality, n))
+    for c in keep:
+        if c.model != cheapest:
+            skipped.append(Candidate(c.model, "budget spent: downgraded to the cheapest"))
+    return [
+        Candidate(
+            cheapest,
+            f"budget downgrade: ${budget.spent_usd:.4f} of ${budget.limit_usd:g} spent "
+            f"this {budget.window} window; cheapest allowed target "
+            f"{_fmt_price(catalogue[cheapest])}",
+        )
+    ]
+
+
+def _available(
+    keep: Sequence[Candidate],
+    catalogue: Mapping[str, CatalogueEntry],
+    backends: Mapping[str, BackendState],
+    f: RequestFeatures,
+) -> tuple[list[Candidate], list[Candidate]]:
+    """Step 4: the targets that can take the request now and the unavailable ones; 503
+    with the earliest Retry-After when none can."""
+    targets: list[Candidate] = []
+    unavailable: list[Candidate] = []
+    waits: list[float] = []
+    for c in keep:
+        st = _state(backends, c.model)
+        if not catalogue[c.model].ready or not st.ready:
+            unavailable.append(Candidate(c.model, "not ready"))
+            waits.append(DEFAULT_RETRY_AFTER_S)
+        elif st.circuit_open:
+            unavailable.append(Candidate(c.model, "circuit open"))
+            waits.append(st.retry_after if st.retry_after is not None else DEFAULT_RETRY_AFTER_S)
+        else:
+            reason = c.reason + ("; circuit half-open: probe" if st.half_open else "")
+            targets.append(Candidate(c.model, reason))
+    if not targets:
+        raise no_backend(
+            f"no target of endpoint '{f.endpoint}' is available now: "
+            + "; ".join(f"{c.model}: {c.reason}" for c in unavailable),
+            max(min(waits), 0.0),
+        )
+    return targets, unavailable
+
+
 # Positional, as the router calls it; every argument is a distinct input of the decision.
 def decide(  # noqa: PLR0917
     features: RequestFeatures,
@@ -312,123 +339,31 @@ def decide(  # noqa: PLR0917
     """
     spec = spec_of(policy)
     f = features
-    skipped: list[Candidate] = []
-    allowed_external = frozenset(spec.egress.allowedExternalDataClasses)
-    policy_targets = {t.model for t in spec.targets}
-
     rule = first_matching_rule(spec.rules, f)
-
-    def state(n: str) -> BackendState:
-        return backends.get(n, BackendState())
-
-    def available(n: str) -> bool:
-        return catalogue[n].ready and state(n).ready and not state(n).circuit_open
 
     # Hard filters first: they do not depend on the order, and the Weighted draw must
     # only pick among targets that can serve.
-    hard_block: dict[str, str] = {}
-    egress_blocked: set[str] = set()
-    candidates_all = list(rule.targets) if rule is not None else [t.model for t in spec.targets]
-    for n in candidates_all:
-        if n not in policy_targets:
-            hard_block[n] = "not in the policy's spec.targets"
-            continue
-        entry = catalogue.get(n)
-        if entry is None:
-            hard_block[n] = "unknown model: not in the router's catalogue"
-            continue
-        why = _egress_block(entry, f.data_classes, allowed_external)
-        if why is not None:
-            hard_block[n] = why
-            egress_blocked.add(n)
-            continue
-        why = _context_block(entry, f)
-        if why is not None:
-            hard_block[n] = why
-    allowed = [n for n in dict.fromkeys(candidates_all) if n not in hard_block]
-    eligible = {n for n in allowed if available(n)}
-
-    if rule is not None:
-        ordered = [Candidate(n, f"rule {rule.name}: position {i + 1}")
-                   for i, n in enumerate(dict.fromkeys(rule.targets))]  # fmt: skip
-        strategy = RULE_STRATEGY
-    else:
-        ordered = _order_by_strategy(spec, f, catalogue, eligible, rng)
-        strategy = spec.strategy
-        listed = {c.model for c in ordered}
-        ordered += [Candidate(n, "") for n in candidates_all if n not in listed]
-
-    for c in ordered:
-        if c.model in hard_block:
-            skipped.append(Candidate(c.model, hard_block[c.model]))
-
+    candidates = list(rule.targets) if rule is not None else [t.model for t in spec.targets]
+    blocked, egress_blocked = _hard_filters(spec, candidates, catalogue, f)
+    allowed = [n for n in dict.fromkeys(candidates) if n not in blocked]
+    eligible = {
+        n
+        for n in allowed
+        if catalogue[n].ready and _state(backends, n).ready and not _state(backends, n).circuit_open
+    }
+    ordered, strategy = _order(rule, spec, f, catalogue, eligible, rng, candidates)
+    skipped = [Candidate(c.model, blocked[c.model]) for c in ordered if c.model in blocked]
     if not allowed:
-        reachable = [n for n in candidates_all if n not in egress_blocked and n in catalogue]
-        if egress_blocked and not reachable:
-            raise egress_denied(
-                f"no target of endpoint '{f.endpoint}' may receive data of class "
-                f"{', '.join(sorted(f.data_classes))}: "
-                + "; ".join(f"{c.model}: {c.reason}" for c in skipped)
-            )
-        too_long = [n for n in reachable if hard_block.get(n, "").startswith("context")]
-        if too_long:
-            need = f.prompt_tokens + (f.max_tokens or 0)
-            longest = max(catalogue[n].maxModelLen or 0 for n in too_long)
-            raise prompt_too_long(
-                f"the request needs about {need} tokens (prompt plus max_tokens) but the "
-                f"longest context of any allowed target of '{f.endpoint}' is {longest}"
-            )
-        raise no_backend(f"endpoint '{f.endpoint}' has no usable target", DEFAULT_RETRY_AFTER_S)
+        raise _refusal(f, candidates, blocked, egress_blocked, skipped, catalogue)
 
     budget = budget_status(spec, f.tenant, f.endpoint, tenant_spend, now)
-    downgraded = False
     keep = [c for c in ordered if c.model in set(allowed)]
+    downgraded = budget is not None and budget.exceeded
     if budget is not None and budget.exceeded:
-        if budget.on_exceeded == "Reject":
-            raise budget_exceeded(
-                f"tenant '{f.tenant}' has spent ${budget.spent_usd:.4f} of its "
-                f"${budget.limit_usd:g} budget for this {budget.window} window",
-                max(0.0, budget.window_end - now),
-            )
-        # Downgrade: the cheapest allowed target that can serve now (or, if none can,
-        # the cheapest allowed one, so the request still gets a probe or a clear 503).
-        pool = [n for n in allowed if n in eligible] or allowed
-        cheapest = min(pool, key=lambda n: (_price(catalogue[n]), -catalogue[n].quality, n))
-        for c in keep:
-            if c.model != cheapest:
-                skipped.append(Candidate(c.model, "budget spent: downgraded to the cheapest"))
-        keep = [
-            Candidate(
-                cheapest,
-                f"budget downgrade: ${budget.spent_usd:.4f} of ${budget.limit_usd:g} spent "
-                f"this {budget.window} window; cheapest allowed target "
-                f"{_fmt_price(catalogue[cheapest])}",
-            )
-        ]
-        downgraded = True
+        keep = _budget_spent(budget, keep, allowed, eligible, catalogue, f, now, skipped)
 
-    targets: list[Candidate] = []
-    unavailable: list[Candidate] = []
-    waits: list[float] = []
-    for c in keep:
-        st = state(c.model)
-        if not catalogue[c.model].ready or not st.ready:
-            unavailable.append(Candidate(c.model, "not ready"))
-            waits.append(DEFAULT_RETRY_AFTER_S)
-        elif st.circuit_open:
-            unavailable.append(Candidate(c.model, "circuit open"))
-            waits.append(st.retry_after if st.retry_after is not None else DEFAULT_RETRY_AFTER_S)
-        else:
-            reason = c.reason + ("; circuit half-open: probe" if st.half_open else "")
-            targets.append(Candidate(c.model, reason))
+    targets, unavailable = _available(keep, catalogue, backends, f)
     skipped.extend(unavailable)
-    if not targets:
-        raise no_backend(
-            f"no target of endpoint '{f.endpoint}' is available now: "
-            + "; ".join(f"{c.model}: {c.reason}" for c in unavailable),
-            max(min(waits), 0.0),
-        )
-
     limit = spec.fallback.maxAttempts
     for c in targets[limit:]:
         skipped.append(Candidate(c.model, f"beyond fallback.maxAttempts ({limit})"))
@@ -448,7 +383,6 @@ def decide(  # noqa: PLR0917
     )
 
 
-# Positional like decide; the clock and prompt size are the live inputs spill-over adds.
 def capacity_of(
     entry: CatalogueEntry, live_replicas: Mapping[str, int] | None = None
 ) -> Capacity | None:
@@ -461,6 +395,7 @@ def capacity_of(
     return replace(cap, replicas=live_replicas[entry.name])
 
 
+# Positional like decide; the clock and prompt size are the live inputs spill-over adds.
 def apply_spillover(  # noqa: PLR0917
     decision: Decision,
     catalogue: Mapping[str, CatalogueEntry],
@@ -479,7 +414,7 @@ def apply_spillover(  # noqa: PLR0917
     When the first target is an in-cluster model whose expected time to first token
     (``clock``) exceeds ``spec.threshold`` x its SLO, the next target that is in-cluster,
     of at least the same quality and expected to start the request with spare capacity
-    (:func:`~tokenyard.serving.spillover.choose`) goes first, with the reason appended;
+    (:func:`~tokenyard.routing.spillover.choose`) goes first, with the reason appended;
     the others keep their order, so the original is its fallback. With
     ``spec.downgradeWhenCapped`` a capped first target with no better one free goes to
     the strongest weaker in-cluster target with room (``capacity_downgrade``).
@@ -519,14 +454,8 @@ def apply_spillover(  # noqa: PLR0917
 
 
 __all__ = [
-    "BackendState",
-    "BudgetStatus",
-    "Candidate",
-    "Decision",
-    "TenantSpendView",
+    "RULE_STRATEGY",
     "apply_spillover",
-    "budget_for",
-    "budget_status",
     "capacity_of",
     "decide",
     "first_matching_rule",

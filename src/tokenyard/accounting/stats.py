@@ -22,8 +22,8 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from tokenyard.accounting.ledger import TRAFFIC_WINDOW_S, TrafficCounts, TrafficSummary
 from tokenyard.api.policy import RoutingPolicySpec
-from tokenyard.serving.ledger import TRAFFIC_WINDOW_S, TrafficCounts, TrafficSummary
 
 STATS_PATH = "/v1/tokenyard/stats"
 # The spend window of an endpoint whose policy has no "*" budget: a day, as in

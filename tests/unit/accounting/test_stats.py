@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from tokenyard.api.policy import RoutingPolicySpec
-from tokenyard.serving.ledger import (
+from tokenyard.accounting.ledger import (
     TRAFFIC_BUCKET_S,
     TRAFFIC_WINDOW_S,
     FileLedgerStore,
@@ -18,13 +17,14 @@ from tokenyard.serving.ledger import (
     SpendLedger,
     load_ledger,
 )
-from tokenyard.serving.stats import (
+from tokenyard.accounting.stats import (
     DEFAULT_SPEND_WINDOW,
     build_stats,
     endpoint_stats,
     iso_time,
     spend_window,
 )
+from tokenyard.api.policy import RoutingPolicySpec
 
 T0 = 1_700_000_040.0  # on a minute boundary: 2023-11-14T22:14:00Z
 
@@ -185,7 +185,7 @@ class _Handle:
 
 async def test_two_replicas_add_up_in_the_shared_actor() -> None:
     pytest.importorskip("ray", reason="the ledger actor module needs ray")
-    from tokenyard.serving.ledger_actor import LedgerActor, LedgerClient
+    from tokenyard.accounting.ledger_actor import LedgerActor, LedgerClient
 
     actor = _Handle(LedgerActor(None))
     one, two = LedgerClient(actor), LedgerClient(actor)
@@ -229,7 +229,7 @@ class _LateMethod:
 
 async def test_a_refresh_keeps_a_batch_the_actor_runs_late() -> None:
     pytest.importorskip("ray", reason="the ledger actor module needs ray")
-    from tokenyard.serving.ledger_actor import LedgerActor, LedgerClient
+    from tokenyard.accounting.ledger_actor import LedgerActor, LedgerClient
 
     class LateHandle(_Handle):
         def __getattr__(self, name: str) -> Any:
@@ -254,7 +254,7 @@ async def test_a_refresh_keeps_a_batch_the_actor_runs_late() -> None:
 
 async def test_a_ledger_actor_without_traffic_keeps_spend_flowing() -> None:
     pytest.importorskip("ray", reason="the ledger actor module needs ray")
-    from tokenyard.serving.ledger_actor import LedgerActor, LedgerClient
+    from tokenyard.accounting.ledger_actor import LedgerActor, LedgerClient
 
     class OldActor(LedgerActor):
         record_traffic = None  # type: ignore[assignment]

@@ -1,4 +1,4 @@
-"""Table tests of the pure routing decision (tokenyard.serving.policy_engine.decide)."""
+"""Table tests of the pure routing decision (tokenyard.routing.policy_engine.decide)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,14 @@ from typing import Any
 
 import pytest
 
+from tokenyard.accounting.ledger import SpendLedger
 from tokenyard.api.policy import RoutingPolicySpec
-from tokenyard.serving.contract import CatalogueEntry, PolicyEntry
-from tokenyard.serving.errors import RouterError
-from tokenyard.serving.features import RequestFeatures
-from tokenyard.serving.ledger import SpendLedger, StaticSpend, window_bounds
-from tokenyard.serving.policy_engine import (
-    BackendState,
-    Candidate,
-    Decision,
-    budget_for,
-    decide,
-)
+from tokenyard.contract import CatalogueEntry, PolicyEntry
+from tokenyard.routing.budget import StaticSpend, budget_for, window_bounds
+from tokenyard.routing.decision import BackendState, Candidate, Decision
+from tokenyard.routing.errors import RouterError
+from tokenyard.routing.features import RequestFeatures
+from tokenyard.routing.policy_engine import decide
 
 NOW = 1_700_000_000.0
 

@@ -1,9 +1,11 @@
 """The contract between the operator's rendered ``serveConfigV2`` and the serving code.
 
-One module, imported by both sides (the operator renders these shapes; the router and
-model apps read them), so an import path or argument name cannot drift. It imports no
-Ray, no kopf and no Kubernetes client; its pure builders turn API objects into the
-Serve application arguments.
+One module, imported by both planes (the operator renders these shapes; the router,
+the model app, the routing decision and accounting read them), so an import path or
+argument name cannot drift. It imports no Ray, kopf or Kubernetes client, and nothing of
+tokenyard but ``tokenyard.api`` and spill-over's :class:`Capacity` (a standard-library-only
+module: a catalogue entry states its capacity in the type spill-over reads); its pure
+builders turn API objects into the Serve application arguments.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from tokenyard.api.common import COND_CAPPED
 from tokenyard.api.model import ModelDeployment, ModelDeploymentSpec
 from tokenyard.api.policy import RoutingPolicySpec, Target
 from tokenyard.api.pool import AcceleratorClass
-from tokenyard.serving.spillover import Capacity
+from tokenyard.routing.spillover import Capacity
 
 ROUTER_APP_NAME = "tokenyard-router"
 ROUTER_IMPORT_PATH = "tokenyard.serving.router_app:build_app"

@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
+from tokenyard.accounting.ledger import SpendLedger
 from tokenyard.api.manifests import load
-from tokenyard.serving.errors import RouterError
-from tokenyard.serving.explain import explain_request, parse_header_args, router_config
-from tokenyard.serving.ledger import SpendLedger, StaticSpend
-from tokenyard.serving.policy_engine import BackendState
+from tokenyard.routing.budget import StaticSpend
+from tokenyard.routing.decision import BackendState
+from tokenyard.routing.errors import RouterError
+from tokenyard.routing.explain import explain_request, parse_header_args, router_config
 
 MANIFESTS = Path(__file__).parent / "manifests"
 NOW = 1_700_000_000.0
@@ -170,7 +171,7 @@ def test_parse_header_args() -> None:
 
 def test_secret_value_reads_string_data_and_base64_data() -> None:
     from tokenyard.api.manifests import Manifests
-    from tokenyard.serving.explain import secret_value
+    from tokenyard.routing.explain import secret_value
 
     m = Manifests(
         others=[
@@ -209,7 +210,7 @@ def test_cli_explains_a_model_called_by_name_under_its_policy(tmp_path: Path) ->
 
 
 def test_direct_policy_is_the_router_s_view() -> None:
-    from tokenyard.serving.contract import direct_policy
+    from tokenyard.contract import direct_policy
 
     assert direct_policy(CONFIG, "chat") is None  # a policy's endpoint, not a model
     assert direct_policy(CONFIG, "nope") is None

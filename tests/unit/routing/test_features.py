@@ -7,15 +7,10 @@ from typing import Any
 import pytest
 
 from tokenyard.api.policy import RoutingPolicySpec, TenantSpec
-from tokenyard.serving.errors import RouterError
-from tokenyard.serving.features import (
-    MESSAGE_OVERHEAD_TOKENS,
-    estimate_tokens,
-    extract_features,
-    parse_api_keys,
-    parse_request,
-    resolve_tenant,
-)
+from tokenyard.routing.errors import RouterError
+from tokenyard.routing.features import extract_features
+from tokenyard.routing.request import MESSAGE_OVERHEAD_TOKENS, estimate_tokens, parse_request
+from tokenyard.routing.tenants import parse_api_keys, resolve_tenant
 
 MSG = [{"role": "user", "content": "hello there"}]
 

@@ -2,7 +2,7 @@
 
 :func:`explain_request` is shared by the CLI (offline, from manifests) and the router's
 ``POST /v1/tokenyard/explain`` (live catalogue and ledger): it runs the same parsing,
-tenant resolution, feature extraction and :func:`~tokenyard.serving.policy_engine.decide`
+tenant resolution, feature extraction and :func:`~tokenyard.routing.policy_engine.decide`
 the router runs, and returns the decision as a dict. :func:`main` is the CLI.
 
 Spill-over needs live load: the router passes its queue clock and the decision shows a
@@ -24,8 +24,7 @@ from typing import Any
 
 from tokenyard.api.manifests import ManifestError, Manifests, load
 from tokenyard.api.pool import AcceleratorClass
-from tokenyard.serving.classifier import DifficultyClassifier
-from tokenyard.serving.contract import (
+from tokenyard.contract import (
     CatalogueEntry,
     PolicyEntry,
     RouterConfig,
@@ -33,17 +32,15 @@ from tokenyard.serving.contract import (
     direct_policy,
     tenant_keys_env,
 )
-from tokenyard.serving.errors import RouterError, bad_request, model_not_found
-from tokenyard.serving.features import (
-    RequestKind,
-    extract_features,
-    parse_api_keys,
-    parse_request,
-    resolve_tenant,
-)
-from tokenyard.serving.ledger import StaticSpend, TenantSpendView
-from tokenyard.serving.policy_engine import BackendState, apply_spillover, decide
-from tokenyard.serving.spillover import QueueClock
+from tokenyard.routing.budget import StaticSpend, TenantSpendView
+from tokenyard.routing.classifiers import DifficultyClassifier
+from tokenyard.routing.decision import BackendState
+from tokenyard.routing.errors import RouterError, bad_request, model_not_found
+from tokenyard.routing.features import extract_features
+from tokenyard.routing.policy_engine import apply_spillover, decide
+from tokenyard.routing.request import RequestKind, parse_request
+from tokenyard.routing.spillover import QueueClock
+from tokenyard.routing.tenants import parse_api_keys, resolve_tenant
 
 
 def find_policy(config: RouterConfig, endpoint: str) -> PolicyEntry | None:
@@ -162,10 +159,6 @@ def secret_value(m: Manifests, name: str, key: str) -> str | None:
             except (binascii.Error, UnicodeDecodeError):
                 return None
     return None
-
-
-# The earlier private name, still imported by tokenyard.serving.local.
-_secret_value = secret_value
 
 
 def api_keys_from_manifests(m: Manifests) -> dict[str, dict[str, str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokenyard.serving.detectors import (
+from tokenyard.routing.detectors import (
     ALL_DETECTORS,
     detect,
     iban_valid,
