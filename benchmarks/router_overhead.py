@@ -201,7 +201,7 @@ def core_latency(n: int) -> tuple[float, float]:
     from tokenyard.accounting.ledger_actor import LedgerClient
     from tokenyard.contract import RouterAppArgs
     from tokenyard.serving.providers import ProviderClient
-    from tokenyard.serving.router_app import RouterCore
+    from tokenyard.serving.router import RouterCore
 
     state = Path(tempfile.mkdtemp(prefix="tokenyard-bench-core-"))
     fake = httpx.MockTransport(lambda r: httpx.Response(200, content=ANSWER))

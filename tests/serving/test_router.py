@@ -391,7 +391,7 @@ def test_spillover_reads_running_replicas_from_serve_status(stack: Stack) -> Non
     # is Ray Serve's own.
     from ray import serve
 
-    from tokenyard.serving.router_app import running_replicas
+    from tokenyard.serving.router import running_replicas
 
     apps = serve.status().applications
     models = {n: running_replicas(a) for n, a in apps.items() if n.startswith("model-")}

@@ -35,7 +35,7 @@ from tokenyard.contract import (
 from tokenyard.routing.request import parse_request
 from tokenyard.serving.backends import Backend, BackendFailure, build_backends
 from tokenyard.serving.providers import ProviderClient
-from tokenyard.serving.router_app import BackendFactory, RouterCore
+from tokenyard.serving.router import BackendFactory, RouterCore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -683,7 +683,7 @@ def test_running_replicas_come_from_serve_status(make_router: Any) -> None:
 
     from ray.serve._private.common import ReplicaState
 
-    from tokenyard.serving.router_app import running_replicas
+    from tokenyard.serving.router import running_replicas
 
     app = SimpleNamespace(
         deployments={
@@ -720,7 +720,7 @@ async def test_a_model_whose_replicas_are_starting_takes_no_spillover(
 
 
 def test_a_model_called_by_name_uses_its_owner_policy_s_tenant_keys() -> None:
-    from tokenyard.serving.router_app import build_state
+    from tokenyard.serving.router import build_state
 
     spec = RoutingPolicySpec.model_validate(
         {"pool": "p", "targets": [{"model": "a"}], "egress": {"defaultDataClass": "public"}}
