@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="replay a request trace against a pool's autoscaling")
     s.add_argument("--trace", required=True, help="CSV: TIMESTAMP, ContextTokens, GeneratedTokens")
     simulate_arguments(s)
-    s.set_defaults(func=_lazy("tokenyard.autoscaler.simulate"))
+    s.set_defaults(func=_lazy("tokenyard.autoscaler.sim.cli"))
     return p
 
 
