@@ -95,90 +95,75 @@ def _accelerator(m: Manifests, md: ModelDeployment) -> AcceleratorClass | None:
     return None
 
 
-def plan(
+def _model_app(
     m: Manifests,
+    md: ModelDeployment,
     *,
-    host: str,
-    port: int,
-    state_dir: str | Path,
-    gpu: bool | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> LocalPlan:
-    """Render the local Serve config from manifests (pure but for the GPU probe)."""
-    env_in = environ if environ is not None else os.environ
-    gpu = _has_gpu() if gpu is None else gpu
-    state = Path(state_dir).expanduser()
-    if not m.policies and not m.models:
-        raise ManifestError("no ModelDeployment or RoutingPolicy found in the manifests")
-    cfg = router_config(m)
-    pool = cfg.pool or "local"
-    # Every model runs one replica here (below): spill-over must count on one.
-    models = [
-        e.model_copy(update={"replicas": 1}) if e.kind == "InCluster" else e for e in cfg.models
-    ]
-    cfg = cfg.model_copy(update={"pool": pool, "namespace": LOCAL_NAMESPACE, "models": models})
-
-    apps: list[dict[str, Any]] = []
-    resources: dict[str, float] = {}
-    tiny: list[tuple[str, Path]] = []
-    for md in m.models:
-        name = _name(md)
-        if md.spec.inCluster is None:
-            continue
-        spec = md.spec
-        path = _local_path(spec.inCluster.source)  # type: ignore[union-attr]
-        if path is not None:
-            # Expand ~ here: the engine runs in another process, maybe as another cwd.
-            spec = spec.model_copy(deep=True)
-            spec.inCluster.source = f"file://{path}"  # type: ignore[union-attr]
-            if not path.exists():
-                tiny_root = TINY_MODELS_DIR.expanduser()
-                if path.is_relative_to(tiny_root):
-                    tiny.append((name, path))
-                else:
-                    raise ManifestError(f"ModelDeployment {name!r}: {path} does not exist")
-        accel = _accelerator(m, md)
+    gpu: bool,
+    env_in: Mapping[str, str],
+    resources: dict[str, float],
+    tiny: list[tuple[str, Path]],
+) -> dict[str, Any]:
+    """The Serve application of one in-cluster model, run here: one replica, on CPU when
+    there is no GPU; notes the custom resource its class needs and a tiny model to build."""
+    assert md.spec.inCluster is not None
+    name = _name(md)
+    spec = md.spec
+    path = _local_path(spec.inCluster.source)  # type: ignore[union-attr]
+    if path is not None:
+        # Expand ~ here: the engine runs in another process, maybe as another cwd.
+        spec = spec.model_copy(deep=True)
+        spec.inCluster.source = f"file://{path}"  # type: ignore[union-attr]
+        if not path.exists():
+            tiny_root = TINY_MODELS_DIR.expanduser()
+            if path.is_relative_to(tiny_root):
+                tiny.append((name, path))
+            else:
+                raise ManifestError(f"ModelDeployment {name!r}: {path} does not exist")
+    accel = _accelerator(m, md)
+    if accel is not None:
+        resources[accel_resource(accel.name)] = 1000.0
+        if not gpu and accel.gpusPerNode > 0:
+            # No GPU here: run the same class's models on CPU.
+            accel = accel.model_copy(update={"gpusPerNode": 0, "maxWorkers": 1})
+    env_vars: dict[str, str] = {}
+    if not gpu:
+        env_vars["VLLM_CPU_KVCACHE_SPACE"] = env_in.get(
+            "VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB
+        )
+    for var in ("HF_HUB_OFFLINE", "HF_HOME", "HF_TOKEN"):
+        if var in env_in:
+            env_vars[var] = env_in[var]
+    llm_config = build_llm_config(
+        name,
+        spec,
+        accel,
+        min_replicas=1,
+        max_replicas=1,
+        initial_replicas=1,
+        autoscale=False,
+        env_vars=env_vars,
+    )
+    if not gpu:
+        llm_config["accelerator_config"] = {"kind": "cpu"}
+        # One CPU bundle: tensor parallelism means nothing on one CPU engine.
+        bundle: dict[str, float] = {"CPU": 1.0}
         if accel is not None:
-            resources[accel_resource(accel.name)] = 1000.0
-            if not gpu and accel.gpusPerNode > 0:
-                # No GPU here: run the same class's models on CPU.
-                accel = accel.model_copy(update={"gpusPerNode": 0, "maxWorkers": 1})
-        env_vars: dict[str, str] = {}
-        if not gpu:
-            env_vars["VLLM_CPU_KVCACHE_SPACE"] = env_in.get(
-                "VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB
-            )
-        for var in ("HF_HUB_OFFLINE", "HF_HOME", "HF_TOKEN"):
-            if var in env_in:
-                env_vars[var] = env_in[var]
-        llm_config = build_llm_config(
-            name,
-            spec,
-            accel,
-            min_replicas=1,
-            max_replicas=1,
-            initial_replicas=1,
-            autoscale=False,
-            env_vars=env_vars,
-        )
-        if not gpu:
-            llm_config["accelerator_config"] = {"kind": "cpu"}
-            # One CPU bundle: tensor parallelism means nothing on one CPU engine.
-            bundle: dict[str, float] = {"CPU": 1.0}
-            if accel is not None:
-                bundle[accel_resource(accel.name)] = 0.001
-            llm_config["placement_group_config"] = {"bundles": [bundle], "strategy": "STRICT_PACK"}
-            llm_config["engine_kwargs"]["tensor_parallel_size"] = 1
-            llm_config["engine_kwargs"]["pipeline_parallel_size"] = 1
-        apps.append(
-            {
-                "name": model_app_name(name),
-                "route_prefix": model_route_prefix(name),
-                "import_path": MODEL_IMPORT_PATH,
-                "args": {"llm_config": llm_config},
-            }
-        )
+            bundle[accel_resource(accel.name)] = 0.001
+        llm_config["placement_group_config"] = {"bundles": [bundle], "strategy": "STRICT_PACK"}
+        llm_config["engine_kwargs"]["tensor_parallel_size"] = 1
+        llm_config["engine_kwargs"]["pipeline_parallel_size"] = 1
+    return {
+        "name": model_app_name(name),
+        "route_prefix": model_route_prefix(name),
+        "import_path": MODEL_IMPORT_PATH,
+        "args": {"llm_config": llm_config},
+    }
 
+
+def _secrets(m: Manifests, env_in: Mapping[str, str]) -> dict[str, str]:
+    """Tenant-key maps and provider keys for the Ray workers' environment: from Secrets in
+    the manifests, else (provider keys) from this environment."""
     secrets: dict[str, str] = {}
     for p in m.policies:
         ref = p.spec.tenants.apiKeysSecretRef
@@ -205,28 +190,63 @@ def plan(
                 f"set {var}"
             )
         secrets[var] = text
+    return secrets
 
+
+def _router_app(cfg: RouterConfig, pool: str, state: Path) -> dict[str, Any]:
     args = RouterAppArgs(
         pool=pool,
         namespace=LOCAL_NAMESPACE,
         ledgerPath=str(state / f"ledger-{LOCAL_NAMESPACE}-{pool}.json"),
         auditPath=str(state / "audit.jsonl"),
     )
-    apps.append(
-        {
-            "name": ROUTER_APP_NAME,
-            "route_prefix": "/",
-            "import_path": ROUTER_IMPORT_PATH,
-            "args": args.model_dump(mode="json"),
-            "deployments": [
-                {
-                    "name": ROUTER_DEPLOYMENT,
-                    "num_replicas": 1,
-                    "user_config": cfg.model_dump(mode="json"),
-                }
-            ],
-        }
-    )
+    return {
+        "name": ROUTER_APP_NAME,
+        "route_prefix": "/",
+        "import_path": ROUTER_IMPORT_PATH,
+        "args": args.model_dump(mode="json"),
+        "deployments": [
+            {
+                "name": ROUTER_DEPLOYMENT,
+                "num_replicas": 1,
+                "user_config": cfg.model_dump(mode="json"),
+            }
+        ],
+    }
+
+
+def plan(
+    m: Manifests,
+    *,
+    host: str,
+    port: int,
+    state_dir: str | Path,
+    gpu: bool | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> LocalPlan:
+    """Render the local Serve config from manifests (pure but for the GPU probe)."""
+    env_in = environ if environ is not None else os.environ
+    gpu = _has_gpu() if gpu is None else gpu
+    state = Path(state_dir).expanduser()
+    if not m.policies and not m.models:
+        raise ManifestError("no ModelDeployment or RoutingPolicy found in the manifests")
+    cfg = router_config(m)
+    pool = cfg.pool or "local"
+    # Every model runs one replica here (below): spill-over must count on one.
+    models = [
+        e.model_copy(update={"replicas": 1}) if e.kind == "InCluster" else e for e in cfg.models
+    ]
+    cfg = cfg.model_copy(update={"pool": pool, "namespace": LOCAL_NAMESPACE, "models": models})
+
+    resources: dict[str, float] = {}
+    tiny: list[tuple[str, Path]] = []
+    apps = [
+        _model_app(m, md, gpu=gpu, env_in=env_in, resources=resources, tiny=tiny)
+        for md in m.models
+        if md.spec.inCluster is not None
+    ]
+    secrets = _secrets(m, env_in)
+    apps.append(_router_app(cfg, pool, state))
     serve_config = {
         "http_options": {"host": host, "port": port},
         "applications": apps,
