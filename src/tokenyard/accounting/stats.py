@@ -2,8 +2,9 @@
 
 Pure shaping of the shared ledger's counters (``SpendLedger.traffic`` and
 ``endpoint_spend``) into the document the operator reads for RoutingPolicy status
-(``tokenyard.operator.traffic``). Called by :class:`tokenyard.serving.router_app.RouterCore`
-with its ledger mirror, so every replica answers for the whole pool. Shape::
+(``tokenyard.operator.traffic``). Called by the router's ``GET /v1/tokenyard/stats``
+(:func:`tokenyard.serving.router.http.stats`) with its ledger mirror, so every replica
+answers for the whole pool. Shape::
 
     {"pool": str, "namespace": str, "generatedAt": RFC 3339 UTC,
      "endpoints": {ENDPOINT: {
