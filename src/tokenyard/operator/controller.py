@@ -26,6 +26,7 @@ from tokenyard.api.common import (
     REASON_RUNNING,
     REASON_TARGETS_READY,
 )
+from tokenyard.api.model import ModelDeployment
 from tokenyard.operator import orphans, pools, status
 from tokenyard.operator.kube import (
     MODELS,
@@ -345,6 +346,20 @@ class Controller:
             return await self.api.get(MODELS, ns, name)
         except NotFound:
             return None
+
+    async def collect_target(
+        self, ns: str, name: str, models: dict[str, ModelDeployment], invalid: set[str]
+    ) -> None:
+        """A policy's target (:meth:`model_body`) parsed into ``models``, or its name into
+        ``invalid`` when it does not validate; a target that does not exist goes nowhere."""
+        body = await self.model_body(ns, name)
+        if body is None:
+            return
+        p = parse(ModelDeployment, body)
+        if p.obj is None:
+            invalid.add(name)
+        else:
+            models[name] = p.obj
 
     async def bounded(self, writes: list[Awaitable[None]]) -> None:
         """Run status writes with at most STATUS_WRITES_IN_FLIGHT at once."""

@@ -60,14 +60,7 @@ async def _policy_status(ctrl: Controller, ns: str, b: Body, now: str) -> None:
     models: dict[str, ModelDeployment] = {}
     invalid: set[str] = set()
     for t in pol.spec.targets:
-        tb = await ctrl.model_body(ns, t.model)
-        if tb is None:
-            continue
-        tp = parse(ModelDeployment, tb)
-        if tp.obj is None:
-            invalid.add(t.model)
-        else:
-            models[t.model] = tp.obj
+        await ctrl.collect_target(ns, t.model, models, invalid)
     pctx = status.PolicyContext(pool=None, models=models, invalid=invalid)
     await ctrl.write_status(
         POLICIES, "RoutingPolicy", b, status.build_policy_status(pol, pctx, now=now)

@@ -138,14 +138,7 @@ async def _members(ctrl: Controller, ns: str, name: str) -> Members:
         for t in pol.spec.targets:
             if t.model in member_names or t.model in targets or t.model in invalid_models:
                 continue
-            tb = await ctrl.model_body(ns, t.model)
-            if tb is None:
-                continue
-            tp = parse(ModelDeployment, tb)
-            if tp.obj is None:
-                invalid_models.add(t.model)
-            else:
-                targets[t.model] = tp.obj
+            await ctrl.collect_target(ns, t.model, targets, invalid_models)
     return Members(member_bodies, members, policies, targets, invalid_models)
 
 
