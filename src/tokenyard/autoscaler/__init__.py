@@ -1,5 +1,4 @@
-"""The autoscaler: sizes every model of every pool from Prometheus signals, within the
-pools' GPU limits and hourly budgets.
+"""The autoscaler: sizes every model from Prometheus signals within its pool's GPUs and budget.
 
 ``tokenyard autoscaler`` (:mod:`~tokenyard.autoscaler.main`) runs the loop
 (:mod:`~tokenyard.autoscaler.loop`, with leader election in

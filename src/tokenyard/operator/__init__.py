@@ -1,5 +1,4 @@
-"""The kopf operator: renders each ServingPool with its models and policies into a KubeRay
-RayService and reports every object's status.
+"""The kopf operator: each ServingPool and its members into a RayService, statuses back.
 
 ``tokenyard operator`` (:mod:`~tokenyard.operator.main`) starts kopf with the handlers
 of :mod:`~tokenyard.operator.handlers`, which only validate and enqueue; the

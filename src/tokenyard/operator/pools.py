@@ -1,5 +1,4 @@
-"""One reconcile pass over a ServingPool: its RayService, its router's state claim, and
-the statuses of the pool, its models and its policies.
+"""One reconcile pass over a ServingPool: its RayService, state claim and every status.
 
 :meth:`tokenyard.operator.controller.Controller.process` runs :func:`reconcile_pool` for
 a pool key: read the pool, its members and its policies' targets from the store, render

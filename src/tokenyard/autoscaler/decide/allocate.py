@@ -1,5 +1,4 @@
-"""Per pool (:func:`allocate`): every model's ask fitted into its pool's GPU limits and
-hourly budget.
+"""The pool's allocation (:func:`allocate`): every model's ask fitted into GPUs and budget.
 
 Every model first gets its minimum (never undercut), then replicas are handed out one at
 a time, highest priority first, then by value per dollar (tokens per GPU-hour per USD)

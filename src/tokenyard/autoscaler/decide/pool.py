@@ -1,7 +1,9 @@
-"""Per pool, every model decided (:func:`decide_pool`): each one's ask
-(:mod:`~tokenyard.autoscaler.decide.recommend`), fitted into the pool
-(:mod:`~tokenyard.autoscaler.decide.allocate`), turned into what to write and why, with
-the measured cost per 1M tokens carried along."""
+"""Every model of a pool decided (:func:`decide_pool`): what to write, and why.
+
+Each model's ask (:mod:`~tokenyard.autoscaler.decide.recommend`), fitted into the pool
+(:mod:`~tokenyard.autoscaler.decide.allocate`), becomes a :class:`Decision`, with the
+measured cost per 1M tokens carried along. The loop and the simulator call it.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""What the scaling decisions read and carry: the views of models and pools, the state
-from one interval to the next, and the tunables.
+"""What the scaling decisions read and carry: model and pool views, state, tunables.
 
 The live autoscaler builds the views from resources (:meth:`ModelView.from_resources`,
 :meth:`PoolView.from_resource`); the simulator builds them from its scenario with the

@@ -1,6 +1,8 @@
-"""The baselines' oracles, searched on the very trace they are judged on: the cheapest
-static fleets that reach the SLO target (per model, or pool-wide), and HPA at the
-highest utilisation targets that reach it (hpa-slo)."""
+"""The baselines' oracles, searched on the very trace they are judged on.
+
+The cheapest static fleets that reach the SLO target (per model, or pool-wide), and HPA
+at the highest utilisation targets that reach it (hpa-slo). :func:`simulate` runs them.
+"""
 
 from __future__ import annotations
 

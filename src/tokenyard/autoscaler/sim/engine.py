@@ -1,7 +1,10 @@
-"""The serving model and the replay: each model's replicas as one FIFO prefill server with
-a KV-cache admission limit (:class:`Server`), driven over the routed trace by one scaling
-policy at a time (:func:`run`), with spill-over routed by the router's own code
-(:mod:`tokenyard.routing.spillover`)."""
+"""The simulator's serving model and replay: one server per model, one policy per run.
+
+Each model's replicas form one FIFO prefill server with a KV-cache admission limit
+(:class:`Server`), driven over the routed trace by one scaling policy at a time
+(:func:`run`), with spill-over routed by the router's own code
+(:mod:`tokenyard.routing.spillover`). The baselines and :func:`simulate` call it.
+"""
 
 from __future__ import annotations
 

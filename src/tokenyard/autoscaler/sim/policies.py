@@ -1,6 +1,9 @@
-"""The scaling policies a replay runs, each called every interval with the servers: hold
-(a static fleet), Kubernetes HPA defaults on GPU utilisation, and tokenyard's own
-:func:`~tokenyard.autoscaler.decide.decide_pool` on the simulated signals."""
+"""The scaling policies a replay runs: hold, HPA-style, and tokenyard's own decisions.
+
+Each is called every interval with the servers: hold (a static fleet), Kubernetes HPA
+defaults on GPU utilisation, and :func:`~tokenyard.autoscaler.decide.decide_pool` on the
+simulated signals.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""The comparison: every policy over one trace (:func:`simulate`), the :class:`Report`
-with its table and cost ratios, and the plot."""
+"""The comparison: every policy over one trace, its report, table, cost ratios and plot.
+
+:func:`simulate` runs the static fleets, HPA-style and tokenyard; ``tokenyard simulate``
+and the benchmark print its :class:`Report`.
+"""
 
 from __future__ import annotations
 

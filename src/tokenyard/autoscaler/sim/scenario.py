@@ -1,6 +1,9 @@
-"""The simulated pool and its workload: accelerator classes, model profiles, the knobs
-(:class:`Scenario`, from YAML or the built-in one), and each request's model as a
-CheapestSufficient RoutingPolicy would pick it (:func:`route`)."""
+"""The simulated pool and its workload: the :class:`Scenario` and each request's model.
+
+Accelerator classes, model profiles and the simulation's knobs (from YAML or the
+built-in scenario), and each request's model as a CheapestSufficient RoutingPolicy would
+pick it (:func:`route`).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""GPU admission: which in-cluster models of a pool get into its RayService, and the
-replica bounds Ray Serve is asked for.
+"""GPU admission: which in-cluster models get into a pool's RayService, at which replicas.
 
 Models are admitted class by class, highest priority first, while their minimum GPUs fit
 what is left of the class's maxGPUs; the outcome feeds the render and every status.

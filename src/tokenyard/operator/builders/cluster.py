@@ -1,7 +1,8 @@
-"""The Ray cluster of a pool: the head group (router, Serve, the ledger's state volume),
-one worker group per accelerator class in use, and the state claim.
+"""The Ray cluster of a pool: its head group, one worker group per class, the state claim.
 
-Secrets reach every Ray container as environment variables by reference, never by value.
+The head runs the router, Serve and the ledger's state volume; each accelerator class in
+use gets a worker group the Ray autoscaler sizes. Secrets reach every Ray container as
+environment variables by reference, never by value.
 """
 
 from __future__ import annotations

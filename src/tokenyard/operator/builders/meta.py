@@ -1,5 +1,4 @@
-"""What every builder shares: names, labels and owners of what the operator creates,
-and which Secrets are known to exist."""
+"""What every builder shares: names, labels and owners of children, and known Secrets."""
 
 from __future__ import annotations
 

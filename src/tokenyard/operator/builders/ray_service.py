@@ -1,5 +1,8 @@
-"""A pool's whole render: its RayService and state claim from the pool, its members and
-policies, with the problems `tokenyard render` prints and the operator reports."""
+"""A pool's whole render (:func:`render_pool`): its RayService, state claim and problems.
+
+From the pool, its members and its policies; the problems are what `tokenyard render`
+prints and the operator reports as conditions.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The pool's serveConfigV2: one Ray Serve application per admitted in-cluster model,
-then the router with its catalogue and policies; rendered as stable YAML and hashed.
+"""The pool's serveConfigV2: one app per admitted model, then the router; YAML and hash.
 
+The router's application carries its catalogue and the pool's policies as user_config.
 Shapes and import paths come from :mod:`tokenyard.contract`, which the apps read.
 """
 

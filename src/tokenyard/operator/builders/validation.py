@@ -1,5 +1,7 @@
-"""The CRDs' CEL rules, checked in Python: for API servers that do not run them (the kmock
-emulator, an older CRD), for the operator's parse step and for `tokenyard render`."""
+"""The CRDs' CEL rules, checked in Python by the operator's parse step and `tokenyard render`.
+
+For API servers that do not run them (the kmock emulator, an older CRD).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The router's request handling, as Ray Serve hosts it in :mod:`tokenyard.serving.router_app`.
+"""The router's request handling, hosted by Ray Serve in :mod:`tokenyard.serving.router_app`.
 
 :mod:`~tokenyard.serving.router.core` holds :class:`RouterCore` (config, the routing
 step of each request); :mod:`~tokenyard.serving.router.state` turns a ``RouterConfig``

@@ -1,5 +1,4 @@
-"""One routed request answered: the body sent to each target in turn, the answer relayed
-(whole or as a stream) and what it cost counted.
+"""One routed request answered: sent to each target in turn, relayed whole or streamed.
 
 :meth:`~tokenyard.serving.router.core.RouterCore.completion` builds a
 :class:`RoutedRequest` once the decision is made and awaits :meth:`RoutedRequest.complete`

@@ -1,5 +1,4 @@
-"""What a router replica knows of Ray Serve now: which model apps serve, how many
-replicas run, and so its own share of the pool's traffic.
+"""What a router replica knows of Ray Serve now: app readiness, replicas, its share.
 
 :class:`~tokenyard.serving.router.core.RouterCore` reads ``serve.status()`` every
 ``APP_STATUS_INTERVAL_S`` into a :class:`ServeStatus`; readiness feeds the policy
