@@ -23,19 +23,23 @@ OPERATOR_USES = [
     *[
         (v, TY, r, "")
         for r in ("servingpools", "modeldeployments")
-        for v in ("get", "list", "watch", "patch")
+        for v in ("get", "list", "watch")
     ],
-    *[(v, TY, "routingpolicies", "") for v in ("list", "watch", "patch")],
+    *[(v, TY, "routingpolicies", "") for v in ("list", "watch")],
     *[("patch", TY, r, "status") for r in ("servingpools", "modeldeployments", "routingpolicies")],
     *[(v, "ray.io", "rayservices", "") for v in ("get", "create", "patch")],
     *[(v, "", "persistentvolumeclaims", "") for v in ("get", "create")],
     ("get", "", "secrets", ""),
     ("create", "", "events", ""),
-    *[(v, "apiextensions.k8s.io", "customresourcedefinitions", "") for v in ("list", "watch")],
 ]
 # What the operator does not do, so the chart no longer grants it.
 OPERATOR_UNUSED = [
     ("update", TY, "modeldeployments", ""),
+    ("patch", TY, "modeldeployments", ""),
+    ("patch", TY, "servingpools", ""),
+    ("patch", TY, "routingpolicies", ""),
+    ("list", "apiextensions.k8s.io", "customresourcedefinitions", ""),
+    ("watch", "apiextensions.k8s.io", "customresourcedefinitions", ""),
     ("get", TY, "routingpolicies", ""),
     ("get", TY, "modeldeployments", "status"),
     ("patch", TY, "modeldeployments", "scale"),

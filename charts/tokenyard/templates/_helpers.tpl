@@ -94,18 +94,19 @@ seccompProfile:
      recorded from a run of the operator against it, and docs/install.md explains each. */}}
 
 {{/* Operator, namespaced resources (a ClusterRole when watching all namespaces). kopf
-     lists and watches the three kinds and patches its progress annotations onto them;
-     the reconciler reads pools and models, writes status, owns one RayService and the
-     router's state claim per pool, checks that referenced Secrets exist and posts core/v1
-     Events (kopf's own Events are POSTed too, never patched). Policies are only ever
-     read from kopf's index, so they get no get. */}}
+     lists and watches the three kinds (it never writes to them: the operator has no
+     change handlers, so no kopf annotations); the reconciler reads pools and models,
+     writes status, owns one RayService and the router's state claim per pool, checks
+     that referenced Secrets exist and posts core/v1 Events (kopf's own Events are POSTed
+     too, never patched). Policies are only ever read from kopf's index, so they get no
+     get. */}}
 {{- define "tokenyard.operatorNamespacedRules" -}}
 - apiGroups: ["tokenyard.dev"]
   resources: ["servingpools", "modeldeployments"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["tokenyard.dev"]
   resources: ["routingpolicies"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["list", "watch"]
 - apiGroups: ["tokenyard.dev"]
   resources: ["servingpools/status", "modeldeployments/status", "routingpolicies/status"]
   verbs: ["patch"]
@@ -130,19 +131,12 @@ seccompProfile:
 {{- end }}
 {{- end -}}
 
-{{/* Operator, cluster-scoped resources. kopf lists and watches CRDs to learn which
-     resources are served; with watchNamespaces it also lists and watches namespaces
-     (clusterwide, kopf never reads them); with peering on and the whole cluster
-     watched, it uses a ClusterKopfPeering. */}}
+{{/* Operator, cluster-scoped resources: none, except a ClusterKopfPeering with peering
+     on and the whole cluster watched. kopf's scanning of CRDs and namespaces is off (it
+     would list and watch every CRD of the cluster, megabytes each for some operators):
+     it finds its resources through discovery, open to every authenticated user. */}}
 {{- define "tokenyard.operatorClusterRules" -}}
-- apiGroups: ["apiextensions.k8s.io"]
-  resources: ["customresourcedefinitions"]
-  verbs: ["list", "watch"]
-{{- if .Values.watchNamespaces }}
-- apiGroups: [""]
-  resources: ["namespaces"]
-  verbs: ["list", "watch"]
-{{- else if .Values.operator.peering }}
+{{- if and .Values.operator.peering (not .Values.watchNamespaces) }}
 - apiGroups: ["kopf.dev"]
   resources: ["clusterkopfpeerings"]
   verbs: ["list", "watch", "patch"]

@@ -25,11 +25,13 @@ from tokenyard.api.common import (
     REASON_NO_READY_TARGETS,
     REASON_RUNNING,
     REASON_TARGETS_READY,
+    REASON_VALIDATION_FAILED,
 )
 from tokenyard.api.model import ModelDeployment
 from tokenyard.operator import orphans, pools, status
 from tokenyard.operator.kube import (
     MODELS,
+    POLICIES,
     POOLS,
     RAY_SERVICES,
     SECRETS,
@@ -82,6 +84,11 @@ def _capped_condition(conditions: Any) -> tuple[Any, Any] | None:
 # --------------------------------------------------------------------------- events
 
 
+def _ready_message(st: Mapping[str, Any] | None) -> str | None:
+    c = status.ready_condition((st or {}).get("conditions"))
+    return None if c is None else c.get("message")
+
+
 def _ready_reason(st: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
     c = status.ready_condition((st or {}).get("conditions"))
     return (None, None) if c is None else (c.get("status"), c.get("reason"))
@@ -95,6 +102,10 @@ _NORMAL = {REASON_NO_READY_TARGETS}
 
 
 # --------------------------------------------------------------------------- controller
+
+
+class MissingCRDs(RuntimeError):
+    """tokenyard's own CRDs are not installed: the reconciler cannot run."""
 
 
 PoolKey = tuple[str, str, str]  # ("pool", namespace, name)
@@ -231,7 +242,22 @@ class Controller:
         every object that has a timer, so deleting a pool would hang while the operator
         is down, and the finalizer's JSON patch needs resourceVersion (kmock has none).
         """
+        await self.require_crds()
         await asyncio.gather(self._resync_loop(), *(self._worker() for _ in range(workers)))
+
+    async def require_crds(self) -> None:
+        """Raise :class:`MissingCRDs` unless the API server serves our three resources.
+
+        kopf watches only the resources served when it starts (it does not list and watch
+        every CRD of the cluster to notice new ones: see handlers.startup), so an
+        operator started before its CRDs would otherwise watch nothing, silently."""
+        missing = [r.plural for r in (POOLS, MODELS, POLICIES) if not await self.api.served(r)]
+        if missing:
+            raise MissingCRDs(
+                f"the API server does not serve {', '.join(missing)}.{POOLS.group}/"
+                f"{POOLS.version}: install tokenyard's CRDs first (helm installs them; or "
+                "kubectl apply --server-side -f crds/); the operator exits and is restarted"
+            )
 
     async def _resync_loop(self) -> None:
         while True:
@@ -392,7 +418,14 @@ class Controller:
         self.stats.status_patches += 1
         old_st, old_reason = _ready_reason(current)
         new = status.ready_condition(desired.get("conditions"))
-        if new is None or (new.get("reason"), new.get("status")) == (old_reason, old_st):
+        if new is None:
+            return
+        if (new.get("reason"), new.get("status")) == (old_reason, old_st) and (
+            # Another broken field of an invalid spec is news; any other reason's message
+            # (Ray's, say) may change every pass and is not.
+            new.get("reason") != REASON_VALIDATION_FAILED
+            or new.get("message") == _ready_message(current)
+        ):
             return
         reason, message = str(new.get("reason")), str(new.get("message"))
         problem = reason not in _GOOD and reason not in _QUIET and reason not in _NORMAL
@@ -404,6 +437,18 @@ class Controller:
         elif reason in _NORMAL or (reason in _GOOD and old_reason is not None):
             await self.api.post_event(body, "Normal", reason, message)
 
+    async def report_invalid(self, resource: Any, obj: str, body: Body, parsed: Parsed) -> None:
+        """``ValidationFailed`` naming the field, with an Event and a log line when it
+        first appears or its message changes. Nothing is retried: the object's next spec
+        change (a watch event) brings it back."""
+        raw = body.get("status")
+        conditions = raw.get("conditions") if isinstance(raw, Mapping) else None
+        gen = (body.get("metadata") or {}).get("generation")
+        desired = status.invalid_status(
+            conditions, f"invalid spec: {parsed.error}", gen, now=self.timestamp()
+        )
+        await self.write_status(resource, obj, body, desired)
+
 
 __all__ = [
     "DEBOUNCE_S",
@@ -412,6 +457,7 @@ __all__ = [
     "Body",
     "Controller",
     "DictStore",
+    "MissingCRDs",
     "NamespaceKey",
     "Parsed",
     "PoolKey",

@@ -1,10 +1,18 @@
-"""kopf wiring: indexes feed the reconciler, handlers validate and enqueue, nothing more.
+"""kopf wiring: indexes feed the reconciler, event handlers enqueue, nothing more.
 
 Loaded by ``tokenyard operator`` (``tokenyard.operator.main``) and by the integration
 tests as a module (never by file path, or kopf registers every handler twice). All the
 work happens in :class:`tokenyard.operator.controller.Controller`, started at startup:
 kopf's handlers are edge-triggered, so they only say "look at this pool again"; the
-controller's passes are level-based and idempotent.
+controller's passes are level-based and idempotent, and they validate too (an invalid
+spec gets ``ValidationFailed``, an Event and a log line naming the field).
+
+There are deliberately no ``@kopf.on.create/update/resume`` handlers: kopf would write
+its last-handled-configuration annotation onto every object (one more PATCH per object
+and per spec change, and a bigger object in every later watch event), deep-copy each
+body twice per event to diff it, and hold each object's worker up to
+``consistency_timeout`` after its own patch. At 1,000 models that was most of the
+operator's API traffic and much of its memory; the reconciler needs none of it.
 """
 
 from __future__ import annotations
@@ -13,31 +21,51 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx
 import kopf
 
-from tokenyard.api.common import (
-    GROUP,
-    REASON_POOL_NOT_FOUND,
-    REASON_TARGET_NOT_FOUND,
-    REASON_VALIDATION_FAILED,
-    VERSION,
-)
-from tokenyard.api.model import ModelDeployment
-from tokenyard.api.policy import RoutingPolicy
-from tokenyard.api.pool import ServingPool
-from tokenyard.operator import status, traffic
-from tokenyard.operator.controller import Body, Controller, Store, parse, rfc3339
-from tokenyard.operator.kube import MODELS, POLICIES, POOLS, KopfKubeApi, Resource
+from tokenyard.api.common import GROUP, VERSION
+from tokenyard.operator import traffic
+from tokenyard.operator.controller import Body, Controller, Store
+from tokenyard.operator.kube import MODELS, POLICIES, POOLS, KopfKubeApi
 from tokenyard.settings import Settings, load_settings
 
 MEMO_SETTINGS = "tokenyard_settings"
+MEMO_STOP = "tokenyard_stop"
+
+# kopf keeps a worker task per object while events arrive, holding that object's last
+# whole body (managedFields, last-applied-configuration and all); its default keeps an
+# idle worker 5 s. With thousands of objects created or re-listed at once that alone was
+# tens of MB: a worker that has nothing to do exits at once and a new one starts on the
+# next event (cheap: an asyncio task).
+WORKER_IDLE_S = 0.1
+# Initial lists (every start, every watch restart) in pages of this many objects rather
+# than one response holding every object of the kind.
+LIST_CHUNK = 100
 
 POOLS_PLURAL = POOLS.plural
 MODELS_PLURAL = MODELS.plural
 POLICIES_PLURAL = POLICIES.plural
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf's last-handled-configuration storage, for an operator without change handlers.
+
+    kopf builds every object's "essence" on every event (a deep copy of the whole body,
+    managedFields included) to diff it for change handlers; this operator has none, so
+    the essence is empty and nothing is ever stored. That was an eighth of the
+    operator's CPU while 1,000 models were created."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
 
 
 # --------------------------------------------------------------------------- indexes
@@ -73,22 +101,27 @@ def _pool_ref(body: Mapping[str, Any]) -> str:
 
 
 @kopf.index(GROUP, VERSION, POOLS_PLURAL)
-def pools_by_name(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def pools_by_name(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
     return {(namespace or "", name): _trim(body)}
 
 
 @kopf.index(GROUP, VERSION, MODELS_PLURAL)
-def models_by_pool(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace or "", _pool_ref(body)): _trim(body)}
+async def models_by_pool(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+    # Names only: the body itself is kept once, in models_by_name.
+    return {(namespace or "", _pool_ref(body)): name}
 
 
 @kopf.index(GROUP, VERSION, MODELS_PLURAL)
-def models_by_name(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def models_by_name(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
     return {(namespace or "", name): _trim(body)}
 
 
 @kopf.index(GROUP, VERSION, POLICIES_PLURAL)
-def policies_by_pool(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def policies_by_pool(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {(namespace or "", _pool_ref(body)): _trim(body)}
 
 
@@ -116,7 +149,12 @@ class KopfIndexStore:
         return list(self._pools.keys())
 
     def models_of_pool(self, namespace: str, pool: str) -> list[Body]:
-        return list(self._models_by_pool.get((namespace, pool)) or [])
+        out: list[Body] = []
+        for name in sorted(set(self._models_by_pool.get((namespace, pool)) or [])):
+            body = self.model(namespace, name)
+            if body is not None:  # the two indexes update one after the other
+                out.append(body)
+        return out
 
     def policies_of_pool(self, namespace: str, pool: str) -> list[Body]:
         return list(self._policies_by_pool.get((namespace, pool)) or [])
@@ -158,6 +196,16 @@ async def startup(
     # timeout makes the API server end the watch, a client-side one catches the rest.
     settings.watching.server_timeout = op.watch_server_timeout_s
     settings.watching.client_timeout = op.watch_client_timeout_s
+    settings.watching.chunk_size = LIST_CHUNK
+    settings.queueing.idle_timeout = WORKER_IDLE_S
+    # No listing and watching of every CRD (and namespace) in the cluster: kopf does it
+    # only to notice resources that appear later, and other operators' CRDs run to
+    # megabytes each (KubeRay's among them), which made the operator's memory grow with
+    # the cluster rather than with its own objects. Our CRDs are installed before the
+    # operator (the chart's crds/); the reconciler refuses to run without them, and the
+    # RayService CRD is looked up through discovery when needed.
+    settings.scanning.disabled = True
+    settings.persistence.diffbase_storage = NoDiffBase()
     # Only warnings become Kubernetes Events; the reconciler posts its own on transitions.
     settings.posting.level = logging.WARNING
     store: Store = KopfIndexStore(kwargs)
@@ -171,13 +219,27 @@ async def startup(
 
     ctrl = Controller(api, store, op, stats_fetcher=fetch)
     memo["controller"] = ctrl
-    memo["controller_task"] = asyncio.create_task(ctrl.run(), name="tokenyard reconciler")
+    task = asyncio.create_task(ctrl.run(), name="tokenyard reconciler")
+    memo["controller_task"] = task
+    task.add_done_callback(lambda t: _reconciler_ended(t, memo.get(MEMO_STOP)))
     logger.info(
         "tokenyard operator started: namespaces=%s resync=%ss retry=%ss",
         ",".join(op.namespaces) or "*",
         op.resync_interval_s,
         op.retry_delay_s,
     )
+
+
+def _reconciler_ended(task: asyncio.Task[None], stop: asyncio.Event | None) -> None:
+    """A reconciler that stopped on an error (our CRDs missing, say) stops the operator,
+    which exits non-zero and is restarted, rather than idling with a failing probe."""
+    if task.cancelled() or task.exception() is None:
+        return
+    logging.getLogger("tokenyard.operator").error(
+        "the tokenyard reconciler stopped: %s", task.exception()
+    )
+    if stop is not None:
+        stop.set()
 
 
 @kopf.on.cleanup()
@@ -224,7 +286,7 @@ async def model_event(
     ns = namespace or ""
     deleted = type == "DELETED"
     if not ctrl.changed("model", ns, name, None if deleted else body):
-        return  # our own status write or kopf's annotations coming back
+        return  # our own status writes coming back
     spec = body.get("spec")
     external = isinstance(spec, Mapping) and spec.get("external") is not None
     ctrl.on_member_event(
@@ -241,123 +303,3 @@ async def policy_event(
     deleted = type == "DELETED"
     if ctrl.changed("policy", ns, name, None if deleted else body):
         ctrl.on_member_event("policy", ns, name, _pool_ref(body) or None, deleted=deleted)
-
-
-# --------------------------------------------------------------------------- validation
-
-
-async def _report(
-    memo: Any,
-    resource: Resource,
-    body: kopf.Body,
-    desired_status: dict[str, Any],
-    *,
-    reason: str,
-    message: str,
-    logger: kopf.Logger,
-) -> None:
-    """Condition, Event and log line for a problem the handler itself detects; the
-    Event and log only when the condition changes (kopf retries the handler)."""
-    ctrl = _controller(memo)
-    current = body.get("status")
-    current = current if isinstance(current, Mapping) else None
-    old = status.ready_condition((current or {}).get("conditions"))
-    patch = status.status_patch(current, desired_status)
-    if patch is not None:
-        await ctrl.api.patch(
-            resource,
-            str(body.metadata.namespace),
-            str(body.metadata.name),
-            {"status": patch},
-            subresource="status",
-        )
-    if old is None or (old.get("reason"), old.get("message")) != (reason, message):
-        # Through the reconciler's API seam rather than kopf.event(): one Event poster for
-        # the whole operator, with unique names (kopf's relies on generateName).
-        await ctrl.api.post_event(body, "Warning", reason, message)
-        logger.error("%s: %s", reason, message)
-
-
-def _conditions(body: kopf.Body) -> Any:
-    st = body.get("status")
-    return st.get("conditions") if isinstance(st, Mapping) else None
-
-
-async def _invalid(
-    memo: Any, resource: Resource, body: kopf.Body, error: str, logger: kopf.Logger
-) -> NoReturn:
-    message = f"invalid spec: {error}"
-    gen = body.metadata.get("generation")
-    now = rfc3339(_controller(memo).clock())
-    desired = status.invalid_status(_conditions(body), message, gen, now=now)
-    await _report(
-        memo,
-        resource,
-        body,
-        desired,
-        reason=REASON_VALIDATION_FAILED,
-        message=message,
-        logger=logger,
-    )
-    raise kopf.PermanentError(message)
-
-
-async def _pool_missing(
-    memo: Any, resource: Resource, body: kopf.Body, pool: str, logger: kopf.Logger
-) -> NoReturn:
-    message = f"spec.pool: ServingPool {pool!r} not found in namespace {body.metadata.namespace!r}"
-    gen = body.metadata.get("generation")
-    now = rfc3339(_controller(memo).clock())
-    desired = status.pool_not_found_status(_conditions(body), message, gen, now=now)
-    await _report(
-        memo, resource, body, desired, reason=REASON_POOL_NOT_FOUND, message=message, logger=logger
-    )
-    raise kopf.TemporaryError(message, delay=_settings(memo).operator.retry_delay_s)
-
-
-@kopf.on.resume(GROUP, VERSION, POOLS_PLURAL)
-@kopf.on.create(GROUP, VERSION, POOLS_PLURAL)
-@kopf.on.update(GROUP, VERSION, POOLS_PLURAL)
-async def pool_changed(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
-    parsed = parse(ServingPool, body)
-    if parsed.obj is None:
-        await _invalid(memo, POOLS, body, str(parsed.error), logger)
-    _controller(memo).on_pool_event(str(body.metadata.namespace), str(body.metadata.name))
-
-
-@kopf.on.resume(GROUP, VERSION, MODELS_PLURAL)
-@kopf.on.create(GROUP, VERSION, MODELS_PLURAL)
-@kopf.on.update(GROUP, VERSION, MODELS_PLURAL)
-async def model_changed(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
-    parsed = parse(ModelDeployment, body)
-    if parsed.obj is None:
-        await _invalid(memo, MODELS, body, str(parsed.error), logger)
-    md: ModelDeployment = parsed.obj
-    ns = str(body.metadata.namespace)
-    if md.spec.pool is not None and not await _controller(memo).pool_exists(ns, md.spec.pool):
-        await _pool_missing(memo, MODELS, body, md.spec.pool, logger)
-
-
-@kopf.on.resume(GROUP, VERSION, POLICIES_PLURAL)
-@kopf.on.create(GROUP, VERSION, POLICIES_PLURAL)
-@kopf.on.update(GROUP, VERSION, POLICIES_PLURAL)
-async def policy_changed(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
-    parsed = parse(RoutingPolicy, body)
-    if parsed.obj is None:
-        await _invalid(memo, POLICIES, body, str(parsed.error), logger)
-    pol: RoutingPolicy = parsed.obj
-    ctrl = _controller(memo)
-    ns = str(body.metadata.namespace)
-    if not await ctrl.pool_exists(ns, pol.spec.pool):
-        await _pool_missing(memo, POLICIES, body, pol.spec.pool, logger)
-    missing = [
-        f"spec.targets[{i}].model: ModelDeployment {t.model!r} not found"
-        for i, t in enumerate(pol.spec.targets)
-        if not await ctrl.model_exists(ns, t.model)
-    ]
-    if missing:
-        # The reconciler writes the TargetNotFound condition and its Event; here we only
-        # wait for the targets to appear.
-        message = "; ".join(missing)
-        logger.warning("%s: %s", REASON_TARGET_NOT_FOUND, message)
-        raise kopf.TemporaryError(message, delay=_settings(memo).operator.retry_delay_s)

@@ -41,7 +41,8 @@ async def reconcile_namespace(ctrl: Controller, ns: str) -> None:
 async def _model_status(ctrl: Controller, ns: str, b: Body, now: str) -> None:
     p = parse(ModelDeployment, b)
     if p.obj is None:
-        return  # its handler reports ValidationFailed
+        await ctrl.report_invalid(MODELS, "ModelDeployment", b, p)
+        return
     md: ModelDeployment = p.obj
     secrets: dict[str, set[str]] | None = None
     if md.spec.external is not None and md.spec.external.apiKeySecretRef is not None:
@@ -55,6 +56,7 @@ async def _model_status(ctrl: Controller, ns: str, b: Body, now: str) -> None:
 async def _policy_status(ctrl: Controller, ns: str, b: Body, now: str) -> None:
     pp = parse(RoutingPolicy, b)
     if pp.obj is None:
+        await ctrl.report_invalid(POLICIES, "RoutingPolicy", b, pp)
         return
     pol: RoutingPolicy = pp.obj
     models: dict[str, ModelDeployment] = {}

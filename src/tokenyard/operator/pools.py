@@ -26,7 +26,7 @@ from tokenyard.operator.kube import (
     Conflict,
     NotFound,
 )
-from tokenyard.operator.parsing import parse
+from tokenyard.operator.parsing import Parsed, parse
 from tokenyard.operator.store import Body
 
 if TYPE_CHECKING:
@@ -47,6 +47,9 @@ class Members:
     pools or of none; in-cluster models of other pools, shown as not served here)."""
     invalid: set[str]
     """Names of invalid ModelDeployments among members and targets."""
+    rejected: list[tuple[Any, str, Body, Parsed]]
+    """Invalid members and policies: reported (ValidationFailed) and skipped, never
+    disturbing the rest."""
 
     @property
     def all_models(self) -> list[ModelDeployment]:
@@ -73,11 +76,7 @@ async def reconcile_pool(ctrl: Controller, ns: str, name: str) -> None:
     now = ctrl.timestamp()
     parsed = parse(ServingPool, body)
     if parsed.obj is None:
-        gen = (body.get("metadata") or {}).get("generation")
-        desired = status.invalid_status(
-            ((body.get("status") or {}).get("conditions")), str(parsed.error), gen, now=now
-        )
-        await ctrl.write_status(POOLS, "ServingPool", body, desired)
+        await ctrl.report_invalid(POOLS, "ServingPool", body, parsed)
         return
     pool: ServingPool = parsed.obj
     members = await _members(ctrl, ns, name)
@@ -115,16 +114,22 @@ async def reconcile_pool(ctrl: Controller, ns: str, name: str) -> None:
 async def _members(ctrl: Controller, ns: str, name: str) -> Members:
     member_bodies = ctrl.store.models_of_pool(ns, name)
     policy_bodies = ctrl.store.policies_of_pool(ns, name)
+    # Invalid members and policies are reported and skipped, never disturbing the rest.
+    rejected: list[tuple[Any, str, Body, Parsed]] = []
     members: list[tuple[Body, ModelDeployment]] = []
     for b in member_bodies:
         p = parse(ModelDeployment, b)
         if p.obj is not None:
             members.append((b, p.obj))
+        else:
+            rejected.append((MODELS, "ModelDeployment", b, p))
     policies: list[tuple[Body, RoutingPolicy]] = []
     for b in policy_bodies:
         p = parse(RoutingPolicy, b)
         if p.obj is not None:
             policies.append((b, p.obj))
+        else:
+            rejected.append((POLICIES, "RoutingPolicy", b, p))
 
     # Targets of the pool's policies that are not members (external models of other
     # pools or of none; in-cluster models of other pools, shown as not served here).
@@ -138,7 +143,7 @@ async def _members(ctrl: Controller, ns: str, name: str) -> Members:
             if t.model in member_names or t.model in targets or t.model in invalid_models:
                 continue
             await ctrl.collect_target(ns, t.model, targets, invalid_models)
-    return Members(member_bodies, members, policies, targets, invalid_models)
+    return Members(member_bodies, members, policies, targets, invalid_models, rejected)
 
 
 async def _apply_ray_service(
@@ -179,7 +184,7 @@ def _member_writes(  # noqa: PLR0917
     now: str,
 ) -> list[Awaitable[None]]:
     """The status writes of the pool's models and policies."""
-    writes: list[Awaitable[None]] = []
+    writes: list[Awaitable[None]] = [ctrl.report_invalid(*args) for args in members.rejected]
     for b, md in members.models:
         ctx = status.ModelContext(
             pool=pool,

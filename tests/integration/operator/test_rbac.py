@@ -32,14 +32,13 @@ pytestmark = pytest.mark.timeout(120)
 # What the chart grants the operator, exactly (tests/unit/chart pins the same table):
 # every call recorded here must fall inside it.
 AGREED: dict[tuple[str, str], set[str]] = {
-    ("tokenyard.dev", "servingpools"): {"get", "list", "watch", "patch"},
-    ("tokenyard.dev", "modeldeployments"): {"get", "list", "watch", "patch"},
-    ("tokenyard.dev", "routingpolicies"): {"list", "watch", "patch"},
+    ("tokenyard.dev", "servingpools"): {"get", "list", "watch"},
+    ("tokenyard.dev", "modeldeployments"): {"get", "list", "watch"},
+    ("tokenyard.dev", "routingpolicies"): {"list", "watch"},
     ("tokenyard.dev", "servingpools/status"): {"patch"},
     ("tokenyard.dev", "modeldeployments/status"): {"patch"},
     ("tokenyard.dev", "routingpolicies/status"): {"patch"},
     ("ray.io", "rayservices"): {"get", "create", "patch"},
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("", "events"): {"create"},
     ("", "secrets"): {"get"},
     ("", "persistentvolumeclaims"): {"get", "create"},

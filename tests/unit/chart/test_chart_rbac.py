@@ -31,14 +31,15 @@ pytestmark = pytest.mark.skipif(
 TY = "tokenyard.dev"
 # (group, resource) -> verbs: what the operator does (the calls recorded by
 # tests/integration/operator/test_rbac.py, plus kopf's reads from its source). kopf lists
-# and watches the three kinds and patches its annotations onto them; the reconciler gets
-# pools and models, patches status, gets/creates/patches RayServices, gets/creates the
-# router's state PersistentVolumeClaim, gets Secrets (SecretNotFound) and POSTs Events;
-# kopf lists and watches CRDs.
+# and watches the three kinds and never writes them (no change handlers, no annotations);
+# the reconciler gets pools and models, patches status, gets/creates/patches
+# RayServices, gets/creates the router's state PersistentVolumeClaim, gets Secrets
+# (SecretNotFound) and POSTs Events. kopf's scanning of CRDs and namespaces is off, so
+# nothing cluster-scoped is needed.
 OPERATOR_NAMESPACED: dict[tuple[str, str], set[str]] = {
-    (TY, "servingpools"): {"get", "list", "watch", "patch"},
-    (TY, "modeldeployments"): {"get", "list", "watch", "patch"},
-    (TY, "routingpolicies"): {"list", "watch", "patch"},
+    (TY, "servingpools"): {"get", "list", "watch"},
+    (TY, "modeldeployments"): {"get", "list", "watch"},
+    (TY, "routingpolicies"): {"list", "watch"},
     (TY, "servingpools/status"): {"patch"},
     (TY, "modeldeployments/status"): {"patch"},
     (TY, "routingpolicies/status"): {"patch"},
@@ -47,9 +48,6 @@ OPERATOR_NAMESPACED: dict[tuple[str, str], set[str]] = {
     ("", "secrets"): {"get"},
     ("", "events"): {"create"},
 }
-CRDS = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
-# kopf lists and watches namespaces only when limited to some (never clusterwide).
-NAMESPACES = {("", "namespaces"): {"list", "watch"}}
 # kopf peering, only with operator.peering set: lists, watches and patches the object.
 CLUSTER_PEERING = {("kopf.dev", "clusterkopfpeerings"): {"list", "watch", "patch"}}
 NAMESPACED_PEERING = {("kopf.dev", "kopfpeerings"): {"list", "watch", "patch"}}
@@ -156,7 +154,7 @@ def test_operator_cluster_wide_gets_exactly_what_it_uses(
 ) -> None:
     grants = grants_of(render(*extra), OPERATOR_SA)
     assert all(g.namespace is None for g in grants)
-    assert as_table(grants) == OPERATOR_NAMESPACED | CRDS | peering
+    assert as_table(grants) == OPERATOR_NAMESPACED | peering
 
 
 @pytest.mark.parametrize(
@@ -166,10 +164,9 @@ def test_operator_namespaced_gets_exactly_what_it_uses_per_namespace(
     extra: list[str], peering: dict[tuple[str, str], set[str]]
 ) -> None:
     grants = grants_of(render(*TEAMS, *extra), OPERATOR_SA)
-    assert as_table({g for g in grants if g.namespace is None}) == CRDS | NAMESPACES
     for ns in ("team-a", "team-b"):
         assert as_table({g for g in grants if g.namespace == ns}) == OPERATOR_NAMESPACED | peering
-    assert {g.namespace for g in grants} == {None, "team-a", "team-b"}
+    assert {g.namespace for g in grants} == {"team-a", "team-b"}, "nothing cluster-scoped"
     assert not allowed(grants, "get", TY, "modeldeployments", "other-team")
     assert not allowed(grants, "get", "", "secrets", "other-team")
     assert not allowed(grants, "create", "ray.io", "rayservices", NS)
@@ -206,6 +203,11 @@ def test_autoscaler_gets_exactly_what_it_uses(extra: list[str]) -> None:
         ("delete", "", "persistentvolumeclaims"),
         ("patch", "", "events"),
         ("list", "", "namespaces"),
+        ("list", "apiextensions.k8s.io", "customresourcedefinitions"),
+        ("watch", "apiextensions.k8s.io", "customresourcedefinitions"),
+        ("patch", TY, "modeldeployments"),
+        ("patch", TY, "servingpools"),
+        ("patch", TY, "routingpolicies"),
     ],
 )
 def test_nothing_beyond_the_job(verb: str, group: str, resource: str) -> None:

@@ -13,6 +13,7 @@ from tests.unit.operator.factories import NS, external_doc, model_doc, policy_do
 from tokenyard.operator.controller import (
     Controller,
     DictStore,
+    MissingCRDs,
     WorkQueue,
     namespace_key,
     parse,
@@ -181,8 +182,34 @@ async def test_invalid_members_are_skipped_and_others_served() -> None:
     rs = w.obj(RAY_SERVICES, "gpu-pool")
     assert "model-economy" in rs["spec"]["serveConfigV2"]
     assert "model-bad" not in rs["spec"]["serveConfigV2"]
-    assert "status" not in w.obj(MODELS, "bad")  # its own handler reports ValidationFailed
+    # The reconciler reports it (no kopf change handler does): the field named, one Event.
+    assert ready(w.obj(MODELS, "bad")) == ("False", "ValidationFailed")
+    message = w.obj(MODELS, "bad")["status"]["conditions"][0]["message"]
+    assert message.startswith("invalid spec: spec.inCluster.gpusPerReplica: "), message
+    assert [(e[0], e[2]) for e in w.api.events if e[1] == "Warning"] == [
+        ("bad", "ValidationFailed")
+    ]
     assert "bad" in w.obj(POOLS, "gpu-pool")["status"]["models"]
+    # A resync re-reports nothing; another broken field is a new Event.
+    await w.settle()
+    assert len([e for e in w.api.events if e[2] == "ValidationFailed"]) == 1
+
+
+async def test_an_invalid_orphan_is_reported_too() -> None:
+    w = World()
+    bad = model_doc("bad", pool="nowhere")
+    bad["spec"]["tier"] = "premium"
+    w.add(bad)
+    await w.settle()
+    assert ready(w.obj(MODELS, "bad")) == ("False", "ValidationFailed")
+    assert "spec.tier" in w.obj(MODELS, "bad")["status"]["conditions"][0]["message"]
+
+
+async def test_the_reconciler_refuses_to_run_without_its_crds() -> None:
+    w = World()
+    w.api.served_resources.discard(MODELS)
+    with pytest.raises(MissingCRDs, match=r"modeldeployments\.tokenyard\.dev/v1alpha1"):
+        await w.ctrl.run()
 
 
 async def test_gpu_limit_is_a_condition_and_a_warning_event() -> None:
