@@ -9,7 +9,7 @@ difficulty draw; the static oracles are searched again per seed).
 
 Static (the fewest fixed replicas that meet the SLO target on this trace), a per-model
 HPA-style utilisation target and tokenyard's decide_pool run on the same simulator and
-workload; see tokenyard.autoscaler.simulate for the serving model and docs/autoscaling.md
+workload; see tokenyard.autoscaler.sim for the serving model and docs/autoscaling.md
 for the scenario's assumptions. The trace lives beside the repository in ../shared/traces/.
 """
 
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from tokenyard.autoscaler import simulate
+from tokenyard.autoscaler import sim
 from tokenyard.cli import simulate_arguments
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"autoscaler_trace: trace not found: {args.trace}", file=sys.stderr)
         return 1
     started = time.perf_counter()
-    report = simulate.run_cli(args)
+    report = sim.run_cli(args)
     if report is None:
         return 1
     if not args.json:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def bar(report: simulate.Report) -> str:
+def bar(report: sim.Report) -> str:
     """The issue's bar for this run, line by line: tokenyard at the SLO target (pool-wide),
     at most 0.60 x static (provisioned for the peak, every model at the target) and 0.85 x
     HPA-style at the SLO target, with fewer scale events than HPA-style."""
@@ -91,7 +91,7 @@ def bar(report: simulate.Report) -> str:
     return out
 
 
-def floor_cost(report: simulate.Report) -> float | None:
+def floor_cost(report: sim.Report) -> float | None:
     """What every model's minReplicas cost over the replayed span: the static run holds a
     fixed fleet, so its cost per fleet-hour gives the span."""
     sc = report.scenario
@@ -109,11 +109,11 @@ def floor_cost(report: simulate.Report) -> float | None:
 def seed_means(args: argparse.Namespace) -> None:
     """Mean cost, attainment, scale events and capacity downgrades per policy over
     routing seeds."""
-    base = simulate.scenario_from_args(args)
-    trace = simulate.read_trace(args.trace)
+    base = sim.scenario_from_args(args)
+    trace = sim.read_trace(args.trace)
     rows: dict[str, list[tuple[float, float, float, int, int]]] = {}
     for seed in range(args.seeds):
-        report = simulate.simulate(base.model_copy(update={"seed": seed}), trace)
+        report = sim.simulate(base.model_copy(update={"seed": seed}), trace)
         for r in report.results:
             rows.setdefault(r.policy, []).append(
                 (

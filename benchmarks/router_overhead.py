@@ -157,7 +157,7 @@ def measure(name: str, url: str, n: int, levels: list[int], headers: dict[str, s
 def bench_config(backend_url: str) -> Any:
     """A router config with one External target (the backend) behind endpoint "bench"."""
     from tokenyard.api.policy import RoutingPolicySpec
-    from tokenyard.serving.contract import (
+    from tokenyard.contract import (
         CatalogueEntry,
         ExternalEndpoint,
         PolicyEntry,
@@ -197,11 +197,11 @@ def core_latency(n: int) -> tuple[float, float]:
     from starlette.applications import Starlette
     from starlette.routing import Route
 
-    from tokenyard.serving.audit import AuditLog
-    from tokenyard.serving.contract import RouterAppArgs
-    from tokenyard.serving.ledger_actor import LedgerClient
+    from tokenyard.accounting.audit import AuditLog
+    from tokenyard.accounting.ledger_actor import LedgerClient
+    from tokenyard.contract import RouterAppArgs
     from tokenyard.serving.providers import ProviderClient
-    from tokenyard.serving.router_app import RouterCore
+    from tokenyard.serving.router import RouterCore
 
     state = Path(tempfile.mkdtemp(prefix="tokenyard-bench-core-"))
     fake = httpx.MockTransport(lambda r: httpx.Response(200, content=ANSWER))
@@ -240,7 +240,7 @@ def start_router(backend_url: str, port: int) -> str:
     import ray
     from ray import serve
 
-    from tokenyard.serving.contract import RouterAppArgs
+    from tokenyard.contract import RouterAppArgs
     from tokenyard.serving.router_app import build_app_with_config
 
     state = Path(tempfile.mkdtemp(prefix="tokenyard-bench-"))

@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--request", required=True, help="request body JSON file ('-' for stdin)")
     s.add_argument("--header", action="append", default=[], help="NAME: VALUE (repeatable)")
     s.add_argument("--endpoint", default=None, help="policy endpoint if the body names none")
-    s.set_defaults(func=_lazy("tokenyard.serving.explain"))
+    s.set_defaults(func=_lazy("tokenyard.routing.explain"))
 
     s = sub.add_parser("autoscaler", help="run the autoscaler loop")
     s.add_argument("--once", action="store_true", help="decide and act once, then exit")
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="replay a request trace against a pool's autoscaling")
     s.add_argument("--trace", required=True, help="CSV: TIMESTAMP, ContextTokens, GeneratedTokens")
     simulate_arguments(s)
-    s.set_defaults(func=_lazy("tokenyard.autoscaler.simulate"))
+    s.set_defaults(func=_lazy("tokenyard.autoscaler.sim.cli"))
     return p
 
 

@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from tokenyard_e2e import wait_for
 
 from tokenyard.api import GROUP, VERSION
-from tokenyard.serving.contract import ROUTER_APP_NAME, model_app_name
+from tokenyard.contract import ROUTER_APP_NAME, model_app_name
 
 REPO = Path(__file__).resolve().parents[2]
 

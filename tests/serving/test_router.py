@@ -391,7 +391,7 @@ def test_spillover_reads_running_replicas_from_serve_status(stack: Stack) -> Non
     # is Ray Serve's own.
     from ray import serve
 
-    from tokenyard.serving.router_app import running_replicas
+    from tokenyard.serving.router import running_replicas
 
     apps = serve.status().applications
     models = {n: running_replicas(a) for n, a in apps.items() if n.startswith("model-")}
@@ -543,8 +543,8 @@ def test_spend_survives_router_and_ledger_restart(stack: Stack) -> None:
     import ray
     from ray import serve
 
-    from tokenyard.serving.contract import ROUTER_APP_NAME
-    from tokenyard.serving.ledger_actor import find_ledger
+    from tokenyard.accounting.ledger_actor import find_ledger
+    from tokenyard.contract import ROUTER_APP_NAME
 
     capped = stack.client(X_Tenant="capped")
     with pytest.raises(openai.RateLimitError):

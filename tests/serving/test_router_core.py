@@ -22,20 +22,20 @@ pytest.importorskip("ray.serve", reason="needs the serving extra (ray[serve])")
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from tokenyard.accounting.audit import AUDIT_LOGGER, AuditLog
+from tokenyard.accounting.ledger_actor import LedgerClient
 from tokenyard.api.policy import RoutingPolicySpec
-from tokenyard.serving.audit import AUDIT_LOGGER, AuditLog
-from tokenyard.serving.backends import Backend, BackendFailure, build_backends
-from tokenyard.serving.contract import (
+from tokenyard.contract import (
     CatalogueEntry,
     ExternalEndpoint,
     PolicyEntry,
     RouterAppArgs,
     RouterConfig,
 )
-from tokenyard.serving.features import parse_request
-from tokenyard.serving.ledger_actor import LedgerClient
+from tokenyard.routing.request import parse_request
+from tokenyard.serving.backends import Backend, BackendFailure, build_backends
 from tokenyard.serving.providers import ProviderClient
-from tokenyard.serving.router_app import BackendFactory, RouterCore
+from tokenyard.serving.router import BackendFactory, RouterCore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -364,7 +364,7 @@ async def test_stats_count_requests_fallbacks_targets_and_spend(
 def test_audit_logger_writes_one_json_line(
     tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tokenyard.serving.audit import AuditRecord
+    from tokenyard.accounting.audit import AuditRecord
 
     log = AuditLog(str(tmp_path / "a.jsonl"))
     log.write(AuditRecord(time=0.0, request_id="r", tenant="t", endpoint="e", kind="chat",
@@ -683,7 +683,7 @@ def test_running_replicas_come_from_serve_status(make_router: Any) -> None:
 
     from ray.serve._private.common import ReplicaState
 
-    from tokenyard.serving.router_app import running_replicas
+    from tokenyard.serving.router import running_replicas
 
     app = SimpleNamespace(
         deployments={
@@ -720,7 +720,7 @@ async def test_a_model_whose_replicas_are_starting_takes_no_spillover(
 
 
 def test_a_model_called_by_name_uses_its_owner_policy_s_tenant_keys() -> None:
-    from tokenyard.serving.router_app import build_state
+    from tokenyard.serving.router import build_state
 
     spec = RoutingPolicySpec.model_validate(
         {"pool": "p", "targets": [{"model": "a"}], "egress": {"defaultDataClass": "public"}}

@@ -388,51 +388,11 @@ class Autoscaler:
             )
         gen = md.metadata.get("generation")
         generation = gen if isinstance(gen, int) else None
-        conditions: list[dict[str, Any]] = list(old_status.get("conditions") or [])
-        if d.metrics_available:
-            conditions = set_condition(
-                conditions,
-                COND_METRICS_AVAILABLE,
-                "True",
-                reason=REASON_METRICS_OK,
-                message="signals are fresh",
-                now=now,
-                generation=generation,
-            )
-        else:
-            conditions = set_condition(
-                conditions,
-                COND_METRICS_AVAILABLE,
-                "False",
-                reason=REASON_METRICS_UNAVAILABLE,
-                message=d.metrics_detail or "no signals",
-                now=now,
-                generation=generation,
-            )
+        conditions = _conditions(list(old_status.get("conditions") or []), d, now, generation)
         was_capped = any(
             c.get("type") == COND_CAPPED and c.get("status") == "True"
             for c in old_status.get("conditions") or []
         )
-        if d.capped:
-            conditions = set_condition(
-                conditions,
-                COND_CAPPED,
-                "True",
-                reason=d.capped,
-                message=d.capped_message,
-                now=now,
-                generation=generation,
-            )
-        else:
-            conditions = set_condition(
-                conditions,
-                COND_CAPPED,
-                "False",
-                reason=REASON_NOT_CAPPED,
-                message="the pool gives every replica asked for",
-                now=now,
-                generation=generation,
-            )
         if d.capped and not was_capped:
             self._event(raw, d.capped, d.capped_message or d.reason, "Warning")
         auto = {
@@ -461,6 +421,51 @@ class Autoscaler:
             new_status["autoscaling"] = {k: v for k, v in auto.items() if v is not None}
             self.api.patch_status(ns, name, new_status)
             result.status_written.append((ns, name))
+
+
+def _conditions(
+    conditions: list[dict[str, Any]], d: Decision, now: float, generation: int | None
+) -> list[dict[str, Any]]:
+    """A model's conditions with the MetricsAvailable and Capped a decision sets."""
+    if d.metrics_available:
+        conditions = set_condition(
+            conditions,
+            COND_METRICS_AVAILABLE,
+            "True",
+            reason=REASON_METRICS_OK,
+            message="signals are fresh",
+            now=now,
+            generation=generation,
+        )
+    else:
+        conditions = set_condition(
+            conditions,
+            COND_METRICS_AVAILABLE,
+            "False",
+            reason=REASON_METRICS_UNAVAILABLE,
+            message=d.metrics_detail or "no signals",
+            now=now,
+            generation=generation,
+        )
+    if d.capped:
+        return set_condition(
+            conditions,
+            COND_CAPPED,
+            "True",
+            reason=d.capped,
+            message=d.capped_message,
+            now=now,
+            generation=generation,
+        )
+    return set_condition(
+        conditions,
+        COND_CAPPED,
+        "False",
+        reason=REASON_NOT_CAPPED,
+        message="the pool gives every replica asked for",
+        now=now,
+        generation=generation,
+    )
 
 
 def run_forever(

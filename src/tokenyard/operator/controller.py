@@ -11,15 +11,12 @@ Imports no kopf.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-from pydantic import ValidationError
+from dataclasses import dataclass
+from typing import Any
 
 from tokenyard.api.common import (
     COND_CAPPED,
@@ -30,23 +27,21 @@ from tokenyard.api.common import (
     REASON_TARGETS_READY,
     REASON_VALIDATION_FAILED,
 )
-from tokenyard.api.model import ModelDeployment, ModelDeploymentStatus
-from tokenyard.api.policy import RoutingPolicy, RoutingPolicyStatus
-from tokenyard.api.pool import ServingPool, ServingPoolStatus
-from tokenyard.operator import builders, plan, status, traffic
+from tokenyard.api.model import ModelDeployment
+from tokenyard.operator import orphans, pools, status
 from tokenyard.operator.kube import (
-    CLAIMS,
     MODELS,
     POLICIES,
     POOLS,
     RAY_SERVICES,
     SECRETS,
     ApiError,
-    Conflict,
     KubeApi,
     NotFound,
 )
-from tokenyard.serving import contract
+from tokenyard.operator.parsing import Parsed, parse
+from tokenyard.operator.store import Body, DictStore, Store
+from tokenyard.operator.workqueue import WorkQueue
 from tokenyard.settings import OperatorSettings
 
 StatsFetcher = Callable[[str], Awaitable[dict[str, Any] | None]]
@@ -64,8 +59,6 @@ WORKERS = 8
 # does not open hundreds of connections at the API server.
 STATUS_WRITES_IN_FLIGHT = 16
 
-Body = Mapping[str, Any]
-
 
 def rfc3339(t: datetime.datetime) -> str:
     return t.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -75,7 +68,7 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(tz=datetime.UTC)
 
 
-# --------------------------------------------------------------------------- store
+# --------------------------------------------------------------------------- watch events
 
 
 def _capped_condition(conditions: Any) -> tuple[Any, Any] | None:
@@ -88,134 +81,7 @@ def _capped_condition(conditions: Any) -> tuple[Any, Any] | None:
     return None
 
 
-class Store(Protocol):
-    """Read-only view of the tokenyard objects the operator watches (raw bodies)."""
-
-    def pool(self, namespace: str, name: str) -> Body | None: ...
-
-    def pools(self) -> Iterable[tuple[str, str]]:
-        """(namespace, name) of every pool."""
-        ...
-
-    def models_of_pool(self, namespace: str, pool: str) -> list[Body]:
-        """ModelDeployments whose spec.pool is ``pool`` ('' for those without one)."""
-        ...
-
-    def policies_of_pool(self, namespace: str, pool: str) -> list[Body]: ...
-
-    def model(self, namespace: str, name: str) -> Body | None: ...
-
-    def pool_refs(self, namespace: str) -> set[str]:
-        """Every spec.pool value models and policies of the namespace use ('' = none)."""
-        ...
-
-
-@dataclass
-class DictStore:
-    """A :class:`Store` over plain lists, for tests and `tokenyard render`."""
-
-    pool_bodies: list[Body] = field(default_factory=list)
-    model_bodies: list[Body] = field(default_factory=list)
-    policy_bodies: list[Body] = field(default_factory=list)
-
-    @staticmethod
-    def _key(b: Body) -> tuple[str, str]:
-        m = b.get("metadata") or {}
-        return str(m.get("namespace") or "default"), str(m.get("name"))
-
-    @staticmethod
-    def _pool_of(b: Body) -> str:
-        spec = b.get("spec")
-        return str((spec.get("pool") if isinstance(spec, Mapping) else None) or "")
-
-    def pool(self, namespace: str, name: str) -> Body | None:
-        return next((b for b in self.pool_bodies if self._key(b) == (namespace, name)), None)
-
-    def pools(self) -> Iterable[tuple[str, str]]:
-        return [self._key(b) for b in self.pool_bodies]
-
-    def models_of_pool(self, namespace: str, pool: str) -> list[Body]:
-        return [
-            b
-            for b in self.model_bodies
-            if self._key(b)[0] == namespace and self._pool_of(b) == pool
-        ]
-
-    def policies_of_pool(self, namespace: str, pool: str) -> list[Body]:
-        return [
-            b
-            for b in self.policy_bodies
-            if self._key(b)[0] == namespace and self._pool_of(b) == pool
-        ]
-
-    def model(self, namespace: str, name: str) -> Body | None:
-        return next((b for b in self.model_bodies if self._key(b) == (namespace, name)), None)
-
-    def pool_refs(self, namespace: str) -> set[str]:
-        return {
-            self._pool_of(b)
-            for b in [*self.model_bodies, *self.policy_bodies]
-            if self._key(b)[0] == namespace
-        }
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-@dataclass(frozen=True)
-class Parsed:
-    """A body parsed into its API type, or why it does not validate."""
-
-    obj: Any | None
-    error: str | None
-
-
-_STATUS_TYPES: dict[str, type[Any]] = {
-    ServingPool.KIND: ServingPoolStatus,
-    ModelDeployment.KIND: ModelDeploymentStatus,
-    RoutingPolicy.KIND: RoutingPolicyStatus,
-}
-
-
-def _format(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        parts.append(f"{loc}: {e['msg']}")
-    return "; ".join(parts)
-
-
-def parse(cls: type[Any], body: Body) -> Parsed:
-    """Validate metadata and spec strictly; status leniently (others write it too, and a
-    field we do not know must never make the object look invalid)."""
-    doc = {
-        "apiVersion": body.get("apiVersion", f"{cls.model_fields['apiVersion'].default}"),
-        "kind": body.get("kind", cls.KIND),
-        "metadata": dict(body.get("metadata") or {}),
-        "spec": body.get("spec"),
-    }
-    try:
-        obj = cls.model_validate(doc)
-    except ValidationError as e:
-        return Parsed(None, _format(e))
-    problems: list[builders.FieldProblem] = []
-    if isinstance(obj, ModelDeployment):
-        problems = builders.model_semantic_problems(obj.spec)
-    elif isinstance(obj, ServingPool):
-        problems = builders.pool_semantic_problems(obj)
-    elif isinstance(obj, RoutingPolicy):
-        problems = builders.policy_semantic_problems(obj)
-    if problems:
-        return Parsed(None, "; ".join(str(p) for p in problems))
-    raw_status = body.get("status")
-    if isinstance(raw_status, Mapping):
-        st_cls = _STATUS_TYPES[cls.KIND]
-        known = {k: v for k, v in raw_status.items() if k in st_cls.model_fields}
-        try:
-            obj.status = st_cls.model_validate(known)
-        except ValidationError:
-            obj.status = None
-    return Parsed(obj, None)
+# --------------------------------------------------------------------------- events
 
 
 def _ready_message(st: Mapping[str, Any] | None) -> str | None:
@@ -233,57 +99,6 @@ _GOOD = {REASON_RUNNING, REASON_EXTERNAL_PROVIDER, REASON_TARGETS_READY}
 _QUIET = {REASON_DEPLOYING}
 # Expected while targets start (each target reports its own problems): a Normal Event.
 _NORMAL = {REASON_NO_READY_TARGETS}
-
-
-# --------------------------------------------------------------------------- queue
-
-
-class WorkQueue:
-    """Keys to reconcile, each at most once at a time, coalesced while waiting.
-
-    Like client-go's workqueue: adding a key that is already waiting keeps the earlier
-    due time; adding one that is being processed re-queues it when that pass ends.
-    """
-
-    def __init__(self, clock: Callable[[], float] | None = None) -> None:
-        self._clock = clock or (lambda: asyncio.get_running_loop().time())
-        self._due: dict[Any, float] = {}
-        self._processing: set[Any] = set()
-        self._again: dict[Any, float] = {}
-        self._wakeup = asyncio.Event()
-
-    def __len__(self) -> int:
-        return len(self._due)
-
-    def add(self, key: Any, delay: float = 0.0) -> None:
-        due = self._clock() + delay
-        if key in self._processing:
-            self._again[key] = min(self._again.get(key, due), due)
-            return
-        if key not in self._due or due < self._due[key]:
-            self._due[key] = due
-            self._wakeup.set()
-
-    async def get(self) -> Any:
-        while True:
-            now = self._clock()
-            ready = [k for k, t in self._due.items() if t <= now]
-            if ready:
-                key = min(ready, key=lambda k: self._due[k])
-                del self._due[key]
-                self._processing.add(key)
-                return key
-            self._wakeup.clear()
-            timeout = min(self._due.values()) - now if self._due else None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
-
-    def done(self, key: Any) -> None:
-        self._processing.discard(key)
-        if key in self._again:
-            due = self._again.pop(key)
-            self._due[key] = min(self._due.get(key, due), due)
-            self._wakeup.set()
 
 
 # --------------------------------------------------------------------------- controller
@@ -491,18 +306,32 @@ class Controller:
                 self.queue.done(key)
         raise RuntimeError("queue did not drain")
 
+    async def reconcile_pool(self, ns: str, name: str) -> None:
+        """One pass over a pool (:func:`tokenyard.operator.pools.reconcile_pool`)."""
+        await pools.reconcile_pool(self, ns, name)
+
+    async def reconcile_namespace(self, ns: str) -> None:
+        """One pass over a namespace's orphans (:mod:`tokenyard.operator.orphans`)."""
+        await orphans.reconcile_namespace(self, ns)
+
     # ----------------------------------------------------------------- helpers
 
-    def _now(self) -> str:
+    def timestamp(self) -> str:
+        """Now, as conditions record it."""
         return rfc3339(self.clock())
 
-    async def _crd_missing(self) -> bool:
+    async def crd_missing(self) -> bool:
+        """Whether the API server does not serve RayServices (KubeRay not installed)."""
         if self._crd_served:
             return False
         self._crd_served = await self.api.served(RAY_SERVICES)
         return not self._crd_served
 
-    async def _secrets(self, refs: Iterable[str], namespace: str) -> dict[str, set[str]] | None:
+    def recheck_crd(self) -> None:
+        """Ask the API server again on the next pass whether it serves RayServices."""
+        self._crd_served = None
+
+    async def secret_keys(self, refs: Iterable[str], namespace: str) -> dict[str, set[str]] | None:
         """Data keys of the Secrets named, absent ones left out; None if unreadable."""
         out: dict[str, set[str]] = {}
         for name in sorted(set(refs)):
@@ -531,9 +360,9 @@ class Controller:
 
     async def model_exists(self, ns: str, name: str) -> bool:
         """Whether the ModelDeployment exists (the index, else the API server)."""
-        return await self._model_body(ns, name) is not None
+        return await self.model_body(ns, name) is not None
 
-    async def _model_body(self, ns: str, name: str) -> Body | None:
+    async def model_body(self, ns: str, name: str) -> Body | None:
         """A ModelDeployment from the index, else from the API server: a policy's target
         created just before it may not have reached the index yet."""
         body = self.store.model(ns, name)
@@ -544,7 +373,21 @@ class Controller:
         except NotFound:
             return None
 
-    async def _bounded(self, writes: list[Awaitable[None]]) -> None:
+    async def collect_target(
+        self, ns: str, name: str, models: dict[str, ModelDeployment], invalid: set[str]
+    ) -> None:
+        """A policy's target (:meth:`model_body`) parsed into ``models``, or its name into
+        ``invalid`` when it does not validate; a target that does not exist goes nowhere."""
+        body = await self.model_body(ns, name)
+        if body is None:
+            return
+        p = parse(ModelDeployment, body)
+        if p.obj is None:
+            invalid.add(name)
+        else:
+            models[name] = p.obj
+
+    async def bounded(self, writes: list[Awaitable[None]]) -> None:
         """Run status writes with at most STATUS_WRITES_IN_FLIGHT at once."""
 
         async def one(w: Awaitable[None]) -> None:
@@ -553,13 +396,15 @@ class Controller:
 
         await asyncio.gather(*(one(w) for w in writes))
 
-    async def _write_status(
+    async def write_status(
         self,
         resource: Any,
         obj: Any,
         body: Body,
         desired: Mapping[str, Any],
     ) -> None:
+        """Patch the object's status to ``desired`` if it differs, and log and post an
+        Event when its Ready condition changes reason (a Warning for problems)."""
         current = body.get("status") if isinstance(body.get("status"), Mapping) else None
         patch = status.status_patch(current, desired)
         if patch is None:
@@ -592,7 +437,7 @@ class Controller:
         elif reason in _NORMAL or (reason in _GOOD and old_reason is not None):
             await self.api.post_event(body, "Normal", reason, message)
 
-    async def _report_invalid(self, resource: Any, obj: str, body: Body, parsed: Parsed) -> None:
+    async def report_invalid(self, resource: Any, obj: str, body: Body, parsed: Parsed) -> None:
         """``ValidationFailed`` naming the field, with an Event and a log line when it
         first appears or its message changes. Nothing is retried: the object's next spec
         change (a watch event) brings it back."""
@@ -600,277 +445,28 @@ class Controller:
         conditions = raw.get("conditions") if isinstance(raw, Mapping) else None
         gen = (body.get("metadata") or {}).get("generation")
         desired = status.invalid_status(
-            conditions, f"invalid spec: {parsed.error}", gen, now=self._now()
+            conditions, f"invalid spec: {parsed.error}", gen, now=self.timestamp()
         )
-        await self._write_status(resource, obj, body, desired)
+        await self.write_status(resource, obj, body, desired)
 
-    # ----------------------------------------------------------------- pools
 
-    async def reconcile_pool(self, ns: str, name: str) -> None:
-        body = self.store.pool(ns, name)
-        if body is None:
-            # Deleted: the API server garbage-collects the RayService (owner reference);
-            # the pool's members are now orphans.
-            self.enqueue_namespace(ns, 0.0)
-            return
-        now = self._now()
-        parsed = parse(ServingPool, body)
-        if parsed.obj is None:
-            await self._report_invalid(POOLS, "ServingPool", body, parsed)
-            return
-        pool: ServingPool = parsed.obj
-
-        member_bodies = self.store.models_of_pool(ns, name)
-        policy_bodies = self.store.policies_of_pool(ns, name)
-        # Invalid members and policies are reported and skipped, never disturbing the rest.
-        invalid: list[tuple[Any, str, Body, Parsed]] = []
-        members: list[tuple[Body, ModelDeployment]] = []
-        for b in member_bodies:
-            p = parse(ModelDeployment, b)
-            if p.obj is not None:
-                members.append((b, p.obj))
-            else:
-                invalid.append((MODELS, "ModelDeployment", b, p))
-        policies: list[tuple[Body, RoutingPolicy]] = []
-        for b in policy_bodies:
-            p = parse(RoutingPolicy, b)
-            if p.obj is not None:
-                policies.append((b, p.obj))
-            else:
-                invalid.append((POLICIES, "RoutingPolicy", b, p))
-
-        # Targets of the pool's policies that are not members (external models of other
-        # pools or of none; in-cluster models of other pools, shown as not served here).
-        member_names = {builders.obj_name(m) for _, m in members}
-        invalid_models = {
-            str((b.get("metadata") or {}).get("name")) for b in member_bodies
-        } - member_names
-        targets: dict[str, ModelDeployment] = {}
-        for _, pol in policies:
-            for t in pol.spec.targets:
-                if t.model in member_names or t.model in targets or t.model in invalid_models:
-                    continue
-                tb = await self._model_body(ns, t.model)
-                if tb is None:
-                    continue
-                tp = parse(ModelDeployment, tb)
-                if tp.obj is None:
-                    invalid_models.add(t.model)
-                else:
-                    targets[t.model] = tp.obj
-        all_models = [m for _, m in members] + list(targets.values())
-
-        secret_names = [
-            m.spec.external.apiKeySecretRef.name
-            for m in all_models
-            if m.spec.external is not None and m.spec.external.apiKeySecretRef is not None
-        ] + [
-            p.spec.tenants.apiKeysSecretRef.name
-            for _, p in policies
-            if p.spec.tenants.apiKeysSecretRef is not None
-        ]
-        secrets = await self._secrets(secret_names, ns)
-
-        render = builders.render_pool(
-            pool, all_models, [p for _, p in policies], secrets=secrets, settings=self.settings
-        )
-        desired_rs = render.ray_service
-        rs_name = desired_rs["metadata"]["name"]
-
-        crd_missing = False
-        conflict: str | None = None
-        existing: dict[str, Any] | None
-        try:
-            existing = await self.api.get(RAY_SERVICES, ns, rs_name)
-        except NotFound:
-            existing = None
-        if existing is None and await self._crd_missing():
-            crd_missing = True
-        else:
-            existing, conflict = await self._apply(body, desired_rs, existing)
-            if existing is None and conflict is None:
-                crd_missing = True
-
-        if existing is not None and render.state_claim is not None:
-            await self._ensure_claim(body, render.state_claim)
-        observed = status.observe_ray_service(existing)
-        router_stats = await self._router_stats(ns, name, observed)
-        if crd_missing:
-            self._crd_served = None  # look again next pass
-            self.queue.add(pool_key(ns, name), self.settings.retry_delay_s)
-
-        # Statuses: members and policies (concurrently: a pool of 50 models would
-        # otherwise wait 50 round trips), then the pool.
-        writes: list[Awaitable[None]] = [self._report_invalid(*args) for args in invalid]
-        for b, md in members:
-            ctx = status.ModelContext(
-                pool=pool,
-                decision=render.admission.decisions.get(builders.obj_name(md)),
-                observed=observed,
-                crd_missing=crd_missing,
-                secrets=secrets,
-            )
-            desired = status.build_model_status(md, ctx, now=now)
-            writes.append(self._write_status(MODELS, "ModelDeployment", b, desired))
-        models_by_name = {builders.obj_name(m): m for m in all_models}
-        for b, pol in policies:
-            pctx = status.PolicyContext(
-                pool=pool,
-                models=models_by_name,
-                invalid=invalid_models,
-                admission=render.admission,
-                observed=observed,
-                crd_missing=crd_missing,
-                secrets=secrets,
-                traffic=(
-                    traffic.traffic_fields(
-                        router_stats,
-                        pol.spec.endpoint or builders.obj_name(pol),
-                        [t.model for t in pol.spec.targets],
-                    )
-                    or None
-                    if router_stats is not None
-                    else None
-                ),
-            )
-            desired = status.build_policy_status(pol, pctx, now=now)
-            writes.append(self._write_status(POLICIES, "RoutingPolicy", b, desired))
-        await self._bounded(writes)
-        excluded = [
-            f"{n} ({d.reason})"
-            for n, d in sorted(render.admission.decisions.items())
-            if not d.admitted
-        ]
-        pctx2 = status.PoolContext(
-            admission=render.admission,
-            members={str((b.get("metadata") or {}).get("name")) for b in member_bodies},
-            policies={builders.obj_name(p) for _, p in policies},
-            observed=observed if existing is not None else None,
-            crd_missing=crd_missing,
-            conflict=conflict,
-            excluded=excluded,
-        )
-        await self._write_status(
-            POOLS, "ServingPool", body, status.build_pool_status(pool, pctx2, now=now)
-        )
-
-    async def _ensure_claim(self, pool_body: Body, claim: dict[str, Any]) -> None:
-        """Create the router's state claim if it does not exist; never patch it (a bound
-        claim's spec is immutable, and resizing is the storage admin's call)."""
-        ns, name = claim["metadata"]["namespace"], claim["metadata"]["name"]
-        try:
-            await self.api.get(CLAIMS, ns, name)
-            return
-        except NotFound:
-            pass
-        try:
-            await self.api.create(CLAIMS, ns, claim)
-        except Conflict:
-            return
-        self.log.info("created PersistentVolumeClaim %s/%s for the router's ledger", ns, name)
-        await self.api.post_event(
-            pool_body, "Normal", "StateClaimCreated", f"created PersistentVolumeClaim {name}"
-        )
-
-    async def _router_stats(
-        self, ns: str, pool: str, observed: status.ObservedRayService | None
-    ) -> dict[str, Any] | None:
-        """The router's traffic figures, only once KubeRay reports the router running
-        (before that the Service has no endpoints and the call could only time out)."""
-        if self.stats_fetcher is None or observed is None:
-            return None
-        app = observed.app(contract.ROUTER_APP_NAME)
-        if app is None or app.status != "RUNNING":
-            return None
-        return await self.stats_fetcher(traffic.stats_url(pool, ns))
-
-    async def _apply(
-        self, pool_body: Body, desired: dict[str, Any], existing: dict[str, Any] | None
-    ) -> tuple[dict[str, Any] | None, str | None]:
-        """Create or patch the RayService as planned. Returns (the object as it now is,
-        conflict message); (None, None) means the RayService resource is not served."""
-        ns, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
-        for _ in range(2):
-            action = plan.plan(desired, existing)
-            if isinstance(action, plan.Noop):
-                return existing, None
-            if isinstance(action, plan.Conflict):
-                self.log.warning("ServingPool %s/%s: %s", ns, name, action.message)
-                return existing, action.message
-            if isinstance(action, plan.Create):
-                try:
-                    created = await self.api.create(RAY_SERVICES, ns, action.body)
-                except Conflict:
-                    # Created by an earlier pass or another replica: look again, patch it.
-                    existing = await self.api.get(RAY_SERVICES, ns, name)
-                    continue
-                except NotFound:
-                    return None, None
-                self.stats.created += 1
-                self.log.info("created RayService %s/%s", ns, name)
-                await self.api.post_event(
-                    pool_body,
-                    "Normal",
-                    "RayServiceCreated",
-                    f"created RayService {name}",
-                )
-                return created, None
-            assert isinstance(action, plan.Update)
-            try:
-                patched = await self.api.patch(RAY_SERVICES, ns, name, action.patch)
-            except NotFound:
-                existing = None
-                continue
-            self.stats.updated += 1
-            self.log.info("updated RayService %s/%s (%s)", ns, name, action.reason)
-            return patched, None
-        raise RuntimeError(f"RayService {ns}/{name} keeps changing under the operator")
-
-    # ----------------------------------------------------------------- orphans
-
-    async def reconcile_namespace(self, ns: str) -> None:
-        """Statuses of models and policies no existing pool reconciles: those naming a
-        missing pool, and external models that name none."""
-        now = self._now()
-        pools = {name for pns, name in self.store.pools() if pns == ns}
-        for ref in sorted(self.store.pool_refs(ns)):
-            if ref and ref in pools:
-                continue
-            if ref and await self.pool_exists(ns, ref):
-                # Created, but its watch event has not reached the index yet.
-                self.enqueue_pool(ns, ref)
-                continue
-            for b in self.store.models_of_pool(ns, ref):
-                p = parse(ModelDeployment, b)
-                if p.obj is None:
-                    await self._report_invalid(MODELS, "ModelDeployment", b, p)
-                    continue
-                md: ModelDeployment = p.obj
-                secrets: dict[str, set[str]] | None = None
-                if md.spec.external is not None and md.spec.external.apiKeySecretRef is not None:
-                    secrets = await self._secrets([md.spec.external.apiKeySecretRef.name], ns)
-                ctx = status.ModelContext(pool=None, secrets=secrets)
-                await self._write_status(
-                    MODELS, "ModelDeployment", b, status.build_model_status(md, ctx, now=now)
-                )
-            for b in self.store.policies_of_pool(ns, ref):
-                pp = parse(RoutingPolicy, b)
-                if pp.obj is None:
-                    await self._report_invalid(POLICIES, "RoutingPolicy", b, pp)
-                    continue
-                pol: RoutingPolicy = pp.obj
-                models: dict[str, ModelDeployment] = {}
-                invalid: set[str] = set()
-                for t in pol.spec.targets:
-                    tb = await self._model_body(ns, t.model)
-                    if tb is None:
-                        continue
-                    tp = parse(ModelDeployment, tb)
-                    if tp.obj is None:
-                        invalid.add(t.model)
-                    else:
-                        models[t.model] = tp.obj
-                pctx = status.PolicyContext(pool=None, models=models, invalid=invalid)
-                await self._write_status(
-                    POLICIES, "RoutingPolicy", b, status.build_policy_status(pol, pctx, now=now)
-                )
+__all__ = [
+    "DEBOUNCE_S",
+    "STATUS_WRITES_IN_FLIGHT",
+    "WORKERS",
+    "Body",
+    "Controller",
+    "DictStore",
+    "MissingCRDs",
+    "NamespaceKey",
+    "Parsed",
+    "PoolKey",
+    "Stats",
+    "StatsFetcher",
+    "Store",
+    "WorkQueue",
+    "namespace_key",
+    "parse",
+    "pool_key",
+    "rfc3339",
+]

@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokenyard import contract
 from tokenyard.api.common import (
     COND_READY,
     LABEL_POOL,
@@ -45,7 +46,6 @@ from tokenyard.operator.builders import (
     secret_missing,
 )
 from tokenyard.operator.plan import merge_diff
-from tokenyard.serving import contract
 
 # Not in tokenyard.api.common yet: a RayService of the pool's name that tokenyard does
 # not manage (no managed-by label); the operator leaves it alone.

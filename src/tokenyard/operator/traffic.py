@@ -2,7 +2,7 @@
 
 The operator calls :func:`fetch_stats` on :func:`stats_url` (through KubeRay's serve
 Service) and turns the document into status fields with the pure :func:`traffic_fields`.
-The router side is ``tokenyard.serving.stats`` (which the operator does not import: only
+The router side is ``tokenyard.accounting.stats`` (which the operator does not import: only
 the serving contract crosses the layer); both must agree on :data:`STATS_PATH`, which a
 unit test checks. Nothing here raises on a router that is down, old or garbled: status
 then simply carries no traffic figures.
@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
+from tokenyard.contract import SERVE_PORT
 from tokenyard.operator.builders import ray_service_name
-from tokenyard.serving.contract import SERVE_PORT
 
 STATS_PATH = "/v1/tokenyard/stats"
 # Shares are rounded so status changes (and is written) only when traffic really moves.

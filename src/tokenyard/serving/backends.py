@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
 from tokenyard.api.policy import FailureKind
-from tokenyard.serving.contract import MODEL_DEPLOYMENT, CatalogueEntry
-from tokenyard.serving.errors import failure_kind
+from tokenyard.contract import MODEL_DEPLOYMENT, CatalogueEntry
+from tokenyard.routing.errors import failure_kind
 from tokenyard.serving.providers import ProviderClient, ProviderError
 
 logger = logging.getLogger("tokenyard.router")

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from tokenyard.api.policy import CircuitBreakerSpec
-from tokenyard.serving.policy_engine import BackendState
+from tokenyard.routing.decision import BackendState
 
 CircuitState = Literal["closed", "open", "half_open"]
 

@@ -24,7 +24,7 @@ from typing import Any
 from tokenyard.api.manifests import ManifestError, Manifests, load
 from tokenyard.api.model import ModelDeployment
 from tokenyard.api.pool import AcceleratorClass
-from tokenyard.serving.contract import (
+from tokenyard.contract import (
     MODEL_IMPORT_PATH,
     ROUTER_APP_NAME,
     ROUTER_DEPLOYMENT,
@@ -38,7 +38,7 @@ from tokenyard.serving.contract import (
     model_route_prefix,
     tenant_keys_env,
 )
-from tokenyard.serving.explain import _secret_value, router_config
+from tokenyard.routing.explain import router_config, secret_value
 from tokenyard.settings import load_settings
 
 # `tokenyard up` builds a missing model whose file:// source lies under this directory
@@ -95,6 +95,126 @@ def _accelerator(m: Manifests, md: ModelDeployment) -> AcceleratorClass | None:
     return None
 
 
+def _model_app(
+    m: Manifests,
+    md: ModelDeployment,
+    *,
+    gpu: bool,
+    env_in: Mapping[str, str],
+    resources: dict[str, float],
+    tiny: list[tuple[str, Path]],
+) -> dict[str, Any]:
+    """The Serve application of one in-cluster model, run here: one replica, on CPU when
+    there is no GPU; notes the custom resource its class needs and a tiny model to build."""
+    assert md.spec.inCluster is not None
+    name = _name(md)
+    spec = md.spec
+    path = _local_path(spec.inCluster.source)  # type: ignore[union-attr]
+    if path is not None:
+        # Expand ~ here: the engine runs in another process, maybe as another cwd.
+        spec = spec.model_copy(deep=True)
+        spec.inCluster.source = f"file://{path}"  # type: ignore[union-attr]
+        if not path.exists():
+            tiny_root = TINY_MODELS_DIR.expanduser()
+            if path.is_relative_to(tiny_root):
+                tiny.append((name, path))
+            else:
+                raise ManifestError(f"ModelDeployment {name!r}: {path} does not exist")
+    accel = _accelerator(m, md)
+    if accel is not None:
+        resources[accel_resource(accel.name)] = 1000.0
+        if not gpu and accel.gpusPerNode > 0:
+            # No GPU here: run the same class's models on CPU.
+            accel = accel.model_copy(update={"gpusPerNode": 0, "maxWorkers": 1})
+    env_vars: dict[str, str] = {}
+    if not gpu:
+        env_vars["VLLM_CPU_KVCACHE_SPACE"] = env_in.get(
+            "VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB
+        )
+    for var in ("HF_HUB_OFFLINE", "HF_HOME", "HF_TOKEN"):
+        if var in env_in:
+            env_vars[var] = env_in[var]
+    llm_config = build_llm_config(
+        name,
+        spec,
+        accel,
+        min_replicas=1,
+        max_replicas=1,
+        initial_replicas=1,
+        autoscale=False,
+        env_vars=env_vars,
+    )
+    if not gpu:
+        llm_config["accelerator_config"] = {"kind": "cpu"}
+        # One CPU bundle: tensor parallelism means nothing on one CPU engine.
+        bundle: dict[str, float] = {"CPU": 1.0}
+        if accel is not None:
+            bundle[accel_resource(accel.name)] = 0.001
+        llm_config["placement_group_config"] = {"bundles": [bundle], "strategy": "STRICT_PACK"}
+        llm_config["engine_kwargs"]["tensor_parallel_size"] = 1
+        llm_config["engine_kwargs"]["pipeline_parallel_size"] = 1
+    return {
+        "name": model_app_name(name),
+        "route_prefix": model_route_prefix(name),
+        "import_path": MODEL_IMPORT_PATH,
+        "args": {"llm_config": llm_config},
+    }
+
+
+def _secrets(m: Manifests, env_in: Mapping[str, str]) -> dict[str, str]:
+    """Tenant-key maps and provider keys for the Ray workers' environment: from Secrets in
+    the manifests, else (provider keys) from this environment."""
+    secrets: dict[str, str] = {}
+    for p in m.policies:
+        ref = p.spec.tenants.apiKeysSecretRef
+        if ref is not None:
+            text = secret_value(m, ref.name, ref.key)
+            if text is None:
+                raise ManifestError(
+                    f"RoutingPolicy {_name(p)!r}: Secret {ref.name}/{ref.key} is not in the "
+                    "manifests"
+                )
+            secrets[tenant_keys_env(_name(p))] = text
+    for md in m.models:
+        ext = md.spec.external
+        if ext is None or ext.apiKeySecretRef is None:
+            continue
+        var = api_key_env(_name(md))
+        text = secret_value(m, ext.apiKeySecretRef.name, ext.apiKeySecretRef.key)
+        if text is None:
+            text = env_in.get(var)
+        if text is None:
+            raise ManifestError(
+                f"ModelDeployment {_name(md)!r}: put Secret "
+                f"{ext.apiKeySecretRef.name}/{ext.apiKeySecretRef.key} in the manifests or "
+                f"set {var}"
+            )
+        secrets[var] = text
+    return secrets
+
+
+def _router_app(cfg: RouterConfig, pool: str, state: Path) -> dict[str, Any]:
+    args = RouterAppArgs(
+        pool=pool,
+        namespace=LOCAL_NAMESPACE,
+        ledgerPath=str(state / f"ledger-{LOCAL_NAMESPACE}-{pool}.json"),
+        auditPath=str(state / "audit.jsonl"),
+    )
+    return {
+        "name": ROUTER_APP_NAME,
+        "route_prefix": "/",
+        "import_path": ROUTER_IMPORT_PATH,
+        "args": args.model_dump(mode="json"),
+        "deployments": [
+            {
+                "name": ROUTER_DEPLOYMENT,
+                "num_replicas": 1,
+                "user_config": cfg.model_dump(mode="json"),
+            }
+        ],
+    }
+
+
 def plan(
     m: Manifests,
     *,
@@ -118,115 +238,15 @@ def plan(
     ]
     cfg = cfg.model_copy(update={"pool": pool, "namespace": LOCAL_NAMESPACE, "models": models})
 
-    apps: list[dict[str, Any]] = []
     resources: dict[str, float] = {}
     tiny: list[tuple[str, Path]] = []
-    for md in m.models:
-        name = _name(md)
-        if md.spec.inCluster is None:
-            continue
-        spec = md.spec
-        path = _local_path(spec.inCluster.source)  # type: ignore[union-attr]
-        if path is not None:
-            # Expand ~ here: the engine runs in another process, maybe as another cwd.
-            spec = spec.model_copy(deep=True)
-            spec.inCluster.source = f"file://{path}"  # type: ignore[union-attr]
-            if not path.exists():
-                tiny_root = TINY_MODELS_DIR.expanduser()
-                if path.is_relative_to(tiny_root):
-                    tiny.append((name, path))
-                else:
-                    raise ManifestError(f"ModelDeployment {name!r}: {path} does not exist")
-        accel = _accelerator(m, md)
-        if accel is not None:
-            resources[accel_resource(accel.name)] = 1000.0
-            if not gpu and accel.gpusPerNode > 0:
-                # No GPU here: run the same class's models on CPU.
-                accel = accel.model_copy(update={"gpusPerNode": 0, "maxWorkers": 1})
-        env_vars: dict[str, str] = {}
-        if not gpu:
-            env_vars["VLLM_CPU_KVCACHE_SPACE"] = env_in.get(
-                "VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB
-            )
-        for var in ("HF_HUB_OFFLINE", "HF_HOME", "HF_TOKEN"):
-            if var in env_in:
-                env_vars[var] = env_in[var]
-        llm_config = build_llm_config(
-            name,
-            spec,
-            accel,
-            min_replicas=1,
-            max_replicas=1,
-            initial_replicas=1,
-            autoscale=False,
-            env_vars=env_vars,
-        )
-        if not gpu:
-            llm_config["accelerator_config"] = {"kind": "cpu"}
-            # One CPU bundle: tensor parallelism means nothing on one CPU engine.
-            bundle: dict[str, float] = {"CPU": 1.0}
-            if accel is not None:
-                bundle[accel_resource(accel.name)] = 0.001
-            llm_config["placement_group_config"] = {"bundles": [bundle], "strategy": "STRICT_PACK"}
-            llm_config["engine_kwargs"]["tensor_parallel_size"] = 1
-            llm_config["engine_kwargs"]["pipeline_parallel_size"] = 1
-        apps.append(
-            {
-                "name": model_app_name(name),
-                "route_prefix": model_route_prefix(name),
-                "import_path": MODEL_IMPORT_PATH,
-                "args": {"llm_config": llm_config},
-            }
-        )
-
-    secrets: dict[str, str] = {}
-    for p in m.policies:
-        ref = p.spec.tenants.apiKeysSecretRef
-        if ref is not None:
-            text = _secret_value(m, ref.name, ref.key)
-            if text is None:
-                raise ManifestError(
-                    f"RoutingPolicy {_name(p)!r}: Secret {ref.name}/{ref.key} is not in the "
-                    "manifests"
-                )
-            secrets[tenant_keys_env(_name(p))] = text
-    for md in m.models:
-        ext = md.spec.external
-        if ext is None or ext.apiKeySecretRef is None:
-            continue
-        var = api_key_env(_name(md))
-        text = _secret_value(m, ext.apiKeySecretRef.name, ext.apiKeySecretRef.key)
-        if text is None:
-            text = env_in.get(var)
-        if text is None:
-            raise ManifestError(
-                f"ModelDeployment {_name(md)!r}: put Secret "
-                f"{ext.apiKeySecretRef.name}/{ext.apiKeySecretRef.key} in the manifests or "
-                f"set {var}"
-            )
-        secrets[var] = text
-
-    args = RouterAppArgs(
-        pool=pool,
-        namespace=LOCAL_NAMESPACE,
-        ledgerPath=str(state / f"ledger-{LOCAL_NAMESPACE}-{pool}.json"),
-        auditPath=str(state / "audit.jsonl"),
-    )
-    apps.append(
-        {
-            "name": ROUTER_APP_NAME,
-            "route_prefix": "/",
-            "import_path": ROUTER_IMPORT_PATH,
-            "args": args.model_dump(mode="json"),
-            "deployments": [
-                {
-                    "name": ROUTER_DEPLOYMENT,
-                    "num_replicas": 1,
-                    "user_config": cfg.model_dump(mode="json"),
-                }
-            ],
-        }
-    )
+    apps = [
+        _model_app(m, md, gpu=gpu, env_in=env_in, resources=resources, tiny=tiny)
+        for md in m.models
+        if md.spec.inCluster is not None
+    ]
+    secrets = _secrets(m, env_in)
+    apps.append(_router_app(cfg, pool, state))
     serve_config = {
         "http_options": {"host": host, "port": port},
         "applications": apps,
@@ -290,7 +310,7 @@ def flush_ledger(pool: str) -> None:
     """Persist the spend ledger now (Ctrl-C): nothing accounted is lost."""
     import ray
 
-    from tokenyard.serving.ledger_actor import find_ledger
+    from tokenyard.accounting.ledger_actor import find_ledger
 
     actor = find_ledger(LOCAL_NAMESPACE, pool)
     if actor is not None:

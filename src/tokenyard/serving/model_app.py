@@ -13,7 +13,7 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
-from tokenyard.serving.contract import MODEL_DEPLOYMENT
+from tokenyard.contract import MODEL_DEPLOYMENT
 
 
 class ModelAppError(ValueError):

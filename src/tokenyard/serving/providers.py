@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from tokenyard.serving.contract import ExternalEndpoint
+from tokenyard.contract import ExternalEndpoint
 
 
 class ProviderError(Exception):

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tokenyard.autoscaler import simulate as sim
-from tokenyard.autoscaler.trace import TraceRequest
+from tokenyard.autoscaler import sim
+from tokenyard.autoscaler.sim.trace import TraceRequest
 
 
 def _trace(seconds: int = 600, seed: int = 1) -> list[TraceRequest]:
@@ -99,7 +99,7 @@ def test_routing_sends_hard_requests_to_better_models() -> None:
 def test_cost_equals_replica_seconds_times_price() -> None:
     s = sim.builtin_scenario()
     routed = sim.route(s, _trace(120))
-    res = sim.run(s, routed, policy_name="static", policy=sim._hold, interval=1e9,
+    res = sim.run(s, routed, policy_name="static", policy=sim.hold, interval=1e9,
                   initial=[2, 1, 1])  # fmt: skip
     price = {a.name: a.hourlyCostPerGPU for a in s.accelerators}
     per_hour = sum(n * m.gpusPerReplica * price[m.accelerator]
@@ -138,9 +138,7 @@ def test_spillover_moves_overflow_to_better_models_only() -> None:
     routed = sim.route(on, _trace(600))
     fleet = [1, 1, 1]
     res = {
-        name: sim.run(
-            s, routed, policy_name="static", policy=sim._hold, interval=1e9, initial=fleet
-        )
+        name: sim.run(s, routed, policy_name="static", policy=sim.hold, interval=1e9, initial=fleet)
         for name, s in (("on", on), ("off", off))
     }
     moved = {m: v["spilledIn"] for m, v in res["on"].models.items()}
@@ -176,7 +174,7 @@ def test_hpa_slo_search_takes_the_highest_target_that_reaches_the_slo() -> None:
     for higher in sim.HPA_SCALE_STEPS:
         if higher <= factor:
             break
-        scaled = sim._hpa_scaled(s, higher)
+        scaled = sim.hpa_scaled(s, higher)
         miss = sim.run(scaled, routed, policy_name="hpa", policy=sim.HPAPolicy(scaled),
                        interval=s.hpaSyncSeconds, initial=[1, 1, 1])  # fmt: skip
         assert miss.slo_attainment < s.sloTarget
@@ -195,8 +193,8 @@ def test_hpa_slo_search_falls_back_to_the_best_attainment() -> None:
     assert res.slo_attainment < 1.0
     routed = sim.route(s, trace)
     others = [
-        sim.run(sim._hpa_scaled(s, f), routed, policy_name="hpa",
-                policy=sim.HPAPolicy(sim._hpa_scaled(s, f)), interval=s.hpaSyncSeconds,
+        sim.run(sim.hpa_scaled(s, f), routed, policy_name="hpa",
+                policy=sim.HPAPolicy(sim.hpa_scaled(s, f)), interval=s.hpaSyncSeconds,
                 initial=[1, 1, 1]).slo_attainment
         for f in sim.HPA_SCALE_STEPS
     ]  # fmt: skip
@@ -226,7 +224,7 @@ def test_benchmark_floor_is_the_minimum_fleet_held_over_the_trace() -> None:
     trace = _trace(300)
     report = sim.simulate(s, trace)
     mins = [m.autoscaling.minReplicas for m in s.models]
-    held = sim.run(s, sim.route(s, trace), policy_name="floor", policy=sim._hold,
+    held = sim.run(s, sim.route(s, trace), policy_name="floor", policy=sim.hold,
                    interval=1e9, initial=mins)  # fmt: skip
     assert bench.floor_cost(report) == pytest.approx(held.cost_usd, rel=1e-6)
     assert "floor: minReplicas alone cost" in bench.bar(report)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenyard.autoscaler.trace import parse_timestamp, read_trace
+from tokenyard.autoscaler.sim.trace import parse_timestamp, read_trace
 
 
 def _write(tmp_path: Path, rows: list[str]) -> Path:

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from tests.unit.operator.factories import model, pool
 
+from tokenyard import contract
 from tokenyard.operator import builders
-from tokenyard.serving import contract
 
 
 def rendered_import_paths() -> set[str]:

@@ -42,7 +42,7 @@ def test_stats_url_goes_through_kuberays_serve_service() -> None:
 
 
 def test_the_router_serves_the_path_the_operator_reads() -> None:
-    from tokenyard.serving.stats import STATS_PATH as ROUTER_STATS_PATH
+    from tokenyard.accounting.stats import STATS_PATH as ROUTER_STATS_PATH
 
     assert STATS_PATH == ROUTER_STATS_PATH
 
@@ -76,9 +76,9 @@ def test_no_recent_traffic_is_a_zero_share() -> None:
 
 def test_fields_from_the_routers_own_document() -> None:
     """The serving side's shaping and this parser agree on the shape."""
+    from tokenyard.accounting.ledger import SpendLedger
+    from tokenyard.accounting.stats import build_stats
     from tokenyard.api.policy import RoutingPolicySpec
-    from tokenyard.serving.ledger import SpendLedger
-    from tokenyard.serving.stats import build_stats
 
     led = SpendLedger()
     for target in ("a", "a", "b", None):
@@ -194,6 +194,5 @@ def test_imports_no_kopf_no_client_no_serving_beyond_the_contract() -> None:
         )
     }
     assert not {m for m in modules if m.split(".")[0] in ("kopf", "kubernetes", "ray")}
-    assert {m for m in modules if m.startswith("tokenyard.serving")} <= {
-        "tokenyard.serving.contract"
-    }
+    data_plane = ("tokenyard.serving", "tokenyard.routing", "tokenyard.accounting")
+    assert {m for m in modules if m.startswith(data_plane)} == set()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tokenyard.api.policy import CircuitBreakerSpec
+from tokenyard.routing.decision import BackendState
 from tokenyard.serving.circuit import STATE_VALUES, CircuitBreaker, CircuitBreakers
-from tokenyard.serving.policy_engine import BackendState
 
 T0 = 100.0
 

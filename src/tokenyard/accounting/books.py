@@ -1,0 +1,150 @@
+"""The last step of a request's path: what it did goes into the ledger, metrics and audit.
+
+:class:`~tokenyard.serving.router.core.RouterCore` calls :meth:`Books.finish` exactly once
+per request, whatever ended it (an answer, a rejection, a broken stream), with the
+:class:`Outcome` the attempts recorded. Accounting never fails a request: an error here
+is logged and the audit line is still written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tokenyard.accounting.audit import AuditLog, AuditRecord
+from tokenyard.accounting.ledger_actor import LedgerClient
+from tokenyard.accounting.metrics import RouterMetrics
+from tokenyard.api.policy import RoutingPolicySpec
+
+logger = logging.getLogger("tokenyard.router")
+
+# Tenant names come from clients: past this many distinct values per replica, metrics
+# label further tenants "_other" so a client cannot blow up series cardinality.
+MAX_TENANT_LABELS = 200
+
+
+class Endpoint(Protocol):
+    """The endpoint a request was routed under (the router's per-endpoint policy)."""
+
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def spec(self) -> RoutingPolicySpec: ...
+
+
+@dataclass
+class Outcome:
+    """What one request did, for the ledger, metrics and audit line."""
+
+    status: int = 200
+    target: str | None = None
+    reason: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    error: str | None = None
+    fallbacks: list[dict[str, str]] = field(default_factory=list)
+
+
+class Books:
+    """One router replica's accounting: the shared ledger, its metrics, its audit log."""
+
+    def __init__(
+        self,
+        ledger: LedgerClient,
+        metrics: RouterMetrics,
+        audit: AuditLog,
+        clock: Callable[[], float],
+    ) -> None:
+        self.ledger = ledger
+        self.metrics = metrics
+        self.audit = audit
+        self._clock = clock
+        self._tenant_labels: set[str] = set()
+
+    def finish(
+        self, record: AuditRecord, pol: Endpoint | None, started: float, out: Outcome
+    ) -> None:
+        """Account one finished request: ledger, metrics, audit."""
+        now = self._clock()
+        latency = time.perf_counter() - started
+        record.status = out.status
+        record.latency_ms = round(latency * 1000, 3)
+        record.target = out.target
+        record.reason = out.reason
+        record.tokens_in = out.tokens_in
+        record.tokens_out = out.tokens_out
+        record.cost_usd = round(out.cost, 10)
+        record.fallbacks = out.fallbacks
+        if out.error and not record.error:
+            record.error = out.error
+        try:
+            self._record(record, pol, out, latency, now)
+        except Exception:
+            logger.exception("accounting failed", extra={"request_id": record.request_id})
+        if pol is None or pol.spec.audit.enabled:
+            self.audit.write(record)
+
+    # Positional, as finish calls it; each argument is one part of the finished request.
+    def _record(
+        self, record: AuditRecord, pol: Endpoint | None, out: Outcome, latency: float, now: float
+    ) -> None:
+        endpoint = pol.endpoint if pol is not None else "-"
+        tenant = self.tenant_label(record.tenant)
+        target = out.target or "-"
+        # Tokens a target produced are spent even if the request then failed (a
+        # stream that broke midway): providers bill them.
+        if pol is not None and out.target is not None and out.tokens_in + out.tokens_out:
+            self.ledger.record(
+                tenant=record.tenant,
+                endpoint=pol.endpoint,
+                model=out.target,
+                cost_usd=out.cost,
+                tokens_in=out.tokens_in,
+                tokens_out=out.tokens_out,
+                now=now,
+            )
+        if pol is not None:
+            self.ledger.record_traffic(
+                endpoint=pol.endpoint,
+                target=out.target,
+                fallbacks=len(out.fallbacks),
+                now=now,
+            )
+        if pol is not None and out.target is not None:
+            self.metrics.tokens_in.labels(endpoint, target, tenant).inc(out.tokens_in)
+            self.metrics.tokens_out.labels(endpoint, target, tenant).inc(out.tokens_out)
+            self.metrics.cost_usd.labels(endpoint, target, tenant).inc(out.cost)
+        self.metrics.requests.labels(endpoint, target, tenant, str(out.status)).inc()
+        if pol is not None:
+            self.metrics.request_latency.labels(endpoint=endpoint).observe(latency)
+            self._update_budget_gauge(pol, record.tenant, now)
+
+    def tenant_label(self, tenant: str) -> str:
+        """The tenant as a metrics label: "-" for none, "_other" past MAX_TENANT_LABELS."""
+        if not tenant:
+            return "-"
+        if tenant in self._tenant_labels:
+            return tenant
+        if len(self._tenant_labels) < MAX_TENANT_LABELS:
+            self._tenant_labels.add(tenant)
+            return tenant
+        return "_other"
+
+    def _update_budget_gauge(self, pol: Endpoint, tenant: str, now: float) -> None:
+        budget = next((b for b in pol.spec.budgets if b.tenant == tenant), None) or next(
+            (b for b in pol.spec.budgets if b.tenant == "*"), None
+        )
+        if budget is None:
+            return
+        spent = self.ledger.spend(tenant, pol.endpoint, budget.window, now)
+        label = self.tenant_label(tenant)
+        self.metrics.budget_remaining.labels(endpoint=pol.endpoint, tenant=label).set(
+            max(0.0, budget.limitUSD - spent)
+        )
+
+
+__all__ = ["MAX_TENANT_LABELS", "Books", "Endpoint", "Outcome"]

@@ -1,0 +1,318 @@
+"""The one spend ledger of a pool: a named Ray actor shared by every router replica.
+
+It wraps the pure :class:`tokenyard.accounting.ledger.SpendLedger` and persists it with a
+:class:`FileLedgerStore` at ``RouterAppArgs.ledgerPath`` (a volume in a cluster, the
+state directory in local mode). Why a file on a volume rather than a Kubernetes object:
+the router must not need API-server credentials, writes are frequent, and a volume
+survives both router restarts (the actor is detached) and cluster restarts (the file).
+
+Persistence is periodic: a crash of the actor's process loses at most
+``RouterSettings.ledger_flush_interval_s`` seconds of accounting, and a crashed router
+replica at most the last ``SEND_INTERVAL_S`` of its own records (sent in batches, so the
+request path never waits on the actor); a clean shutdown (``flush``) loses nothing.
+
+The same batches carry each request's traffic (endpoint, served target, fallbacks) for
+the router's ``GET /v1/tokenyard/stats``, so the counters add up over all replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from tokenyard.accounting.ledger import FileLedgerStore, SpendLedger, load_ledger
+
+logger = logging.getLogger("tokenyard.router")
+
+LEDGER_ACTOR_PREFIX = "tokenyard-ledger-"
+# The actor lives in a fixed Ray namespace so all router replicas (and `tokenyard up`,
+# which flushes it on Ctrl-C) find it whatever namespace their job runs in.
+LEDGER_NAMESPACE = "tokenyard"
+
+
+# Router replicas send their records to the actor in one call per interval.
+SEND_INTERVAL_S = 0.25
+
+Row = tuple[str, str, str, float, int, int, float]
+"""(tenant, endpoint, model, cost_usd, tokens_in, tokens_out, now)."""
+
+TrafficRow = tuple[str, str | None, int, float]
+"""(endpoint, served target or None, fallbacks, now): one request, whatever its outcome."""
+
+
+def ledger_actor_name(namespace: str, pool: str) -> str:
+    return f"{LEDGER_ACTOR_PREFIX}{namespace}-{pool}"
+
+
+class LedgerActor:
+    """Async Ray actor around the pure ledger; every method is cheap and non-blocking."""
+
+    def __init__(self, path: str | None, flush_interval_s: float = 5.0) -> None:
+        self._store = FileLedgerStore(Path(path).expanduser()) if path else None
+        self._ledger = load_ledger(self._store) if self._store is not None else SpendLedger()
+        self._interval = flush_interval_s
+        self._dirty = False
+        self._version = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def _ensure_flusher(self) -> None:
+        if self._task is None and self._store is not None:
+            self._task = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                self._save()
+            except OSError:
+                # The next tick retries; a full disk must not kill accounting in memory.
+                logger.exception("ledger flush failed")
+
+    def _save(self) -> bool:
+        if self._store is None or not self._dirty:
+            return False
+        self._store.save(self._ledger.snapshot())
+        self._dirty = False
+        return True
+
+    async def record(
+        self,
+        *,
+        tenant: str,
+        endpoint: str,
+        model: str,
+        cost_usd: float,
+        tokens_in: int,
+        tokens_out: int,
+        now: float | None = None,
+    ) -> int:
+        """Add one request's spend; returns the ledger version after the change."""
+        self._ensure_flusher()
+        self._ledger.record(
+            tenant=tenant,
+            endpoint=endpoint,
+            model=model,
+            cost_usd=cost_usd,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            now=time.time() if now is None else now,
+        )
+        self._dirty = True
+        self._version += 1
+        return self._version
+
+    async def record_many(self, rows: list[Row]) -> int:
+        """Add a batch of records (one router replica's last interval)."""
+        self._ensure_flusher()
+        for tenant, endpoint, model, usd, tin, tout, now in rows:
+            self._ledger.record(tenant, endpoint, model, usd, tin, tout, now)
+        if rows:
+            self._dirty = True
+            self._version += 1
+        return self._version
+
+    async def record_traffic(self, rows: list[TrafficRow]) -> int:
+        """Count a batch of requests (one router replica's last interval)."""
+        self._ensure_flusher()
+        for endpoint, target, fallbacks, now in rows:
+            self._ledger.record_traffic(endpoint, target, fallbacks, now)
+        if rows:
+            self._dirty = True
+            self._version += 1
+        return self._version
+
+    async def configure_windows(self, windows: list[str]) -> None:
+        """Keep buckets long enough for these budget windows (from the policies)."""
+        self._ledger.configure_windows(windows)
+
+    async def snapshot(self) -> tuple[int, dict[str, Any]]:
+        """The ledger's state (for router replicas' local mirrors) and its version."""
+        self._ensure_flusher()
+        return self._version, self._ledger.snapshot()
+
+    async def flush(self) -> bool:
+        """Persist now; called on router shutdown and by `tokenyard up` on Ctrl-C."""
+        return self._save()
+
+    async def path(self) -> str | None:
+        return str(self._store.path) if self._store is not None else None
+
+    async def stop(self) -> None:
+        """Flush and stop the periodic task (the actor may then be killed)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._save()
+
+
+def get_or_create_ledger(
+    namespace: str, pool: str, path: str | None, flush_interval_s: float
+) -> Any:
+    """Handle of the pool's ledger actor, starting it if no replica has yet."""
+    remote_cls = ray.remote(LedgerActor)
+    return remote_cls.options(
+        name=ledger_actor_name(namespace, pool),
+        namespace=LEDGER_NAMESPACE,
+        get_if_exists=True,
+        # Detached: it outlives any one router replica and router redeploys.
+        lifetime="detached",
+        # On the head node: that is where the state volume is mounted in a cluster
+        # (contract.STATE_MOUNT), so the file survives router and head restarts.
+        resources={"node:__internal_head__": 0.001},
+        num_cpus=0,
+        max_concurrency=1000,
+    ).remote(path, flush_interval_s)
+
+
+def find_ledger(namespace: str, pool: str) -> Any | None:
+    """The ledger actor if it runs, else None."""
+    try:
+        return ray.get_actor(ledger_actor_name(namespace, pool), namespace=LEDGER_NAMESPACE)
+    except ValueError:
+        return None
+
+
+class LedgerClient:
+    """One router replica's view of the shared ledger.
+
+    Decisions read a local mirror (no actor round-trip on the request path); each
+    recorded spend goes to the mirror at once and to the actor in batches every
+    ``SEND_INTERVAL_S``, and the mirror is replaced by the actor's snapshot every
+    ``refresh_s`` seconds so spend from other replicas shows up. The ledger is an async
+    actor, which does not run one caller's calls in submission order: a refresh therefore
+    waits until the actor has applied every batch sent so far before it asks for the
+    snapshot, or a batch still on its way would vanish from the mirror until the next
+    refresh (and a budget would admit requests it should refuse). Records made while the
+    refresh is on its way are re-applied to the new mirror.
+    """
+
+    def __init__(self, actor: Any | None, refresh_s: float = 1.0) -> None:
+        self._actor = actor
+        self._refresh_s = refresh_s
+        self.mirror = SpendLedger()
+        self._windows: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+        self._pending: list[Row] = []
+        self._pending_traffic: list[TrafficRow] = []
+        self._inflight: list[Any] = []
+        """ObjectRefs of batches sent that the actor has not confirmed yet."""
+        self._warned_old_actor = False
+
+    def spend(self, tenant: str, endpoint: str | None, window: str, now: float) -> float:
+        return self.mirror.spend(tenant, endpoint, window, now)
+
+    def start(self) -> None:
+        """Start the refresh loop on the running event loop (idempotent)."""
+        if self._actor is not None and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    def _replace(self, snap: dict[str, Any]) -> None:
+        mirror = SpendLedger()
+        mirror.restore(snap)
+        mirror.configure_windows(self._windows)
+        self.mirror = mirror
+
+    def load_blocking(self, timeout_s: float = 60.0) -> None:
+        """Fill the mirror before the replica serves (called from a sync constructor)."""
+        if self._actor is not None:
+            _, snap = ray.get(self._actor.snapshot.remote(), timeout=timeout_s)
+            self._replace(snap)
+
+    def _send(self) -> None:
+        if self._actor is None:
+            return
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._inflight.append(self._actor.record_many.remote(batch))
+        if self._pending_traffic:
+            # A call of its own, not an argument of record_many: a ledger actor started
+            # by an older router (it is detached) then fails this call only, never spend.
+            traffic, self._pending_traffic = self._pending_traffic, []
+            try:
+                self._inflight.append(self._actor.record_traffic.remote(traffic))
+            except AttributeError:
+                if not self._warned_old_actor:
+                    self._warned_old_actor = True
+                    logger.warning("the ledger actor predates traffic counters; not sent")
+
+    async def refresh(self) -> None:
+        if self._actor is None:
+            return
+        self._send()
+        inflight, self._inflight = self._inflight, []
+        if inflight:
+            # Applied before the snapshot is taken (see the class docstring).
+            await asyncio.gather(*inflight)
+        _, snap = await self._actor.snapshot.remote()
+        self._replace(snap)
+        for row in self._pending:  # recorded while the snapshot was on its way
+            self.mirror.record(*row)
+        for traffic in self._pending_traffic:
+            self.mirror.record_traffic(*traffic)
+
+    async def _refresh_loop(self) -> None:
+        last_refresh = 0.0
+        while True:
+            try:
+                if time.monotonic() - last_refresh >= self._refresh_s:
+                    last_refresh = time.monotonic()
+                    await self.refresh()
+                else:
+                    self._send()
+            except Exception:
+                # The actor restarts with the cluster; keep deciding on the last mirror.
+                logger.warning("ledger refresh failed", exc_info=True)
+            await asyncio.sleep(SEND_INTERVAL_S)
+
+    def configure_windows(self, windows: list[str]) -> None:
+        self._windows = list(windows)
+        self.mirror.configure_windows(windows)
+        if self._actor is not None:
+            self._actor.configure_windows.remote(windows)
+
+    def record(
+        self,
+        *,
+        tenant: str,
+        endpoint: str,
+        model: str,
+        cost_usd: float,
+        tokens_in: int,
+        tokens_out: int,
+        now: float,
+    ) -> None:
+        row: Row = (tenant, endpoint, model, cost_usd, tokens_in, tokens_out, now)
+        self.mirror.record(*row)
+        if self._actor is not None:
+            self._pending.append(row)
+
+    def record_traffic(
+        self, *, endpoint: str, target: str | None, fallbacks: int, now: float
+    ) -> None:
+        """Count one finished request to ``endpoint`` (``target`` None: none answered)."""
+        row: TrafficRow = (endpoint, target, fallbacks, now)
+        self.mirror.record_traffic(*row)
+        if self._actor is not None:
+            self._pending_traffic.append(row)
+
+    async def flush(self) -> None:
+        """Send what is pending and have the actor persist it now (router shutdown)."""
+        if self._actor is None:
+            return
+        self._send()
+        await self._actor.flush.remote()
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

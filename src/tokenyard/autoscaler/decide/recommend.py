@@ -1,0 +1,383 @@
+"""One model's ask from its signals (:func:`recommend`), rule by rule.
+
+KPA-style: the load in replicas' worth (requests running per target, or tokens per second
+plus queued prompts against the nominal throughput) averaged over a stable window and a
+panic window (:func:`_measure`); KV-cache use, GPU use (with a queue) and TTFT over its
+SLO each ask for at least some replicas (:func:`_asks`); then, in order, the dead band,
+panic mode, the floor (scale to zero), the burst memory, keep-warm, the scale-down and
+scale-up limits and pre-warm adjust the count. Pure: ``now`` comes in, no clock is read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from tokenyard.autoscaler.decide.views import (
+    DecisionConfig,
+    ModelState,
+    ModelView,
+    Recommendation,
+)
+from tokenyard.autoscaler.signals import ModelSignals
+
+
+def _ceil(x: float) -> int:
+    # Float noise such as 2.0000000001 must not add a replica.
+    return math.ceil(x - 1e-9)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+@dataclass(frozen=True)
+class _Load:
+    """What the signals say, in replicas' worth, with the windows carried forward."""
+
+    running: float
+    waiting: float
+    active: bool
+    ready: int
+    tokens: float
+    """Tokens per second the model processes, plus its queued prompts spread over one
+    cold start."""
+    in_flight: float
+    """Prompt tokens of every request in flight (running and waiting)."""
+    stable: float
+    """The load averaged over the stable window."""
+    panic_avg: float
+    """The load averaged over the panic window."""
+    samples: tuple[tuple[float, float], ...]
+    bursts: tuple[tuple[float, float], ...]
+    basis: str
+
+
+def _measure(
+    view: ModelView, signals: ModelSignals, state: ModelState, now: float, cfg: DecisionConfig
+) -> _Load:
+    running = signals.running or 0.0
+    waiting = signals.waiting or 0.0
+    rps = signals.request_rate or 0.0
+    prompt_rate = signals.prompt_tokens_per_s or 0.0
+    current = view.current_replicas
+    ready = view.ready_replicas if view.ready_replicas is not None else current
+    ready = min(ready, current) if current > 0 else 0
+
+    # The load in replicas' worth, from two views of the same work:
+    # - concurrency: requests in the engines' batches per targetOngoingRequests;
+    # - tokens: tokens processed per second, plus the queued prompts (priced at the mean
+    #   prompt so far) spread over one cold start, per nominal replica throughput at the
+    #   utilisation target. A backlog that the ready replicas clear before a new replica
+    #   could serve adds little; one that outlasts a cold start adds replicas.
+    # Queued requests count as tokens when the prompt size is known (their number says
+    # little about the work), else as requests in flight.
+    conc = running if rps > 0 and prompt_rate > 0 else signals.ongoing
+    load_conc = conc / view.target_ongoing
+    tokens = signals.tokens_per_s
+    backlog = waiting * prompt_rate / rps if waiting > 0 and rps > 0 and prompt_rate > 0 else 0.0
+    tokens += backlog / max(view.cold_start_s, view.ttft_slo_s)
+    replica_rate = view.nominal_tokens_per_s * view.target_gpu_util
+    load_tok = tokens / replica_rate
+    # What would prefill every request in flight (running ones include those still in
+    # prefill) within the TTFT SLO: the capacity to keep warm for the next burst like
+    # this one (see the burst memory below).
+    in_flight = (running + waiting) * prompt_rate / rps if rps > 0 and prompt_rate > 0 else 0.0
+    burst_need = in_flight / view.ttft_slo_s / replica_rate
+    load = max(load_conc, load_tok)
+    samples = (*(x for x in state.samples if x[0] > now - cfg.stable_window_s), (now, load))
+    bursts = (
+        *(x for x in state.bursts if x[0] > now - cfg.panic_window_s),
+        (now, max(load, load_conc, burst_need)),
+    )
+    stable = _mean([v for t, v in samples])
+    panic_avg = _mean([v for t, v in samples if t > now - cfg.panic_window_s])
+    basis = (
+        f"{running:.0f} running, {waiting:.0f} waiting, {tokens:.0f} tokens/s "
+        f"= {stable:.2f} replicas of load (60s avg)"
+    )
+    return _Load(
+        running=running,
+        waiting=waiting,
+        active=signals.ongoing > 0 or rps > 0,
+        ready=ready,
+        tokens=tokens,
+        in_flight=in_flight,
+        stable=stable,
+        panic_avg=panic_avg,
+        samples=samples,
+        bursts=bursts,
+        basis=basis,
+    )
+
+
+def _asks(view: ModelView, signals: ModelSignals, ld: _Load) -> tuple[float, str, float]:
+    """The largest of the per-signal asks (load, KV cache, GPU, TTFT), its reason, and
+    the SLO pressure."""
+    current = view.current_replicas
+    ready, waiting = ld.ready, ld.waiting
+    # Each rule says how many replicas it wants (a float); the largest wins.
+    asks: list[tuple[float, str]] = [(ld.stable, ld.basis)]
+    if ready > 0:
+        if signals.kv_cache_usage is not None:
+            asks.append(
+                (
+                    ready * signals.kv_cache_usage / view.target_kv,
+                    f"KV cache {signals.kv_cache_usage:.0%} vs target {view.target_kv:.0%}",
+                )
+            )
+        # A busy GPU with nothing queued is well used, not overloaded: decode keeps a GPU
+        # "utilised" at any batch size, so utilisation only counts with a queue.
+        if (
+            signals.gpu_utilization is not None
+            and signals.gpu_utilization > view.target_gpu_util
+            and waiting > 0
+        ):
+            asks.append(
+                (
+                    ready * signals.gpu_utilization / view.target_gpu_util,
+                    f"GPU {signals.gpu_utilization:.0%} vs target {view.target_gpu_util:.0%}",
+                )
+            )
+    slo_pressure = 1.0
+    if signals.ttft_p95_s is not None and signals.ongoing > 0:
+        slo_pressure = max(1.0, signals.ttft_p95_s / view.ttft_slo_s)
+        # One more replica per decision while requests queue and none is starting: the
+        # p95 looks back over a window, so without a queue it describes the past.
+        if signals.ttft_p95_s > view.ttft_slo_s and ready >= current > 0 and waiting > 0:
+            asks.append(
+                (ready + 1.0, f"TTFT p95 {signals.ttft_p95_s:.2f}s over SLO {view.ttft_slo_s:g}s")
+            )
+    want, why = max(asks, key=lambda a: a[0])
+    return want, why, slo_pressure
+
+
+def _dead_band(want: float, why: str, current: int, cfg: DecisionConfig) -> tuple[int, str]:
+    """Scale up past +tolerance, and down only to a count that keeps the tolerance as
+    headroom, so a steady noisy load sits still."""
+    if want > current * (1 + cfg.tolerance) or (current == 0 and want > 0):
+        return _ceil(want), why
+    n_down = _ceil(want / (1 - cfg.tolerance))
+    n = n_down if n_down < current else current
+    if n == current:
+        why = f"steady: {why}"
+    return n, why
+
+
+# Positional, as recommend calls it; each argument is one input of the panic rule.
+def _panic(  # noqa: PLR0917
+    n: int, why: str, ld: _Load, state: ModelState, now: float, current: int, cfg: DecisionConfig
+) -> tuple[int, str, bool, float | None]:
+    """Panic mode while the panic window's load reaches ``panic_threshold`` x the ready
+    replicas (or requests come to none): scale to it, never down."""
+    panic_until = state.panic_until
+    panic_want = _ceil(ld.panic_avg)
+    if (ld.ready > 0 and ld.panic_avg >= cfg.panic_threshold * ld.ready) or (
+        ld.ready == 0 and ld.active
+    ):
+        panic_until = now + cfg.stable_window_s
+    panic = panic_until is not None and now < panic_until
+    if panic and panic_want >= n:
+        n, why = panic_want, f"panic: {ld.panic_avg:.2f} replicas of load (6s avg)"
+    if panic:
+        n = max(n, current)
+    return n, why, panic, panic_until
+
+
+# Positional, as recommend calls it; each argument is one input of the floor rule.
+def _floor(  # noqa: PLR0917
+    view: ModelView, n: int, why: str, ld: _Load, last_active: float, now: float
+) -> tuple[int, str, int]:
+    """The fewest replicas allowed: the minimum, or zero for a model allowed to idle out;
+    one as soon as a request waits at zero."""
+    current = view.current_replicas
+    floor = view.min_replicas
+    if view.min_replicas == 0:
+        idle_for = now - last_active
+        allowed = view.scale_to_zero_after_s is not None and idle_for >= view.scale_to_zero_after_s
+        floor = 0 if allowed or (current == 0 and not ld.active) else 1
+        if floor == 0 and n == 0 and current > 0:
+            why = f"idle {idle_for:.0f}s >= {view.scale_to_zero_after_s or 0:g}s: scale to zero"
+    if ld.active and n == 0:
+        n, why = 1, "activating: requests waiting at zero replicas"
+    return n, why, floor
+
+
+def _keep_warm(
+    view: ModelView, state: ModelState, burst_avg: float, now: float, cfg: DecisionConfig
+) -> tuple[float, tuple[tuple[float, float], ...], int]:
+    """Keep-warm: the largest burst need within the model's keep-warm window (as long as
+    keep_warm_usd pays for one replica) bounds scale-down, so a model keeps what its
+    last burst needed through the calm between two active periods. Returns the window,
+    the peaks to carry and the replicas to keep."""
+    keep_warm_s = (
+        cfg.keep_warm_usd * 3600 / view.replica_cost_per_hour
+        if cfg.keep_warm_usd > 0 and view.replica_cost_per_hour > 0
+        else 0.0
+    )
+    peaks: tuple[tuple[float, float], ...] = ()
+    warm = 0
+    if keep_warm_s > 0:
+        kept = (p for p in state.peaks if p[0] > now - keep_warm_s and p[1] > burst_avg)
+        peaks = (*kept, (now, burst_avg))
+        warm = _ceil(peaks[0][1] * (1 - cfg.tolerance))
+    return keep_warm_s, peaks, warm
+
+
+# Positional, as recommend calls it; each argument is one input of the scale-down limits.
+def _scale_down(  # noqa: PLR0917
+    n: int,
+    why: str,
+    current: int,
+    floor: int,
+    warm: int,
+    keep_warm_s: float,
+    recs: tuple[tuple[float, int], ...],
+    state: ModelState,
+    now: float,
+    cfg: DecisionConfig,
+) -> tuple[int, str]:
+    """A scale-down waits for the cool-down after a scale-up, keeps the largest
+    recommendation of the delay window and keep-warm's count, and halves at most."""
+    in_cooldown = (
+        state.last_scale_up is not None and now - state.last_scale_up < cfg.scale_down_delay_s
+    )
+    if in_cooldown:
+        return current, f"cool-down after scale-up: {why}"
+    stabilised = max(r[1] for r in recs)
+    step_floor = current - max(1, int(current - current / cfg.max_scale_down_rate))
+    target = max(n, stabilised, step_floor, warm)
+    if floor == 0 and n == 0 and current == 1:
+        target = max(0, stabilised)
+    if target > n and warm >= target:
+        why = f"{why}; keep-warm: a burst of the last {keep_warm_s:.0f}s needed {warm}"
+    elif target > n:
+        why = f"{why}; scale-down limited to {target}"
+    return min(target, current), why
+
+
+# Positional, as recommend calls it; each argument is one input of the scale-up limits.
+def _scale_up(  # noqa: PLR0917
+    n: int, why: str, view: ModelView, ld: _Load, current: int, cfg: DecisionConfig
+) -> tuple[int, str]:
+    """A scale-up adds at most max(4, rate x current), does not stack on replicas still
+    starting, and (cold-start-aware) adds none that would start to an empty queue."""
+    n = min(n, max(current + 4, _ceil(current * cfg.max_scale_up_rate)))
+    # Replicas asked for are still starting: add more before they serve only for a
+    # clearly larger ask, so one burst is one scale event, not one per interval.
+    ready = ld.ready
+    starting = current - ready
+    clear_s = ld.in_flight / (ready * view.nominal_tokens_per_s) if ready > 0 else math.inf
+    if starting > 0 and n < current + max(1, _ceil(cfg.restack_fraction * current)):
+        return current, f"waiting for {starting} starting replica(s): {why}"
+    if (
+        cfg.cold_start_aware
+        and ld.in_flight > 0
+        and clear_s < view.cold_start_s
+        and view.cold_start_s > cfg.stable_window_s
+        and ld.stable <= ready
+    ):
+        # A new replica costs from now but serves only after its cold start; when the
+        # ready ones clear all in flight before then and the steady load fits them,
+        # it would start to an empty queue. A backlog that outlasts a cold start, or
+        # a steady load beyond the ready replicas, still scales up. Only for cold
+        # starts beyond the stable window: a shorter one is likely to meet the next
+        # burst of the same active period.
+        return (
+            current,
+            (
+                f"cold-start-aware: {ready} ready clear what is in flight in {clear_s:.0f}s"
+                f" < {view.cold_start_s:g}s cold start; {why}"
+            ),
+        )
+    return n, why
+
+
+def _held(view: ModelView, signals: ModelSignals, state: ModelState) -> Recommendation:
+    """Without metrics: hold the last safe decision (else the current replicas)."""
+    lo, hi = view.min_replicas, view.max_replicas
+    held = state.last_desired if state.last_desired is not None else view.current_replicas
+    held = min(max(held, lo), hi)
+    reason = f"MetricsUnavailable: holding {held} replicas ({signals.detail})"
+    return Recommendation(
+        desired=held, reason=reason, floor=min(held, max(lo, 0)), metrics_available=False
+    )
+
+
+def recommend(
+    view: ModelView,
+    signals: ModelSignals,
+    state: ModelState,
+    now: float,
+    cfg: DecisionConfig,
+) -> tuple[Recommendation, ModelState]:
+    """One model's ask from its signals; the new state carries the windows forward."""
+    if not signals.available:
+        return _held(view, signals, state), state
+    current, hi = view.current_replicas, view.max_replicas
+    ld = _measure(view, signals, state, now, cfg)
+    last_active = now if ld.active or state.last_active is None else state.last_active
+    want, why, slo_pressure = _asks(view, signals, ld)
+    n, why = _dead_band(want, why, current, cfg)
+    n, why, panic, panic_until = _panic(n, why, ld, state, now, current, cfg)
+    n, why, floor = _floor(view, n, why, ld, last_active, now)
+
+    # Scale-down remembers the short bursts too: the window's replicas are the most that
+    # either the decision or the 6s load asked for, so a load that comes in bursts keeps
+    # the capacity its bursts need until it has been calm for scale_down_delay_s.
+    burst_avg = _mean([v for _, v in ld.bursts])
+    burst = _ceil(burst_avg * (1 - cfg.tolerance)) if cfg.remember_bursts else 0
+    # Pre-provision for the next burst like this one, but only while the SLO is at risk:
+    # a model whose p95 TTFT keeps well inside its SLO absorbs bursts in its queue.
+    at_risk = (
+        signals.ttft_p95_s is not None
+        and signals.ttft_p95_s > cfg.burst_slo_fraction * view.ttft_slo_s
+    )
+    if burst > n and burst > current and at_risk:
+        n, why = burst, f"burst: {burst_avg:.2f} replicas prefill what is in flight within SLO"
+    keep_warm_s, peaks, warm = _keep_warm(view, state, burst_avg, now, cfg)
+    n_capped = min(max(n, burst, warm, floor), hi)
+    recs = (
+        *(r for r in state.recommendations if r[0] > now - cfg.scale_down_delay_s),
+        (now, n_capped),
+    )
+    if n < current:
+        n, why = _scale_down(n, why, current, floor, warm, keep_warm_s, recs, state, now, cfg)
+    elif n > current:
+        n, why = _scale_up(n, why, view, ld, current, cfg)
+
+    # Pre-warm: for a cheap model (keep-warm lasts several cold starts) the capacity the
+    # last burst needed is worth having, not only worth keeping; added once nothing is
+    # starting, so a burst still in progress is not restacked.
+    if (
+        cfg.prewarm_cold_starts > 0
+        and keep_warm_s >= cfg.prewarm_cold_starts * view.cold_start_s
+        and warm > max(n, current)
+        and ld.ready >= current
+    ):
+        n, why = warm, f"pre-warm: a burst of the last {keep_warm_s:.0f}s needed {warm}"
+    n = min(max(n, floor), hi)
+    new_state = replace(
+        state,
+        samples=ld.samples,
+        bursts=ld.bursts,
+        recommendations=recs,
+        peaks=peaks,
+        panic_until=panic_until,
+        last_active=last_active,
+    )
+    per_replica = ld.tokens / ld.ready if ld.ready > 0 and ld.tokens > 0 else None
+    return (
+        Recommendation(
+            desired=n,
+            reason=f"{why} -> {n}",
+            floor=floor,
+            panic=panic,
+            slo_pressure=slo_pressure,
+            tokens_per_replica_s=per_replica,
+        ),
+        new_state,
+    )
+
+
+__all__ = ["recommend"]

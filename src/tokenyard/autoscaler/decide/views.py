@@ -1,0 +1,223 @@
+"""What the scaling decisions read and carry: model and pool views, state, tunables.
+
+The live autoscaler builds the views from resources (:meth:`ModelView.from_resources`,
+:meth:`PoolView.from_resource`); the simulator builds them from its scenario with the
+same :func:`autoscaling_fields`, so both decide on the same reading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tokenyard.api.model import AutoscalingSpec, ModelDeployment
+from tokenyard.api.pool import ServingPool
+
+Mode = Literal["Tokenyard", "Manual", "External"]
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    """Tunables of the decision rules (defaults as documented in docs/autoscaling.md)."""
+
+    stable_window_s: float = 60.0
+    """Window over which requests in flight are averaged (Knative KPA: 60 s)."""
+    panic_window_s: float = 6.0
+    """Short window that detects bursts (Knative KPA: 10% of 60 s)."""
+    panic_threshold: float = 1.5
+    """Panic when the panic window's load is this multiple of the ready replicas (KPA uses
+    2.0; LLM replicas take 30-120 s to start, so a burst has to be met earlier)."""
+    scale_down_delay_s: float = 300.0
+    """Cool-down after a scale-up, and the window of recommendations (and burst loads) a
+    scale-down respects; as long as Kubernetes HPA's scale-down stabilisation, because
+    LLM traffic comes in bursts shorter than a replica's cold start."""
+    max_scale_down_rate: float = 2.0
+    """At most current / rate replicas are removed at once (halving)."""
+    max_scale_up_rate: float = 10.0
+    """At most current x rate replicas (at least +4) per decision."""
+    remember_bursts: bool = True
+    """Scale-down keeps what the panic-window load asked for within scale_down_delay_s."""
+    restack_fraction: float = 1.0
+    """While replicas start, scale up again only for an ask this much above the current
+    (1.0: twice the replicas): one burst makes one scale event, not one per interval."""
+    burst_slo_fraction: float = 0.5
+    """Pre-provision for the last bursts only while p95 TTFT exceeds this share of the SLO."""
+    keep_warm_usd: float = 0.1
+    """Keep-warm: after a burst, scale-down keeps the replicas that burst needed for as
+    long as this many USD per replica buy (0, or a replica without a price: off). LLM
+    traffic comes in active periods minutes apart and a released replica returns only
+    after its cold start, so cheap replicas are worth keeping longer: 0.1 USD keeps a
+    0.80 USD/h replica 7.5 min, an 8 USD/h one 45 s."""
+    cold_start_aware: bool = True
+    """For a model whose cold start is longer than the stable window (the load the
+    autoscaler can see), add no replica while the ready ones clear all in flight before a
+    new one could serve and the steady load fits them: it would start to an empty queue,
+    yet cost from the moment it is asked for."""
+    prewarm_cold_starts: float = 4.0
+    """Pre-warm: a model whose keep-warm window is at least this many cold starts long
+    scales up to what its last burst needed (keep-warm's count) once its replicas are
+    ready, instead of only keeping that many on the way down: the next burst of the same
+    active period then finds them running. Cheap replicas qualify (0.80 USD/h with a
+    30 s cold start: 7.5 min >= 2 min), dear or slow ones do not. 0: off."""
+    tolerance: float = 0.1
+    """Dead band: no change while the ask is within 10% of the current replicas."""
+    cost_time_constant_s: float = 1800.0
+    """Age at which GPU cost and tokens fade to 1/e in the cost-per-1M-tokens estimate."""
+    min_tokens_for_cost: float = 10_000.0
+    """Fewer (decayed) tokens than this leave costPer1MTokens unmeasured."""
+
+
+def autoscaling_fields(a: AutoscalingSpec) -> dict[str, Any]:
+    """The :class:`ModelView` fields read from a model's spec.autoscaling. One mapping
+    for the live autoscaler and the simulator, so both decide on the same reading."""
+    return {
+        "min_replicas": a.minReplicas,
+        "max_replicas": a.maxReplicas,
+        "priority": a.priority,
+        "target_ongoing": a.targetOngoingRequests,
+        "target_kv": a.targetKVCacheUsage,
+        "target_gpu_util": a.targetGPUUtilization,
+        "ttft_slo_s": a.ttftSLOSeconds,
+        "scale_to_zero_after_s": (
+            float(a.scaleToZeroAfterSeconds) if a.scaleToZeroAfterSeconds else None
+        ),
+        "cold_start_s": a.coldStartSeconds,
+    }
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """What the decision needs of one ModelDeployment and its accelerator class."""
+
+    name: str
+    min_replicas: int = 1
+    max_replicas: int = 1
+    current_replicas: int = 1
+    """Replicas asked for now (spec.replicas)."""
+    ready_replicas: int | None = None
+    mode: Mode = "Tokenyard"
+    gpus_per_replica: int = 1
+    accelerator: str | None = None
+    price_per_gpu_hour: float = 0.0
+    priority: int = 0
+    target_ongoing: float = 16.0
+    target_kv: float = 0.8
+    target_gpu_util: float = 0.8
+    ttft_slo_s: float = 2.0
+    scale_to_zero_after_s: float | None = None
+    cold_start_s: float = 120.0
+    nominal_tokens_per_s: float = 1000.0
+    quality: float = 0.6
+
+    @property
+    def replica_cost_per_hour(self) -> float:
+        return self.gpus_per_replica * self.price_per_gpu_hour
+
+    @classmethod
+    def from_resources(cls, md: ModelDeployment, pool: ServingPool | None) -> ModelView:
+        """The view of a ModelDeployment in its pool (pool None: no GPU price known)."""
+        spec = md.spec
+        a = spec.autoscaling
+        accel = spec.inCluster.accelerator if spec.inCluster else None
+        price = 0.0
+        if pool is not None and accel is not None:
+            for c in pool.spec.accelerators:
+                if c.name == accel:
+                    price = c.hourlyCostPerGPU
+        ready = md.status.readyReplicas if md.status is not None else None
+        return cls(
+            name=str(md.metadata.get("name", "")),
+            current_replicas=spec.desired_replicas(),
+            ready_replicas=ready,
+            mode=a.mode,
+            gpus_per_replica=spec.gpus_per_replica(),
+            accelerator=accel,
+            price_per_gpu_hour=price,
+            **autoscaling_fields(a),
+            nominal_tokens_per_s=(
+                spec.inCluster.nominalTokensPerSecond if spec.inCluster else 1000.0
+            ),
+            quality=spec.effective_quality(),
+        )
+
+
+@dataclass(frozen=True)
+class ClassLimit:
+    """One accelerator class of a pool."""
+
+    max_gpus: int | None
+    """None: no limit (CPU-only classes)."""
+    price_per_gpu_hour: float = 0.0
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """The limits a pool's allocation must fit."""
+
+    name: str
+    classes: dict[str, ClassLimit] = field(default_factory=dict)
+    hourly_budget_usd: float | None = None
+
+    @classmethod
+    def from_resource(cls, pool: ServingPool) -> PoolView:
+        return cls(
+            name=str(pool.metadata.get("name", "")),
+            classes={
+                c.name: ClassLimit(
+                    max_gpus=c.maxGPUs if c.gpusPerNode > 0 else None,
+                    price_per_gpu_hour=c.hourlyCostPerGPU,
+                )
+                for c in pool.spec.accelerators
+            },
+            hourly_budget_usd=pool.spec.hourlyBudgetUSD,
+        )
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """What one model's decisions carry from one interval to the next."""
+
+    samples: tuple[tuple[float, float], ...] = ()
+    """(time, requests in flight) over the stable window."""
+    bursts: tuple[tuple[float, float], ...] = ()
+    """(time, replicas a burst needs) over the panic window."""
+    recommendations: tuple[tuple[float, int], ...] = ()
+    """(time, recommended replicas) over the scale-down delay."""
+    peaks: tuple[tuple[float, float], ...] = ()
+    """(time, replicas a burst needed) over the keep-warm window, a sliding maximum: each
+    entry is larger than every later one, so the first is the window's maximum."""
+    panic_until: float | None = None
+    last_active: float | None = None
+    last_scale_up: float | None = None
+    last_scale_time: float | None = None
+    last_desired: int | None = None
+    """The last safe decision, held while metrics are missing."""
+    cost_usd: float = 0.0
+    tokens: float = 0.0
+    cost_updated: float | None = None
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """A model's own ask, before the pool's limits."""
+
+    desired: int
+    reason: str
+    floor: int
+    """Fewest replicas the model may get (its minimum, or 0 when allowed and idle)."""
+    panic: bool = False
+    metrics_available: bool = True
+    slo_pressure: float = 1.0
+    tokens_per_replica_s: float | None = None
+
+
+__all__ = [
+    "ClassLimit",
+    "DecisionConfig",
+    "Mode",
+    "ModelState",
+    "ModelView",
+    "PoolView",
+    "Recommendation",
+    "autoscaling_fields",
+]

@@ -1,0 +1,88 @@
+"""Trace-driven simulator: the real decision code against static and HPA-style baselines.
+
+``tokenyard simulate --trace CSV [--scenario YAML] [--plot PNG] [--json]``
+(:func:`~tokenyard.autoscaler.sim.cli.main`) and ``benchmarks/autoscaler_trace.py``
+(:func:`~tokenyard.autoscaler.sim.cli.run_cli`) run it. One workload and one serving model
+for all policies:
+
+* Requests come from the trace; each gets a difficulty (seeded Beta distribution) and
+  goes, as a RoutingPolicy's CheapestSufficient strategy would send it, to the cheapest
+  model whose quality covers it.
+* Each model's replicas form one FIFO server: a request is admitted when its prompt and
+  output fit the free KV cache (replicas x kvCacheTokens), prefill shares replicas x
+  prefillTokensPerSecond in arrival order (TTFT is when its prefill completes), then
+  it decodes at decodeTokensPerSecond while holding its KV cache. A request that waits
+  longer than maxQueueSeconds is dropped (and misses the SLO). New replicas serve after
+  coldStartSeconds but cost from the moment they are asked for.
+* GPU utilisation, as DCGM would report it, is the prefill busy fraction plus decode
+  activity (busy once ``decodeSaturation`` sequences decode per replica).
+
+Policies: (a) static, the fewest fixed replicas per model that reach the SLO target on
+this very trace (an oracle: the cheapest static fleet with every model at the target),
+shown beside static-pool, the cheapest fixed fleet whose requests reach the target all
+together (the criterion of the pool-wide attainment every policy reports); (b)
+HPA-style, per model ``ceil(ready x utilisation / target)`` every 15 s with a 10%
+tolerance, scale-up of at most max(100%, 4 replicas) and a 5-minute scale-down
+stabilisation window, never below one replica (Kubernetes HPA defaults), on the stated
+utilisation targets, and again as hpa-slo, at the highest targets (the stated ones times
+one factor) that reach the SLO target pool-wide, so its cost compares at equal
+attainment; (c) tokenyard:
+:func:`decide_pool` on the simulated signals every ``decisionIntervalSeconds``. Every
+policy reports its pool-wide attainment and its worst model's.
+"""
+
+from tokenyard.autoscaler.sim.baselines import (
+    HPA_SCALE_STEPS,
+    fits,
+    hpa_scaled,
+    hpa_slo_search,
+    static_oracle,
+    static_pool_oracle,
+)
+from tokenyard.autoscaler.sim.cli import main, run_cli, scenario_from_args
+from tokenyard.autoscaler.sim.engine import Policy, RunResult, Server, run
+from tokenyard.autoscaler.sim.policies import HPAPolicy, TokenyardPolicy, hold
+from tokenyard.autoscaler.sim.report import Report, plot, simulate
+from tokenyard.autoscaler.sim.scenario import (
+    BUILTIN_SCENARIO,
+    AcceleratorProfile,
+    ModelProfile,
+    Scenario,
+    builtin_scenario,
+    load_scenario,
+    price_order,
+    route,
+)
+from tokenyard.autoscaler.sim.trace import TraceRequest, read_trace
+
+__all__ = [
+    "BUILTIN_SCENARIO",
+    "HPA_SCALE_STEPS",
+    "AcceleratorProfile",
+    "HPAPolicy",
+    "ModelProfile",
+    "Policy",
+    "Report",
+    "RunResult",
+    "Scenario",
+    "Server",
+    "TokenyardPolicy",
+    "TraceRequest",
+    "builtin_scenario",
+    "fits",
+    "hold",
+    "hpa_scaled",
+    "hpa_slo_search",
+    "load_scenario",
+    "main",
+    "plot",
+    "price_order",
+    "read_trace",
+    "route",
+    "run",
+    "run_cli",
+    "scenario_from_args",
+    "simulate",
+    "static_oracle",
+    "static_pool_oracle",
+]

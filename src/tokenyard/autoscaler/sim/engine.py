@@ -1,0 +1,377 @@
+"""The simulator's serving model and replay: one server per model, one policy per run.
+
+Each model's replicas form one FIFO prefill server with a KV-cache admission limit
+(:class:`Server`), driven over the routed trace by one scaling policy at a time
+(:func:`run`), with spill-over routed by the router's own code
+(:mod:`tokenyard.routing.spillover`). The baselines and :func:`simulate` call it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenyard.autoscaler.signals import ModelSignals
+from tokenyard.autoscaler.sim.scenario import ModelProfile, Scenario, price_order
+from tokenyard.autoscaler.sim.trace import TraceRequest
+from tokenyard.routing.spillover import Capacity, Option, QueueClock, choose
+
+
+class Server:
+    """One model's replicas as a FIFO prefill server with a KV-cache admission limit."""
+
+    def __init__(self, prof: ModelProfile, price: float) -> None:
+        self.p = prof
+        self.replica_cost = prof.gpusPerReplica * price
+        self.asked = 0
+        self.starting: list[float] = []
+        self.queue: deque[tuple[float, int, int]] = deque()
+        self.prefill: deque[list[float]] = deque()
+        self.decoding: list[tuple[float, float, int]] = []
+        self.kv = 0.0
+        self.ttfts: deque[tuple[float, float]] = deque()
+        self.slo = prof.autoscaling.ttftSLOSeconds
+        self.clock: QueueClock | None = None
+        self.known_replicas = 0
+        """Ready replicas as the router last read them from Ray Serve's status."""
+        self.requests = self.met = self.dropped = self.spilled_in = self.events = 0
+        self.downgraded_in = 0
+        self.capped: str | None = None
+        """GPUCapped or BudgetCapped while the autoscaler's allocation gives the model
+        less than it asks (tokenyard's policy sets it; the router reads the condition)."""
+        self.cost = self.gpu_seconds = self.replica_seconds = 0.0
+        self.reset_interval()
+
+    def reset_interval(self) -> None:
+        self.i_time = self.i_arrivals = self.i_done = self.i_prompt = self.i_gen = self.i_busy = 0.0
+
+    def ready(self, now: float) -> int:
+        if self.starting and self.starting[0] <= now:
+            self.starting = [s for s in self.starting if s > now]
+        return self.asked - len(self.starting)
+
+    def scale(self, n: int, now: float, warm: bool = False) -> None:
+        if n == self.asked:
+            return
+        self.events += 1
+        if n > self.asked:
+            if not warm:
+                self.starting.extend([now + self.p.autoscaling.coldStartSeconds] * (n - self.asked))
+                self.starting.sort()
+        else:
+            # Replicas still starting are cancelled first; in-flight requests drain.
+            drop = self.asked - n
+            while drop and self.starting:
+                self.starting.pop()
+                drop -= 1
+        self.asked = n
+
+    def step(self, now: float, dt: float) -> None:
+        p = self.p
+        ready = self.ready(now)
+        while self.decoding and self.decoding[0][0] <= now:
+            _, kv, out = heapq.heappop(self.decoding)
+            self.kv -= kv
+            self.i_gen += out
+            self.i_done += 1
+        while self.queue and now - self.queue[0][0] > self.p_max_queue:
+            self.queue.popleft()
+            self.dropped += 1
+            if self.clock is not None:
+                self.clock.started(p.name, now)
+        cap = ready * p.kvCacheTokens
+        while self.queue and ready > 0:
+            arrival, prompt, out = self.queue[0]
+            need = prompt + out
+            if self.kv + need > cap and self.kv > 0:
+                break
+            self.queue.popleft()
+            self.kv += need
+            self.prefill.append([arrival, float(prompt), float(prompt), float(out)])
+        full = ready * p.prefillTokensPerSecond * dt
+        budget = full
+        while self.prefill and budget > 0:
+            head = self.prefill[0]
+            take = min(head[1], budget)
+            head[1] -= take
+            budget -= take
+            if head[1] <= 0:
+                self.prefill.popleft()
+                done = now + dt * (full - budget) / full
+                ttft = done - head[0]
+                self.ttfts.append((done, ttft))
+                if ttft <= self.slo:
+                    self.met += 1
+                if self.clock is not None:
+                    self.clock.started(p.name, done)
+                heapq.heappush(
+                    self.decoding,
+                    (done + head[3] / p.decodeTokensPerSecond, head[2] + head[3], int(head[3])),
+                )
+        used = full - budget
+        self.i_prompt += used
+        if ready > 0:
+            pre = used / full
+            dec = min(1.0, len(self.decoding) / (ready * p.decodeSaturation))
+            self.i_busy += min(1.0, pre + (1 - pre) * dec) * dt
+        self.i_time += dt
+        self.cost += self.asked * self.replica_cost * dt / 3600
+        self.gpu_seconds += self.asked * p.gpusPerReplica * dt
+        self.replica_seconds += self.asked * dt
+        while self.ttfts and self.ttfts[0][0] < now - 30:
+            self.ttfts.popleft()
+
+    p_max_queue = 60.0
+
+    def capacity(self) -> Capacity:
+        """The model's capacity as the router knows it."""
+        return Capacity(self.known_replicas, self.p.prefillTokensPerSecond, self.slo)
+
+    def signals(self, now: float) -> ModelSignals:
+        t = max(self.i_time, 1e-9)
+        ready = self.ready(now)
+        ttft = None
+        if self.ttfts:
+            vals = sorted(v for _, v in self.ttfts)
+            ttft = vals[min(len(vals) - 1, int(0.95 * len(vals)))]
+        return ModelSignals(
+            observed_at=now,
+            running=float(len(self.prefill) + len(self.decoding)),
+            waiting=float(len(self.queue)),
+            kv_cache_usage=self.kv / (ready * self.p.kvCacheTokens) if ready else None,
+            request_rate=self.i_done / t,  # vLLM counts finished requests
+            prompt_tokens_per_s=self.i_prompt / t,
+            generation_tokens_per_s=self.i_gen / t,
+            ttft_p95_s=ttft,
+            gpu_utilization=self.i_busy / t if ready else None,
+        )
+
+
+Policy = Callable[[float, list[Server]], None]
+"""Called every policy interval with the time and the servers; scales them."""
+
+
+@dataclass
+class RunResult:
+    """What one policy did over the trace."""
+
+    policy: str
+    cost_usd: float
+    gpu_hours: float
+    requests: int
+    slo_met: int
+    dropped: int
+    scale_events: int
+    models: dict[str, dict[str, float]]
+    series: dict[str, list[float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def slo_attainment(self) -> float:
+        return self.slo_met / self.requests if self.requests else 1.0
+
+    @property
+    def min_model_slo(self) -> float:
+        """The worst model's attainment: the criterion the static oracle meets."""
+        return min((float(m["sloAttainment"]) for m in self.models.values()), default=1.0)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "costUSD": round(self.cost_usd, 2),
+            "gpuHours": round(self.gpu_hours, 2),
+            "sloAttainment": round(self.slo_attainment, 4),
+            "minModelSLOAttainment": round(self.min_model_slo, 4),
+            "requests": self.requests,
+            "dropped": self.dropped,
+            "scaleEvents": self.scale_events,
+            "models": self.models,
+            "wallSeconds": round(self.seconds, 2),
+        }
+
+
+def _servers(
+    scenario: Scenario, initial: Sequence[int], only: set[int] | None
+) -> tuple[list[Server], QueueClock | None]:
+    """The servers at their initial replicas (warm), and the router's queue clock when
+    requests spill over (never for a run of some models alone: spill-over needs all)."""
+    price = {a.name: a.hourlyCostPerGPU for a in scenario.accelerators}
+    servers = [Server(m, price[m.accelerator]) for m in scenario.models]
+    for s, n in zip(servers, initial, strict=True):
+        s.p_max_queue = scenario.maxQueueSeconds
+        s.scale(n, 0.0, warm=True)
+        s.events = 0
+    clock = QueueClock() if scenario.spillover else None
+    if only is None:  # spill-over needs every model
+        for srv in servers:
+            srv.clock = clock
+            srv.known_replicas = srv.ready(0.0)
+    return servers, clock
+
+
+def _spill_targets(scenario: Scenario) -> dict[int, list[int]]:
+    # Per model, the targets in a routing decision's order: the model itself, then the
+    # models at least as good, cheapest first (as CheapestSufficient lists them; spill-over
+    # goes there), then the weaker ones, strongest first (its fallbacks: the candidates of
+    # a capacity downgrade).
+    order = price_order(scenario)
+    return {
+        i: [i]
+        + [j for j in order if j != i and scenario.models[j].quality >= m.quality]
+        + sorted(
+            (j for j in order if scenario.models[j].quality < m.quality),
+            key=lambda j: -scenario.models[j].quality,
+        )
+        for i, m in enumerate(scenario.models)
+    }
+
+
+# Positional, as run calls it; each argument is one part of the replay's state.
+def _spill(  # noqa: PLR0917
+    scenario: Scenario,
+    servers: list[Server],
+    clock: QueueClock,
+    targets: list[int],
+    r: TraceRequest,
+    now: float,
+) -> int:
+    """The model a request goes to once spill-over had its say (as the router decides),
+    its prompt counted in the queue clock."""
+    i = targets[0]
+    options = [
+        Option(
+            servers[j].p.name,
+            servers[j].p.quality,
+            True,
+            servers[j].capacity(),
+            servers[j].capped,
+        )
+        for j in targets
+    ]
+    spill = choose(options, clock, r.prompt, now, scenario.spilloverThreshold,
+                   downgrade=scenario.downgradeWhenCapped)  # fmt: skip
+    if spill is not None:
+        i = targets[spill.index]
+        if spill.downgrade:
+            servers[i].downgraded_in += 1
+        else:
+            servers[i].spilled_in += 1
+    clock.sent(servers[i].p.name, servers[i].capacity(), r.prompt, now)
+    return i
+
+
+# Positional, as run calls it; each argument is one part of the replay's state.
+def _sample(  # noqa: PLR0917
+    scenario: Scenario,
+    servers: list[Server],
+    series: dict[str, list[float]],
+    bucket: list[float],
+    now: float,
+    sample_every: float,
+) -> None:
+    series["t"].append(now)
+    series["cost"].append(sum(s.cost for s in servers))
+    for j, (m, srv) in enumerate(zip(scenario.models, servers, strict=True)):
+        series[f"demand:{m.name}"].append(bucket[j] / sample_every)
+        series[f"replicas:{m.name}"].append(float(srv.asked))
+        bucket[j] = 0.0
+
+
+# Positional, as run calls it; each argument is one part of the finished replay.
+def _result(  # noqa: PLR0917
+    scenario: Scenario,
+    servers: list[Server],
+    only: set[int] | None,
+    now: float,
+    policy_name: str,
+    series: dict[str, list[float]],
+    start: float,
+) -> RunResult:
+    models = {
+        m.name: {
+            "costUSD": round(s.cost, 3),
+            "requests": s.requests,
+            "sloAttainment": round(s.met / s.requests, 4) if s.requests else 1.0,
+            "dropped": s.dropped,
+            "spilledIn": s.spilled_in,
+            "downgradedIn": s.downgraded_in,
+            "meanReplicas": round(s.replica_seconds / now, 2) if now else 0.0,
+            "scaleEvents": s.events,
+        }
+        for m, s in zip(scenario.models, servers, strict=True)
+        if only is None or scenario.models.index(m) in only
+    }
+    chosen = [s for j, s in enumerate(servers) if only is None or j in only]
+    return RunResult(
+        policy=policy_name,
+        cost_usd=sum(s.cost for s in chosen),
+        gpu_hours=sum(s.gpu_seconds for s in chosen) / 3600,
+        requests=sum(s.requests for s in chosen),
+        slo_met=sum(s.met for s in chosen),
+        dropped=sum(s.dropped for s in chosen),
+        scale_events=sum(s.events for s in chosen),
+        models=models,
+        series=series,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def run(
+    scenario: Scenario,
+    routed: Sequence[tuple[TraceRequest, int]],
+    *,
+    policy_name: str,
+    policy: Policy,
+    interval: float,
+    initial: Sequence[int],
+    only: set[int] | None = None,
+    sample_every: float = 10.0,
+) -> RunResult:
+    """Replays the routed trace under one policy."""
+    start = time.perf_counter()
+    servers, clock = _servers(scenario, initial, only)
+    reqs = [(r, i) for r, i in routed if only is None or i in only]
+    horizon = (reqs[-1][0].t if reqs else 0.0) + scenario.maxQueueSeconds + 30
+    dt = scenario.tickSeconds
+    series: dict[str, list[float]] = {"t": [], "cost": []}
+    for m in scenario.models:
+        series[f"demand:{m.name}"] = []
+        series[f"replicas:{m.name}"] = []
+    bucket = [0.0] * len(servers)
+    targets = _spill_targets(scenario)
+    k, now, next_policy, next_sample = 0, 0.0, interval, 0.0
+    next_refresh = scenario.replicaRefreshSeconds
+    while now < horizon:
+        while k < len(reqs) and reqs[k][0].t <= now:
+            r, i = reqs[k]
+            if clock is not None and only is None:
+                i = _spill(scenario, servers, clock, targets[i], r, now)
+            srv = servers[i]
+            srv.queue.append((r.t, r.prompt, r.output))
+            srv.requests += 1
+            srv.i_arrivals += 1
+            bucket[i] += r.prompt + r.output
+            k += 1
+        for srv in servers:
+            srv.step(now, dt)
+        now += dt
+        if now >= next_refresh:
+            for srv in servers:
+                srv.known_replicas = srv.ready(now)
+            next_refresh += scenario.replicaRefreshSeconds
+        if now >= next_policy:
+            policy(now, servers)
+            for srv in servers:
+                srv.reset_interval()
+            next_policy += interval
+        if now >= next_sample:
+            _sample(scenario, servers, series, bucket, now, sample_every)
+            next_sample += sample_every
+    return _result(scenario, servers, only, now, policy_name, series, start)
+
+
+__all__ = ["Policy", "RunResult", "Server", "run"]

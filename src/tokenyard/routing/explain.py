@@ -1,0 +1,257 @@
+"""The routing decision for one request without calling any model: `tokenyard explain`.
+
+:func:`explain_request` is shared by the CLI (offline, from manifests) and the router's
+``POST /v1/tokenyard/explain`` (live catalogue and ledger): it runs the same parsing,
+tenant resolution, feature extraction and :func:`~tokenyard.routing.policy_engine.decide`
+the router runs, and returns the decision as a dict. :func:`main` is the CLI.
+
+Spill-over needs live load: the router passes its queue clock and the decision shows a
+spill-over when the router would make it now; offline there is no load and none is shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import random
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tokenyard.api.manifests import ManifestError, Manifests, load
+from tokenyard.api.pool import AcceleratorClass
+from tokenyard.contract import (
+    CatalogueEntry,
+    PolicyEntry,
+    RouterConfig,
+    catalogue_entry,
+    direct_policy,
+    tenant_keys_env,
+)
+from tokenyard.routing.budget import StaticSpend, TenantSpendView
+from tokenyard.routing.classifiers import DifficultyClassifier
+from tokenyard.routing.decision import BackendState
+from tokenyard.routing.errors import RouterError, bad_request, model_not_found
+from tokenyard.routing.features import extract_features
+from tokenyard.routing.policy_engine import apply_spillover, decide
+from tokenyard.routing.request import RequestKind, parse_request
+from tokenyard.routing.spillover import QueueClock
+from tokenyard.routing.tenants import parse_api_keys, resolve_tenant
+
+
+def find_policy(config: RouterConfig, endpoint: str) -> PolicyEntry | None:
+    """The policy serving ``endpoint`` in the router's config: a RoutingPolicy's endpoint,
+    or a model called by its servedModelName (:func:`contract.direct_policy`)."""
+    for p in config.policies:
+        if p.endpoint == endpoint:
+            return p
+    return direct_policy(config, endpoint)
+
+
+def explain_request(
+    body: Any,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]],
+    config: RouterConfig,
+    ledger_view: TenantSpendView,
+    now: float,
+    *,
+    kind: RequestKind = "chat",
+    api_keys: Mapping[str, Mapping[str, str]] | None = None,
+    backends: Mapping[str, BackendState] | None = None,
+    classifier: DifficultyClassifier | None = None,
+    rng: random.Random | None = None,
+    load: QueueClock | None = None,
+    live_replicas: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """The decision for a request as a JSON-ready dict; raises :class:`RouterError`.
+
+    ``api_keys`` maps a policy name to its key-to-tenant map; ``backends`` is the live
+    backend state (default: each catalogue entry's ``ready``, circuits closed); ``load``
+    is the router's queue clock (default: none, so no spill-over) and ``live_replicas``
+    the replicas Ray Serve reports running per model (default: the catalogue's count).
+    """
+    parsed = parse_request(body, headers, kind)
+    policy = find_policy(config, parsed.model)
+    if policy is None:
+        raise model_not_found(parsed.model)
+    spec = policy.policy_spec()
+    tenant = resolve_tenant(parsed.headers, spec.tenants, (api_keys or {}).get(policy.name, {}))
+    features = extract_features(parsed, spec, policy.endpoint, tenant, classifier=classifier)
+    catalogue: dict[str, CatalogueEntry] = {m.name: m for m in config.models}
+    if backends is None:
+        backends = {m.name: BackendState(ready=m.ready) for m in config.models}
+    decision = decide(features, spec, catalogue, backends, ledger_view, now, rng or random.Random())
+    if load is not None:
+        decision = apply_spillover(
+            decision,
+            catalogue,
+            load,
+            features.prompt_tokens,
+            now,
+            spec.spillover,
+            live_replicas=live_replicas,
+        )
+    out = decision.to_dict()
+    out["difficultySource"] = features.difficulty_source
+    out["promptTokens"] = features.prompt_tokens
+    out["maxTokens"] = features.max_tokens
+    out["detected"] = {k: list(v) for k, v in features.detected.items()}
+    out["policy"] = f"{policy.namespace}/{policy.name}"
+    return out
+
+
+def _name(obj: Any) -> str:
+    return str(obj.metadata.get("name", ""))
+
+
+def _namespace(obj: Any) -> str:
+    return str(obj.metadata.get("namespace") or "default")
+
+
+def _accelerator(m: Manifests, pool: str | None, accel: str) -> AcceleratorClass | None:
+    for p in m.pools:
+        if _name(p) == pool:
+            for a in p.spec.accelerators:
+                if a.name == accel:
+                    return a
+    return None
+
+
+def router_config(m: Manifests) -> RouterConfig:
+    """A router config with every policy and model in the manifests, all models ready."""
+    models: list[CatalogueEntry] = []
+    for md in m.models:
+        accel = None
+        if md.spec.inCluster is not None:
+            accel = _accelerator(m, md.spec.pool, md.spec.inCluster.accelerator)
+        models.append(catalogue_entry(md, ready=True, accel=accel))
+    policies = [
+        PolicyEntry(
+            name=_name(p),
+            namespace=_namespace(p),
+            endpoint=p.spec.endpoint or _name(p),
+            generation=None,
+            spec=p.spec.dump(),
+            tenantKeysEnv=tenant_keys_env(_name(p)) if p.spec.tenants.apiKeysSecretRef else None,
+        )
+        for p in m.policies
+    ]
+    pool = m.policies[0].spec.pool if m.policies else (_name(m.pools[0]) if m.pools else "")
+    return RouterConfig(pool=pool, namespace="default", models=models, policies=policies)
+
+
+def secret_value(m: Manifests, name: str, key: str) -> str | None:
+    """A key of a Secret found among the manifests (stringData or base64 data)."""
+    for obj in m.others:
+        if obj.get("kind") != "Secret" or (obj.get("metadata") or {}).get("name") != name:
+            continue
+        string_data = obj.get("stringData") or {}
+        if key in string_data:
+            return str(string_data[key])
+        data = obj.get("data") or {}
+        if key in data:
+            try:
+                return base64.b64decode(str(data[key]), validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+    return None
+
+
+def api_keys_from_manifests(m: Manifests) -> dict[str, dict[str, str]]:
+    """Each policy's key-to-tenant map, from Secrets included in the manifests."""
+    out: dict[str, dict[str, str]] = {}
+    for p in m.policies:
+        ref = p.spec.tenants.apiKeysSecretRef
+        if ref is None:
+            continue
+        text = secret_value(m, ref.name, ref.key)
+        if text is not None:
+            out[_name(p)] = parse_api_keys(text)
+    return out
+
+
+def parse_header_args(values: Iterable[str]) -> dict[str, str]:
+    """``--header 'Name: value'`` arguments as a header map; 400 when malformed."""
+    out: dict[str, str] = {}
+    for raw in values:
+        name, sep, value = raw.partition(":")
+        if not sep or not name.strip():
+            raise bad_request(f"--header {raw!r}: expected 'Name: value'")
+        out[name.strip().lower()] = value.strip()
+    return out
+
+
+def _read_body(path: str) -> Any:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise bad_request(
+            f"the request is not valid JSON: {err.msg} at line {err.lineno}"
+        ) from None
+
+
+def error_json(err: RouterError) -> dict[str, Any]:
+    """An error as explain prints it: the OpenAI error body plus status and Retry-After."""
+    out = err.to_body()
+    out["status"] = err.status
+    if err.retry_after is not None:
+        out["retryAfter"] = err.retry_after
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    """`tokenyard explain`: print the decision JSON (exit 0) or the error JSON (exit 1)."""
+    try:
+        manifests = load(args.filename)
+    except (ManifestError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        body = _read_body(args.request)
+        config = router_config(manifests)
+        endpoint = args.endpoint
+        if endpoint is None and len(config.policies) == 1:
+            # One policy in the manifests: a body without "model" can only mean it.
+            endpoint = config.policies[0].endpoint
+        if isinstance(body, dict) and "model" not in body and endpoint:
+            body = {"model": endpoint, **body}
+        kind: RequestKind = "completion" if isinstance(body, dict) and "prompt" in body else "chat"
+        result = explain_request(
+            body,
+            parse_header_args(args.header or []),
+            config,
+            StaticSpend(),
+            time.time(),
+            kind=kind,
+            api_keys=api_keys_from_manifests(manifests),
+            # A fixed seed: explaining the same request twice gives the same answer.
+            rng=random.Random(0),
+        )
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # a malformed API-key Secret
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RouterError as err:
+        print(json.dumps(error_json(err), indent=2))
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+__all__ = [
+    "api_keys_from_manifests",
+    "error_json",
+    "explain_request",
+    "find_policy",
+    "main",
+    "parse_header_args",
+    "router_config",
+    "secret_value",
+]

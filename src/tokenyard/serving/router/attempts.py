@@ -1,0 +1,148 @@
+"""The fallback loop's bookkeeping: which target to try next, and what each try taught.
+
+:class:`Attempts` walks a decision's targets in order until the policy's total timeout:
+it skips a target whose circuit is open or that has no backend (a fallback), tells the
+circuit breaker how each attempt went, counts the attempt in spill-over's queue clock
+while it waits, and says why the request failed when no target answered.
+:class:`~tokenyard.serving.router.routed.RoutedRequest` drives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from tokenyard.accounting.books import Outcome
+from tokenyard.routing.decision import Decision
+from tokenyard.routing.errors import RouterError, no_backend, timeout
+from tokenyard.routing.policy_engine import capacity_of
+from tokenyard.serving.backends import BackendFailure, classify_exception
+from tokenyard.serving.circuit import CircuitBreakers
+from tokenyard.serving.router.state import EndpointPolicy, RouterState
+
+if TYPE_CHECKING:
+    from tokenyard.serving.router.core import RouterCore
+
+
+class Attempts:
+    """The targets of one decision, tried in order until the total deadline passes."""
+
+    def __init__(
+        self,
+        *,
+        core: RouterCore,
+        state: RouterState,
+        pol: EndpointPolicy,
+        decision: Decision,
+        prompt_tokens: int,
+        breakers: CircuitBreakers,
+        out: Outcome,
+    ) -> None:
+        self.core = core
+        self.state = state
+        self.pol = pol
+        self.decision = decision
+        self.prompt_tokens = prompt_tokens
+        self.breakers = breakers
+        self.out = out
+        self.fb = pol.spec.fallback
+        self.deadline = time.monotonic() + self.fb.totalTimeoutSeconds
+
+    def candidates(self) -> list[tuple[str, str]]:
+        return [(c.model, c.reason) for c in self.decision.targets][: self.fb.maxAttempts]
+
+    def note_fallback(self, target: str, reason: str, detail: str) -> None:
+        self.out.fallbacks.append({"target": target, "reason": reason, "detail": detail[:200]})
+        self.core.metrics.fallbacks.labels(self.pol.endpoint, target, reason).inc()
+
+    def exhausted(self, last: BackendFailure | None) -> RouterError:
+        """Why no target answered: the deadline, every target timing out, or a 503 with
+        the earliest time a circuit lets a request through."""
+        if time.monotonic() >= self.deadline:
+            return timeout("the request timed out after all attempts")
+        reasons = {f["reason"] for f in self.out.fallbacks}
+        if last is not None and reasons == {"Timeout"}:
+            return timeout("every target timed out")
+        now = self.core.clock()
+        waits = [
+            w
+            for name, _ in self.candidates()
+            if (w := self.breakers.get(name).retry_after(now)) is not None
+        ]
+        tried = ", ".join(f["target"] for f in self.out.fallbacks) or "none"
+        msg = f"no backend could serve the request (tried: {tried})"
+        return no_backend(msg, retry_after=min(waits)) if waits else no_backend(msg)
+
+    @staticmethod
+    def classify(exc: BaseException, target: str) -> BackendFailure:
+        if isinstance(exc, BackendFailure):
+            return exc
+        if isinstance(exc, TimeoutError):
+            return BackendFailure(f"{target}: attempt timed out", kind="Timeout", status=504)
+        return classify_exception(exc, target)
+
+    def after_failure(self, target: str, failure: BackendFailure) -> bool:
+        """Record a failed attempt; True when the policy lets the request move on."""
+        now = self.core.clock()
+        breaker = self.breakers.get(target)
+        if failure.kind in ("Error", "Timeout", "Unavailable", "Overloaded"):
+            breaker.record_failure(now)
+        elif failure.kind is None:
+            breaker.record_success(now)  # it answered; the request itself was at fault
+        else:
+            breaker.release(now)  # rate limited: says nothing about its health
+        self.core.metrics.set_circuit(target, breaker.state(now))
+        if failure.kind is None or failure.kind not in self.fb.retryOn:
+            return False
+        self.note_fallback(target, failure.kind, str(failure))
+        return True
+
+    def succeeded(self, target: str) -> None:
+        """The target answered (or sent its first chunk): its circuit closes."""
+        self.breakers.get(target).record_success(self.core.clock())
+        self.core.metrics.set_circuit(target, "closed")
+
+    def cancelled(self, target: str) -> None:
+        """The client went away mid-attempt: no verdict on the target's health."""
+        self.breakers.get(target).release(self.core.clock())
+
+    @contextlib.contextmanager
+    def in_flight(self, target: str) -> Iterator[None]:
+        """One attempt on ``target`` as spill-over's queue clock sees it: sent on entry,
+        started exactly once on exit, whatever ends the wait (first chunk, answer,
+        failure, timeout, cancellation), so the in-flight count cannot leak. External
+        targets are not counted: spill-over never uses their load."""
+        entry = self.state.catalogue.get(target)
+        if entry is None or entry.kind != "InCluster":
+            yield
+            return
+        load = self.core.load
+        cap = capacity_of(entry, self.core.live_replicas())
+        load.sent(target, cap, self.prompt_tokens, self.core.clock())
+        try:
+            yield
+        finally:
+            load.started(target, self.core.clock())
+
+    def __iter__(self) -> Iterator[tuple[str, str, Any, float]]:
+        """(target, reason, backend, per-attempt timeout) for each target to try, in
+        order, until the total deadline passes. A target whose circuit is open or that
+        has no backend is skipped, which counts as a fallback. Lazy: the remaining time
+        is measured when the caller asks for the next attempt."""
+        for target, reason in self.candidates():
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if not self.breakers.get(target).allow(self.core.clock()):
+                self.note_fallback(target, "CircuitOpen", "circuit breaker open")
+                continue
+            backend = self.state.backends.get(target)
+            if backend is None:
+                self.note_fallback(target, "Unavailable", "no backend for target")
+                continue
+            yield target, reason, backend, min(self.fb.perAttemptTimeoutSeconds, remaining)
+
+
+__all__ = ["Attempts"]

@@ -1,0 +1,332 @@
+"""The router's request handling, independent of how it is hosted (:class:`RouterCore`).
+
+Ray Serve hosts it in :class:`tokenyard.serving.router_app.Router`; tests and the
+benchmark drive it over ASGI. Per request (:meth:`RouterCore.completion`): parse, resolve
+the tenant, extract features, rate-limit, decide and spill over (all pure, in
+:mod:`tokenyard.routing`), then a :class:`~tokenyard.serving.router.routed.RoutedRequest`
+tries the targets and :class:`~tokenyard.accounting.books.Books` accounts for the result.
+Rate limits, circuit breakers and the spill-over queue clock are this replica's own
+(each takes its share of the pool's traffic, :class:`~.serve_status.ServeStatus`);
+budgets are shared by all replicas through the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tokenyard.accounting.audit import AuditLog, AuditRecord
+from tokenyard.accounting.books import Books, Outcome
+from tokenyard.accounting.ledger_actor import LedgerClient
+from tokenyard.accounting.metrics import RouterMetrics
+from tokenyard.accounting.ratelimit import RateLimiter
+from tokenyard.contract import ROUTER_APP_NAME, RouterAppArgs, RouterConfig
+from tokenyard.routing.classifiers import HeuristicClassifier
+from tokenyard.routing.decision import BackendState, Decision
+from tokenyard.routing.errors import RouterError, internal_error, model_not_found, no_backend
+from tokenyard.routing.features import extract_features
+from tokenyard.routing.policy_engine import apply_spillover, decide
+from tokenyard.routing.request import ParsedRequest, RequestKind, lower_headers, parse_request
+from tokenyard.routing.spillover import QueueClock
+from tokenyard.routing.tenants import resolve_tenant
+from tokenyard.serving.backends import build_backends
+from tokenyard.serving.circuit import CircuitBreakers
+from tokenyard.serving.providers import ProviderClient
+from tokenyard.serving.router import http
+from tokenyard.serving.router.routed import RoutedRequest
+from tokenyard.serving.router.serve_status import APP_STATUS_INTERVAL_S, ServeStatus
+from tokenyard.serving.router.state import BackendFactory, EndpointPolicy, RouterState, build_state
+
+logger = logging.getLogger("tokenyard.router")
+
+# Token estimate for the tokens-per-minute check when a request sets no max_tokens;
+# the bucket is corrected with the real count after the response (RateLimiter.commit).
+DEFAULT_OUTPUT_ESTIMATE = 256
+
+
+class RouterCore:
+    """The router's request handling, independent of how it is hosted."""
+
+    def __init__(
+        self,
+        args: RouterAppArgs,
+        *,
+        ledger: LedgerClient,
+        provider: ProviderClient | None = None,
+        metrics: RouterMetrics | None = None,
+        audit: AuditLog | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        env: Mapping[str, str] | None = None,
+        watch_apps: bool = True,
+        backend_factory: BackendFactory = build_backends,
+        app_name: str = ROUTER_APP_NAME,
+    ) -> None:
+        self.args = args
+        self.app_name = app_name
+        """This router's Serve application: its RUNNING replicas share the pool's traffic."""
+        self.ledger = ledger
+        self.provider = provider or ProviderClient()
+        self.metrics = metrics or RouterMetrics()
+        self.audit = audit or AuditLog(args.auditPath)
+        self.clock = clock
+        self.books = Books(self.ledger, self.metrics, self.audit, clock)
+        self.serve = ServeStatus(app_name)
+        self.classifier = HeuristicClassifier()
+        self._rng = rng or random.Random()
+        self._env = env if env is not None else os.environ
+        self._state: RouterState | None = None
+        self._limiters: dict[str, RateLimiter] = {}
+        self._breakers: dict[str, CircuitBreakers] = {}
+        self._watch_apps = watch_apps
+        self._watcher: asyncio.Task[None] | None = None
+        self._make_backends = backend_factory
+        # Per model, the prompts this replica sent and has not seen start (spill-over).
+        # Kept across configs: its entries leave by themselves when nothing is in flight.
+        self.load = QueueClock()
+
+    # -- configuration -------------------------------------------------------------
+
+    def apply_config(self, cfg: RouterConfig) -> None:
+        """Swap in a new config atomically; requests in flight keep the old one."""
+        state = build_state(cfg, self._state, self.provider, self._env, self._make_backends)
+        self.serve.configured_routers = cfg.routerReplicas
+        share = self.share  # limits are the pool's; each replica takes its part
+        self.load.share = share
+        for endpoint, pol in {**state.direct, **state.policies}.items():
+            limiter = self._limiters.get(endpoint)
+            if limiter is None:
+                self._limiters[endpoint] = RateLimiter(pol.spec.rateLimits, share)
+            else:
+                limiter.configure(pol.spec.rateLimits, share)
+            breakers = self._breakers.get(endpoint)
+            if breakers is None:
+                self._breakers[endpoint] = CircuitBreakers(pol.spec.fallback.circuitBreaker)
+            else:
+                breakers.configure(pol.spec.fallback.circuitBreaker)
+                breakers.forget(state.catalogue)
+        windows = sorted({b.window for p in state.policies.values() for b in p.spec.budgets})
+        if windows:
+            self.ledger.configure_windows(windows)
+        self._state = state
+        logger.info(
+            "router config applied",
+            extra={
+                "version": state.version,
+                "models": len(state.catalogue),
+                "endpoints": sorted(state.policies),
+            },
+        )
+
+    @property
+    def state(self) -> RouterState:
+        if self._state is None:
+            raise no_backend("the router has no configuration yet")
+        return self._state
+
+    @property
+    def applied(self) -> RouterState | None:
+        """The state of the last config applied; None before the first."""
+        return self._state
+
+    # -- background ----------------------------------------------------------------
+
+    def start_background(self) -> None:
+        """Start the ledger refresh and app-status watch on the running loop."""
+        self.ledger.start()
+        if self._watch_apps and self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_app_status())
+
+    async def _watch_app_status(self) -> None:
+        from ray import serve
+
+        while True:
+            try:
+                st = await asyncio.to_thread(serve.status)
+                self.note_running(self.serve.read(st))
+            except Exception:
+                logger.warning("could not read Serve application status", exc_info=True)
+            await asyncio.sleep(APP_STATUS_INTERVAL_S)
+
+    def note_running(self, by_app: dict[str, int]) -> None:
+        """Replicas Ray Serve runs per application, as the status watch read them. This
+        router's own count sets the share of the pool's traffic each replica assumes."""
+        if self.serve.note_running(by_app):
+            self._reshare()
+
+    @property
+    def share(self) -> float:
+        """This replica's part of the pool's traffic (:attr:`ServeStatus.share`)."""
+        return self.serve.share
+
+    def _reshare(self) -> None:
+        share = self.share
+        self.load.share = share
+        for limiter in self._limiters.values():
+            limiter.configure(limiter.limits, share)
+        logger.info(
+            "router replicas changed: each takes its share of limits and queues",
+            extra={"routerReplicas": round(1 / share), "share": round(share, 4)},
+        )
+
+    def live_replicas(self) -> dict[str, int] | None:
+        """Model name to replicas Ray Serve reports running, for spill-over; None until
+        the status watch has read them (:meth:`ServeStatus.live_replicas`)."""
+        return self.serve.live_replicas(self.state)
+
+    async def aclose(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        with contextlib.suppress(Exception):
+            await self.ledger.flush()
+        await self.ledger.aclose()
+        await self.provider.aclose()
+        self.audit.close()
+
+    # -- requests ------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Response:
+        """Answer one HTTP request (:func:`tokenyard.serving.router.http.handle`)."""
+        return await http.handle(self, request)
+
+    def update_gauges(self) -> None:
+        """Each backend's circuit state into the metrics (read at ``/metrics``)."""
+        now = self.clock()
+        for breakers in self._breakers.values():
+            for name, st in breakers.states(now).items():
+                self.metrics.set_circuit(name, st)
+
+    def _backend_states(
+        self, state: RouterState, endpoint: str, now: float
+    ) -> dict[str, BackendState]:
+        ready = {name: self.serve.ready(e) for name, e in state.catalogue.items()}
+        return self._breakers[endpoint].backend_states(ready, now)
+
+    async def completion(self, request: Request, kind: RequestKind) -> Response:
+        """A chat or completion request: routed, tried with fallback, accounted for."""
+        started = time.perf_counter()
+        now = self.clock()
+        # A client's request id is kept (bounded) so its logs and the audit line join up.
+        request_id = (request.headers.get(http.REQUEST_ID_HEADER) or uuid.uuid4().hex)[:128]
+        record = AuditRecord(
+            time=now, request_id=request_id, tenant="", endpoint="", kind=kind, status=0,
+            latency_ms=0.0,
+        )  # fmt: skip
+        pol: EndpointPolicy | None = None
+        try:
+            state = self.state
+            body = await http.read_json(request)
+            headers = lower_headers(request.headers.items())
+            parsed = parse_request(body, headers, kind)
+            record.endpoint = parsed.model
+            record.stream = parsed.stream
+            pol = state.policies.get(parsed.model) or state.direct.get(parsed.model)
+            if pol is None:
+                raise model_not_found(parsed.model)
+            decision, est = self._route(state, pol, parsed, headers, record, now, started)
+        except RouterError as err:
+            record.status = err.status
+            record.error = err.code or err.type
+            if pol is not None:
+                self.metrics.rejections.labels(
+                    endpoint=pol.endpoint,
+                    tenant=self.books.tenant_label(record.tenant),
+                    reason=err.code or err.type,
+                ).inc()
+            self.books.finish(record, pol, started, Outcome(status=err.status))
+            return http.error_response(err, request_id)
+        except Exception:
+            logger.exception("router failed before routing", extra={"request_id": request_id})
+            self.books.finish(record, pol, started, Outcome(status=500))
+            return http.error_response(internal_error(), request_id)
+
+        routed = RoutedRequest(
+            core=self,
+            state=state,
+            pol=pol,
+            parsed=parsed,
+            decision=decision,
+            record=record,
+            started=started,
+            est_tokens=est,
+            request_id=request_id,
+            breakers=self._breakers[pol.endpoint],
+            limiter=self._limiters[pol.endpoint],
+        )
+        if parsed.stream:
+            return await routed.stream()
+        return await routed.complete()
+
+    # Positional, as completion calls it; each argument is one input of the routing step.
+    def _route(  # noqa: PLR0917
+        self,
+        state: RouterState,
+        pol: EndpointPolicy,
+        parsed: ParsedRequest,
+        headers: Mapping[str, str],
+        record: AuditRecord,
+        now: float,
+        started: float,
+    ) -> tuple[Decision, int]:
+        """Tenant, features, rate limit, decision and spill-over of a parsed request, noted
+        in its audit record; returns the decision and the tokens the rate limit took."""
+        tenant = resolve_tenant(headers, pol.spec.tenants, pol.api_keys)
+        record.tenant = tenant
+        features = extract_features(
+            parsed, pol.spec, pol.endpoint, tenant, classifier=self.classifier
+        )
+        record.difficulty = round(features.difficulty, 4)
+        record.data_classes = sorted(features.data_classes)
+        if pol.spec.audit.includePrompts:
+            record.prompt = parsed.prompt_text
+        est = parsed.prompt_tokens + (parsed.max_tokens or DEFAULT_OUTPUT_ESTIMATE)
+        self._limiters[pol.endpoint].check(tenant, est, now)
+        decision = decide(
+            features,
+            pol.spec,
+            state.catalogue,
+            self._backend_states(state, pol.endpoint, now),
+            self.ledger,
+            now,
+            self._rng,
+        )
+        decision = apply_spillover(
+            decision,
+            state.catalogue,
+            self.load,
+            features.prompt_tokens,
+            now,
+            pol.spec.spillover,
+            live_replicas=self.live_replicas(),
+        )
+        if decision.spilled_from is not None:
+            record.spilled_from = decision.spilled_from
+            record.capacity_downgrade = decision.capacity_downgrade
+            counter = (
+                self.metrics.capacity_downgrades
+                if decision.capacity_downgrade
+                else self.metrics.spillovers
+            )
+            counter.labels(pol.endpoint, decision.spilled_from, decision.targets[0].model).inc()
+        self.metrics.decision_latency.labels(endpoint=pol.endpoint).observe(
+            time.perf_counter() - started
+        )
+        record.rule = decision.rule
+        record.strategy = decision.strategy
+        record.downgraded = bool(decision.downgraded)
+        return decision, est
+
+
+__all__ = ["DEFAULT_OUTPUT_ESTIMATE", "RouterCore"]

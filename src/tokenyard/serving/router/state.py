@@ -1,0 +1,99 @@
+"""The router's view of its config: endpoints, catalogue and backends, swapped whole.
+
+:func:`build_state` turns a ``RouterConfig`` (the Router deployment's ``user_config``)
+into a :class:`RouterState`; :class:`~tokenyard.serving.router.core.RouterCore` swaps it
+in on each reconfigure, and a request in flight keeps the state it started with.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from tokenyard.api.policy import RoutingPolicySpec
+from tokenyard.contract import CatalogueEntry, PolicyEntry, RouterConfig, direct_policy
+from tokenyard.routing.tenants import parse_api_keys
+from tokenyard.serving.backends import Backend, build_backends
+from tokenyard.serving.providers import ProviderClient
+
+logger = logging.getLogger("tokenyard.router")
+
+BackendFactory = Callable[
+    [Mapping[str, CatalogueEntry], ProviderClient, Mapping[str, Backend] | None],
+    Mapping[str, Backend],
+]
+"""Builds the backends of a catalogue, reusing the previous ones (:func:`build_backends`)."""
+
+
+@dataclass(frozen=True)
+class EndpointPolicy:
+    """One endpoint as the router serves it: a RoutingPolicy or a model called directly."""
+
+    endpoint: str
+    name: str
+    spec: RoutingPolicySpec
+    api_keys: Mapping[str, str]
+    direct: bool = False
+
+
+@dataclass(frozen=True)
+class RouterState:
+    """Everything one request reads from the config; swapped whole by reconfigure."""
+
+    config: RouterConfig
+    catalogue: Mapping[str, CatalogueEntry]
+    policies: Mapping[str, EndpointPolicy]
+    direct: Mapping[str, EndpointPolicy]
+    backends: Mapping[str, Backend]
+    version: int
+
+
+def _load_api_keys(entry: PolicyEntry, env: Mapping[str, str]) -> dict[str, str]:
+    if not entry.tenantKeysEnv:
+        return {}
+    raw = env.get(entry.tenantKeysEnv, "")
+    try:
+        return parse_api_keys(raw)
+    except ValueError:
+        # Fail closed for keys (none known) rather than crash every replica on a typo.
+        logger.error("tenant key map unreadable", extra={"policy": entry.name})
+        return {}
+
+
+def build_state(
+    cfg: RouterConfig,
+    previous: RouterState | None,
+    client: ProviderClient,
+    env: Mapping[str, str],
+    make_backends: BackendFactory = build_backends,
+) -> RouterState:
+    """The router state for a config; reuses backends whose target did not change."""
+    catalogue = {m.name: m for m in cfg.models}
+    policies: dict[str, EndpointPolicy] = {}
+    for p in cfg.policies:
+        spec = p.policy_spec()
+        policies[p.endpoint] = EndpointPolicy(
+            endpoint=p.endpoint, name=p.name, spec=spec, api_keys=_load_api_keys(p, env)
+        )
+    # A model called by its servedModelName: routed to itself only, but under the
+    # tenants, budgets, rate limits, egress and audit of the first policy that lists it
+    # (contract.direct_policy, which explain shares).
+    direct: dict[str, EndpointPolicy] = {}
+    for m in cfg.models:
+        entry = direct_policy(cfg, m.servedModelName)
+        if entry is None:
+            continue
+        direct[m.servedModelName] = EndpointPolicy(
+            endpoint=m.servedModelName,
+            name=entry.name,
+            spec=entry.policy_spec(),
+            api_keys=_load_api_keys(entry, env),  # the owner's keys (its tenantKeysEnv)
+            direct=True,
+        )
+    backends = make_backends(catalogue, client, previous.backends if previous else None)
+    version = previous.version + 1 if previous else 1
+    return RouterState(cfg, catalogue, policies, direct, backends, version)
+
+
+__all__ = ["BackendFactory", "EndpointPolicy", "RouterState", "build_state"]
