@@ -1,11 +1,11 @@
 """The level-based reconciler: one work queue, one pass per pool, statuses written back.
 
-kopf handlers (``tokenyard.operator.handlers``) only enqueue keys; workers here take
-a key, read the current state from the store (kopf indexes in production, a dict in
-tests), render with the pure builders, plan, act through :class:`KubeApi`, and write
-statuses that changed. Any pass may run again at any time with the same result, so a
-restart, a replayed event or a crash mid-pass loses nothing and duplicates nothing.
-Imports no kopf.
+kopf handlers (``tokenyard.operator.handlers``) only enqueue keys; workers here take a
+key, read the current state from the store (a WatchedStore fed by the watch and synced by
+one LIST per kind at start in production, a dict in tests), render with the pure
+builders, plan, act through :class:`KubeApi`, and write statuses that changed. Any pass
+may run again at any time with the same result, so a restart, a replayed event or a crash
+mid-pass loses nothing and duplicates nothing. Imports no kopf.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from tokenyard.operator.kube import (
     NotFound,
 )
 from tokenyard.operator.parsing import Parsed, parse
-from tokenyard.operator.store import Body, DictStore, Store
+from tokenyard.operator.store import Body, DictStore, Kind, Store, WatchedStore
 from tokenyard.operator.workqueue import WorkQueue
 from tokenyard.settings import OperatorSettings
 
@@ -55,6 +55,8 @@ DEBOUNCE_S = 0.2
 # Passes run concurrently for different keys (never for the same key); they mostly
 # wait on the API server, so several workers hide its latency.
 WORKERS = 8
+# Objects per page of the start-up LIST (Controller.sync).
+LIST_PAGE = 100
 # Status writes in flight at once, per pass: bounded so a pool of hundreds of models
 # does not open hundreds of connections at the API server.
 STATUS_WRITES_IN_FLIGHT = 16
@@ -243,7 +245,46 @@ class Controller:
         is down, and the finalizer's JSON patch needs resourceVersion (kmock has none).
         """
         await self.require_crds()
+        await self.sync()
         await asyncio.gather(self._resync_loop(), *(self._worker() for _ in range(workers)))
+
+    async def sync(self) -> None:
+        """Fill a :class:`WatchedStore` with one paged LIST per kind before any pass runs,
+        as an informer syncs before its controller starts: a pass after a restart must
+        never render a pool from the part of its models the watch has delivered so far.
+        Pages are trimmed as they arrive, so memory holds one page of whole bodies."""
+        store = self.store
+        if not isinstance(store, WatchedStore):
+            return  # a DictStore (tests, render) is complete by construction
+        scopes: list[str | None] = list(self.settings.namespaces) or [None]
+        kinds: tuple[tuple[Kind, Any], ...] = (
+            ("pool", POOLS),
+            ("model", MODELS),
+            ("policy", POLICIES),
+        )
+        for kind, resource in kinds:
+            for ns in scopes:
+                listed: set[tuple[Kind, str, str]] = set()
+                version: str | None = None
+                cont = ""
+                while True:
+                    page = await self.api.list(resource, ns, limit=LIST_PAGE, cont=cont)
+                    meta = page.get("metadata") or {}
+                    version = version or meta.get("resourceVersion")
+                    listed.update(store.apply_listed(kind, b) for b in page.get("items") or [])
+                    cont = str(meta.get("continue") or "")
+                    if not cont:
+                        break
+                store.prune(kind, listed, version, ns)
+        self.log.info(
+            "synced: %d pools, %d models, %d policies",
+            store.count("pool"),
+            store.count("model"),
+            store.count("policy"),
+        )
+        # Everything the watch delivered before the sync was ignored by the passes that
+        # could not run yet: look at everything once.
+        self.resync()
 
     async def require_crds(self) -> None:
         """Raise :class:`MissingCRDs` unless the API server serves our three resources.

@@ -1,4 +1,4 @@
-"""kopf wiring: indexes feed the reconciler, event handlers enqueue, nothing more.
+"""kopf wiring: event handlers feed the reconciler's store and queue, nothing more.
 
 Loaded by ``tokenyard operator`` (``tokenyard.operator.main``) and by the integration
 tests as a module (never by file path, or kopf registers every handler twice). All the
@@ -12,7 +12,9 @@ its last-handled-configuration annotation onto every object (one more PATCH per 
 and per spec change, and a bigger object in every later watch event), deep-copy each
 body twice per event to diff it, and hold each object's worker up to
 ``consistency_timeout`` after its own patch. At 1,000 models that was most of the
-operator's API traffic and much of its memory; the reconciler needs none of it.
+operator's API traffic and much of its memory; the reconciler needs none of it. Nor are
+there kopf indexes (see :mod:`tokenyard.operator.store` for why): the event handlers
+apply each event to a :class:`~tokenyard.operator.store.WatchedStore`.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ import kopf
 
 from tokenyard.api.common import GROUP, VERSION
 from tokenyard.operator import traffic
-from tokenyard.operator.controller import Body, Controller, Store
+from tokenyard.operator.controller import Controller
 from tokenyard.operator.kube import MODELS, POLICIES, POOLS, KopfKubeApi
+from tokenyard.operator.store import Kind, WatchedStore, pool_ref
 from tokenyard.settings import Settings, load_settings
 
 MEMO_SETTINGS = "tokenyard_settings"
@@ -66,106 +69,6 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
         return None
-
-
-# --------------------------------------------------------------------------- indexes
-
-
-def _trim(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a body the reconciler reads (not kopf's annotations or managedFields)."""
-    meta = body.get("metadata") or {}
-    keep = {k: meta[k] for k in ("name", "namespace", "uid", "generation") if k in meta}
-    out: dict[str, Any] = {
-        "apiVersion": body.get("apiVersion"),
-        "kind": body.get("kind"),
-        "metadata": keep,
-        "spec": _plain(body.get("spec")),
-    }
-    if body.get("status") is not None:
-        out["status"] = _plain(body.get("status"))
-    return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _pool_ref(body: Mapping[str, Any]) -> str:
-    spec = body.get("spec")
-    pool = spec.get("pool") if isinstance(spec, Mapping) else None
-    return pool if isinstance(pool, str) else ""
-
-
-@kopf.index(GROUP, VERSION, POOLS_PLURAL)
-async def pools_by_name(
-    namespace: str | None, name: str, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return {(namespace or "", name): _trim(body)}
-
-
-@kopf.index(GROUP, VERSION, MODELS_PLURAL)
-async def models_by_pool(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
-    # Names only: the body itself is kept once, in models_by_name.
-    return {(namespace or "", _pool_ref(body)): name}
-
-
-@kopf.index(GROUP, VERSION, MODELS_PLURAL)
-async def models_by_name(
-    namespace: str | None, name: str, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return {(namespace or "", name): _trim(body)}
-
-
-@kopf.index(GROUP, VERSION, POLICIES_PLURAL)
-async def policies_by_pool(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace or "", _pool_ref(body)): _trim(body)}
-
-
-def _first(store: Any) -> Body | None:
-    if not store:
-        return None
-    for v in store:
-        return v  # type: ignore[no-any-return]
-    return None
-
-
-class KopfIndexStore:
-    """:class:`Store` over kopf's in-memory indexes (live views, always current)."""
-
-    def __init__(self, indices: Mapping[str, Any]) -> None:
-        self._pools = indices["pools_by_name"]
-        self._models_by_pool = indices["models_by_pool"]
-        self._models_by_name = indices["models_by_name"]
-        self._policies_by_pool = indices["policies_by_pool"]
-
-    def pool(self, namespace: str, name: str) -> Body | None:
-        return _first(self._pools.get((namespace, name)))
-
-    def pools(self) -> list[tuple[str, str]]:
-        return list(self._pools.keys())
-
-    def models_of_pool(self, namespace: str, pool: str) -> list[Body]:
-        out: list[Body] = []
-        for name in sorted(set(self._models_by_pool.get((namespace, pool)) or [])):
-            body = self.model(namespace, name)
-            if body is not None:  # the two indexes update one after the other
-                out.append(body)
-        return out
-
-    def policies_of_pool(self, namespace: str, pool: str) -> list[Body]:
-        return list(self._policies_by_pool.get((namespace, pool)) or [])
-
-    def model(self, namespace: str, name: str) -> Body | None:
-        return _first(self._models_by_name.get((namespace, name)))
-
-    def pool_refs(self, namespace: str) -> set[str]:
-        return {p for ns, p in self._models_by_pool if ns == namespace} | {
-            p for ns, p in self._policies_by_pool if ns == namespace
-        }
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -208,7 +111,8 @@ async def startup(
     settings.persistence.diffbase_storage = NoDiffBase()
     # Only warnings become Kubernetes Events; the reconciler posts its own on transitions.
     settings.posting.level = logging.WARNING
-    store: Store = KopfIndexStore(kwargs)
+    store = WatchedStore()
+    memo["store"] = store
     api = KopfKubeApi(settings, logging.getLogger("tokenyard.operator.api"))
     # One pooled client for the routers' stats endpoints, closed at cleanup.
     client = httpx.AsyncClient()
@@ -268,13 +172,31 @@ async def reconciler_probe(memo: Any, **_: Any) -> dict[str, int]:
 # --------------------------------------------------------------------------- events
 
 
+def _observe(
+    memo: Any, kind: Kind, event: tuple[str | None, str | None, str], body: kopf.Body
+) -> tuple[Controller, str, bool] | None:
+    """Apply one watch event to the store; (controller, namespace, deleted) when it
+    carries a change a pass must see, None when not (an older event, or only our own
+    status writes coming back)."""
+    type_, namespace, name = event
+    ns = namespace or ""
+    deleted = type_ == "DELETED"
+    store: WatchedStore = memo["store"]
+    if not store.apply(kind, ns, name, None if deleted else body):
+        return None
+    ctrl = _controller(memo)
+    if not ctrl.changed(kind, ns, name, None if deleted else body):
+        return None
+    return ctrl, ns, deleted
+
+
 @kopf.on.event(GROUP, VERSION, POOLS_PLURAL)
 async def pool_event(
     type: str, namespace: str | None, name: str, body: kopf.Body, memo: Any, **_: Any
 ) -> None:
-    ctrl = _controller(memo)
-    ns = namespace or ""
-    if ctrl.changed("pool", ns, name, None if type == "DELETED" else body):
+    seen = _observe(memo, "pool", (type, namespace, name), body)
+    if seen is not None:
+        ctrl, ns, _deleted = seen
         ctrl.on_pool_event(ns, name)
 
 
@@ -282,15 +204,14 @@ async def pool_event(
 async def model_event(
     type: str, namespace: str | None, name: str, body: kopf.Body, memo: Any, **_: Any
 ) -> None:
-    ctrl = _controller(memo)
-    ns = namespace or ""
-    deleted = type == "DELETED"
-    if not ctrl.changed("model", ns, name, None if deleted else body):
-        return  # our own status writes coming back
+    seen = _observe(memo, "model", (type, namespace, name), body)
+    if seen is None:
+        return
+    ctrl, ns, deleted = seen
     spec = body.get("spec")
     external = isinstance(spec, Mapping) and spec.get("external") is not None
     ctrl.on_member_event(
-        "model", ns, name, _pool_ref(body) or None, deleted=deleted, external=external
+        "model", ns, name, pool_ref(body) or None, deleted=deleted, external=external
     )
 
 
@@ -298,8 +219,7 @@ async def model_event(
 async def policy_event(
     type: str, namespace: str | None, name: str, body: kopf.Body, memo: Any, **_: Any
 ) -> None:
-    ctrl = _controller(memo)
-    ns = namespace or ""
-    deleted = type == "DELETED"
-    if ctrl.changed("policy", ns, name, None if deleted else body):
-        ctrl.on_member_event("policy", ns, name, _pool_ref(body) or None, deleted=deleted)
+    seen = _observe(memo, "policy", (type, namespace, name), body)
+    if seen is not None:
+        ctrl, ns, deleted = seen
+        ctrl.on_member_event("policy", ns, name, pool_ref(body) or None, deleted=deleted)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import datetime
 import logging
+import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -100,6 +101,13 @@ class KubeApi(Protocol):
 
     async def served(self, resource: Resource) -> bool:
         """Whether the API server serves this resource type (discovery)."""
+        ...
+
+    async def list(
+        self, resource: Resource, namespace: str | None, *, limit: int, cont: str = ""
+    ) -> dict[str, Any]:
+        """One page of a LIST (every namespace when ``namespace`` is None): the list
+        object, with ``metadata.continue`` set while more pages follow."""
         ...
 
     async def post_event(
@@ -228,6 +236,12 @@ class KopfKubeApi:
             headers={"Content-Type": "application/merge-patch+json"},
         )
 
+    async def list(
+        self, resource: Resource, namespace: str | None, *, limit: int, cont: str = ""
+    ) -> dict[str, Any]:
+        query = urllib.parse.urlencode({"limit": limit, **({"continue": cont} if cont else {})})
+        return await self._request("get", f"{resource.path(namespace)}?{query}")
+
     async def served(self, resource: Resource) -> bool:
         base = (
             f"/api/{resource.version}"
@@ -312,6 +326,21 @@ class FakeKubeApi:
             raise NotFound(404, f"{resource.plural} {namespace}/{name} not found")
         self.objects[key] = apply_merge_patch(self.objects[key], patch)
         return copy.deepcopy(self.objects[key])
+
+    async def list(
+        self, resource: Resource, namespace: str | None, *, limit: int, cont: str = ""
+    ) -> dict[str, Any]:
+        self.calls.append(("list", resource.plural, namespace or "", cont))
+        if resource not in self.served_resources:
+            raise NotFound(404, "resource type not served")
+        keys = sorted(k for k in self.objects if k[0] == resource and namespace in (None, k[1]))
+        start = int(cont or 0)
+        page = keys[start : start + limit]
+        more = start + limit < len(keys)
+        return {
+            "metadata": {"continue": str(start + limit) if more else ""},
+            "items": [copy.deepcopy(self.objects[k]) for k in page],
+        }
 
     async def served(self, resource: Resource) -> bool:
         self.calls.append(("discover", resource.plural, "", ""))
