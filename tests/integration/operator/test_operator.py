@@ -57,13 +57,17 @@ async def patch_status(cluster: Cluster, name: str, body: dict[str, Any]) -> Non
 async def test_apply_creates_rayservice_and_status_flows_back(cluster: Cluster, kmock: Any) -> None:
     async with operator(kmock):
         await cluster.apply(*load_manifests(*ALL))
-        rs = await cluster.eventually(
-            lambda: (
-                len(apps(cluster.get(RAYSERVICES, NS, "gpu-pool"))) == 3
-                and cluster.get(RAYSERVICES, NS, "gpu-pool")
-            ),
-            what="RayService with 3 applications",
-        )
+        def rendered() -> Any:
+            # Every object of the apply seen: 3 applications and the policy's endpoint (a
+            # pass that ran before the policy's watch event renders no policy, and then
+            # renders again).
+            rs = cluster.get(RAYSERVICES, NS, "gpu-pool")
+            if len(apps(rs)) != 3:
+                return None
+            user = app(rs, "tokenyard-router")["deployments"][0]["user_config"]
+            return rs if [p["endpoint"] for p in user["policies"]] == ["chat"] else None
+
+        rs = await cluster.eventually(rendered, what="RayService with 3 applications")
         assert apps(rs) == ["model-economy", "model-frontier", "tokenyard-router"]
         assert rs["metadata"]["labels"] == {
             "app.kubernetes.io/managed-by": "tokenyard",
