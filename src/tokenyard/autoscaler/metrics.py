@@ -56,6 +56,10 @@ class AutoscalerMetrics(Collector):
             s = self._snap
             scaled = dict(s.scaled)
             if tick is not None:
+                # Every decided model's counter exists from its first decision, at 0,
+                # so increase() and rate() see the first write.
+                for key in tick.decisions:
+                    scaled.setdefault(key, 0)
                 for key in tick.scaled:
                     scaled[key] = scaled.get(key, 0) + 1
             self._snap = _Snapshot(
