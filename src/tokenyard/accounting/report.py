@@ -34,7 +34,7 @@ BANDS = 5
 """Difficulty bands of equal width over [0, 1]."""
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_NICE_BUCKETS_S = (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
+_NICE_BUCKETS_S = (1, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
 
 
 @dataclass
@@ -123,11 +123,20 @@ class Summary:
 
 
 def bucket_size(span_s: float, buckets: int = 40) -> int:
-    """The smallest of 1m, 5m, 15m, 1h, 6h, 1d, 1w giving at most ``buckets`` buckets."""
+    """The smallest of 1s, 5s, 10s, 30s, 1m, 5m, 15m, 1h, 6h, 1d, 1w giving at most
+    ``buckets`` buckets."""
     for b in _NICE_BUCKETS_S:
         if span_s / b <= buckets:
             return b
     return _NICE_BUCKETS_S[-1]
+
+
+def duration(seconds: int) -> str:
+    """``30 s``, ``15 min``, ``6 h``, ``1 d``: a bucket's length in words."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
 
 
 def band_label(d: float) -> str:
@@ -223,8 +232,8 @@ def line_chart(series: Mapping[str, Mapping[int, float]], s: Summary, unit: str)
             f'<polyline class="mark" fill="none" stroke="{colors[name]}" stroke-width="2" '
             f'points="{coords}"><title>{html.escape(name)}</title></polyline>'
         )
-    start = datetime.fromtimestamp(s.first, UTC).strftime("%Y-%m-%d %H:%M")
-    end = datetime.fromtimestamp(s.first + (n - 1) * s.bucket_s, UTC).strftime("%Y-%m-%d %H:%M")
+    start = datetime.fromtimestamp(s.first, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    end = datetime.fromtimestamp(s.first + (n - 1) * s.bucket_s, UTC).strftime("%Y-%m-%d %H:%M:%S")
     axes = (
         f'<line x1="{PAD_L}" y1="{PAD_T + plot_h}" x2="{W - 10}" y2="{PAD_T + plot_h}" '
         'stroke="#888"/>'
@@ -322,14 +331,14 @@ def render_html(s: Summary, f: Filters, source: str, skipped: int) -> str:
         _figure("cost-vs-strongest", "Cost against the strongest target alone", compare),
         _figure(
             "spend-tenant",
-            f"Spend per tenant (USD per {s.bucket_s // 60} min)",
+            f"Spend per tenant (USD per {duration(s.bucket_s)})",
             line_chart(s.spend_tenant, s, "USD per bucket")
             if s.spend_tenant
             else _empty("no spend"),
         ),
         _figure(
             "spend-model",
-            f"Spend per model (USD per {s.bucket_s // 60} min)",
+            f"Spend per model (USD per {duration(s.bucket_s)})",
             line_chart(s.spend_model, s, "USD per bucket")
             if s.spend_model
             else _empty("no request reached a model"),

@@ -209,7 +209,7 @@ def router_config(vllm: str, dead: str) -> Any:
             entry("frontier", vllm, 10.0, 0.95),
         ],
         policies=[
-            policy("chat", ["flaky", "economy", "frontier"], budgets=[{"tenant": "*", "limitUSD": 100, "window": "24h"}]),
+            policy("chat", ["flaky", "economy", "frontier"], strategy="CheapestSufficient", budgets=[{"tenant": "*", "limitUSD": 100, "window": "24h"}]),
             policy("capped", ["economy"], budgets=[{"tenant": "*", "limitUSD": 0.00002, "window": "24h", "onExceeded": "Reject"}]),
         ],
     )  # fmt: skip
@@ -481,7 +481,7 @@ def generate_load(base: str, seconds: float) -> dict[str, int]:
                 n += 1
                 body = {
                     "model": endpoint,
-                    "messages": [{"role": "user", "content": f"count to {n} please"}],
+                    "messages": [{"role": "user", "content": PROMPTS[n % len(PROMPTS)]}],
                     "max_tokens": 8,
                     "stream": stream,
                 }
@@ -490,6 +490,8 @@ def generate_load(base: str, seconds: float) -> dict[str, int]:
                 with lock:
                     key = f"{endpoint}:{r.status_code}"
                     statuses[key] = statuses.get(key, 0) + 1
+                if r.status_code == 429:
+                    time.sleep(0.2)  # a client backing off, as Retry-After asks
 
     jobs = [
         ("chat", "acme", False),
@@ -502,6 +504,18 @@ def generate_load(base: str, seconds: float) -> dict[str, int]:
             f.result()
     return statuses
 
+
+# Easy to hard for the heuristic classifier: the hard ones go to the frontier target.
+PROMPTS = [
+    "hi there",
+    "count to five please",
+    "Summarize why the sky is blue in one sentence.",
+    "Prove step by step that the sum of the first n odd numbers is n^2, then derive a "
+    "closed form for the sum of squares and explain each step of the induction carefully.",
+    "Implement a Python function that parses a CSV file with quoted fields, write unit "
+    "tests for it, explain the algorithm and its complexity, and refactor it:\n```python\n"
+    "def parse(path):\n    return [l.split(',') for l in open(path)]\n```",
+]
 
 # --- checks ----------------------------------------------------------------------------
 
@@ -661,5 +675,27 @@ def test_every_rule_and_panel_reads_metrics_that_exist(
             ("capped", "acme")
         }
         assert all(a["labels"]["namespace"] == NS for a in over)
-        # The audit log of this run is the report test's input (tests/unit/report).
-        assert router.audit.read_text().count("\n") >= sum(statuses.values())
+    # `tokenyard report` on this run's audit log: every plot drawn, the numbers the log's.
+    lines = router.audit.read_text().splitlines()
+    assert len(lines) >= sum(statuses.values())
+    keep = os.environ.get("TOKENYARD_KEEP_AUDIT")
+    if keep:  # how tests/unit/accounting/data/audit-real-run.jsonl was made
+        shutil.copy(router.audit, keep)
+    page = tmp_path / "report.html"
+    from tokenyard.cli import main as cli
+
+    assert cli(["report", str(router.audit), "-o", str(page)]) == 0
+    text = page.read_text()
+    for key in (
+        "cost-vs-strongest",
+        "spend-tenant",
+        "spend-model",
+        "share",
+        "fallbacks",
+        "difficulty",
+    ):
+        figure = text.split(f'data-plot="{key}"', 1)[1].split("</figure>", 1)[0]
+        assert 'class="mark"' in figure, key
+    records = [json.loads(x) for x in lines]
+    spent = sum(r["cost_usd"] for r in records if r["baseline_target"])
+    assert f"Spent <b>${spent:,.2f}</b>" in text or f"Spent <b>${spent:.2e}</b>" in text
