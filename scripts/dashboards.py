@@ -180,15 +180,12 @@ def pool() -> dict[str, Any]:
                     [
                         (
                             _both(
-                                "sum by (model_name) "
-                                f"(rate({{m}}generation_tokens_total[{RI}]))"
+                                f"sum by (model_name) (rate({{m}}generation_tokens_total[{RI}]))"
                             ),
                             "{{model_name}} generated",
                         ),
                         (
-                            _both(
-                                f"sum by (model_name) (rate({{m}}prompt_tokens_total[{RI}]))"
-                            ),
+                            _both(f"sum by (model_name) (rate({{m}}prompt_tokens_total[{RI}]))"),
                             "{{model_name}} prompt",
                         ),
                     ],
@@ -277,8 +274,7 @@ def pool() -> dict[str, Any]:
                             "{{model}} no signals",
                         ),
                         (
-                            f"max by (namespace, model) "
-                            f"(tokenyard_autoscaler_panic{{{NS}}}) == 1",
+                            f"max by (namespace, model) (tokenyard_autoscaler_panic{{{NS}}}) == 1",
                             "{{model}} panic",
                         ),
                     ],
