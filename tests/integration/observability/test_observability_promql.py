@@ -3,7 +3,8 @@
 Real parts: vLLM's OpenAI server on CPU (tiny model), the tokenyard router (RouterCore
 over uvicorn, no Ray) calling it as two priced targets plus one that refuses every
 connection, the autoscaler's decision loop and ``/metrics`` (its Kubernetes API is an
-in-memory store; its signals come from this Prometheus), under a generated load of
+in-memory store; its signals come from this Prometheus), the operator's ``/metrics``
+over an idle reconciler, under a generated load of
 completions from three tenants, one of them over its budget. Prometheus scrapes them
 every second with the target labels the chart's PodMonitors give (``namespace``,
 ``pod``, ``pool``; the autoscaler with honorLabels) and loads the rendered rules.
@@ -394,7 +395,31 @@ def helm_template(*values: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(out) if d]
 
 
-def prometheus_config(rules: Path, router: str, vllm: str, autoscaler: str, exporter: str) -> str:
+@contextlib.contextmanager
+def operator_metrics(port: int) -> Iterator[None]:
+    """The operator's ``/metrics`` over an idle reconciler (its API in memory), on the
+    server the operator starts (prometheus_client's)."""
+    from prometheus_client import start_http_server
+
+    from tokenyard.operator.controller import Controller
+    from tokenyard.operator.kube import FakeKubeApi
+    from tokenyard.operator.metrics import OperatorMetrics
+    from tokenyard.operator.store import WatchedStore
+    from tokenyard.settings import OperatorSettings
+
+    metrics = OperatorMetrics(Controller(FakeKubeApi(), WatchedStore(), OperatorSettings()))
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def prometheus_config(
+    rules: Path, *, router: str, vllm: str, autoscaler: str, exporter: str, operator: str
+) -> str:
     """Scrape jobs with the target labels the chart's PodMonitors give each target."""
 
     def job(name: str, target: str, labels: dict[str, str], honor: bool = False) -> dict[str, Any]:
@@ -424,6 +449,12 @@ def prometheus_config(rules: Path, router: str, vllm: str, autoscaler: str, expo
                 autoscaler,
                 {"namespace": "tokenyard-system", "pod": "t-tokenyard-autoscaler-0"},
                 honor=True,
+            ),
+            # PodMonitor <release>-operator.
+            job(
+                "operator",
+                operator,
+                {"namespace": "tokenyard-system", "pod": "t-tokenyard-operator-0"},
             ),
             job("not-run-here", exporter, {}, honor=True),
         ],
@@ -614,13 +645,20 @@ def test_every_rule_and_panel_reads_metrics_that_exist(
     ]
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
-    autoscaler_port = free_port()
+    autoscaler_port, operator_port = free_port(), free_port()
     cfg.write_text(
-        prometheus_config(rules_file, router.base, vllm, f"127.0.0.1:{autoscaler_port}", exporter)
+        prometheus_config(
+            rules_file,
+            router=router.base,
+            vllm=vllm,
+            autoscaler=f"127.0.0.1:{autoscaler_port}",
+            exporter=exporter,
+            operator=f"127.0.0.1:{operator_port}",
+        )
     )
     prometheus.start()
 
-    with autoscaler(url, autoscaler_port):
+    with autoscaler(url, autoscaler_port), operator_metrics(operator_port):
         statuses = generate_load(router.base, 25)
         # Every counter's first increase is in the rate windows; the loop has decided.
         time.sleep(5)
@@ -638,7 +676,7 @@ def test_every_rule_and_panel_reads_metrics_that_exist(
         problems: list[str] = []
         # The alerts: what they read exists, and Prometheus evaluates them cleanly.
         alerts = [(r["alert"], r["expr"]) for g in rule["spec"]["groups"] for r in g["rules"]]
-        assert len(alerts) == 8
+        assert len(alerts) == 9
         for name, expr in alerts:
             problems += check_refs(url, expr, f"alert {name}")
             query(url, expr)  # evaluates without an error

@@ -64,7 +64,7 @@ def test_everything_is_off_by_default() -> None:
 @pytest.mark.parametrize(
     ("flag", "kind", "count"),
     [
-        ("monitoring.podMonitors.enabled", "PodMonitor", 2),
+        ("monitoring.podMonitors.enabled", "PodMonitor", 3),
         ("monitoring.prometheusRule.enabled", "PrometheusRule", 1),
         ("monitoring.dashboards.enabled", "ConfigMap", 2),
     ],
@@ -132,29 +132,45 @@ def test_ray_podmonitor_watches_only_the_watched_namespaces() -> None:
     assert ray["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
 
 
-def test_autoscaler_podmonitor_matches_its_deployment() -> None:
+@pytest.mark.parametrize("component", ["operator", "autoscaler"])
+def test_component_podmonitor_matches_its_deployment(component: str) -> None:
     docs = render(*ALL_ON)
-    (dep,) = [
-        d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-autoscaler")
-    ]
-    (pm,) = [
-        d for d in by_kind(docs, "PodMonitor") if d["metadata"]["name"].endswith("-autoscaler")
-    ]
+    suffix = f"-{component}"
+    (dep,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith(suffix)]
+    (pm,) = [d for d in by_kind(docs, "PodMonitor") if d["metadata"]["name"].endswith(suffix)]
     pod = dep["spec"]["template"]
     assert _selects(pm["spec"]["selector"], pod["metadata"]["labels"])
     (endpoint,) = pm["spec"]["podMetricsEndpoints"]
     ports = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
     assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
-    # Its series are labelled with the models' namespaces, which must win.
-    assert endpoint["honorLabels"] is True
+    # The autoscaler's series are labelled with the models' namespaces, which must win.
+    assert endpoint.get("honorLabels", False) is (component == "autoscaler")
     assert pm["spec"]["namespaceSelector"] == {"matchNames": ["tokenyard-system"]}
+
+
+def test_operator_serves_metrics_on_the_port_the_monitor_scrapes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    docs = render(*ALL_ON, "--set", "operator.metricsPort=9100")
+    (dep,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-operator")]
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["metrics"] == 9100
+    for e in container["env"]:
+        if "value" in e:
+            monkeypatch.setenv(e["name"], e["value"])
+    from tokenyard.settings import load_settings
+
+    assert load_settings().operator.metrics_port == 9100
 
 
 def test_no_autoscaler_no_autoscaler_monitor_or_alerts() -> None:
     docs = render(*ALL_ON, "--set", "autoscaler.enabled=false")
-    assert [d["metadata"]["name"] for d in by_kind(docs, "PodMonitor")] == ["t-tokenyard-ray"]
+    names = [d["metadata"]["name"] for d in by_kind(docs, "PodMonitor")]
+    assert names == ["t-tokenyard-ray", "t-tokenyard-operator"]
     (rule,) = by_kind(docs, "PrometheusRule")
-    assert [g["name"] for g in rule["spec"]["groups"]] == ["tokenyard.router"]
+    groups = [g["name"] for g in rule["spec"]["groups"]]
+    assert groups == ["tokenyard.router", "tokenyard.operator"]
 
 
 def test_monitors_and_the_autoscalers_prometheus_agree_out_of_the_box() -> None:
@@ -184,7 +200,7 @@ def test_promtool_accepts_the_rules(tmp_path: Path) -> None:
         timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 def test_rule_thresholds_come_from_values() -> None:
@@ -265,7 +281,12 @@ def test_the_documented_scrape_config_is_valid(tmp_path: Path) -> None:
     snippet = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     cfg = yaml.safe_load(snippet)
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
-    assert set(jobs) == {"tokenyard-ray", "tokenyard-router", "tokenyard-autoscaler"}
+    assert set(jobs) == {
+        "tokenyard-ray",
+        "tokenyard-router",
+        "tokenyard-operator",
+        "tokenyard-autoscaler",
+    }
     assert jobs["tokenyard-autoscaler"]["honor_labels"] is True
     # Debian's Prometheus is built without Kubernetes service discovery, so promtool
     # checks everything else (relabelling included) with a static target in its place.
