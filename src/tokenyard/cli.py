@@ -121,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--signals-file", default=None, help="read signals from JSON, not Prometheus")
     s.set_defaults(func=_lazy("tokenyard.autoscaler.main"))
 
+    s = sub.add_parser("report", help="an HTML page of spend, traffic split and savings")
+    s.add_argument("audit", help="the router's audit log (JSON lines; '-' for stdin)")
+    s.add_argument("-o", "--output", default="tokenyard-report.html", help="HTML file")
+    s.add_argument("--since", default=None, help="a duration (24h, 7d) or an ISO 8601 time")
+    s.add_argument("--tenant", default=None, help="only this tenant's requests")
+    s.add_argument("--endpoint", default=None, help="only this endpoint's requests")
+    s.set_defaults(func=_lazy("tokenyard.accounting.report"))
+
     s = sub.add_parser("simulate", help="replay a request trace against a pool's autoscaling")
     s.add_argument("--trace", required=True, help="CSV: TIMESTAMP, ContextTokens, GeneratedTokens")
     simulate_arguments(s)
