@@ -9,7 +9,7 @@ Results name the detectors that fired, never the matched text, so they are safe 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from tokenyard.api.policy import DetectorName
 
@@ -151,6 +151,154 @@ def _has_national_id(text: str) -> bool:
 def _has_private_key(text: str) -> bool:
     return _PRIVATE_KEY.search(text) is not None
 
+
+# --- Checks on folded text (see tokenyard.routing.textnorm.fold): separators, case and
+# spelled-out forms an evasion uses. They keep the checksums, so they add little noise.
+
+# Characters that may sit between the digits of a number someone split up on purpose:
+# spaces and line breaks of any kind (folded to " " or kept), dots, dashes, slashes...
+_SEP = r"[\s.\-_/\\|:,;*·•~]"
+_DIGIT_RUN = re.compile(rf"(?<!\d)\d(?:{_SEP}{{0,3}}\d)*")
+_DIGIT_GROUP = re.compile(r"\d+")
+_LIST_BREAK = re.compile(r"[,;]\s")
+# Major industry identifiers of payment cards that carry personal data: 2 and 5
+# Mastercard, 3 Amex/JCB/Diners, 4 Visa, 6 Discover/UnionPay/Maestro.
+_CARD_MII = frozenset("23456")
+# A longer run may be a card number followed by its expiry or code ("4111 ... 12/29 123");
+# its groups are tried as windows, but not in grids of single digits (tables, puzzles).
+_MAX_WINDOW_GROUPS = 8
+
+_IBAN_LOOSE = re.compile(
+    rf"(?<![A-Za-z0-9])([A-Za-z]{{2}}){_SEP}{{0,2}}(\d{_SEP}{{0,2}}\d)((?:{_SEP}{{0,2}}[A-Za-z0-9]){{11,30}})"
+)
+_IBAN_STRIP = re.compile(_SEP)
+
+_EMAIL_LOOSE = re.compile(
+    r"(?<![\w.%+-])[\w.%+'-]{1,64}@(?:\w(?:[\w-]{0,61}\w)?\.)+"
+    r"(?:[^\W\d_]{2,24}|xn--[a-z0-9-]{1,59})(?![\w-])",
+    re.IGNORECASE,
+)
+_AT = r"(?:\s*@\s*|\s*[\[({<]\s*(?:at|@)\s*[\])}>]\s*|\s+at\s+)"
+_DOT = r"(?:\s*\.\s*|\s*[\[({<]\s*(?:dot|\.)\s*[\])}>]\s*|\s+dot\s+)"
+_LABEL = r"\w(?:[\w-]{0,61}\w)?"
+_EMAIL_SPELLED = re.compile(
+    rf"(?<![\w.%+-])([\w.%+'-]{{1,64}})({_AT})((?:{_LABEL}{_DOT})+)([^\W\d_]{{2,24}}|xn--[a-z0-9-]{{1,59}})(?![\w-])",
+    re.IGNORECASE,
+)
+_SPELLED_DOT = re.compile(r"[\[({<]|\sdot\s", re.IGNORECASE)
+# Generic TLDs an address written out in words is checked against (with every two-letter
+# country code); "see x at foo dot bar" must not read as an address.
+_GENERIC_TLDS = frozenset(
+    "com org net edu gov mil int info biz name pro mobi app dev io ai co me tv cloud "
+    "online site xyz tech email mail shop store live blog page world club web".split()
+)
+
+_SSN_LOOSE = re.compile(r"(?<![\d-])(\d{3})([-. ])(\d{2})\2(\d{4})(?![\d-])")
+_NINO_LOOSE = re.compile(
+    r"(?<![A-Za-z0-9])([A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z])[ .-]?(\d{2})[ .-]?(\d{2})[ .-]?"
+    r"(\d{2})[ .-]?([A-D])(?![A-Za-z0-9])",
+    re.IGNORECASE,
+)
+_PRIVATE_KEY_LOOSE = re.compile(
+    r"BEGIN[\s_-]*(?:[A-Z0-9]+[\s_-]+){0,3}PRIVATE[\s_-]*KEY|PuTTY-User-Key-File-\d+:"
+    r"|Private-Lines:\s*\d+",
+    re.IGNORECASE,
+)
+
+
+def _card_digits_ok(digits: str) -> bool:
+    return (
+        13 <= len(digits) <= 19
+        and digits[0] in _CARD_MII
+        and len(set(digits)) > 1
+        and luhn_valid(digits)
+    )
+
+
+def _card_runs(text: str) -> Iterator[list[str]]:
+    """Digit groups of each run; a comma or semicolon and a space end a run (a list of
+    numbers, "161,455, 17,400"), a bare comma does not."""
+    for m in _DIGIT_RUN.finditer(text):
+        for part in _LIST_BREAK.split(m.group(0)):
+            yield _DIGIT_GROUP.findall(part)
+
+
+def _has_card_loose(text: str) -> bool:
+    for groups in _card_runs(text):
+        total = sum(len(g) for g in groups)
+        if total < 13:
+            continue
+        if total <= 19:
+            if _card_digits_ok("".join(groups)):
+                return True
+            continue
+        if len(groups) > _MAX_WINDOW_GROUPS:
+            continue
+        for i in range(len(groups)):
+            digits = ""
+            for g in groups[i:]:
+                digits += g
+                if len(digits) > 19:
+                    break
+                if len(digits) >= 13 and _card_digits_ok(digits):
+                    return True
+    return False
+
+
+def _has_iban_loose(text: str) -> bool:
+    for m in _IBAN_LOOSE.finditer(text):
+        country = m.group(1).upper()
+        expected = _IBAN_LENGTHS.get(country)
+        if expected is None:
+            continue
+        # Groups after the check digits: only the first (a bank code) may be letters
+        # alone; a word with no digit ends the number ("is 300. If John has 20 ...").
+        compact = country + _IBAN_STRIP.sub("", m.group(2))
+        groups = [g for g in _IBAN_STRIP.split(m.group(3)) if g]
+        for i, group in enumerate(groups):
+            if not any(c.isdigit() for c in group) and (i > 0 or len(group) > 4):
+                break
+            compact += group.upper()
+        if len(compact) >= expected and iban_valid(compact[:expected]):
+            return True
+    return False
+
+
+def _has_email_loose(text: str) -> bool:
+    if "@" in text and _EMAIL_LOOSE.search(text):
+        return True
+    for m in _EMAIL_SPELLED.finditer(text):
+        at, domain, tld = m.group(2), m.group(3), m.group(4).lower()
+        if not (len(tld) == 2 or tld in _GENERIC_TLDS or tld.startswith("xn--")):
+            continue
+        # "at" as a bare word must come with a spelled-out or bracketed dot: "docs at
+        # python.org" is a place, "jane at example dot com" an address.
+        if "@" not in at and "[" not in at and "(" not in at and "{" not in at and "<" not in at:
+            if not _SPELLED_DOT.search(domain):
+                continue
+        return True
+    return False
+
+
+def _has_national_id_loose(text: str) -> bool:
+    for m in _SSN_LOOSE.finditer(text):
+        if ssn_valid(m.group(1), m.group(3), m.group(4)):
+            return True
+    return any(m.group(1).upper() not in _NINO_BAD_PREFIXES for m in _NINO_LOOSE.finditer(text))
+
+
+def _has_private_key_loose(text: str) -> bool:
+    return _PRIVATE_KEY_LOOSE.search(text) is not None
+
+
+LOOSE_CHECKS: Mapping[str, Callable[[str], bool]] = {
+    "email": _has_email_loose,
+    "payment-card": _has_card_loose,
+    "iban": _has_iban_loose,
+    "national-id": _has_national_id_loose,
+    "private-key": _has_private_key_loose,
+}
+"""Checks run on folded and decoded text by :mod:`tokenyard.routing.egress`."""
 
 _CHECKS: Mapping[str, Callable[[str], bool]] = {
     "email": _has_email,

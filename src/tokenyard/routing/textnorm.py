@@ -1,0 +1,216 @@
+"""Text folding and one-level decoding for egress scanning; used by :mod:`~tokenyard.routing.egress`.
+
+Detectors see text the way a reader would, not the way it was typed: :func:`fold` applies
+Unicode compatibility decomposition (NFKD: full-width ``＠`` and digits, ligatures, small
+forms), drops format and combining characters (zero-width spaces and joiners, bidi
+marks, soft hyphens, variation selectors, accents), turns every Unicode space and line
+separator into a plain space, every decimal digit of any script (Arabic-Indic, Devanagari,
+...) into its ASCII digit, and Cyrillic, Greek and other Latin look-alike letters into
+the Latin letter they imitate. :func:`decoded_views` adds what URL encoding, HTML
+character references, base64 and hex decode to, one level deep, and reports a private key
+body it finds among the decoded bytes. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import html
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from urllib.parse import unquote
+
+# Latin look-alikes that NFKD leaves alone (Unicode's confusables, the letters a reader
+# cannot tell from Latin in an address or a PEM header).
+_HOMOGLYPHS = {
+    # Cyrillic
+    "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p",
+    "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "i", "ј": "j", "ԁ": "d",
+    "ԛ": "q", "ԝ": "w", "ү": "y", "һ": "h", "ӏ": "l", "ɡ": "g", "ь": "b", "ꞁ": "l",
+    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P",
+    "С": "C", "Т": "T", "Х": "X", "У": "Y", "Ѕ": "S", "І": "I", "Ј": "J", "Ү": "Y",
+    "Һ": "H", "Ԁ": "D", "Ԛ": "Q", "Ԝ": "W", "Ӏ": "I", "З": "3", "б": "6",
+    # Greek
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M",
+    "Ν": "N", "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X", "α": "a", "ο": "o",
+    "ν": "v", "ι": "i", "κ": "k", "ρ": "p", "υ": "u", "χ": "x", "ε": "e", "τ": "t",
+    # Armenian, Latin extensions, letter-like symbols
+    "օ": "o", "ս": "u", "հ": "h", "ո": "n", "ց": "g", "ı": "i", "ȷ": "j", "ɑ": "a",
+    "ɩ": "i", "ʋ": "u", "ᴀ": "A", "ᴄ": "c", "ᴏ": "o", "ᴜ": "u", "ᴠ": "v", "ᴡ": "w",
+    "ᴢ": "z", "ǀ": "l", "ⅼ": "l",
+}  # fmt: skip
+
+# Blocks searched for digits, spaces and format characters: everything assigned below
+# the supplementary ideographs plus the tag characters (U+E0000..).
+_TABLE_RANGES = (range(0x80, 0x20000), range(0xE0000, 0xE1000))
+
+
+@cache
+def _fold_table() -> dict[int, str | None]:
+    """Translation table for :func:`fold`, built once on first use (~0.2 s)."""
+    table: dict[int, str | None] = {}
+    for rng in _TABLE_RANGES:
+        for cp in rng:
+            ch = chr(cp)
+            cat = unicodedata.category(ch)
+            if cat in ("Cf", "Mn", "Me"):
+                table[cp] = None
+            elif cat in ("Zs", "Zl", "Zp"):
+                table[cp] = " "
+            elif cat == "Nd":
+                table[cp] = str(unicodedata.digit(ch))
+    # Hangul fillers and the combining grapheme joiner render as nothing.
+    for cp in (0x034F, 0x115F, 0x1160, 0x3164, 0xFFA0):
+        table[cp] = None
+    for src, dst in _HOMOGLYPHS.items():
+        table[ord(src)] = dst
+    return table
+
+
+def fold(text: str) -> str:
+    """``text`` as detectors should read it (see the module docstring). ASCII is unchanged."""
+    if text.isascii():
+        return text
+    return unicodedata.normalize("NFKD", text).translate(_fold_table())
+
+
+_PCT = re.compile(r"%[0-9A-Fa-f]{2}")
+_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z]{2,8});")
+# A run of base64 (standard or URL-safe) of at least 16 characters; PEM and armored
+# bodies are wrapped in lines, so a run continues over line breaks.
+_B64 = re.compile(
+    r"[A-Za-z0-9+/_-]{16,}={0,2}(?:[ \t]*\r?\n[ \t]*[A-Za-z0-9+/_-]{4,}={0,2})*"
+)
+_HEX = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}){8,}(?![0-9A-Fa-f])")
+_PRINTABLE_RUN = re.compile(rb"[\x20-\x7e\t\r\n]{8,}")
+_WS = re.compile(r"\s+")
+_OPENSSH_MAGIC = b"openssh-key-v1\x00"
+# Decoding stops here: a request is far past any context window before its base64
+# runs add up to this much.
+MAX_DECODED_BYTES = 8_000_000
+
+
+@dataclass
+class Views:
+    """What :func:`decoded_views` found in one text."""
+
+    texts: list[str] = field(default_factory=list)
+    """Decoded texts to scan besides the original (not decoded further)."""
+    private_key: bool = False
+    """A decoded run is a private key body (PKCS#1/#8, SEC1, OpenSSH or OpenPGP)."""
+
+
+def _der_private_key(data: bytes) -> bool:
+    """A DER SEQUENCE spanning the whole buffer whose first element is INTEGER 0 or 1:
+    the layout of PKCS#1, PKCS#8 and SEC1 private keys (public keys and certificates start
+    with a SEQUENCE instead)."""
+    if len(data) < 40 or data[0] != 0x30:
+        return False
+    first = data[1]
+    if first < 0x80:
+        length, header = first, 2
+    else:
+        n = first & 0x7F
+        if not 1 <= n <= 3 or len(data) < 2 + n:
+            return False
+        length, header = int.from_bytes(data[2 : 2 + n], "big"), 2 + n
+    # PEM bodies decode exactly; allow a few trailing bytes of padding or checksum.
+    if not 0 <= len(data) - (header + length) <= 4:
+        return False
+    return data[header : header + 3] in (b"\x02\x01\x00", b"\x02\x01\x01")
+
+
+def _pgp_secret_key(data: bytes) -> bool:
+    """An OpenPGP Secret-Key or Secret-Subkey packet (tags 5 and 7) with a known version."""
+    if len(data) < 40:
+        return False
+    b = data[0]
+    if b & 0xC0 == 0xC0:  # new format
+        if b & 0x3F not in (5, 7):
+            return False
+        l0 = data[1]
+        offset = 2 if l0 < 192 else 3 if l0 < 224 else 6 if l0 == 255 else -1
+    elif b & 0x80:  # old format
+        if (b >> 2) & 0x0F not in (5, 7):
+            return False
+        offset = {0: 2, 1: 3, 2: 5}.get(b & 0x03, -1)
+    else:
+        return False
+    return offset > 0 and len(data) > offset and data[offset] in (3, 4, 5, 6)
+
+
+def is_private_key_body(data: bytes) -> bool:
+    """Whether decoded bytes are a private key (any of the layouts above)."""
+    return (
+        data.startswith(_OPENSSH_MAGIC) or _der_private_key(data) or _pgp_secret_key(data)
+    )
+
+
+def _bytes_text(data: bytes) -> str | None:
+    """Readable text in decoded bytes: all of it when it is UTF-8, else its ASCII runs."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        runs = _PRINTABLE_RUN.findall(data)
+        return b"\n".join(runs).decode("ascii") if runs else None
+    return text if text.isprintable() or _PRINTABLE_RUN.search(data) else None
+
+
+def _b64_bytes(run: str) -> bytes | None:
+    compact = _WS.sub("", run).rstrip("=").replace("-", "+").replace("_", "/")
+    if len(compact) % 4 == 1:
+        compact = compact[:-1]
+    try:
+        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _runs(text: str) -> Iterator[bytes]:
+    for m in _B64.finditer(text):
+        data = _b64_bytes(m.group(0))
+        if data:
+            yield data
+    for m in _HEX.finditer(text):
+        yield bytes.fromhex(m.group(0))
+
+
+def decoded_views(text: str) -> Views:
+    """Texts hidden in ``text`` one level deep, and whether a private key body is among them.
+
+    URL encoding and HTML character references are undone first; base64 and hex runs
+    are then decoded from the original and from those. What a decoding yields is not
+    decoded again (base64 of base64 is a documented limit).
+    """
+    views = Views()
+    surfaces = [text]
+    if _PCT.search(text):
+        surfaces.append(unquote(text, errors="replace"))
+    if "&" in text and _ENTITY.search(text):
+        surfaces.append(html.unescape(text))
+    views.texts.extend(surfaces[1:])
+    budget = MAX_DECODED_BYTES
+    for surface in surfaces:
+        for data in _runs(surface):
+            budget -= len(data)
+            if budget < 0:
+                raise ValueError("too much encoded data to scan")
+            if is_private_key_body(data):
+                views.private_key = True
+            decoded = _bytes_text(data)
+            if decoded:
+                views.texts.append(decoded)
+    views.texts = [t for t in dict.fromkeys(views.texts) if t != text]
+    return views
+
+
+__all__ = [
+    "MAX_DECODED_BYTES",
+    "Views",
+    "decoded_views",
+    "fold",
+    "is_private_key_body",
+]
