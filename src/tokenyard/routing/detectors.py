@@ -165,8 +165,10 @@ _LIST_BREAK = re.compile(r"[,;]\s")
 # Mastercard, 3 Amex/JCB/Diners, 4 Visa, 6 Discover/UnionPay/Maestro.
 _CARD_MII = frozenset("23456")
 # A longer run may be a card number followed by its expiry or code ("4111 ... 12/29 123");
-# its groups are tried as windows, but not in grids of single digits (tables, puzzles).
+# its groups are tried as windows, but not in long grids of short numbers (puzzles,
+# tables): more than eight groups averaging under three digits.
 _MAX_WINDOW_GROUPS = 8
+_MIN_WINDOW_GROUP_LEN = 3
 
 _IBAN_LOOSE = re.compile(
     rf"(?<![A-Za-z0-9])([A-Za-z]{{2}}){_SEP}{{0,2}}(\d{_SEP}{{0,2}}\d)((?:{_SEP}{{0,2}}[A-Za-z0-9]){{11,30}})"
@@ -189,9 +191,13 @@ _SPELLED_DOT = re.compile(r"[\[({<]|\sdot\s", re.IGNORECASE)
 # Generic TLDs an address written out in words is checked against (with every two-letter
 # country code); "see x at foo dot bar" must not read as an address.
 _GENERIC_TLDS = frozenset(
-    "com org net edu gov mil int info biz name pro mobi app dev io ai co me tv cloud "
-    "online site xyz tech email mail shop store live blog page world club web".split()
-)
+    {
+        "com", "org", "net", "edu", "gov", "mil", "int", "info", "biz", "name", "pro",
+        "mobi", "app", "dev", "io", "ai", "co", "me", "tv", "cloud", "online", "site",
+        "xyz", "tech", "email", "mail", "shop", "store", "live", "blog", "page", "world",
+        "club", "web",
+    }
+)  # fmt: skip
 
 _SSN_LOOSE = re.compile(r"(?<![\d-])(\d{3})([-. ])(\d{2})\2(\d{4})(?![\d-])")
 _NINO_LOOSE = re.compile(
@@ -232,7 +238,7 @@ def _has_card_loose(text: str) -> bool:
             if _card_digits_ok("".join(groups)):
                 return True
             continue
-        if len(groups) > _MAX_WINDOW_GROUPS:
+        if len(groups) > _MAX_WINDOW_GROUPS and total < _MIN_WINDOW_GROUP_LEN * len(groups):
             continue
         for i in range(len(groups)):
             digits = ""
@@ -273,9 +279,9 @@ def _has_email_loose(text: str) -> bool:
             continue
         # "at" as a bare word must come with a spelled-out or bracketed dot: "docs at
         # python.org" is a place, "jane at example dot com" an address.
-        if "@" not in at and "[" not in at and "(" not in at and "{" not in at and "<" not in at:
-            if not _SPELLED_DOT.search(domain):
-                continue
+        bare_word = not any(ch in at for ch in "@[({<")
+        if bare_word and not _SPELLED_DOT.search(domain):
+            continue
         return True
     return False
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from tokenyard.api.policy import DetectorName
 from tokenyard.routing.detectors import ALL_DETECTORS, DETECTOR_CLASSES, LOOSE_CHECKS, detect
@@ -109,17 +110,20 @@ def _views(parts: list[str]) -> list[str]:
     return ["\n".join(parts), "".join(parts)]
 
 
-def _scan_texts(texts: Iterable[str], enabled: frozenset[str]) -> set[str]:
+def _scan_texts(texts: Iterable[str], enabled: frozenset[DetectorName]) -> set[str]:
     fired: set[str] = set()
     for text in texts:
         if not text:
             continue
-        fired.update(n for ns in detect(text, enabled).values() for n in ns)
         folded = fold(text)
         views = decoded_views(folded)
+        # URL-encoded text is read decoded: escapes' hex digits run into numbers nearby.
+        plain = unquote(text, errors="replace") if views.url_encoded else text
+        fired.update(n for ns in detect(plain, enabled).values() for n in ns)
         if views.private_key:
             fired.add("private-key")
-        candidates = [folded, *(fold(t) for t in views.texts)]
+        decoded = [fold(t) for t in views.texts]
+        candidates = decoded if views.url_encoded else [folded, *decoded]
         for name in enabled - fired:
             check = LOOSE_CHECKS[name]
             if any(check(t) for t in candidates):
@@ -148,7 +152,7 @@ def scan_body(
         if sum(map(len, content)) + sum(map(len, other)) > MAX_SCAN_CHARS:
             return EgressScan(found={}, unscannable=(*unscannable, UNSCANNABLE_TOO_LONG))
         fired = _scan_texts([*_views(content), *_views(other)], names)
-    except Exception:  # noqa: BLE001 - any failure keeps the data in the cluster
+    except Exception:
         return EgressScan(found={}, unscannable=(UNSCANNABLE_ERROR,))
     found: dict[str, list[str]] = {}
     for name in sorted(fired):

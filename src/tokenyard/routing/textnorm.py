@@ -1,4 +1,4 @@
-"""Text folding and one-level decoding for egress scanning; used by :mod:`~tokenyard.routing.egress`.
+"""Text folding and one-level decoding for egress scans; used by :mod:`tokenyard.routing.egress`.
 
 Detectors see text the way a reader would, not the way it was typed: :func:`fold` applies
 Unicode compatibility decomposition (NFKD: full-width ``＠`` and digits, ligatures, small
@@ -82,11 +82,23 @@ _ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z]{2,8});")
 # A run of base64 (standard or URL-safe) of at least 16 characters; PEM and armored
 # bodies are wrapped in lines, so a run continues over line breaks.
 _B64 = re.compile(
-    r"[A-Za-z0-9+/_-]{16,}={0,2}(?:[ \t]*\r?\n[ \t]*[A-Za-z0-9+/_-]{4,}={0,2})*"
+    r"[A-Za-z0-9+/_-]{12,}={0,2}(?:[ \t]*(?:\r?\n|\\r?\\n)[ \t]*[A-Za-z0-9+/_-]{4,}={0,2})*"
 )
+# JSON string escapes, as in tool-call arguments (a JSON document inside a string).
+_JSON_ESCAPE = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|([nrtbf\"/\\]))")
+_JSON_SIMPLE = {
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "b": "\b",
+    "f": "\f",
+    '"': '"',
+    "/": "/",
+    "\\": "\\",
+}
 _HEX = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}){8,}(?![0-9A-Fa-f])")
 _PRINTABLE_RUN = re.compile(rb"[\x20-\x7e\t\r\n]{8,}")
-_WS = re.compile(r"\s+")
+_WS = re.compile(r"\s+|\\r|\\n")
 _OPENSSH_MAGIC = b"openssh-key-v1\x00"
 # Decoding stops here: a request is far past any context window before its base64
 # runs add up to this much.
@@ -101,6 +113,18 @@ class Views:
     """Decoded texts to scan besides the original (not decoded further)."""
     private_key: bool = False
     """A decoded run is a private key body (PKCS#1/#8, SEC1, OpenSSH or OpenPGP)."""
+    url_encoded: bool = False
+    """The text is URL-encoded: its decoded form (first of :attr:`texts`) replaces it, as
+    the hex digits of escapes would run into neighbouring numbers."""
+
+
+def _json_unescape(text: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1):
+            return chr(int(m.group(1), 16))
+        return _JSON_SIMPLE[m.group(2)]
+
+    return _JSON_ESCAPE.sub(sub, text)
 
 
 def _der_private_key(data: bytes) -> bool:
@@ -144,9 +168,7 @@ def _pgp_secret_key(data: bytes) -> bool:
 
 def is_private_key_body(data: bytes) -> bool:
     """Whether decoded bytes are a private key (any of the layouts above)."""
-    return (
-        data.startswith(_OPENSSH_MAGIC) or _der_private_key(data) or _pgp_secret_key(data)
-    )
+    return data.startswith(_OPENSSH_MAGIC) or _der_private_key(data) or _pgp_secret_key(data)
 
 
 def _bytes_text(data: bytes) -> str | None:
@@ -181,16 +203,19 @@ def _runs(text: str) -> Iterator[bytes]:
 def decoded_views(text: str) -> Views:
     """Texts hidden in ``text`` one level deep, and whether a private key body is among them.
 
-    URL encoding and HTML character references are undone first; base64 and hex runs
-    are then decoded from the original and from those. What a decoding yields is not
-    decoded again (base64 of base64 is a documented limit).
+    URL encoding, HTML character references and JSON string escapes are undone first;
+    base64 and hex runs are then decoded from the original and from those. What a
+    decoding yields is not decoded again (base64 of base64 is a documented limit).
     """
     views = Views()
     surfaces = [text]
     if _PCT.search(text):
+        views.url_encoded = True
         surfaces.append(unquote(text, errors="replace"))
     if "&" in text and _ENTITY.search(text):
         surfaces.append(html.unescape(text))
+    if "\\" in text and _JSON_ESCAPE.search(text):
+        surfaces.append(_json_unescape(text))
     views.texts.extend(surfaces[1:])
     budget = MAX_DECODED_BYTES
     for surface in surfaces:
@@ -203,7 +228,7 @@ def decoded_views(text: str) -> Views:
             decoded = _bytes_text(data)
             if decoded:
                 views.texts.append(decoded)
-    views.texts = [t for t in dict.fromkeys(views.texts) if t != text]
+    views.texts = list(dict.fromkeys(views.texts))
     return views
 
 
