@@ -156,8 +156,10 @@ def _has_private_key(text: str) -> bool:
 # spelled-out forms an evasion uses. They keep the checksums, so they add little noise.
 
 # Characters that may sit between the digits of a number someone split up on purpose:
-# spaces and line breaks of any kind (folded to " " or kept), dots, dashes, slashes...
-_SEP = r"[\s.\-_/\\|:,;*·•~]"
+# spaces and line breaks of any kind (folded to " " or kept), dots, dashes, slashes,
+# commas. Not colons, bars or semicolons: times ("01:00:00") and table cells ("29871 |
+# 1.000000") would join unrelated numbers.
+_SEP = r"[\s.\-_/\\,*·•~]"
 _DIGIT_RUN = re.compile(rf"(?<!\d)\d(?:{_SEP}{{0,3}}\d)*")
 _DIGIT_GROUP = re.compile(r"\d+")
 _LIST_BREAK = re.compile(r"[,;]\s")
@@ -187,6 +189,7 @@ _EMAIL_SPELLED = re.compile(
     rf"(?<![\w.%+-])([\w.%+'-]{{1,64}})({_AT})((?:{_LABEL}{_DOT})+)([^\W\d_]{{2,24}}|xn--[a-z0-9-]{{1,59}})(?![\w-])",
     re.IGNORECASE,
 )
+_SPELLED_HINT = re.compile(r"[\[({<]\s*(?:at|dot|@|\.)\s*[\])}>]|\bdot\b", re.IGNORECASE)
 _SPELLED_DOT = re.compile(r"[\[({<]|\sdot\s", re.IGNORECASE)
 # Generic TLDs an address written out in words is checked against (with every two-letter
 # country code); "see x at foo dot bar" must not read as an address.
@@ -205,6 +208,7 @@ _NINO_LOOSE = re.compile(
     r"(\d{2})[ .-]?([A-D])(?![A-Za-z0-9])",
     re.IGNORECASE,
 )
+_SIX_DIGITS = re.compile(r"\d\d[ .-]?\d\d[ .-]?\d\d")
 _PRIVATE_KEY_LOOSE = re.compile(
     r"BEGIN[\s_-]*(?:[A-Z0-9]+[\s_-]+){0,3}PRIVATE[\s_-]*KEY|PuTTY-User-Key-File-\d+:"
     r"|Private-Lines:\s*\d+",
@@ -273,6 +277,9 @@ def _has_iban_loose(text: str) -> bool:
 def _has_email_loose(text: str) -> bool:
     if "@" in text and _EMAIL_LOOSE.search(text):
         return True
+    # Written-out addresses need a written-out "@" or a bracketed or written-out dot.
+    if "@" not in text and not _SPELLED_HINT.search(text):
+        return False
     for m in _EMAIL_SPELLED.finditer(text):
         at, domain, tld = m.group(2), m.group(3), m.group(4).lower()
         if not (len(tld) == 2 or tld in _GENERIC_TLDS or tld.startswith("xn--")):
@@ -287,6 +294,9 @@ def _has_email_loose(text: str) -> bool:
 
 
 def _has_national_id_loose(text: str) -> bool:
+    # Both need six digits in pairs or more close together; most text has none.
+    if not _SIX_DIGITS.search(text):
+        return False
     for m in _SSN_LOOSE.finditer(text):
         if ssn_valid(m.group(1), m.group(3), m.group(4)):
             return True
@@ -294,6 +304,9 @@ def _has_national_id_loose(text: str) -> bool:
 
 
 def _has_private_key_loose(text: str) -> bool:
+    low = text.lower()
+    if "begin" not in low and "putty" not in low and "private-lines" not in low:
+        return False
     return _PRIVATE_KEY_LOOSE.search(text) is not None
 
 

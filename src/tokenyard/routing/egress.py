@@ -6,8 +6,9 @@ or not: message content of any part type, names, tool calls and tool definitions
 ``suffix``, dictionary keys too) and runs the enabled detectors over:
 
 - the message contents (string contents, every content part's text, completion prompts
-  and ``suffix``) joined in order, once with line breaks and once with nothing between
-  them, so that data split across two messages or two parts is seen whole;
+  and ``suffix``) joined in order, once with line breaks and once, around each boundary,
+  with nothing between them, so that data split across two messages or two parts is
+  seen whole;
 - every other string (and integer of nine digits or more) joined the same two ways;
 - each of these folded (:func:`tokenyard.routing.textnorm.fold`) and decoded one level
   (:func:`tokenyard.routing.textnorm.decoded_views`).
@@ -32,6 +33,8 @@ from tokenyard.routing.textnorm import decoded_views, fold
 # Total characters of forwarded strings scanned; a request with more is not scanned
 # but kept in the cluster (far past every model's context anyway).
 MAX_SCAN_CHARS = 2_000_000
+# Characters either side of a boundary between two strings that are read joined.
+SEAM_CHARS = 256
 # Integers this long may be a card or account number written as a JSON number.
 _MIN_NUMBER_DIGITS = 9
 # Numeric fields that are not text: token ids and the sampling seed. A token-id prompt
@@ -103,11 +106,29 @@ def forwarded_strings(body: Mapping[str, Any]) -> tuple[list[str], list[str], li
 
 
 def _views(parts: list[str]) -> list[str]:
-    if not parts:
-        return []
-    if len(parts) == 1:
+    """The parts joined by line breaks, and the seams between them joined by nothing.
+
+    A line break between two halves of a number or a base64 body is a separator the
+    detectors read through; a word cut in two ("jane.doe@exa" + "mple.com") is only seen
+    whole with nothing between the halves. The seams view holds the text within
+    :data:`SEAM_CHARS` of every boundary, overlapping windows merged, so it is never
+    longer than the parts themselves.
+    """
+    if len(parts) <= 1:
         return parts
-    return ["\n".join(parts), "".join(parts)]
+    flat = "".join(parts)
+    windows: list[list[int]] = []
+    edge = 0
+    for part in parts[:-1]:
+        edge += len(part)
+        lo, hi = max(0, edge - SEAM_CHARS), min(len(flat), edge + SEAM_CHARS)
+        if windows and lo <= windows[-1][1]:
+            windows[-1][1] = hi
+        else:
+            windows.append([lo, hi])
+    # Four line breaks: more than any separator run the detectors read through.
+    seams = "\n\n\n\n".join(flat[lo:hi] for lo, hi in windows)
+    return ["\n".join(parts), seams]
 
 
 def _scan_texts(texts: Iterable[str], enabled: frozenset[DetectorName]) -> set[str]:

@@ -70,13 +70,20 @@ def _fold_table() -> dict[int, str | None]:
     return table
 
 
+def _fold_run(m: re.Match[str]) -> str:
+    return unicodedata.normalize("NFKD", m.group(0)).translate(_fold_table())
+
+
 def fold(text: str) -> str:
     """``text`` as detectors should read it (see the module docstring). ASCII is unchanged."""
     if text.isascii():
         return text
-    return unicodedata.normalize("NFKD", text).translate(_fold_table())
+    # Only the non-ASCII runs change (NFKD leaves ASCII alone); most prompts are mostly
+    # ASCII, and translating every character through the table is the slow part.
+    return _NON_ASCII.sub(_fold_run, text)
 
 
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 _PCT = re.compile(r"%[0-9A-Fa-f]{2}")
 _ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z]{2,8});")
 # A run of base64 (standard or URL-safe) of at least 16 characters; PEM and armored
@@ -191,8 +198,16 @@ def _b64_bytes(run: str) -> bytes | None:
         return None
 
 
+def _looks_like_a_word(run: str) -> bool:
+    """A run of letters only, in one case or capitalised: a long word or a constant, not
+    base64 (twelve base64 characters in one case by chance: about 2 in 100,000)."""
+    return run.isalpha() and (run[1:].islower() or run.isupper())
+
+
 def _runs(text: str) -> Iterator[bytes]:
     for m in _B64.finditer(text):
+        if _looks_like_a_word(m.group(0)):
+            continue
         data = _b64_bytes(m.group(0))
         if data:
             yield data
