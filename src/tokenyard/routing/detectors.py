@@ -173,7 +173,8 @@ _MAX_WINDOW_GROUPS = 8
 _MIN_WINDOW_GROUP_LEN = 3
 
 _IBAN_LOOSE = re.compile(
-    rf"(?<![A-Za-z0-9])([A-Za-z]{{2}}){_SEP}{{0,2}}(\d{_SEP}{{0,2}}\d)((?:{_SEP}{{0,2}}[A-Za-z0-9]){{11,30}})"
+    rf"(?<![A-Za-z0-9])([A-Za-z]{_SEP}{{0,3}}[A-Za-z]){_SEP}{{0,3}}(\d{_SEP}{{0,3}}\d)"
+    rf"((?:{_SEP}{{0,3}}[A-Za-z0-9]){{11,30}})"
 )
 _IBAN_STRIP = re.compile(_SEP)
 
@@ -257,7 +258,7 @@ def _has_card_loose(text: str) -> bool:
 
 def _has_iban_loose(text: str) -> bool:
     for m in _IBAN_LOOSE.finditer(text):
-        country = m.group(1).upper()
+        country = _IBAN_STRIP.sub("", m.group(1)).upper()
         expected = _IBAN_LENGTHS.get(country)
         if expected is None:
             continue

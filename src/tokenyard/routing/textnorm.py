@@ -104,9 +104,12 @@ _JSON_SIMPLE = {
     "\\": "\\",
 }
 _HEX = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}){8,}(?![0-9A-Fa-f])")
-_PRINTABLE_RUN = re.compile(rb"[\x20-\x7e\t\r\n]{8,}")
+_MIN_TEXT_RUN = 8
+_READABLE = re.compile(r"[^\x00-\x1f\x7f]{8}")
 _WS = re.compile(r"\s+|\\r|\\n")
 _OPENSSH_MAGIC = b"openssh-key-v1\x00"
+# Textual escapes undone in turn: URL encoding of an HTML reference of a JSON escape.
+_ESCAPE_ROUNDS = 3
 # Decoding stops here: a request is far past any context window before its base64
 # runs add up to this much.
 MAX_DECODED_BYTES = 8_000_000
@@ -131,7 +134,9 @@ def _json_unescape(text: str) -> str:
             return chr(int(m.group(1), 16))
         return _JSON_SIMPLE[m.group(2)]
 
-    return _JSON_ESCAPE.sub(sub, text)
+    out = _JSON_ESCAPE.sub(sub, text)
+    # \ud835\udfce and the like: UTF-16 surrogate pairs make one character.
+    return out.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def _der_private_key(data: bytes) -> bool:
@@ -179,13 +184,14 @@ def is_private_key_body(data: bytes) -> bool:
 
 
 def _bytes_text(data: bytes) -> str | None:
-    """Readable text in decoded bytes: all of it when it is UTF-8, else its ASCII runs."""
+    """Readable text in decoded bytes: all of it when it is UTF-8, else its readable runs."""
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
-        runs = _PRINTABLE_RUN.findall(data)
-        return b"\n".join(runs).decode("ascii") if runs else None
-    return text if text.isprintable() or _PRINTABLE_RUN.search(data) else None
+        # Binary (an image, a PDF): its readable UTF-8 stretches, one a line.
+        pieces = data.decode("utf-8", errors="replace").split("\ufffd")
+        runs = [p for p in pieces if len(p) >= _MIN_TEXT_RUN and _READABLE.search(p)]
+        return "\n".join(runs) if runs else None
 
 
 def _b64_bytes(run: str) -> bytes | None:
@@ -218,19 +224,14 @@ def _runs(text: str) -> Iterator[bytes]:
 def decoded_views(text: str) -> Views:
     """Texts hidden in ``text`` one level deep, and whether a private key body is among them.
 
-    URL encoding, HTML character references and JSON string escapes are undone first;
-    base64 and hex runs are then decoded from the original and from those. What a
-    decoding yields is not decoded again (base64 of base64 is a documented limit).
+    URL encoding, HTML character references and JSON string escapes are undone first
+    (each also inside the others); base64 and hex runs are then decoded from the original
+    and from those, and the textual escapes undone in what they yield. Base64 and hex are
+    decoded once: base64 of base64 is a documented limit.
     """
     views = Views()
-    surfaces = [text]
-    if _PCT.search(text):
-        views.url_encoded = True
-        surfaces.append(unquote(text, errors="replace"))
-    if "&" in text and _ENTITY.search(text):
-        surfaces.append(html.unescape(text))
-    if "\\" in text and _JSON_ESCAPE.search(text):
-        surfaces.append(_json_unescape(text))
+    views.url_encoded = _PCT.search(text) is not None
+    surfaces = _unescaped(text)
     views.texts.extend(surfaces[1:])
     budget = MAX_DECODED_BYTES
     for surface in surfaces:
@@ -242,9 +243,31 @@ def decoded_views(text: str) -> Views:
                 views.private_key = True
             decoded = _bytes_text(data)
             if decoded:
-                views.texts.append(decoded)
+                views.texts.extend(_unescaped(fold(decoded)))
     views.texts = list(dict.fromkeys(views.texts))
     return views
+
+
+def _unescaped(text: str) -> list[str]:
+    """``text`` and what undoing its textual escapes gives: URL encoding, HTML character
+    references and JSON string escapes, each applied to the others' results too (an
+    HTML reference inside URL encoding), up to :data:`_ESCAPE_ROUNDS` deep."""
+    out = [text]
+    frontier = [text]
+    for _ in range(_ESCAPE_ROUNDS):
+        found = []
+        for t in frontier:
+            if _PCT.search(t):
+                found.append(unquote(t, errors="replace"))
+            if "&" in t and _ENTITY.search(t):
+                found.append(html.unescape(t))
+            if "\\" in t and _JSON_ESCAPE.search(t):
+                found.append(_json_unescape(t))
+        frontier = [fold(t) for t in found if t not in out]
+        if not frontier:
+            break
+        out.extend(frontier)
+    return out
 
 
 __all__ = [

@@ -443,6 +443,7 @@ def _email_formats(e: str) -> dict[str, str]:
         "mailto-url": "mailto:" + urllib.parse.quote(e, safe=""),
         "html-entity": e.replace("@", "&#64;"),
         "html-named-entity": e.replace("@", "&commat;"),
+        "double-url-encoded": e.replace("@", "%2540"),
         "zero-width": "\u200b".join(e),
         "spaced-at": f"{local} @ {domain}",
         "upper-case": e.upper(),
@@ -614,12 +615,93 @@ def textwrap_chunks(s: str, n: int) -> list[str]:
     return [s[i : i + n] for i in range(0, len(s), n)]
 
 
+# --- Family: two transformations stacked, on other secrets, in seeded random fields ----
+
+STACK_CARDS = [
+    "4000056655665556", "5200828282828210", "371449635398431", "6011000990139424",
+    "3566002020360505", "2720992720992729",
+]  # fmt: skip
+STACK_IBANS = [
+    "BE68539007547034", "IT60X0542811101000000123456", "CH9300762011623852957",
+    "PL61109010140000071219812874", "AT611904300234573201",
+]  # fmt: skip
+STACK_EMAILS = ["a.b@c-d.io", "kunde.42@firma-beispiel.de", "x_y+z@mail.example.org"]
+_FULL_WIDTH = {c: c + 0xFEE0 for c in range(0x21, 0x7F)}
+Transform = Callable[[str, random.Random], str]
+
+
+def _t_digits(s: str, r: random.Random) -> str:
+    return s.translate(str.maketrans("0123456789", r.choice(list(_DIGIT_SETS.values()))))
+
+
+def _t_split(s: str, r: random.Random) -> str:
+    sep = r.choice([".", "\n", "  ", "\u00a0", "\u200b", "-", " - ", "\u2009", "_"])
+    k = r.choice([2, 3, 4, 5])
+    return sep.join(s[i : i + k] for i in range(0, len(s), k))
+
+
+def _t_words(s: str, r: random.Random) -> str:
+    at = r.choice([" at ", " [at] ", "(at)", " AT "])
+    dot = r.choice([" dot ", " [dot] ", "(dot)", " DOT "])
+    return s.replace("@", at).replace(".", dot)
+
+
+TRANSFORMS: dict[str, Transform] = {
+    "digits": _t_digits,
+    "split": _t_split,
+    "zwnj": lambda s, r: "\u200c".join(s),
+    "full-width": lambda s, r: s.translate(_FULL_WIDTH),
+    "lower": lambda s, r: s.lower(),
+    "upper": lambda s, r: s.upper(),
+    "cyrillic": lambda s, r: s.translate(str.maketrans("aoeAE", "аоеАЕ")),
+    "base64": lambda s, r: b64(s),
+    "url": lambda s, r: urllib.parse.quote(s, safe=""),
+    "html": lambda s, r: "".join(f"&#x{ord(c):x};" for c in s),
+    "json": lambda s, r: json.dumps(s)[1:-1],
+    "words": _t_words,
+}
+_CARD_STEPS = ["digits", "split", "zwnj", "full-width", "base64", "url", "html", "json"]
+_IBAN_STEPS = ["split", "zwnj", "full-width", "lower", "base64", "url", "html", "cyrillic"]
+_EMAIL_STEPS = ["words", "zwnj", "full-width", "upper", "cyrillic", "base64", "url", "html"]
+_STACKS: dict[str, tuple[list[str], list[str]]] = {
+    "card": (STACK_CARDS, _CARD_STEPS),
+    "iban": (STACK_IBANS, _IBAN_STEPS),
+    "email": (STACK_EMAILS, [*_EMAIL_STEPS, "json"]),
+}
+# Fields that carry their value base64-encoded already (a data URL, audio, a file).
+_BASE64_FIELDS = frozenset({"image-data-url", "audio-part", "file-part", "image-png-metadata"})
+
+
+def stacked_limit(first: str, second: str, where: str) -> str | None:
+    """The documented limit a stacked evasion falls under, or None when it must be caught."""
+    if "base64" in (first, second) and where in _BASE64_FIELDS:
+        return "base64 of base64"
+    if first in ("base64", "html") and second in ("split", "zwnj", "lower", "upper"):
+        return "an encoding mangled after encoding"
+    return None
+
+
+def family_stacked() -> Iterator[Case]:
+    r = random.Random(2026)
+    for kind, (secrets, names) in _STACKS.items():
+        for s, (first, second) in itertools.product(secrets, itertools.permutations(names, 2)):
+            text = TRANSFORMS[second](TRANSFORMS[first](s, r), r)
+            where, body, k = r.choice(list(field_placements(f"ref {text} end")))
+            if stacked_limit(first, second, where) is None:
+                yield Case(f"stacked:{kind}", f"{s}:{first}+{second}@{where}", body, k)
+
+
 def family_known_limits() -> Iterator[Case]:
     """Evasions the scan does not undo; each is named in KNOWN_LIMITS and documented."""
     e, c = EMAILS[0], CARDS[0]
     yield Case("limit:base64-of-base64", "email", chat(b64(b64(e))))
     yield Case("limit:base64-of-base64", "card", chat(b64(b64(_groups(c, " ")))))
-    yield Case("limit:double-url-encoding", "email", chat(e.replace("@", "%2540")))
+    yield Case("limit:base64-then-split", "email", chat(_groups(b64(e), ".", 4)))
+    yield Case(
+        "limit:escape-then-split",
+        "card",
+        chat(" ".join(f"&#{ord(ch)}; " for ch in c).replace("&#", "& #")),
+    )
     yield Case(
         "limit:digits-as-words",
         "card",
@@ -640,7 +722,8 @@ KNOWN_LIMITS = frozenset(
     {
         "limit:base64-of-base64/email",
         "limit:base64-of-base64/card",
-        "limit:double-url-encoding/email",
+        "limit:base64-then-split/email",
+        "limit:escape-then-split/card",
         "limit:digits-as-words/card",
         "limit:bare-at-word/email",
         "limit:reversed/email",
@@ -658,6 +741,7 @@ def evasion_corpus() -> list[Case]:
         *family_keys(),
         *family_splits(),
         *family_encodings(),
+        *family_stacked(),
         *family_known_limits(),
     ]
 
