@@ -191,6 +191,14 @@ _EMAIL_SPELLED = re.compile(
     re.IGNORECASE,
 )
 _SPELLED_HINT = re.compile(r"[\[({<]\s*(?:at|dot|@|\.)\s*[\])}>]|\bdot\b", re.IGNORECASE)
+_AT_SIGN = re.compile("@")
+_SENTENCE_BREAK = re.compile(r"\S\.[ \n]\S")
+_MAX_SPACED_ATS = 200
+_SPACED_LOCAL = re.compile(r"[\w.%+'-](?:\s{0,3}[\w.%+'-])*\s{0,3}$")
+_SPACED_DOMAIN = re.compile(r"\s{0,3}\w(?:\s{0,3}[\w.-])*")
+_NON_SPACE = re.compile(r"\S+")
+_SPELLED_AT = re.compile(r"\s*[\[({<]\s*(?:at|@)\s*[\])}>]\s*|\s+at\s+", re.IGNORECASE)
+_SPELLED_DOTS = re.compile(r"\s*[\[({<]\s*(?:dot|\.)\s*[\])}>]\s*|\s+dot\s+", re.IGNORECASE)
 _SPELLED_DOT = re.compile(r"[\[({<]|\sdot\s", re.IGNORECASE)
 # Generic TLDs an address written out in words is checked against (with every two-letter
 # country code); "see x at foo dot bar" must not read as an address.
@@ -262,12 +270,19 @@ def _has_iban_loose(text: str) -> bool:
         expected = _IBAN_LENGTHS.get(country)
         if expected is None:
             continue
-        # Groups after the check digits: only the first (a bank code) may be letters
-        # alone; a word with no digit ends the number ("is 300. If John has 20 ...").
+        # Groups of letters alone after the check digits: a bank code (up to four
+        # letters before any digit) or an upper-case group of up to four; any other word
+        # ends the number ("is 300. If John has 20 ...").
         compact = country + _IBAN_STRIP.sub("", m.group(2))
         groups = [g for g in _IBAN_STRIP.split(m.group(3)) if g]
-        for i, group in enumerate(groups):
-            if not any(c.isdigit() for c in group) and (i > 0 or len(group) > 4):
+        bank_code = 0
+        seen_digit = False
+        for group in groups:
+            if any(c.isdigit() for c in group):
+                seen_digit = True
+            elif not seen_digit and bank_code + len(group) <= 4:
+                bank_code += len(group)
+            elif not (group.isupper() and len(group) <= 4):
                 break
             compact += group.upper()
         if len(compact) >= expected and iban_valid(compact[:expected]):
@@ -275,23 +290,60 @@ def _has_iban_loose(text: str) -> bool:
     return False
 
 
+def _tld_ok(tld: str) -> bool:
+    low = tld.lower()
+    return len(low) == 2 or low in _GENERIC_TLDS or low.startswith("xn--")
+
+
+def _has_email_spaced(text: str) -> bool:
+    """An address cut up by white space ("hele\tn_92\t@mai\tlbox\t.exa\tmple"): the
+    pieces around each "@" are joined and the address may end at any piece. A sentence
+    break (a dot, then a space or a line break) or a capitalised word as the TLD ends it
+    ("@john. It was"), and the TLD must be a known one."""
+    for n, at in enumerate(_AT_SIGN.finditer(text)):
+        if n >= _MAX_SPACED_ATS:
+            return False
+        left = _SPACED_LOCAL.search(text, max(0, at.start() - 96), at.start())
+        right = _SPACED_DOMAIN.match(text, at.end(), at.end() + 256)
+        if left is None or right is None:
+            continue
+        domain = ""
+        gap_start = 0
+        for piece in _NON_SPACE.finditer(right.group(0)):
+            gap = right.group(0)[gap_start : piece.start()]
+            gap_start = piece.end()
+            # A dot, then one space or line break: a sentence ended. Tabs, carriage
+            # returns or longer runs are how addresses get cut up, not how prose flows.
+            if domain.endswith(".") and gap in (" ", "\n"):
+                break
+            domain += piece.group(0)
+            address = domain.rstrip(".-")
+            label = address.rsplit(".", 1)
+            tld_ok = len(label) == 2 and not label[1].istitle() and _tld_ok(label[1])
+            if tld_ok and label[0] and _EMAIL_LOOSE.fullmatch("x@" + address):
+                return True
+    return False
+
+
 def _has_email_loose(text: str) -> bool:
-    if "@" in text and _EMAIL_LOOSE.search(text):
+    if "@" in text and (_EMAIL_LOOSE.search(text) or _has_email_spaced(text)):
         return True
     # Written-out addresses need a written-out "@" or a bracketed or written-out dot.
     if "@" not in text and not _SPELLED_HINT.search(text):
         return False
     for m in _EMAIL_SPELLED.finditer(text):
-        at, domain, tld = m.group(2), m.group(3), m.group(4).lower()
-        if not (len(tld) == 2 or tld in _GENERIC_TLDS or tld.startswith("xn--")):
-            continue
+        at, domain, tld = m.group(2), m.group(3), m.group(4)
+        if not _tld_ok(tld) or tld.istitle() or _SENTENCE_BREAK.search(domain + tld):
+            continue  # "@john. It was": a mention, then a sentence
         # "at" as a bare word must come with a spelled-out or bracketed dot: "docs at
         # python.org" is a place, "jane at example dot com" an address.
         bare_word = not any(ch in at for ch in "@[({<")
         if bare_word and not _SPELLED_DOT.search(domain):
             continue
         return True
-    return False
+    # Written out and cut up by white space as well: make the words symbols, then join.
+    symbols = _SPELLED_AT.sub("@", _SPELLED_DOTS.sub(".", text))
+    return symbols != text and "@" in symbols and _has_email_spaced(symbols)
 
 
 def _has_national_id_loose(text: str) -> bool:

@@ -205,9 +205,13 @@ def _b64_bytes(run: str) -> bytes | None:
 
 
 def _looks_like_a_word(run: str) -> bool:
-    """A run of letters only, in one case or capitalised: a long word or a constant, not
-    base64 (twelve base64 characters in one case by chance: about 2 in 100,000)."""
-    return run.isalpha() and (run[1:].islower() or run.isupper())
+    """Words, not base64: letters in one case or capitalised, maybe joined by dashes or
+    underscores ("twenty-five-year-old", "MAX_TOKENS"), or digits alone (twelve base64
+    characters like that by chance: a few in 100,000)."""
+    if run.isdigit():
+        return True
+    parts = run.replace("_", "-").split("-")
+    return all(p == "" or (p.isalpha() and (p[1:].islower() or p.isupper())) for p in parts)
 
 
 def _runs(text: str) -> Iterator[bytes]:

@@ -795,6 +795,11 @@ BENIGN_TEXTS = [
     "Coordinates 40.712776, -74.005974 and 51.507351, -0.127758.",
     "The request id is req_8f14e45fceea167a5a36dedd4bea2543 (base64 aGVsbG8gd29ybGQ=).",
     "Meet me at 10 at the cafe; bring the dot matrix printer.",
+    "Thanks @john. It was great, and @mary.\nit was fun too.",
+    "The number of songs in a playlist is 300. If John has 20 such playlists, how long?",
+    "'2002-10-27 01:00:00 EST-0500' and '2002-10-27 01:50:00 EDT-0400'",
+    "0 | 29871 | 1.000000 | 29871 | 1.000000\n1 | 24083 | 0.000027 | 18585 | 0.959473",
+    "See https://www.example.com/posts/activity-trAp-x/ and twenty-five-year-old MAX_TOKENS",
     "IBAN stands for International Bank Account Number, e.g. a country code and digits.",
 ]
 
