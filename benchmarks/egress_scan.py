@@ -12,10 +12,10 @@ RouteLLM prompts in ``../shared/routing`` when present, else from seeded filler 
 
 False positives: the prompts of ``../shared/routing/*.csv`` split by a hash of the text
 into a development half (the half looked at while writing the rules) and a held-out half,
-each sent as one user message; and the long descriptions of the installed packages'
-metadata (text never looked at), paragraph by paragraph, counted by detector, old beside
-new. Those descriptions hold real e-mail addresses of their authors: an ``email`` hit there
-is a true positive, the other detectors' hits are worth reading.
+each sent as one user message; the Python language reference as pydoc holds it; and the
+long descriptions of the installed packages' metadata, paragraph by paragraph, counted by
+detector, old beside new. Those descriptions hold real e-mail addresses of their authors:
+an ``email`` hit there is a true positive, the other detectors' hits are worth reading.
 """
 
 from __future__ import annotations
@@ -178,6 +178,19 @@ def _descriptions(site: Path) -> list[str]:
     return paragraphs
 
 
+def _python_reference() -> None:
+    from pydoc_data.topics import topics  # the Python language reference, as pydoc shows it
+
+    paragraphs = [p.strip() for t in topics.values() for p in t.split("\n\n")]
+    paragraphs = [p for p in paragraphs if len(p) > 40]
+    old_n = new_n = 0
+    for p in paragraphs:
+        old, new = _flags(p)
+        old_n += bool(old)
+        new_n += bool(new)
+    print(f"  Python reference (pydoc)    {len(paragraphs):>6} paragraphs: {old_n} -> {new_n}")
+
+
 def _package_texts(site: Path) -> None:
     paragraphs = _descriptions(site)
     old_c: Counter[str] = Counter()
@@ -204,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     _latency(prompts, args.repeat)
     if prompts:
         _false_positives(prompts)
+    _python_reference()
     site = args.site_packages or next(
         (Path(p) for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()), None
     )
