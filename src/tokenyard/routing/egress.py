@@ -33,8 +33,9 @@ from tokenyard.routing.textnorm import decoded_views, fold
 # Total characters of forwarded strings scanned; a request with more is not scanned
 # but kept in the cluster (far past every model's context anyway).
 MAX_SCAN_CHARS = 2_000_000
-# Characters either side of a boundary between two strings that are read joined.
-SEAM_CHARS = 256
+# Characters either side of a boundary between two strings that are read joined: more
+# than an address, a grouped card number or IBAN, or a PEM header needs.
+SEAM_CHARS = 96
 # Integers this long may be a card or account number written as a JSON number.
 _MIN_NUMBER_DIGITS = 9
 # Numeric fields that are not text: token ids and the sampling seed. A token-id prompt

@@ -212,3 +212,13 @@ def test_only_enabled_detectors_fire() -> None:
     assert scan_body(body, []).found == {}
     with pytest.raises(ValueError, match="unknown detector"):
         scan_body(body, ["nope"])  # type: ignore[list-item]
+
+
+def test_a_word_cut_between_two_long_messages_is_seen_whole() -> None:
+    first = "lorem ipsum " * 500 + "write to jane.doe@exa"
+    second = "mple.com today " + "dolor sit " * 500
+    body = {"messages": [{"role": "user", "content": first}, {"role": "user", "content": second}]}
+    assert scan_body(body).found == {"pii": ("email",)}
+    middle = "and more " * 100
+    apart = {"messages": [{"role": "user", "content": s} for s in (first, middle, second)]}
+    assert scan_body(apart).found == {}  # a long message between the halves
