@@ -192,6 +192,7 @@ _EMAIL_SPELLED = re.compile(
 )
 _SPELLED_HINT = re.compile(r"[\[({<]\s*(?:at|dot|@|\.)\s*[\])}>]|\bdot\b", re.IGNORECASE)
 _AT_SIGN = re.compile("@")
+_BRACKETED_AT = re.compile(r"[\[({<]\s*(?:at|@)\s*[\])}>]", re.IGNORECASE)
 _SENTENCE_BREAK = re.compile(r"\S\.[ \n]\S")
 _MAX_SPACED_ATS = 200
 _SPACED_LOCAL = re.compile(r"[\w.%+'-](?:\s{0,3}[\w.%+'-])*\s{0,3}$")
@@ -295,7 +296,7 @@ def _tld_ok(tld: str) -> bool:
     return len(low) == 2 or low in _GENERIC_TLDS or low.startswith("xn--")
 
 
-def _has_email_spaced(text: str) -> bool:
+def _has_email_spaced(text: str, *, any_tld: bool = False) -> bool:
     """An address cut up by white space ("hele\tn_92\t@mai\tlbox\t.exa\tmple"): the
     pieces around each "@" are joined and the address may end at any piece. A sentence
     break (a dot, then a space or a line break) or a capitalised word as the TLD ends it
@@ -319,7 +320,11 @@ def _has_email_spaced(text: str) -> bool:
             domain += piece.group(0)
             address = domain.rstrip(".-")
             label = address.rsplit(".", 1)
-            tld_ok = len(label) == 2 and not label[1].istitle() and _tld_ok(label[1])
+            tld_ok = (
+                len(label) == 2
+                and not label[1].istitle()
+                and (_tld_ok(label[1]) or (any_tld and label[1].isalpha()))
+            )
             if tld_ok and label[0] and _EMAIL_LOOSE.fullmatch("x@" + address):
                 return True
     return False
@@ -333,7 +338,9 @@ def _has_email_loose(text: str) -> bool:
         return False
     for m in _EMAIL_SPELLED.finditer(text):
         at, domain, tld = m.group(2), m.group(3), m.group(4)
-        if not _tld_ok(tld) or tld.istitle() or _SENTENCE_BREAK.search(domain + tld):
+        bracketed = any(ch in at for ch in "[({<")
+        # A bracketed "(at)" says what it is: any TLD then, not only the known ones.
+        if not (_tld_ok(tld) or bracketed) or tld.istitle() or _SENTENCE_BREAK.search(domain + tld):
             continue  # "@john. It was": a mention, then a sentence
         # "at" as a bare word must come with a spelled-out or bracketed dot: "docs at
         # python.org" is a place, "jane at example dot com" an address.
@@ -343,7 +350,8 @@ def _has_email_loose(text: str) -> bool:
         return True
     # Written out and cut up by white space as well: make the words symbols, then join.
     symbols = _SPELLED_AT.sub("@", _SPELLED_DOTS.sub(".", text))
-    return symbols != text and "@" in symbols and _has_email_spaced(symbols)
+    bracketed = _BRACKETED_AT.search(text) is not None
+    return symbols != text and "@" in symbols and _has_email_spaced(symbols, any_tld=bracketed)
 
 
 def _has_national_id_loose(text: str) -> bool:
