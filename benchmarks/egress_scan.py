@@ -118,27 +118,38 @@ def _bodies(prompts: list[str]) -> dict[str, dict[str, Any]]:
     return {"single message": single, "20-message chat + tools": chat}
 
 
-def _time(fn: Callable[[], object], repeat: int) -> float:
-    """Median seconds per call over ``repeat`` calls (after one warm-up call)."""
-    fn()
-    samples = []
+def _time_pair(
+    old: Callable[[], object], new: Callable[[], object], repeat: int
+) -> tuple[float, float, float]:
+    """Median seconds per call of ``old`` and ``new`` and the median of their per-round
+    ratios; the two run in turn each round, so a busy machine slows both alike."""
+    old()
+    new()
+    olds, news, ratios = [], [], []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+        old()
+        t1 = time.perf_counter()
+        new()
+        t2 = time.perf_counter()
+        olds.append(t1 - t0)
+        news.append(t2 - t1)
+        ratios.append((t2 - t1) / (t1 - t0))
+    return statistics.median(olds), statistics.median(news), statistics.median(ratios)
 
 
 def _latency(prompts: list[str], repeat: int) -> None:
-    print(f"scan latency per request, median of {repeat} (same process)")
+    print(f"scan latency per request, median of {repeat} rounds (same process, interleaved)")
     print(f"{'request':<26}{'tokens':>8}{'old (ms)':>11}{'new (ms)':>11}{'new/old':>9}")
     for name, body in _bodies(prompts).items():
         parsed = parse_request(body, {}, "chat")
-        old = _time(lambda p=parsed: detect(p.prompt_text, ALL_DETECTORS), repeat)
-        new = _time(lambda b=body: scan_body(b, ALL_DETECTORS), repeat)
+        old, new, ratio = _time_pair(
+            lambda p=parsed: detect(p.prompt_text, ALL_DETECTORS),
+            lambda b=body: scan_body(b, ALL_DETECTORS),
+            repeat,
+        )
         print(
-            f"{name:<26}{parsed.prompt_tokens:>8}{old * 1e3:>11.2f}{new * 1e3:>11.2f}"
-            f"{new / old:>9.1f}"
+            f"{name:<26}{parsed.prompt_tokens:>8}{old * 1e3:>11.2f}{new * 1e3:>11.2f}{ratio:>9.1f}"
         )
 
 
