@@ -163,6 +163,7 @@ _SEP = r"[\s.\-_/\\,*·•~]"
 _DIGIT_RUN = re.compile(rf"(?<!\d)\d(?:{_SEP}{{0,3}}\d)*")
 _DIGIT_GROUP = re.compile(r"\d+")
 _LIST_BREAK = re.compile(r"[,;]\s")
+_ISO_DATE = re.compile(r"^(?:19|20)\d\d([-/.])(?:0[1-9]|1[0-2])\1(?:0[1-9]|[12]\d|3[01])")
 # Major industry identifiers of payment cards that carry personal data: 2 and 5
 # Mastercard, 3 Amex/JCB/Diners, 4 Visa, 6 Discover/UnionPay/Maestro.
 _CARD_MII = frozenset("23456")
@@ -240,7 +241,9 @@ def _card_runs(text: str) -> Iterator[list[str]]:
     numbers, "161,455, 17,400"), a bare comma does not."""
     for m in _DIGIT_RUN.finditer(text):
         for part in _LIST_BREAK.split(m.group(0)):
-            yield _DIGIT_GROUP.findall(part)
+            # An ISO date first ("2012-02-27/10273315") is a unit of its own; no card
+            # number starts with 19 or 20.
+            yield _DIGIT_GROUP.findall(_ISO_DATE.sub("", part, count=1))
 
 
 def _has_card_loose(text: str) -> bool:

@@ -800,6 +800,7 @@ BENIGN_TEXTS = [
     "'2002-10-27 01:00:00 EST-0500' and '2002-10-27 01:50:00 EDT-0400'",
     "0 | 29871 | 1.000000 | 29871 | 1.000000\n1 | 24083 | 0.000027 | 18585 | 0.959473",
     "See https://www.example.com/posts/activity-trAp-x/ and twenty-five-year-old MAX_TOKENS",
+    "Archived at https://web.example/2012-02-27/10273315 on 2019.05.17 18273645.",
     "IBAN stands for International Bank Account Number, e.g. a country code and digits.",
 ]
 
