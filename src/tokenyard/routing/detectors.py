@@ -213,13 +213,13 @@ _GENERIC_TLDS = frozenset(
     }
 )  # fmt: skip
 
-_SSN_LOOSE = re.compile(r"(?<![\d-])(\d{3})([-. ])(\d{2})\2(\d{4})(?![\d-])")
+_SSN_LOOSE = re.compile(r"(?<![\d-])(\d{3})([-. \t])(\d{2})\2(\d{4})(?![\d-])")
 _NINO_LOOSE = re.compile(
-    r"(?<![A-Za-z0-9])([A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z])[ .-]?(\d{2})[ .-]?(\d{2})[ .-]?"
-    r"(\d{2})[ .-]?([A-D])(?![A-Za-z0-9])",
+    r"(?<![A-Za-z0-9])([A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z])[ \t.-]?(\d{2})[ \t.-]?(\d{2})"
+    r"[ \t.-]?(\d{2})[ \t.-]?([A-D])(?![A-Za-z0-9])",
     re.IGNORECASE,
 )
-_SIX_DIGITS = re.compile(r"\d\d[ .-]?\d\d[ .-]?\d\d")
+_SIX_DIGITS = re.compile(r"\d\d[ \t.-]?\d\d[ \t.-]?\d\d")
 _PRIVATE_KEY_LOOSE = re.compile(
     r"BEGIN[\s_-]*(?:[A-Z0-9]+[\s_-]+){0,3}PRIVATE[\s_-]*KEY|PuTTY-User-Key-File-\d+:"
     r"|Private-Lines:\s*\d+",

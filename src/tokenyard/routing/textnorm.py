@@ -3,12 +3,13 @@
 Detectors see text the way a reader would, not the way it was typed: :func:`fold` applies
 Unicode compatibility decomposition (NFKD: full-width ``＠`` and digits, ligatures, small
 forms), drops format and combining characters (zero-width spaces and joiners, bidi
-marks, soft hyphens, variation selectors, accents), turns every Unicode space and line
-separator into a plain space, every decimal digit of any script (Arabic-Indic, Devanagari,
-...) into its ASCII digit, and Cyrillic, Greek and other Latin look-alike letters into
-the Latin letter they imitate. :func:`decoded_views` adds what URL encoding, HTML
-character references, base64 and hex decode to, one level deep, and reports a private key
-body it finds among the decoded bytes. Pure: no I/O.
+marks, soft hyphens, variation selectors, accents), turns every Unicode space into a
+tab and line and paragraph separators into a space, every decimal digit of any script
+(Arabic-Indic, Devanagari, ...) into its ASCII digit, and Cyrillic, Greek and other
+Latin look-alike letters into the Latin letter they imitate. :func:`decoded_views` adds
+what URL encoding, HTML character references and JSON escapes undo to, and what base64
+and hex decode to, one level deep, and reports a private key body it finds among the
+decoded bytes. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -70,8 +71,18 @@ def _fold_table() -> dict[int, str | None]:
     return table
 
 
+@cache
+def _space_table() -> dict[int, str]:
+    """Spaces other than U+0020 become tabs, before NFKD would make them plain spaces: they
+    still separate, but a reader can tell them from the space that ends a sentence."""
+    return {
+        cp: "\t" for rng in _TABLE_RANGES for cp in rng if unicodedata.category(chr(cp)) == "Zs"
+    }
+
+
 def _fold_run(m: re.Match[str]) -> str:
-    return unicodedata.normalize("NFKD", m.group(0)).translate(_fold_table())
+    spaced = m.group(0).translate(_space_table())
+    return unicodedata.normalize("NFKD", spaced).translate(_fold_table())
 
 
 def fold(text: str) -> str:
