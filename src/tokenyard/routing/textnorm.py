@@ -100,7 +100,8 @@ _ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z]{2,8});")
 # A run of base64 (standard or URL-safe) of at least 16 characters; PEM and armored
 # bodies are wrapped in lines, so a run continues over line breaks.
 _B64 = re.compile(
-    r"[A-Za-z0-9+/_-]{12,}={0,2}(?:[ \t]*(?:\r?\n|\\r?\\n)[ \t]*[A-Za-z0-9+/_-]{4,}={0,2})*"
+    r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{12,}={0,2}"
+    r"(?:[ \t]*(?:\r?\n|\\r?\\n)[ \t]*[A-Za-z0-9+/_-]{4,}={0,2})*"
 )
 # JSON string escapes, as in tool-call arguments (a JSON document inside a string).
 _JSON_ESCAPE = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|([nrtbf\"/\\]))")
