@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tokenyard.api.manifests import load
 from tokenyard.api.policy import RoutingPolicySpec
 from tokenyard.contract import CatalogueEntry
 from tokenyard.routing import detectors, egress
@@ -26,6 +28,7 @@ from tokenyard.routing.egress import (
     scan_body,
 )
 from tokenyard.routing.errors import RouterError
+from tokenyard.routing.explain import explain_request, router_config
 from tokenyard.routing.features import extract_features
 from tokenyard.routing.policy_engine import decide
 from tokenyard.routing.request import RequestKind, parse_request
@@ -222,3 +225,22 @@ def test_a_word_cut_between_two_long_messages_is_seen_whole() -> None:
     middle = "and more " * 100
     apart = {"messages": [{"role": "user", "content": s} for s in (first, middle, second)]}
     assert scan_body(apart).found == {}  # a long message between the halves
+
+
+def test_explain_shows_why_the_external_target_was_left_out() -> None:
+    config = router_config(load([Path(__file__).parent / "manifests"]))
+    headers = {"X-Tenant": "team-b", "X-Tokenyard-Difficulty": "1"}
+    leaky = {
+        "model": "chat",
+        "messages": [{"role": "user", "content": "hi"}],
+        "metadata": {"ref": "4111.1111.1111.1111"},
+    }
+    out = explain_request(leaky, headers, config, StaticSpend(), 0.0)
+    assert out["detected"] == {"pci": ["payment-card"]}
+    skipped = {s["model"]: s["reason"] for s in out["skipped"]}
+    assert "egress denied: data class pci" in skipped["frontier"]
+
+    tokens = {"model": "chat", "prompt": [15339, 1917]}
+    out = explain_request(tokens, headers, config, StaticSpend(), 0.0, kind="completion")
+    skipped = {s["model"]: s["reason"] for s in out["skipped"]}
+    assert skipped["frontier"] == f"egress denied: {UNSCANNABLE_TOKEN_IDS}"
