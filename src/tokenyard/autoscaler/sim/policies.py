@@ -96,6 +96,8 @@ class TokenyardPolicy:
             **autoscaling_fields(p.autoscaling),
             nominal_tokens_per_s=p.prefillTokensPerSecond,
             quality=p.quality,
+            decode_tokens_per_s=p.decodeTokensPerSecond,
+            kv_cache_tokens=float(p.kvCacheTokens),
         )
 
     def __call__(self, now: float, servers: list[Server]) -> None:
