@@ -94,9 +94,7 @@ def _profile(view: ModelView) -> ReplicaProfile:
     )
 
 
-def slo_replicas(
-    view: ModelView, w: Workload, cfg: DecisionConfig, headroom: float = 1.0
-) -> int:
+def slo_replicas(view: ModelView, w: Workload, cfg: DecisionConfig, headroom: float = 1.0) -> int:
     """The fewest replicas the queueing model says meet the model's TTFT SLO with the
     margin, at ``headroom`` times the workload's rate."""
     if w.rate <= 0 or w.prompt <= 0:

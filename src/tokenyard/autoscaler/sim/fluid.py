@@ -255,13 +255,13 @@ def static_fluid(scenario: Scenario, demand: FluidDemand, *, peak: bool = False)
         lo = max(1, m.autoscaling.minReplicas)
         hi = max(lo, _class_cap(scenario, i))
 
-        def ok(n: int, i: int = i) -> bool:
+        def ok(n: int, i: int = i, name: str = m.name) -> bool:
             initial = [0] * len(scenario.models)
             initial[i] = n
             res = run_fluid(scenario, demand, policy_name="static", policy=hold,
                             interval=1e9, initial=initial, only={i})  # fmt: skip
             if peak:
-                return res.models[m.name]["worstWindowSLO"] >= scenario.sloTarget
+                return res.models[name]["worstWindowSLO"] >= scenario.sloTarget
             return res.slo_attainment >= scenario.sloTarget
 
         while lo < hi:
@@ -315,7 +315,7 @@ def simulate_fluid(
     results = [
         run_fluid(
             scenario, demand, policy_name="static", policy=hold, interval=1e9, initial=static
-        ),  # fmt: skip
+        ),
         run_fluid(
             scenario,
             demand,
@@ -323,7 +323,7 @@ def simulate_fluid(
             policy=hold,
             interval=1e9,
             initial=static_peak,
-        ),  # fmt: skip
+        ),
         run_fluid(
             scenario,
             demand,
@@ -331,7 +331,7 @@ def simulate_fluid(
             policy=HPAPolicy(scenario),
             interval=scenario.hpaSyncSeconds,
             initial=initial,
-        ),  # fmt: skip
+        ),
         hpa_slo,
         run_fluid(
             scenario,
@@ -340,7 +340,7 @@ def simulate_fluid(
             policy=TokenyardPolicy(scenario, cfg),
             interval=scenario.decisionIntervalSeconds,
             initial=ty_initial,
-        ),  # fmt: skip
+        ),
     ]
     return Report(
         scenario=scenario,
@@ -355,10 +355,10 @@ def simulate_fluid(
 
 __all__ = [
     "FluidServer",
+    "pool_rate",
     "replica_token_rate",
     "route_shares",
     "run_fluid",
-    "pool_rate",
     "simulate_fluid",
     "static_fluid",
 ]
