@@ -57,14 +57,14 @@ class _Load:
     panic_avg: float
     """Replicas the SLO model asks for at the panic window's workload."""
     samples: tuple[tuple[float, float], ...]
-    rates: tuple[tuple[float, float, float, float], ...]
+    rates: tuple[tuple[float, float, float, float, float], ...]
     bursts: tuple[tuple[float, float], ...]
     basis: str
 
 
 def _workload(
     view: ModelView,
-    rates: tuple[tuple[float, float, float, float], ...],
+    rates: tuple[tuple[float, float, float, float, float], ...],
     since: float,
     waiting: float,
     cfg: DecisionConfig,
@@ -75,13 +75,23 @@ def _workload(
     ready replicas clear before a new one could serve adds little)."""
     sel = [x for x in rates if x[0] > since] or list(rates[-1:])
     rps = _mean([x[1] for x in sel])
-    prompt = sum(x[2] for x in sel) / sum(x[1] for x in sel) if rps > 0 else 0.0
-    output = sum(x[3] for x in sel) / sum(x[1] for x in sel) if rps > 0 else 0.0
+    # vLLM counts finished requests: under overload that is the capacity, not the
+    # demand. Arrivals are completions plus the queue's growth (flow conservation).
+    start = next((x for x in rates if x[0] <= since), None) or sel[0]
+    if sel[-1][0] > start[0]:
+        rps = max(rps, rps + (sel[-1][4] - start[4]) / (sel[-1][0] - start[0]))
+    done = sum(x[1] for x in sel)
+    prompt = sum(x[2] for x in sel) / done if done > 0 else 0.0
+    output = sum(x[3] for x in sel) / done if done > 0 else 0.0
     ca2 = 1.0
     if len(sel) >= 3 and rps > 0:
         gap = (sel[-1][0] - sel[0][0]) / (len(sel) - 1)
         var = _mean([(x[1] - rps) ** 2 for x in sel])
-        ca2 = max(1.0, var * gap / rps)  # index of dispersion of counts per interval
+        # The index of dispersion of the counts per interval, less two of its standard
+        # errors (sqrt(2 / (k - 1)) for k counts): burstier than Poisson only where the
+        # samples show it beyond their own noise.
+        idc = var * gap / rps
+        ca2 = max(1.0, idc - 2 * math.sqrt(2 / (len(sel) - 1)))
     rate = rps + waiting / max(view.cold_start_s, view.ttft_slo_s)
     return Workload(rate=rate, prompt=prompt, output=output, ca2=ca2, cs2=cfg.prompt_scv)
 
@@ -122,10 +132,17 @@ def _measure(
     # requests in the engines' batches per targetOngoingRequests stand in.
     rates = (
         *(x for x in state.rates if x[0] > now - cfg.stable_window_s),
-        (now, rps, prompt_rate, signals.generation_tokens_per_s or 0.0),
+        (now, rps, prompt_rate, signals.generation_tokens_per_s or 0.0, waiting),
     )
     w_stable = _workload(view, rates, now - cfg.stable_window_s, waiting, cfg)
     w_panic = _workload(view, rates, now - cfg.panic_window_s, waiting, cfg)
+    # A short window counts few requests: only a rate above its Poisson counting noise
+    # (two standard deviations over the window) is a burst.
+    noise = 2 * math.sqrt(w_panic.rate / cfg.panic_window_s) if w_panic.rate > 0 else 0.0
+    w_panic = replace(w_panic, rate=max(0.0, w_panic.rate - noise))
+    if view.forecast_rps is not None and view.forecast_rps > w_stable.rate and w_stable.prompt > 0:
+        # Size for the load a cold start ahead: replicas started now serve it.
+        w_stable = replace(w_stable, rate=view.forecast_rps)
     load_conc = 0.0
     if rps <= 0 or prompt_rate <= 0:
         load_conc = signals.ongoing / view.target_ongoing
@@ -185,11 +202,18 @@ def _asks(view: ModelView, signals: ModelSignals, ld: _Load) -> tuple[float, str
                 )
             )
         # A busy GPU with nothing queued is well used, not overloaded: decode keeps a GPU
-        # "utilised" at any batch size, so utilisation only counts with a queue.
+        # "utilised" at any batch size, so utilisation only counts (as a guard against
+        # a model that underestimates the work) with a queue that the ready replicas
+        # do not clear within the TTFT SLO.
+        queued_s = (
+            ld.in_flight * waiting / max(ld.running + waiting, 1e-9)
+            / (ready * view.nominal_tokens_per_s)
+        )  # fmt: skip
         if (
             signals.gpu_utilization is not None
             and signals.gpu_utilization > view.target_gpu_util
             and waiting > 0
+            and (ld.in_flight == 0 or queued_s > view.ttft_slo_s)
         ):
             asks.append(
                 (
@@ -214,12 +238,14 @@ def _dead_band(
     want: float, why: str, current: int, ld: _Load, cfg: DecisionConfig
 ) -> tuple[int, str]:
     """The SLO model's count scales up as soon as it exceeds the current replicas, and
-    down only to what still meets the SLO at (1 + tolerance) times the load
+    then (as down) to what still meets the SLO at (1 + tolerance) times the load
     (hysteresis). A guard (KV cache, GPU with a queue, TTFT) scales up past +tolerance
     and down only to a count that keeps the tolerance as headroom."""
     if want <= ld.stable:  # the SLO model's ask wins
         if ld.stable > current or (current == 0 and ld.stable > 0):
-            return _ceil(ld.stable), why
+            # Up to what meets the SLO at (1 + tolerance) times the load: the same band
+            # a scale-down keeps, so a ramp takes fewer, larger steps.
+            return _ceil(max(ld.stable, ld.stable_down)), why
         n = _ceil(ld.stable_down)
         if n < current:
             return n, why

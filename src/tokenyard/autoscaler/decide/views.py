@@ -122,6 +122,10 @@ class ModelView:
     """Tokens per second per decoding sequence, where known (the simulator's profile)."""
     kv_cache_tokens: float | None = None
     """Tokens of KV cache per replica, where known; else the measured use guards."""
+    forecast_rps: float | None = None
+    """Requests per second forecast one cold start ahead (decide/forecast.py), where a
+    forecast is kept: the SLO model sizes for the larger of it and the measured rate,
+    so replicas start before a ramp."""
 
     @property
     def replica_cost_per_hour(self) -> float:
@@ -194,9 +198,9 @@ class ModelState:
     samples: tuple[tuple[float, float], ...] = ()
     """(time, requests in flight per targetOngoingRequests) over the stable window, for
     intervals without a measured rate (the SLO model's stand-in)."""
-    rates: tuple[tuple[float, float, float, float], ...] = ()
-    """(time, requests/s, prompt tokens/s, generated tokens/s) over the stable window:
-    the workload the SLO model sizes for."""
+    rates: tuple[tuple[float, float, float, float, float], ...] = ()
+    """(time, requests/s, prompt tokens/s, generated tokens/s, requests waiting) over the
+    stable window: the workload the SLO model sizes for."""
     bursts: tuple[tuple[float, float], ...] = ()
     """(time, replicas a burst needs) over the panic window."""
     recommendations: tuple[tuple[float, int], ...] = ()

@@ -39,9 +39,26 @@ from tokenyard.autoscaler.sim.baselines import (
     static_oracle,
     static_pool_oracle,
 )
-from tokenyard.autoscaler.sim.cli import main, run_cli, scenario_from_args
+from tokenyard.autoscaler.sim.cli import main, run_cli, scaled_windows, scenario_from_args
 from tokenyard.autoscaler.sim.engine import Policy, RunResult, Server, run
+from tokenyard.autoscaler.sim.fluid import (
+    FluidServer,
+    pool_rate,
+    route_shares,
+    run_fluid,
+    simulate_fluid,
+    static_fluid,
+)
 from tokenyard.autoscaler.sim.policies import HPAPolicy, TokenyardPolicy, hold
+from tokenyard.autoscaler.sim.rates import (
+    ArrivalSpec,
+    FluidDemand,
+    RateWindow,
+    fluid_demand,
+    generate_requests,
+    read_rate_trace,
+    scale_rates,
+)
 from tokenyard.autoscaler.sim.report import Report, plot, simulate
 from tokenyard.autoscaler.sim.scenario import (
     BUILTIN_SCENARIO,
@@ -59,9 +76,13 @@ __all__ = [
     "BUILTIN_SCENARIO",
     "HPA_SCALE_STEPS",
     "AcceleratorProfile",
+    "ArrivalSpec",
+    "FluidDemand",
+    "FluidServer",
     "HPAPolicy",
     "ModelProfile",
     "Policy",
+    "RateWindow",
     "Report",
     "RunResult",
     "Scenario",
@@ -70,19 +91,29 @@ __all__ = [
     "TraceRequest",
     "builtin_scenario",
     "fits",
+    "fluid_demand",
+    "generate_requests",
     "hold",
     "hpa_scaled",
     "hpa_slo_search",
     "load_scenario",
     "main",
     "plot",
+    "pool_rate",
     "price_order",
+    "read_rate_trace",
     "read_trace",
     "route",
+    "route_shares",
     "run",
     "run_cli",
+    "run_fluid",
+    "scale_rates",
+    "scaled_windows",
     "scenario_from_args",
     "simulate",
+    "simulate_fluid",
+    "static_fluid",
     "static_oracle",
     "static_pool_oracle",
 ]
