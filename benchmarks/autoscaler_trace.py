@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tokenyard.autoscaler import sim
-from tokenyard.autoscaler.sim.forecast_check import forecast_check
+from tokenyard.autoscaler.sim.forecast_check import forecast_check, model_forecasts
 from tokenyard.autoscaler.sim.rates import is_rate_trace
 from tokenyard.cli import simulate_arguments
 
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(bar(report))
         if is_rate_trace(args.trace):
             print(forecast_bar(report.scenario, args))
+            print(forecast_run(report, args))
     if args.seeds > 0:
         seed_means(args)
     if args.sweep:
@@ -153,6 +154,35 @@ def forecast_bar(scenario: sim.Scenario, args: argparse.Namespace) -> str:
         f"{held.ramp_ready_share:.1%} >= 90%"
     )
     return "\n".join(lines)
+
+
+def forecast_run(report: sim.Report, args: argparse.Namespace) -> str:
+    """tokenyard with the forecast in its decisions (fitted per model on the first
+    ``--train-days``, online after), on the fluid engine over the whole rate trace,
+    beside tokenyard without it and with the multi-day bars."""
+    scenario = report.scenario
+    windows = sim.scaled_windows(scenario, args)
+    shares = sim.route_shares(scenario)
+    span = windows[-1].start_s + windows[-1].window_s - windows[0].start_s
+    if span <= args.train_days * 86400 or not any(
+        r.policy == "static-peak" for r in report.results
+    ):
+        return "tokenyard+forecast: not run (needs a multi-day rate trace on the fluid engine)"
+    forecasts = model_forecasts(scenario, windows, shares, args.train_days)
+    demand = sim.fluid_demand(windows, shares, step_s=args.step_seconds, seed=scenario.seed,
+                              spec=sim.arrival_spec(args))  # fmt: skip
+    policy = sim.TokenyardPolicy(scenario, forecasts=forecasts, t0=windows[0].start_s)
+    ty = sim.run_fluid(scenario, demand, policy_name="tokenyard+forecast", policy=policy,
+                       interval=scenario.decisionIntervalSeconds,
+                       initial=[m.autoscaling.minReplicas for m in scenario.models])  # fmt: skip
+    base, peak, hpa_slo = report.by("tokenyard"), report.by("static-peak"), report.by("hpa-slo")
+    return (
+        f"tokenyard+forecast: {ty.cost_usd:.2f} USD, {ty.slo_attainment:.2%} SLO, "
+        f"{ty.scale_events} events (without forecast: {base.cost_usd:.2f} USD, "
+        f"{base.slo_attainment:.2%}, {base.scale_events} events); "
+        f"/ static-peak = {ty.cost_usd / peak.cost_usd:.3f}, "
+        f"/ hpa-slo = {ty.cost_usd / hpa_slo.cost_usd:.3f}"
+    )
 
 
 SWEEP_HOURS = 4.0

@@ -39,7 +39,13 @@ from tokenyard.autoscaler.sim.baselines import (
     static_oracle,
     static_pool_oracle,
 )
-from tokenyard.autoscaler.sim.cli import main, run_cli, scaled_windows, scenario_from_args
+from tokenyard.autoscaler.sim.cli import (
+    arrival_spec,
+    main,
+    run_cli,
+    scaled_windows,
+    scenario_from_args,
+)
 from tokenyard.autoscaler.sim.engine import Policy, RunResult, Server, run
 from tokenyard.autoscaler.sim.fluid import (
     FluidServer,
@@ -89,6 +95,7 @@ __all__ = [
     "Server",
     "TokenyardPolicy",
     "TraceRequest",
+    "arrival_spec",
     "builtin_scenario",
     "fits",
     "fluid_demand",

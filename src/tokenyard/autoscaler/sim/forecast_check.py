@@ -157,4 +157,22 @@ def forecast_check(
     return fc, [in_sample, held_out]
 
 
-__all__ = ["ForecastScore", "forecast_check"]
+def model_forecasts(
+    scenario: Scenario,
+    windows: Sequence[RateWindow],
+    shares: Sequence[float],
+    train_days: int,
+) -> dict[str, SeasonalForecast]:
+    """One forecast per model, fitted on its share of the first ``train_days`` days: what
+    the simulator's tokenyard policy pre-warms with (``TokenyardPolicy(forecasts=...)``)."""
+    t0 = windows[0].start_s
+    train = [w for w in windows if w.start_s - t0 < train_days * DAY_S]
+    return {
+        m.name: SeasonalForecast(horizon_s=windows[0].window_s).fit(
+            [w.start_s for w in train], [w.rps * share for w in train]
+        )
+        for m, share in zip(scenario.models, shares, strict=True)
+    }
+
+
+__all__ = ["ForecastScore", "forecast_check", "model_forecasts"]
