@@ -1,11 +1,11 @@
 """One model's ask from its signals (:func:`recommend`), rule by rule.
 
-KPA-style: the load in replicas' worth (requests running per target, or tokens per second
-plus queued prompts against the nominal throughput) averaged over a stable window and a
-panic window (:func:`_measure`); KV-cache use, GPU use (with a queue) and TTFT over its
-SLO each ask for at least some replicas (:func:`_asks`); then, in order, the dead band,
-panic mode, the floor (scale to zero), the burst memory, keep-warm, the scale-down and
-scale-up limits and pre-warm adjust the count. Pure: ``now`` comes in, no clock is read.
+The SLO model (:func:`slo_replicas`, :mod:`~tokenyard.autoscaler.decide.slo`) sizes for
+the workload of the stable and panic windows (:func:`_measure`); KV-cache use, GPU use
+(with a queue) and TTFT over its SLO are guards that each ask for at least some replicas
+(:func:`_asks`); then, in order, the dead band and hysteresis, panic mode, the floor
+(scale to zero), the burst memory, keep-warm, the scale-down and scale-up limits and
+pre-warm adjust the count. Pure: ``now`` comes in, no clock is read.
 """
 
 from __future__ import annotations

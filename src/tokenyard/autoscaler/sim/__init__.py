@@ -1,5 +1,10 @@
 """Trace-driven simulator: the real decision code against static and HPA-style baselines.
 
+Per-request traces replay request by request (:mod:`.engine`); rate traces (requests per
+second and token means per window, :mod:`.rates`) become requests from a seed, or, for
+spans of days, load per time step on the aggregated engine (:mod:`.fluid`, whose
+approximation its docstring states).
+
 ``tokenyard simulate --trace CSV [--scenario YAML] [--plot PNG] [--json]``
 (:func:`~tokenyard.autoscaler.sim.cli.main`) and ``benchmarks/autoscaler_trace.py``
 (:func:`~tokenyard.autoscaler.sim.cli.run_cli`) run it. One workload and one serving model
