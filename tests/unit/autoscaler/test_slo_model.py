@@ -131,8 +131,8 @@ def _decide(view: ModelView, signals: list[ModelSignals]) -> int:
 def test_forecast_rate_starts_replicas_before_the_load() -> None:
     v = ModelView(name="m", max_replicas=10, ttft_slo_s=5.0, nominal_tokens_per_s=10_000.0,
                   target_ongoing=1e6)  # fmt: skip
-    s = ModelSignals(observed_at=0, running=1, request_rate=2.0, prompt_tokens_per_s=4000.0)
-    assert _decide(v, [s]) == 1  # 2 req/s on one replica: rho 0.4
+    s = ModelSignals(observed_at=0, running=1, request_rate=3.5, prompt_tokens_per_s=7000.0)
+    assert _decide(v, [s]) == 1  # 3.5 req/s on one replica: rho 0.7, miss 0.05%
     ahead = replace(v, forecast_rps=12.0)  # a ramp one cold start ahead
     assert _decide(ahead, [s]) >= 3  # 12 req/s needs at least three (rho 0.8)
 
@@ -148,3 +148,20 @@ def test_arrivals_count_the_queue_s_growth() -> None:
         for k in range(3)
     ]  # fmt: skip
     assert _decide(v, sigs) >= 3
+
+
+def test_token_means_need_enough_requests() -> None:
+    # At start-up vLLM has counted the prompt tokens of requests still decoding but not
+    # the requests: 0.2 finished req/s beside 6300 prompt tokens/s reads as 31,500 tokens
+    # a request. Too few requests to measure a mean: running per target stands in.
+    v = ModelView(name="m", max_replicas=8, ttft_slo_s=5.0, nominal_tokens_per_s=7000.0,
+                  target_ongoing=16.0)  # fmt: skip
+    s = ModelSignals(observed_at=0, running=4, request_rate=0.2, prompt_tokens_per_s=6300.0)
+    assert _decide(v, [s]) == 1
+    # The started requests count too: running grew by 6 in 5 s beside 0.2 finished/s.
+    sigs = [
+        ModelSignals(observed_at=0, running=2.0 + 6 * k, request_rate=0.2 + 3 * k,
+                     prompt_tokens_per_s=6000.0 * (1 + k))
+        for k in range(2)
+    ]  # fmt: skip
+    assert _decide(v, sigs) <= 3

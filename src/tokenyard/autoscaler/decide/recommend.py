@@ -57,32 +57,40 @@ class _Load:
     panic_avg: float
     """Replicas the SLO model asks for at the panic window's workload."""
     samples: tuple[tuple[float, float], ...]
-    rates: tuple[tuple[float, float, float, float, float], ...]
+    rates: tuple[tuple[float, float, float, float, float, float], ...]
     bursts: tuple[tuple[float, float], ...]
     basis: str
 
 
 def _workload(
     view: ModelView,
-    rates: tuple[tuple[float, float, float, float, float], ...],
+    rates: tuple[tuple[float, float, float, float, float, float], ...],
     since: float,
     waiting: float,
     cfg: DecisionConfig,
-) -> Workload:
-    """The workload of the samples after ``since``: mean rate and token means, the
+) -> tuple[Workload, float]:
+    """The workload of the samples after ``since`` and how many requests started in
+    them (the token means' sample size): mean rate and token means, the
     arrivals' burstiness from the dispersion of the per-interval counts (at least
     Poisson's), plus the queued requests spread over one cold start (a backlog that the
     ready replicas clear before a new one could serve adds little)."""
     sel = [x for x in rates if x[0] > since] or list(rates[-1:])
     rps = _mean([x[1] for x in sel])
-    # vLLM counts finished requests: under overload that is the capacity, not the
-    # demand. Arrivals are completions plus the queue's growth (flow conservation).
-    start = next((x for x in rates if x[0] <= since), None) or sel[0]
-    if sel[-1][0] > start[0]:
-        rps = max(rps, rps + (sel[-1][4] - start[4]) / (sel[-1][0] - start[0]))
-    done = sum(x[1] for x in sel)
-    prompt = sum(x[2] for x in sel) / done if done > 0 else 0.0
-    output = sum(x[3] for x in sel) / done if done > 0 else 0.0
+    # vLLM counts requests when they finish but prompt tokens when they are prefilled
+    # (and output tokens as they are generated), so the tokens of a window belong to
+    # the requests that started in it: the finished ones plus the growth of those
+    # running. Arrivals are the started ones plus the queue's growth (under overload
+    # completions are the capacity, not the demand). Flow conservation, both.
+    start = ([x for x in rates if x[0] <= since][-1:] or sel)[0]
+    span = sel[-1][0] - start[0]
+    started = rps + (sel[-1][5] - start[5]) / span if span > 0 else rps
+    if started <= 0:
+        started = rps
+    arrivals = max(rps, started + (sel[-1][4] - start[4]) / span) if span > 0 else rps
+    prompt_rate = _mean([x[2] for x in sel])
+    gen_rate = _mean([x[3] for x in sel])
+    prompt = prompt_rate / started if started > 0 else 0.0
+    output = gen_rate / started if started > 0 else 0.0
     ca2 = 1.0
     if len(sel) >= 3 and rps > 0:
         gap = (sel[-1][0] - sel[0][0]) / (len(sel) - 1)
@@ -92,8 +100,11 @@ def _workload(
         # samples show it beyond their own noise.
         idc = var * gap / rps
         ca2 = max(1.0, idc - 2 * math.sqrt(2 / (len(sel) - 1)))
-    rate = rps + waiting / max(view.cold_start_s, view.ttft_slo_s)
-    return Workload(rate=rate, prompt=prompt, output=output, ca2=ca2, cs2=cfg.prompt_scv)
+    rate = arrivals + waiting / max(view.cold_start_s, view.ttft_slo_s)
+    # One sample's rate covers at least the panic window (the shortest the loop reads).
+    count = started * max(span, cfg.panic_window_s)
+    w = Workload(rate=rate, prompt=prompt, output=output, ca2=ca2, cs2=cfg.prompt_scv)
+    return w, count
 
 
 def _profile(view: ModelView) -> ReplicaProfile:
@@ -132,10 +143,11 @@ def _measure(
     # requests in the engines' batches per targetOngoingRequests stand in.
     rates = (
         *(x for x in state.rates if x[0] > now - cfg.stable_window_s),
-        (now, rps, prompt_rate, signals.generation_tokens_per_s or 0.0, waiting),
+        (now, rps, prompt_rate, signals.generation_tokens_per_s or 0.0, waiting, running),
     )
-    w_stable = _workload(view, rates, now - cfg.stable_window_s, waiting, cfg)
-    w_panic = _workload(view, rates, now - cfg.panic_window_s, waiting, cfg)
+    w_stable, counted = _workload(view, rates, now - cfg.stable_window_s, waiting, cfg)
+    w_panic, _ = _workload(view, rates, now - cfg.panic_window_s, waiting, cfg)
+    measured = counted >= cfg.min_requests_measured
     # A short window counts few requests: only a rate above its Poisson counting noise
     # (two standard deviations over the window) is a burst.
     noise = 2 * math.sqrt(w_panic.rate / cfg.panic_window_s) if w_panic.rate > 0 else 0.0
@@ -144,8 +156,10 @@ def _measure(
         # Size for the load a cold start ahead: replicas started now serve it.
         w_stable = replace(w_stable, rate=view.forecast_rps)
     load_conc = 0.0
-    if rps <= 0 or prompt_rate <= 0:
+    if rps <= 0 or prompt_rate <= 0 or not measured:
         load_conc = signals.ongoing / view.target_ongoing
+    if not measured:  # too few requests for their token means: concurrency stands in
+        w_stable = w_panic = replace(w_stable, rate=0.0)
     samples = (*(x for x in state.samples if x[0] > now - cfg.stable_window_s), (now, load_conc))
     conc_stable = _mean([v for _, v in samples])
     conc_panic = _mean([v for t, v in samples if t > now - cfg.panic_window_s])

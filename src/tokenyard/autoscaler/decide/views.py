@@ -68,6 +68,11 @@ class DecisionConfig:
     slo_margin: float = 0.5
     """SLO sizing aims at this share of the miss budget (1 - slo_target): the queueing
     model's prediction is approximate, so half the budget is kept in reserve."""
+    min_requests_measured: float = 20.0
+    """Fewer requests than this started in the stable window leave the workload
+    unmeasured (the mean of 20 prompt lengths of CV 1 is within +-22% at one standard
+    error; with fewer, and at start-up when counters still lag, running per
+    targetOngoingRequests stands in)."""
     prompt_scv: float = 1.0
     """Squared coefficient of variation of prompt lengths in the queueing model (vLLM's
     counters give means only; 1.0 is that of an exponential, about the public traces')."""
@@ -198,9 +203,9 @@ class ModelState:
     samples: tuple[tuple[float, float], ...] = ()
     """(time, requests in flight per targetOngoingRequests) over the stable window, for
     intervals without a measured rate (the SLO model's stand-in)."""
-    rates: tuple[tuple[float, float, float, float, float], ...] = ()
-    """(time, requests/s, prompt tokens/s, generated tokens/s, requests waiting) over the
-    stable window: the workload the SLO model sizes for."""
+    rates: tuple[tuple[float, float, float, float, float, float], ...] = ()
+    """(time, finished requests/s, prompt tokens/s, generated tokens/s, requests waiting,
+    requests running) over the stable window: the workload the SLO model sizes for."""
     bursts: tuple[tuple[float, float], ...] = ()
     """(time, replicas a burst needs) over the panic window."""
     recommendations: tuple[tuple[float, int], ...] = ()
