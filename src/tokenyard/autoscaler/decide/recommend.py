@@ -443,7 +443,7 @@ def recommend(
         and signals.ttft_p95_s > cfg.burst_slo_fraction * view.ttft_slo_s
     )
     if burst > n and burst > current and at_risk:
-        n, why = burst, f"burst: {burst_avg:.2f} replicas prefill what is in flight within SLO"
+        n, why = burst, f"burst: the SLO model asked {burst_avg:.2f} over the panic window"
     keep_warm_s, peaks, warm = _keep_warm(view, state, burst_avg, now, cfg)
     n_capped = min(max(n, burst, warm, floor), hi)
     recs = (
