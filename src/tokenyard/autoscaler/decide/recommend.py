@@ -289,8 +289,9 @@ def _dead_band(
     it exceeds the current replicas, to what meets the SLO at (1 + tolerance) times the
     estimate; a scale-down goes only to what still meets it at the upper confidence
     bound (at least 1 + tolerance times the estimate): the band between the two is
-    where counting noise cannot tell the counts apart (hysteresis). A guard (KV cache, GPU with a queue, TTFT) scales up past +tolerance
-    and down only to a count that keeps the tolerance as headroom."""
+    where counting noise cannot tell the counts apart (hysteresis). A guard (KV cache,
+    GPU with a queue, TTFT) scales up past +tolerance and down only to a count that
+    keeps the tolerance as headroom."""
     if want <= ld.stable:  # the SLO model's ask wins
         if ld.stable > current or (current == 0 and ld.stable > 0):
             # Up to what meets the SLO at (1 + tolerance) times the load, inside the
