@@ -201,8 +201,9 @@ def fit(
         settings=featurizer.settings,
         better=_head(heads.better, dim),
         worse=_head(heads.worse, dim),
-        calibration_raw=cal_x,
-        calibration_prob=cal_y,
+        # Rounded as the artifact stores them, so a saved model scores exactly alike.
+        calibration_raw=np.round(cal_x, 6),
+        calibration_prob=np.round(cal_y, 6),
         label=LABEL,
         quality_table=table,
         training=meta,
