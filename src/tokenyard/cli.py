@@ -94,6 +94,44 @@ def simulate_arguments(p: argparse.ArgumentParser) -> None:
         metavar="CLASS=N,...",
         help="override accelerator classes' maxGPUs, e.g. a100=2,h100=2",
     )
+    rate = p.add_argument_group(
+        "rate traces",
+        "a CSV with window_start_s, window_s, requests_per_s, mean_prompt_tokens, "
+        "mean_output_tokens becomes load from the seed",
+    )
+    rate.add_argument(
+        "--rate-scale", type=float, default=None, help="multiply every window's rate by this"
+    )
+    rate.add_argument(
+        "--target-mean-rps",
+        type=float,
+        default=None,
+        help="scale the rates to this mean (default: the busiest window needs 70%% of the "
+        "pool's capacity)",
+    )
+    rate.add_argument(
+        "--arrivals",
+        choices=["poisson", "bursty"],
+        default="poisson",
+        help="arrivals within a window: Poisson, or bursty (a Gamma rate factor of CV "
+        "--burst-cv per minute)",
+    )
+    rate.add_argument("--burst-cv", type=float, default=1.0, help="bursty: the factor's CV")
+    rate.add_argument(
+        "--token-cv",
+        type=float,
+        default=1.0,
+        help="coefficient of variation of prompt and output tokens around a window's means",
+    )
+    rate.add_argument(
+        "--engine",
+        choices=["auto", "requests", "fluid"],
+        default="auto",
+        help="per-request engine, or the aggregated one (auto: fluid beyond 6 hours)",
+    )
+    rate.add_argument(
+        "--step-seconds", type=float, default=10.0, help="the fluid engine's time step"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,8 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--signals-file", default=None, help="read signals from JSON, not Prometheus")
     s.set_defaults(func=_lazy("tokenyard.autoscaler.main"))
 
+    s = sub.add_parser("report", help="an HTML page of spend, traffic split and savings")
+    s.add_argument("audit", help="the router's audit log (JSON lines; '-' for stdin)")
+    s.add_argument("-o", "--output", default="tokenyard-report.html", help="HTML file")
+    s.add_argument("--since", default=None, help="a duration (24h, 7d) or an ISO 8601 time")
+    s.add_argument("--tenant", default=None, help="only this tenant's requests")
+    s.add_argument("--endpoint", default=None, help="only this endpoint's requests")
+    s.set_defaults(func=_lazy("tokenyard.accounting.report"))
+
     s = sub.add_parser("simulate", help="replay a request trace against a pool's autoscaling")
-    s.add_argument("--trace", required=True, help="CSV: TIMESTAMP, ContextTokens, GeneratedTokens")
+    s.add_argument(
+        "--trace",
+        required=True,
+        help="CSV: TIMESTAMP, ContextTokens, GeneratedTokens (requests) or a rate trace",
+    )
     simulate_arguments(s)
     s.set_defaults(func=_lazy("tokenyard.autoscaler.sim.cli"))
     return p

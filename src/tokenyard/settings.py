@@ -36,6 +36,8 @@ class OperatorSettings(BaseModel):
     router_stats_timeout_s: float = Field(default=2.0, gt=0)
     health_port: int = Field(default=8080, ge=1, le=65535)
     """Port of the liveness/readiness endpoint."""
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Port of ``/metrics`` (tokenyard_operator_*); 0 serves none (the chart sets it)."""
     peering: str | None = None
     """kopf peering object name; None runs standalone (one replica)."""
 

@@ -354,6 +354,13 @@ def test_external_target_and_egress(stack: Stack) -> None:
     assert "pii" in line["data_classes"] and line["target"] == "tiny-economy"
     assert "prompt" not in line  # ext-first does not ask for prompts in audit lines
 
+    # Every field forwarded is scanned, not only message content: an address in `user`
+    # or a card number split by dots in `stop` keeps the request in the cluster too.
+    for extra in ({"user": "jane.doe＠example.com"}, {"stop": ["4111.1111.1111.1111"]}):
+        leak_id = rid()
+        assert chat(c, "ext-first", "hi", leak_id, **extra).model == "tiny-economy"
+        assert stack.audit_for(leak_id)["target"] == "tiny-economy"
+
     # Only an external target and a confidential request: fail closed with 403.
     denied_id = rid()
     with pytest.raises(openai.PermissionDeniedError) as err:

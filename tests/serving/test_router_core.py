@@ -824,3 +824,21 @@ async def test_a_capped_saturated_model_downgrades_when_the_policy_allows(
     assert (economy.calls, tiny.calls) == (10, 6)
     economy.release.set()
     await asyncio.gather(*more)
+
+
+async def test_baseline_cost_prices_the_same_tokens_on_the_strongest_target(
+    backends: Backends, make_router: Any, tmp_path: Any
+) -> None:
+    backends.handlers["a"] = lambda r: httpx.Response(200, json=completion("a"))
+    cfg = config(["a", "b"])
+    cfg.models = [entry("a", 1.0, quality=0.5), entry("b", 3.0, quality=0.9)]
+    _, client = make_router(cfg)
+    r = await client.post("/v1/chat/completions", json=BODY)
+    assert r.status_code == 200 and r.headers["x-tokenyard-target"] == "a"
+    line = audit_lines(tmp_path)[-1]
+    assert line["baseline_target"] == "b"
+    assert line["cost_usd"] == pytest.approx(5 * 1.0 / 1e6)
+    assert line["baseline_cost_usd"] == pytest.approx(5 * 3.0 / 1e6)
+    text = (await client.get("/metrics")).text
+    series = 'tokenyard_baseline_cost_usd_total{baseline_target="b",endpoint="ep",tenant="default"}'
+    assert f"{series} 1.5e-05" in text

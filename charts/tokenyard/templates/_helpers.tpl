@@ -165,3 +165,11 @@ seccompProfile:
   resources: ["leases"]
   verbs: ["get", "create", "patch"]
 {{- end -}}
+
+{{/* Target labels of the Ray pods' scrapes: the pool and the Ray worker group. */}}
+{{- define "tokenyard.poolRelabelings" -}}
+- sourceLabels: [__meta_kubernetes_pod_label_tokenyard_dev_pool]
+  targetLabel: pool
+- sourceLabels: [__meta_kubernetes_pod_label_ray_io_group]
+  targetLabel: ray_group
+{{- end -}}

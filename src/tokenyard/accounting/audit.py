@@ -52,6 +52,10 @@ class AuditRecord:
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
+    baseline_target: str | None = None
+    """The endpoint's strongest target, on which ``baseline_cost_usd`` is priced."""
+    baseline_cost_usd: float = 0.0
+    """What the same tokens would have cost on ``baseline_target``."""
     stream: bool = False
     error: str | None = None
     downgraded: bool = False

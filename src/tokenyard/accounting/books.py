@@ -47,6 +47,10 @@ class Outcome:
     cost: float = 0.0
     error: str | None = None
     fallbacks: list[dict[str, str]] = field(default_factory=list)
+    baseline_target: str | None = None
+    """The endpoint's strongest target (highest quality), the baseline of savings."""
+    baseline_cost: float = 0.0
+    """What the same tokens would have cost on ``baseline_target``."""
 
 
 class Books:
@@ -79,6 +83,8 @@ class Books:
         record.tokens_out = out.tokens_out
         record.cost_usd = round(out.cost, 10)
         record.fallbacks = out.fallbacks
+        record.baseline_target = out.baseline_target
+        record.baseline_cost_usd = round(out.baseline_cost, 10)
         if out.error and not record.error:
             record.error = out.error
         try:
@@ -116,6 +122,10 @@ class Books:
             )
         if pol is not None and out.target is not None:
             self.metrics.tokens_in.labels(endpoint, target, tenant).inc(out.tokens_in)
+            if out.baseline_target is not None:
+                self.metrics.baseline_cost_usd.labels(endpoint, tenant, out.baseline_target).inc(
+                    out.baseline_cost
+                )
             self.metrics.tokens_out.labels(endpoint, target, tenant).inc(out.tokens_out)
             self.metrics.cost_usd.labels(endpoint, target, tenant).inc(out.cost)
         self.metrics.requests.labels(endpoint, target, tenant, str(out.status)).inc()
@@ -145,6 +155,7 @@ class Books:
         self.metrics.budget_remaining.labels(endpoint=pol.endpoint, tenant=label).set(
             max(0.0, budget.limitUSD - spent)
         )
+        self.metrics.budget_limit.labels(endpoint=pol.endpoint, tenant=label).set(budget.limitUSD)
 
 
 __all__ = ["MAX_TENANT_LABELS", "Books", "Endpoint", "Outcome"]

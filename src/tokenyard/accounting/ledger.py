@@ -56,6 +56,25 @@ def cost_usd(entry: CatalogueEntry, tokens_in: int, tokens_out: int) -> float:
     return (tokens_in * entry.inputPer1M + tokens_out * entry.outputPer1M) / 1_000_000
 
 
+def strongest(
+    catalogue: Mapping[str, CatalogueEntry], targets: Iterable[str]
+) -> CatalogueEntry | None:
+    """The endpoint's strongest target: the highest quality of those in the catalogue,
+    the dearer of equals (then the first listed). What "everything on the strongest
+    model" would have cost is priced on it (``tokenyard_baseline_cost_usd_total``)."""
+    best: CatalogueEntry | None = None
+    for name in targets:
+        e = catalogue.get(name)
+        if e is None:
+            continue
+        if best is None or (e.quality, e.inputPer1M + e.outputPer1M) > (
+            best.quality,
+            best.inputPer1M + best.outputPer1M,
+        ):
+            best = e
+    return best
+
+
 def _granularity(length: int) -> int:
     """The largest bucket size that divides the window length (window starts align)."""
     for g in reversed(_GRANULARITIES):

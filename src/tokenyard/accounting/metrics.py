@@ -53,6 +53,13 @@ class RouterMetrics:
             ["endpoint", "target", "tenant"],
             registry=r,
         )
+        self.baseline_cost_usd = Counter(
+            "tokenyard_baseline_cost_usd",
+            "What the same tokens would have cost on the endpoint's strongest target "
+            "(highest quality); minus tokenyard_cost_usd it is the spend routing avoided.",
+            ["endpoint", "tenant", "baseline_target"],
+            registry=r,
+        )
         self.fallbacks = Counter(
             "tokenyard_fallbacks",
             "Requests moved to the next target, by the failure that caused it.",
@@ -98,6 +105,13 @@ class RouterMetrics:
         self.budget_remaining = Gauge(
             "tokenyard_budget_remaining_usd",
             "What a tenant may still spend in the current budget window.",
+            ["endpoint", "tenant"],
+            registry=r,
+        )
+        self.budget_limit = Gauge(
+            "tokenyard_budget_limit_usd",
+            "A tenant's budget (limitUSD) in the current window; with "
+            "tokenyard_budget_remaining_usd it gives the share of the budget spent.",
             ["endpoint", "tenant"],
             registry=r,
         )

@@ -5,8 +5,9 @@ every pass, leader or not. ``/healthz`` answers 200 while the last pass is young
 ``max_age_s`` (three intervals by default) and 503 once the loop is stuck or dead, so
 the kubelet restarts a wedged replica. A pass whose decisions failed (API server or
 Prometheus down) still beats: that is an outage to wait out, not a reason to restart;
-the body says so. The body is JSON: ``{"ok", "leader", "lastPassAgeSeconds",
-"lastTickAgeSeconds", "lastError"}``.
+the body says so. ``GET /metrics`` on the same port serves the autoscaler's metrics
+(:mod:`tokenyard.autoscaler.metrics`). The health body is JSON: ``{"ok", "leader",
+"lastPassAgeSeconds", "lastTickAgeSeconds", "lastError"}``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
+
+
+class Exposition(Protocol):
+    """Something that renders Prometheus' text exposition (AutoscalerMetrics)."""
+
+    def exposition(self) -> tuple[bytes, str]: ...
 
 
 @dataclass
@@ -58,15 +65,29 @@ class Heartbeat:
 
 
 def serve_health(
-    heartbeat: Heartbeat, max_age_s: float, port: int, host: str = "0.0.0.0"
+    heartbeat: Heartbeat,
+    max_age_s: float,
+    port: int,
+    host: str = "0.0.0.0",
+    metrics: Exposition | None = None,
 ) -> ThreadingHTTPServer:
-    """Starts ``/healthz`` on a daemon thread; returns the server (``shutdown()`` stops
-    it; ``server_address`` has the port when ``port`` is 0)."""
+    """Starts ``/healthz`` (and ``/metrics`` when ``metrics`` is given) on a daemon
+    thread; returns the server (``shutdown()`` stops it; ``server_address`` has the port
+    when ``port`` is 0)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] != "/healthz":
-                self._send(404, {"error": "not found; try /healthz"})
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics" and metrics is not None:
+                data, ctype = metrics.exposition()
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
+            if path != "/healthz":
+                self._send(404, {"error": "not found; try /healthz or /metrics"})
                 return
             ok, body = heartbeat.report(max_age_s)
             self._send(200 if ok else 503, body)

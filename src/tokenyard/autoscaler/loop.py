@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from tokenyard.api.common import (
     COND_CAPPED,
     COND_METRICS_AVAILABLE,
+    COND_READY,
     REASON_METRICS_UNAVAILABLE,
     REASON_NOT_CAPPED,
 )
@@ -42,6 +43,7 @@ from tokenyard.autoscaler.decide import (
 from tokenyard.autoscaler.health import Heartbeat
 from tokenyard.autoscaler.kube import KubeApi, rfc3339
 from tokenyard.autoscaler.leader import LeaderElector
+from tokenyard.autoscaler.metrics import AutoscalerMetrics
 from tokenyard.autoscaler.signals import ModelRef, PoolSignals, SignalSource, SpendKey
 from tokenyard.settings import AutoscalerSettings
 
@@ -168,6 +170,10 @@ class Tick:
     spend_written: list[Key] = field(default_factory=list)
     """RoutingPolicies whose status.spendUSDPerHour was written."""
     skipped: list[str] = field(default_factory=list)
+    pool_ready: dict[Key, tuple[bool, str]] = field(default_factory=dict)
+    """Each listed pool's Ready condition (status, reason) as the operator wrote it."""
+    ready_replicas: dict[Key, int] = field(default_factory=dict)
+    """Each decided model's status.readyReplicas, where the operator wrote one."""
 
 
 class Autoscaler:
@@ -203,6 +209,7 @@ class Autoscaler:
             try:
                 pools[_meta(raw)] = ServingPool.model_validate(raw)
                 raw_pools[_meta(raw)] = raw
+                result.pool_ready[_meta(raw)] = _ready(raw)
             except ValidationError as exc:
                 result.skipped.append(f"ServingPool {_meta(raw)}: {exc.error_count()} errors")
         members: dict[Key, list[tuple[dict[str, Any], ModelDeployment]]] = {}
@@ -347,6 +354,9 @@ class Autoscaler:
             key = (ns, name)
             self.states[key] = new_states[name]
             result.decisions[key] = d
+            ready = (raw.get("status") or {}).get("readyReplicas")
+            if isinstance(ready, int):
+                result.ready_replicas[key] = ready
             try:
                 self._act(raw, md, view=views[name], d=d, now=now, result=result)
             except Exception as exc:  # one model's API error must not stop the others
@@ -468,6 +478,13 @@ def _conditions(
     )
 
 
+def _ready(raw: dict[str, Any]) -> tuple[bool, str]:
+    for c in (raw.get("status") or {}).get("conditions") or []:
+        if c.get("type") == COND_READY:
+            return c.get("status") == "True", str(c.get("reason") or "")
+    return False, "NoCondition"
+
+
 def run_forever(
     autoscaler: Autoscaler,
     elector: LeaderElector | None,
@@ -476,13 +493,16 @@ def run_forever(
     *,
     clock: Callable[[], float] = time.time,
     heartbeat: Heartbeat | None = None,
+    metrics: AutoscalerMetrics | None = None,
 ) -> None:
     """Decides every interval while leading, until ``stop`` is set; beats ``heartbeat``
-    after every pass (leader or not) for the health endpoint."""
+    after every pass (leader or not) for the health endpoint and hands the pass to
+    ``metrics`` for ``/metrics``."""
     while not stop.is_set():
         started = clock()
         leader = elector is None or elector.try_acquire(started)
         error: str | None = None
+        t: Tick | None = None
         if leader:
             try:
                 t = autoscaler.tick(started)
@@ -493,4 +513,6 @@ def run_forever(
                 log.warning("autoscaler interval failed: %s", exc)
         if heartbeat is not None:
             heartbeat.beat(leader=leader, ticked=leader, error=error)
+        if metrics is not None:
+            metrics.record(started, leader=leader, tick=t, error=error)
         stop.wait(max(0.0, interval_s - (clock() - started)))

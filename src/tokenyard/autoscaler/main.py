@@ -19,6 +19,7 @@ from tokenyard.autoscaler.health import Heartbeat, serve_health
 from tokenyard.autoscaler.kube import KubernetesApi
 from tokenyard.autoscaler.leader import LeaderElector
 from tokenyard.autoscaler.loop import Autoscaler, run_forever
+from tokenyard.autoscaler.metrics import AutoscalerMetrics
 from tokenyard.autoscaler.signals import PrometheusSignalSource, SignalSource, StaticSignalSource
 from tokenyard.settings import load_settings
 
@@ -59,14 +60,15 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     heartbeat = Heartbeat()
+    metrics = AutoscalerMetrics()
     server = None
     if s.health_port:
         # Three intervals without a pass (or one lease duration, if longer) is a stuck loop.
         max_age = max(3 * s.interval_s, s.lease_duration_s)
-        server = serve_health(heartbeat, max_age, s.health_port)
+        server = serve_health(heartbeat, max_age, s.health_port, metrics=metrics)
     log.info("autoscaler starting: prometheus %s, every %.0fs", s.prometheus_url, s.interval_s)
     try:
-        run_forever(autoscaler, elector, s.interval_s, stop, heartbeat=heartbeat)
+        run_forever(autoscaler, elector, s.interval_s, stop, heartbeat=heartbeat, metrics=metrics)
     finally:
         if server is not None:
             server.shutdown()

@@ -27,11 +27,13 @@ from typing import Any
 
 import httpx
 import kopf
+from prometheus_client import start_http_server
 
 from tokenyard.api.common import GROUP, VERSION
 from tokenyard.operator import traffic
 from tokenyard.operator.controller import Controller
 from tokenyard.operator.kube import MODELS, POLICIES, POOLS, KopfKubeApi
+from tokenyard.operator.metrics import OperatorMetrics
 from tokenyard.operator.store import Kind, WatchedStore, pool_ref
 from tokenyard.settings import Settings, load_settings
 
@@ -123,6 +125,9 @@ async def startup(
 
     ctrl = Controller(api, store, op, stats_fetcher=fetch)
     memo["controller"] = ctrl
+    if op.metrics_port:
+        metrics = OperatorMetrics(ctrl)
+        memo["metrics_server"], _ = start_http_server(op.metrics_port, registry=metrics.registry)
     task = asyncio.create_task(ctrl.run(), name="tokenyard reconciler")
     memo["controller_task"] = task
     task.add_done_callback(lambda t: _reconciler_ended(t, memo.get(MEMO_STOP)))
@@ -156,6 +161,10 @@ async def cleanup(memo: Any, **_: Any) -> None:
     client = memo.get("stats_client")
     if client is not None:
         await client.aclose()
+    server = memo.get("metrics_server")
+    if server is not None:
+        server.shutdown()
+        server.server_close()
 
 
 @kopf.on.probe(id="reconciler")

@@ -22,7 +22,7 @@ from tokenyard.routing.classifiers import (
     HeuristicClassifier,
     difficulty_from_header,
 )
-from tokenyard.routing.detectors import detect
+from tokenyard.routing.egress import scan_body
 from tokenyard.routing.errors import bad_request
 from tokenyard.routing.request import ParsedRequest
 
@@ -55,6 +55,9 @@ class RequestFeatures:
     """Detectors that fired, by data class (names only, never the matched text)."""
     declared_classes: frozenset[str] = frozenset()
     """Data classes the client declared in the data-class header."""
+    unscannable: tuple[str, ...] = ()
+    """Why part of the request could not be scanned (token ids, a scan error): the policy
+    engine keeps such a request off External targets."""
 
 
 def _split_header(value: str | None) -> list[str]:
@@ -97,14 +100,15 @@ def extract_features(
 
     Difficulty: the X-Tokenyard-Difficulty header when the policy allows it, else the
     classifier (default :class:`HeuristicClassifier`). Data classes: those declared in
-    the policy's header plus those the detectors find; the policy's default class only
-    when both are empty. ``detectors`` is a detect function run with the policy's
-    enabled detectors (default :func:`~tokenyard.routing.detectors.detect`), or a list
-    of detector names to run instead of the policy's.
+    the policy's header plus those the detectors find in every string of the body the
+    router would forward (:func:`~tokenyard.routing.egress.scan_body`); the policy's
+    default class only when both are empty. ``detectors`` is a detect function run on
+    the prompt text alone with the policy's enabled detectors, or a list of detector
+    names to run instead of the policy's.
     """
     policy = spec_of(policy)
     enabled: Iterable[DetectorName] = policy.egress.detectors
-    run: Detector = detect
+    run: Detector | None = None
     if callable(detectors):
         run = detectors
     elif detectors is not None:
@@ -117,7 +121,13 @@ def extract_features(
         scorer = classifier if classifier is not None else HeuristicClassifier()
         difficulty, source = min(1.0, max(0.0, float(scorer.score(parsed)))), "classifier"
     declared = declared_data_classes(headers, policy.egress.dataClassHeader)
-    found = run(parsed.prompt_text, enabled) if parsed.prompt_text else {}
+    unscannable: tuple[str, ...] = ()
+    if run is not None:
+        found = run(parsed.prompt_text, enabled) if parsed.prompt_text else {}
+    else:
+        scan = scan_body(parsed.body, enabled)
+        found = {k: list(v) for k, v in scan.found.items()}
+        unscannable = scan.unscannable
     classes = set(declared) | set(found)
     if not classes:
         classes.add(policy.egress.defaultDataClass)
@@ -136,6 +146,7 @@ def extract_features(
         prompt_text=parsed.prompt_text,
         detected={k: tuple(v) for k, v in sorted(found.items())},
         declared_classes=declared,
+        unscannable=unscannable,
     )
 
 

@@ -140,10 +140,15 @@ def _order_by_strategy(
 
 
 def _egress_block(
-    entry: CatalogueEntry, classes: frozenset[str], allowed_external: frozenset[str]
+    entry: CatalogueEntry,
+    classes: frozenset[str],
+    allowed_external: frozenset[str],
+    unscannable: tuple[str, ...] = (),
 ) -> str | None:
     """Why the request may not reach this model, or None. Fails closed."""
     if entry.kind == "External":
+        if unscannable:
+            return f"egress denied: {'; '.join(unscannable)}"
         leaving = sorted(classes - allowed_external)
         if leaving:
             return (
@@ -192,7 +197,7 @@ def _hard_filters(
         if entry is None:
             blocked[n] = "unknown model: not in the router's catalogue"
             continue
-        why = _egress_block(entry, f.data_classes, allowed_external)
+        why = _egress_block(entry, f.data_classes, allowed_external, f.unscannable)
         if why is not None:
             blocked[n] = why
             egress_blocked.add(n)

@@ -106,10 +106,14 @@ def test_scales_up_under_load_and_back_down(prometheus: StartPrometheus, vllm_se
         nonlocal current, states
         now = time.time()
         sig = source.model_signals([ref], now)
+        # The SLO model sizes from vLLM's own counters (finished requests, prompt and
+        # generated tokens, the queue): a replica profile of 200 prompt tokens/s is far
+        # below what twelve clients push, so it must grow the model, and once the load
+        # stops (no requests) return it to the minimum.
         view = ModelView(
             name=MODEL, min_replicas=1, max_replicas=8, current_replicas=current,
             ready_replicas=current, gpus_per_replica=0, target_ongoing=2,
-            cold_start_s=0, nominal_tokens_per_s=1e9,
+            cold_start_s=0, nominal_tokens_per_s=200.0, ttft_slo_s=2.0,
         )  # fmt: skip
         decisions, states = decide_pool(pool, {MODEL: view}, sig, states, now=now, cfg=cfg)
         d = decisions[MODEL]
@@ -132,6 +136,7 @@ def test_scales_up_under_load_and_back_down(prometheus: StartPrometheus, vllm_se
         stop.set()
         load.shutdown(wait=True)
     assert peak >= 3, history
+    assert any("SLO model" in h[3] for h in history if h[0] == "load"), history
 
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and current > 1:

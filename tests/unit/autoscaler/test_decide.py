@@ -201,14 +201,15 @@ def test_kv_cache_and_ttft_rules() -> None:
 
 
 def test_queued_tokens_count_over_a_cold_start() -> None:
-    # 2000-token prompts, 4 req/s, 8000 tokens/s: a 1-replica engine at 80% util.
+    # 2000-token prompts, 4 req/s, one replica prefills 5 req/s; TTFT SLO 10 s. The
+    # queue adds its requests spread over one 30 s cold start to the rate (SLO model).
     base = {"prompt_tokens_per_s": 8000.0, "request_rate": 4.0}
-    v = view(nominal_tokens_per_s=10000.0, target_gpu_util=0.8, cold_start_s=30.0,
+    v = view(nominal_tokens_per_s=10000.0, ttft_slo_s=10.0, cold_start_s=30.0,
              target_ongoing=100.0)  # fmt: skip
-    short = Driver(v).step(0, sig(running=8, waiting=6, **base))  # 12k tokens: drains
-    long = Driver(v).step(0, sig(running=8, waiting=120, **base))  # 240k tokens: 30 s+
-    assert short.desired == 1  # (8000 + 12000/30) / 8000 = 1.05: inside the dead band
-    assert long.desired == 2  # (8000 + 240000/30) / 8000 = 2.0: one more replica
+    short = Driver(v).step(0, sig(running=8, waiting=6, **base))  # 4.2 req/s: rho 0.84
+    long = Driver(v).step(0, sig(running=8, waiting=120, **base))  # 8 req/s: overloaded
+    assert short.desired == 1  # predicted miss 0.84 exp(-9.8 x 0.8) = 0.03% < 0.5%
+    assert long.desired == 2  # one replica is overloaded; two: rho 0.8, miss ~0
 
 
 def _two(pool: PoolView, a: ModelView, b: ModelView, sa: ModelSignals, sb: ModelSignals
@@ -309,16 +310,40 @@ def test_band_gives_ray_serve_spare_room() -> None:
     assert (d["m"].band_min, d["m"].band_max) == (3, 6)
 
 
-@pytest.mark.parametrize(("p95", "expect"), [(4.0, 2), (1.0, 1)])
-def test_burst_preprovisioning_only_while_slo_at_risk(p95: float, expect: int) -> None:
-    # 40 requests in flight of 2000-token prompts = 80k tokens; prefilled within the 5 s
-    # SLO at 8000 tokens/s per replica that is 2 replicas, while the throughput is 1.
-    v = view(nominal_tokens_per_s=10000.0, target_gpu_util=0.8, ttft_slo_s=5.0,
-             target_ongoing=100.0)  # fmt: skip
-    s = sig(running=40, prompt_tokens_per_s=8000.0, request_rate=4.0, ttft_p95_s=p95)
-    dec = Driver(v).step(0, s)
+@pytest.mark.parametrize(
+    ("rate", "slo", "expect"),
+    [
+        # 2000-token prompts, 10k tokens/s per replica (5 req/s), SLO 5 s, miss budget
+        # (1 - 0.99) x 0.5 = 0.5%. At 4 req/s one replica runs at 80% and misses
+        # 0.8 exp(-4.8 x 1) = 0.66%: two are needed; at 3 req/s one (0.004%).
+        (4.0, 5.0, 2),
+        (3.0, 5.0, 1),
+        # The same 4 req/s with a 10 s SLO: one replica (0.8 exp(-9.8) ~ 0).
+        (4.0, 10.0, 1),
+        # 12 req/s: at least three replicas (rho 0.8); three miss 0.8 exp(-4.8 x 3) ~ 0.
+        (12.0, 5.0, 3),
+    ],
+)
+def test_slo_model_sizes_by_predicted_ttft(rate: float, slo: float, expect: int) -> None:
+    v = view(nominal_tokens_per_s=10000.0, ttft_slo_s=slo, target_ongoing=1e6)
+    s = sig(running=rate * 0.5, prompt_tokens_per_s=rate * 2000, request_rate=rate)
+    dec = Driver(v).run(0, 60, s)
     assert dec.desired == expect
-    assert dec.reason.startswith("burst") is (expect == 2)
+    assert "SLO model" in dec.reason
+
+
+def test_slo_model_scales_down_with_hysteresis() -> None:
+    # Three replicas, 8 req/s of 2000-token prompts (5 req/s per replica), SLO 5 s: the
+    # SLO model needs 2 (rho 0.8, miss 0.8 exp(-4.8 x 2) ~ 0) and 2 still meet it at
+    # 10% more load, so it goes down to 2; at 9.5 req/s 2 meet the SLO (rho 0.95:
+    # 0.95 exp(-4.8 x 0.5) = 8.6%? no: too many misses) so three stay.
+    v = view(current_replicas=3, ready_replicas=3, nominal_tokens_per_s=10000.0,
+             ttft_slo_s=5.0, target_ongoing=1e6)  # fmt: skip
+    down = Driver(v).run(0, 120, sig(running=4, prompt_tokens_per_s=16000.0, request_rate=8.0))
+    assert down.desired == 2
+    near = Driver(v).run(0, 120, sig(running=4, prompt_tokens_per_s=18000.0, request_rate=9.0))
+    # 9 req/s: two replicas predicted at rho 0.9 miss 0.9 exp(-4.8) = 0.74% > 0.5%.
+    assert near.desired == 3
 
 
 def test_no_restacking_while_replicas_start() -> None:
@@ -333,13 +358,16 @@ def test_no_restacking_while_replicas_start() -> None:
 @pytest.mark.parametrize(
     ("cold_start", "running", "prompt_rate", "held"),
     [
-        # 40 x 2000-token prompts = 80k tokens in flight: one ready replica (10k tokens/s)
-        # clears them in 8 s, long before a 120 s cold start ends: the new replica would
-        # find an empty queue, so none is added.
-        (120.0, 40, 8000.0, True),
+        # 40 x 2000-token prompts = 80k tokens in flight at 3 req/s (the SLO model needs
+        # one replica) while TTFT is over its SLO with a queue (the guard asks one more):
+        # the ready replica (10k tokens/s) clears them in 8 s, long before a 120 s cold
+        # start ends: the new replica would find an empty queue, so none is added.
+        (120.0, 40, 6000.0, True),
         # The same burst with a 30 s cold start, within the 60 s stable window the
         # autoscaler sees: the next burst of the active period may well need it.
-        (30.0, 40, 8000.0, False),
+        (30.0, 40, 6000.0, False),
+        # 4 req/s: the SLO model itself needs two (80% on one misses 0.66% > 0.5%).
+        (120.0, 40, 8000.0, False),
         # A backlog that outlasts the cold start (3M tokens: 300 s) still scales up.
         (120.0, 1500, 8000.0, False),
         # A steady load beyond the ready replica (12k tokens/s of 8k) still scales up.
@@ -351,8 +379,8 @@ def test_cold_start_aware_scale_up(
 ) -> None:
     v = view(nominal_tokens_per_s=10000.0, target_gpu_util=0.8, ttft_slo_s=5.0,
              target_ongoing=1000.0, cold_start_s=cold_start)  # fmt: skip
-    s = sig(running=running, prompt_tokens_per_s=prompt_rate, request_rate=prompt_rate / 2000,
-            ttft_p95_s=4.0)  # fmt: skip
+    s = sig(running=running, waiting=2, prompt_tokens_per_s=prompt_rate,
+            request_rate=prompt_rate / 2000, ttft_p95_s=6.0)  # fmt: skip
     dec = Driver(v, DecisionConfig(keep_warm_usd=0)).step(0, s)
     assert (dec.desired == 1) is held
     assert dec.reason.startswith("cold-start-aware") is held
@@ -408,25 +436,24 @@ def test_keep_warm_off_releases_like_before() -> None:
 
 
 @pytest.mark.parametrize(
-    ("price", "prewarm", "expect"),
+    ("price", "expect"),
     [
-        (0.8, 4.0, 5),  # keep-warm 450 s >= 4 cold starts of 30 s: pre-warmed
-        (8.0, 4.0, 1),  # keep-warm 45 s: too dear to hold, so not worth adding either
-        (0.8, 0.0, 1),  # pre-warm off: keep-warm only bounds scale-down
+        (0.8, 5),  # keep-warm 450 s: the burst's replicas are held through the calm
+        # keep-warm 45 s: released once the scale-down delay allows, down to the two the
+        # SLO model needs at 0.5 req/s (one: rho 0.4, miss 0.4 exp(-4.2 x 0.75) = 1.7%).
+        (8.0, 2),
     ],
 )
-def test_prewarm_adds_what_the_last_burst_needed_for_cheap_models(
-    price: float, prewarm: float, expect: int
+def test_keep_warm_holds_what_the_slo_model_needed_in_the_last_burst(
+    price: float, expect: int
 ) -> None:
-    cfg = DecisionConfig(keep_warm_usd=0.1, prewarm_cold_starts=prewarm, cold_start_aware=False)
-    d = Driver(view(price_per_gpu_hour=price, nominal_tokens_per_s=1000, target_gpu_util=0.8), cfg)
-    # 10 requests in flight of 800 prompt tokens each: 8000 tokens to prefill within the
-    # 2 s SLO at 800 tokens/s per replica is 5 replicas' worth; the steady load is 1, and
-    # the TTFT is fine, so without pre-warm nothing scales up.
-    s = sig(running=10, request_rate=1.0, prompt_tokens_per_s=800.0)
-    dec = d.step(0, s)
+    cfg = DecisionConfig(keep_warm_usd=0.1, cold_start_aware=False, scale_down_delay_s=30)
+    v = view(price_per_gpu_hour=price, nominal_tokens_per_s=1000, ttft_slo_s=5.0,
+             target_ongoing=1e6)  # fmt: skip
+    d = Driver(v, cfg)
+    # A burst: 4 req/s of 800-token prompts (1.25 req/s per replica) needs 5 replicas by
+    # the SLO model (rho 0.64 on five); then 0.5 req/s.
+    d.run(0, 10, sig(running=4, request_rate=4.0, prompt_tokens_per_s=3200.0))
+    assert d.v.current_replicas == 5
+    d.run(15, 300, sig(running=1, request_rate=0.5, prompt_tokens_per_s=400.0))
     assert d.v.current_replicas == expect
-    if expect > 1:
-        assert "pre-warm" in dec.reason
-    d.run(5, 60, sig())
-    assert d.v.current_replicas == expect  # held through the calm (keep-warm)

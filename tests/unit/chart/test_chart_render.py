@@ -177,7 +177,10 @@ def test_operator_probes_hit_the_kopf_health_endpoint() -> None:
     assert deploy["spec"]["strategy"] == {"type": "Recreate"}
     c = _container(deploy)
     assert c["args"] == ["operator"]
-    assert c["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "health", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 8082, "protocol": "TCP"},
+    ]
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
 

@@ -4,22 +4,23 @@ Called by the loop (:mod:`tokenyard.autoscaler.loop`) and by the simulator with 
 arguments: the pool and its models as views, the signals, the state carried from the last
 decision, and ``now``. Nothing here reads a clock, Prometheus or the Kubernetes API.
 
-Per model (:func:`recommend`), KPA-style: the load in replicas' worth (requests running
-per target, or tokens per second plus queued prompts against the nominal throughput)
-averaged over a stable window (60 s) and a panic window (6 s); panic mode when the panic
-window reaches 1.5x the ready replicas, during which the model never scales down.
-KV-cache use, GPU use (with a queue) and TTFT over its SLO each ask for at least some
-replicas; while the SLO is at risk, the model also asks for what would prefill all it
-has in flight within the SLO (the next burst's capacity). The largest ask wins. Scaling
-down waits for a cool-down after the last scale-up, takes the largest recommendation of
-the last ``scale_down_delay_s`` and removes at most half of the replicas at once; a 10%
-dead band keeps a steady load from flapping, and replicas still starting are not
-stacked on. Two rules weigh replicas against their cold start: keep-warm holds what the
-last burst needed for as long as ``keep_warm_usd`` pays for a replica (cheap replicas
-longer), and a replica whose cold start exceeds the stable window is not added while the
-ready ones clear all in flight before it could serve. A model with ``minReplicas: 0``
-and ``scaleToZeroAfterSeconds`` goes to zero after that long without requests, and back
-to one as soon as a request waits.
+Per model (:func:`recommend`): the fewest replicas that a queueing model of prefill
+(:mod:`~tokenyard.autoscaler.decide.slo`: G/G/c, Allen-Cunneen with Kingman's tail)
+predicts meet the model's TTFT SLO, with margin, for the arrival rate and token means
+measured over a stable window (60 s) and, for bursts, a panic window (6 s); with
+hysteresis (up to, and down only to, what meets the SLO at 10% more load). A rate
+forecast (:mod:`~tokenyard.autoscaler.decide.forecast`), where one is kept, is sized for
+one cold start ahead. KV-cache use, GPU use (with a queue the SLO cannot absorb) and TTFT
+over its SLO are guards that ask for at least some replicas; the largest ask wins. Panic
+mode when the panic window's count reaches 1.5x the ready replicas, during which the
+model never scales down. Scaling down waits for a cool-down after the last scale-up,
+takes the largest recommendation of the last ``scale_down_delay_s`` and removes at most
+half of the replicas at once; replicas still starting are not stacked on. Keep-warm
+holds what the last burst needed for as long as ``keep_warm_usd`` pays for a replica
+(cheap replicas longer), and a replica whose cold start exceeds the stable window is not
+added while the ready ones clear all in flight before it could serve. A model with
+``minReplicas: 0`` and ``scaleToZeroAfterSeconds`` goes to zero after that long without
+requests, and back to one as soon as a request waits.
 
 Per pool (:func:`allocate`): every model first gets its minimum (never undercut), then
 replicas are handed out one at a time, highest priority first, then by value per dollar
@@ -41,7 +42,7 @@ from tokenyard.autoscaler.decide.pool import (
     summary,
     update_cost,
 )
-from tokenyard.autoscaler.decide.recommend import recommend
+from tokenyard.autoscaler.decide.recommend import recommend, slo_replicas
 from tokenyard.autoscaler.decide.views import (
     ClassLimit,
     DecisionConfig,
@@ -68,6 +69,7 @@ __all__ = [
     "cost_per_1m",
     "decide_pool",
     "recommend",
+    "slo_replicas",
     "summary",
     "update_cost",
 ]

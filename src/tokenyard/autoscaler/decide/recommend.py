@@ -1,11 +1,11 @@
 """One model's ask from its signals (:func:`recommend`), rule by rule.
 
-KPA-style: the load in replicas' worth (requests running per target, or tokens per second
-plus queued prompts against the nominal throughput) averaged over a stable window and a
-panic window (:func:`_measure`); KV-cache use, GPU use (with a queue) and TTFT over its
-SLO each ask for at least some replicas (:func:`_asks`); then, in order, the dead band,
-panic mode, the floor (scale to zero), the burst memory, keep-warm, the scale-down and
-scale-up limits and pre-warm adjust the count. Pure: ``now`` comes in, no clock is read.
+The SLO model (:func:`slo_replicas`, :mod:`~tokenyard.autoscaler.decide.slo`) sizes for
+the workload of the stable and panic windows (:func:`_measure`); KV-cache use, GPU use
+(with a queue) and TTFT over its SLO are guards that each ask for at least some replicas
+(:func:`_asks`); then, in order, the dead band and hysteresis, panic mode, the floor
+(scale to zero), the burst memory, keep-warm, the scale-down and scale-up limits and
+pre-warm adjust the count. Pure: ``now`` comes in, no clock is read.
 """
 
 from __future__ import annotations
@@ -13,6 +13,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from tokenyard.autoscaler.decide.slo import (
+    ReplicaProfile,
+    Workload,
+    predict,
+    replicas_for_slo,
+)
 from tokenyard.autoscaler.decide.views import (
     DecisionConfig,
     ModelState,
@@ -45,12 +51,79 @@ class _Load:
     in_flight: float
     """Prompt tokens of every request in flight (running and waiting)."""
     stable: float
-    """The load averaged over the stable window."""
+    """Replicas the SLO model asks for at the stable window's workload."""
+    stable_down: float
+    """The same at (1 + tolerance) times the rate: how far a scale-down may go."""
     panic_avg: float
-    """The load averaged over the panic window."""
+    """Replicas the SLO model asks for at the panic window's workload."""
     samples: tuple[tuple[float, float], ...]
+    rates: tuple[tuple[float, float, float, float, float, float], ...]
     bursts: tuple[tuple[float, float], ...]
     basis: str
+
+
+def _workload(
+    view: ModelView,
+    rates: tuple[tuple[float, float, float, float, float, float], ...],
+    since: float,
+    waiting: float,
+    cfg: DecisionConfig,
+) -> tuple[Workload, float]:
+    """The workload of the samples after ``since`` and how many requests started in
+    them (the token means' sample size): mean rate and token means, the
+    arrivals' burstiness from the dispersion of the per-interval counts (at least
+    Poisson's), plus the queued requests spread over one cold start (a backlog that the
+    ready replicas clear before a new one could serve adds little)."""
+    sel = [x for x in rates if x[0] > since] or list(rates[-1:])
+    rps = _mean([x[1] for x in sel])
+    # vLLM counts requests when they finish but prompt tokens when they are prefilled
+    # (and output tokens as they are generated), so the tokens of a window belong to
+    # the requests that started in it: the finished ones plus the growth of those
+    # running. Arrivals are the started ones plus the queue's growth (under overload
+    # completions are the capacity, not the demand). Flow conservation, both.
+    start = ([x for x in rates if x[0] <= since][-1:] or sel)[0]
+    span = sel[-1][0] - start[0]
+    started = rps + (sel[-1][5] - start[5]) / span if span > 0 else rps
+    if started <= 0:
+        started = rps
+    arrivals = max(rps, started + (sel[-1][4] - start[4]) / span) if span > 0 else rps
+    prompt_rate = _mean([x[2] for x in sel])
+    gen_rate = _mean([x[3] for x in sel])
+    prompt = prompt_rate / started if started > 0 else 0.0
+    output = gen_rate / started if started > 0 else 0.0
+    ca2 = 1.0
+    if len(sel) >= 3 and rps > 0:
+        gap = (sel[-1][0] - sel[0][0]) / (len(sel) - 1)
+        var = _mean([(x[1] - rps) ** 2 for x in sel])
+        # The index of dispersion of the counts per interval, less two of its standard
+        # errors (sqrt(2 / (k - 1)) for k counts): burstier than Poisson only where the
+        # samples show it beyond their own noise.
+        idc = var * gap / rps
+        ca2 = max(1.0, idc - 2 * math.sqrt(2 / (len(sel) - 1)))
+    rate = arrivals + waiting / max(view.cold_start_s, view.ttft_slo_s)
+    # One sample's rate covers at least the panic window (the shortest the loop reads).
+    count = started * max(span, cfg.panic_window_s)
+    w = Workload(rate=rate, prompt=prompt, output=output, ca2=ca2, cs2=cfg.prompt_scv)
+    return w, count
+
+
+def _profile(view: ModelView) -> ReplicaProfile:
+    return ReplicaProfile(
+        prefill_tokens_per_s=view.nominal_tokens_per_s,
+        decode_tokens_per_s=view.decode_tokens_per_s,
+        kv_tokens=view.kv_cache_tokens,
+    )
+
+
+def slo_replicas(view: ModelView, w: Workload, cfg: DecisionConfig, headroom: float = 1.0) -> int:
+    """The fewest replicas the queueing model says meet the model's TTFT SLO with the
+    margin, at ``headroom`` times the workload's rate."""
+    if w.rate <= 0 or w.prompt <= 0:
+        return 0
+    budget = (1 - cfg.slo_target) * cfg.slo_margin
+    scaled = replace(w, rate=w.rate * headroom)
+    limit = max(view.max_replicas, view.current_replicas) + 1
+    return replicas_for_slo(scaled, _profile(view), view.ttft_slo_s, budget, limit)
 
 
 def _measure(
@@ -64,38 +137,52 @@ def _measure(
     ready = view.ready_replicas if view.ready_replicas is not None else current
     ready = min(ready, current) if current > 0 else 0
 
-    # The load in replicas' worth, from two views of the same work:
-    # - concurrency: requests in the engines' batches per targetOngoingRequests;
-    # - tokens: tokens processed per second, plus the queued prompts (priced at the mean
-    #   prompt so far) spread over one cold start, per nominal replica throughput at the
-    #   utilisation target. A backlog that the ready replicas clear before a new replica
-    #   could serve adds little; one that outlasts a cold start adds replicas.
-    # Queued requests count as tokens when the prompt size is known (their number says
-    # little about the work), else as requests in flight.
-    conc = running if rps > 0 and prompt_rate > 0 else signals.ongoing
-    load_conc = conc / view.target_ongoing
+    # The load in replicas: the fewest the queueing model (decide/slo.py) says meet the
+    # TTFT SLO for the rate and token means of the stable window (and of the panic
+    # window, for bursts). Before any request has finished, the rate is unknown:
+    # requests in the engines' batches per targetOngoingRequests stand in.
+    rates = (
+        *(x for x in state.rates if x[0] > now - cfg.stable_window_s),
+        (now, rps, prompt_rate, signals.generation_tokens_per_s or 0.0, waiting, running),
+    )
+    w_stable, counted = _workload(view, rates, now - cfg.stable_window_s, waiting, cfg)
+    w_panic, _ = _workload(view, rates, now - cfg.panic_window_s, waiting, cfg)
+    measured = counted >= cfg.min_requests_measured
+    # A short window counts few requests: only a rate above its Poisson counting noise
+    # (two standard deviations over the window) is a burst.
+    noise = 2 * math.sqrt(w_panic.rate / cfg.panic_window_s) if w_panic.rate > 0 else 0.0
+    w_panic = replace(w_panic, rate=max(0.0, w_panic.rate - noise))
+    if view.forecast_rps is not None and view.forecast_rps > w_stable.rate and w_stable.prompt > 0:
+        # Size for the load a cold start ahead: replicas started now serve it.
+        w_stable = replace(w_stable, rate=view.forecast_rps)
+    load_conc = 0.0
+    if rps <= 0 or prompt_rate <= 0 or not measured:
+        load_conc = signals.ongoing / view.target_ongoing
+    if not measured:  # too few requests for their token means: concurrency stands in
+        w_stable = w_panic = replace(w_stable, rate=0.0)
+    samples = (*(x for x in state.samples if x[0] > now - cfg.stable_window_s), (now, load_conc))
+    conc_stable = _mean([v for _, v in samples])
+    conc_panic = _mean([v for t, v in samples if t > now - cfg.panic_window_s])
+    stable = max(float(slo_replicas(view, w_stable, cfg)), conc_stable)
+    stable_down = max(float(slo_replicas(view, w_stable, cfg, 1 + cfg.tolerance)), conc_stable)
+    panic_avg = max(float(slo_replicas(view, w_panic, cfg)), conc_panic)
     tokens = signals.tokens_per_s
-    backlog = waiting * prompt_rate / rps if waiting > 0 and rps > 0 and prompt_rate > 0 else 0.0
-    tokens += backlog / max(view.cold_start_s, view.ttft_slo_s)
-    replica_rate = view.nominal_tokens_per_s * view.target_gpu_util
-    load_tok = tokens / replica_rate
-    # What would prefill every request in flight (running ones include those still in
-    # prefill) within the TTFT SLO: the capacity to keep warm for the next burst like
-    # this one (see the burst memory below).
     in_flight = (running + waiting) * prompt_rate / rps if rps > 0 and prompt_rate > 0 else 0.0
-    burst_need = in_flight / view.ttft_slo_s / replica_rate
-    load = max(load_conc, load_tok)
-    samples = (*(x for x in state.samples if x[0] > now - cfg.stable_window_s), (now, load))
     bursts = (
         *(x for x in state.bursts if x[0] > now - cfg.panic_window_s),
-        (now, max(load, load_conc, burst_need)),
+        (now, max(stable, panic_avg)),
     )
-    stable = _mean([v for t, v in samples])
-    panic_avg = _mean([v for t, v in samples if t > now - cfg.panic_window_s])
+    pred = predict(w_stable, _profile(view), max(ready, 1), view.ttft_slo_s)
     basis = (
-        f"{running:.0f} running, {waiting:.0f} waiting, {tokens:.0f} tokens/s "
-        f"= {stable:.2f} replicas of load (60s avg)"
+        f"{w_stable.rate:.2f} req/s x {w_stable.prompt:.0f} prompt tokens "
+        f"(60s avg, ca2 {w_stable.ca2:.1f}): SLO model needs {stable:.0f} "
+        f"(predicted miss {pred.miss:.1%} at {max(ready, 1)})"
     )
+    if conc_stable > 0 and conc_stable >= stable:
+        basis = (
+            f"{signals.ongoing:.0f} in flight, no rate measured: "
+            f"{conc_stable:.2f} replicas of load at {view.target_ongoing:g} per replica (60s avg)"
+        )
     return _Load(
         running=running,
         waiting=waiting,
@@ -104,8 +191,10 @@ def _measure(
         tokens=tokens,
         in_flight=in_flight,
         stable=stable,
+        stable_down=stable_down,
         panic_avg=panic_avg,
         samples=samples,
+        rates=rates,
         bursts=bursts,
         basis=basis,
     )
@@ -127,11 +216,18 @@ def _asks(view: ModelView, signals: ModelSignals, ld: _Load) -> tuple[float, str
                 )
             )
         # A busy GPU with nothing queued is well used, not overloaded: decode keeps a GPU
-        # "utilised" at any batch size, so utilisation only counts with a queue.
+        # "utilised" at any batch size, so utilisation only counts (as a guard against
+        # a model that underestimates the work) with a queue that the ready replicas
+        # do not clear within the TTFT SLO.
+        queued_s = (
+            ld.in_flight * waiting / max(ld.running + waiting, 1e-9)
+            / (ready * view.nominal_tokens_per_s)
+        )  # fmt: skip
         if (
             signals.gpu_utilization is not None
             and signals.gpu_utilization > view.target_gpu_util
             and waiting > 0
+            and (ld.in_flight == 0 or queued_s > view.ttft_slo_s)
         ):
             asks.append(
                 (
@@ -152,12 +248,25 @@ def _asks(view: ModelView, signals: ModelSignals, ld: _Load) -> tuple[float, str
     return want, why, slo_pressure
 
 
-def _dead_band(want: float, why: str, current: int, cfg: DecisionConfig) -> tuple[int, str]:
-    """Scale up past +tolerance, and down only to a count that keeps the tolerance as
-    headroom, so a steady noisy load sits still."""
+def _dead_band(
+    want: float, why: str, current: int, ld: _Load, cfg: DecisionConfig
+) -> tuple[int, str]:
+    """The SLO model's count scales up as soon as it exceeds the current replicas, and
+    then (as down) to what still meets the SLO at (1 + tolerance) times the load
+    (hysteresis). A guard (KV cache, GPU with a queue, TTFT) scales up past +tolerance
+    and down only to a count that keeps the tolerance as headroom."""
+    if want <= ld.stable:  # the SLO model's ask wins
+        if ld.stable > current or (current == 0 and ld.stable > 0):
+            # Up to what meets the SLO at (1 + tolerance) times the load: the same band
+            # a scale-down keeps, so a ramp takes fewer, larger steps.
+            return _ceil(max(ld.stable, ld.stable_down)), why
+        n = _ceil(ld.stable_down)
+        if n < current:
+            return n, why
+        return current, f"steady: {why}"
     if want > current * (1 + cfg.tolerance) or (current == 0 and want > 0):
         return _ceil(want), why
-    n_down = _ceil(want / (1 - cfg.tolerance))
+    n_down = max(_ceil(want / (1 - cfg.tolerance)), _ceil(ld.stable_down))
     n = n_down if n_down < current else current
     if n == current:
         why = f"steady: {why}"
@@ -178,7 +287,7 @@ def _panic(  # noqa: PLR0917
         panic_until = now + cfg.stable_window_s
     panic = panic_until is not None and now < panic_until
     if panic and panic_want >= n:
-        n, why = panic_want, f"panic: {ld.panic_avg:.2f} replicas of load (6s avg)"
+        n, why = panic_want, f"panic: SLO model needs {ld.panic_avg:.0f} at the 6s workload"
     if panic:
         n = max(n, current)
     return n, why, panic, panic_until
@@ -318,7 +427,7 @@ def recommend(
     ld = _measure(view, signals, state, now, cfg)
     last_active = now if ld.active or state.last_active is None else state.last_active
     want, why, slo_pressure = _asks(view, signals, ld)
-    n, why = _dead_band(want, why, current, cfg)
+    n, why = _dead_band(want, why, current, ld, cfg)
     n, why, panic, panic_until = _panic(n, why, ld, state, now, current, cfg)
     n, why, floor = _floor(view, n, why, ld, last_active, now)
 
@@ -334,7 +443,7 @@ def recommend(
         and signals.ttft_p95_s > cfg.burst_slo_fraction * view.ttft_slo_s
     )
     if burst > n and burst > current and at_risk:
-        n, why = burst, f"burst: {burst_avg:.2f} replicas prefill what is in flight within SLO"
+        n, why = burst, f"burst: the SLO model asked {burst_avg:.2f} over the panic window"
     keep_warm_s, peaks, warm = _keep_warm(view, state, burst_avg, now, cfg)
     n_capped = min(max(n, burst, warm, floor), hi)
     recs = (
@@ -360,6 +469,7 @@ def recommend(
     new_state = replace(
         state,
         samples=ld.samples,
+        rates=ld.rates,
         bursts=ld.bursts,
         recommendations=recs,
         peaks=peaks,
@@ -380,4 +490,4 @@ def recommend(
     )
 
 
-__all__ = ["recommend"]
+__all__ = ["recommend", "slo_replicas"]

@@ -60,7 +60,22 @@ class DecisionConfig:
     active period then finds them running. Cheap replicas qualify (0.80 USD/h with a
     30 s cold start: 7.5 min >= 2 min), dear or slow ones do not. 0: off."""
     tolerance: float = 0.1
-    """Dead band: no change while the ask is within 10% of the current replicas."""
+    """Dead band: no change while the ask is within 10% of the current replicas; and the
+    hysteresis of SLO sizing: a scale-down goes only to replicas that would still meet
+    the SLO at this much more load."""
+    slo_target: float = 0.99
+    """Share of requests whose TTFT should be within the model's ttftSLOSeconds."""
+    slo_margin: float = 0.5
+    """SLO sizing aims at this share of the miss budget (1 - slo_target): the queueing
+    model's prediction is approximate, so half the budget is kept in reserve."""
+    min_requests_measured: float = 20.0
+    """Fewer requests than this started in the stable window leave the workload
+    unmeasured (the mean of 20 prompt lengths of CV 1 is within +-22% at one standard
+    error; with fewer, and at start-up when counters still lag, running per
+    targetOngoingRequests stands in)."""
+    prompt_scv: float = 1.0
+    """Squared coefficient of variation of prompt lengths in the queueing model (vLLM's
+    counters give means only; 1.0 is that of an exponential, about the public traces')."""
     cost_time_constant_s: float = 1800.0
     """Age at which GPU cost and tokens fade to 1/e in the cost-per-1M-tokens estimate."""
     min_tokens_for_cost: float = 10_000.0
@@ -108,6 +123,14 @@ class ModelView:
     cold_start_s: float = 120.0
     nominal_tokens_per_s: float = 1000.0
     quality: float = 0.6
+    decode_tokens_per_s: float | None = None
+    """Tokens per second per decoding sequence, where known (the simulator's profile)."""
+    kv_cache_tokens: float | None = None
+    """Tokens of KV cache per replica, where known; else the measured use guards."""
+    forecast_rps: float | None = None
+    """Requests per second forecast one cold start ahead (decide/forecast.py), where a
+    forecast is kept: the SLO model sizes for the larger of it and the measured rate,
+    so replicas start before a ramp."""
 
     @property
     def replica_cost_per_hour(self) -> float:
@@ -178,7 +201,11 @@ class ModelState:
     """What one model's decisions carry from one interval to the next."""
 
     samples: tuple[tuple[float, float], ...] = ()
-    """(time, requests in flight) over the stable window."""
+    """(time, requests in flight per targetOngoingRequests) over the stable window, for
+    intervals without a measured rate (the SLO model's stand-in)."""
+    rates: tuple[tuple[float, float, float, float, float, float], ...] = ()
+    """(time, finished requests/s, prompt tokens/s, generated tokens/s, requests waiting,
+    requests running) over the stable window: the workload the SLO model sizes for."""
     bursts: tuple[tuple[float, float], ...] = ()
     """(time, replicas a burst needs) over the panic window."""
     recommendations: tuple[tuple[float, int], ...] = ()

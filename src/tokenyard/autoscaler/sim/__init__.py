@@ -1,5 +1,10 @@
 """Trace-driven simulator: the real decision code against static and HPA-style baselines.
 
+Per-request traces replay request by request (:mod:`.engine`); rate traces (requests per
+second and token means per window, :mod:`.rates`) become requests from a seed, or, for
+spans of days, load per time step on the aggregated engine (:mod:`.fluid`, whose
+approximation its docstring states).
+
 ``tokenyard simulate --trace CSV [--scenario YAML] [--plot PNG] [--json]``
 (:func:`~tokenyard.autoscaler.sim.cli.main`) and ``benchmarks/autoscaler_trace.py``
 (:func:`~tokenyard.autoscaler.sim.cli.run_cli`) run it. One workload and one serving model
@@ -39,9 +44,32 @@ from tokenyard.autoscaler.sim.baselines import (
     static_oracle,
     static_pool_oracle,
 )
-from tokenyard.autoscaler.sim.cli import main, run_cli, scenario_from_args
+from tokenyard.autoscaler.sim.cli import (
+    arrival_spec,
+    main,
+    run_cli,
+    scaled_windows,
+    scenario_from_args,
+)
 from tokenyard.autoscaler.sim.engine import Policy, RunResult, Server, run
+from tokenyard.autoscaler.sim.fluid import (
+    FluidServer,
+    pool_rate,
+    route_shares,
+    run_fluid,
+    simulate_fluid,
+    static_fluid,
+)
 from tokenyard.autoscaler.sim.policies import HPAPolicy, TokenyardPolicy, hold
+from tokenyard.autoscaler.sim.rates import (
+    ArrivalSpec,
+    FluidDemand,
+    RateWindow,
+    fluid_demand,
+    generate_requests,
+    read_rate_trace,
+    scale_rates,
+)
 from tokenyard.autoscaler.sim.report import Report, plot, simulate
 from tokenyard.autoscaler.sim.scenario import (
     BUILTIN_SCENARIO,
@@ -59,30 +87,45 @@ __all__ = [
     "BUILTIN_SCENARIO",
     "HPA_SCALE_STEPS",
     "AcceleratorProfile",
+    "ArrivalSpec",
+    "FluidDemand",
+    "FluidServer",
     "HPAPolicy",
     "ModelProfile",
     "Policy",
+    "RateWindow",
     "Report",
     "RunResult",
     "Scenario",
     "Server",
     "TokenyardPolicy",
     "TraceRequest",
+    "arrival_spec",
     "builtin_scenario",
     "fits",
+    "fluid_demand",
+    "generate_requests",
     "hold",
     "hpa_scaled",
     "hpa_slo_search",
     "load_scenario",
     "main",
     "plot",
+    "pool_rate",
     "price_order",
+    "read_rate_trace",
     "read_trace",
     "route",
+    "route_shares",
     "run",
     "run_cli",
+    "run_fluid",
+    "scale_rates",
+    "scaled_windows",
     "scenario_from_args",
     "simulate",
+    "simulate_fluid",
+    "static_fluid",
     "static_oracle",
     "static_pool_oracle",
 ]

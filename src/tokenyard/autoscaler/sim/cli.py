@@ -10,9 +10,22 @@ import json
 import sys
 from typing import Any
 
+from tokenyard.autoscaler.sim.fluid import POOL_PEAK_SHARE, pool_rate, route_shares, simulate_fluid
+from tokenyard.autoscaler.sim.rates import (
+    ArrivalSpec,
+    RateWindow,
+    fluid_demand,
+    generate_requests,
+    is_rate_trace,
+    read_rate_trace,
+    scale_rates,
+)
 from tokenyard.autoscaler.sim.report import Report, plot, simulate
 from tokenyard.autoscaler.sim.scenario import Scenario, load_scenario
 from tokenyard.autoscaler.sim.trace import read_trace
+
+FLUID_BEYOND_S = 6 * 3600.0
+"""--engine auto: rate traces longer than this run on the fluid engine."""
 
 
 def main(args: argparse.Namespace) -> int:
@@ -60,11 +73,18 @@ def run_cli(args: argparse.Namespace) -> Report | None:
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return None
-    trace = read_trace(args.trace)
-    if not trace:
-        print(f"simulate: no requests in {args.trace}", file=sys.stderr)
+    try:
+        if is_rate_trace(args.trace):
+            report = _simulate_rates(scenario, args)
+        else:
+            trace = read_trace(args.trace)
+            if not trace:
+                print(f"simulate: no requests in {args.trace}", file=sys.stderr)
+                return None
+            report = simulate(scenario, trace)
+    except ValueError as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
         return None
-    report = simulate(scenario, trace)
     if args.plot:
         plot(report, args.plot)
     if args.json:
@@ -76,4 +96,49 @@ def run_cli(args: argparse.Namespace) -> Report | None:
     return report
 
 
-__all__ = ["main", "run_cli", "scenario_from_args"]
+def arrival_spec(args: argparse.Namespace) -> ArrivalSpec:
+    """The rate-trace load options of the command line."""
+    cv = getattr(args, "token_cv", 1.0)
+    if cv < 0 or getattr(args, "burst_cv", 1.0) < 0:
+        raise ValueError("--token-cv and --burst-cv must be >= 0")
+    return ArrivalSpec(
+        process=getattr(args, "arrivals", "poisson"),
+        burst_cv=getattr(args, "burst_cv", 1.0),
+        prompt_cv=cv,
+        output_cv=cv,
+    )
+
+
+def scaled_windows(scenario: Scenario, args: argparse.Namespace) -> list[RateWindow]:
+    """The rate trace scaled as the command line asks; by default so that its busiest
+    window needs POOL_PEAK_SHARE of the pool's capacity."""
+    windows = read_rate_trace(args.trace)
+    if not windows or all(w.rps <= 0 for w in windows):
+        raise ValueError(f"no requests in {args.trace}")
+    rate_scale = getattr(args, "rate_scale", None)
+    target = getattr(args, "target_mean_rps", None)
+    if rate_scale is None and target is None:
+        shares = route_shares(scenario)
+        peak = max(windows, key=lambda w: w.rps)
+        rate_scale = POOL_PEAK_SHARE * pool_rate(scenario, shares, peak.prompt, peak.output)
+        rate_scale /= peak.rps
+    return scale_rates(windows, rate_scale=rate_scale, target_mean_rps=target)
+
+
+def _simulate_rates(scenario: Scenario, args: argparse.Namespace) -> Report:
+    windows = scaled_windows(scenario, args)
+    spec = arrival_spec(args)
+    span = windows[-1].start_s + windows[-1].window_s - windows[0].start_s
+    engine = getattr(args, "engine", "auto")
+    if engine == "fluid" or (engine == "auto" and span > FLUID_BEYOND_S):
+        step = getattr(args, "step_seconds", 10.0)
+        if step <= 0:
+            raise ValueError("--step-seconds must be > 0")
+        demand = fluid_demand(
+            windows, route_shares(scenario), step_s=step, seed=scenario.seed, spec=spec
+        )
+        return simulate_fluid(scenario, demand)
+    return simulate(scenario, generate_requests(windows, scenario.seed, spec))
+
+
+__all__ = ["arrival_spec", "main", "run_cli", "scaled_windows", "scenario_from_args"]

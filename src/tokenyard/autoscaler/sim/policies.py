@@ -19,6 +19,7 @@ from tokenyard.autoscaler.decide import (
     autoscaling_fields,
     decide_pool,
 )
+from tokenyard.autoscaler.decide.forecast import SeasonalForecast
 from tokenyard.autoscaler.sim.engine import Server
 from tokenyard.autoscaler.sim.scenario import Scenario
 
@@ -67,9 +68,23 @@ class HPAPolicy:
 
 
 class TokenyardPolicy:
-    """tokenyard's decide_pool on the simulated signals."""
+    """tokenyard's decide_pool on the simulated signals; with ``forecasts`` (one fitted
+    :class:`SeasonalForecast` per model), each model's view carries the rate forecast one
+    cold start ahead from the rates it measured per forecast slot."""
 
-    def __init__(self, scenario: Scenario, cfg: DecisionConfig | None = None) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        cfg: DecisionConfig | None = None,
+        forecasts: dict[str, SeasonalForecast] | None = None,
+        t0: float = 0.0,
+    ) -> None:
+        self.forecasts = forecasts or {}
+        self.t0 = t0
+        """The simulation's time 0 in the forecast's clock (seconds from 00:00 of day 0)."""
+        self.slots: dict[str, list[float]] = {}
+        """Per model: [slot start, rate x seconds, seconds, forecast for the slot, last]."""
+        self.history: dict[str, list[tuple[float, float]]] = {}
         self.scenario = scenario
         self.cfg = cfg or DecisionConfig()
         self.states: dict[str, ModelState] = {}
@@ -81,6 +96,33 @@ class TokenyardPolicy:
             hourly_budget_usd=scenario.hourlyBudgetUSD,
         )
         self.capped_decisions = 0
+
+    def _forecast(self, srv: Server, now: float) -> float | None:
+        """The model's rate forecast one cold start ahead, fed by its measured rates."""
+        fc = self.forecasts.get(srv.p.name)
+        if fc is None:
+            return None
+        t = now + self.t0
+        slot = self.slots.setdefault(srv.p.name, [t - t % fc.bin_s, 0.0, 0.0, 0.0, 0.0])
+        hist = self.history.setdefault(srv.p.name, [])
+        if t >= slot[0] + fc.bin_s:
+            rate = slot[1] / slot[2] if slot[2] > 0 else 0.0
+            if slot[3] > 0:
+                fc.observe(slot[0], slot[3], rate, slot[4])
+            hist.append((slot[0], rate))
+            del hist[:-6]
+            slot[:] = [t - t % fc.bin_s, 0.0, 0.0, 0.0, rate]
+        sig = srv.signals(now)
+        dt = srv.i_time
+        slot[1] += (sig.request_rate or 0.0) * dt
+        slot[2] += dt
+        if not hist:
+            return None
+        recent = hist[-1:]
+        ahead = t + srv.p.autoscaling.coldStartSeconds
+        if slot[3] == 0.0:
+            slot[3] = fc.predict(slot[0], recent)
+        return fc.upper(ahead, recent)
 
     def view(self, srv: Server, now: float) -> ModelView:
         p = srv.p
@@ -96,6 +138,9 @@ class TokenyardPolicy:
             **autoscaling_fields(p.autoscaling),
             nominal_tokens_per_s=p.prefillTokensPerSecond,
             quality=p.quality,
+            decode_tokens_per_s=p.decodeTokensPerSecond,
+            kv_cache_tokens=float(p.kvCacheTokens),
+            forecast_rps=self._forecast(srv, now),
         )
 
     def __call__(self, now: float, servers: list[Server]) -> None:

@@ -153,20 +153,29 @@ def plot(report: Report, path: str) -> None:
     names = [m.name for m in report.scenario.models]
     fig, axes = plt.subplots(4, 1, figsize=(12, 12), sharex=True)
     ty = report.by("tokenyard")
-    minutes = [t / 60 for t in ty.series["t"]]
+    # Minutes for an hour's trace, hours for a day's, days (ticks at midnight) beyond.
+    span = ty.series["t"][-1] if ty.series["t"] else 0.0
+    unit, label = (
+        (86400.0, "days")
+        if span > 2 * 86400
+        else ((3600.0, "hours") if span > 4 * 3600 else (60.0, "minutes"))
+    )
+    minutes = [t / unit for t in ty.series["t"]]
     for n in names:
         axes[0].plot(minutes, [v / 1000 for v in ty.series[f"demand:{n}"]], label=n, lw=0.8)
     axes[0].set_ylabel("demand (k tokens/s)")
     for ax, res in ((axes[1], report.by("hpa")), (axes[2], ty)):
-        mins = [t / 60 for t in res.series["t"]]
+        mins = [t / unit for t in res.series["t"]]
         for n in names:
             ax.step(mins, res.series[f"replicas:{n}"], where="post", label=n, lw=1)
         ax.set_ylabel(f"replicas ({res.policy})")
     for res in report.results:
-        mins = [t / 60 for t in res.series["t"]]
+        mins = [t / unit for t in res.series["t"]]
         axes[3].plot(mins, res.series["cost"], label=res.policy)
     axes[3].set_ylabel("cumulative cost (USD)")
-    axes[3].set_xlabel("minutes")
+    axes[3].set_xlabel(label)
+    if unit == 86400.0:
+        axes[3].set_xticks(range(int(span // 86400) + 1))
     for ax in axes:
         ax.legend(loc="upper left", fontsize=8)
         ax.grid(alpha=0.3)

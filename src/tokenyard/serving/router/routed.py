@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from tokenyard.accounting.audit import AuditRecord
 from tokenyard.accounting.books import Outcome
-from tokenyard.accounting.ledger import cost_usd
+from tokenyard.accounting.ledger import cost_usd, strongest
 from tokenyard.accounting.ratelimit import RateLimiter
 from tokenyard.routing.decision import Decision
 from tokenyard.routing.errors import RouterError, timeout
@@ -139,6 +139,11 @@ class RoutedRequest:
             usage = (self.parsed.prompt_tokens, streamed_chunks)
         self.out.tokens_in, self.out.tokens_out = usage
         self.out.cost = cost_usd(entry, usage[0], usage[1])
+        # The same tokens priced on the endpoint's strongest target: what routing saved.
+        base = strongest(self.state.catalogue, (t.model for t in self.pol.spec.targets))
+        if base is not None:
+            self.out.baseline_target = base.name
+            self.out.baseline_cost = cost_usd(base, usage[0], usage[1])
         self.limiter.commit(self.record.tenant, self.est, usage[0] + usage[1], self.core.clock())
 
     async def complete(self) -> Response:
