@@ -2,8 +2,9 @@
 
 :class:`Featurizer` turns a request (a :class:`~tokenyard.routing.request.ParsedRequest`,
 or anything with its fields) into a sparse vector: hashed word unigrams and bigrams and
-hashed character n-grams of the lower-cased prompt, each family weighted by its share of
-the family's n-grams (so a long prompt does not outweigh a short one), followed by a few
+(optionally) hashed character n-grams of the lower-cased prompt, each n-gram of a family
+weighted 1/sqrt(n) for n in the family (so a long prompt does not outweigh a short one;
+with ``binary``, the default, n counts distinct n-grams, each once), followed by a few
 dense signals (prompt tokens, lines, digits, conversation depth, requested output). The
 hashing is numpy-vectorised over the prompt's bytes (a polynomial hash modulo 2**64 with
 prefix sums), deterministic across processes and Python versions, so training
@@ -43,6 +44,8 @@ class FeatureSettings:
     hash_bits: int = 18
     char_ngrams: tuple[int, ...] = ()
     word_bigrams: bool = True
+    binary: bool = True
+    """Count each distinct n-gram once (presence), instead of by its number of occurrences."""
     head_bytes: int = 4096
     tail_bytes: int = 2048
 
@@ -53,7 +56,7 @@ class FeatureSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureSettings:
-        known = {"hash_bits", "char_ngrams", "word_bigrams", "head_bytes", "tail_bytes"}
+        known = {"hash_bits", "char_ngrams", "word_bigrams", "binary", "head_bytes", "tail_bytes"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown feature settings: {sorted(unknown)}")
@@ -61,6 +64,7 @@ class FeatureSettings:
             hash_bits=int(d.get("hash_bits", 18)),
             char_ngrams=tuple(int(n) for n in d.get("char_ngrams", ())),
             word_bigrams=bool(d.get("word_bigrams", True)),
+            binary=bool(d.get("binary", True)),
             head_bytes=int(d.get("head_bytes", 4096)),
             tail_bytes=int(d.get("tail_bytes", 2048)),
         )
@@ -111,6 +115,10 @@ class Featurizer:
             mixed = (h ^ seed) * _MIX
         return (mixed >> self._shift).astype(np.int32)
 
+    def _family(self, fam: list[IntArray]) -> IntArray:
+        idx = np.concatenate(fam)
+        return np.unique(idx) if self.settings.binary else idx
+
     def _bytes(self, text: str) -> npt.NDArray[np.uint8]:
         """The bytes read: all of a short prompt, the head and tail of a long one."""
         raw = text.encode("utf-8", "replace")
@@ -145,7 +153,7 @@ class Featurizer:
                 fam = [self._bucket(wh, _WORD_SEED)]
                 if self.settings.word_bigrams and wh.size > 1:
                     fam.append(self._bucket(wh[:-1] * _P ^ wh[1:], _BIGRAM_SEED))
-                idx = np.concatenate(fam)
+                idx = self._family(fam)
                 parts.append(idx)
                 weights.append(np.full(idx.size, 1.0 / math.sqrt(idx.size)))
             fam = []
@@ -155,7 +163,7 @@ class Featurizer:
                     ch: U64 = (g0[n:] - g0[:-n]) * self._pow[n - 1 : b.size]
                     fam.append(self._bucket(ch, _CHAR_SEED + np.uint64(n)))
             if fam:
-                idx = np.concatenate(fam)
+                idx = self._family(fam)
                 parts.append(idx)
                 weights.append(np.full(idx.size, 1.0 / math.sqrt(idx.size)))
         if not parts:
