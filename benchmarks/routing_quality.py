@@ -28,7 +28,7 @@ from tokenyard.api.policy import RoutingPolicySpec
 from tokenyard.routing.classifiers import DifficultyClassifier, HeuristicClassifier
 from tokenyard.routing.features import extract_features
 from tokenyard.routing.learned.train import fit
-from tokenyard.routing.quality.data import load_all
+from tokenyard.routing.quality.data import LabelledSet, load_all
 from tokenyard.routing.quality.evaluate import (
     Options,
     evaluate_set,
@@ -62,11 +62,19 @@ def main() -> int:
     ap.add_argument("--draws", type=int, default=400)
     ap.add_argument("--plot", default=None, help="PNG of the k-fold curves")
     ap.add_argument("--calls", type=int, default=2000, help="scoring calls per timing")
+    ap.add_argument("--timing-only", action="store_true", help="skip the quality runs")
     args = ap.parse_args()
     paths = args.data or [str(SHARED / "routellm_mmlu.csv"), str(SHARED / "routellm_gsm8k.csv")]
     opts = Options(draws=args.draws)
-    t0 = time.perf_counter()
     sets = load_all(paths)
+    if not args.timing_only:
+        quality(sets, args, opts)
+    timing(sets, args)
+    return 0
+
+
+def quality(sets: list[LabelledSet], args: argparse.Namespace, opts: Options) -> None:
+    t0 = time.perf_counter()
     learners = [kfold_learner(args.kfold, opts.seed)]
     for s in sets:  # held out across sets: trained on one, scored on the others
         learners.append(trained_learner([s], opts.seed))
@@ -77,6 +85,8 @@ def main() -> int:
         plot(results, args.plot, opts)
     print(f"\nquality runs took {time.perf_counter() - t0:.0f} s")
 
+
+def timing(sets: list[LabelledSet], args: argparse.Namespace) -> None:
     # Scoring cost: a ~4,000-token prompt (estimate: UTF-8 bytes / 4), in process.
     text = " ".join(p.parsed.prompt_text for p in sets[0].prompts)
     text = text[: 4000 * 4]
@@ -104,7 +114,6 @@ def main() -> int:
         print(f"  router features with {name:<9}: p50 {p(xs, 50):.3f} ms  p99 {p(xs, 99):.3f} ms")
     size = len(model.to_json().encode())
     print(f"  artifact size: {size:,} bytes (ConfigMap limit 1,048,576)")
-    return 0
 
 
 if __name__ == "__main__":
