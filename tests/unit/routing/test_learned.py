@@ -87,6 +87,13 @@ def test_learns_the_hard_topic(model: DifficultyModel) -> None:
     feats = extract_features(chat("ocean tides?"), spec, "e", "t", classifier=model)
     assert feats.difficulty == model.score(chat("ocean tides?"))
     assert model.quality_table and model.training["prompts"] == 240
+    thresholds = [p.threshold for p in model.quality_table]
+    assert thresholds == sorted(set(thresholds))  # one row per distinct threshold
+    point = model.threshold_for_quality(0.95)
+    assert point is not None and point.quality_of_strong >= 0.95
+    assert all(
+        p.threshold <= point.threshold for p in model.quality_table if p.quality_of_strong >= 0.95
+    )
 
 
 def test_artifact_round_trip(model: DifficultyModel, tmp_path: Path) -> None:

@@ -41,13 +41,13 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.out}: version {model.version}, {size:,} bytes, {len(pool.prompts):,} prompts"
     )
-    for p in model.quality_table:
-        if p.strong_share <= 0.9 and p.quality_of_strong >= 0.95:
-            print(
-                f"  held-out: score >= {p.threshold:.4f} -> {100 * p.strong_share:.0f}% strong "
-                f"calls, {100 * p.quality_of_strong:.1f}% of strong quality"
-            )
-            break
+    point = model.threshold_for_quality(0.95)
+    if point is not None:
+        print(
+            f"  on held-out training prompts: score >= {point.threshold:.4f} sends "
+            f"{100 * point.strong_share:.0f}% to the strong model and keeps "
+            f"{100 * point.quality_of_strong:.1f}% of its quality"
+        )
     if args.configmap:
         out = Path(args.out).with_suffix(".configmap.yaml")
         cm = {

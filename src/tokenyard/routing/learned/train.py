@@ -126,13 +126,15 @@ def _calibration(raw: FloatArray, y: FloatArray, points: int = 32) -> tuple[Floa
 
 
 def _quality_table(
-    score: FloatArray, weak: FloatArray, strong: FloatArray, steps: int = 20
+    score: FloatArray, weak: FloatArray, strong: FloatArray, steps: int = 50
 ) -> tuple[QualityPoint, ...]:
     curve = quality_curve(score, weak, strong)
     gap = curve.gap
-    table = []
+    table: list[QualityPoint] = []
     for q in np.linspace(0, 1, steps + 1)[1:-1]:
         t = float(np.quantile(score, q))
+        if table and t == table[-1].threshold:
+            continue  # calibration ties: one row per distinct threshold
         share = float(np.mean(score >= t))
         quality = curve.at(share)
         table.append(
