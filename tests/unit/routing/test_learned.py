@@ -220,7 +220,7 @@ def test_train_router_then_eval_artifact(
     assert code == 0
     table = capsys.readouterr().out
     assert "artifact:model" in table
-    assert "(in-sample)" in table  # trained and scored on the same prompts: marked
+    assert "toy, in-sample" in table  # trained and scored on the same prompts: marked
 
 
 @pytest.mark.parametrize(

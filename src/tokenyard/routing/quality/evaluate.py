@@ -170,7 +170,7 @@ def trained_learner(train: Sequence[LabelledSet], seed: int) -> Learner:
 
     def learn(data: LabelledSet) -> tuple[str, str, FloatArray]:
         same = data.sha256 in shas and data.name in names
-        label = f"{pool.name} (in-sample)" if same else pool.name
+        label = f"{pool.name}, in-sample" if same else pool.name
         return "learned", label, classifier_scores(model, data)
 
     return learn
