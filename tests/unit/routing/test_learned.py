@@ -249,3 +249,39 @@ def test_eval_routing_bad_options(
     data = write_csv(tmp_path / "toy.csv", labelled_rows(20))
     assert cli_main(["eval-routing", "--data", str(data), *args]) == 2
     assert "eval-routing:" in capsys.readouterr().err
+
+
+def test_messages_column_is_parsed_as_the_router_parses(tmp_path: Path) -> None:
+    from tokenyard.routing.quality.data import load_csv
+
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And times 3?"},
+    ]
+    data = write_csv(
+        tmp_path / "chat.csv",
+        [{"messages": json.dumps(messages), "weak_correct": 0.25, "strong_correct": 1}],
+    )
+    (labelled,) = load_csv(data)
+    (item,) = labelled.prompts
+    expected = parse_request({"model": "x", "messages": messages}, {}, "chat")
+    assert item.parsed.prompt_tokens == expected.prompt_tokens
+    assert item.parsed.roles == expected.roles
+    assert labelled.name == "chat"  # no dataset column: the file's name
+    assert (item.weak, item.strong) == (0.25, 1.0)
+
+
+def test_train_router_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "m.json")
+    assert cli_main(["train-router", "--data", str(tmp_path / "nope.csv"), "--out", out]) == 1
+    assert "train-router:" in capsys.readouterr().err
+    data = write_csv(tmp_path / "toy.csv", labelled_rows(20))
+    assert cli_main(["train-router", "--data", str(data), "--out", out, "--c", "0"]) == 2
+    same = write_csv(
+        tmp_path / "same.csv", [{"prompt": f"q{i}", "weak_correct": 1, "strong_correct": 1}
+                                for i in range(30)]
+    )  # fmt: skip
+    assert cli_main(["train-router", "--data", str(same), "--out", out]) == 1
+    assert "did better" in capsys.readouterr().err
