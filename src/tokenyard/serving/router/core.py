@@ -32,7 +32,13 @@ from tokenyard.accounting.ratelimit import RateLimiter
 from tokenyard.contract import ROUTER_APP_NAME, RouterAppArgs, RouterConfig
 from tokenyard.routing.classifiers import HeuristicClassifier
 from tokenyard.routing.decision import BackendState, Decision
-from tokenyard.routing.errors import RouterError, internal_error, model_not_found, no_backend
+from tokenyard.routing.errors import (
+    RouterError,
+    clip,
+    internal_error,
+    model_not_found,
+    no_backend,
+)
 from tokenyard.routing.features import extract_features
 from tokenyard.routing.policy_engine import apply_spillover, decide
 from tokenyard.routing.request import ParsedRequest, RequestKind, lower_headers, parse_request
@@ -227,10 +233,10 @@ class RouterCore:
         pol: EndpointPolicy | None = None
         try:
             state = self.state
-            body = await http.read_json(request)
+            body = await http.read_json(request, state.config.max_request_bytes)
             headers = lower_headers(request.headers.items())
             parsed = parse_request(body, headers, kind)
-            record.endpoint = parsed.model
+            record.endpoint = clip(parsed.model)
             record.stream = parsed.stream
             pol = state.policies.get(parsed.model) or state.direct.get(parsed.model)
             if pol is None:
