@@ -328,3 +328,44 @@ async def test_body_over_the_limit_is_413_before_parsing(
     r = await client.post("/v1/chat/completions", content=chunks())
     assert r.status_code == 413
     assert provider.bodies == []
+
+
+# -- section 5: one tenant's bad requests never take an endpoint down ---------------------
+
+CHAT = {"model": "ep", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+async def test_bad_requests_never_open_a_circuit(provider: Provider, make_router: Make) -> None:
+    cfg = config(["a", "b"], fallback={"circuitBreaker": {"failureThreshold": 2}})
+    _, client = make_router(cfg)
+    nan = b'{"model": "ep", "messages": [{"role": "user", "content": "hi"}], '
+    for raw in [nan + b'"logit_bias": {"1": NaN}}', nan + b'"metadata": ' + b"[" * 900]:
+        for _ in range(5):
+            assert (await client.post("/v1/chat/completions", content=raw)).status_code == 400
+    provider.status = 400  # the backend itself refuses what it is sent: the caller's fault
+    for _ in range(5):
+        assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 400
+    provider.status = 200
+    r = await client.post("/v1/chat/completions", json=CHAT)
+    assert r.status_code == 200 and r.headers["x-tokenyard-target"] == "a"
+    assert 'tokenyard_circuit_state{target="a"} 0.0' in (await client.get("/metrics")).text
+
+
+async def test_an_unencodable_body_is_the_callers_fault(make_router: Make) -> None:
+    from tokenyard.serving.backends import ExternalBackend
+
+    core, _ = make_router(config(["a"]))
+    backend = core.state.backends["a"]
+    assert isinstance(backend, ExternalBackend)
+    with pytest.raises(Exception) as info:
+        await backend.complete("chat", {**CHAT, "logit_bias": {"1": float("nan")}}, 5.0)
+    assert getattr(info.value, "kind", "?") is None and getattr(info.value, "status", 0) == 400
+
+
+async def test_echoed_model_names_are_truncated(make_router: Make, tmp_path: Any) -> None:
+    _, client = make_router(config(["a"]))
+    r = await client.post("/v1/chat/completions", json={**CHAT, "model": "m" * 1_000_000})
+    assert r.status_code == 404 and len(r.content) < 1024
+    r = await client.post("/v1/chat/completions", json={**CHAT, "x" * 100_000: 1})
+    assert r.status_code == 400 and len(r.content) < 1024
+    assert all(len(json.dumps(line)) < 2048 for line in audit_lines(tmp_path))

@@ -91,6 +91,24 @@ def _from_error_response(err: Any, target: str) -> BackendFailure:
     )
 
 
+def _unsendable(target: str, exc: BaseException) -> BackendFailure:
+    """A request that could not be encoded or serialised for ``target`` (a 400)."""
+    message = f"the request could not be sent: {type(exc).__name__}"
+    return BackendFailure(
+        f"{target}: {message}",
+        kind=None,
+        status=400,
+        body={
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
+        },
+    )
+
+
 def _parse_sse(packet: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for raw in packet.split("\n"):
@@ -158,7 +176,13 @@ class InClusterBackend:
     def _call(self, kind: str, body: dict[str, Any]) -> Any:
         handle = self._get_handle()
         method = handle.chat if kind == "chat" else handle.completions
-        return method.remote(self._request(kind, body), None)
+        request = self._request(kind, body)
+        try:
+            return method.remote(request, None)
+        except (RecursionError, TypeError, ValueError) as exc:
+            # The request could not be serialised for the replica: the request's fault,
+            # never the model's (kind None: no fallback, no circuit-breaker failure).
+            raise _unsendable(self.name, exc) from exc
 
     async def complete(
         self, kind: str, body: dict[str, Any], attempt_timeout: float
@@ -255,6 +279,8 @@ class ExternalBackend:
             resp = await self._client.complete(self.endpoint, kind, body, attempt_timeout)
         except ProviderError as exc:
             raise self._failure(exc, self.name) from exc
+        except (RecursionError, TypeError, ValueError) as exc:  # the body did not encode
+            raise _unsendable(self.name, exc) from exc
         return resp.body
 
     async def stream(
@@ -265,6 +291,8 @@ class ExternalBackend:
                 yield chunk
         except ProviderError as exc:
             raise self._failure(exc, self.name) from exc
+        except (RecursionError, TypeError, ValueError) as exc:  # the body did not encode
+            raise _unsendable(self.name, exc) from exc
 
 
 def build_backends(
