@@ -369,3 +369,146 @@ async def test_echoed_model_names_are_truncated(make_router: Make, tmp_path: Any
     r = await client.post("/v1/chat/completions", json={**CHAT, "x" * 100_000: 1})
     assert r.status_code == 400 and len(r.content) < 1024
     assert all(len(json.dumps(line)) < 2048 for line in audit_lines(tmp_path))
+
+
+# -- section 1: budgets hold under concurrency and whatever name reaches the model --------
+
+ONE_REQUEST_USD = sum(ANSWER_USAGE) * PRICE / 1e6
+
+
+def budget_config(limit_requests: int) -> RouterConfig:
+    return config(
+        ["a"],
+        budgets=[
+            {"tenant": "t1", "limitUSD": limit_requests * ONE_REQUEST_USD, "onExceeded": "Reject"}
+        ],
+    )
+
+
+async def run_clients(
+    client: httpx.AsyncClient, bodies: list[dict[str, Any]], clients: int, tenant: str = "t1"
+) -> list[int]:
+    queue = list(bodies)
+    statuses: list[int] = []
+
+    async def one() -> None:
+        while queue:
+            body = queue.pop()
+            r = await client.post("/v1/chat/completions", json=body, headers={"x-tenant": tenant})
+            statuses.append(r.status_code)
+
+    await asyncio.gather(*(one() for _ in range(clients)))
+    return statuses
+
+
+async def test_budget_holds_under_32_concurrent_clients(
+    provider: Provider, make_router: Make
+) -> None:
+    provider.delay = 0.05
+    core, client = make_router(budget_config(10))
+    # max_tokens 2: the estimate (prompt ~5 + 4 overhead + 2) is about twice the real cost.
+    body = {**CHAT, "max_tokens": 2}
+    statuses = await run_clients(client, [body] * 200, clients=32)
+    served = statuses.count(200)
+    spent = core.ledger.spend("t1", "ep", "24h", core.clock())
+    limit = 10 * ONE_REQUEST_USD
+    overspend = max(0.0, spent - limit) / ONE_REQUEST_USD
+    print(f"budget: 200 requests, 32 clients, limit 10: served {served}, "
+          f"spend {spent / limit:.0%} of the limit, overspend {overspend:.1f} requests")  # fmt: skip
+    assert statuses.count(429) == 200 - served
+    # Before the first answer every client passed the check: 32 or more were served.
+    assert served <= 11 and overspend <= 1
+    assert core.ledger.reservations() == 0
+
+
+async def test_one_budget_whatever_name_reaches_the_model(
+    provider: Provider, make_router: Make
+) -> None:
+    core, client = make_router(budget_config(10))
+    bodies = [{**CHAT, "model": "ep"}, {**CHAT, "model": "a"}] * 20
+    statuses = await run_clients(client, bodies, clients=1)
+    assert statuses.count(200) == 10
+    assert core.ledger.spend("t1", "ep", "24h", core.clock()) == pytest.approx(10 * ONE_REQUEST_USD)
+
+
+# -- section 3: nobody else can lock a tenant out ------------------------------------------
+
+
+async def test_a_refused_request_charges_nothing_and_retry_after_stays_in_the_window(
+    provider: Provider, make_router: Make
+) -> None:
+    limits = [{"tenant": "*", "tokensPerMinute": 1000, "requestsPerMinute": 5}]
+    _, client = make_router(config(["a"], rateLimits=limits))
+    victim = {"x-tenant": "victim"}
+    pii = {**CHAT, "messages": [{"role": "user", "content": "mail me: bob@example.com"}]}
+    for _ in range(20):  # refused (egress): neither requests nor tokens are taken
+        r = await client.post(
+            "/v1/chat/completions", json={**pii, "max_tokens": 10**9}, headers=victim
+        )
+        assert r.status_code == 403
+    r = await client.post("/v1/chat/completions", json=CHAT, headers=victim)
+    assert r.status_code == 200
+    # An enormous max_tokens is charged what the context (4096) can hold, never more:
+    # whatever is answered, no Retry-After goes past the limit's one-minute window.
+    for body in [{**CHAT, "max_tokens": 10**9}, CHAT, {**CHAT, "max_tokens": 10**9}]:
+        r = await client.post("/v1/chat/completions", json=body, headers=victim)
+        assert r.status_code in (200, 429)
+        if r.status_code == 429:
+            assert 1 <= int(r.headers["retry-after"]) <= 60
+
+
+def keyed_config(require: bool | None = None) -> RouterConfig:
+    tenants: dict[str, Any] = {"apiKeysSecretRef": {"name": "keys", "key": "k"}}
+    if require is not None:
+        tenants["requireKnownTenant"] = require
+    keyed = RoutingPolicySpec.model_validate(
+        {"pool": "p", "targets": [{"model": "a"}], "tenants": tenants,
+         "egress": {"defaultDataClass": "public"}}
+    )  # fmt: skip
+    open_ = RoutingPolicySpec.model_validate(
+        {"pool": "p", "targets": [{"model": "b"}], "egress": {"defaultDataClass": "public"},
+         "budgets": [{"tenant": "*", "limitUSD": 1.0, "onExceeded": "Reject"}]}
+    )  # fmt: skip
+    return RouterConfig(
+        pool="p",
+        namespace="ns",
+        models=[entry("a"), entry("b")],
+        policies=[
+            PolicyEntry(
+                name="ep", namespace="ns", endpoint="ep", spec=keyed.dump(), tenantKeysEnv="KEYS"
+            ),
+            PolicyEntry(name="open", namespace="ns", endpoint="open", spec=open_.dump()),
+        ],
+    )
+
+
+KEYS_ENV = {"KEYS": "sk-victim: victim\nsk-other: other\n"}
+
+
+async def test_keys_configured_means_unknown_callers_are_refused(make_router: Make) -> None:
+    _, client = make_router(keyed_config(), env=KEYS_ENV)
+    for h in [{}, {"authorization": "Bearer wrong"}, {"x-tenant": "victim"}]:
+        r = await client.post("/v1/chat/completions", json=CHAT, headers=h)
+        assert r.status_code == 401, h
+    r = await client.post(
+        "/v1/chat/completions", json=CHAT, headers={"authorization": "Bearer sk-victim"}
+    )
+    assert r.status_code == 200
+    # The policy may say otherwise, explicitly: then a caller without a key is served.
+    _, client = make_router(keyed_config(require=False), env=KEYS_ENV)
+    r = await client.post("/v1/chat/completions", json=CHAT, headers={"x-tenant": "someone"})
+    assert r.status_code == 200
+
+
+async def test_an_open_endpoint_cannot_name_a_keyed_tenant(make_router: Make) -> None:
+    core, client = make_router(keyed_config(require=False), env=KEYS_ENV)
+    for endpoint in ("open", "ep", "b"):
+        r = await client.post(
+            "/v1/chat/completions", json={**CHAT, "model": endpoint}, headers={"x-tenant": "victim"}
+        )
+        assert r.status_code == 401, endpoint
+    assert core.ledger.spend("victim", None, "24h", core.clock()) == 0
+    r = await client.post(
+        "/v1/chat/completions", json={**CHAT, "model": "open"}, headers={"x-tenant": "anyone"}
+    )
+    assert r.status_code == 200

@@ -33,6 +33,11 @@ class Endpoint(Protocol):
     def endpoint(self) -> str: ...
     @property
     def spec(self) -> RoutingPolicySpec: ...
+    @property
+    def scope(self) -> str:
+        """The endpoint whose budgets the request spends (a model called by name spends
+        its owning policy's)."""
+        ...
 
 
 @dataclass
@@ -47,6 +52,9 @@ class Outcome:
     cost: float = 0.0
     error: str | None = None
     fallbacks: list[dict[str, str]] = field(default_factory=list)
+    reservation: int | None = None
+    """The budget reservation admission took (:meth:`LedgerClient.reserve`), released
+    when the real cost is recorded."""
 
 
 class Books:
@@ -81,6 +89,9 @@ class Books:
         record.fallbacks = out.fallbacks
         if out.error and not record.error:
             record.error = out.error
+        # Settle: the real cost replaces the reservation in one step (no await between).
+        self.ledger.release(out.reservation)
+        out.reservation = None
         try:
             self._record(record, pol, out, latency, now)
         except Exception:
@@ -100,7 +111,7 @@ class Books:
         if pol is not None and out.target is not None and out.tokens_in + out.tokens_out:
             self.ledger.record(
                 tenant=record.tenant,
-                endpoint=pol.endpoint,
+                endpoint=pol.scope,
                 model=out.target,
                 cost_usd=out.cost,
                 tokens_in=out.tokens_in,
@@ -140,7 +151,7 @@ class Books:
         )
         if budget is None:
             return
-        spent = self.ledger.spend(tenant, pol.endpoint, budget.window, now)
+        spent = self.ledger.spend(tenant, pol.scope, budget.window, now)
         label = self.tenant_label(tenant)
         self.metrics.budget_remaining.labels(endpoint=pol.endpoint, tenant=label).set(
             max(0.0, budget.limitUSD - spent)

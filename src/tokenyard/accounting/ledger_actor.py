@@ -181,7 +181,16 @@ def find_ledger(namespace: str, pool: str) -> Any | None:
 
 
 class LedgerClient:
-    """One router replica's view of the shared ledger.
+    """One router replica's view of the shared ledger, and its budget reservations.
+
+    Reservations: admission reserves each request's estimated cost (:meth:`reserve`)
+    before it is sent, and :meth:`spend` counts what this replica has reserved and not
+    yet settled, so requests in flight on this replica cannot all pass a budget check
+    that none of them has been charged against yet. The settlement (``Books.finish``)
+    records the real cost and releases the reservation in one step. Reservations are
+    this replica's own: other replicas see the settled spend within
+    ``SEND_INTERVAL_S + refresh_s``, so the pool can overshoot a budget by at most what
+    the other replicas admit in flight meanwhile (docs/routing.md, "Budgets").
 
     Decisions read a local mirror (no actor round-trip on the request path); each
     recorded spend goes to the mirror at once and to the actor in batches every
@@ -205,9 +214,36 @@ class LedgerClient:
         self._inflight: list[Any] = []
         """ObjectRefs of batches sent that the actor has not confirmed yet."""
         self._warned_old_actor = False
+        self._reserved: dict[int, tuple[str, str, float]] = {}
+        """Reservation id -> (tenant, endpoint, USD) of requests admitted, not settled."""
+        self._next_reservation = 0
 
     def spend(self, tenant: str, endpoint: str | None, window: str, now: float) -> float:
-        return self.mirror.spend(tenant, endpoint, window, now)
+        """Settled spend in the window holding ``now`` plus this replica's reservations."""
+        return self.mirror.spend(tenant, endpoint, window, now) + self.reserved(tenant, endpoint)
+
+    def reserved(self, tenant: str, endpoint: str | None = None) -> float:
+        """USD this replica has reserved for ``tenant`` (on ``endpoint``, or all)."""
+        return sum(
+            usd
+            for t, e, usd in self._reserved.values()
+            if t == tenant and (endpoint is None or e == endpoint)
+        )
+
+    def reserve(self, tenant: str, endpoint: str, usd: float) -> int:
+        """Hold ``usd`` of the tenant's budget until :meth:`release`; returns its id."""
+        self._next_reservation += 1
+        self._reserved[self._next_reservation] = (tenant, endpoint, max(0.0, usd))
+        return self._next_reservation
+
+    def release(self, reservation: int | None) -> None:
+        """Drop a reservation (its request's real cost is recorded); unknown ids: no-op."""
+        if reservation is not None:
+            self._reserved.pop(reservation, None)
+
+    def reservations(self) -> int:
+        """Reservations held (requests admitted and not settled), for tests and metrics."""
+        return len(self._reserved)
 
     def start(self) -> None:
         """Start the refresh loop on the running event loop (idempotent)."""

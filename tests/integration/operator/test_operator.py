@@ -57,6 +57,7 @@ async def patch_status(cluster: Cluster, name: str, body: dict[str, Any]) -> Non
 async def test_apply_creates_rayservice_and_status_flows_back(cluster: Cluster, kmock: Any) -> None:
     async with operator(kmock):
         await cluster.apply(*load_manifests(*ALL))
+
         def rendered() -> Any:
             # Every object of the apply seen: 3 applications and the policy's endpoint (a
             # pass that ran before the policy's watch event renders no policy, and then

@@ -19,17 +19,19 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from tokenyard.accounting.audit import AuditLog, AuditRecord
 from tokenyard.accounting.books import Books, Outcome
+from tokenyard.accounting.ledger import cost_usd
 from tokenyard.accounting.ledger_actor import LedgerClient
 from tokenyard.accounting.metrics import RouterMetrics
 from tokenyard.accounting.ratelimit import RateLimiter
-from tokenyard.contract import ROUTER_APP_NAME, RouterAppArgs, RouterConfig
+from tokenyard.contract import ROUTER_APP_NAME, CatalogueEntry, RouterAppArgs, RouterConfig
+from tokenyard.routing.budget import budget_for
 from tokenyard.routing.classifiers import HeuristicClassifier
 from tokenyard.routing.decision import BackendState, Decision
 from tokenyard.routing.errors import (
@@ -54,9 +56,41 @@ from tokenyard.serving.router.state import BackendFactory, EndpointPolicy, Route
 
 logger = logging.getLogger("tokenyard.router")
 
-# Token estimate for the tokens-per-minute check when a request sets no max_tokens;
-# the bucket is corrected with the real count after the response (RateLimiter.commit).
+# Output tokens assumed for a request that sets no max_tokens (rate limits, budget
+# reservations); both are settled with the real count after the response.
 DEFAULT_OUTPUT_ESTIMATE = 256
+
+
+def servable_tokens(parsed: ParsedRequest, targets: Sequence[CatalogueEntry | None]) -> int:
+    """Tokens a request can use at most: prompt plus max_tokens (or the default),
+    capped at the longest context of the targets it may reach (unknown: uncapped), so a
+    huge max_tokens cannot drain a tenant's token bucket for days."""
+    est = parsed.prompt_tokens + (parsed.max_tokens or DEFAULT_OUTPUT_ESTIMATE)
+    contexts = [t.maxModelLen for t in targets if t is not None]
+    if contexts and all(c is not None for c in contexts):
+        est = min(est, max(c for c in contexts if c is not None))
+    return est
+
+
+def estimated_cost(entry: CatalogueEntry, parsed: ParsedRequest) -> float:
+    """What a request may cost on ``entry`` at most: its prompt plus max_tokens (or the
+    default) at the target's prices, output capped at what its context leaves."""
+    out = parsed.max_tokens or DEFAULT_OUTPUT_ESTIMATE
+    if entry.maxModelLen is not None:
+        out = max(0, min(out, entry.maxModelLen - parsed.prompt_tokens))
+    return cost_usd(entry, parsed.prompt_tokens, out)
+
+
+class ScopedSpend:
+    """The ledger as the budget check of one endpoint reads it: spend of its scope
+    (:attr:`EndpointPolicy.scope`), so every name of a model spends one budget."""
+
+    def __init__(self, ledger: LedgerClient, scope: str) -> None:
+        self._ledger = ledger
+        self._scope = scope
+
+    def spend(self, tenant: str, endpoint: str | None, window: str, now: float) -> float:
+        return self._ledger.spend(tenant, self._scope, window, now)
 
 
 class RouterCore:
@@ -109,10 +143,11 @@ class RouterCore:
         share = self.share  # limits are the pool's; each replica takes its part
         self.load.share = share
         for endpoint, pol in {**state.direct, **state.policies}.items():
-            limiter = self._limiters.get(endpoint)
+            # Keyed by scope: a model called by name takes from its policy's buckets.
+            limiter = self._limiters.get(pol.scope)
             if limiter is None:
-                self._limiters[endpoint] = RateLimiter(pol.spec.rateLimits, share)
-            else:
+                self._limiters[pol.scope] = RateLimiter(pol.spec.rateLimits, share)
+            elif pol.scope == endpoint:
                 limiter.configure(pol.spec.rateLimits, share)
             breakers = self._breakers.get(endpoint)
             if breakers is None:
@@ -241,7 +276,9 @@ class RouterCore:
             pol = state.policies.get(parsed.model) or state.direct.get(parsed.model)
             if pol is None:
                 raise model_not_found(parsed.model)
-            decision, est = self._route(state, pol, parsed, headers, record, now, started)
+            decision, est, reservation = self._route(
+                state, pol, parsed, headers, record, now, started
+            )
         except RouterError as err:
             record.status = err.status
             record.error = err.code or err.type
@@ -269,11 +306,29 @@ class RouterCore:
             est_tokens=est,
             request_id=request_id,
             breakers=self._breakers[pol.endpoint],
-            limiter=self._limiters[pol.endpoint],
+            limiter=self._limiters[pol.scope],
         )
+        routed.out.reservation = reservation
         if parsed.stream:
             return await routed.stream()
         return await routed.complete()
+
+    def _held_by_in_flight(
+        self, err: RouterError, pol: EndpointPolicy, tenant: str, now: float
+    ) -> None:
+        """A budget refused only because of this replica's requests in flight (settled
+        spend is under the limit) frees up when they finish: retry in seconds, not at
+        the end of the window."""
+        budget = budget_for(pol.spec.budgets, tenant)
+        if budget is None:
+            return
+        settled = self.ledger.mirror.spend(tenant, pol.scope, budget.window, now)
+        if settled < budget.limitUSD:
+            err.message = (
+                f"tenant '{tenant}' has its budget held by requests in flight; "
+                "retry when they finish"
+            )
+            err.retry_after = min(err.retry_after or 1.0, pol.spec.fallback.totalTimeoutSeconds)
 
     # Positional, as completion calls it; each argument is one input of the routing step.
     def _route(  # noqa: PLR0917
@@ -285,10 +340,14 @@ class RouterCore:
         record: AuditRecord,
         now: float,
         started: float,
-    ) -> tuple[Decision, int]:
+    ) -> tuple[Decision, int, int | None]:
         """Tenant, features, rate limit, decision and spill-over of a parsed request, noted
-        in its audit record; returns the decision and the tokens the rate limit took."""
-        tenant = resolve_tenant(headers, pol.spec.tenants, pol.api_keys)
+        in its audit record; returns the decision, the tokens the rate limit took and the
+        budget reservation (None when the tenant has no budget here).
+
+        A request refused here (egress, context, budget, no backend) gives back what the
+        rate limit took: a refused request charges nothing."""
+        tenant = resolve_tenant(headers, pol.spec.tenants, pol.api_keys, state.keyed_tenants)
         record.tenant = tenant
         features = extract_features(
             parsed, pol.spec, pol.endpoint, tenant, classifier=self.classifier
@@ -297,17 +356,24 @@ class RouterCore:
         record.data_classes = sorted(features.data_classes)
         if pol.spec.audit.includePrompts:
             record.prompt = parsed.prompt_text
-        est = parsed.prompt_tokens + (parsed.max_tokens or DEFAULT_OUTPUT_ESTIMATE)
-        self._limiters[pol.endpoint].check(tenant, est, now)
-        decision = decide(
-            features,
-            pol.spec,
-            state.catalogue,
-            self._backend_states(state, pol.endpoint, now),
-            self.ledger,
-            now,
-            self._rng,
-        )
+        est = servable_tokens(parsed, [state.catalogue.get(t.model) for t in pol.spec.targets])
+        limiter = self._limiters[pol.scope]
+        limiter.check(tenant, est, now)
+        try:
+            decision = decide(
+                features,
+                pol.spec,
+                state.catalogue,
+                self._backend_states(state, pol.endpoint, now),
+                ScopedSpend(self.ledger, pol.scope),
+                now,
+                self._rng,
+            )
+        except RouterError as err:
+            limiter.refund(tenant, est, now)
+            if err.code == "budget_exceeded":
+                self._held_by_in_flight(err, pol, tenant, now)
+            raise
         decision = apply_spillover(
             decision,
             state.catalogue,
@@ -332,7 +398,22 @@ class RouterCore:
         record.rule = decision.rule
         record.strategy = decision.strategy
         record.downgraded = bool(decision.downgraded)
-        return decision, est
+        reservation = None
+        if budget_for(pol.spec.budgets, tenant) is not None:
+            # Taken in the same step as the budget check (no await between), so every
+            # request this replica has in flight counts against the next one's check.
+            usd = max(
+                estimated_cost(state.catalogue[c.model], parsed)
+                for c in decision.targets[: pol.spec.fallback.maxAttempts]
+            )
+            reservation = self.ledger.reserve(tenant, pol.scope, usd)
+        return decision, est, reservation
 
 
-__all__ = ["DEFAULT_OUTPUT_ESTIMATE", "RouterCore"]
+__all__ = [
+    "DEFAULT_OUTPUT_ESTIMATE",
+    "RouterCore",
+    "ScopedSpend",
+    "estimated_cost",
+    "servable_tokens",
+]

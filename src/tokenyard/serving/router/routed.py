@@ -115,7 +115,12 @@ class RoutedRequest:
             TARGET_HEADER: self.out.target or "",
         }
 
+    def _unused(self) -> None:
+        """No target answered: the tokens the rate limit took for it are given back."""
+        self.limiter.commit(self.record.tenant, self.est, 0, self.core.clock())
+
     def _fail(self, err: RouterError) -> Response:
+        self._unused()
         self.out.status = err.status
         self.out.error = err.code or err.type
         self.core.books.finish(self.record, self.pol, self.started, self.out)
@@ -123,6 +128,7 @@ class RoutedRequest:
 
     def _passthrough(self, failure: BackendFailure) -> Response:
         """A failure that another target would repeat (a 4xx): answer it as it came."""
+        self._unused()
         self.out.status = failure.status
         self.out.error = "backend_rejected"
         self.core.books.finish(self.record, self.pol, self.started, self.out)
