@@ -413,8 +413,10 @@ async def test_budget_holds_under_32_concurrent_clients(
     spent = core.ledger.spend("t1", "ep", "24h", core.clock())
     limit = 10 * ONE_REQUEST_USD
     overspend = max(0.0, spent - limit) / ONE_REQUEST_USD
-    print(f"budget: 200 requests, 32 clients, limit 10: served {served}, "
-          f"spend {spent / limit:.0%} of the limit, overspend {overspend:.1f} requests")  # fmt: skip
+    print(
+        f"budget: 200 requests, 32 clients, limit 10: served {served}, "
+        f"spend {spent / limit:.0%} of the limit, overspend {overspend:.1f} requests"
+    )
     assert statuses.count(429) == 200 - served
     # Before the first answer every client passed the check: 32 or more were served.
     assert served <= 11 and overspend <= 1
