@@ -36,6 +36,9 @@ MODEL_DEPLOYMENT = "LLMServer"
 MODEL_APP_PREFIX = "model-"
 
 SERVE_PORT = 8000
+# Output tokens the router assumes for a request that sets no max_tokens (rate limits,
+# budget reservations, abandoned requests); settled with the real count when known.
+DEFAULT_OUTPUT_ESTIMATE = 256
 # Largest request body a router reads when the pool sets none (spec.router.maxRequestBytes).
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 

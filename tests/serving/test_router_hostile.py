@@ -514,3 +514,31 @@ async def test_an_open_endpoint_cannot_name_a_keyed_tenant(make_router: Make) ->
         "/v1/chat/completions", json={**CHAT, "model": "open"}, headers={"x-tenant": "anyone"}
     )
     assert r.status_code == 200
+
+
+# -- section 6: a request its client abandons is audited and charged -----------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_abandoned_requests_are_audited_and_charged(
+    provider: Provider, make_router: Make, tmp_path: Any, stream: bool
+) -> None:
+    provider.delay = 5.0  # the provider is slow; every client gives up first
+    core, client = make_router(config(["a"]))
+    for _ in range(10):
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(
+                client.post(
+                    "/v1/chat/completions",
+                    json={**CHAT, "stream": stream},
+                    headers={"x-tenant": "t1"},
+                ),
+                0.05,
+            )
+    assert len(provider.bodies) == 10  # all reached the provider
+    lines = [x for x in audit_lines(tmp_path) if x["status"] == 499]
+    assert len(lines) == 10
+    assert all(x["tenant"] == "t1" and x["cost_usd"] > 0 for x in lines)
+    spent = core.ledger.spend("t1", "ep", "24h", core.clock())
+    assert spent == pytest.approx(sum(x["cost_usd"] for x in lines))
+    assert core.ledger.reservations() == 0

@@ -19,18 +19,17 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from tokenyard.accounting.audit import AuditLog, AuditRecord
 from tokenyard.accounting.books import Books, Outcome
-from tokenyard.accounting.ledger import cost_usd
 from tokenyard.accounting.ledger_actor import LedgerClient
 from tokenyard.accounting.metrics import RouterMetrics
 from tokenyard.accounting.ratelimit import RateLimiter
-from tokenyard.contract import ROUTER_APP_NAME, CatalogueEntry, RouterAppArgs, RouterConfig
+from tokenyard.contract import ROUTER_APP_NAME, RouterAppArgs, RouterConfig
 from tokenyard.routing.budget import budget_for
 from tokenyard.routing.classifiers import HeuristicClassifier
 from tokenyard.routing.decision import BackendState, Decision
@@ -50,35 +49,12 @@ from tokenyard.serving.backends import build_backends
 from tokenyard.serving.circuit import CircuitBreakers
 from tokenyard.serving.providers import ProviderClient
 from tokenyard.serving.router import http
+from tokenyard.serving.router.estimate import estimated_cost, servable_tokens
 from tokenyard.serving.router.routed import RoutedRequest
 from tokenyard.serving.router.serve_status import APP_STATUS_INTERVAL_S, ServeStatus
 from tokenyard.serving.router.state import BackendFactory, EndpointPolicy, RouterState, build_state
 
 logger = logging.getLogger("tokenyard.router")
-
-# Output tokens assumed for a request that sets no max_tokens (rate limits, budget
-# reservations); both are settled with the real count after the response.
-DEFAULT_OUTPUT_ESTIMATE = 256
-
-
-def servable_tokens(parsed: ParsedRequest, targets: Sequence[CatalogueEntry | None]) -> int:
-    """Tokens a request can use at most: prompt plus max_tokens (or the default),
-    capped at the longest context of the targets it may reach (unknown: uncapped), so a
-    huge max_tokens cannot drain a tenant's token bucket for days."""
-    est = parsed.prompt_tokens + (parsed.max_tokens or DEFAULT_OUTPUT_ESTIMATE)
-    contexts = [t.maxModelLen for t in targets if t is not None]
-    if contexts and all(c is not None for c in contexts):
-        est = min(est, max(c for c in contexts if c is not None))
-    return est
-
-
-def estimated_cost(entry: CatalogueEntry, parsed: ParsedRequest) -> float:
-    """What a request may cost on ``entry`` at most: its prompt plus max_tokens (or the
-    default) at the target's prices, output capped at what its context leaves."""
-    out = parsed.max_tokens or DEFAULT_OUTPUT_ESTIMATE
-    if entry.maxModelLen is not None:
-        out = max(0, min(out, entry.maxModelLen - parsed.prompt_tokens))
-    return cost_usd(entry, parsed.prompt_tokens, out)
 
 
 class ScopedSpend:
@@ -410,10 +386,4 @@ class RouterCore:
         return decision, est, reservation
 
 
-__all__ = [
-    "DEFAULT_OUTPUT_ESTIMATE",
-    "RouterCore",
-    "ScopedSpend",
-    "estimated_cost",
-    "servable_tokens",
-]
+__all__ = ["RouterCore", "ScopedSpend"]

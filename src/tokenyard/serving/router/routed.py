@@ -27,6 +27,7 @@ from tokenyard.routing.request import ParsedRequest
 from tokenyard.serving.backends import BackendFailure
 from tokenyard.serving.circuit import CircuitBreakers
 from tokenyard.serving.router.attempts import Attempts
+from tokenyard.serving.router.estimate import output_tokens
 from tokenyard.serving.router.http import (
     ENDPOINT_HEADER,
     REQUEST_ID_HEADER,
@@ -37,6 +38,10 @@ from tokenyard.serving.router.state import EndpointPolicy, RouterState
 
 if TYPE_CHECKING:
     from tokenyard.serving.router.core import RouterCore
+
+
+# The status audited for a request its client abandoned (nginx's "client closed request").
+CLIENT_CLOSED = 499
 
 
 def _sse(obj: Mapping[str, Any]) -> bytes:
@@ -147,6 +152,21 @@ class RoutedRequest:
         self.out.cost = cost_usd(entry, usage[0], usage[1])
         self.limiter.commit(self.record.tenant, self.est, usage[0] + usage[1], self.core.clock())
 
+    def _abandoned(self, target: str, reason: str) -> None:
+        """The client went away (timeout, disconnect) while ``target`` had the request:
+        the backend may bill it, so it is audited (499) and charged its estimate (the
+        reservation's prompt plus max_tokens); the cancellation closes the backend call
+        (an external provider's connection, an in-cluster replica's request)."""
+        entry = self.state.catalogue[target]
+        out_tokens = output_tokens(entry, self.parsed)
+        self.out.target, self.out.reason = target, reason
+        self.out.tokens_in, self.out.tokens_out = self.parsed.prompt_tokens, out_tokens
+        self.out.cost = cost_usd(entry, self.parsed.prompt_tokens, out_tokens)
+        self.out.status = CLIENT_CLOSED
+        self.out.error = "client_closed_request"
+        self.limiter.commit(self.record.tenant, self.est, self.est, self.core.clock())
+        self.core.books.finish(self.record, self.pol, self.started, self.out)
+
     async def complete(self) -> Response:
         last: BackendFailure | None = None
         for target, reason, backend, per in self.attempts:
@@ -158,6 +178,7 @@ class RoutedRequest:
                     )
             except asyncio.CancelledError:
                 self.attempts.cancelled(target)
+                self._abandoned(target, reason)
                 raise
             except Exception as exc:
                 failure = self.attempts.classify(exc, target)
@@ -196,6 +217,7 @@ class RoutedRequest:
                 failure = BackendFailure(f"{target}: empty stream", kind="Error")
             except asyncio.CancelledError:
                 self.attempts.cancelled(target)
+                self._abandoned(target, reason)
                 await _aclose(agen)
                 raise
             except Exception as exc:
@@ -256,6 +278,12 @@ class RoutedRequest:
                 except StopAsyncIteration:
                     chunk = None
             yield b"data: [DONE]\n\n"
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client went away mid-stream: charged what was streamed (or the usage
+            # the backend reported), audited as 499; the backend call is closed below.
+            self.out.status = CLIENT_CLOSED
+            self.out.error = "client_closed_request"
+            raise
         except Exception as exc:
             failure = self.attempts.classify(exc, self.out.target or "")
             self.out.status = 504 if failure.kind == "Timeout" else 502
@@ -272,4 +300,4 @@ class RoutedRequest:
             self.core.books.finish(self.record, self.pol, self.started, self.out)
 
 
-__all__ = ["RoutedRequest"]
+__all__ = ["CLIENT_CLOSED", "RoutedRequest"]
