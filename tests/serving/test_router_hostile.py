@@ -542,3 +542,19 @@ async def test_abandoned_requests_are_audited_and_charged(
     spent = core.ledger.spend("t1", "ep", "24h", core.clock())
     assert spent == pytest.approx(sum(x["cost_usd"] for x in lines))
     assert core.ledger.reservations() == 0
+
+
+# -- section 7: one x-request-id --------------------------------------------------------
+
+
+async def test_behind_serves_proxy_the_router_adds_no_second_request_id(
+    provider: Provider, make_router: Make, tmp_path: Any
+) -> None:
+    core, client = make_router(config(["a"]))
+    core.echo_request_id = False  # as the Ray Serve deployment runs it
+    # Serve's proxy sets the id on the request and adds it to the response itself.
+    r = await client.post("/v1/chat/completions", json=CHAT, headers={"x-request-id": "rid-1"})
+    assert r.status_code == 200 and "x-request-id" not in r.headers
+    r = await client.post("/v1/chat/completions", json={**CHAT, "model": "nope"})
+    assert r.status_code == 404 and "x-request-id" not in r.headers
+    assert audit_lines(tmp_path)[0]["request_id"] == "rid-1"

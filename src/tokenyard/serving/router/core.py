@@ -86,8 +86,13 @@ class RouterCore:
         watch_apps: bool = True,
         backend_factory: BackendFactory = build_backends,
         app_name: str = ROUTER_APP_NAME,
+        echo_request_id: bool = True,
     ) -> None:
         self.args = args
+        self.echo_request_id = echo_request_id
+        """Whether responses carry ``x-request-id``: False behind Ray Serve's proxy, which
+        sets the header on the request (the id the audit line uses) and on the response,
+        so a client sees it once."""
         self.app_name = app_name
         """This router's Serve application: its RUNNING replicas share the pool's traffic."""
         self.ledger = ledger
@@ -216,7 +221,10 @@ class RouterCore:
 
     async def handle(self, request: Request) -> Response:
         """Answer one HTTP request (:func:`tokenyard.serving.router.http.handle`)."""
-        return await http.handle(self, request)
+        response = await http.handle(self, request)
+        if not self.echo_request_id and http.REQUEST_ID_HEADER in response.headers:
+            del response.headers[http.REQUEST_ID_HEADER]
+        return response
 
     def update_gauges(self) -> None:
         """Each backend's circuit state into the metrics (read at ``/metrics``)."""
