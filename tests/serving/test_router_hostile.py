@@ -130,10 +130,12 @@ Make = Callable[..., tuple[RouterCore, httpx.AsyncClient]]
 async def make_router(provider: Provider, tmp_path: Any) -> AsyncIterator[Make]:
     made: list[tuple[RouterCore, httpx.AsyncClient]] = []
 
-    def make(cfg: RouterConfig, env: dict[str, str] | None = None) -> tuple[RouterCore, Any]:
+    def make(
+        cfg: RouterConfig, env: dict[str, str] | None = None, ledger: LedgerClient | None = None
+    ) -> tuple[RouterCore, Any]:
         core = RouterCore(
             RouterAppArgs(pool="p", namespace="ns"),
-            ledger=LedgerClient(None),
+            ledger=ledger or LedgerClient(None),
             provider=ProviderClient(transport=httpx.MockTransport(provider), env={"KEY": "k"}),
             audit=AuditLog(str(tmp_path / "audit.jsonl")),
             env=env or {},
@@ -421,6 +423,77 @@ async def test_budget_holds_under_32_concurrent_clients(
     # Before the first answer every client passed the check: 32 or more were served.
     assert served <= 11 and overspend <= 1
     assert core.ledger.reservations() == 0
+
+
+class _Done:
+    """A finished Ray ObjectRef stand-in."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __await__(self) -> Any:
+        return self.value
+        yield  # makes this a generator function
+
+
+class _Method:
+    def __init__(self, fn: Any) -> None:
+        self._fn = fn
+
+    def remote(self, *args: Any) -> _Done:
+        coro = self._fn(*args)  # the ledger actor's methods never suspend
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            return _Done(done.value)
+        raise AssertionError("actor method suspended")
+
+
+class ActorHandle:
+    """The pool's ledger actor, in process: a Ray actor handle stand-in."""
+
+    def __init__(self) -> None:
+        from tokenyard.accounting.ledger_actor import LedgerActor
+
+        self._actor = LedgerActor(None)
+
+    def __getattr__(self, name: str) -> _Method:
+        return _Method(getattr(self._actor, name))
+
+
+async def test_budget_holds_across_two_router_replicas(
+    provider: Provider, make_router: Make
+) -> None:
+    provider.delay = 0.3
+    actor = ActorHandle()
+    routers = [make_router(budget_config(10), ledger=LedgerClient(actor)) for _ in range(2)]
+    body = {**CHAT, "max_tokens": 2}
+    statuses = await asyncio.gather(
+        *(run_clients(client, [body] * 100, clients=16) for _, client in routers)
+    )
+    served = sum(s.count(200) for s in statuses)
+    for core, _ in routers:
+        await core.ledger.refresh()
+    await routers[0][0].ledger.refresh()
+    core = routers[0][0]
+    assert all(c.ledger.reservations() == 0 for c, _ in routers)
+    spent = core.ledger.mirror.spend("t1", "ep", "24h", core.clock())  # settled, both
+    limit = 10 * ONE_REQUEST_USD
+    overspend = max(0.0, spent - limit) / ONE_REQUEST_USD
+    # What one replica has in flight at most: requests whose estimates fit the budget.
+    est = core.state.catalogue["a"]
+    from tokenyard.routing.request import parse_request
+    from tokenyard.serving.router.estimate import estimated_cost
+
+    one_estimate = estimated_cost(est, parse_request(body, {}, "chat"))
+    in_flight_one_replica = int(limit // one_estimate) + 1
+    print(
+        f"budget, 2 replicas: 200 requests, 32 clients, limit 10: served {served}, "
+        f"spend {spent / limit:.0%} of the limit, overspend {overspend:.1f} requests "
+        f"(bound: {in_flight_one_replica} in flight on one replica)"
+    )
+    assert overspend <= in_flight_one_replica
+    assert served <= 10 + in_flight_one_replica
 
 
 async def test_one_budget_whatever_name_reaches_the_model(
