@@ -631,3 +631,92 @@ async def test_behind_serves_proxy_the_router_adds_no_second_request_id(
     r = await client.post("/v1/chat/completions", json={**CHAT, "model": "nope"})
     assert r.status_code == 404 and "x-request-id" not in r.headers
     assert audit_lines(tmp_path)[0]["request_id"] == "rid-1"
+
+
+# -- section 7: a dead replica is unavailable at once ---------------------------------------
+
+
+class ActorDiedError(Exception):
+    """Named as Ray's: the replica actor died under the request."""
+
+
+class DyingModel:
+    """An in-cluster model whose only replica dies under the first request; Ray Serve
+    then queues the next requests until it has replaced the replica (about 10 s)."""
+
+    name = "m"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def complete(self, kind: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls == 1:
+            raise ActorDiedError("The actor died unexpectedly before finishing this task.")
+        await asyncio.sleep(60)  # queued in Serve's router: no replica to take it
+        return completion("m")
+
+    def stream(self, kind: str, body: dict[str, Any], timeout: float) -> Any:
+        raise NotImplementedError
+
+
+async def test_a_dead_replica_is_unavailable_at_once(
+    provider: Provider, make_router: Make, tmp_path: Any
+) -> None:
+    from tokenyard.serving.backends import build_backends
+
+    dying = DyingModel()
+    in_cluster = CatalogueEntry(
+        name="m", servedModelName="m", kind="InCluster", quality=1.0, inputPer1M=1.0,
+        outputPer1M=1.0, app="model-m", replicas=1,
+    )  # fmt: skip
+
+    def backends(catalogue: Any, client: Any, previous: Any) -> dict[str, Any]:
+        external = {n: e for n, e in catalogue.items() if e.kind == "External"}
+        return {**build_backends(external, client, None), "m": dying}
+
+    cfg = config(["m", "a"], fallback={"perAttemptTimeoutSeconds": 20})
+    cfg = cfg.model_copy(update={"models": [in_cluster, *cfg.models]})
+    core = RouterCore(
+        RouterAppArgs(pool="p", namespace="ns"),
+        ledger=LedgerClient(None),
+        provider=ProviderClient(transport=httpx.MockTransport(provider), env={"KEY": "k"}),
+        audit=AuditLog(str(tmp_path / "audit.jsonl")),
+        env={},
+        watch_apps=False,
+        backend_factory=backends,
+    )
+    core.apply_config(cfg)
+    app = Starlette(routes=[Route("/{path:path}", core.handle, methods=["GET", "POST"])])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as c:
+        for _ in range(3):
+            r = await c.post("/v1/chat/completions", json=CHAT)
+            assert r.status_code == 200 and r.headers["x-tokenyard-target"] == "a"
+    # Only the request its replica died under reached it: the next ones went to "a"
+    # at once instead of waiting in Serve's queue for the per-attempt timeout.
+    assert dying.calls == 1
+    await core.aclose()
+
+
+def test_a_replica_death_holds_until_serves_status_catches_up() -> None:
+    from tokenyard.serving.router.serve_status import REPLICA_DEATH_HOLD_S, ServeStatus
+
+    now = [0.0]
+    st = ServeStatus("router", clock=lambda: now[0])
+    entry = CatalogueEntry(
+        name="m", servedModelName="m", kind="InCluster", quality=1.0, inputPer1M=1.0,
+        outputPer1M=1.0, app="model-m",
+    )  # fmt: skip
+    st.note_running({"model-m": 2})
+    st.replica_died("model-m")
+    assert st.ready(entry)  # one of two replicas: Serve routes to the other
+    st.replica_died("model-m")
+    assert not st.ready(entry)  # both gone
+    st.note_running({"model-m": 2})  # a stale read (same count): still down
+    assert not st.ready(entry)
+    st.note_running({"model-m": 1})  # Serve's status changed: trusted again
+    assert st.ready(entry)
+    st.replica_died("model-m")
+    assert not st.ready(entry)
+    now[0] += REPLICA_DEATH_HOLD_S + 1  # Serve never said: the hold ends
+    assert st.ready(entry)

@@ -35,12 +35,15 @@ class BackendFailure(Exception):
         status: int = 502,
         body: Any = None,
         retry_after: float | None = None,
+        replica_died: bool = False,
     ) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
         self.body = body
         self.retry_after = retry_after
+        self.replica_died = replica_died
+        """The target's replica died under the request (Ray's actor-died error)."""
 
 
 class Backend(Protocol):
@@ -61,6 +64,10 @@ class Backend(Protocol):
         ...
 
 
+# Ray's errors for a replica actor that died (matched by name: importable without Ray).
+_REPLICA_DIED = frozenset({"ActorDiedError", "RayActorError"})
+
+
 def classify_exception(exc: BaseException, target: str) -> BackendFailure:
     """Any exception from calling ``target`` as a :class:`BackendFailure`."""
     if isinstance(exc, BackendFailure):
@@ -68,8 +75,12 @@ def classify_exception(exc: BaseException, target: str) -> BackendFailure:
     kind = failure_kind(exc)
     status = 504 if kind == "Timeout" else 503 if kind in ("Unavailable", "Overloaded") else 502
     # Exception text from Ray can be long (tracebacks); keep the class name and a prefix.
+    names = {cls.__name__ for cls in type(exc).__mro__}
     return BackendFailure(
-        f"{target}: {type(exc).__name__}: {str(exc)[:300]}", kind=kind, status=status
+        f"{target}: {type(exc).__name__}: {str(exc)[:300]}",
+        kind=kind,
+        status=status,
+        replica_died=bool(names & _REPLICA_DIED),
     )
 
 
