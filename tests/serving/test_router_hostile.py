@@ -649,14 +649,16 @@ class DyingModel:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def complete(self, kind: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def complete(
+        self, kind: str, body: dict[str, Any], attempt_timeout: float
+    ) -> dict[str, Any]:
         self.calls += 1
         if self.calls == 1:
             raise ActorDiedError("The actor died unexpectedly before finishing this task.")
         await asyncio.sleep(60)  # queued in Serve's router: no replica to take it
         return completion("m")
 
-    def stream(self, kind: str, body: dict[str, Any], timeout: float) -> Any:
+    def stream(self, kind: str, body: dict[str, Any], attempt_timeout: float) -> Any:
         raise NotImplementedError
 
 
