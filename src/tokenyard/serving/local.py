@@ -208,7 +208,8 @@ def _router_app(cfg: RouterConfig, pool: str, state: Path) -> dict[str, Any]:
         "deployments": [
             {
                 "name": ROUTER_DEPLOYMENT,
-                "num_replicas": 1,
+                # What the pool says (spec.router.minReplicas): limits are split by it.
+                "num_replicas": cfg.routerReplicas,
                 "user_config": cfg.model_dump(mode="json"),
             }
         ],
@@ -236,7 +237,16 @@ def plan(
     models = [
         e.model_copy(update={"replicas": 1}) if e.kind == "InCluster" else e for e in cfg.models
     ]
-    cfg = cfg.model_copy(update={"pool": pool, "namespace": LOCAL_NAMESPACE, "models": models})
+    router = next((p.spec.router for p in m.pools if _name(p) == pool), None)
+    cfg = cfg.model_copy(
+        update={
+            "pool": pool,
+            "namespace": LOCAL_NAMESPACE,
+            "models": models,
+            "routerReplicas": router.minReplicas if router is not None else 1,
+            "maxRequestBytes": router.maxRequestBytes if router is not None else None,
+        }
+    )
 
     resources: dict[str, float] = {}
     tiny: list[tuple[str, Path]] = []
@@ -328,6 +338,8 @@ def _summary(p: LocalPlan, host: str, port: int) -> str:
     router_args = p.serve_config["applications"][-1]["args"]
     lines += [
         "",
+        f"  router:       {p.router_config.routerReplicas} replica(s) (the pool's "
+        "spec.router.minReplicas; Ray Serve does not scale it in local mode)",
         f"  spend ledger: {router_args['ledgerPath']}",
         f"  audit log:    {router_args['auditPath']}",
         "",

@@ -530,3 +530,15 @@ def test_catalogue_entry_follows_the_capped_condition_only_when_asked() -> None:
     )
     assert catalogue_entry(released, ready=True, with_capped=True).capped is None
     assert catalogue_entry(md(IN_CLUSTER), ready=True, with_capped=True).capped is None
+
+
+def test_tokenyard_up_runs_the_router_replicas_the_pool_asks_for(tmp_path: Path) -> None:
+    examples = Path(__file__).resolve().parents[3] / "examples" / "local"
+    manifests = load([str(examples)])
+    for pool in manifests.pools:
+        pool.spec.router.minReplicas = 2
+        pool.spec.router.maxReplicas = 2
+    p = plan(manifests, host="127.0.0.1", port=8000, state_dir=tmp_path, gpu=False, environ={})
+    assert p.router_config.routerReplicas == 2
+    (router,) = p.serve_config["applications"][-1]["deployments"]
+    assert router["num_replicas"] == 2
