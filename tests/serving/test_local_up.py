@@ -121,6 +121,8 @@ def test_tokenyard_up_serves_and_stops_cleanly(
                 path, raw, hdrs = fuzz.case(rng)
                 try:
                     r = h.post(path, content=raw, headers=hdrs)
+                except httpx.LocalProtocolError:
+                    continue  # the client library refuses to send it (a trailing space)
                 except httpx.HTTPError as exc:
                     five_xx.append(f"no answer {path}: {exc!r}")
                     continue

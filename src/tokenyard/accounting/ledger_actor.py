@@ -250,6 +250,9 @@ class LedgerClient:
         self._warned_old_actor = False
         self._reserved: dict[int, tuple[str, str, float]] = {}
         """Reservation id -> (tenant, endpoint, USD) of requests admitted, not settled."""
+        self._expires: dict[int, float] = {}
+        """Reservation id -> monotonic time after which it is dropped unsettled (a
+        response Starlette never started, so nothing settled it)."""
         self._next_reservation = 0
         self.replica_id = uuid.uuid4().hex
         self._others: list[HoldRow] = []
@@ -264,25 +267,38 @@ class LedgerClient:
 
     def reserved(self, tenant: str, endpoint: str | None = None) -> float:
         """USD reserved for ``tenant`` (on ``endpoint``, or all), by every replica."""
+        self._expire()
         rows = [*self._reserved.values(), *self._others]
         return sum(usd for t, e, usd in rows if t == tenant and (endpoint is None or e == endpoint))
 
     def _hold_rows(self) -> list[HoldRow]:
+        self._expire()
         totals: dict[tuple[str, str], float] = {}
         for t, e, usd in self._reserved.values():
             totals[(t, e)] = totals.get((t, e), 0.0) + usd
         return [(t, e, usd) for (t, e), usd in sorted(totals.items())]
 
-    def reserve(self, tenant: str, endpoint: str, usd: float) -> int:
-        """Hold ``usd`` of the tenant's budget until :meth:`release`; returns its id."""
+    def reserve(self, tenant: str, endpoint: str, usd: float, ttl_s: float = 3600.0) -> int:
+        """Hold ``usd`` of the tenant's budget until :meth:`release`, or ``ttl_s`` at
+        most (longer than any request may last); returns its id."""
         self._next_reservation += 1
         self._reserved[self._next_reservation] = (tenant, endpoint, max(0.0, usd))
+        self._expires[self._next_reservation] = time.monotonic() + ttl_s
         return self._next_reservation
+
+    def _expire(self) -> None:
+        if not self._expires:
+            return
+        now = time.monotonic()
+        for rid in [r for r, t in self._expires.items() if t <= now]:
+            logger.warning("a budget reservation was never settled; dropped")
+            self.release(rid)
 
     def release(self, reservation: int | None) -> None:
         """Drop a reservation (its request's real cost is recorded); unknown ids: no-op."""
         if reservation is not None:
             self._reserved.pop(reservation, None)
+            self._expires.pop(reservation, None)
 
     def reservations(self) -> int:
         """Reservations held (requests admitted and not settled), for tests and metrics."""

@@ -103,3 +103,10 @@ async def test_an_old_actor_without_holds_keeps_reservations_per_replica() -> No
     client.reserve("t", "ep", 0.5)
     await client.refresh()
     assert client.spend("t", "ep", "24h", T0) == 0.5
+
+
+def test_a_reservation_never_settled_expires() -> None:
+    client = LedgerClient(None)
+    client.reserve("t", "ep", 0.5, ttl_s=0.0)
+    assert client.spend("t", "ep", "24h", T0) == 0
+    assert client.reservations() == 0

@@ -57,6 +57,10 @@ from tokenyard.serving.router.state import BackendFactory, EndpointPolicy, Route
 logger = logging.getLogger("tokenyard.router")
 
 
+# How long past the policy's total timeout an unsettled reservation is kept.
+RESERVATION_MARGIN_S = 60.0
+
+
 class ScopedSpend:
     """The ledger as the budget check of one endpoint reads it: spend of its scope
     (:attr:`EndpointPolicy.scope`), so every name of a model spends one budget."""
@@ -390,7 +394,10 @@ class RouterCore:
                 estimated_cost(state.catalogue[c.model], parsed)
                 for c in decision.targets[: pol.spec.fallback.maxAttempts]
             )
-            reservation = self.ledger.reserve(tenant, pol.scope, usd)
+            # Settled when the request ends; the TTL only covers a response that never
+            # started (a stream whose client left before its first byte).
+            ttl = pol.spec.fallback.totalTimeoutSeconds + RESERVATION_MARGIN_S
+            reservation = self.ledger.reserve(tenant, pol.scope, usd, ttl_s=ttl)
         return decision, est, reservation
 
 
