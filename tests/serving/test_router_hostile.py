@@ -652,3 +652,36 @@ def test_a_replica_death_holds_until_serves_status_catches_up() -> None:
     assert not st.ready(entry)
     now[0] += REPLICA_DEATH_HOLD_S + 1  # Serve never said: the hold ends
     assert st.ready(entry)
+
+
+async def test_a_stream_its_client_left_before_the_first_byte_is_audited_and_charged(
+    make_router: Make, tmp_path: Any
+) -> None:
+    core, _ = make_router(config(["a"]))
+    body = json.dumps({**CHAT, "stream": True}).encode()
+    scope = {
+        "type": "http", "method": "POST", "path": "/v1/chat/completions", "headers":
+        [(b"content-type", b"application/json"), (b"x-tenant", b"t1")], "query_string": b"",
+        "http_version": "1.1", "scheme": "http", "server": ("r", 80), "root_path": "",
+    }  # fmt: skip
+    from starlette.requests import Request
+
+    sent: list[bool] = []
+
+    async def receive_body() -> dict[str, Any]:
+        if not sent:
+            sent.append(True)
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}  # the client is gone before any byte
+
+    response = await core.handle(Request(scope, receive_body))
+    assert response.status_code == 200
+
+    async def send(message: dict[str, Any]) -> None:
+        raise OSError("client gone")  # nothing can be written to it
+
+    with pytest.raises(OSError):
+        await response(scope, receive_body, send)
+    (line,) = [x for x in audit_lines(tmp_path) if x["status"] == 499]
+    assert line["tenant"] == "t1" and line["cost_usd"] > 0
+    assert core.ledger.reservations() == 0

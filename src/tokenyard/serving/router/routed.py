@@ -64,6 +64,22 @@ async def _aclose(agen: Any) -> None:
             await close()
 
 
+class _FinishedStream(StreamingResponse):
+    """A streaming response that runs ``finish`` whatever happens to it: Starlette
+    cancels a stream whose client left, possibly before its body was ever iterated, and
+    an async generator never started never runs its ``finally``."""
+
+    def __init__(self, content: Any, finish: Any, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._finish = finish
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._finish()
+
+
 class RoutedRequest:
     """One routed request: the attempt loop, streaming and accounting."""
 
@@ -92,6 +108,7 @@ class RoutedRequest:
         self.request_id = request_id
         self.limiter = limiter
         self.out = Outcome()
+        self._relay_started = False
         self.attempts = Attempts(
             core=core,
             state=state,
@@ -225,10 +242,17 @@ class RoutedRequest:
             else:
                 self.attempts.succeeded(target)
                 self.out.target, self.out.reason = target, reason
-                return StreamingResponse(
-                    self._relay(first, agen),
-                    media_type="text/event-stream",
-                    headers=self._headers(),
+                relay = self._relay(first, agen)
+
+                async def finish(
+                    target: str = target, reason: str = reason, agen: Any = agen
+                ) -> None:
+                    if not self._relay_started:  # the client left before the first byte
+                        self._abandoned(target, reason)
+                        await _aclose(agen)
+
+                return _FinishedStream(
+                    relay, finish, media_type="text/event-stream", headers=self._headers()
                 )
             await _aclose(agen)
             last = failure
@@ -251,6 +275,7 @@ class RoutedRequest:
         self, first: dict[str, Any], agen: AsyncIterator[dict[str, Any]]
     ) -> AsyncIterator[bytes]:
         """Forward chunks; after the first one, failures end the stream with an error event."""
+        self._relay_started = True
         served = self.state.catalogue[self.out.target or ""].servedModelName
         usage: tuple[int, int] | None = None
         chunks = 0
