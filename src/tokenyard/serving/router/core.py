@@ -391,8 +391,11 @@ class RouterCore:
             # Taken in the same step as the budget check (no await between), so every
             # request this replica has in flight counts against the next one's check.
             usd = max(
-                estimated_cost(state.catalogue[c.model], parsed)
-                for c in decision.targets[: pol.spec.fallback.maxAttempts]
+                (
+                    estimated_cost(state.catalogue[c.model], parsed)
+                    for c in decision.targets[: pol.spec.fallback.maxAttempts]
+                ),
+                default=0.0,
             )
             # Settled when the request ends; the TTL only covers a response that never
             # started (a stream whose client left before its first byte).
