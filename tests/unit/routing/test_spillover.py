@@ -542,3 +542,19 @@ def test_tokenyard_up_runs_the_router_replicas_the_pool_asks_for(tmp_path: Path)
     assert p.router_config.routerReplicas == 2
     (router,) = p.serve_config["applications"][-1]["deployments"]
     assert router["num_replicas"] == 2
+
+
+def test_tokenyard_up_finds_what_a_killed_run_left_behind(tmp_path: Path) -> None:
+    from tokenyard.serving.local import leftover_pids, record_session
+
+    session = "/tmp/ray/session_2026-12-05_23-00-00_1"
+    procs = [
+        (10, ["raylet", f"--session_dir={session}"]),
+        (11, ["python", "worker.py", "--session-dir", f"{session}/x"]),
+        (12, ["raylet", "--session_dir=/tmp/ray/session_other"]),
+        (13, ["vim"]),
+    ]
+    assert leftover_pids(tmp_path, procs, lambda pid: False) == []  # nothing recorded
+    record_session(tmp_path, session, pid=99)
+    assert leftover_pids(tmp_path, procs, lambda pid: pid == 99) == []  # still running
+    assert leftover_pids(tmp_path, procs, lambda pid: False) == [10, 11]
