@@ -354,7 +354,12 @@ def leftover_pids(
         return []
     if not session or alive(owner):
         return []
-    return [pid for pid, cmd in processes if pid != owner and any(session in a for a in cmd)]
+    session = session.rstrip("/")
+
+    def names(arg: str) -> bool:  # the session itself, not one whose name extends it
+        return arg == session or arg.endswith("=" + session) or session + "/" in arg
+
+    return [pid for pid, cmd in processes if pid != owner and any(names(a) for a in cmd)]
 
 
 def _processes() -> list[tuple[int, list[str]]]:

@@ -553,6 +553,7 @@ def test_tokenyard_up_finds_what_a_killed_run_left_behind(tmp_path: Path) -> Non
         (11, ["python", "worker.py", "--session-dir", f"{session}/x"]),
         (12, ["raylet", "--session_dir=/tmp/ray/session_other"]),
         (13, ["vim"]),
+        (14, ["raylet", f"--session_dir={session}2"]),  # another session, a longer name
     ]
     assert leftover_pids(tmp_path, procs, lambda pid: False) == []  # nothing recorded
     record_session(tmp_path, session, pid=99)
