@@ -685,3 +685,25 @@ async def test_a_stream_its_client_left_before_the_first_byte_is_audited_and_cha
     (line,) = [x for x in audit_lines(tmp_path) if x["status"] == 499]
     assert line["tenant"] == "t1" and line["cost_usd"] > 0
     assert core.ledger.reservations() == 0
+
+
+# -- section 8: per-tenant state stays bounded ----------------------------------------------
+
+
+async def test_tenant_names_past_the_bound_share_one_budget_key(
+    provider: Provider, make_router: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tokenyard.serving.router.core as core_mod
+
+    monkeypatch.setattr(core_mod, "MAX_BUDGET_TENANTS", 5)
+    star = [{"tenant": "*", "limitUSD": 1.0, "onExceeded": "Reject"}]
+    core, client = make_router(config(["a"], budgets=star))
+    for i in range(50):  # an open endpoint: the client picks the tenant names
+        r = await client.post("/v1/chat/completions", json=CHAT, headers={"x-tenant": f"t{i}"})
+        assert r.status_code == 200
+    assert core.ledger.mirror.tenant_count("ep") == 6  # five tenants, then one shared key
+    assert core.ledger.spend("_other", "ep", "24h", core.clock()) == pytest.approx(
+        45 * ONE_REQUEST_USD
+    )
+    r = await client.post("/v1/chat/completions", json=CHAT, headers={"x-tenant": "t1"})
+    assert r.status_code == 200  # a tenant known before the bound keeps its own

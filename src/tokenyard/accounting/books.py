@@ -52,6 +52,9 @@ class Outcome:
     cost: float = 0.0
     error: str | None = None
     fallbacks: list[dict[str, str]] = field(default_factory=list)
+    budget_key: str | None = None
+    """The tenant's key in the ledger when it is not its name (one shared by tenants
+    past the router's per-endpoint bound); None: the tenant's name."""
     reservation: int | None = None
     """The budget reservation admission took (:meth:`LedgerClient.reserve`), released
     when the real cost is recorded."""
@@ -110,7 +113,7 @@ class Books:
         # stream that broke midway): providers bill them.
         if pol is not None and out.target is not None and out.tokens_in + out.tokens_out:
             self.ledger.record(
-                tenant=record.tenant,
+                tenant=out.budget_key or record.tenant,
                 endpoint=pol.scope,
                 model=out.target,
                 cost_usd=out.cost,
@@ -132,7 +135,7 @@ class Books:
         self.metrics.requests.labels(endpoint, target, tenant, str(out.status)).inc()
         if pol is not None:
             self.metrics.request_latency.labels(endpoint=endpoint).observe(latency)
-            self._update_budget_gauge(pol, record.tenant, now)
+            self._update_budget_gauge(pol, record.tenant, now, out.budget_key)
 
     def tenant_label(self, tenant: str) -> str:
         """The tenant as a metrics label: "-" for none, "_other" past MAX_TENANT_LABELS."""
@@ -145,13 +148,15 @@ class Books:
             return tenant
         return "_other"
 
-    def _update_budget_gauge(self, pol: Endpoint, tenant: str, now: float) -> None:
+    def _update_budget_gauge(
+        self, pol: Endpoint, tenant: str, now: float, key: str | None = None
+    ) -> None:
         budget = next((b for b in pol.spec.budgets if b.tenant == tenant), None) or next(
             (b for b in pol.spec.budgets if b.tenant == "*"), None
         )
         if budget is None:
             return
-        spent = self.ledger.spend(tenant, pol.scope, budget.window, now)
+        spent = self.ledger.spend(key or tenant, pol.scope, budget.window, now)
         label = self.tenant_label(tenant)
         self.metrics.budget_remaining.labels(endpoint=pol.endpoint, tenant=label).set(
             max(0.0, budget.limitUSD - spent)

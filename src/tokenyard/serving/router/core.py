@@ -59,18 +59,33 @@ logger = logging.getLogger("tokenyard.router")
 
 # How long past the policy's total timeout an unsettled reservation is kept.
 RESERVATION_MARGIN_S = 60.0
+# Tenants with their own spend per endpoint. Tenant names on an open endpoint are the
+# client's choice: past this many, further tenants share one budget key (OVERFLOW_TENANT)
+# so that the ledger (about 1.5 KB a tenant, kept for the budget windows) stays bounded.
+MAX_BUDGET_TENANTS = 10_000
+OVERFLOW_TENANT = "_other"  # never a tenant name (those start with a letter or digit)
+
+
+def budget_tenant(ledger: LedgerClient, tenant: str, scope: str) -> str:
+    """The key the tenant's spend is kept under on ``scope`` (see MAX_BUDGET_TENANTS)."""
+    mirror = ledger.mirror
+    if mirror.knows(tenant, scope) or mirror.tenant_count(scope) < MAX_BUDGET_TENANTS:
+        return tenant
+    return OVERFLOW_TENANT
 
 
 class ScopedSpend:
     """The ledger as the budget check of one endpoint reads it: spend of its scope
-    (:attr:`EndpointPolicy.scope`), so every name of a model spends one budget."""
+    (:attr:`EndpointPolicy.scope`), so every name of a model spends one budget, under
+    the tenant's budget key (:func:`budget_tenant`)."""
 
-    def __init__(self, ledger: LedgerClient, scope: str) -> None:
+    def __init__(self, ledger: LedgerClient, scope: str, key: str) -> None:
         self._ledger = ledger
         self._scope = scope
+        self._key = key
 
     def spend(self, tenant: str, endpoint: str | None, window: str, now: float) -> float:
-        return self._ledger.spend(tenant, self._scope, window, now)
+        return self._ledger.spend(self._key, self._scope, window, now)
 
 
 class RouterCore:
@@ -264,7 +279,7 @@ class RouterCore:
             pol = state.policies.get(parsed.model) or state.direct.get(parsed.model)
             if pol is None:
                 raise model_not_found(parsed.model)
-            decision, est, reservation = self._route(
+            decision, est, reservation, key = self._route(
                 state, pol, parsed, headers, record, now, started
             )
         except RouterError as err:
@@ -297,6 +312,7 @@ class RouterCore:
             limiter=self._limiters[pol.scope],
         )
         routed.out.reservation = reservation
+        routed.out.budget_key = key
         if parsed.stream:
             return await routed.stream()
         return await routed.complete()
@@ -310,7 +326,8 @@ class RouterCore:
         budget = budget_for(pol.spec.budgets, tenant)
         if budget is None:
             return
-        settled = self.ledger.mirror.spend(tenant, pol.scope, budget.window, now)
+        key = budget_tenant(self.ledger, tenant, pol.scope)
+        settled = self.ledger.mirror.spend(key, pol.scope, budget.window, now)
         if settled < budget.limitUSD:
             err.message = (
                 f"tenant '{tenant}' has its budget held by requests in flight; "
@@ -328,10 +345,11 @@ class RouterCore:
         record: AuditRecord,
         now: float,
         started: float,
-    ) -> tuple[Decision, int, int | None]:
+    ) -> tuple[Decision, int, int | None, str]:
         """Tenant, features, rate limit, decision and spill-over of a parsed request, noted
-        in its audit record; returns the decision, the tokens the rate limit took and the
-        budget reservation (None when the tenant has no budget here).
+        in its audit record; returns the decision, the tokens the rate limit took, the
+        budget reservation (None when the tenant has no budget here) and the key its
+        spend is kept under (:func:`budget_tenant`).
 
         A request refused here (egress, context, budget, no backend) gives back what the
         rate limit took: a refused request charges nothing."""
@@ -344,6 +362,7 @@ class RouterCore:
         record.data_classes = sorted(features.data_classes)
         if pol.spec.audit.includePrompts:
             record.prompt = parsed.prompt_text
+        key = budget_tenant(self.ledger, tenant, pol.scope)
         est = servable_tokens(parsed, [state.catalogue.get(t.model) for t in pol.spec.targets])
         limiter = self._limiters[pol.scope]
         limiter.check(tenant, est, now)
@@ -353,7 +372,7 @@ class RouterCore:
                 pol.spec,
                 state.catalogue,
                 self._backend_states(state, pol.endpoint, now),
-                ScopedSpend(self.ledger, pol.scope),
+                ScopedSpend(self.ledger, pol.scope, key),
                 now,
                 self._rng,
             )
@@ -400,8 +419,8 @@ class RouterCore:
             # Settled when the request ends; the TTL only covers a response that never
             # started (a stream whose client left before its first byte).
             ttl = pol.spec.fallback.totalTimeoutSeconds + RESERVATION_MARGIN_S
-            reservation = self.ledger.reserve(tenant, pol.scope, usd, ttl_s=ttl)
-        return decision, est, reservation
+            reservation = self.ledger.reserve(key, pol.scope, usd, ttl_s=ttl)
+        return decision, est, reservation, key
 
 
-__all__ = ["RouterCore", "ScopedSpend"]
+__all__ = ["MAX_BUDGET_TENANTS", "OVERFLOW_TENANT", "RouterCore", "ScopedSpend", "budget_tenant"]
