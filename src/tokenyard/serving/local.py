@@ -440,7 +440,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"\nreceived {signal.Signals(signum).name}, shutting down ...", flush=True)
         stop.set()
 
-    stop_leftovers(p.state_dir)
+    try:
+        stop_leftovers(p.state_dir)
+    except Exception as err:  # best effort: never keeps `up` from starting
+        print(f"warning: could not look for a previous run's processes: {err}", file=sys.stderr)
     # Secrets reach the router through the environment Ray workers inherit, never
     # through the Serve config (which the dashboard and logs show).
     os.environ.update(p.env)
@@ -460,7 +463,8 @@ def main(args: argparse.Namespace) -> int:
     with contextlib.suppress(Exception):  # best effort: never keeps `up` from starting
         from ray._private import worker
 
-        record_session(p.state_dir, worker._global_node.get_session_dir_path(), os.getpid())
+        node: Any = worker._global_node
+        record_session(p.state_dir, node.get_session_dir_path(), os.getpid())
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     code = 0
