@@ -22,6 +22,7 @@ $(VENV)/.installed: pyproject.toml
 tools:
 	scripts/install-tools.sh
 	scripts/install-prometheus.sh
+	scripts/install-chromium.sh
 
 # The main job: what tokenyard would create from the examples, then the local data plane.
 demo: install

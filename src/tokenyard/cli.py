@@ -45,6 +45,34 @@ def _lazy(module: str, func: str = "main") -> Callable[[argparse.Namespace], int
     return run
 
 
+def eval_routing_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``tokenyard eval-routing`` (benchmarks/routing_quality.py reuses them)."""
+    from tokenyard.routing.quality import BASELINES, ROUTELLM_STRONG_PRICE, ROUTELLM_WEAK_PRICE
+
+    p.add_argument("--data", action="append", required=True, help="labelled CSV (repeatable)")
+    p.add_argument(
+        "--routers",
+        default=",".join(BASELINES),
+        help=f"comma-separated baselines to include (default: {','.join(BASELINES)})",
+    )
+    p.add_argument("--artifact", action="append", default=[], help="trained model artifact")
+    p.add_argument(
+        "--kfold", type=int, default=5, help="train and score a learned model k-fold (0: off)"
+    )
+    p.add_argument(
+        "--train", action="append", default=[], help="also train a learned model on this CSV"
+    )
+    p.add_argument("--quality-target", type=float, default=0.95, help="share of strong quality")
+    p.add_argument(
+        "--strong-price", type=float, default=ROUTELLM_STRONG_PRICE, help="USD per 1M tokens"
+    )
+    p.add_argument("--weak-price", type=float, default=ROUTELLM_WEAK_PRICE, help="USD per 1M")
+    p.add_argument("--draws", type=int, default=400, help="random routers for the 95%% range")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", default=None, help="write the quality curves as a PNG here")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
 def simulate_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``tokenyard simulate`` after --trace (benchmarks/autoscaler_trace.py
     takes the same)."""
@@ -153,6 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--header", action="append", default=[], help="NAME: VALUE (repeatable)")
     s.add_argument("--endpoint", default=None, help="policy endpoint if the body names none")
     s.set_defaults(func=_lazy("tokenyard.routing.explain"))
+
+    s = sub.add_parser(
+        "eval-routing",
+        help="measure routers' quality/cost trade-off on labelled prompts (APGR, CPT, saving)",
+    )
+    eval_routing_arguments(s)
+    s.set_defaults(func=_lazy("tokenyard.routing.quality.evaluate"))
+
+    s = sub.add_parser("train-router", help="train a learned difficulty classifier artifact")
+    s.add_argument("--data", action="append", required=True, help="labelled CSV (repeatable)")
+    s.add_argument("--out", required=True, help="artifact path (JSON, under 1 MiB)")
+    s.add_argument("--c", type=float, default=1.0, help="inverse L2 regularisation strength")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--configmap", default=None, metavar="NAME", help="also write a ConfigMap YAML beside it"
+    )
+    s.set_defaults(func=_lazy("tokenyard.routing.learned.cli"))
 
     s = sub.add_parser("autoscaler", help="run the autoscaler loop")
     s.add_argument("--once", action="store_true", help="decide and act once, then exit")

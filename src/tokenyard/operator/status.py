@@ -15,10 +15,12 @@ from typing import Any
 
 from tokenyard import contract
 from tokenyard.api.common import (
+    COND_MIXED_TENANT_ACCESS,
     COND_READY,
     LABEL_POOL,
     REASON_DEPLOYING,
     REASON_EXTERNAL_PROVIDER,
+    REASON_KEYED_AND_OPEN,
     REASON_NO_READY_TARGETS,
     REASON_POOL_NOT_FOUND,
     REASON_RAYSERVICE_CRD_MISSING,
@@ -512,6 +514,19 @@ def _target_status(
     return out
 
 
+def mixed_tenant_access(policy: RoutingPolicy) -> str | None:
+    """The warning for a policy that has tenant API keys but serves callers without one
+    (``requireKnownTenant: false`` set explicitly); None when it does not."""
+    tenants = policy.spec.tenants
+    if tenants.apiKeysSecretRef is None or tenants.require_known():
+        return None
+    return (
+        "spec.tenants: apiKeysSecretRef is set but requireKnownTenant is false: a caller "
+        f"without a key is served as the tenant its {tenants.header} header names (or "
+        f"{tenants.defaultTenant!r}); tenants that have a key are refused by header alone"
+    )
+
+
 def build_policy_status(policy: RoutingPolicy, ctx: PolicyContext, *, now: str) -> dict[str, Any]:
     """The operator-owned status fields of a valid RoutingPolicy."""
     gen = obj_generation(policy)
@@ -542,9 +557,13 @@ def build_policy_status(policy: RoutingPolicy, ctx: PolicyContext, *, now: str) 
     else:
         ready, reason = True, REASON_TARGETS_READY
         message = f"{summary} targets ready"
-    conds = merge_conditions(
-        old_status.get("conditions"), [condition(COND_READY, ready, reason, message, gen)], now
-    )
+    new = [condition(COND_READY, ready, reason, message, gen)]
+    mixed = mixed_tenant_access(policy)
+    if mixed is not None:
+        new.append(condition(COND_MIXED_TENANT_ACCESS, True, REASON_KEYED_AND_OPEN, mixed, gen))
+    conds = merge_conditions(old_status.get("conditions"), new, now)
+    if mixed is None:  # ours, and no longer true: dropped rather than left stale
+        conds = [c for c in conds if c.get("type") != COND_MIXED_TENANT_ACCESS]
     out: dict[str, Any] = {
         "observedGeneration": gen,
         "conditions": conds,

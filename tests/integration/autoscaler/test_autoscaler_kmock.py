@@ -176,7 +176,7 @@ async def test_writes_scale_and_status_and_respects_owners(kmock: Any, api: Any)
     frontier = _obj(kmock, "frontier")
     assert frontier["spec"]["replicas"] == 2
     assert frontier["status"]["autoscaling"]["desiredReplicas"] == 2
-    assert "replicas of load" in frontier["status"]["autoscaling"]["reason"]
+    assert "SLO model" in frontier["status"]["autoscaling"]["reason"]
     assert frontier["status"]["autoscaling"]["lastScaleTime"]
     assert _cond(frontier, "MetricsAvailable")["status"] == "True"
     assert _cond(frontier, "Capped")["status"] == "False"

@@ -105,6 +105,11 @@ def router_config(
         models=entries,
         policies=[policy_entry(p) for p in policies],
         routerReplicas=pool.spec.router.minReplicas,
+        maxRequestBytes=(
+            None
+            if pool.spec.router.maxRequestBytes == contract.DEFAULT_MAX_REQUEST_BYTES
+            else pool.spec.router.maxRequestBytes
+        ),
     )
 
 

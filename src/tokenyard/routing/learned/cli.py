@@ -1,0 +1,67 @@
+"""``tokenyard train-router``: train a difficulty model on labelled CSVs, write the artifact.
+
+Reads the CSVs with :mod:`tokenyard.routing.quality.data` (the router's own request
+parsing), trains with :func:`.train.fit` and writes the JSON artifact, optionally
+wrapped in a ConfigMap manifest that a RoutingPolicy can reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from tokenyard.routing.learned.model import ARTIFACT_KEY, ArtifactError
+from tokenyard.routing.quality.data import DataError, load_all, merge
+
+
+def main(args: argparse.Namespace) -> int:
+    from tokenyard.routing.learned.train import fit
+
+    if not args.c > 0:
+        print("train-router: --c must be > 0", file=sys.stderr)
+        return 2
+    try:
+        sets = load_all(args.data)
+        pool = merge(sets, "+".join(s.name for s in sets))
+        model = fit(
+            [p.parsed for p in pool.prompts],
+            pool.weak,
+            pool.strong,
+            c=args.c,
+            seed=args.seed,
+            training={"data": [s.summary() for s in sets]},
+        )
+        size = model.save(args.out)
+    except (DataError, ArtifactError, OSError, ValueError) as e:
+        print(f"train-router: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {args.out}: version {model.version}, {size:,} bytes, {len(pool.prompts):,} prompts"
+    )
+    point = model.threshold_for_quality(0.95)
+    if point is not None:
+        print(
+            f"  on held-out training prompts: score >= {point.threshold:.4f} sends "
+            f"{100 * point.strong_share:.0f}% to the strong model and keeps "
+            f"{100 * point.quality_of_strong:.1f}% of its quality"
+        )
+    if args.configmap:
+        out = Path(args.out).with_suffix(".configmap.yaml")
+        cm = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": args.configmap,
+                "labels": {"tokenyard.dev/difficulty-model": model.version},
+            },
+            "data": {ARTIFACT_KEY: Path(args.out).read_text()},
+        }
+        out.write_text(yaml.safe_dump(cm, sort_keys=False, width=1 << 30))
+        print(f"wrote {out}")
+    return 0
+
+
+__all__ = ["main"]

@@ -1,0 +1,287 @@
+"""The learned difficulty classifier: features, artifact safety, training, and the CLIs."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tokenyard.cli import main as cli_main
+from tokenyard.routing.classifiers import DifficultyClassifier
+from tokenyard.routing.features import extract_features
+from tokenyard.routing.learned.features import FeatureSettings, Featurizer
+from tokenyard.routing.learned.model import (
+    ArtifactError,
+    DifficultyModel,
+    load_model,
+    model_from_dict,
+)
+from tokenyard.routing.request import ParsedRequest, parse_request
+
+pytest.importorskip("sklearn")
+
+from tokenyard.routing.learned.train import fit, kfold_scores
+
+
+def chat(text: str, **extra: object) -> ParsedRequest:
+    body = {"model": "m", "messages": [{"role": "user", "content": text}], **extra}
+    return parse_request(body, {}, "chat")
+
+
+def test_features_are_pinned_case_insensitive_and_bounded() -> None:
+    f = Featurizer()
+    idx, val = f.sparse("Hello world")
+    # Pinned: a change here silently invalidates every trained artifact.
+    assert idx.tolist() == [57664, 79951, 134741]
+    assert val == pytest.approx([3**-0.5] * 3)
+    assert f.sparse("HELLO WORLD")[0].tolist() == idx.tolist()
+    assert f.sparse("")[0].size == 0
+    # A very long prompt reads only its head and tail.
+    s = f.settings
+    long_idx, _ = f.sparse("word " * 100_000)
+    assert long_idx.size <= 2 * (s.head_bytes + s.tail_bytes)
+
+
+def test_settings_round_trip_and_reject_bad_values() -> None:
+    s = FeatureSettings(char_ngrams=(3,), hash_bits=12)
+    assert FeatureSettings.from_dict(s.as_dict()) == s
+    for bad in ({"hash_bits": 40}, {"char_ngrams": [0]}, {"head_bytes": 0}, {"nope": 1}):
+        with pytest.raises(ValueError):
+            FeatureSettings.from_dict(bad)
+
+
+def synthetic(n: int = 240, seed: int = 0) -> tuple[list[ParsedRequest], np.ndarray, np.ndarray]:
+    """Prompts about tides need the strong model; prompts about bread are easy for both."""
+    rng = np.random.default_rng(seed)
+    parsed, weak, strong = [], [], []
+    for i in range(n):
+        hard = i % 2 == 0
+        topic = "ocean tides and lunar orbits" if hard else "baking bread at home"
+        parsed.append(chat(f"Question {i}: tell me about {topic}, case {rng.integers(1000)}"))
+        w = 0.0 if hard and rng.random() < 0.8 else 1.0
+        weak.append(w)
+        strong.append(1.0 if hard or rng.random() < 0.9 else 0.0)
+    return parsed, np.array(weak), np.array(strong)
+
+
+@pytest.fixture(scope="module")
+def model() -> DifficultyModel:
+    parsed, weak, strong = synthetic()
+    return fit(parsed, weak, strong, settings=FeatureSettings(hash_bits=12))
+
+
+def test_learns_the_hard_topic(model: DifficultyModel) -> None:
+    assert isinstance(model, DifficultyClassifier)
+    hard = model.score(chat("tell me about ocean tides and lunar orbits"))
+    easy = model.score(chat("tell me about baking bread at home"))
+    assert 0 <= easy < hard <= 1
+    # The router's own feature extraction drives the same call.
+    from tokenyard.api.policy import RoutingPolicySpec
+
+    spec = RoutingPolicySpec.model_validate({"pool": "p", "targets": [{"model": "a"}]})
+    feats = extract_features(chat("ocean tides?"), spec, "e", "t", classifier=model)
+    assert feats.difficulty == model.score(chat("ocean tides?"))
+    assert model.quality_table and model.training["prompts"] == 240
+    thresholds = [p.threshold for p in model.quality_table]
+    assert thresholds == sorted(set(thresholds))  # one row per distinct threshold
+    point = model.threshold_for_quality(0.95)
+    assert point is not None and point.quality_of_strong >= 0.95
+    assert all(
+        p.threshold <= point.threshold for p in model.quality_table if p.quality_of_strong >= 0.95
+    )
+
+
+def test_artifact_round_trip(model: DifficultyModel, tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    size = model.save(path)
+    assert size < 1 << 20
+    loaded = load_model(path)
+    assert loaded.version == model.version
+    for text in ("ocean tides", "bread", "x" * 50_000, ""):
+        assert loaded.score(chat(text or " ")) == model.score(chat(text or " "))
+    assert load_model(path.read_bytes()).version == model.version
+
+
+def _doc(model: DifficultyModel) -> dict[str, object]:
+    return json.loads(model.to_json())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(kind="Pickle"), "not a difficulty model"),
+        (lambda d: d.update(formatVersion=2), "formatVersion 2"),
+        (lambda d: d["heads"]["better"].update(bias=5.0), "does not match"),
+        (lambda d: d["heads"]["better"].update(ngrams="!!"), "malformed"),
+        (lambda d: d["heads"]["worse"].update(encoding="pickle"), "encoding"),
+        (lambda d: d.update(calibration={"raw": [1, 0], "probability": [0, 1]}), "non-decreasing"),
+        (lambda d: d.update(calibration={"raw": [0, 1], "probability": [0, 2]}), "in \\[0, 1\\]"),
+        (lambda d: d.update(calibration={"raw": [0], "probability": [0]}), "at least 2"),
+        (lambda d: d["calibration"].update(probability=["a", "b"]), "list of numbers"),
+        (lambda d: d.pop("heads"), "malformed"),
+    ],
+)
+def test_rejects_tampered_artifacts(model: DifficultyModel, edit: object, message: str) -> None:
+    doc = _doc(model)
+    edit(doc)  # type: ignore[operator]
+    with pytest.raises(ArtifactError, match=message):
+        model_from_dict(doc)
+
+
+def test_rejects_a_decompression_bomb(model: DifficultyModel) -> None:
+    doc = _doc(model)
+    bomb = base64.b64encode(zlib.compress(b"\0" * (64 << 20))).decode()
+    doc["heads"]["better"]["ngrams"] = bomb  # type: ignore[index]
+    with pytest.raises(ArtifactError):
+        model_from_dict(doc)
+
+
+def test_rejects_non_json_and_oversized(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="not JSON"):
+        load_model(b"\x80\x04pickle")
+    with pytest.raises(ArtifactError, match="over 1 MiB"):
+        load_model(b" " * ((1 << 20) + 1))
+
+
+def test_kfold_scores_are_held_out() -> None:
+    parsed, weak, strong = synthetic(120)
+    scores = kfold_scores(parsed, weak, strong, k=3, settings=FeatureSettings(hash_bits=12))
+    assert scores.shape == (120,)
+    assert scores[0::2].mean() > scores[1::2].mean()
+    with pytest.raises(ValueError, match="kfold"):
+        kfold_scores(parsed, weak, strong, k=1)
+
+
+def test_training_needs_both_outcomes() -> None:
+    parsed = [chat(f"q{i}") for i in range(40)]
+    with pytest.raises(ValueError, match="did better"):
+        fit(parsed, np.ones(40), np.ones(40))
+
+
+def write_csv(path: Path, rows: list[dict[str, object]]) -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def labelled_rows(n: int = 200) -> list[dict[str, object]]:
+    parsed, weak, strong = synthetic(n)
+    return [
+        {
+            "dataset": "toy",
+            "prompt": p.prompt_text,
+            "weak_correct": int(w),
+            "strong_correct": int(s),
+        }
+        for p, w, s in zip(parsed, weak, strong, strict=True)
+    ]
+
+
+def test_eval_routing_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_csv(tmp_path / "toy.csv", labelled_rows())
+    plot = tmp_path / "curves.png"
+    code = cli_main(
+        ["eval-routing", "--data", str(data), "--kfold", "3", "--draws", "20", "--json",
+         "--plot", str(plot)]
+    )  # fmt: skip
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    (toy,) = doc["sets"]
+    routers = {r["router"]: r for r in toy["routers"]}
+    assert set(routers) == {"heuristic", "length", "random", "oracle", "learned"}
+    assert routers["learned"]["trained_on"] == "3-fold"
+    assert routers["oracle"]["apgr"] >= routers["learned"]["apgr"] > toy["random_95"]["apgr"][1]
+    assert plot.stat().st_size > 0
+
+
+def test_train_router_then_eval_artifact(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_csv(tmp_path / "toy.csv", labelled_rows())
+    out = tmp_path / "model.json"
+    assert (
+        cli_main(["train-router", "--data", str(data), "--out", str(out), "--configmap", "m"]) == 0
+    )
+    model = load_model(out)
+    assert model.training["data"][0]["prompts"] == 200
+    assert (tmp_path / "model.configmap.yaml").exists()
+    capsys.readouterr()
+    code = cli_main(
+        ["eval-routing", "--data", str(data), "--kfold", "0", "--artifact", str(out),
+         "--train", str(data), "--routers", "random", "--draws", "10"]
+    )  # fmt: skip
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "artifact:model" in table
+    assert "toy, in-sample" in table  # trained and scored on the same prompts: marked
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"prompt": "a", "weak_correct": 2, "strong_correct": 1}], "weak_correct must be"),
+        ([{"prompt": "a", "strong_correct": 1}], "missing column"),
+        ([{"messages": "[{", "weak_correct": 0, "strong_correct": 1}], "not JSON"),
+        ([{"messages": "[]", "weak_correct": 0, "strong_correct": 1}], "non-empty list"),
+    ],
+)
+def test_eval_routing_bad_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], rows: list[dict[str, object]], message: str
+) -> None:
+    data = write_csv(tmp_path / "bad.csv", rows)
+    assert cli_main(["eval-routing", "--data", str(data), "--kfold", "0"]) == 1
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args", [["--routers", "magic"], ["--kfold", "1"], ["--quality-target", "1.5"]]
+)
+def test_eval_routing_bad_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    data = write_csv(tmp_path / "toy.csv", labelled_rows(20))
+    assert cli_main(["eval-routing", "--data", str(data), *args]) == 2
+    assert "eval-routing:" in capsys.readouterr().err
+
+
+def test_messages_column_is_parsed_as_the_router_parses(tmp_path: Path) -> None:
+    from tokenyard.routing.quality.data import load_csv
+
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And times 3?"},
+    ]
+    data = write_csv(
+        tmp_path / "chat.csv",
+        [{"messages": json.dumps(messages), "weak_correct": 0.25, "strong_correct": 1}],
+    )
+    (labelled,) = load_csv(data)
+    (item,) = labelled.prompts
+    expected = parse_request({"model": "x", "messages": messages}, {}, "chat")
+    assert item.parsed.prompt_tokens == expected.prompt_tokens
+    assert item.parsed.roles == expected.roles
+    assert labelled.name == "chat"  # no dataset column: the file's name
+    assert (item.weak, item.strong) == (0.25, 1.0)
+
+
+def test_train_router_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "m.json")
+    assert cli_main(["train-router", "--data", str(tmp_path / "nope.csv"), "--out", out]) == 1
+    assert "train-router:" in capsys.readouterr().err
+    data = write_csv(tmp_path / "toy.csv", labelled_rows(20))
+    assert cli_main(["train-router", "--data", str(data), "--out", out, "--c", "0"]) == 2
+    same = write_csv(
+        tmp_path / "same.csv", [{"prompt": f"q{i}", "weak_correct": 1, "strong_correct": 1}
+                                for i in range(30)]
+    )  # fmt: skip
+    assert cli_main(["train-router", "--data", str(same), "--out", out]) == 1
+    assert "did better" in capsys.readouterr().err
