@@ -120,8 +120,10 @@ async def startup(
     client = httpx.AsyncClient()
     memo["stats_client"] = client
 
+    token = op.admin_token.get_secret_value() if op.admin_token is not None else None
+
     async def fetch(url: str) -> dict[str, Any] | None:
-        return await traffic.fetch_stats(url, client, op.router_stats_timeout_s)
+        return await traffic.fetch_stats(url, client, op.router_stats_timeout_s, token)
 
     ctrl = Controller(api, store, op, stats_fetcher=fetch)
     memo["controller"] = ctrl

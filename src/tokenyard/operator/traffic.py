@@ -109,12 +109,16 @@ def _traffic_fields(stats: Any, endpoint: str, targets: Sequence[str]) -> dict[s
 
 
 async def fetch_stats(
-    url: str, client: httpx.AsyncClient, timeout_s: float
+    url: str, client: httpx.AsyncClient, timeout_s: float, token: str | None = None
 ) -> dict[str, Any] | None:
     """The router's stats document, or None on any failure (unreachable, not 200, not a
-    JSON object): the router may be starting, restarting or older than the endpoint."""
+    JSON object): the router may be starting, restarting or older than the endpoint.
+
+    ``token`` (the operator's admin token) is sent as ``Authorization: Bearer``: routers
+    rendered with its hash answer the stats only to it."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = await client.get(url, timeout=timeout_s)
+        response = await client.get(url, timeout=timeout_s, headers=headers)
         if response.status_code != 200:
             return None
         data = response.json()

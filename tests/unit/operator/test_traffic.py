@@ -156,6 +156,24 @@ async def test_fetch_stats_returns_the_document() -> None:
     assert seen[0].extensions["timeout"]["read"] == 2.0
 
 
+async def test_fetch_stats_sends_the_admin_token_as_bearer() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.headers.get("authorization") != "Bearer tok-123":
+            return httpx.Response(401, json={"error": {"message": "no"}})
+        return httpx.Response(200, json=stats(chat=endpoint()))
+
+    url = stats_url("p", "ns")
+    async with client_for(handler) as client:
+        assert await fetch_stats(url, client, 2.0, "tok-123") is not None
+        # Without the token a guarded router answers 401: no figures, no exception.
+        assert await fetch_stats(url, client, 2.0) is None
+    assert seen[0].headers["authorization"] == "Bearer tok-123"
+    assert "authorization" not in seen[1].headers
+
+
 def _refuse(request: httpx.Request) -> httpx.Response:
     raise httpx.ConnectError("connection refused", request=request)
 
