@@ -54,6 +54,15 @@ class OperatorSettings(BaseModel):
             return [x.strip() for x in v.split(",") if x.strip()]
         return v
 
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _strip_token(cls, v: object) -> object:
+        # A Secret made with `kubectl create secret --from-file` often ends in a newline;
+        # Prometheus trims its credentials file and the router the header, so must we.
+        if isinstance(v, str):
+            return v.strip() or None
+        return v
+
 
 class AutoscalerSettings(BaseModel):
     """Settings of the autoscaler (`tokenyard autoscaler`)."""

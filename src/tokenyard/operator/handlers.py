@@ -120,12 +120,7 @@ async def startup(
     client = httpx.AsyncClient()
     memo["stats_client"] = client
 
-    token = op.admin_token.get_secret_value() if op.admin_token is not None else None
-
-    async def fetch(url: str) -> dict[str, Any] | None:
-        return await traffic.fetch_stats(url, client, op.router_stats_timeout_s, token)
-
-    ctrl = Controller(api, store, op, stats_fetcher=fetch)
+    ctrl = Controller(api, store, op, stats_fetcher=traffic.stats_fetcher(client, op))
     memo["controller"] = ctrl
     if op.metrics_port:
         metrics = OperatorMetrics(ctrl)
