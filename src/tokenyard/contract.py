@@ -10,6 +10,7 @@ builders turn API objects into the Serve application arguments.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any, Literal
 
@@ -232,6 +233,16 @@ class RouterAppArgs(_Contract):
     or, in local mode, under the user's state directory."""
     auditPath: str | None = None
     """A file for audit lines in addition to stdout."""
+    adminTokenSha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Hex SHA-256 of the bearer token that ``GET /metrics`` and ``GET /v1/tokenyard/stats``
+    require (the operator's ``admin_token`` setting); only the hash is rendered, so whoever
+    reads the RayService cannot read those endpoints. None: they answer anyone (local
+    mode, where the router listens on 127.0.0.1 only)."""
+
+
+def admin_token_sha256(token: str) -> str:
+    """The hex SHA-256 of an admin bearer token, as ``RouterAppArgs.adminTokenSha256``."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 def blended_price(in_per_1m: float, out_per_1m: float) -> float:

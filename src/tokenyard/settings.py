@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -34,6 +34,11 @@ class OperatorSettings(BaseModel):
     # Routers answer their stats from memory; a slow answer means an unhealthy router,
     # and waiting longer would only delay status for the pool's other objects.
     router_stats_timeout_s: float = Field(default=2.0, gt=0)
+    admin_token: SecretStr | None = Field(default=None, min_length=16)
+    """Bearer token of the routers' ``/metrics`` and ``/v1/tokenyard/stats``
+    (``TOKENYARD_OPERATOR__ADMIN_TOKEN``, from the chart's Secret). Its SHA-256, never the
+    token, is rendered into every pool's router; the operator sends the token when it
+    reads the stats. None: those endpoints answer anyone on the router's port."""
     health_port: int = Field(default=8080, ge=1, le=65535)
     """Port of the liveness/readiness endpoint."""
     metrics_port: int = Field(default=0, ge=0, le=65535)
@@ -47,6 +52,15 @@ class OperatorSettings(BaseModel):
         # Comma-separated (NoDecode keeps pydantic-settings from json-decoding it first).
         if isinstance(v, str):
             return [x.strip() for x in v.split(",") if x.strip()]
+        return v
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _strip_token(cls, v: object) -> object:
+        # A Secret made with `kubectl create secret --from-file` often ends in a newline;
+        # Prometheus trims its credentials file and the router the header, so must we.
+        if isinstance(v, str):
+            return v.strip() or None
         return v
 
 

@@ -31,6 +31,7 @@ from tokenyard.contract import (
     PolicyEntry,
     RouterAppArgs,
     RouterConfig,
+    admin_token_sha256,
 )
 from tokenyard.routing.request import parse_request
 from tokenyard.serving.backends import Backend, BackendFailure, build_backends
@@ -130,9 +131,16 @@ async def make_router(
 ) -> AsyncIterator[Callable[..., tuple[RouterCore, httpx.AsyncClient]]]:
     made: list[tuple[RouterCore, httpx.AsyncClient]] = []
 
-    def make(cfg: RouterConfig, **core_kw: Any) -> tuple[RouterCore, httpx.AsyncClient]:
+    def make(
+        cfg: RouterConfig, admin_token_sha256: str | None = None, **core_kw: Any
+    ) -> tuple[RouterCore, httpx.AsyncClient]:
         core = RouterCore(
-            RouterAppArgs(pool="p", namespace="ns", auditPath=str(tmp_path / "audit.jsonl")),
+            RouterAppArgs(
+                pool="p",
+                namespace="ns",
+                auditPath=str(tmp_path / "audit.jsonl"),
+                adminTokenSha256=admin_token_sha256,
+            ),
             ledger=LedgerClient(None),
             provider=ProviderClient(transport=httpx.MockTransport(backends), env={"KEY_A": SECRET}),
             audit=AuditLog(str(tmp_path / "audit.jsonl")),
@@ -360,6 +368,52 @@ async def test_stats_count_requests_fallbacks_targets_and_spend(
     # A model called by name is its own endpoint for traffic; unknown names are not.
     assert set(doc["endpoints"]) == {"ep", "b"}
     assert doc["endpoints"]["b"]["byTarget"] == {"b": 1}
+
+
+ADMIN_TOKEN = "a-40-character-admin-token-for-the-router"
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/v1/tokenyard/stats"])
+async def test_admin_endpoints_need_the_bearer_token_whose_hash_is_configured(
+    make_router: Any, path: str
+) -> None:
+    _, client = make_router(
+        config(["a", "b"], budgets=[{"tenant": "*", "limitUSD": 1.0, "window": "60m"}]),
+        admin_token_sha256=admin_token_sha256(ADMIN_TOKEN),
+    )
+    refused = [
+        {},
+        {"Authorization": "Bearer wrong-token"},
+        {"Authorization": f"Basic {ADMIN_TOKEN}"},
+        {"Authorization": f"Bearer {admin_token_sha256(ADMIN_TOKEN)}"},  # the hash itself
+        {"Authorization": "Bearer "},
+        {"Authorization": f"Bearer {ADMIN_TOKEN}x"},
+    ]
+    bodies = []
+    for headers in refused:
+        r = await client.get(path, headers=headers)
+        assert r.status_code == 401, headers
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        err = r.json()["error"]
+        assert err["type"] == "authentication_error"
+        bodies.append(err)
+    # The same answer whatever was sent: it tells nothing about the token.
+    assert all(b == bodies[0] for b in bodies)
+    ok = await client.get(path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert ok.status_code == 200
+    assert ok.content and ADMIN_TOKEN.encode() not in ok.content
+    # The OpenAI listing and health stay open (OpenAI clients list models unauthenticated).
+    assert (await client.get("/v1/models")).status_code == 200
+    assert (await client.get("/healthz")).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/v1/tokenyard/stats"])
+async def test_admin_endpoints_are_open_without_a_configured_token(
+    make_router: Any, path: str
+) -> None:
+    _, client = make_router(config(["a", "b"]))
+    assert (await client.get(path)).status_code == 200
+    assert (await client.get(path, headers={"Authorization": "Bearer x"})).status_code == 200
 
 
 def test_audit_logger_writes_one_json_line(

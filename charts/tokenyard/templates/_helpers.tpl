@@ -173,3 +173,8 @@ seccompProfile:
 - sourceLabels: [__meta_kubernetes_pod_label_ray_io_group]
   targetLabel: ray_group
 {{- end -}}
+
+{{/* Secret (release namespace, key `token`) of the routers' admin bearer token. */}}
+{{- define "tokenyard.adminTokenSecret" -}}
+{{- .Values.router.adminToken.existingSecret | default (printf "%s-router-admin" (include "tokenyard.fullname" .)) -}}
+{{- end -}}

@@ -120,10 +120,7 @@ async def startup(
     client = httpx.AsyncClient()
     memo["stats_client"] = client
 
-    async def fetch(url: str) -> dict[str, Any] | None:
-        return await traffic.fetch_stats(url, client, op.router_stats_timeout_s)
-
-    ctrl = Controller(api, store, op, stats_fetcher=fetch)
+    ctrl = Controller(api, store, op, stats_fetcher=traffic.stats_fetcher(client, op))
     memo["controller"] = ctrl
     if op.metrics_port:
         metrics = OperatorMetrics(ctrl)

@@ -11,13 +11,14 @@ then simply carries no traffic figures.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
 
 from tokenyard.contract import SERVE_PORT
 from tokenyard.operator.builders import ray_service_name
+from tokenyard.settings import OperatorSettings
 
 STATS_PATH = "/v1/tokenyard/stats"
 # Shares are rounded so status changes (and is written) only when traffic really moves.
@@ -109,12 +110,16 @@ def _traffic_fields(stats: Any, endpoint: str, targets: Sequence[str]) -> dict[s
 
 
 async def fetch_stats(
-    url: str, client: httpx.AsyncClient, timeout_s: float
+    url: str, client: httpx.AsyncClient, timeout_s: float, token: str | None = None
 ) -> dict[str, Any] | None:
     """The router's stats document, or None on any failure (unreachable, not 200, not a
-    JSON object): the router may be starting, restarting or older than the endpoint."""
+    JSON object): the router may be starting, restarting or older than the endpoint.
+
+    ``token`` (the operator's admin token) is sent as ``Authorization: Bearer``: routers
+    rendered with its hash answer the stats only to it."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = await client.get(url, timeout=timeout_s)
+        response = await client.get(url, timeout=timeout_s, headers=headers)
         if response.status_code != 200:
             return None
         data = response.json()
@@ -124,4 +129,16 @@ async def fetch_stats(
     return data if isinstance(data, dict) else None
 
 
-__all__ = ["STATS_PATH", "fetch_stats", "stats_url", "traffic_fields"]
+def stats_fetcher(
+    client: httpx.AsyncClient, settings: OperatorSettings
+) -> Callable[[str], Awaitable[dict[str, Any] | None]]:
+    """The operator's stats read: :func:`fetch_stats` with its timeout and admin token."""
+    token = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
+
+    async def fetch(url: str) -> dict[str, Any] | None:
+        return await fetch_stats(url, client, settings.router_stats_timeout_s, token)
+
+    return fetch
+
+
+__all__ = ["STATS_PATH", "fetch_stats", "stats_fetcher", "stats_url", "traffic_fields"]

@@ -77,6 +77,17 @@ def unauthorized(message: str = "unknown tenant or API key") -> RouterError:
     return RouterError(401, message, type="authentication_error", code="invalid_api_key")
 
 
+def admin_unauthorized() -> RouterError:
+    """401 on an admin endpoint (``/metrics``, the stats): the same answer whether the
+    bearer token is missing, malformed or wrong, so it tells nothing about the token."""
+    return RouterError(
+        401,
+        "this endpoint requires the router's admin bearer token (Authorization: Bearer ...)",
+        type="authentication_error",
+        code="invalid_admin_token",
+    )
+
+
 def forbidden(message: str, code: str | None = None) -> RouterError:
     """403: the request may not be served as asked."""
     return RouterError(403, message, type="permission_error", code=code)

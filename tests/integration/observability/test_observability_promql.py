@@ -59,6 +59,9 @@ PROMETHEUS = (
 )
 SERVED = "tiny"
 NS = "team-a"
+# The router's admin bearer token: Prometheus scrapes /metrics with it, as the chart's
+# PodMonitor does (the router gets only its SHA-256, as the operator renders it).
+ADMIN_TOKEN = "observability-test-admin-token-0123456789"
 
 # Grafana's variables as a user with every namespace selected would send them.
 VARIABLES = {"$namespace": ".*", "$__rate_interval": "30s", "$__range": "10m"}
@@ -230,7 +233,7 @@ def router(vllm: str, tmp_path: Path) -> Iterator[Router]:
 
     from tokenyard.accounting.audit import AuditLog
     from tokenyard.accounting.ledger_actor import LedgerClient
-    from tokenyard.contract import RouterAppArgs
+    from tokenyard.contract import RouterAppArgs, admin_token_sha256
     from tokenyard.serving.providers import ProviderClient
     from tokenyard.serving.router import RouterCore
 
@@ -241,7 +244,12 @@ def router(vllm: str, tmp_path: Path) -> Iterator[Router]:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         core = RouterCore(
-            RouterAppArgs(pool="shared", namespace=NS, auditPath=str(audit)),
+            RouterAppArgs(
+                pool="shared",
+                namespace=NS,
+                auditPath=str(audit),
+                adminTokenSha256=admin_token_sha256(ADMIN_TOKEN),
+            ),
             ledger=LedgerClient(None),
             provider=ProviderClient(env={"KEY": "sk-test"}),
             audit=AuditLog(str(audit)),
@@ -418,7 +426,14 @@ def operator_metrics(port: int) -> Iterator[None]:
 
 
 def prometheus_config(
-    rules: Path, *, router: str, vllm: str, autoscaler: str, exporter: str, operator: str
+    rules: Path,
+    *,
+    router: str,
+    router_token: Path,
+    vllm: str,
+    autoscaler: str,
+    exporter: str,
+    operator: str,
 ) -> str:
     """Scrape jobs with the target labels the chart's PodMonitors give each target."""
 
@@ -440,7 +455,11 @@ def prometheus_config(
         "rule_files": [str(rules)],
         "scrape_configs": [
             # PodMonitor <release>-ray, endpoint `serve` (its `endpoint` target label dropped).
-            job("router", router, ray_pod),
+            # With the router's admin token, as docs/observability.md's plain-Prometheus job.
+            {
+                **job("router", router, ray_pod),
+                "authorization": {"type": "Bearer", "credentials_file": str(router_token)},
+            },
             # vLLM's own OpenAI server (under Ray Serve its metrics come as ray_vllm_*).
             job("vllm", vllm, {"namespace": NS, "pod": "vllm-0"}),
             # PodMonitor <release>-autoscaler: honorLabels keeps the models' namespaces.
@@ -646,10 +665,15 @@ def test_every_rule_and_panel_reads_metrics_that_exist(
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
     autoscaler_port, operator_port = free_port(), free_port()
+    token_file = tmp_path / "router-admin-token"
+    token_file.write_text(ADMIN_TOKEN)
+    # Without the token the router's metrics are refused; Prometheus sends it.
+    assert httpx.get(f"http://{router.base}/metrics").status_code == 401
     cfg.write_text(
         prometheus_config(
             rules_file,
             router=router.base,
+            router_token=token_file,
             vllm=vllm,
             autoscaler=f"127.0.0.1:{autoscaler_port}",
             exporter=exporter,

@@ -288,6 +288,9 @@ def test_the_documented_scrape_config_is_valid(tmp_path: Path) -> None:
         "tokenyard-autoscaler",
     }
     assert jobs["tokenyard-autoscaler"]["honor_labels"] is True
+    # The router answers /metrics only to its admin bearer token.
+    auth = jobs["tokenyard-router"]["authorization"]
+    assert auth["type"] == "Bearer" and auth["credentials_file"].endswith("/token")
     # Debian's Prometheus is built without Kubernetes service discovery, so promtool
     # checks everything else (relabelling included) with a static target in its place.
     for job in jobs.values():

@@ -30,6 +30,8 @@ VALUE_SETS: dict[str, list[str]] = {
     "no-autoscaler": ["--set", "autoscaler.enabled=false"],
     "one-autoscaler": ["--set", "autoscaler.replicas=1"],
     "peering": ["--set", "operator.peering=tokenyard"],
+    "admin-token-existing": ["--set", "router.adminToken.existingSecret=my-admin"],
+    "admin-token-off": ["--set", "router.adminToken.enabled=false"],
 }
 
 pytestmark = pytest.mark.skipif(
@@ -94,13 +96,14 @@ def test_default_render_has_the_expected_objects() -> None:
         ("PodDisruptionBudget", "t-tokenyard-autoscaler"),
         ("Role", "t-tokenyard-autoscaler-leader-election"),
         ("RoleBinding", "t-tokenyard-autoscaler-leader-election"),
+        ("Secret", "t-tokenyard-router-admin"),
         ("ServiceAccount", "t-tokenyard-autoscaler"),
         ("ServiceAccount", "t-tokenyard-operator"),
     ]
 
 
 def test_autoscaler_disabled_renders_only_the_operator() -> None:
-    docs = render(*VALUE_SETS["no-autoscaler"])
+    docs = [d for d in render(*VALUE_SETS["no-autoscaler"]) if d["kind"] != "Secret"]
     assert all(d["metadata"]["name"].startswith("t-tokenyard-operator") for d in docs)
     assert [d["metadata"]["name"] for d in by_kind(docs, "Deployment")] == ["t-tokenyard-operator"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -25,7 +26,7 @@ from tokenyard.api.policy import RoutingPolicy
 from tokenyard.api.pool import ServingPool
 from tokenyard.operator import builders
 from tokenyard.operator.builders import Decision, render_pool
-from tokenyard.settings import OperatorSettings
+from tokenyard.settings import OperatorSettings, Settings
 
 LABELS = {"app.kubernetes.io/managed-by": "tokenyard", "tokenyard.dev/pool": "gpu-pool"}
 SECRET_ENV = [
@@ -446,6 +447,33 @@ def test_missing_secret_marks_the_model_not_ready_but_keeps_the_env_var() -> Non
         "containers"
     ][0]["env"]
     assert env[0]["valueFrom"]["secretKeyRef"]["optional"] is True
+
+
+def test_admin_token_hash_is_rendered_into_the_router_and_the_token_never() -> None:
+    token = "s3cret-admin-token-0123456789abcdef"
+    settings = OperatorSettings(admin_token=token)
+    for pools in ([model("economy"), external()], []):
+        rs = render_pool(pool(), pools, [policy()], settings=settings).ray_service
+        router = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][-1]
+        assert router["args"]["adminTokenSha256"] == hashlib.sha256(token.encode()).hexdigest()
+        assert token not in json.dumps(rs)
+    # No token: the router args are as before (no key at all).
+    rs = render_pool(pool(), [model("economy")], [policy()]).ray_service
+    router = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][-1]
+    assert "adminTokenSha256" not in router["args"]
+
+
+def test_admin_token_setting_is_read_from_the_environment_and_never_repr() -> None:
+    env = {"TOKENYARD_OPERATOR__ADMIN_TOKEN": "s3cret-admin-token-0123456789abcdef"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        s = Settings()
+    assert s.operator.admin_token is not None
+    assert s.operator.admin_token.get_secret_value() == env["TOKENYARD_OPERATOR__ADMIN_TOKEN"]
+    assert env["TOKENYARD_OPERATOR__ADMIN_TOKEN"] not in repr(s)
+    with pytest.raises(ValueError):
+        OperatorSettings(admin_token="short")
 
 
 def test_only_accelerator_classes_in_use_get_worker_groups() -> None:

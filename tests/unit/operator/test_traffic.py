@@ -11,7 +11,14 @@ import httpx
 import pytest
 
 from tokenyard.operator import traffic
-from tokenyard.operator.traffic import STATS_PATH, fetch_stats, stats_url, traffic_fields
+from tokenyard.operator.traffic import (
+    STATS_PATH,
+    fetch_stats,
+    stats_fetcher,
+    stats_url,
+    traffic_fields,
+)
+from tokenyard.settings import OperatorSettings
 
 
 def endpoint(**over: Any) -> dict[str, Any]:
@@ -154,6 +161,41 @@ async def test_fetch_stats_returns_the_document() -> None:
         assert await fetch_stats(url, client, 2.0) == doc
     assert str(seen[0].url) == url and seen[0].method == "GET"
     assert seen[0].extensions["timeout"]["read"] == 2.0
+
+
+async def test_fetch_stats_sends_the_admin_token_as_bearer() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.headers.get("authorization") != "Bearer tok-123":
+            return httpx.Response(401, json={"error": {"message": "no"}})
+        return httpx.Response(200, json=stats(chat=endpoint()))
+
+    url = stats_url("p", "ns")
+    async with client_for(handler) as client:
+        assert await fetch_stats(url, client, 2.0, "tok-123") is not None
+        # Without the token a guarded router answers 401: no figures, no exception.
+        assert await fetch_stats(url, client, 2.0) is None
+    assert seen[0].headers["authorization"] == "Bearer tok-123"
+    assert "authorization" not in seen[1].headers
+
+
+async def test_the_operators_fetcher_sends_its_setting_stripped() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=stats(chat=endpoint()))
+
+    # As a Secret made from a file gives it: with a trailing newline.
+    with_token = OperatorSettings(admin_token="0123456789abcdef-token\n", router_stats_timeout_s=3)
+    async with client_for(handler) as client:
+        assert await stats_fetcher(client, with_token)(stats_url("p", "ns")) is not None
+        assert await stats_fetcher(client, OperatorSettings())(stats_url("p", "ns")) is not None
+    assert seen[0].headers["authorization"] == "Bearer 0123456789abcdef-token"
+    assert seen[0].extensions["timeout"]["read"] == 3
+    assert "authorization" not in seen[1].headers
 
 
 def _refuse(request: httpx.Request) -> httpx.Response:

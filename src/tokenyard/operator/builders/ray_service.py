@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokenyard import contract
 from tokenyard.api.common import (
     ANNOTATION_SPEC_HASH,
     REASON_POOL_NOT_FOUND,
@@ -155,7 +156,11 @@ def render_pool(
     problems = _problems(members, admission, externals, pol, secrets)
     env = secret_env_vars(externals, pol)
     router = router_config(pool, admitted, externals, pol, secrets)
-    serve = build_serve_config(pool, admitted, router)
+    token = settings.admin_token
+    token_sha256 = (
+        contract.admin_token_sha256(token.get_secret_value()) if token is not None else None
+    )
+    serve = build_serve_config(pool, admitted, router, token_sha256)
     used = {m.spec.inCluster.accelerator for m in admitted if m.spec.inCluster is not None}
     groups = [
         build_worker_group(

@@ -113,10 +113,17 @@ def router_config(
     )
 
 
-def router_application(pool: ServingPool, config: contract.RouterConfig) -> dict[str, Any]:
+def router_application(
+    pool: ServingPool, config: contract.RouterConfig, admin_token_sha256: str | None = None
+) -> dict[str, Any]:
+    """The router's Serve application; ``admin_token_sha256`` (never the token) guards
+    its ``/metrics`` and stats endpoints."""
     r = pool.spec.router
     args = contract.RouterAppArgs(
-        pool=obj_name(pool), namespace=obj_namespace(pool), ledgerPath=contract.LEDGER_PATH
+        pool=obj_name(pool),
+        namespace=obj_namespace(pool),
+        ledgerPath=contract.LEDGER_PATH,
+        adminTokenSha256=admin_token_sha256,
     )
     return {
         "name": contract.ROUTER_APP_NAME,
@@ -139,11 +146,14 @@ def router_application(pool: ServingPool, config: contract.RouterConfig) -> dict
 
 
 def build_serve_config(
-    pool: ServingPool, models: Sequence[ModelDeployment], router: contract.RouterConfig
+    pool: ServingPool,
+    models: Sequence[ModelDeployment],
+    router: contract.RouterConfig,
+    admin_token_sha256: str | None = None,
 ) -> dict[str, Any]:
     """serveConfigV2 as a dict: one app per admitted in-cluster model, then the router."""
     apps = [model_application(pool, m) for m in models]
-    apps.append(router_application(pool, router))
+    apps.append(router_application(pool, router, admin_token_sha256))
     return {
         "http_options": {"host": "0.0.0.0", "port": contract.SERVE_PORT},
         "applications": apps,

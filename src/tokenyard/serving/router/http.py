@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -17,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from tokenyard.accounting.stats import STATS_PATH, build_stats
 from tokenyard.contract import DEFAULT_MAX_REQUEST_BYTES
 from tokenyard.routing.decision import BackendState
-from tokenyard.routing.errors import RouterError, body_too_large
+from tokenyard.routing.errors import RouterError, admin_unauthorized, body_too_large
 from tokenyard.routing.request import RequestKind, decode_body
 
 if TYPE_CHECKING:
@@ -57,6 +59,29 @@ async def read_json(request: Request, limit: int = DEFAULT_MAX_REQUEST_BYTES) ->
     return decode_body(await read_body(request, limit))
 
 
+def admin_allowed(request: Request, token_sha256: str | None) -> bool:
+    """Whether ``request`` may read an admin endpoint (``/metrics``, the stats).
+
+    With no ``token_sha256`` configured every caller may (local mode). Otherwise only an
+    ``Authorization: Bearer <token>`` whose SHA-256 equals it, compared in constant time.
+    """
+    if token_sha256 is None:
+        return True
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return False
+    digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
+    return hmac.compare_digest(digest, token_sha256)
+
+
+def admin_denied() -> Response:
+    """The 401 of an admin endpoint, with the scheme a client should use."""
+    response = error_response(admin_unauthorized(), uuid.uuid4().hex)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="tokenyard"'
+    return response
+
+
 async def handle(core: RouterCore, request: Request) -> Response:
     """Answer one HTTP request to the router."""
     core.start_background()
@@ -70,6 +95,9 @@ async def handle(core: RouterCore, request: Request) -> Response:
         return JSONResponse(models(core))
     if method == "GET" and path in ("/healthz", "/-/healthz"):
         return health(core)
+    admin = method == "GET" and path in ("/metrics", STATS_PATH)
+    if admin and not admin_allowed(request, core.args.adminTokenSha256):
+        return admin_denied()
     if method == "GET" and path == "/metrics":
         core.update_gauges()
         body, ctype = core.metrics.exposition()
