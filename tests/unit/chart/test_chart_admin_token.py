@@ -51,7 +51,8 @@ def test_default_creates_a_random_token_secret_in_the_release_namespace() -> Non
         assert pm["metadata"]["namespace"] == NAMESPACE
     # Ray's own metrics port is not the router: no token sent there.
     assert "authorization" not in ray_metrics_endpoint(docs)
-    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # Uninstall removes it with the release (only the CRDs and custom resources stay).
+    assert "helm.sh/resource-policy" not in secret["metadata"].get("annotations", {})
     token = base64.b64decode(secret["data"]["token"]).decode()
     assert re.fullmatch(r"[A-Za-z0-9]{40}", token)
     env = operator_env(docs)["TOKENYARD_OPERATOR__ADMIN_TOKEN"]
