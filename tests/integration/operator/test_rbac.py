@@ -41,6 +41,7 @@ AGREED: dict[tuple[str, str], set[str]] = {
     ("ray.io", "rayservices"): {"get", "create", "patch"},
     ("", "events"): {"create"},
     ("", "secrets"): {"get"},
+    ("", "configmaps"): {"get"},
     ("", "persistentvolumeclaims"): {"get", "create"},
 }
 
