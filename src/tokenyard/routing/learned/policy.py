@@ -34,6 +34,9 @@ class PolicyClassifier:
     """A :class:`DifficultyModel` with a policy's threshold and its targets' qualities."""
 
     model: DifficultyModel
+    version: str
+    """The artifact's version, checked against its content once, when it was loaded
+    (computing it hashes every weight: never per request)."""
     threshold: float
     keep_strong_quality: float
     strong_quality: float
@@ -44,17 +47,14 @@ class PolicyClassifier:
     def build(
         cls,
         model: DifficultyModel,
+        version: str,
         threshold: float,
         keep_strong_quality: float,
         qualities: Sequence[float],
     ) -> PolicyClassifier:
         strong = max(qualities, default=1.0)
         below = [q for q in qualities if q < strong]
-        return cls(model, threshold, keep_strong_quality, strong, max(below, default=None))
-
-    @property
-    def version(self) -> str:
-        return self.model.version
+        return cls(model, version, threshold, keep_strong_quality, strong, max(below, default=None))
 
     def difficulty(self, score: float) -> float:
         """The difficulty the policy engine compares with target qualities."""
@@ -109,7 +109,9 @@ def build_policy_classifier(
             raise ValueError(
                 f"artifact version {entry.version} does not match its content ({model.version})"
             )
-    return PolicyClassifier.build(model, entry.threshold, entry.keepStrongQuality, qualities)
+    return PolicyClassifier.build(
+        model, entry.version, entry.threshold, entry.keepStrongQuality, qualities
+    )
 
 
 __all__ = ["PolicyClassifier", "build_policy_classifier"]
