@@ -145,7 +145,7 @@ class ClassifierSpec(ApiModel):
     keepStrongQuality: float | None = Field(default=None, gt=0, le=1)
     """keepStrongQuality is the Learned classifier's aim (default 0.95): the share of the
     strongest target's quality to keep. The router sends a request to the strongest target when
-    its score reaches the lowest threshold of the artifact's quality table that kept at
+    its score reaches the highest threshold of the artifact's quality table that kept at
     least this share on held-out data, and to the cheaper targets otherwise."""
     allowHeaderOverride: bool = False
     """allowHeaderOverride lets a client set the difficulty with the
