@@ -38,6 +38,11 @@ MODEL_DEPLOYMENT = "LLMServer"
 MODEL_APP_PREFIX = "model-"
 
 SERVE_PORT = 8000
+# Output tokens the router assumes for a request that sets no max_tokens (rate limits,
+# budget reservations, abandoned requests); settled with the real count when known.
+DEFAULT_OUTPUT_ESTIMATE = 256
+# Largest request body a router reads when the pool sets none (spec.router.maxRequestBytes).
+DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 # Ray custom resource that pins a replica to one accelerator class's worker group.
 ACCEL_RESOURCE_PREFIX = "tokenyard.dev/accel-"
@@ -257,6 +262,14 @@ class RouterConfig(_Contract):
     """Router replicas the pool runs at least (spec.router.minReplicas): each replica
     takes 1 / routerReplicas of the traffic (rate limits, queue estimate) until it has
     read the router's RUNNING replicas from Ray Serve's status."""
+    maxRequestBytes: int | None = Field(default=None, ge=1024)
+    """Largest request body the router reads (spec.router.maxRequestBytes); a larger one
+    is answered 413 before it is parsed. None (rendered when the pool keeps the default,
+    so existing RayServices do not change): DEFAULT_MAX_REQUEST_BYTES."""
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self.maxRequestBytes or DEFAULT_MAX_REQUEST_BYTES
 
 
 def direct_policy(config: RouterConfig, served_name: str) -> PolicyEntry | None:

@@ -68,6 +68,14 @@ class AutoscalerSettings(BaseModel):
     health_port: int = Field(default=8081, ge=0, le=65535)
     """Port of ``GET /healthz`` (0: no endpoint): 200 while the loop passes at least every
     three intervals, 503 when it is stuck."""
+    forecast_min_days: float = Field(default=2.0, ge=0)
+    """Days of request-rate history in Prometheus a model needs before its daily profile
+    is forecast and replicas are started one cold start ahead of a ramp (0: no
+    forecast). With less, the model is sized on what it measures."""
+    forecast_history_days: float = Field(default=14.0, gt=0)
+    """Days of history the forecast is fitted on (Prometheus' retention may cut it)."""
+    forecast_refit_s: float = Field(default=3600.0, gt=0)
+    """Seconds between refits of the forecast from Prometheus history."""
 
     @field_validator("namespaces", mode="before")
     @classmethod

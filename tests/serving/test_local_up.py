@@ -7,6 +7,7 @@ tiny model built in the test, so the run does no download and builds nothing its
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -18,12 +19,18 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import openai
 import psutil
 import pytest
 import yaml
 
 pytest.importorskip("vllm", reason="needs vLLM (the cpu extra) and ray[serve]")
+
+from tests.serving import fuzz
+
+# Fuzz cases sent to the real `tokenyard up` (the in-process test sends 2,400).
+FUZZ_CASES_UP = 200
 
 pytestmark = [
     pytest.mark.serving,
@@ -105,6 +112,24 @@ def test_tokenyard_up_serves_and_stops_cleanly(
                 model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=8
             )
         assert resp.model == "tiny-economy" and resp.usage is not None
+        # Hostile inputs against the real server (issue 16 §4): none gets a 5xx or no
+        # answer, and the router still serves afterwards.
+        rng = random.Random(16)
+        five_xx: list[str] = []
+        with httpx.Client(base_url=url[0].removesuffix("/v1"), timeout=60) as h:
+            for _ in range(FUZZ_CASES_UP):
+                path, raw, hdrs = fuzz.case(rng)
+                try:
+                    r = h.post(path, content=raw, headers=hdrs)
+                except httpx.LocalProtocolError:
+                    continue  # the client library refuses to send it (a trailing space)
+                except httpx.HTTPError as exc:
+                    five_xx.append(f"no answer {path}: {exc!r}")
+                    continue
+                if r.status_code >= 500:
+                    five_xx.append(f"{r.status_code} {path} {raw[:200]!r}: {r.text[:200]}")
+            assert not five_xx, "\n".join(five_xx[:10])
+            assert h.get("/healthz").status_code == 200
     finally:
         proc.send_signal(signal.SIGINT)
         try:

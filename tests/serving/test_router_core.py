@@ -355,8 +355,9 @@ async def test_stats_count_requests_fallbacks_targets_and_spend(
     assert (ep["requests"], ep["fallbacks"]) == (2, 1)
     assert ep["byTarget"] == ep["recent"]["byTarget"] == {"a": 1, "b": 1}
     assert ep["spendWindow"] == "60m"
-    assert ep["spendUSD"] == pytest.approx(5 * 2.0 / 1e6 + 5 * 1.0 / 1e6)
-    # A model called by name is its own endpoint; unknown names are not counted.
+    # The model called by name spends its policy's budget: counted in ep's spend.
+    assert ep["spendUSD"] == pytest.approx(2 * 5 * 2.0 / 1e6 + 5 * 1.0 / 1e6)
+    # A model called by name is its own endpoint for traffic; unknown names are not.
     assert set(doc["endpoints"]) == {"ep", "b"}
     assert doc["endpoints"]["b"]["byTarget"] == {"b": 1}
 

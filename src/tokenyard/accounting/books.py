@@ -33,6 +33,11 @@ class Endpoint(Protocol):
     def endpoint(self) -> str: ...
     @property
     def spec(self) -> RoutingPolicySpec: ...
+    @property
+    def scope(self) -> str:
+        """The endpoint whose budgets the request spends (a model called by name spends
+        its owning policy's)."""
+        ...
 
 
 @dataclass
@@ -51,6 +56,12 @@ class Outcome:
     """The endpoint's strongest target (highest quality), the baseline of savings."""
     baseline_cost: float = 0.0
     """What the same tokens would have cost on ``baseline_target``."""
+    budget_key: str | None = None
+    """The tenant's key in the ledger when it is not its name (one shared by tenants
+    past the router's per-endpoint bound); None: the tenant's name."""
+    reservation: int | None = None
+    """The budget reservation admission took (:meth:`LedgerClient.reserve`), released
+    when the real cost is recorded."""
 
 
 class Books:
@@ -87,6 +98,9 @@ class Books:
         record.baseline_cost_usd = round(out.baseline_cost, 10)
         if out.error and not record.error:
             record.error = out.error
+        # Settle: the real cost replaces the reservation in one step (no await between).
+        self.ledger.release(out.reservation)
+        out.reservation = None
         try:
             self._record(record, pol, out, latency, now)
         except Exception:
@@ -105,8 +119,8 @@ class Books:
         # stream that broke midway): providers bill them.
         if pol is not None and out.target is not None and out.tokens_in + out.tokens_out:
             self.ledger.record(
-                tenant=record.tenant,
-                endpoint=pol.endpoint,
+                tenant=out.budget_key or record.tenant,
+                endpoint=pol.scope,
                 model=out.target,
                 cost_usd=out.cost,
                 tokens_in=out.tokens_in,
@@ -131,7 +145,7 @@ class Books:
         self.metrics.requests.labels(endpoint, target, tenant, str(out.status)).inc()
         if pol is not None:
             self.metrics.request_latency.labels(endpoint=endpoint).observe(latency)
-            self._update_budget_gauge(pol, record.tenant, now)
+            self._update_budget_gauge(pol, record.tenant, now, out.budget_key)
 
     def tenant_label(self, tenant: str) -> str:
         """The tenant as a metrics label: "-" for none, "_other" past MAX_TENANT_LABELS."""
@@ -144,13 +158,15 @@ class Books:
             return tenant
         return "_other"
 
-    def _update_budget_gauge(self, pol: Endpoint, tenant: str, now: float) -> None:
+    def _update_budget_gauge(
+        self, pol: Endpoint, tenant: str, now: float, key: str | None = None
+    ) -> None:
         budget = next((b for b in pol.spec.budgets if b.tenant == tenant), None) or next(
             (b for b in pol.spec.budgets if b.tenant == "*"), None
         )
         if budget is None:
             return
-        spent = self.ledger.spend(tenant, pol.endpoint, budget.window, now)
+        spent = self.ledger.spend(key or tenant, pol.scope, budget.window, now)
         label = self.tenant_label(tenant)
         self.metrics.budget_remaining.labels(endpoint=pol.endpoint, tenant=label).set(
             max(0.0, budget.limitUSD - spent)

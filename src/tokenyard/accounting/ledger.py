@@ -154,6 +154,8 @@ class SpendLedger:
         self._totals: dict[tuple[str, str, str], Totals] = {}
         self._traffic: dict[str, EndpointTraffic] = {}
         self._last_prune = -math.inf
+        self._index: dict[str, set[str]] | None = None
+        """Endpoint -> tenants with spend buckets (built lazily, dropped on prune)."""
         self.configure_windows(windows)
 
     def configure_windows(self, windows: Iterable[str]) -> None:
@@ -178,6 +180,8 @@ class SpendLedger:
         if not math.isfinite(cost_usd) or cost_usd < 0:
             raise ValueError(f"cost must be a finite non-negative number, got {cost_usd!r}")
         key = (tenant, endpoint)
+        if self._index is not None:
+            self._index.setdefault(endpoint, set()).add(tenant)
         for g, per_key in self._buckets.items():
             start = int(now // g) * g
             buckets = per_key.setdefault(key, {})
@@ -247,9 +251,27 @@ class SpendLedger:
         """Lifetime totals by (tenant, endpoint, model), for status and metrics."""
         return {k: Totals(**vars(v)) for k, v in self._totals.items()}
 
+    def _tenants(self) -> dict[str, set[str]]:
+        if self._index is None:
+            index: dict[str, set[str]] = {}
+            for per_key in self._buckets.values():
+                for tenant, endpoint in per_key:
+                    index.setdefault(endpoint, set()).add(tenant)
+            self._index = index
+        return self._index
+
+    def knows(self, tenant: str, endpoint: str) -> bool:
+        """Whether ``tenant`` has spend on ``endpoint`` still held in buckets."""
+        return tenant in self._tenants().get(endpoint, ())
+
+    def tenant_count(self, endpoint: str) -> int:
+        """Tenants with spend on ``endpoint`` still held in buckets."""
+        return len(self._tenants().get(endpoint, ()))
+
     def prune(self, now: float) -> int:
         """Drop buckets past their retention; returns how many were dropped."""
         self._last_prune = now
+        self._index = None
         dropped = 0
         for g, per_key in self._buckets.items():
             # Keep every bucket that can still fall in a window that holds ``now``.
@@ -331,6 +353,7 @@ class SpendLedger:
             log.warning("ledger traffic counters unreadable; reset", extra={"error": repr(err)})
             traffic = {}
         self._buckets = buckets
+        self._index = None
         self._totals = totals
         self._traffic = traffic
         self._last_prune = -math.inf

@@ -21,6 +21,8 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,13 @@ Row = tuple[str, str, str, float, int, int, float]
 TrafficRow = tuple[str, str | None, int, float]
 """(endpoint, served target or None, fallbacks, now): one request, whatever its outcome."""
 
+HoldRow = tuple[str, str, float]
+"""(tenant, endpoint, USD): what one replica has reserved and not settled."""
+
+# A replica's holds not renewed for this long are dropped (the replica died): longer
+# than any send interval, short enough that a dead replica frees budgets quickly.
+HOLD_TTL_S = 10.0
+
 
 def ledger_actor_name(namespace: str, pool: str) -> str:
     return f"{LEDGER_ACTOR_PREFIX}{namespace}-{pool}"
@@ -53,13 +62,22 @@ def ledger_actor_name(namespace: str, pool: str) -> str:
 class LedgerActor:
     """Async Ray actor around the pure ledger; every method is cheap and non-blocking."""
 
-    def __init__(self, path: str | None, flush_interval_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: str | None,
+        flush_interval_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
         self._store = FileLedgerStore(Path(path).expanduser()) if path else None
         self._ledger = load_ledger(self._store) if self._store is not None else SpendLedger()
         self._interval = flush_interval_s
         self._dirty = False
         self._version = 0
         self._task: asyncio.Task[None] | None = None
+        self._holds: dict[str, tuple[float, list[HoldRow]]] = {}
+        """Replica id -> (when it last sent, its reservations): not persisted (a restart
+        ends every request in flight)."""
 
     def _ensure_flusher(self) -> None:
         if self._task is None and self._store is not None:
@@ -127,6 +145,21 @@ class LedgerActor:
             self._version += 1
         return self._version
 
+    async def hold(self, replica: str, rows: list[HoldRow]) -> int:
+        """Replace what ``replica`` holds (its budget reservations in flight)."""
+        if rows:
+            self._holds[replica] = (self._clock(), list(rows))
+        else:
+            self._holds.pop(replica, None)
+        return self._version
+
+    async def holds(self) -> list[tuple[str, str, str, float]]:
+        """Every replica's holds: (replica, tenant, endpoint, USD); stale ones dropped."""
+        horizon = self._clock() - HOLD_TTL_S
+        for replica in [r for r, (t, _) in self._holds.items() if t < horizon]:
+            del self._holds[replica]
+        return [(r, t, e, usd) for r, (_, rows) in self._holds.items() for t, e, usd in rows]
+
     async def configure_windows(self, windows: list[str]) -> None:
         """Keep buckets long enough for these budget windows (from the policies)."""
         self._ledger.configure_windows(windows)
@@ -181,7 +214,17 @@ def find_ledger(namespace: str, pool: str) -> Any | None:
 
 
 class LedgerClient:
-    """One router replica's view of the shared ledger.
+    """One router replica's view of the shared ledger, and its budget reservations.
+
+    Reservations: admission reserves each request's estimated cost (:meth:`reserve`)
+    before it is sent, and :meth:`spend` counts what this replica has reserved and not
+    yet settled, so requests in flight on this replica cannot all pass a budget check
+    that none of them has been charged against yet. The settlement (``Books.finish``)
+    records the real cost and releases the reservation in one step. Each replica sends
+    its reservation totals to the actor with every batch (:meth:`LedgerActor.hold`) and
+    reads the other replicas' with every refresh, so they count here too, at most
+    ``SEND_INTERVAL_S + refresh_s`` late: across replicas a budget can be overshot by
+    what the other replicas admit within that time (docs/routing.md, "Budgets").
 
     Decisions read a local mirror (no actor round-trip on the request path); each
     recorded spend goes to the mirror at once and to the actor in batches every
@@ -205,9 +248,61 @@ class LedgerClient:
         self._inflight: list[Any] = []
         """ObjectRefs of batches sent that the actor has not confirmed yet."""
         self._warned_old_actor = False
+        self._reserved: dict[int, tuple[str, str, float]] = {}
+        """Reservation id -> (tenant, endpoint, USD) of requests admitted, not settled."""
+        self._expires: dict[int, float] = {}
+        """Reservation id -> monotonic time after which it is dropped unsettled (a
+        response Starlette never started, so nothing settled it)."""
+        self._next_reservation = 0
+        self.replica_id = uuid.uuid4().hex
+        self._others: list[HoldRow] = []
+        """The other replicas' holds as of the last refresh."""
+        self._held_sent = False
+        self._warned_no_holds = False
 
     def spend(self, tenant: str, endpoint: str | None, window: str, now: float) -> float:
-        return self.mirror.spend(tenant, endpoint, window, now)
+        """Settled spend in the window holding ``now`` plus the reservations in flight,
+        this replica's and (as of the last refresh) the others'."""
+        return self.mirror.spend(tenant, endpoint, window, now) + self.reserved(tenant, endpoint)
+
+    def reserved(self, tenant: str, endpoint: str | None = None) -> float:
+        """USD reserved for ``tenant`` (on ``endpoint``, or all), by every replica."""
+        self._expire()
+        rows = [*self._reserved.values(), *self._others]
+        return sum(usd for t, e, usd in rows if t == tenant and (endpoint is None or e == endpoint))
+
+    def _hold_rows(self) -> list[HoldRow]:
+        self._expire()
+        totals: dict[tuple[str, str], float] = {}
+        for t, e, usd in self._reserved.values():
+            totals[(t, e)] = totals.get((t, e), 0.0) + usd
+        return [(t, e, usd) for (t, e), usd in sorted(totals.items())]
+
+    def reserve(self, tenant: str, endpoint: str, usd: float, ttl_s: float = 3600.0) -> int:
+        """Hold ``usd`` of the tenant's budget until :meth:`release`, or ``ttl_s`` at
+        most (longer than any request may last); returns its id."""
+        self._next_reservation += 1
+        self._reserved[self._next_reservation] = (tenant, endpoint, max(0.0, usd))
+        self._expires[self._next_reservation] = time.monotonic() + ttl_s
+        return self._next_reservation
+
+    def _expire(self) -> None:
+        if not self._expires:
+            return
+        now = time.monotonic()
+        for rid in [r for r, t in self._expires.items() if t <= now]:
+            logger.warning("a budget reservation was never settled; dropped")
+            self.release(rid)
+
+    def release(self, reservation: int | None) -> None:
+        """Drop a reservation (its request's real cost is recorded); unknown ids: no-op."""
+        if reservation is not None:
+            self._reserved.pop(reservation, None)
+            self._expires.pop(reservation, None)
+
+    def reservations(self) -> int:
+        """Reservations held (requests admitted and not settled), for tests and metrics."""
+        return len(self._reserved)
 
     def start(self) -> None:
         """Start the refresh loop on the running event loop (idempotent)."""
@@ -242,6 +337,19 @@ class LedgerClient:
                 if not self._warned_old_actor:
                     self._warned_old_actor = True
                     logger.warning("the ledger actor predates traffic counters; not sent")
+        holds = self._hold_rows()
+        if holds or self._held_sent:
+            # Sent while this replica holds anything, and once more to clear it.
+            try:
+                self._inflight.append(self._actor.hold.remote(self.replica_id, holds))
+                self._held_sent = bool(holds)
+            except AttributeError:
+                self._no_holds()
+
+    def _no_holds(self) -> None:
+        if not self._warned_no_holds:
+            self._warned_no_holds = True
+            logger.warning("the ledger actor predates shared reservations; kept per replica")
 
     async def refresh(self) -> None:
         if self._actor is None:
@@ -253,6 +361,12 @@ class LedgerClient:
             await asyncio.gather(*inflight)
         _, snap = await self._actor.snapshot.remote()
         self._replace(snap)
+        try:
+            holds = await self._actor.holds.remote()
+        except AttributeError:
+            self._no_holds()
+        else:
+            self._others = [(t, e, usd) for r, t, e, usd in holds if r != self.replica_id]
         for row in self._pending:  # recorded while the snapshot was on its way
             self.mirror.record(*row)
         for traffic in self._pending_traffic:

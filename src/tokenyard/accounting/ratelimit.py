@@ -22,6 +22,8 @@ from tokenyard.api.policy import RateLimit
 from tokenyard.routing.errors import rate_limited
 
 WILDCARD = "*"
+# The buckets' window: each holds one minute's allowance and refills in one minute.
+WINDOW_S = 60.0
 # A bucket idle this long has refilled completely and can be forgotten (bounded memory).
 _IDLE_S = 60.0
 
@@ -126,11 +128,23 @@ class RateLimiter:
             waits.append((w, f"{lim.tokensPerMinute} tokens per minute"))
         if waits:
             wait, what = max(waits)
+            # A bucket refills completely within its window: never ask for longer.
+            wait = min(wait, WINDOW_S)
             raise rate_limited(f"rate limit of {what} reached for tenant {tenant!r}", wait)
         if req is not None:
             req.level -= 1
         if tok is not None:
-            tok.level -= est_tokens
+            # A request larger than a minute's allowance goes into debt of at most one
+            # minute, so the next one waits at most one window.
+            tok.level = max(-tok.capacity, tok.level - est_tokens)
+
+    def refund(self, tenant: str, est_tokens: int, now: float) -> None:
+        """Give back what :meth:`check` took for a request that was then refused."""
+        for buckets, amount in ((self._requests, 1), (self._tokens, est_tokens)):
+            b = buckets.get(tenant)
+            if b is not None:
+                b.refill(now)
+                b.level = min(b.capacity, b.level + amount)
 
     def commit(self, tenant: str, est_tokens: int, actual_tokens: int, now: float) -> None:
         """Correct the token bucket by what the request really used (refund or charge)."""
@@ -138,7 +152,7 @@ class RateLimiter:
         if b is None:
             return
         b.refill(now)
-        b.level = min(b.capacity, b.level + est_tokens - actual_tokens)
+        b.level = max(-b.capacity, min(b.capacity, b.level + est_tokens - actual_tokens))
 
     def remaining(self, tenant: str, now: float) -> tuple[float | None, float | None]:
         """(requests, tokens) left in the tenant's buckets now; None where unlimited."""

@@ -24,6 +24,10 @@ ANNOTATION_SPEC_HASH = "tokenyard.dev/spec-hash"
 COND_READY = "Ready"
 COND_METRICS_AVAILABLE = "MetricsAvailable"
 COND_CAPPED = "Capped"
+# A RoutingPolicy with tenant API keys that still serves callers without one (a warning,
+# present only while it holds).
+COND_MIXED_TENANT_ACCESS = "MixedTenantAccess"
+REASON_KEYED_AND_OPEN = "KeyedAndOpen"
 
 REASON_VALIDATION_FAILED = "ValidationFailed"
 REASON_POOL_NOT_FOUND = "PoolNotFound"

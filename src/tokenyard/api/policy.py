@@ -263,9 +263,18 @@ class TenantSpec(ApiModel):
     apiKeysSecretRef: SecretKeyRef | None = None
     """apiKeysSecretRef names a Secret key whose value maps API keys to tenants, one
     'key: tenant' per line (YAML); a bearer token found there sets the tenant."""
-    requireKnownTenant: bool = False
+    requireKnownTenant: bool | None = None
     """requireKnownTenant rejects requests (401) with no tenant or an API key not in the
-    Secret."""
+    Secret. Unset: true when apiKeysSecretRef is set (a policy with keys refuses callers
+    without a known key), false otherwise; set it false explicitly to let callers without
+    a key in as the header's or the default tenant."""
+
+    def require_known(self) -> bool:
+        """requireKnownTenant as it applies (its default follows apiKeysSecretRef)."""
+        if self.requireKnownTenant is not None:
+            return self.requireKnownTenant
+        return self.apiKeysSecretRef is not None
+
     defaultTenant: str = Field(default="default", min_length=1, max_length=253)
     """defaultTenant is used when a request names none (and unknown tenants are allowed)."""
 

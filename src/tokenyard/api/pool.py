@@ -101,6 +101,10 @@ class RouterSpec(ApiModel):
     """cpu (Ray logical CPUs) reserved per router replica."""
     state: RouterStateSpec = Field(default_factory=RouterStateSpec)
     """state says where spend is persisted."""
+    maxRequestBytes: int = Field(default=8388608, ge=1024, le=256 * 1024 * 1024)
+    """maxRequestBytes is the largest request body (bytes) the router accepts; a larger
+    one is answered 413 before it is read whole or parsed. The default (8 MiB) fits
+    long prompts and a few inline images."""
 
 
 class ServingPoolSpec(ApiModel):

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -40,6 +40,7 @@ from tokenyard.autoscaler.decide import (
     PoolView,
     decide_pool,
 )
+from tokenyard.autoscaler.forecasting import LiveForecasts
 from tokenyard.autoscaler.health import Heartbeat
 from tokenyard.autoscaler.kube import KubeApi, rfc3339
 from tokenyard.autoscaler.leader import LeaderElector
@@ -191,6 +192,12 @@ class Autoscaler:
         self.settings = settings
         self.cfg = cfg or DecisionConfig()
         self.states: dict[Key, ModelState] = {}
+        self.forecasts = LiveForecasts(
+            signals,
+            min_days=settings.forecast_min_days,
+            history_days=settings.forecast_history_days,
+            refit_s=settings.forecast_refit_s,
+        )
 
     def _list(self, fn: Callable[[str | None], list[dict[str, Any]]]) -> list[dict[str, Any]]:
         if not self.settings.namespaces:
@@ -344,6 +351,13 @@ class Autoscaler:
                 )
             )
         sigs = self.signals.model_signals(refs, now)
+        if self.forecasts.enabled:
+            # The daily profile from Prometheus history, one cold start ahead.
+            self.forecasts.refresh(ns, refs, now)
+            for name, v in views.items():
+                fc = self.forecasts.forecast(ns, name, now, v.cold_start_s, sigs[name].request_rate)
+                if fc is not None:
+                    views[name] = replace(v, forecast_rps=fc)
         states = {n: self.states.get((ns, n), ModelState()) for n in views}
         decisions, new_states = decide_pool(
             PoolView.from_resource(pool), views, sigs, states, now=now, cfg=self.cfg

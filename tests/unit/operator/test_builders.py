@@ -231,7 +231,6 @@ EXPECTED_SERVE: dict[str, Any] = {
                                     "tenants": {
                                         "header": "X-Tenant",
                                         "apiKeysSecretRef": {"name": "chat-tenants", "key": "keys"},
-                                        "requireKnownTenant": False,
                                         "defaultTenant": "default",
                                     },
                                     "budgets": [],

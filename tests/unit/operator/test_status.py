@@ -5,8 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tests.unit.operator.factories import LATER, NOW, external, model, policy, pool
+from tests.unit.operator.factories import (
+    LATER,
+    NOW,
+    external,
+    model,
+    policy,
+    policy_doc,
+    pool,
+    with_,
+)
 
+from tokenyard.api.policy import RoutingPolicy
 from tokenyard.operator import builders, status
 from tokenyard.operator.builders import Decision
 from tokenyard.operator.status import (
@@ -452,3 +462,20 @@ def test_in_cluster_target_of_another_pool_is_not_ready() -> None:
 )
 def test_status_patch(current: Any, desired: dict[str, Any], expected: Any) -> None:
     assert status.status_patch(current, desired) == expected
+
+
+def test_a_policy_mixing_keyed_and_open_access_is_warned_about() -> None:
+    keyed = policy(tenant_keys=("keys", "k"))
+    assert status.mixed_tenant_access(keyed) is None  # keys: unknown callers refused
+    assert status.mixed_tenant_access(policy()) is None  # no keys: open, nothing mixed
+    doc = with_(policy_doc(tenant_keys=("keys", "k")), "spec.tenants.requireKnownTenant", False)
+    mixed = RoutingPolicy.model_validate(doc)
+    st = status.build_policy_status(mixed, PolicyContext(pool=None), now=NOW)
+    (warn,) = [c for c in st["conditions"] if c["type"] == "MixedTenantAccess"]
+    assert warn["status"] == "True" and warn["reason"] == "KeyedAndOpen"
+    assert "requireKnownTenant is false" in warn["message"]
+    # Fixed: the warning goes away.
+    keyed_again = RoutingPolicy.model_validate({**policy_doc(tenant_keys=("keys", "k")),
+                                                "status": st})  # fmt: skip
+    st = status.build_policy_status(keyed_again, PolicyContext(pool=None), now=LATER)
+    assert [c["type"] for c in st["conditions"]] == ["Ready"]

@@ -530,3 +530,32 @@ def test_catalogue_entry_follows_the_capped_condition_only_when_asked() -> None:
     )
     assert catalogue_entry(released, ready=True, with_capped=True).capped is None
     assert catalogue_entry(md(IN_CLUSTER), ready=True, with_capped=True).capped is None
+
+
+def test_tokenyard_up_runs_the_router_replicas_the_pool_asks_for(tmp_path: Path) -> None:
+    examples = Path(__file__).resolve().parents[3] / "examples" / "local"
+    manifests = load([str(examples)])
+    for pool in manifests.pools:
+        pool.spec.router.minReplicas = 2
+        pool.spec.router.maxReplicas = 2
+    p = plan(manifests, host="127.0.0.1", port=8000, state_dir=tmp_path, gpu=False, environ={})
+    assert p.router_config.routerReplicas == 2
+    (router,) = p.serve_config["applications"][-1]["deployments"]
+    assert router["num_replicas"] == 2
+
+
+def test_tokenyard_up_finds_what_a_killed_run_left_behind(tmp_path: Path) -> None:
+    from tokenyard.serving.local import leftover_pids, record_session
+
+    session = "/tmp/ray/session_2026-12-05_23-00-00_1"
+    procs = [
+        (10, ["raylet", f"--session_dir={session}"]),
+        (11, ["python", "worker.py", "--session-dir", f"{session}/x"]),
+        (12, ["raylet", "--session_dir=/tmp/ray/session_other"]),
+        (13, ["vim"]),
+        (14, ["raylet", f"--session_dir={session}2"]),  # another session, a longer name
+    ]
+    assert leftover_pids(tmp_path, procs, lambda pid: False) == []  # nothing recorded
+    record_session(tmp_path, session, pid=99)
+    assert leftover_pids(tmp_path, procs, lambda pid: pid == 99) == []  # still running
+    assert leftover_pids(tmp_path, procs, lambda pid: False) == [10, 11]

@@ -52,8 +52,11 @@ class _Load:
     """Prompt tokens of every request in flight (running and waiting)."""
     stable: float
     """Replicas the SLO model asks for at the stable window's workload."""
+    stable_up: float
+    """The same at (1 + tolerance) times the rate's estimate: where a scale-up goes."""
     stable_down: float
-    """The same at (1 + tolerance) times the rate: how far a scale-down may go."""
+    """The same at the rate's upper confidence bound (at least 1 + tolerance times it):
+    how far a scale-down may go."""
     panic_avg: float
     """Replicas the SLO model asks for at the panic window's workload."""
     samples: tuple[tuple[float, float], ...]
@@ -68,9 +71,10 @@ def _workload(
     since: float,
     waiting: float,
     cfg: DecisionConfig,
-) -> tuple[Workload, float]:
-    """The workload of the samples after ``since`` and how many requests started in
-    them (the token means' sample size): mean rate and token means, the
+) -> tuple[Workload, float, float]:
+    """The workload of the samples after ``since``, how many requests started in them
+    (the token means' sample size) and the part of its rate that is the queue spread
+    over a cold start (counted, not estimated): mean rate and token means, the
     arrivals' burstiness from the dispersion of the per-interval counts (at least
     Poisson's), plus the queued requests spread over one cold start (a backlog that the
     ready replicas clear before a new one could serve adds little)."""
@@ -100,11 +104,26 @@ def _workload(
         # samples show it beyond their own noise.
         idc = var * gap / rps
         ca2 = max(1.0, idc - 2 * math.sqrt(2 / (len(sel) - 1)))
-    rate = arrivals + waiting / max(view.cold_start_s, view.ttft_slo_s)
+    backlog = waiting / max(view.cold_start_s, view.ttft_slo_s)
     # One sample's rate covers at least the panic window (the shortest the loop reads).
     count = started * max(span, cfg.panic_window_s)
-    w = Workload(rate=rate, prompt=prompt, output=output, ca2=ca2, cs2=cfg.prompt_scv)
-    return w, count
+    w = Workload(rate=arrivals + backlog, prompt=prompt, output=output, ca2=ca2, cs2=cfg.prompt_scv)
+    return w, count, backlog
+
+
+def _scaled(w: Workload, backlog: float, factor: float) -> Workload:
+    """The workload with its estimated arrival rate (not the counted backlog) scaled."""
+    return replace(w, rate=max(0.0, (w.rate - backlog) * factor) + backlog)
+
+
+def _relative_error(w: Workload, count: float, cfg: DecisionConfig) -> float:
+    """``confidence_z`` standard errors of the measured work rate, relative to it. The
+    prompt tokens of a window are a sum over its arrivals: with the counts' index of
+    dispersion ``ca2`` and the prompt lengths' squared CV ``cs2``, the variance of that sum
+    over its mean squared is (ca2 + cs2) / count (compound Poisson for ca2 = 1)."""
+    if count <= 0:
+        return 0.0
+    return cfg.confidence_z * math.sqrt((w.ca2 + w.cs2) / count)
 
 
 def _profile(view: ModelView) -> ReplicaProfile:
@@ -145,16 +164,19 @@ def _measure(
         *(x for x in state.rates if x[0] > now - cfg.stable_window_s),
         (now, rps, prompt_rate, signals.generation_tokens_per_s or 0.0, waiting, running),
     )
-    w_stable, counted = _workload(view, rates, now - cfg.stable_window_s, waiting, cfg)
-    w_panic, _ = _workload(view, rates, now - cfg.panic_window_s, waiting, cfg)
+    w_stable, counted, backlog = _workload(view, rates, now - cfg.stable_window_s, waiting, cfg)
+    w_panic, counted_panic, _ = _workload(view, rates, now - cfg.panic_window_s, waiting, cfg)
     measured = counted >= cfg.min_requests_measured
-    # A short window counts few requests: only a rate above its Poisson counting noise
-    # (two standard deviations over the window) is a burst.
-    noise = 2 * math.sqrt(w_panic.rate / cfg.panic_window_s) if w_panic.rate > 0 else 0.0
-    w_panic = replace(w_panic, rate=max(0.0, w_panic.rate - noise))
+    # A short window counts few requests: only a load above the lower confidence bound
+    # of its work rate (counting noise and the prompt lengths' spread) is a burst.
+    rel_panic = _relative_error(w_panic, counted_panic, cfg)
+    w_panic = _scaled(w_panic, backlog, max(0.0, 1 - rel_panic))
+    forecast = False
     if view.forecast_rps is not None and view.forecast_rps > w_stable.rate and w_stable.prompt > 0:
         # Size for the load a cold start ahead: replicas started now serve it.
+        # The forecast's upper quantile already allows for its error: no further bound.
         w_stable = replace(w_stable, rate=view.forecast_rps)
+        backlog, forecast = 0.0, True
     load_conc = 0.0
     if rps <= 0 or prompt_rate <= 0 or not measured:
         load_conc = signals.ongoing / view.target_ongoing
@@ -163,8 +185,19 @@ def _measure(
     samples = (*(x for x in state.samples if x[0] > now - cfg.stable_window_s), (now, load_conc))
     conc_stable = _mean([v for _, v in samples])
     conc_panic = _mean([v for t, v in samples if t > now - cfg.panic_window_s])
-    stable = max(float(slo_replicas(view, w_stable, cfg)), conc_stable)
-    stable_down = max(float(slo_replicas(view, w_stable, cfg, 1 + cfg.tolerance)), conc_stable)
+    # The rate and the token means are estimates from the requests the window counted:
+    # the work they bring (prompt tokens per second) is a compound count whose relative
+    # standard error is sqrt((ca2 + cs2) / count). A replica is added only when the load
+    # at the lower confidence bound needs it, and the fleet is sized (up or down) for the
+    # upper bound: counting noise alone neither adds nor removes one. The band is never
+    # narrower than the tolerance, so a load that drifts slowly does not flap either.
+    rel = _relative_error(w_stable, counted, cfg) if measured and not forecast else 0.0
+    lo = _scaled(w_stable, backlog, max(0.0, 1 - rel))
+    stable = max(float(slo_replicas(view, lo, cfg)), conc_stable)
+    up = _scaled(w_stable, backlog, 1 + cfg.tolerance)
+    stable_up = max(float(slo_replicas(view, up, cfg)), conc_stable)
+    hi = _scaled(w_stable, backlog, 1 + max(cfg.tolerance, rel))
+    stable_down = max(float(slo_replicas(view, hi, cfg)), conc_stable)
     panic_avg = max(float(slo_replicas(view, w_panic, cfg)), conc_panic)
     tokens = signals.tokens_per_s
     in_flight = (running + waiting) * prompt_rate / rps if rps > 0 and prompt_rate > 0 else 0.0
@@ -191,6 +224,7 @@ def _measure(
         tokens=tokens,
         in_flight=in_flight,
         stable=stable,
+        stable_up=stable_up,
         stable_down=stable_down,
         panic_avg=panic_avg,
         samples=samples,
@@ -251,15 +285,18 @@ def _asks(view: ModelView, signals: ModelSignals, ld: _Load) -> tuple[float, str
 def _dead_band(
     want: float, why: str, current: int, ld: _Load, cfg: DecisionConfig
 ) -> tuple[int, str]:
-    """The SLO model's count scales up as soon as it exceeds the current replicas, and
-    then (as down) to what still meets the SLO at (1 + tolerance) times the load
-    (hysteresis). A guard (KV cache, GPU with a queue, TTFT) scales up past +tolerance
-    and down only to a count that keeps the tolerance as headroom."""
+    """The SLO model's count at the rate's lower confidence bound scales up as soon as
+    it exceeds the current replicas, to what meets the SLO at (1 + tolerance) times the
+    estimate; a scale-down goes only to what still meets it at the upper confidence
+    bound (at least 1 + tolerance times the estimate): the band between the two is
+    where counting noise cannot tell the counts apart (hysteresis). A guard (KV cache,
+    GPU with a queue, TTFT) scales up past +tolerance and down only to a count that
+    keeps the tolerance as headroom."""
     if want <= ld.stable:  # the SLO model's ask wins
         if ld.stable > current or (current == 0 and ld.stable > 0):
-            # Up to what meets the SLO at (1 + tolerance) times the load: the same band
-            # a scale-down keeps, so a ramp takes fewer, larger steps.
-            return _ceil(max(ld.stable, ld.stable_down)), why
+            # Up to what meets the SLO at (1 + tolerance) times the load, inside the
+            # band a scale-down keeps, so a ramp takes fewer, larger steps.
+            return _ceil(max(ld.stable, ld.stable_up)), why
         n = _ceil(ld.stable_down)
         if n < current:
             return n, why

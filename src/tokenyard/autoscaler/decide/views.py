@@ -63,6 +63,12 @@ class DecisionConfig:
     """Dead band: no change while the ask is within 10% of the current replicas; and the
     hysteresis of SLO sizing: a scale-down goes only to replicas that would still meet
     the SLO at this much more load."""
+    confidence_z: float = 2.0
+    """Standard errors of the measured work rate (requests x prompt tokens of the stable
+    window; relative error sqrt((ca2 + cs2) / requests counted)) that SLO sizing allows
+    for: a replica is added only when the rate's lower confidence bound needs it, and the
+    fleet is sized for its upper bound, so counting noise does not move it (2: about
+    98% one-sided). 0: size on the point estimate, with only ``tolerance`` as a band."""
     slo_target: float = 0.99
     """Share of requests whose TTFT should be within the model's ttftSLOSeconds."""
     slo_margin: float = 0.5

@@ -143,6 +143,11 @@ def router_config(
         models=entries,
         policies=[policy_entry(p, configmaps) for p in policies],
         routerReplicas=pool.spec.router.minReplicas,
+        maxRequestBytes=(
+            None
+            if pool.spec.router.maxRequestBytes == contract.DEFAULT_MAX_REQUEST_BYTES
+            else pool.spec.router.maxRequestBytes
+        ),
     )
 
 

@@ -86,6 +86,11 @@ class Attempts:
     def after_failure(self, target: str, failure: BackendFailure) -> bool:
         """Record a failed attempt; True when the policy lets the request move on."""
         now = self.core.clock()
+        entry = self.state.catalogue.get(target)
+        if failure.replica_died and entry is not None and entry.app is not None:
+            # Serve would queue the next requests until it replaces the replica: if it
+            # was the last one, they go elsewhere at once (ServeStatus.replica_died).
+            self.core.serve.replica_died(entry.app)
         breaker = self.breakers.get(target)
         if failure.kind in ("Error", "Timeout", "Unavailable", "Overloaded"):
             breaker.record_failure(now)
@@ -141,6 +146,10 @@ class Attempts:
             backend = self.state.backends.get(target)
             if backend is None:
                 self.note_fallback(target, "Unavailable", "no backend for target")
+                continue
+            entry = self.state.catalogue.get(target)
+            if entry is not None and not self.core.serve.ready(entry):
+                self.note_fallback(target, "Unavailable", "not ready (its replica died)")
                 continue
             yield target, reason, backend, min(self.fb.perAttemptTimeoutSeconds, remaining)
 

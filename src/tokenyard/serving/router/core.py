@@ -30,9 +30,16 @@ from tokenyard.accounting.ledger_actor import LedgerClient
 from tokenyard.accounting.metrics import RouterMetrics
 from tokenyard.accounting.ratelimit import RateLimiter
 from tokenyard.contract import ROUTER_APP_NAME, RouterAppArgs, RouterConfig
+from tokenyard.routing.budget import budget_for
 from tokenyard.routing.classifiers import HeuristicClassifier
 from tokenyard.routing.decision import BackendState, Decision
-from tokenyard.routing.errors import RouterError, internal_error, model_not_found, no_backend
+from tokenyard.routing.errors import (
+    RouterError,
+    clip,
+    internal_error,
+    model_not_found,
+    no_backend,
+)
 from tokenyard.routing.features import extract_features
 from tokenyard.routing.policy_engine import apply_spillover, decide
 from tokenyard.routing.request import ParsedRequest, RequestKind, lower_headers, parse_request
@@ -42,15 +49,43 @@ from tokenyard.serving.backends import build_backends
 from tokenyard.serving.circuit import CircuitBreakers
 from tokenyard.serving.providers import ProviderClient
 from tokenyard.serving.router import http
+from tokenyard.serving.router.estimate import estimated_cost, servable_tokens
 from tokenyard.serving.router.routed import RoutedRequest
 from tokenyard.serving.router.serve_status import APP_STATUS_INTERVAL_S, ServeStatus
 from tokenyard.serving.router.state import BackendFactory, EndpointPolicy, RouterState, build_state
 
 logger = logging.getLogger("tokenyard.router")
 
-# Token estimate for the tokens-per-minute check when a request sets no max_tokens;
-# the bucket is corrected with the real count after the response (RateLimiter.commit).
-DEFAULT_OUTPUT_ESTIMATE = 256
+
+# How long past the policy's total timeout an unsettled reservation is kept.
+RESERVATION_MARGIN_S = 60.0
+# Tenants with their own spend per endpoint. Tenant names on an open endpoint are the
+# client's choice: past this many, further tenants share one budget key (OVERFLOW_TENANT)
+# so that the ledger (about 1.5 KB a tenant, kept for the budget windows) stays bounded.
+MAX_BUDGET_TENANTS = 10_000
+OVERFLOW_TENANT = "_other"  # never a tenant name (those start with a letter or digit)
+
+
+def budget_tenant(ledger: LedgerClient, tenant: str, scope: str) -> str:
+    """The key the tenant's spend is kept under on ``scope`` (see MAX_BUDGET_TENANTS)."""
+    mirror = ledger.mirror
+    if mirror.knows(tenant, scope) or mirror.tenant_count(scope) < MAX_BUDGET_TENANTS:
+        return tenant
+    return OVERFLOW_TENANT
+
+
+class ScopedSpend:
+    """The ledger as the budget check of one endpoint reads it: spend of its scope
+    (:attr:`EndpointPolicy.scope`), so every name of a model spends one budget, under
+    the tenant's budget key (:func:`budget_tenant`)."""
+
+    def __init__(self, ledger: LedgerClient, scope: str, key: str) -> None:
+        self._ledger = ledger
+        self._scope = scope
+        self._key = key
+
+    def spend(self, tenant: str, endpoint: str | None, window: str, now: float) -> float:
+        return self._ledger.spend(self._key, self._scope, window, now)
 
 
 class RouterCore:
@@ -70,8 +105,13 @@ class RouterCore:
         watch_apps: bool = True,
         backend_factory: BackendFactory = build_backends,
         app_name: str = ROUTER_APP_NAME,
+        echo_request_id: bool = True,
     ) -> None:
         self.args = args
+        self.echo_request_id = echo_request_id
+        """Whether responses carry ``x-request-id``: False behind Ray Serve's proxy, which
+        sets the header on the request (the id the audit line uses) and on the response,
+        so a client sees it once."""
         self.app_name = app_name
         """This router's Serve application: its RUNNING replicas share the pool's traffic."""
         self.ledger = ledger
@@ -103,10 +143,11 @@ class RouterCore:
         share = self.share  # limits are the pool's; each replica takes its part
         self.load.share = share
         for endpoint, pol in {**state.direct, **state.policies}.items():
-            limiter = self._limiters.get(endpoint)
+            # Keyed by scope: a model called by name takes from its policy's buckets.
+            limiter = self._limiters.get(pol.scope)
             if limiter is None:
-                self._limiters[endpoint] = RateLimiter(pol.spec.rateLimits, share)
-            else:
+                self._limiters[pol.scope] = RateLimiter(pol.spec.rateLimits, share)
+            elif pol.scope == endpoint:
                 limiter.configure(pol.spec.rateLimits, share)
             breakers = self._breakers.get(endpoint)
             if breakers is None:
@@ -199,7 +240,10 @@ class RouterCore:
 
     async def handle(self, request: Request) -> Response:
         """Answer one HTTP request (:func:`tokenyard.serving.router.http.handle`)."""
-        return await http.handle(self, request)
+        response = await http.handle(self, request)
+        if not self.echo_request_id and http.REQUEST_ID_HEADER in response.headers:
+            del response.headers[http.REQUEST_ID_HEADER]
+        return response
 
     def update_gauges(self) -> None:
         """Each backend's circuit state into the metrics (read at ``/metrics``)."""
@@ -227,15 +271,17 @@ class RouterCore:
         pol: EndpointPolicy | None = None
         try:
             state = self.state
-            body = await http.read_json(request)
+            body = await http.read_json(request, state.config.max_request_bytes)
             headers = lower_headers(request.headers.items())
             parsed = parse_request(body, headers, kind)
-            record.endpoint = parsed.model
+            record.endpoint = clip(parsed.model)
             record.stream = parsed.stream
             pol = state.policies.get(parsed.model) or state.direct.get(parsed.model)
             if pol is None:
                 raise model_not_found(parsed.model)
-            decision, est = self._route(state, pol, parsed, headers, record, now, started)
+            decision, est, reservation, key = self._route(
+                state, pol, parsed, headers, record, now, started
+            )
         except RouterError as err:
             record.status = err.status
             record.error = err.code or err.type
@@ -263,11 +309,31 @@ class RouterCore:
             est_tokens=est,
             request_id=request_id,
             breakers=self._breakers[pol.endpoint],
-            limiter=self._limiters[pol.endpoint],
+            limiter=self._limiters[pol.scope],
         )
+        routed.out.reservation = reservation
+        routed.out.budget_key = key
         if parsed.stream:
             return await routed.stream()
         return await routed.complete()
+
+    def _held_by_in_flight(
+        self, err: RouterError, pol: EndpointPolicy, tenant: str, now: float
+    ) -> None:
+        """A budget refused only because of this replica's requests in flight (settled
+        spend is under the limit) frees up when they finish: retry in seconds, not at
+        the end of the window."""
+        budget = budget_for(pol.spec.budgets, tenant)
+        if budget is None:
+            return
+        key = budget_tenant(self.ledger, tenant, pol.scope)
+        settled = self.ledger.mirror.spend(key, pol.scope, budget.window, now)
+        if settled < budget.limitUSD:
+            err.message = (
+                f"tenant '{tenant}' has its budget held by requests in flight; "
+                "retry when they finish"
+            )
+            err.retry_after = min(err.retry_after or 1.0, pol.spec.fallback.totalTimeoutSeconds)
 
     # Positional, as completion calls it; each argument is one input of the routing step.
     def _route(  # noqa: PLR0917
@@ -279,10 +345,15 @@ class RouterCore:
         record: AuditRecord,
         now: float,
         started: float,
-    ) -> tuple[Decision, int]:
+    ) -> tuple[Decision, int, int | None, str]:
         """Tenant, features, rate limit, decision and spill-over of a parsed request, noted
-        in its audit record; returns the decision and the tokens the rate limit took."""
-        tenant = resolve_tenant(headers, pol.spec.tenants, pol.api_keys)
+        in its audit record; returns the decision, the tokens the rate limit took, the
+        budget reservation (None when the tenant has no budget here) and the key its
+        spend is kept under (:func:`budget_tenant`).
+
+        A request refused here (egress, context, budget, no backend) gives back what the
+        rate limit took: a refused request charges nothing."""
+        tenant = resolve_tenant(headers, pol.spec.tenants, pol.api_keys, state.keyed_tenants)
         record.tenant = tenant
         features = extract_features(
             parsed, pol.spec, pol.endpoint, tenant, classifier=pol.classifier or self.classifier
@@ -291,17 +362,25 @@ class RouterCore:
         record.data_classes = sorted(features.data_classes)
         if pol.spec.audit.includePrompts:
             record.prompt = parsed.prompt_text
-        est = parsed.prompt_tokens + (parsed.max_tokens or DEFAULT_OUTPUT_ESTIMATE)
-        self._limiters[pol.endpoint].check(tenant, est, now)
-        decision = decide(
-            features,
-            pol.spec,
-            state.catalogue,
-            self._backend_states(state, pol.endpoint, now),
-            self.ledger,
-            now,
-            self._rng,
-        )
+        key = budget_tenant(self.ledger, tenant, pol.scope)
+        est = servable_tokens(parsed, [state.catalogue.get(t.model) for t in pol.spec.targets])
+        limiter = self._limiters[pol.scope]
+        limiter.check(tenant, est, now)
+        try:
+            decision = decide(
+                features,
+                pol.spec,
+                state.catalogue,
+                self._backend_states(state, pol.endpoint, now),
+                ScopedSpend(self.ledger, pol.scope, key),
+                now,
+                self._rng,
+            )
+        except RouterError as err:
+            limiter.refund(tenant, est, now)
+            if err.code == "budget_exceeded":
+                self._held_by_in_flight(err, pol, tenant, now)
+            raise
         decision = apply_spillover(
             decision,
             state.catalogue,
@@ -326,7 +405,22 @@ class RouterCore:
         record.rule = decision.rule
         record.strategy = decision.strategy
         record.downgraded = bool(decision.downgraded)
-        return decision, est
+        reservation = None
+        if budget_for(pol.spec.budgets, tenant) is not None:
+            # Taken in the same step as the budget check (no await between), so every
+            # request this replica has in flight counts against the next one's check.
+            usd = max(
+                (
+                    estimated_cost(state.catalogue[c.model], parsed)
+                    for c in decision.targets[: pol.spec.fallback.maxAttempts]
+                ),
+                default=0.0,
+            )
+            # Settled when the request ends; the TTL only covers a response that never
+            # started (a stream whose client left before its first byte).
+            ttl = pol.spec.fallback.totalTimeoutSeconds + RESERVATION_MARGIN_S
+            reservation = self.ledger.reserve(key, pol.scope, usd, ttl_s=ttl)
+        return decision, est, reservation, key
 
 
-__all__ = ["DEFAULT_OUTPUT_ESTIMATE", "RouterCore"]
+__all__ = ["MAX_BUDGET_TENANTS", "OVERFLOW_TENANT", "RouterCore", "ScopedSpend", "budget_tenant"]

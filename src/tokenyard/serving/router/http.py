@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -16,9 +15,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from tokenyard.accounting.stats import STATS_PATH, build_stats
+from tokenyard.contract import DEFAULT_MAX_REQUEST_BYTES
 from tokenyard.routing.decision import BackendState
-from tokenyard.routing.errors import RouterError, bad_request
-from tokenyard.routing.request import RequestKind
+from tokenyard.routing.errors import RouterError, body_too_large
+from tokenyard.routing.request import RequestKind, decode_body
 
 if TYPE_CHECKING:
     from tokenyard.serving.router.core import RouterCore
@@ -35,13 +35,26 @@ def error_response(err: RouterError, request_id: str) -> JSONResponse:
     return JSONResponse(err.to_body(), status_code=err.status, headers=headers)
 
 
-async def read_json(request: Request) -> Any:
-    """The request body as JSON; 400 when it is not."""
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise bad_request("the request body is not valid JSON") from None
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, read only up to ``limit`` bytes: 413 past it, before parsing
+    (from Content-Length when the client sends one, else while reading)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise body_too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise body_too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int = DEFAULT_MAX_REQUEST_BYTES) -> Any:
+    """The request body as strict JSON (:func:`~tokenyard.routing.request.decode_body`);
+    413 past ``limit`` bytes, 400 when it is not valid JSON."""
+    return decode_body(await read_body(request, limit))
 
 
 async def handle(core: RouterCore, request: Request) -> Response:
@@ -148,8 +161,8 @@ async def explain(core: RouterCore, request: Request) -> Response:
 
     request_id = uuid.uuid4().hex
     try:
-        payload = await read_json(request)
         state = core.state
+        payload = await read_json(request, state.config.max_request_bytes)
         kind: RequestKind = (
             "completion" if isinstance(payload, dict) and "prompt" in payload else "chat"
         )
@@ -182,5 +195,6 @@ __all__ = [
     "TARGET_HEADER",
     "error_response",
     "handle",
+    "read_body",
     "read_json",
 ]

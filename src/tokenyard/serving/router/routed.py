@@ -27,6 +27,7 @@ from tokenyard.routing.request import ParsedRequest
 from tokenyard.serving.backends import BackendFailure
 from tokenyard.serving.circuit import CircuitBreakers
 from tokenyard.serving.router.attempts import Attempts
+from tokenyard.serving.router.estimate import output_tokens
 from tokenyard.serving.router.http import (
     ENDPOINT_HEADER,
     REQUEST_ID_HEADER,
@@ -37,6 +38,10 @@ from tokenyard.serving.router.state import EndpointPolicy, RouterState
 
 if TYPE_CHECKING:
     from tokenyard.serving.router.core import RouterCore
+
+
+# The status audited for a request its client abandoned (nginx's "client closed request").
+CLIENT_CLOSED = 499
 
 
 def _sse(obj: Mapping[str, Any]) -> bytes:
@@ -57,6 +62,22 @@ async def _aclose(agen: Any) -> None:
     if close is not None:
         with contextlib.suppress(Exception):
             await close()
+
+
+class _FinishedStream(StreamingResponse):
+    """A streaming response that runs ``finish`` whatever happens to it: Starlette
+    cancels a stream whose client left, possibly before its body was ever iterated, and
+    an async generator never started never runs its ``finally``."""
+
+    def __init__(self, content: Any, finish: Any, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._finish = finish
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._finish()
 
 
 class RoutedRequest:
@@ -87,6 +108,7 @@ class RoutedRequest:
         self.request_id = request_id
         self.limiter = limiter
         self.out = Outcome()
+        self._relay_started = False
         self.attempts = Attempts(
             core=core,
             state=state,
@@ -115,7 +137,12 @@ class RoutedRequest:
             TARGET_HEADER: self.out.target or "",
         }
 
+    def _unused(self) -> None:
+        """No target answered: the tokens the rate limit took for it are given back."""
+        self.limiter.commit(self.record.tenant, self.est, 0, self.core.clock())
+
     def _fail(self, err: RouterError) -> Response:
+        self._unused()
         self.out.status = err.status
         self.out.error = err.code or err.type
         self.core.books.finish(self.record, self.pol, self.started, self.out)
@@ -123,6 +150,7 @@ class RoutedRequest:
 
     def _passthrough(self, failure: BackendFailure) -> Response:
         """A failure that another target would repeat (a 4xx): answer it as it came."""
+        self._unused()
         self.out.status = failure.status
         self.out.error = "backend_rejected"
         self.core.books.finish(self.record, self.pol, self.started, self.out)
@@ -146,6 +174,21 @@ class RoutedRequest:
             self.out.baseline_cost = cost_usd(base, usage[0], usage[1])
         self.limiter.commit(self.record.tenant, self.est, usage[0] + usage[1], self.core.clock())
 
+    def _abandoned(self, target: str, reason: str) -> None:
+        """The client went away (timeout, disconnect) while ``target`` had the request:
+        the backend may bill it, so it is audited (499) and charged its estimate (the
+        reservation's prompt plus max_tokens); the cancellation closes the backend call
+        (an external provider's connection, an in-cluster replica's request)."""
+        entry = self.state.catalogue[target]
+        out_tokens = output_tokens(entry, self.parsed)
+        self.out.target, self.out.reason = target, reason
+        self.out.tokens_in, self.out.tokens_out = self.parsed.prompt_tokens, out_tokens
+        self.out.cost = cost_usd(entry, self.parsed.prompt_tokens, out_tokens)
+        self.out.status = CLIENT_CLOSED
+        self.out.error = "client_closed_request"
+        self.limiter.commit(self.record.tenant, self.est, self.est, self.core.clock())
+        self.core.books.finish(self.record, self.pol, self.started, self.out)
+
     async def complete(self) -> Response:
         last: BackendFailure | None = None
         for target, reason, backend, per in self.attempts:
@@ -157,6 +200,7 @@ class RoutedRequest:
                     )
             except asyncio.CancelledError:
                 self.attempts.cancelled(target)
+                self._abandoned(target, reason)
                 raise
             except Exception as exc:
                 failure = self.attempts.classify(exc, target)
@@ -195,6 +239,7 @@ class RoutedRequest:
                 failure = BackendFailure(f"{target}: empty stream", kind="Error")
             except asyncio.CancelledError:
                 self.attempts.cancelled(target)
+                self._abandoned(target, reason)
                 await _aclose(agen)
                 raise
             except Exception as exc:
@@ -202,10 +247,17 @@ class RoutedRequest:
             else:
                 self.attempts.succeeded(target)
                 self.out.target, self.out.reason = target, reason
-                return StreamingResponse(
-                    self._relay(first, agen),
-                    media_type="text/event-stream",
-                    headers=self._headers(),
+                relay = self._relay(first, agen)
+
+                async def finish(
+                    target: str = target, reason: str = reason, agen: Any = agen
+                ) -> None:
+                    if not self._relay_started:  # the client left before the first byte
+                        self._abandoned(target, reason)
+                        await _aclose(agen)
+
+                return _FinishedStream(
+                    relay, finish, media_type="text/event-stream", headers=self._headers()
                 )
             await _aclose(agen)
             last = failure
@@ -228,6 +280,7 @@ class RoutedRequest:
         self, first: dict[str, Any], agen: AsyncIterator[dict[str, Any]]
     ) -> AsyncIterator[bytes]:
         """Forward chunks; after the first one, failures end the stream with an error event."""
+        self._relay_started = True
         served = self.state.catalogue[self.out.target or ""].servedModelName
         usage: tuple[int, int] | None = None
         chunks = 0
@@ -255,6 +308,12 @@ class RoutedRequest:
                 except StopAsyncIteration:
                     chunk = None
             yield b"data: [DONE]\n\n"
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client went away mid-stream: charged what was streamed (or the usage
+            # the backend reported), audited as 499; the backend call is closed below.
+            self.out.status = CLIENT_CLOSED
+            self.out.error = "client_closed_request"
+            raise
         except Exception as exc:
             failure = self.attempts.classify(exc, self.out.target or "")
             self.out.status = 504 if failure.kind == "Timeout" else 502
@@ -271,4 +330,4 @@ class RoutedRequest:
             self.core.books.finish(self.record, self.pol, self.started, self.out)
 
 
-__all__ = ["RoutedRequest"]
+__all__ = ["CLIENT_CLOSED", "RoutedRequest"]

@@ -8,13 +8,17 @@ own RUNNING replicas set the share of rate limits and queues each replica takes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from tokenyard.contract import CatalogueEntry
 
 # How often a replica re-reads Ray Serve application statuses (model app readiness).
 APP_STATUS_INTERVAL_S = 2.0
+# How long a replica death seen by a request keeps its app down when Serve's status never
+# reflects it; Serve replaces a dead replica in about 10 s (measured on CPU).
+REPLICA_DEATH_HOLD_S = 30.0
 
 
 class _Catalogued(Protocol):
@@ -40,8 +44,12 @@ def running_replicas(app: Any) -> int:
 class ServeStatus:
     """Application statuses and RUNNING replicas, as the status watch last read them."""
 
-    def __init__(self, app_name: str) -> None:
+    def __init__(self, app_name: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.app_name = app_name
+        self._clock = clock
+        self._deaths: dict[str, tuple[int, int | None, float]] = {}
+        """App -> (replica deaths seen by requests, its RUNNING count when first seen,
+        when): the app is down while the deaths cover every replica Serve last reported."""
         """This router's Serve application: its RUNNING replicas share the pool's traffic."""
         self.app_status: dict[str, str] | None = None
         self._was_running: set[str] = set()
@@ -96,10 +104,31 @@ class ServeStatus:
             self._live, self._live_key = (out if running else None), key
         return self._live
 
+    def replica_died(self, app: str) -> None:
+        """A request saw one of ``app``'s replicas die (Ray's actor-died error). Ray
+        Serve queues the next requests until it has replaced the replica (seconds); if
+        that was its last RUNNING replica, the app counts as not ready at once, until
+        the status watch reads a different replica count or REPLICA_DEATH_HOLD_S pass."""
+        deaths, seen, _ = self._deaths.get(app, (0, self._running_replicas.get(app), 0.0))
+        self._deaths[app] = (deaths + 1, seen, self._clock())
+
+    def _dead(self, app: str) -> bool:
+        death = self._deaths.get(app)
+        if death is None:
+            return False
+        deaths, seen, when = death
+        if self._clock() - when > REPLICA_DEATH_HOLD_S or self._running_replicas.get(app) != seen:
+            del self._deaths[app]  # Serve's status has caught up (or it never will)
+            return False
+        return deaths >= (seen or 1)
+
     def ready(self, entry: CatalogueEntry) -> bool:
         """Whether a model can take requests: its catalogue entry says so and, in-cluster,
-        its Serve app is RUNNING (or DEPLOYING after it ran: an update keeps serving)."""
+        its Serve app is RUNNING (or DEPLOYING after it ran: an update keeps serving)
+        and requests have not just seen its last replica die."""
         if not entry.ready:
+            return False
+        if entry.app is not None and self._dead(entry.app):
             return False
         if entry.kind != "InCluster" or entry.app is None or self.app_status is None:
             return True
@@ -111,4 +140,4 @@ class ServeStatus:
         return status == "DEPLOYING" and entry.app in self._was_running
 
 
-__all__ = ["APP_STATUS_INTERVAL_S", "ServeStatus", "running_replicas"]
+__all__ = ["APP_STATUS_INTERVAL_S", "REPLICA_DEATH_HOLD_S", "ServeStatus", "running_replicas"]

@@ -38,6 +38,14 @@ class EndpointPolicy:
     direct: bool = False
     classifier: PolicyClassifier | None = None
     """The policy's learned classifier when delivered and loadable; None: the heuristic."""
+    scope: str = ""
+    """The endpoint whose budgets and rate limits this one spends: itself, or for a model
+    called by name the endpoint of the policy that owns it, so a tenant has one budget
+    whatever name reaches the model."""
+
+    def __post_init__(self) -> None:
+        if not self.scope:
+            object.__setattr__(self, "scope", self.endpoint)
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,9 @@ class RouterState:
     direct: Mapping[str, EndpointPolicy]
     backends: Mapping[str, Backend]
     version: int
+    keyed_tenants: frozenset[str] = frozenset()
+    """Tenants some policy of the pool maps an API key to: a header alone never names
+    them (:func:`~tokenyard.routing.tenants.resolve_tenant`)."""
 
 
 def _load_api_keys(entry: PolicyEntry, env: Mapping[str, str]) -> dict[str, str]:
@@ -117,16 +128,22 @@ def build_state(
         entry = direct_policy(cfg, m.servedModelName)
         if entry is None:
             continue
+        owner = next(
+            (p for p in cfg.policies if (p.name, p.namespace) == (entry.name, entry.namespace)),
+            None,
+        )
         direct[m.servedModelName] = EndpointPolicy(
             endpoint=m.servedModelName,
             name=entry.name,
             spec=entry.policy_spec(),
             api_keys=_load_api_keys(entry, env),  # the owner's keys (its tenantKeysEnv)
             direct=True,
+            scope=owner.endpoint if owner is not None else m.servedModelName,
         )
     backends = make_backends(catalogue, client, previous.backends if previous else None)
     version = previous.version + 1 if previous else 1
-    return RouterState(cfg, catalogue, policies, direct, backends, version)
+    keyed = frozenset(t for p in policies.values() for t in p.api_keys.values())
+    return RouterState(cfg, catalogue, policies, direct, backends, version, keyed)
 
 
 __all__ = ["BackendFactory", "EndpointPolicy", "RouterState", "build_state"]
