@@ -8,6 +8,8 @@ Prints, for every set:
     learned model trained k-fold on the set: each prompt scored by a model that did not
     see it), the random router's 95% range;
   * train-on-one, test-on-each-other (held out across sets) beside the k-fold figures;
+  * the heuristic against prompt length alone on two seeded halves of every set (the
+    heuristic's signals were chosen on the whole sets: the halves show it holds on each);
 and then the in-process cost of scoring a ~4,000-token prompt with the heuristic and the
 learned model (p50/p99 over repeated calls, and their ratio), plus the router's whole
 feature extraction with each. Timings are ratios against the heuristic measured in the
@@ -30,13 +32,16 @@ from tokenyard.routing.features import extract_features
 from tokenyard.routing.learned.train import fit
 from tokenyard.routing.quality.data import LabelledSet, load_all
 from tokenyard.routing.quality.evaluate import (
+    LengthClassifier,
     Options,
+    classifier_scores,
     evaluate_set,
     kfold_learner,
     plot,
     render_table,
     trained_learner,
 )
+from tokenyard.routing.quality.metrics import apgr, quality_curve
 from tokenyard.routing.request import parse_request
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "routing"
@@ -83,7 +88,24 @@ def quality(sets: list[LabelledSet], args: argparse.Namespace, opts: Options) ->
     print(render_table(results, opts))
     if args.plot:
         plot(results, args.plot, opts)
+    halves(sets, opts)
     print(f"\nquality runs took {time.perf_counter() - t0:.0f} s")
+
+
+def halves(sets: list[LabelledSet], opts: Options) -> None:
+    rng = np.random.default_rng(opts.seed)
+    print("\nheuristic against prompt length alone, APGR on seeded halves of each set:")
+    for s in sets:
+        order = rng.permutation(len(s.prompts))
+        for i, idx in enumerate((order[: len(order) // 2], order[len(order) // 2 :])):
+            part = LabelledSet(f"{s.name}/half{i + 1}", s.source, s.sha256,
+                               tuple(s.prompts[j] for j in sorted(idx)))  # fmt: skip
+            got = {}
+            for name, clf in (("heuristic", HeuristicClassifier()), ("length", LengthClassifier())):
+                got[name] = apgr(
+                    quality_curve(classifier_scores(clf, part), part.weak, part.strong)
+                )
+            print(f"  {part.name:<28} heuristic {got['heuristic']:.4f}  length {got['length']:.4f}")
 
 
 def timing(sets: list[LabelledSet], args: argparse.Namespace) -> None:

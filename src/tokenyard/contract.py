@@ -11,6 +11,8 @@ builders turn API objects into the Serve application arguments.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import re
 from typing import Any, Literal
 
@@ -153,6 +155,85 @@ class CatalogueEntry(_Contract):
         return Capacity(self.replicas, self.tokensPerSecond, self.ttftSLOSeconds)
 
 
+LEARNED_ARTIFACT_KIND = "tokenyard.dev/DifficultyModel"
+LEARNED_FORMAT_VERSION = 1
+MAX_LEARNED_ARTIFACT_BYTES = 1 << 20
+
+
+class LearnedClassifierEntry(_Contract):
+    """A policy's learned classifier as the operator delivers it: the artifact as it is
+    in the ConfigMap, and the threshold the operator read from its quality table for the
+    policy's ``keepStrongQuality``. The router checks the artifact in full when it loads
+    it (version against content, weights) and keeps the heuristic if it cannot."""
+
+    version: str
+    threshold: float
+    keepStrongQuality: float
+    expectedStrongShare: float | None = None
+    artifact: str = Field(repr=False)
+
+
+def learned_classifier_entry(text: str, keep_strong_quality: float) -> LearnedClassifierEntry:
+    """The entry for an artifact's text, or a ValueError saying what is wrong with it.
+
+    Checked here (the operator has no numpy model): size, JSON, kind, format version,
+    a version string, and a quality-table point that keeps ``keep_strong_quality``. The
+    threshold is the highest whose held-out quality reached the aim (the fewest strong
+    calls), as :meth:`DifficultyModel.threshold_for_quality` picks it.
+    """
+    size = len(text.encode())
+    if size > MAX_LEARNED_ARTIFACT_BYTES:
+        raise ValueError(f"the artifact is {size} bytes, over 1 MiB")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"the artifact is not JSON: {e.msg} at line {e.lineno}") from None
+    if not isinstance(doc, dict) or doc.get("kind") != LEARNED_ARTIFACT_KIND:
+        raise ValueError(f"the artifact is not a difficulty model (kind {LEARNED_ARTIFACT_KIND})")
+    if doc.get("formatVersion") != LEARNED_FORMAT_VERSION:
+        raise ValueError(
+            f"artifact formatVersion {doc.get('formatVersion')!r} is not supported "
+            f"(this release reads {LEARNED_FORMAT_VERSION})"
+        )
+    version = doc.get("version")
+    if not isinstance(version, str) or not re.fullmatch(r"[0-9a-z:-]{4,80}", version):
+        raise ValueError("the artifact has no valid version")
+    best: tuple[float, float | None] | None = None
+    reached = 0.0
+    table = doc.get("qualityTable")
+    for point in table if isinstance(table, list) else []:
+        if not isinstance(point, dict):
+            continue
+        t, q, share = (
+            _number(point.get("threshold")),
+            _number(point.get("qualityOfStrong")),
+            _number(point.get("strongShare")),
+        )
+        if t is None or q is None:
+            continue
+        reached = max(reached, q)
+        if q >= keep_strong_quality and (best is None or t > best[0]):
+            best = (t, share)
+    if best is None:
+        raise ValueError(
+            f"no threshold in the artifact's qualityTable keeps {keep_strong_quality:g} of "
+            f"the strong model's quality (the table reaches {reached:g})"
+        )
+    return LearnedClassifierEntry(
+        version=version,
+        threshold=best[0],
+        keepStrongQuality=keep_strong_quality,
+        expectedStrongShare=best[1],
+        artifact=text,
+    )
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    return None
+
+
 class PolicyEntry(_Contract):
     """One RoutingPolicy as the router sees it."""
 
@@ -163,6 +244,9 @@ class PolicyEntry(_Contract):
     spec: dict[str, Any]
     """The RoutingPolicy spec as written (validate with :meth:`policy_spec`)."""
     tenantKeysEnv: str | None = None
+    classifier: LearnedClassifierEntry | None = None
+    """The learned classifier (spec.classifier type Learned, artifact delivered); None:
+    the heuristic."""
 
     def policy_spec(self) -> RoutingPolicySpec:
         return RoutingPolicySpec.model_validate(self.spec)

@@ -119,6 +119,10 @@ seccompProfile:
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+# The artifact of a RoutingPolicy's Learned classifier (spec.classifier.artifactRef).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -98,6 +98,14 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
         ),
         _col("Ready", "string", f"{_READY}.status", "Whether at least one target serves."),
         _col("Pool", "string", ".spec.pool", "The ServingPool.", priority=1),
+        _col("Classifier", "string", ".status.classifier.type", "Classifier in use.", priority=1),
+        _col(
+            "Classifier Version",
+            "string",
+            ".status.classifier.version",
+            "Version of the learned classifier in use.",
+            priority=1,
+        ),
         _AGE,
     ],
 }

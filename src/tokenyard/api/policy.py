@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from tokenyard.api.common import (
     DNS_LABEL,
+    DNS_SUBDOMAIN,
     ApiModel,
     Condition,
     DataClass,
@@ -32,6 +33,8 @@ DEFAULT_DETECTORS: tuple[DetectorName, ...] = (
 )
 WINDOW = r"^[1-9][0-9]*(m|h|d)$"
 HEADER_NAME = r"^[A-Za-z0-9-]+$"
+CONFIGMAP_KEY = r"^[-._a-zA-Z0-9]+$"
+DEFAULT_KEEP_STRONG_QUALITY = 0.95
 
 # CEL rules the API server enforces; the model validators below raise the same messages
 # so `tokenyard render` rejects offline what `kubectl apply` would reject.
@@ -42,6 +45,14 @@ RULE_RANGE_MIN_MAX = (
 RULE_RULE_TARGETS_KNOWN = (
     "self.rules.all(r, r.targets.all(t, self.targets.exists(x, x.model == t)))",
     "every rules[].targets entry must name a model in spec.targets",
+)
+RULE_LEARNED_NEEDS_ARTIFACT = (
+    "self.type != 'Learned' || has(self.artifactRef)",
+    "classifier type Learned needs artifactRef",
+)
+RULE_ARTIFACT_ONLY_LEARNED = (
+    "self.type == 'Learned' || !has(self.artifactRef)",
+    "artifactRef is only used with classifier type Learned",
 )
 RULE_WEIGHTED_NEEDS_WEIGHT = (
     "self.strategy != 'Weighted' || self.targets.exists(t, has(t.weight) && t.weight > 0)",
@@ -105,15 +116,56 @@ class Rule(ApiModel):
     """targets are model names from spec.targets, tried in this order."""
 
 
+class ConfigMapKeyRef(ApiModel):
+    """A key of a ConfigMap in the same namespace."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253)
+    """name of the ConfigMap, in the same namespace as the RoutingPolicy."""
+    key: str = Field(default="model.json", min_length=1, max_length=253, pattern=CONFIGMAP_KEY)
+    """key inside the ConfigMap's data holding the artifact (tokenyard train-router
+    --configmap writes it under model.json)."""
+
+
 class ClassifierSpec(ApiModel):
     """How request difficulty is estimated."""
 
-    type: Literal["Heuristic"] = "Heuristic"
-    """type of classifier; Heuristic scores prompt length, conversation depth, requested
-    output length and code, math and reasoning signals."""
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(RULE_LEARNED_NEEDS_ARTIFACT, RULE_ARTIFACT_ONLY_LEARNED)
+    }
+
+    type: Literal["Heuristic", "Learned"] = "Heuristic"
+    """type of classifier. Heuristic (the default) scores prompt length, conversation depth
+    and requested output length. Learned loads a difficulty model trained with tokenyard
+    train-router from artifactRef; until it is loaded (or while the ConfigMap is missing
+    or invalid) the policy uses the heuristic."""
+    artifactRef: ConfigMapKeyRef | None = None
+    """artifactRef names the ConfigMap key holding the Learned classifier's artifact;
+    required with type Learned. A new artifact in it is delivered to the router on the
+    operator's next pass and loaded without restarting replicas."""
+    keepStrongQuality: float | None = Field(default=None, gt=0, le=1)
+    """keepStrongQuality is the Learned classifier's aim (default 0.95): the share of the
+    strongest target's quality to keep. The router sends a request to the strongest target when
+    its score reaches the highest threshold of the artifact's quality table that kept at
+    least this share on held-out data, and to the cheaper targets otherwise."""
     allowHeaderOverride: bool = False
     """allowHeaderOverride lets a client set the difficulty with the
     X-Tokenyard-Difficulty header (a number in [0, 1])."""
+
+    def quality_aim(self) -> float:
+        """keepStrongQuality, or its default."""
+        return (
+            DEFAULT_KEEP_STRONG_QUALITY
+            if self.keepStrongQuality is None
+            else self.keepStrongQuality
+        )
+
+    @model_validator(mode="after")
+    def _cel(self) -> Self:
+        require(
+            self.type != "Learned" or self.artifactRef is not None, RULE_LEARNED_NEEDS_ARTIFACT[1]
+        )
+        require(self.type == "Learned" or self.artifactRef is None, RULE_ARTIFACT_ONLY_LEARNED[1])
+        return self
 
 
 class CircuitBreakerSpec(ApiModel):
@@ -350,19 +402,37 @@ class TargetStatus(ApiModel):
     """message explains why the target is not ready."""
 
 
+class ClassifierStatus(ApiModel):
+    """The classifier the router uses for this policy."""
+
+    type: Literal["Heuristic", "Learned"] = "Heuristic"
+    """type of the classifier in use: Heuristic while a Learned one is not loadable."""
+    version: str | None = None
+    """version of the Learned artifact in use (a hash of its content)."""
+    threshold: float | None = None
+    """threshold: Learned scores at or above it go to the strongest target."""
+    expectedStrongShare: float | None = None
+    """expectedStrongShare is the share of requests the artifact's quality table expects
+    at the threshold (on its held-out training data)."""
+
+
 class RoutingPolicyStatus(ApiModel):
     """RoutingPolicyStatus is the observed state of the endpoint."""
 
     observedGeneration: int | None = None
     """observedGeneration is the spec generation this status reflects."""
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=list_map("type"))
-    """conditions: Ready says whether at least one target serves."""
+    """conditions: Ready says whether at least one target serves; ClassifierReady (with
+    spec.classifier type Learned) whether the learned classifier is delivered."""
     endpoint: str | None = None
     """endpoint is the model name clients use."""
     targets: list[TargetStatus] = Field(default_factory=list)
     """targets shows each target's readiness, location, price and traffic."""
     readyTargets: str | None = None
     """readyTargets summarises ready/total targets."""
+    classifier: ClassifierStatus | None = None
+    """classifier is the difficulty classifier delivered to the router; the
+    ClassifierReady condition says why a Learned one is not in use."""
     requests: int | None = None
     """requests served by the endpoint."""
     fallbacks: int | None = None

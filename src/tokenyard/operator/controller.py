@@ -30,6 +30,7 @@ from tokenyard.api.common import (
 from tokenyard.api.model import ModelDeployment
 from tokenyard.operator import orphans, pools, status
 from tokenyard.operator.kube import (
+    CONFIGMAPS,
     MODELS,
     POLICIES,
     POOLS,
@@ -386,6 +387,22 @@ class Controller:
                 )
                 return None
             out[name] = set((s.get("data") or {}).keys()) | set((s.get("stringData") or {}).keys())
+        return out
+
+    async def configmap_data(
+        self, refs: Iterable[str], namespace: str
+    ) -> dict[str, dict[str, str]] | None:
+        """The data of the ConfigMaps named, absent ones left out; None if unreadable."""
+        out: dict[str, dict[str, str]] = {}
+        for name in sorted(set(refs)):
+            try:
+                cm = await self.api.get(CONFIGMAPS, namespace, name)
+            except NotFound:
+                continue
+            except ApiError as e:
+                self.log.warning("cannot read ConfigMap %s/%s (%s)", namespace, name, e)
+                return None
+            out[name] = {str(k): str(v) for k, v in (cm.get("data") or {}).items()}
         return out
 
     async def pool_exists(self, ns: str, name: str) -> bool:

@@ -70,6 +70,7 @@ MODELS = Resource(GROUP, VERSION, "modeldeployments")
 POLICIES = Resource(GROUP, VERSION, "routingpolicies")
 RAY_SERVICES = Resource("ray.io", "v1", "rayservices")
 SECRETS = Resource("", "v1", "secrets")
+CONFIGMAPS = Resource("", "v1", "configmaps")
 CLAIMS = Resource("", "v1", "persistentvolumeclaims")
 EVENTS = Resource("", "v1", "events")
 
@@ -278,7 +279,9 @@ class FakeKubeApi:
         self.calls: list[tuple[str, str, str, str]] = []
         self.events: list[tuple[str, str, str, str]] = []
         self.served_resources = (
-            served if served is not None else {RAY_SERVICES, POOLS, MODELS, POLICIES, SECRETS}
+            served
+            if served is not None
+            else {RAY_SERVICES, POOLS, MODELS, POLICIES, SECRETS, CONFIGMAPS}
         )
 
     def put(self, resource: Resource, body: Mapping[str, Any]) -> None:

@@ -90,12 +90,21 @@ async def reconcile_pool(ctrl: Controller, ns: str, name: str) -> None:
         if p.spec.tenants.apiKeysSecretRef is not None
     ]
     secrets = await ctrl.secret_keys(secret_names, ns)
+    configmaps = await ctrl.configmap_data(
+        [
+            p.spec.classifier.artifactRef.name
+            for _, p in members.policies
+            if p.spec.classifier.type == "Learned" and p.spec.classifier.artifactRef is not None
+        ],
+        ns,
+    )
     render = builders.render_pool(
         pool,
         members.all_models,
         [p for _, p in members.policies],
         secrets=secrets,
         settings=ctrl.settings,
+        configmaps=configmaps,
     )
     applied = await _apply_ray_service(ctrl, ns, body, render)
     observed = status.observe_ray_service(applied.existing)
@@ -106,7 +115,9 @@ async def reconcile_pool(ctrl: Controller, ns: str, name: str) -> None:
     # Statuses: members and policies (concurrently: a pool of 50 models would
     # otherwise wait 50 round trips), then the pool.
     await ctrl.bounded(
-        _member_writes(ctrl, pool, members, render, observed, applied, secrets, router_stats, now)
+        _member_writes(
+            ctrl, pool, members, render, observed, applied, secrets, router_stats, now, configmaps
+        )
     )
     await _write_pool_status(ctrl, body, pool, members, render, observed, applied, now)
 
@@ -182,6 +193,7 @@ def _member_writes(  # noqa: PLR0917
     secrets: dict[str, set[str]] | None,
     router_stats: dict[str, Any] | None,
     now: str,
+    configmaps: builders.ConfigMaps | None = None,
 ) -> list[Awaitable[None]]:
     """The status writes of the pool's models and policies."""
     writes: list[Awaitable[None]] = [ctrl.report_invalid(*args) for args in members.rejected]
@@ -205,6 +217,7 @@ def _member_writes(  # noqa: PLR0917
             observed=observed,
             crd_missing=applied.crd_missing,
             secrets=secrets,
+            configmaps=configmaps,
             traffic=(
                 traffic.traffic_fields(
                     router_stats,
@@ -217,8 +230,32 @@ def _member_writes(  # noqa: PLR0917
             ),
         )
         desired = status.build_policy_status(pol, pctx, now=now)
-        writes.append(ctrl.write_status(POLICIES, "RoutingPolicy", b, desired))
+        writes.append(_write_policy_status(ctrl, b, desired))
     return writes
+
+
+def _classifier_condition(st: Any) -> tuple[Any, Any, Any] | None:
+    for c in (st.get("conditions") if isinstance(st, dict) else None) or []:
+        if c.get("type") == status.COND_CLASSIFIER_READY:
+            return c.get("status"), c.get("reason"), c.get("message")
+    return None
+
+
+async def _write_policy_status(ctrl: Controller, body: Body, desired: dict[str, Any]) -> None:
+    """The policy's status, and an Event when its learned classifier's delivery changes:
+    a Warning naming the field when the artifact cannot be delivered (the policy keeps
+    the heuristic), a Normal one when a version is delivered."""
+    old = _classifier_condition(body.get("status"))
+    await ctrl.write_status(POLICIES, "RoutingPolicy", body, desired)
+    new = _classifier_condition(desired)
+    if new is None or new == old:
+        return
+    st, reason, message = new
+    if st == "True" and old is not None and old[0] == "True" and old[2] == message:
+        return
+    await ctrl.api.post_event(
+        body, "Normal" if st == "True" else "Warning", str(reason), str(message)
+    )
 
 
 # Positional, as reconcile_pool calls it; each argument is one input of the pool's status.

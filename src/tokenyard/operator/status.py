@@ -36,6 +36,7 @@ from tokenyard.api.policy import RoutingPolicy
 from tokenyard.api.pool import ServingPool
 from tokenyard.operator.builders import (
     Admission,
+    ConfigMaps,
     Decision,
     Secrets,
     accelerator,
@@ -43,6 +44,7 @@ from tokenyard.operator.builders import (
     obj_generation,
     obj_name,
     obj_namespace,
+    policy_classifier,
     ray_service_name,
     secret_message,
     secret_missing,
@@ -52,6 +54,11 @@ from tokenyard.operator.plan import merge_diff
 # Not in tokenyard.api.common yet: a RayService of the pool's name that tokenyard does
 # not manage (no managed-by label); the operator leaves it alone.
 REASON_RAYSERVICE_CONFLICT = "RayServiceConflict"
+
+# A Learned classifier's delivery (only on policies with spec.classifier type Learned).
+COND_CLASSIFIER_READY = "ClassifierReady"
+REASON_CLASSIFIER_DELIVERED = "ArtifactDelivered"
+REASON_CLASSIFIER_UNAVAILABLE = "ArtifactUnavailable"
 
 # Ray Serve application states as KubeRay copies them into RayService status.
 APP_RUNNING = "RUNNING"
@@ -466,6 +473,8 @@ class PolicyContext:
     observed: ObservedRayService | None = None
     crd_missing: bool = False
     secrets: Secrets | None = None
+    configmaps: ConfigMaps | None = None
+    """ConfigMaps that Learned classifiers name (None: could not be read)."""
     traffic: Mapping[str, Any] | None = None
     """Observed traffic from the router (``traffic.traffic_fields``); None keeps the
     figures already in status (router unreachable or not running yet)."""
@@ -514,6 +523,33 @@ def _target_status(
     return out
 
 
+def _classifier_condition(
+    entry: contract.LearnedClassifierEntry | None, problem: str | None, gen: int | None
+) -> dict[str, Any]:
+    if entry is None:
+        return condition(
+            COND_CLASSIFIER_READY,
+            False,
+            REASON_CLASSIFIER_UNAVAILABLE,
+            problem or "the learned classifier is not delivered; using the heuristic",
+            gen,
+        )
+    share = (
+        f", {entry.expectedStrongShare:.0%} strong calls expected"
+        if entry.expectedStrongShare is not None
+        else ""
+    )
+    return condition(
+        COND_CLASSIFIER_READY,
+        True,
+        REASON_CLASSIFIER_DELIVERED,
+        f"learned classifier {entry.version} delivered to the router: threshold "
+        f"{entry.threshold:g} keeps {entry.keepStrongQuality:g} of the strong model's "
+        f"quality{share}",
+        gen,
+    )
+
+
 def mixed_tenant_access(policy: RoutingPolicy) -> str | None:
     """The warning for a policy that has tenant API keys but serves callers without one
     (``requireKnownTenant: false`` set explicitly); None when it does not."""
@@ -557,19 +593,36 @@ def build_policy_status(policy: RoutingPolicy, ctx: PolicyContext, *, now: str) 
     else:
         ready, reason = True, REASON_TARGETS_READY
         message = f"{summary} targets ready"
-    new = [condition(COND_READY, ready, reason, message, gen)]
+    new_conds = [condition(COND_READY, ready, reason, message, gen)]
+    old_conds = old_status.get("conditions")
     mixed = mixed_tenant_access(policy)
     if mixed is not None:
-        new.append(condition(COND_MIXED_TENANT_ACCESS, True, REASON_KEYED_AND_OPEN, mixed, gen))
-    conds = merge_conditions(old_status.get("conditions"), new, now)
+        new_conds.append(
+            condition(COND_MIXED_TENANT_ACCESS, True, REASON_KEYED_AND_OPEN, mixed, gen)
+        )
+    entry, problem = policy_classifier(policy, ctx.configmaps)
+    if policy.spec.classifier.type == "Learned":
+        new_conds.append(_classifier_condition(entry, problem, gen))
+    else:  # back to the heuristic: the Learned classifier's condition no longer applies
+        old_conds = [c for c in old_conds or [] if c.get("type") != COND_CLASSIFIER_READY]
+    conds = merge_conditions(old_conds, new_conds, now)
     if mixed is None:  # ours, and no longer true: dropped rather than left stale
         conds = [c for c in conds if c.get("type") != COND_MIXED_TENANT_ACCESS]
+    live: dict[str, Any] = {"type": "Heuristic"}
+    if entry is not None:
+        live = {
+            "type": "Learned",
+            "version": entry.version,
+            "threshold": entry.threshold,
+            "expectedStrongShare": entry.expectedStrongShare,
+        }
     out: dict[str, Any] = {
         "observedGeneration": gen,
         "conditions": conds,
         "endpoint": policy.spec.endpoint or obj_name(policy),
         "targets": targets,
         "readyTargets": summary,
+        "classifier": {k: v for k, v in live.items() if v is not None},
     }
     for k in ("requests", "fallbacks", "spendUSD"):
         if ctx.traffic and ctx.traffic.get(k) is not None:

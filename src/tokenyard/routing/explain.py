@@ -26,17 +26,20 @@ from tokenyard.api.manifests import ManifestError, Manifests, load
 from tokenyard.api.pool import AcceleratorClass
 from tokenyard.contract import (
     CatalogueEntry,
+    LearnedClassifierEntry,
     PolicyEntry,
     RouterConfig,
     catalogue_entry,
     direct_policy,
+    learned_classifier_entry,
     tenant_keys_env,
 )
 from tokenyard.routing.budget import StaticSpend, TenantSpendView
-from tokenyard.routing.classifiers import DifficultyClassifier
+from tokenyard.routing.classifiers import DifficultyClassifier, HeuristicClassifier
 from tokenyard.routing.decision import BackendState
 from tokenyard.routing.errors import RouterError, bad_request, model_not_found
 from tokenyard.routing.features import extract_features
+from tokenyard.routing.learned.policy import PolicyClassifier, build_policy_classifier
 from tokenyard.routing.policy_engine import apply_spillover, decide
 from tokenyard.routing.request import RequestKind, parse_request
 from tokenyard.routing.spillover import QueueClock
@@ -63,6 +66,7 @@ def explain_request(
     api_keys: Mapping[str, Mapping[str, str]] | None = None,
     backends: Mapping[str, BackendState] | None = None,
     classifier: DifficultyClassifier | None = None,
+    policy_classifiers: Mapping[str, PolicyClassifier] | None = None,
     rng: random.Random | None = None,
     load: QueueClock | None = None,
     live_replicas: Mapping[str, int] | None = None,
@@ -73,6 +77,9 @@ def explain_request(
     backend state (default: each catalogue entry's ``ready``, circuits closed); ``load``
     is the router's queue clock (default: none, so no spill-over) and ``live_replicas``
     the replicas Ray Serve reports running per model (default: the catalogue's count).
+    ``policy_classifiers`` are the learned classifiers the router loaded, by endpoint
+    (default: loaded here from the config's policy entries); a policy without one is
+    scored by ``classifier`` (default: the heuristic).
     """
     parsed = parse_request(body, headers, kind)
     policy = find_policy(config, parsed.model)
@@ -83,8 +90,11 @@ def explain_request(
     tenant = resolve_tenant(
         parsed.headers, spec.tenants, (api_keys or {}).get(policy.name, {}), keyed
     )
-    features = extract_features(parsed, spec, policy.endpoint, tenant, classifier=classifier)
     catalogue: dict[str, CatalogueEntry] = {m.name: m for m in config.models}
+    learned = _policy_classifier(policy, catalogue, policy_classifiers)
+    features = extract_features(
+        parsed, spec, policy.endpoint, tenant, classifier=learned or classifier
+    )
     if backends is None:
         backends = {m.name: BackendState(ready=m.ready) for m in config.models}
     decision = decide(features, spec, catalogue, backends, ledger_view, now, rng or random.Random())
@@ -100,11 +110,37 @@ def explain_request(
         )
     out = decision.to_dict()
     out["difficultySource"] = features.difficulty_source
+    if learned is not None:
+        out["classifier"] = learned.explain(parsed)
+    else:
+        builtin = classifier is None or isinstance(classifier, HeuristicClassifier)
+        out["classifier"] = {"type": "Heuristic" if builtin else type(classifier).__name__}
+        if spec.classifier.type == "Learned":
+            out["classifier"]["message"] = (
+                "spec.classifier: the learned classifier is not loaded; the heuristic scores"
+            )
     out["promptTokens"] = features.prompt_tokens
     out["maxTokens"] = features.max_tokens
     out["detected"] = {k: list(v) for k, v in features.detected.items()}
     out["policy"] = f"{policy.namespace}/{policy.name}"
     return out
+
+
+def _policy_classifier(
+    policy: PolicyEntry,
+    catalogue: Mapping[str, CatalogueEntry],
+    given: Mapping[str, PolicyClassifier] | None,
+) -> PolicyClassifier | None:
+    if given is not None:
+        return given.get(policy.endpoint)
+    if policy.classifier is None:
+        return None
+    targets = policy.policy_spec().targets
+    qualities = [catalogue[t.model].quality for t in targets if t.model in catalogue]
+    try:
+        return build_policy_classifier(policy.classifier, qualities)
+    except ValueError:
+        return None
 
 
 def _name(obj: Any) -> str:
@@ -140,11 +176,36 @@ def router_config(m: Manifests) -> RouterConfig:
             generation=None,
             spec=p.spec.dump(),
             tenantKeysEnv=tenant_keys_env(_name(p)) if p.spec.tenants.apiKeysSecretRef else None,
+            classifier=_learned_entry(m, p),
         )
         for p in m.policies
     ]
     pool = m.policies[0].spec.pool if m.policies else (_name(m.pools[0]) if m.pools else "")
     return RouterConfig(pool=pool, namespace="default", models=models, policies=policies)
+
+
+def configmap_value(m: Manifests, name: str, key: str) -> str | None:
+    """A key of a ConfigMap found among the manifests."""
+    for obj in m.others:
+        if obj.get("kind") == "ConfigMap" and (obj.get("metadata") or {}).get("name") == name:
+            value = (obj.get("data") or {}).get(key)
+            return str(value) if value is not None else None
+    return None
+
+
+def _learned_entry(m: Manifests, p: Any) -> LearnedClassifierEntry | None:
+    """A Learned policy's classifier from its ConfigMap in the manifests, if it is there
+    and valid (else the heuristic, as in the cluster)."""
+    c = p.spec.classifier
+    if c.type != "Learned" or c.artifactRef is None:
+        return None
+    text = configmap_value(m, c.artifactRef.name, c.artifactRef.key)
+    if text is None:
+        return None
+    try:
+        return learned_classifier_entry(text, c.quality_aim())
+    except ValueError:
+        return None
 
 
 def secret_value(m: Manifests, name: str, key: str) -> str | None:

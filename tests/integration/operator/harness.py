@@ -53,6 +53,7 @@ MODELS = f"{GROUP}/modeldeployments"
 POLICIES = f"{GROUP}/routingpolicies"
 RAYSERVICES = "ray.io/v1/rayservices"
 SECRETS = "v1/secrets"
+CONFIGMAPS = "v1/configmaps"
 
 _server: dict[str, str] = {}
 
@@ -97,6 +98,7 @@ def resource_of(doc: dict[str, Any]) -> str:
         "ModelDeployment": MODELS,
         "RoutingPolicy": POLICIES,
         "Secret": SECRETS,
+        "ConfigMap": CONFIGMAPS,
     }[kind]
 
 

@@ -15,6 +15,7 @@ from tests.integration.operator.harness import (
     API_CALLS,
     MODELS,
     NS_DEFAULT,
+    POLICIES,
     RAYSERVICES,
     Cluster,
     load_manifests,
@@ -41,6 +42,7 @@ AGREED: dict[tuple[str, str], set[str]] = {
     ("ray.io", "rayservices"): {"get", "create", "patch"},
     ("", "events"): {"create"},
     ("", "secrets"): {"get"},
+    ("", "configmaps"): {"get"},
     ("", "persistentvolumeclaims"): {"get", "create"},
 }
 
@@ -66,6 +68,21 @@ async def _exercise(cluster: Cluster, kmock: Any) -> set[tuple[str, str, str, st
         economy = copy.deepcopy(next(d for d in docs if d["metadata"]["name"] == "economy"))
         economy["spec"]["inCluster"]["engine"]["dtype"] = "float16"
         await cluster.apply(economy)
+        # A Learned classifier: the operator reads its ConfigMap (get) and reports it.
+        learned = copy.deepcopy(next(d for d in docs if d["kind"] == "RoutingPolicy"))
+        learned["spec"]["classifier"] = {"type": "Learned", "artifactRef": {"name": "dm"}}
+        artifact = Path(__file__).parents[2] / "unit" / "fixtures" / "difficulty-model.json"
+        cm = {"apiVersion": "v1", "kind": "ConfigMap",
+              "metadata": {"name": "dm", "namespace": learned["metadata"]["namespace"]},
+              "data": {"model.json": artifact.read_text()}}  # fmt: skip
+        await cluster.apply(cm, learned)
+        name = learned["metadata"]["name"]
+
+        def delivered() -> bool:
+            st = (cluster.get(POLICIES, "llm", name) or {}).get("status") or {}
+            return bool((st.get("classifier") or {}).get("type") == "Learned")
+
+        await cluster.eventually(delivered)
         await cluster.delete(MODELS, "llm", "frontier")
         await cluster.eventually(
             lambda: (
@@ -83,6 +100,7 @@ async def test_operator_calls_stay_within_the_agreed_permissions(
     assert ("create", "ray.io", "rayservices", "", True) in calls
     assert ("patch", "tokenyard.dev", "modeldeployments", "status", True) in calls
     assert ("create", "", "persistentvolumeclaims", "", True) in calls
+    assert ("get", "", "configmaps", "", True) in calls
     extra = sorted(
         (verb, group, _name(res, sub))
         for verb, group, res, sub, _ in calls

@@ -46,6 +46,7 @@ OPERATOR_NAMESPACED: dict[tuple[str, str], set[str]] = {
     ("ray.io", "rayservices"): {"get", "create", "patch"},
     ("", "persistentvolumeclaims"): {"get", "create"},
     ("", "secrets"): {"get"},
+    ("", "configmaps"): {"get"},
     ("", "events"): {"create"},
 }
 # kopf peering, only with operator.peering set: lists, watches and patches the object.
@@ -169,6 +170,7 @@ def test_operator_namespaced_gets_exactly_what_it_uses_per_namespace(
     assert {g.namespace for g in grants} == {"team-a", "team-b"}, "nothing cluster-scoped"
     assert not allowed(grants, "get", TY, "modeldeployments", "other-team")
     assert not allowed(grants, "get", "", "secrets", "other-team")
+    assert not allowed(grants, "get", "", "configmaps", "other-team")
     assert not allowed(grants, "create", "ray.io", "rayservices", NS)
 
 
@@ -193,8 +195,7 @@ def test_autoscaler_gets_exactly_what_it_uses(extra: list[str]) -> None:
         ("delete", TY, "modeldeployments"),
         ("create", TY, "servingpools"),
         ("create", "apiextensions.k8s.io", "customresourcedefinitions"),
-        ("create", "rbac.authorization.k8s.io", "clusterrolebindings"),
-        ("get", "", "configmaps"),
+        ("list", "", "configmaps"),  # get only: the ConfigMaps a policy names
         ("create", "apps", "deployments"),
         ("delete", "", "namespaces"),
         ("list", "", "secrets"),
@@ -215,6 +216,7 @@ def test_nothing_beyond_the_job(verb: str, group: str, resource: str) -> None:
     for sa in (OPERATOR_SA, AUTOSCALER_SA):
         assert not allowed(grants_of(docs, sa), verb, group, resource, "default"), sa
     assert not allowed(grants_of(docs, AUTOSCALER_SA), "get", "", "secrets", "default")
+    assert not allowed(grants_of(docs, AUTOSCALER_SA), "get", "", "configmaps", "default")
     assert not allowed(grants_of(docs, AUTOSCALER_SA), "patch", TY, "modeldeployments", "x")
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from tests.unit.operator.factories import NS, external_doc, model_doc, policy_doc, pool_doc
 
 from tokenyard.operator.controller import (
@@ -21,6 +24,7 @@ from tokenyard.operator.controller import (
 )
 from tokenyard.operator.kube import (
     CLAIMS,
+    CONFIGMAPS,
     MODELS,
     POLICIES,
     POOLS,
@@ -28,6 +32,7 @@ from tokenyard.operator.kube import (
     SECRETS,
     FakeKubeApi,
 )
+from tokenyard.routing.learned.model import content_version
 from tokenyard.settings import OperatorSettings
 
 T0 = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
@@ -37,7 +42,9 @@ class World:
     """A store and an API server that agree (the store is what the watches saw)."""
 
     def __init__(self, *, crd: bool = True) -> None:
-        served = {POOLS, MODELS, POLICIES, SECRETS, CLAIMS} | ({RAY_SERVICES} if crd else set())
+        served = {POOLS, MODELS, POLICIES, SECRETS, CLAIMS, CONFIGMAPS} | (
+            {RAY_SERVICES} if crd else set()
+        )
         self.api = FakeKubeApi(served=served)
         self.store = DictStore()
         self.now = T0
@@ -51,7 +58,7 @@ class World:
                 d["kind"]
             )
             if res is None:
-                self.api.put(SECRETS, d)
+                self.api.put(CONFIGMAPS if d["kind"] == "ConfigMap" else SECRETS, d)
                 continue
             self.api.put(res, d)
             group = {
@@ -495,3 +502,91 @@ async def test_a_capped_model_reaches_the_router_of_a_downgrading_pool_once() ->
     assert [c for c in w.writes() if c[1] == "rayservices"] == [
         ("patch", "rayservices", NS, "gpu-pool")
     ]
+
+
+# --------------------------------------------------------------- learned classifier
+
+ARTIFACT = (Path(__file__).parents[1] / "fixtures" / "difficulty-model.json").read_text()
+
+
+def configmap(text: str, name: str = "difficulty-model") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": NS},
+        "data": {"model.json": text},
+    }
+
+
+def learned_policy(**classifier: Any) -> dict[str, Any]:
+    doc = policy_doc("chat", ("economy", "provider"))
+    doc["spec"]["classifier"] = {
+        "type": "Learned",
+        "artifactRef": {"name": "difficulty-model"},
+        **classifier,
+    }
+    return doc
+
+
+def classifier_ready(obj: dict[str, Any]) -> tuple[str, str, str]:
+    c = next(c for c in obj["status"]["conditions"] if c["type"] == "ClassifierReady")
+    return c["status"], c["reason"], c["message"]
+
+
+def user_config(w: World) -> dict[str, Any]:
+    serve = yaml.safe_load(w.obj(RAY_SERVICES, "gpu-pool")["spec"]["serveConfigV2"])
+    (router,) = [a for a in serve["applications"] if a["name"] == "tokenyard-router"]
+    return dict(router["deployments"][0]["user_config"])
+
+
+async def test_learned_classifier_missing_configmap_keeps_the_heuristic_with_a_warning() -> None:
+    w = World()
+    w.add(pool_doc(), model_doc("economy"), external_doc(), secret(), learned_policy())
+    await w.settle()
+    pol = w.obj(POLICIES, "chat")
+    st, reason, message = classifier_ready(pol)
+    assert (st, reason) == ("False", "ArtifactUnavailable")
+    assert message.startswith("spec.classifier.artifactRef: ConfigMap 'difficulty-model' not found")
+    assert pol["status"]["classifier"] == {"type": "Heuristic"}
+    assert ready(pol) == ("True", "TargetsReady")  # the endpoint still serves
+    assert "classifier" not in user_config(w)["policies"][0]
+    warnings = [e for e in w.api.events if e[1] == "Warning"]
+    assert [(e[0], e[2]) for e in warnings] == [("chat", "ArtifactUnavailable")]
+    assert "spec.classifier.artifactRef" in warnings[0][3]
+
+
+async def test_learned_classifier_is_delivered_and_a_new_version_patches_the_router() -> None:
+    w = World()
+    w.add(pool_doc(), model_doc("economy"), external_doc(), secret(), learned_policy())
+    w.add(configmap(ARTIFACT))
+    await w.settle()
+    version = json.loads(ARTIFACT)["version"]
+    pol = w.obj(POLICIES, "chat")
+    assert classifier_ready(pol)[:2] == ("True", "ArtifactDelivered")
+    live = pol["status"]["classifier"]
+    assert (live["type"], live["version"]) == ("Learned", version)
+    entry = user_config(w)["policies"][0]["classifier"]
+    assert (entry["version"], entry["keepStrongQuality"]) == (version, 0.95)
+    assert entry["threshold"] == live["threshold"]
+    assert entry["artifact"] == ARTIFACT  # the ConfigMap's text, as it is
+    # A new artifact: the RayService is patched (Serve reconfigures the router), not
+    # recreated, and status shows the new version.
+    doc = json.loads(ARTIFACT)
+    doc["calibration"]["probability"][-1] = 0.99
+    doc["version"] = content_version(
+        {k: doc[k] for k in ("label", "features", "heads", "calibration")}
+    )
+    w.api.put(CONFIGMAPS, configmap(json.dumps(doc)))
+    creates = [c for c in w.writes() if c[0] == "create" and c[1] == "rayservices"]
+    await w.settle()
+    assert [c for c in w.writes() if c[0] == "create" and c[1] == "rayservices"] == creates
+    assert user_config(w)["policies"][0]["classifier"]["version"] == doc["version"]
+    assert w.obj(POLICIES, "chat")["status"]["classifier"]["version"] == doc["version"]
+    # Broken artifact: back to the heuristic, with the reason.
+    w.api.put(CONFIGMAPS, configmap("{not json"))
+    await w.settle()
+    st, reason, message = classifier_ready(w.obj(POLICIES, "chat"))
+    assert (st, reason) == ("False", "ArtifactUnavailable")
+    assert "key 'model.json': the artifact is not JSON" in message
+    assert "classifier" not in user_config(w)["policies"][0]
+    assert w.obj(POLICIES, "chat")["status"]["classifier"] == {"type": "Heuristic"}

@@ -404,6 +404,7 @@ def test_build_policy_status_whole() -> None:
             },
         ],
         "readyTargets": "2/3",
+        "classifier": {"type": "Heuristic"},  # new: the classifier in use
     }
 
 

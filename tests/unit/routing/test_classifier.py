@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -43,7 +44,9 @@ HARD = chat(*([CODE_TURN * 3, "Here is a first attempt at the analysis. " * 30] 
 
 
 def test_orders_trivial_below_hard() -> None:
-    ordered = [score(p) for p in (GREETING, FACT, SUMMARY, PROOF, HARD)]
+    # PROOF is short and now scores below the long SUMMARY: content patterns no longer
+    # count (they carried no evidence on labelled data, docs/routing-quality.md).
+    ordered = [score(p) for p in (GREETING, FACT, PROOF, SUMMARY, HARD)]
     assert ordered == sorted(ordered)
     assert ordered[0] < 0.2  # a greeting fits the economy tier (quality 0.3)
     assert ordered[-1] >= 0.8  # a long multi-turn code + math task needs a frontier model
@@ -64,12 +67,36 @@ def test_bounded_and_deterministic(parsed: ParsedRequest) -> None:
     [
         (chat("hello", max_tokens=4000), chat("hello", max_tokens=10)),  # output length
         (chat("hello", "hi", "hello", "hi", "hello"), chat("hello")),  # conversation depth
-        (chat("Compute the integral of x^2 from 0 to 1"), chat("Tell me about dogs today")),
-        (chat("Fix this python function: def f(x): return x +"), chat("Tell me about dogs")),
+        (chat("Tell me about dogs and cats today"), chat("Tell me about dogs")),  # length
     ],
 )
 def test_each_signal_raises_the_score(more: ParsedRequest, less: ParsedRequest) -> None:
     assert score(more) > score(less)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "Compute the integral of x^2 from 0 to 1",  # maths patterns
+        "Fix this python function: def f(x): return x +",  # code patterns
+        "Explain why, step by step, and optimize the algorithm.",  # reasoning patterns
+    ],
+)
+def test_content_patterns_do_not_move_the_score(content: str) -> None:
+    # Same length as plain prose: the same score. The earlier content patterns lowered
+    # APGR below prompt length alone on MMLU, so length decides (docs/routing-quality.md).
+    plain = ("Tell me something about dogs and cats. " * 2)[: len(content)]
+    assert score(chat(content)) == score(chat(plain))
+
+
+def test_one_turn_prompts_are_ordered_by_length_alone() -> None:
+    prompts = [chat(w * n) for n in (1, 3, 10, 40, 300, 2000, 9000) for w in ("prove ", "a ")]
+    by_length = sorted(prompts, key=lambda p: p.prompt_tokens)
+    scores = [score(p) for p in by_length]
+    assert scores == sorted(scores)
+    for a, b in itertools.pairwise(by_length):
+        if a.prompt_tokens < b.prompt_tokens <= 4096:
+            assert score(a) < score(b)
 
 
 def test_completion_requests_are_scored() -> None:

@@ -62,8 +62,11 @@ from tokenyard.operator.builders.ray_service import (
     render_pool,
 )
 from tokenyard.operator.builders.serve_config import (
+    FIELD_ARTIFACT_REF,
+    ConfigMaps,
     build_serve_config,
     model_application,
+    policy_classifier,
     policy_entry,
     router_application,
     router_config,
@@ -80,6 +83,7 @@ from tokenyard.operator.builders.validation import (
 
 __all__ = [
     "ACCEL_RESOURCE_PER_WORKER",
+    "FIELD_ARTIFACT_REF",
     "HEAD_CONTAINER",
     "HEAD_PORTS",
     "MANAGED_BY",
@@ -90,6 +94,7 @@ __all__ = [
     "WORKER_CONTAINER",
     "Admission",
     "ClassUsage",
+    "ConfigMaps",
     "Decision",
     "FieldProblem",
     "PoolRender",
@@ -116,6 +121,7 @@ __all__ = [
     "obj_namespace",
     "orphan_problems",
     "owner_references",
+    "policy_classifier",
     "policy_entry",
     "policy_semantic_problems",
     "pool_labels",

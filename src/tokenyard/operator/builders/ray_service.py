@@ -39,6 +39,7 @@ from tokenyard.operator.builders.meta import (
     secret_missing,
 )
 from tokenyard.operator.builders.serve_config import (
+    ConfigMaps,
     build_serve_config,
     router_config,
     serve_config_text,
@@ -136,12 +137,14 @@ def render_pool(
     *,
     secrets: Secrets | None = None,
     settings: OperatorSettings | None = None,
+    configmaps: ConfigMaps | None = None,
 ) -> PoolRender:
     """Render a pool's RayService and say which members got in and which did not.
 
     ``models`` and ``policies`` may hold more than the pool's members (for example a
     whole namespace); members are picked here. ``secrets`` None means "unknown":
-    every referenced Secret is assumed present.
+    every referenced Secret is assumed present. ``configmaps`` holds the ConfigMaps that
+    Learned classifiers name (None: none read, every policy gets the heuristic).
     """
     settings = settings or OperatorSettings()
     models = list(models)
@@ -155,7 +158,7 @@ def render_pool(
 
     problems = _problems(members, admission, externals, pol, secrets)
     env = secret_env_vars(externals, pol)
-    router = router_config(pool, admitted, externals, pol, secrets)
+    router = router_config(pool, admitted, externals, pol, secrets, configmaps=configmaps)
     token = settings.admin_token
     token_sha256 = (
         contract.admin_token_sha256(token.get_secret_value()) if token is not None else None

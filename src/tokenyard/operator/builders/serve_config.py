@@ -50,7 +50,42 @@ def model_application(pool: ServingPool, md: ModelDeployment) -> dict[str, Any]:
     }
 
 
-def policy_entry(policy: RoutingPolicy) -> contract.PolicyEntry:
+ConfigMaps = Mapping[str, Mapping[str, str]]
+"""ConfigMaps read in the namespace: name -> data (absent ones left out)."""
+
+FIELD_ARTIFACT_REF = "spec.classifier.artifactRef"
+
+
+def policy_classifier(
+    policy: RoutingPolicy, configmaps: ConfigMaps | None
+) -> tuple[contract.LearnedClassifierEntry | None, str | None]:
+    """(the learned classifier to deliver, why it cannot be) for a policy; (None, None)
+    for the heuristic. ``configmaps`` None: they could not be read."""
+    c = policy.spec.classifier
+    if c.type != "Learned" or c.artifactRef is None:
+        return None, None
+    ref = c.artifactRef
+    where = f"{FIELD_ARTIFACT_REF}: ConfigMap {ref.name!r}"
+    if configmaps is None:
+        return None, f"{where} could not be read; using the heuristic"
+    data = configmaps.get(ref.name)
+    if data is None:
+        return (
+            None,
+            f"{where} not found in namespace {obj_namespace(policy)!r}; using the heuristic",
+        )
+    text = data.get(ref.key)
+    if text is None:
+        return None, f"{where} has no key {ref.key!r}; using the heuristic"
+    try:
+        return contract.learned_classifier_entry(text, c.quality_aim()), None
+    except ValueError as e:
+        return None, f"{where} key {ref.key!r}: {e}; using the heuristic"
+
+
+def policy_entry(
+    policy: RoutingPolicy, configmaps: ConfigMaps | None = None
+) -> contract.PolicyEntry:
     name = obj_name(policy)
     return contract.PolicyEntry(
         name=name,
@@ -61,6 +96,7 @@ def policy_entry(policy: RoutingPolicy) -> contract.PolicyEntry:
         tenantKeysEnv=(
             contract.tenant_keys_env(name) if policy.spec.tenants.apiKeysSecretRef else None
         ),
+        classifier=policy_classifier(policy, configmaps)[0],
     )
 
 
@@ -70,6 +106,8 @@ def router_config(
     externals: Sequence[ModelDeployment],
     policies: Sequence[RoutingPolicy],
     secrets: Secrets | None,
+    *,
+    configmaps: ConfigMaps | None = None,
 ) -> contract.RouterConfig:
     """The router's user_config: its catalogue (admitted in-cluster models and external
     ones) and the pool's policies. Readiness here depends on specs and Secrets only, never
@@ -103,7 +141,7 @@ def router_config(
         pool=obj_name(pool),
         namespace=obj_namespace(pool),
         models=entries,
-        policies=[policy_entry(p) for p in policies],
+        policies=[policy_entry(p, configmaps) for p in policies],
         routerReplicas=pool.spec.router.minReplicas,
         maxRequestBytes=(
             None

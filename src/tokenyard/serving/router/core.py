@@ -356,7 +356,7 @@ class RouterCore:
         tenant = resolve_tenant(headers, pol.spec.tenants, pol.api_keys, state.keyed_tenants)
         record.tenant = tenant
         features = extract_features(
-            parsed, pol.spec, pol.endpoint, tenant, classifier=self.classifier
+            parsed, pol.spec, pol.endpoint, tenant, classifier=pol.classifier or self.classifier
         )
         record.difficulty = round(features.difficulty, 4)
         record.data_classes = sorted(features.data_classes)

@@ -206,6 +206,9 @@ async def explain(core: RouterCore, request: Request) -> Response:
                 n: BackendState(ready=core.serve.ready(e)) for n, e in state.catalogue.items()
             },
             classifier=core.classifier,
+            policy_classifiers={
+                e: p.classifier for e, p in state.policies.items() if p.classifier is not None
+            },
             load=core.load,
             live_replicas=core.live_replicas(),
         )

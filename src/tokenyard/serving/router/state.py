@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from tokenyard.api.policy import RoutingPolicySpec
 from tokenyard.contract import CatalogueEntry, PolicyEntry, RouterConfig, direct_policy
+from tokenyard.routing.learned.policy import PolicyClassifier, build_policy_classifier
 from tokenyard.routing.tenants import parse_api_keys
 from tokenyard.serving.backends import Backend, build_backends
 from tokenyard.serving.providers import ProviderClient
@@ -35,6 +36,8 @@ class EndpointPolicy:
     spec: RoutingPolicySpec
     api_keys: Mapping[str, str]
     direct: bool = False
+    classifier: PolicyClassifier | None = None
+    """The policy's learned classifier when delivered and loadable; None: the heuristic."""
     scope: str = ""
     """The endpoint whose budgets and rate limits this one spends: itself, or for a model
     called by name the endpoint of the policy that owns it, so a tenant has one budget
@@ -72,6 +75,32 @@ def _load_api_keys(entry: PolicyEntry, env: Mapping[str, str]) -> dict[str, str]
         return {}
 
 
+def _load_classifier(
+    entry: PolicyEntry,
+    catalogue: Mapping[str, CatalogueEntry],
+    previous: RouterState | None,
+) -> PolicyClassifier | None:
+    if entry.classifier is None:
+        return None
+    cache = {}
+    if previous is not None:
+        for old in (*previous.policies.values(), *previous.direct.values()):
+            if old.classifier is not None:
+                cache[old.classifier.version] = old.classifier.model
+    spec = entry.policy_spec()
+    qualities = [catalogue[t.model].quality for t in spec.targets if t.model in catalogue]
+    try:
+        return build_policy_classifier(entry.classifier, qualities, cache)
+    except ValueError as e:
+        # Keep serving with the heuristic rather than fail the whole reconfigure.
+        logger.error(
+            "learned classifier not loaded, using the heuristic: %s",
+            e,
+            extra={"policy": entry.name},
+        )
+        return None
+
+
 def build_state(
     cfg: RouterConfig,
     previous: RouterState | None,
@@ -85,7 +114,11 @@ def build_state(
     for p in cfg.policies:
         spec = p.policy_spec()
         policies[p.endpoint] = EndpointPolicy(
-            endpoint=p.endpoint, name=p.name, spec=spec, api_keys=_load_api_keys(p, env)
+            endpoint=p.endpoint,
+            name=p.name,
+            spec=spec,
+            api_keys=_load_api_keys(p, env),
+            classifier=_load_classifier(p, catalogue, previous),
         )
     # A model called by its servedModelName: routed to itself only, but under the
     # tenants, budgets, rate limits, egress and audit of the first policy that lists it
