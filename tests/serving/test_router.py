@@ -248,7 +248,7 @@ def test_routing_by_difficulty(stack: Stack) -> None:
     assert easy.usage is not None and easy.usage.completion_tokens > 0
 
 
-def test_classifier_routes_code_and_math_to_frontier(stack: Stack) -> None:
+def test_classifier_routes_long_asks_to_frontier_and_greetings_to_economy(stack: Stack) -> None:
     c = stack.client()
     prompt = (
         "Prove step by step that the integral of x^2 from 0 to 3 equals 9, then write a "
