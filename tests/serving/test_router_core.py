@@ -897,3 +897,96 @@ async def test_baseline_cost_prices_the_same_tokens_on_the_strongest_target(
     text = (await client.get("/metrics")).text
     series = 'tokenyard_baseline_cost_usd_total{baseline_target="b",endpoint="ep",tenant="default"}'
     assert f"{series} 1.5e-05" in text
+
+
+# vLLM's refusal of a prompt longer than the model's context (vllm/renderers/params.py).
+VLLM_TOO_LONG = (
+    "This model's maximum context length is {n} tokens. However, your prompt contains "
+    "{m} input tokens, which exceeds this limit even without any output tokens. "
+    "Please reduce the length of the input prompt."
+)
+
+
+def engine_too_long(n: int, m: int = 513) -> Handler:
+    body = {
+        "error": {
+            "message": VLLM_TOO_LONG.format(n=n, m=m),
+            "type": "BadRequestError",
+            "param": "input_tokens",
+            "code": 400,
+        }
+    }
+    return lambda r: httpx.Response(400, json=body)
+
+
+def context_config(lens: dict[str, int | None], **spec: Any) -> RouterConfig:
+    cfg = config(list(lens), **spec)
+    models = []
+    for name, n in lens.items():
+        m = entry(name, 1.0)
+        m.maxModelLen = n
+        models.append(m)
+    return cfg.model_copy(update={"models": models})
+
+
+async def test_context_refusal_moves_on_to_a_longer_context_target(
+    backends: Backends, make_router: Any, tmp_path: Any
+) -> None:
+    """An engine's context-length 400 is not passed through: the router skips targets no
+    longer than the one that refused and sends the request to a longer one, even when
+    retryOn does not list it."""
+    backends.handlers["a"] = engine_too_long(512)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content).get("stream"):
+            sse = chunk("ok") + b"data: [DONE]\n\n"
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=sse)
+        return httpx.Response(200, json=completion("c"))
+
+    backends.handlers["b"] = answer
+    backends.handlers["c"] = answer
+    cfg = context_config({"a": 512, "b": 512, "c": 4096}, fallback={"retryOn": ["Timeout"]})
+    _, client = make_router(cfg)
+    for stream in (False, True):
+        r = await client.post("/v1/chat/completions", json={**BODY, "stream": stream})
+        assert r.status_code == 200 and r.headers["x-tokenyard-target"] == "c"
+        line = audit_lines(tmp_path)[-1]
+        assert [(f["target"], f["reason"]) for f in line["fallbacks"]] == [
+            ("a", "ContextLength"),
+            ("b", "ContextLength"),
+        ]
+    assert backends.hits("b") == 0
+
+
+async def test_context_refusal_with_no_longer_target_is_413(
+    backends: Backends, make_router: Any
+) -> None:
+    backends.handlers["a"] = engine_too_long(512)
+    backends.handlers["b"] = engine_too_long(1024, 1030)
+    backends.handlers["c"] = lambda r: httpx.Response(200, json=completion("c"))
+    _, client = make_router(context_config({"a": 512, "b": 1024, "c": 1024}))
+    r = await client.post("/v1/chat/completions", json=BODY)
+    assert r.status_code == 413
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded" and err["type"] == "invalid_request_error"
+    assert "longest context tried: 1024 tokens, b" in err["message"]
+    assert "maximum context length 512 tokens, request 513 tokens" in err["message"]
+    assert backends.hits("c") == 0
+
+
+async def test_context_refusals_leave_the_circuit_closed(
+    backends: Backends, make_router: Any
+) -> None:
+    backends.handlers["a"] = engine_too_long(512)
+    backends.handlers["b"] = lambda r: httpx.Response(200, json=completion("b"))
+    cfg = context_config(
+        {"a": 512, "b": 4096},
+        fallback={"circuitBreaker": {"failureThreshold": 2, "cooldownSeconds": 600}},
+    )
+    _, client = make_router(cfg)
+    for _ in range(5):
+        r = await client.post("/v1/chat/completions", json=BODY)
+        assert r.status_code == 200 and r.headers["x-tokenyard-target"] == "b"
+    assert backends.hits("a") == 5  # never skipped as an open circuit
+    metrics = (await client.get("/metrics")).text
+    assert 'tokenyard_circuit_state{target="a"} 0.0' in metrics

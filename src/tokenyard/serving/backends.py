@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from tokenyard.api.policy import FailureKind
 from tokenyard.contract import MODEL_DEPLOYMENT, CatalogueEntry
@@ -24,6 +25,12 @@ from tokenyard.serving.providers import ProviderClient, ProviderError
 logger = logging.getLogger("tokenyard.router")
 
 
+AttemptKind = FailureKind | Literal["ContextLength"]
+"""A policy's failure kind, or ``ContextLength``: the target refused the request as
+longer than its context (the request's fault, never the target's; the router moves on
+to a longer-context target whatever ``retryOn`` says)."""
+
+
 class BackendFailure(Exception):
     """A target failed; ``kind`` says whether (and on what) the policy may fall back."""
 
@@ -31,7 +38,7 @@ class BackendFailure(Exception):
         self,
         message: str,
         *,
-        kind: FailureKind | None,
+        kind: AttemptKind | None,
         status: int = 502,
         body: Any = None,
         retry_after: float | None = None,
@@ -44,6 +51,10 @@ class BackendFailure(Exception):
         self.retry_after = retry_after
         self.replica_died = replica_died
         """The target's replica died under the request (Ray's actor-died error)."""
+        self.context_limit: int | None = None
+        """For ``ContextLength``: the context the target said it has, when it said so."""
+        self.context_requested: int | None = None
+        """For ``ContextLength``: the tokens the target counted, when it said so."""
 
 
 class Backend(Protocol):
@@ -82,6 +93,59 @@ def classify_exception(exc: BaseException, target: str) -> BackendFailure:
         status=status,
         replica_died=bool(names & _REPLICA_DIED),
     )
+
+
+# How engines and providers word a context-length refusal: vLLM's validation errors
+# ("This model's maximum context length is N tokens. However, your prompt contains M
+# input tokens ..." and "Input length (M) exceeds model's maximum context length (N).")
+# and OpenAI's ("... maximum context length is N tokens. However, you requested M
+# tokens ...", code ``context_length_exceeded``).
+_CONTEXT_LIMIT = (
+    re.compile(r"maximum context length is (\d+) tokens", re.IGNORECASE),
+    re.compile(r"exceeds model's maximum context length \((\d+)\)", re.IGNORECASE),
+)
+_CONTEXT_REQUESTED = (
+    re.compile(r"you requested (\d+) tokens", re.IGNORECASE),
+    re.compile(r"your prompt contains (?:at least )?(\d+) input tokens", re.IGNORECASE),
+    re.compile(r"resulted in (\d+) tokens", re.IGNORECASE),
+    re.compile(r"Input length \((\d+)\)", re.IGNORECASE),
+)
+_NOT_CONTEXT = frozenset({"Timeout", "RateLimited", "Budget", "Unavailable", "Overloaded"})
+
+
+def _first_int(patterns: tuple[re.Pattern[str], ...], text: str) -> int | None:
+    for pattern in patterns:
+        if (m := pattern.search(text)) is not None:
+            return int(m.group(1))
+    return None
+
+
+def as_context_length(failure: BackendFailure) -> BackendFailure:
+    """``failure`` as a ``ContextLength`` failure when the target refused the request as
+    longer than its context (by its error code or its wording), else unchanged.
+
+    The target's figures (its context, the tokens it counted) are kept when its message
+    gives them."""
+    if failure.kind == "ContextLength" or failure.kind in _NOT_CONTEXT:
+        return failure
+    err = failure.body.get("error") if isinstance(failure.body, dict) else None
+    err = err if isinstance(err, dict) else {}
+    message = err.get("message")
+    text = f"{message if isinstance(message, str) else ''}\n{failure}"
+    limit = _first_int(_CONTEXT_LIMIT, text)
+    if err.get("code") != "context_length_exceeded" and limit is None:
+        return failure
+    out = BackendFailure(
+        str(failure),
+        kind="ContextLength",
+        status=failure.status,
+        body=failure.body,
+        retry_after=failure.retry_after,
+        replica_died=failure.replica_died,
+    )
+    out.context_limit = limit
+    out.context_requested = _first_int(_CONTEXT_REQUESTED, text)
+    return out
 
 
 def _from_error_response(err: Any, target: str) -> BackendFailure:

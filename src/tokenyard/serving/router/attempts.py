@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from tokenyard.accounting.books import Outcome
 from tokenyard.routing.decision import Decision
-from tokenyard.routing.errors import RouterError, no_backend, timeout
+from tokenyard.routing.errors import RouterError, no_backend, prompt_too_long, timeout
 from tokenyard.routing.policy_engine import capacity_of
-from tokenyard.serving.backends import BackendFailure, classify_exception
+from tokenyard.serving.backends import BackendFailure, as_context_length, classify_exception
 from tokenyard.serving.circuit import CircuitBreakers
 from tokenyard.serving.router.state import EndpointPolicy, RouterState
 
@@ -49,6 +49,11 @@ class Attempts:
         self.out = out
         self.fb = pol.spec.fallback
         self.deadline = time.monotonic() + self.fb.totalTimeoutSeconds
+        self.refused: list[tuple[str, int | None, BackendFailure]] = []
+        """Targets that refused the request as longer than their context: (target, the
+        context it refused with, the failure), in order."""
+        self.context_blocked = False
+        """The last target tried refused on context and no longer one was tried since."""
 
     def candidates(self) -> list[tuple[str, str]]:
         return [(c.model, c.reason) for c in self.decision.targets][: self.fb.maxAttempts]
@@ -62,6 +67,8 @@ class Attempts:
         the earliest time a circuit lets a request through."""
         if time.monotonic() >= self.deadline:
             return timeout("the request timed out after all attempts")
+        if self.context_blocked:
+            return self._too_long()
         reasons = {f["reason"] for f in self.out.fallbacks}
         if last is not None and reasons == {"Timeout"}:
             return timeout("every target timed out")
@@ -75,13 +82,34 @@ class Attempts:
         msg = f"no backend could serve the request (tried: {tried})"
         return no_backend(msg, retry_after=min(waits)) if waits else no_backend(msg)
 
+    def _too_long(self) -> RouterError:
+        """413: every target long enough to try refused the request on context."""
+        longest = max(self.refused, key=lambda r: r[1] or 0)
+        target, limit, _ = longest
+        said = []
+        for name, _, f in self.refused:
+            figures = []
+            if f.context_limit is not None:
+                figures.append(f"maximum context length {f.context_limit} tokens")
+            if f.context_requested is not None:
+                figures.append(f"request {f.context_requested} tokens")
+            said.append(f"{name}: {', '.join(figures) or 'context length exceeded'}")
+        context = f"{limit} tokens" if limit is not None else "unknown"
+        return prompt_too_long(
+            f"the request is longer than every target tried accepts (longest context "
+            f"tried: {context}, {target}; {'; '.join(said)})"
+        )
+
+    def _refused_limit(self) -> int | None:
+        """The longest context that refused the request; None when none said it."""
+        limits = [limit for _, limit, _ in self.refused if limit is not None]
+        return max(limits) if limits else None
+
     @staticmethod
     def classify(exc: BaseException, target: str) -> BackendFailure:
-        if isinstance(exc, BackendFailure):
-            return exc
-        if isinstance(exc, TimeoutError):
+        if isinstance(exc, TimeoutError) and not isinstance(exc, BackendFailure):
             return BackendFailure(f"{target}: attempt timed out", kind="Timeout", status=504)
-        return classify_exception(exc, target)
+        return as_context_length(classify_exception(exc, target))
 
     def after_failure(self, target: str, failure: BackendFailure) -> bool:
         """Record a failed attempt; True when the policy lets the request move on."""
@@ -92,6 +120,19 @@ class Attempts:
             # was the last one, they go elsewhere at once (ServeStatus.replica_died).
             self.core.serve.replica_died(entry.app)
         breaker = self.breakers.get(target)
+        if failure.kind == "ContextLength":
+            # The target answered: the request was too long for it. Its circuit is not
+            # touched as a failure, and the request moves on to a longer-context target
+            # whatever retryOn says (skipping the ones no longer than this one).
+            breaker.record_success(now)
+            self.core.metrics.set_circuit(target, breaker.state(now))
+            limit = failure.context_limit
+            if limit is None and entry is not None:
+                limit = entry.maxModelLen
+            self.refused.append((target, limit, failure))
+            self.context_blocked = True
+            self.note_fallback(target, "ContextLength", str(failure))
+            return True
         if failure.kind in ("Error", "Timeout", "Unavailable", "Overloaded"):
             breaker.record_failure(now)
         elif failure.kind is None:
@@ -148,9 +189,24 @@ class Attempts:
                 self.note_fallback(target, "Unavailable", "no backend for target")
                 continue
             entry = self.state.catalogue.get(target)
+            refused = self._refused_limit()
+            if (
+                refused is not None
+                and entry is not None
+                and entry.maxModelLen is not None
+                and entry.maxModelLen <= refused
+            ):
+                self.note_fallback(
+                    target,
+                    "ContextLength",
+                    f"context {entry.maxModelLen} tokens is not longer than the "
+                    f"{refused} that refused the request",
+                )
+                continue
             if entry is not None and not self.core.serve.ready(entry):
                 self.note_fallback(target, "Unavailable", "not ready (its replica died)")
                 continue
+            self.context_blocked = False
             yield target, reason, backend, min(self.fb.perAttemptTimeoutSeconds, remaining)
 
 
