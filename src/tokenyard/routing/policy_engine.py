@@ -45,6 +45,7 @@ from tokenyard.routing.errors import (
     prompt_too_long,
 )
 from tokenyard.routing.features import RequestFeatures, spec_of
+from tokenyard.routing.request import prompt_tokens_bound
 from tokenyard.routing.spillover import Capacity, Option, QueueClock, choose
 
 RULE_STRATEGY = "Rule"
@@ -171,6 +172,22 @@ def _context_block(entry: CatalogueEntry, f: RequestFeatures) -> str | None:
     if need > entry.maxModelLen:
         return f"context too long: ~{need} tokens > maxModelLen {entry.maxModelLen}"
     return None
+
+
+def _context_uncertain(entry: CatalogueEntry, f: RequestFeatures) -> str | None:
+    """A note when the target's context lies within the prompt estimate's error: the
+    estimate fits, but the engine's count may not (the router then moves on when the
+    engine refuses, see ``serving.router.attempts``)."""
+    if entry.maxModelLen is None:
+        return None
+    out = f.max_tokens if f.max_tokens is not None else 1
+    most = prompt_tokens_bound(f.prompt_tokens) + out
+    if most <= entry.maxModelLen:
+        return None
+    return (
+        f"prompt estimate uncertain here: ~{f.prompt_tokens + out} tokens estimated, up "
+        f"to {most} by the estimate's error, maxModelLen {entry.maxModelLen}"
+    )
 
 
 def _state(backends: Mapping[str, BackendState], name: str) -> BackendState:
@@ -315,6 +332,8 @@ def _available(
             waits.append(st.retry_after if st.retry_after is not None else DEFAULT_RETRY_AFTER_S)
         else:
             reason = c.reason + ("; circuit half-open: probe" if st.half_open else "")
+            if (note := _context_uncertain(catalogue[c.model], f)) is not None:
+                reason = f"{reason}; {note}" if reason else note
             targets.append(Candidate(c.model, reason))
     if not targets:
         raise no_backend(

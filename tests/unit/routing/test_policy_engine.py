@@ -285,6 +285,19 @@ def test_context_length_skips_short_models() -> None:
     assert reasons(d) == {"economy": "context too long: ~1100 tokens > maxModelLen 1024"}
 
 
+def test_context_within_the_estimates_error_is_noted_without_reordering() -> None:
+    """~310 tokens fit economy's 1024 by the estimate, but a tokenizer may count up to
+    4 x 300 + 10: the order stays, and explain says the estimate is uncertain there."""
+    d = run(feat(0.1, prompt_tokens=300, max_tokens=10))
+    assert d.models == ["economy", "standard", "frontier"]
+    why = {c.model: c.reason for c in d.targets}
+    assert why["economy"].endswith(
+        "prompt estimate uncertain here: ~310 tokens estimated, up to 1210 by the "
+        "estimate's error, maxModelLen 1024"
+    )
+    assert "uncertain" not in why["standard"] and "uncertain" not in why["frontier"]
+
+
 def test_context_length_413_when_every_allowed_target_is_too_short() -> None:
     with pytest.raises(RouterError) as exc:
         run(feat(0.1, classes=("pii",), prompt_tokens=9000))
