@@ -30,6 +30,7 @@ OPERATOR_USES = [
     *[(v, "ray.io", "rayservices", "") for v in ("get", "create", "patch")],
     *[(v, "", "persistentvolumeclaims", "") for v in ("get", "create")],
     ("get", "", "secrets", ""),
+    ("get", "", "configmaps", ""),  # a Learned classifier's artifact
     ("create", "", "events", ""),
 ]
 # What the operator does not do, so the chart no longer grants it.
@@ -46,6 +47,7 @@ OPERATOR_UNUSED = [
     ("delete", "ray.io", "rayservices", ""),
     ("list", "ray.io", "rayservices", ""),
     ("list", "", "secrets", ""),
+    ("list", "", "configmaps", ""),
     ("patch", "", "events", ""),
     ("list", "", "namespaces", ""),
     ("patch", "kopf.dev", "clusterkopfpeerings", ""),
