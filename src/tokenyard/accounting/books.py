@@ -18,6 +18,7 @@ from tokenyard.accounting.audit import AuditLog, AuditRecord
 from tokenyard.accounting.ledger_actor import LedgerClient
 from tokenyard.accounting.metrics import RouterMetrics
 from tokenyard.api.policy import RoutingPolicySpec
+from tokenyard.routing.budget import budget_for
 
 logger = logging.getLogger("tokenyard.router")
 
@@ -161,9 +162,7 @@ class Books:
     def _update_budget_gauge(
         self, pol: Endpoint, tenant: str, now: float, key: str | None = None
     ) -> None:
-        budget = next((b for b in pol.spec.budgets if b.tenant == tenant), None) or next(
-            (b for b in pol.spec.budgets if b.tenant == "*"), None
-        )
+        budget = budget_for(pol.spec.budgets, tenant)
         if budget is None:
             return
         spent = self.ledger.spend(key or tenant, pol.scope, budget.window, now)
