@@ -24,9 +24,10 @@ pytest.importorskip("ray.serve", reason="needs the serving extra (ray[serve])")
 from starlette.applications import Starlette
 from starlette.routing import Route
 from tests.serving.fuzz import case
+from tests.unit.accounting.inline_actor import InlineHandle
 
 from tokenyard.accounting.audit import AuditLog
-from tokenyard.accounting.ledger_actor import LedgerClient
+from tokenyard.accounting.ledger_actor import LedgerActor, LedgerClient
 from tokenyard.api.policy import RoutingPolicySpec
 from tokenyard.contract import (
     CatalogueEntry,
@@ -355,47 +356,11 @@ async def test_budget_holds_under_32_concurrent_clients(
     assert core.ledger.reservations() == 0
 
 
-class _Done:
-    """A finished Ray ObjectRef stand-in."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __await__(self) -> Any:
-        return self.value
-        yield  # makes this a generator function
-
-
-class _Method:
-    def __init__(self, fn: Any) -> None:
-        self._fn = fn
-
-    def remote(self, *args: Any) -> _Done:
-        coro = self._fn(*args)  # the ledger actor's methods never suspend
-        try:
-            coro.send(None)
-        except StopIteration as done:
-            return _Done(done.value)
-        raise AssertionError("actor method suspended")
-
-
-class ActorHandle:
-    """The pool's ledger actor, in process: a Ray actor handle stand-in."""
-
-    def __init__(self) -> None:
-        from tokenyard.accounting.ledger_actor import LedgerActor
-
-        self._actor = LedgerActor(None)
-
-    def __getattr__(self, name: str) -> _Method:
-        return _Method(getattr(self._actor, name))
-
-
 async def test_budget_holds_across_two_router_replicas(
     provider: Provider, make_router: Make
 ) -> None:
     provider.delay = 0.3
-    actor = ActorHandle()
+    actor = InlineHandle(LedgerActor(None))
     routers = [make_router(budget_config(10), ledger=LedgerClient(actor)) for _ in range(2)]
     body = {**CHAT, "max_tokens": 2}
     statuses = await asyncio.gather(

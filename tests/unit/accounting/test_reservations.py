@@ -9,41 +9,11 @@ import pytest
 
 pytest.importorskip("ray", reason="the ledger actor module needs ray")
 
+from tests.unit.accounting.inline_actor import InlineHandle
+
 from tokenyard.accounting.ledger_actor import HOLD_TTL_S, LedgerActor, LedgerClient
 
 T0 = 1_700_000_000.0
-
-
-class _Done:
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __await__(self) -> Any:
-        return self.value
-        yield  # makes this a generator function
-
-
-class _Method:
-    def __init__(self, fn: Any) -> None:
-        self._fn = fn
-
-    def remote(self, *args: Any) -> _Done:
-        coro = self._fn(*args)  # the actor's methods never suspend: run them now
-        try:
-            coro.send(None)
-        except StopIteration as done:
-            return _Done(done.value)
-        raise AssertionError("actor method suspended")
-
-
-class Handle:
-    """A Ray actor handle stand-in over a plain LedgerActor."""
-
-    def __init__(self, actor: Any) -> None:
-        self._actor = actor
-
-    def __getattr__(self, name: str) -> _Method:
-        return _Method(getattr(self._actor, name))
 
 
 def test_a_reservation_counts_until_released() -> None:
@@ -63,7 +33,7 @@ def test_a_reservation_counts_until_released() -> None:
 
 async def test_replicas_see_each_others_reservations() -> None:
     actor = LedgerActor(None)
-    handle = Handle(actor)
+    handle = InlineHandle(actor)
     one, two = LedgerClient(handle), LedgerClient(handle)
     rid = one.reserve("t", "ep", 0.5)
     await one.refresh()  # sends one's holds
@@ -82,7 +52,7 @@ async def test_replicas_see_each_others_reservations() -> None:
 async def test_a_dead_replicas_holds_expire() -> None:
     clock = [100.0]
     actor = LedgerActor(None, clock=lambda: clock[0])
-    one, two = LedgerClient(Handle(actor)), LedgerClient(Handle(actor))
+    one, two = LedgerClient(InlineHandle(actor)), LedgerClient(InlineHandle(actor))
     one.reserve("t", "ep", 0.5)
     await one.refresh()
     await two.refresh()
@@ -99,7 +69,7 @@ async def test_an_old_actor_without_holds_keeps_reservations_per_replica() -> No
                 raise AttributeError(name)
             return super().__getattribute__(name)
 
-    client = LedgerClient(Handle(OldActor(None)))
+    client = LedgerClient(InlineHandle(OldActor(None)))
     client.reserve("t", "ep", 0.5)
     await client.refresh()
     assert client.spend("t", "ep", "24h", T0) == 0.5

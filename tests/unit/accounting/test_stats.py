@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.unit.accounting.inline_actor import InlineHandle, Method
 
 from tokenyard.accounting.ledger import (
     TRAFFIC_BUCKET_S,
@@ -147,47 +148,11 @@ def test_garbled_traffic_resets_counters_but_keeps_spend(traffic: Any) -> None:
     assert restored.traffic_endpoints() == []
 
 
-class _Done:
-    """An already-finished Ray ObjectRef stand-in: awaiting it gives the value."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __await__(self) -> Any:
-        return self.value
-        yield  # makes this a generator function
-
-
-class _Method:
-    def __init__(self, fn: Any) -> None:
-        self._fn = fn
-
-    def remote(self, *args: Any) -> _Done:
-        # The actor methods never suspend: run them to completion now, in call order,
-        # as Ray runs one caller's actor calls in submission order.
-        coro = self._fn(*args)
-        try:
-            coro.send(None)
-        except StopIteration as done:
-            return _Done(done.value)
-        raise AssertionError("actor method suspended")
-
-
-class _Handle:
-    """A Ray actor handle stand-in over a plain LedgerActor instance."""
-
-    def __init__(self, actor: Any) -> None:
-        self._actor = actor
-
-    def __getattr__(self, name: str) -> _Method:
-        return _Method(getattr(self._actor, name))
-
-
 async def test_two_replicas_add_up_in_the_shared_actor() -> None:
     pytest.importorskip("ray", reason="the ledger actor module needs ray")
     from tokenyard.accounting.ledger_actor import LedgerActor, LedgerClient
 
-    actor = _Handle(LedgerActor(None))
+    actor = InlineHandle(LedgerActor(None))
     one, two = LedgerClient(actor), LedgerClient(actor)
     one.record_traffic(endpoint="chat", target="a", fallbacks=0, now=T0)
     one.record_traffic(endpoint="chat", target="b", fallbacks=1, now=T0 + 1)
@@ -231,10 +196,10 @@ async def test_a_refresh_keeps_a_batch_the_actor_runs_late() -> None:
     pytest.importorskip("ray", reason="the ledger actor module needs ray")
     from tokenyard.accounting.ledger_actor import LedgerActor, LedgerClient
 
-    class LateHandle(_Handle):
+    class LateHandle(InlineHandle):
         def __getattr__(self, name: str) -> Any:
             fn = getattr(self._actor, name)
-            return _LateMethod(fn) if name.startswith("record") else _Method(fn)
+            return _LateMethod(fn) if name.startswith("record") else Method(fn)
 
     actor = LedgerActor(None)
     client = LedgerClient(LateHandle(actor))
@@ -248,7 +213,7 @@ async def test_a_refresh_keeps_a_batch_the_actor_runs_late() -> None:
     # Both batches are in the mirror and in the actor: a budget check right after the
     # refresh sees all the spend.
     assert client.mirror.spend("t", "chat", "24h", T0) == 0.75
-    _, snap = await _Method(actor.snapshot).remote()
+    _, snap = await Method(actor.snapshot).remote()
     assert snap["traffic"]["chat"]["requests"] == 1
 
 
@@ -259,8 +224,8 @@ async def test_a_ledger_actor_without_traffic_keeps_spend_flowing() -> None:
     class OldActor(LedgerActor):
         record_traffic = None  # type: ignore[assignment]
 
-    class OldHandle(_Handle):
-        def __getattr__(self, name: str) -> _Method:
+    class OldHandle(InlineHandle):
+        def __getattr__(self, name: str) -> Method:
             if name == "record_traffic":
                 raise AttributeError(name)  # as a Ray handle of an older class does
             return super().__getattr__(name)
