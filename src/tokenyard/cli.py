@@ -190,7 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_lazy("tokenyard.routing.quality.evaluate"))
 
     s = sub.add_parser("train-router", help="train a learned difficulty classifier artifact")
-    s.add_argument("--data", action="append", required=True, help="labelled CSV (repeatable)")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", action="append", help="labelled CSV (repeatable)")
+    src.add_argument(
+        "--from-state",
+        metavar="DIR",
+        default=None,
+        help="the pool's state directory (or its learning-NS-POOL folder): captured prompts "
+        "joined with their feedback, inverse-propensity weighted",
+    )
+    s.add_argument(
+        "--endpoint", default=None, help="with --from-state: only this endpoint's prompts"
+    )
     s.add_argument("--out", required=True, help="artifact path (JSON, under 1 MiB)")
     s.add_argument("--c", type=float, default=1.0, help="inverse L2 regularisation strength")
     s.add_argument("--seed", type=int, default=0)

@@ -63,6 +63,16 @@ class AuditRecord:
     """The target the policy chose first when spill-over sent the request elsewhere."""
     capacity_downgrade: bool = False
     """True when that elsewhere was a weaker model (spillover.downgradeWhenCapped)."""
+    classifier: str | None = None
+    """The classifier that scored the request: ``heuristic`` or a Learned artifact's
+    version."""
+    chosen_target: str | None = None
+    """The target the policy put first, before exploration (spec.learning.exploration)."""
+    explored: bool = False
+    """True when exploration sent the request first to another allowed target."""
+    propensity: float | None = None
+    """Probability that ``target`` was put first (1 without exploration); None when a
+    fallback served."""
     prompt: str | None = None
 
     def to_json(self) -> str:

@@ -12,9 +12,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from tokenyard.accounting.audit import AuditLog, AuditRecord
+from tokenyard.accounting.learning import DecisionNote, LearningStore
 from tokenyard.accounting.ledger_actor import LedgerClient
 from tokenyard.accounting.metrics import RouterMetrics
 from tokenyard.api.policy import RoutingPolicySpec
@@ -63,6 +64,13 @@ class Outcome:
     reservation: int | None = None
     """The budget reservation admission took (:meth:`LedgerClient.reserve`), released
     when the real cost is recorded."""
+    first: str | None = None
+    """The target tried first (after exploration)."""
+    first_probabilities: dict[str, float] = field(default_factory=dict)
+    """Probability of each target being tried first (:mod:`tokenyard.routing.exploration`)."""
+    capture: dict[str, Any] | None = None
+    """The request's prompt and decision when it was sampled for capture
+    (spec.learning.capture); written with its outcome once answered."""
 
 
 class Books:
@@ -74,10 +82,12 @@ class Books:
         metrics: RouterMetrics,
         audit: AuditLog,
         clock: Callable[[], float],
+        learning: LearningStore | None = None,
     ) -> None:
         self.ledger = ledger
         self.metrics = metrics
         self.audit = audit
+        self.learning = learning or LearningStore(None)
         self._clock = clock
         self._tenant_labels: set[str] = set()
 
@@ -99,6 +109,10 @@ class Books:
         record.baseline_cost_usd = round(out.baseline_cost, 10)
         if out.error and not record.error:
             record.error = out.error
+        if out.target is not None and out.first_probabilities:
+            record.propensity = (
+                out.first_probabilities.get(out.target) if out.target == out.first else None
+            )
         # Settle: the real cost replaces the reservation in one step (no await between).
         self.ledger.release(out.reservation)
         out.reservation = None
@@ -108,6 +122,33 @@ class Books:
             logger.exception("accounting failed", extra={"request_id": record.request_id})
         if pol is None or pol.spec.audit.enabled:
             self.audit.write(record)
+        if pol is not None and out.status == 200 and out.target is not None:
+            try:
+                self._learn(record, pol, out, now)
+            except Exception:
+                logger.exception("learning store failed", extra={"request_id": record.request_id})
+
+    def _learn(self, record: AuditRecord, pol: Endpoint, out: Outcome, now: float) -> None:
+        """Keep an answered request for feedback and, when sampled, its captured prompt."""
+        note = DecisionNote(
+            request_id=record.request_id,
+            time=record.time,
+            tenant=record.tenant,
+            endpoint=pol.endpoint,
+            target=out.target or "",
+            chosen=record.chosen_target,
+            explored=record.explored,
+            propensity=record.propensity,
+            difficulty=record.difficulty,
+            classifier=record.classifier or "heuristic",
+        )
+        self.learning.note_decision(note)
+        if out.capture is not None:
+            self.learning.capture(
+                {**note.to_dict(), "baseline_target": out.baseline_target, **out.capture},
+                pol.endpoint,
+                now,
+            )
 
     # Positional, as finish calls it; each argument is one part of the finished request.
     def _record(

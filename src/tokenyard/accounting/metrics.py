@@ -122,6 +122,34 @@ class RouterMetrics:
             registry=r,
         )
 
+        self.feedback = Counter(
+            "tokenyard_feedback",
+            "Ratings received at POST /v1/tokenyard/feedback, by the endpoint, the target "
+            "that answered, whether exploration chose it and the classifier that scored it.",
+            ["endpoint", "target", "explored", "classifier"],
+            registry=r,
+        )
+        self.feedback_score = Counter(
+            "tokenyard_feedback_score",
+            "Sum of the scores (0 bad to 1 good) of those ratings; divided by "
+            "tokenyard_feedback_total it is the mean score of a target.",
+            ["endpoint", "target", "explored", "classifier"],
+            registry=r,
+        )
+        self.explorations = Counter(
+            "tokenyard_explorations",
+            "Requests sent first to another allowed target than the policy's choice "
+            "(spec.learning.exploration).",
+            ["endpoint", "from_target", "to_target"],
+            registry=r,
+        )
+        self.captures = Counter(
+            "tokenyard_captures",
+            "Prompts kept for training (spec.learning.capture), by endpoint.",
+            ["endpoint"],
+            registry=r,
+        )
+
     def set_circuit(self, target: str, state: str) -> None:
         self.circuit_state.labels(target=target).set(CIRCUIT_STATE_VALUE.get(state, 0.0))
 

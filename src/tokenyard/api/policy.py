@@ -311,6 +311,58 @@ class AuditSpec(ApiModel):
     """includePrompts adds prompt text to audit lines (off by default)."""
 
 
+RETENTION = r"^[1-9][0-9]{0,3}(h|d)$"
+
+
+class CaptureSpec(ApiModel):
+    """Keeps a sample of prompts with their routing decision for training the classifier."""
+
+    sampleRate: float = Field(default=0.1, gt=0, le=1)
+    """sampleRate is the share of answered requests whose prompt and routing decision are
+    kept (0.1: one in ten), drawn at random per request."""
+    retention: str = Field(default="7d", pattern=RETENTION)
+    """retention is how long captured prompts are kept, such as 48h or 30d (at most
+    9999h or 9999d): older records are deleted from the pool's state volume."""
+    dataClasses: list[DataClass] | None = Field(
+        default=None, max_length=32, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """dataClasses are the data classes a request may carry and still be captured: a
+    request with any other class (declared in the data-class header or found by a
+    detector), or one that could not be scanned, is never captured. Unset: the classes
+    spec.egress.allowedExternalDataClasses lets leave the cluster (public by default),
+    so data the policy keeps in the cluster is not kept for training either."""
+
+    def capturable(self, egress: EgressSpec) -> frozenset[str]:
+        """dataClasses, or its default."""
+        if self.dataClasses is not None:
+            return frozenset(self.dataClasses)
+        return frozenset(egress.allowedExternalDataClasses)
+
+
+class ExplorationSpec(ApiModel):
+    """Sends a small share of requests to another allowed target than the chosen one."""
+
+    share: float = Field(default=0.05, gt=0, le=0.5)
+    """share of requests (at most 0.5) sent first to another target than the one the policy
+    chose, drawn uniformly among the other targets the decision already allows (egress,
+    context, budget, availability and fallback.maxAttempts are applied first); the chosen
+    target stays next, as a fallback. The probability of the target that served is recorded
+    in the audit line and the capture record, so training can correct for it. Never for
+    a request whose budget forced a downgrade or that spill-over moved."""
+
+
+class LearningSpec(ApiModel):
+    """How the endpoint learns from its own traffic (feedback is always accepted)."""
+
+    capture: CaptureSpec | None = None
+    """capture keeps a sample of prompts with their routing decision, only in the pool's
+    own state volume, for tokenyard train-router --from-state. Unset: no prompt is
+    kept."""
+    exploration: ExplorationSpec | None = None
+    """exploration sends a small share of requests to another allowed target, so feedback
+    tells what each target would have done. Unset: never."""
+
+
 class RoutingPolicySpec(ApiModel):
     """RoutingPolicySpec describes a virtual model and how its requests are routed."""
 
@@ -358,6 +410,9 @@ class RoutingPolicySpec(ApiModel):
     """egress says which data classes may reach external targets."""
     audit: AuditSpec = Field(default_factory=AuditSpec)
     """audit configures the per-request audit log."""
+    learning: LearningSpec = Field(default_factory=LearningSpec)
+    """learning configures prompt capture and exploration for training the classifier
+    from this endpoint's own traffic and feedback (POST /v1/tokenyard/feedback)."""
 
     @model_validator(mode="after")
     def _cel(self) -> Self:

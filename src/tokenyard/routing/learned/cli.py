@@ -1,4 +1,5 @@
-"""``tokenyard train-router``: train a difficulty model on labelled CSVs, write the artifact.
+"""``tokenyard train-router``: train a difficulty model on labelled CSVs (or the pool's own
+captured prompts and feedback, ``--from-state``), write the artifact.
 
 Reads the CSVs with :mod:`tokenyard.routing.quality.data` (the router's own request
 parsing), trains with :func:`.train.fit` and writes the JSON artifact, optionally
@@ -14,33 +15,61 @@ from pathlib import Path
 import yaml
 
 from tokenyard.routing.learned.model import ARTIFACT_KEY, ArtifactError
+from tokenyard.routing.learned.state_files import FEEDBACK_FILE
 from tokenyard.routing.quality.data import DataError, load_all, merge
 
 
+def state_root(path: Path) -> Path:
+    """The learning directory of ``--from-state``: the path itself when it holds the
+    feedback journal, else its only ``learning-*`` folder."""
+    if (path / FEEDBACK_FILE).exists():
+        return path
+    found = sorted(p for p in path.glob("learning-*") if p.is_dir())
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ValueError(f"{path}: no feedback journal ({FEEDBACK_FILE}) or learning-* folder")
+    names = ", ".join(p.name for p in found)
+    raise ValueError(f"{path}: several pools ({names}); name one of them")
+
+
 def main(args: argparse.Namespace) -> int:
+    from tokenyard.routing.learned.from_state import load_state
     from tokenyard.routing.learned.train import fit
 
     if not args.c > 0:
         print("train-router: --c must be > 0", file=sys.stderr)
         return 2
     try:
-        sets = load_all(args.data)
-        pool = merge(sets, "+".join(s.name for s in sets))
-        model = fit(
-            [p.parsed for p in pool.prompts],
-            pool.weak,
-            pool.strong,
-            c=args.c,
-            seed=args.seed,
-            training={"data": [s.summary() for s in sets]},
-        )
+        if getattr(args, "from_state", None):
+            ts = load_state(state_root(Path(args.from_state)), getattr(args, "endpoint", None))
+            model = fit(
+                ts.parsed,
+                ts.weak,
+                ts.strong,
+                c=args.c,
+                seed=args.seed,
+                training={"data": [ts.summary]},
+                weights=ts.weights,
+            )
+            count = len(ts.parsed)
+        else:
+            sets = load_all(args.data)
+            pool = merge(sets, "+".join(s.name for s in sets))
+            model = fit(
+                [p.parsed for p in pool.prompts],
+                pool.weak,
+                pool.strong,
+                c=args.c,
+                seed=args.seed,
+                training={"data": [s.summary() for s in sets]},
+            )
+            count = len(pool.prompts)
         size = model.save(args.out)
     except (DataError, ArtifactError, OSError, ValueError) as e:
         print(f"train-router: {e}", file=sys.stderr)
         return 1
-    print(
-        f"wrote {args.out}: version {model.version}, {size:,} bytes, {len(pool.prompts):,} prompts"
-    )
+    print(f"wrote {args.out}: version {model.version}, {size:,} bytes, {count:,} prompts")
     point = model.threshold_for_quality(0.95)
     if point is not None:
         print(

@@ -59,19 +59,44 @@ def labels(weak: FloatArray, strong: FloatArray) -> tuple[FloatArray, FloatArray
     return np.clip(strong - weak, 0.0, 1.0), np.clip(weak - strong, 0.0, 1.0)
 
 
-def _fit_lr(x: Any, y: FloatArray, c: float, seed: int) -> Any:
+class _Constant:
+    """A fitted-regression stand-in for a label that never varies (from-state training
+    where the strong target was never rated worse): the same probability everywhere."""
+
+    def __init__(self, p: float, n_features: int) -> None:
+        p = min(max(p, 1e-4), 1 - 1e-4)
+        self.coef_ = np.zeros((1, n_features))
+        self.intercept_ = np.array([np.log(p / (1 - p))])
+
+    def predict_proba(self, x: Any) -> FloatArray:
+        p = 1 / (1 + np.exp(-self.intercept_[0]))
+        return np.tile([1 - p, p], (x.shape[0], 1))
+
+
+def _fit_lr(
+    x: Any,
+    y: FloatArray,
+    c: float,
+    seed: int,
+    weights: FloatArray | None = None,
+    *,
+    constant_ok: bool = False,
+) -> Any:
     from scipy import sparse
     from sklearn.linear_model import LogisticRegression
 
+    base = np.ones(y.size) if weights is None else np.asarray(weights, np.float64)
     hard = np.isin(y, (0.0, 1.0))
     if not hard.all():  # soft labels: one row per class, weighted by the label
         soft = ~hard
         x = sparse.vstack([x[hard], x[soft], x[soft]]).tocsr()
-        w = np.concatenate([np.ones(hard.sum()), y[soft], 1 - y[soft]])
+        w = np.concatenate([base[hard], base[soft] * y[soft], base[soft] * (1 - y[soft])])
         y = np.concatenate([y[hard], np.ones(soft.sum()), np.zeros(soft.sum())])
     else:
-        w = np.ones(y.size)
+        w = base
     if np.unique(y).size < 2:
+        if constant_ok:
+            return _Constant(float(np.average(y, weights=w)), x.shape[1])
         raise ValueError(
             "training needs prompts where the strong model did better than the weak one, "
             "where it did worse, and where it did neither"
@@ -94,30 +119,51 @@ def _folds(n: int, k: int, seed: int) -> list[npt.NDArray[np.int64]]:
 class _Heads:
     """The two fitted regressions; ``predict`` gives the raw expected gain."""
 
-    def __init__(self, x: Any, weak: FloatArray, strong: FloatArray, c: float, seed: int):
+    def __init__(  # noqa: PLR0917
+        self,
+        x: Any,
+        weak: FloatArray,
+        strong: FloatArray,
+        c: float,
+        seed: int,
+        weights: FloatArray | None = None,
+    ):
         better, worse = labels(weak, strong)
-        self.better = _fit_lr(x, better, c, seed)
-        self.worse = _fit_lr(x, worse, c, seed)
+        ok = weights is not None  # from-state training: one side may never vary
+        self.better = _fit_lr(x, better, c, seed, weights, constant_ok=ok)
+        self.worse = _fit_lr(x, worse, c, seed, weights, constant_ok=ok)
 
     def predict(self, x: Any) -> FloatArray:
         return _predict(self.better, x) - _predict(self.worse, x)
 
 
 def _raw_oof(
-    x: Any, weak: FloatArray, strong: FloatArray, *, k: int, c: float, seed: int
+    x: Any,
+    weak: FloatArray,
+    strong: FloatArray,
+    *,
+    k: int,
+    c: float,
+    seed: int,
+    weights: FloatArray | None = None,
 ) -> FloatArray:
     """Out-of-fold raw gains (each prompt scored by models that did not see it)."""
     out = np.zeros(weak.size)
     for test in _folds(weak.size, k, seed):
         train = np.setdiff1d(np.arange(weak.size), test)
-        out[test] = _Heads(x[train], weak[train], strong[train], c, seed).predict(x[test])
+        w = None if weights is None else weights[train]
+        out[test] = _Heads(x[train], weak[train], strong[train], c, seed, w).predict(x[test])
     return out
 
 
-def _calibration(raw: FloatArray, y: FloatArray, points: int = 32) -> tuple[FloatArray, FloatArray]:
+def _calibration(
+    raw: FloatArray, y: FloatArray, points: int = 32, weights: FloatArray | None = None
+) -> tuple[FloatArray, FloatArray]:
     from sklearn.isotonic import IsotonicRegression
 
-    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, y)
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
+        raw, y, sample_weight=weights
+    )
     xs = np.unique(np.quantile(raw, np.linspace(0, 1, points)))
     if xs.size < 2:
         xs = np.array([0.0, 1.0])
@@ -170,20 +216,28 @@ def fit(
     seed: int = 0,
     calibrate: bool = True,
     training: dict[str, Any] | None = None,
+    weights: FloatArray | None = None,
 ) -> DifficultyModel:
-    """Train a :class:`DifficultyModel` on labelled prompts."""
+    """Train a :class:`DifficultyModel` on labelled prompts.
+
+    ``weights`` weight each prompt in the regressions and the calibration (from-state
+    training: the inverse of the probability that the target which answered was chosen,
+    :mod:`.from_state`); with them, an outcome that never varies gives a constant head
+    instead of an error."""
     import sklearn
 
     featurizer = Featurizer(settings)
     x = design_matrix(featurizer, parsed)
     weak = np.asarray(weak, np.float64)
     strong = np.asarray(strong, np.float64)
-    heads = _Heads(x, weak, strong, c, seed)
+    if weights is not None:
+        weights = np.asarray(weights, np.float64)
+    heads = _Heads(x, weak, strong, c, seed, weights)
     dim = featurizer.settings.dim
     if calibrate and weak.size >= 10 * CALIBRATION_FOLDS:
-        oof = _raw_oof(x, weak, strong, k=CALIBRATION_FOLDS, c=c, seed=seed)
+        oof = _raw_oof(x, weak, strong, k=CALIBRATION_FOLDS, c=c, seed=seed, weights=weights)
         # The score is (1 + expected gain) / 2, the gain fitted on held-out prompts.
-        cal_x, cal_y = _calibration(oof, (1 + strong - weak) / 2)
+        cal_x, cal_y = _calibration(oof, (1 + strong - weak) / 2, weights=weights)
         table = _quality_table(np.interp(oof, cal_x, cal_y), weak, strong)
     else:
         cal_x, cal_y, table = np.array([-1.0, 1.0]), np.array([0.0, 1.0]), ()

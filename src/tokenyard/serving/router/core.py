@@ -20,12 +20,15 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from tokenyard.accounting.audit import AuditLog, AuditRecord
 from tokenyard.accounting.books import Books, Outcome
+from tokenyard.accounting.learning import LearningStore
 from tokenyard.accounting.ledger_actor import LedgerClient
 from tokenyard.accounting.metrics import RouterMetrics
 from tokenyard.accounting.ratelimit import RateLimiter
@@ -40,7 +43,9 @@ from tokenyard.routing.errors import (
     model_not_found,
     no_backend,
 )
-from tokenyard.routing.features import extract_features
+from tokenyard.routing.exploration import Exploration, explore
+from tokenyard.routing.features import RequestFeatures, extract_features
+from tokenyard.routing.learned.state_files import learning_dir
 from tokenyard.routing.policy_engine import apply_spillover, decide
 from tokenyard.routing.request import ParsedRequest, RequestKind, lower_headers, parse_request
 from tokenyard.routing.spillover import QueueClock
@@ -64,6 +69,19 @@ RESERVATION_MARGIN_S = 60.0
 # so that the ledger (about 1.5 KB a tenant, kept for the budget windows) stays bounded.
 MAX_BUDGET_TENANTS = 10_000
 OVERFLOW_TENANT = "_other"  # never a tenant name (those start with a letter or digit)
+RETENTION_UNIT_S = {"h": 3600.0, "d": 86400.0}
+
+
+def state_dir_of(args: RouterAppArgs) -> Path | None:
+    """The pool's state directory: where its ledger (else its audit file) lives; None
+    when the router keeps neither on disk."""
+    path = args.ledgerPath or args.auditPath
+    return Path(path).expanduser().parent if path else None
+
+
+def retention_seconds(retention: str) -> float:
+    """spec.learning.capture.retention (``48h``, ``30d``) in seconds."""
+    return float(retention[:-1]) * RETENTION_UNIT_S[retention[-1]]
 
 
 def budget_tenant(ledger: LedgerClient, tenant: str, scope: str) -> str:
@@ -99,6 +117,7 @@ class RouterCore:
         provider: ProviderClient | None = None,
         metrics: RouterMetrics | None = None,
         audit: AuditLog | None = None,
+        learning: LearningStore | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         env: Mapping[str, str] | None = None,
@@ -119,7 +138,15 @@ class RouterCore:
         self.metrics = metrics or RouterMetrics()
         self.audit = audit or AuditLog(args.auditPath)
         self.clock = clock
-        self.books = Books(self.ledger, self.metrics, self.audit, clock)
+        if learning is None:
+            state_dir = state_dir_of(args)
+            learning = LearningStore(
+                learning_dir(state_dir, args.namespace, args.pool) if state_dir else None
+            )
+        self.learning = learning
+        """Decisions, feedback and captured prompts, on the pool's state volume."""
+        self.books = Books(self.ledger, self.metrics, self.audit, clock, learning)
+        self._retention: dict[str, float] = {}
         self.serve = ServeStatus(app_name)
         self.classifier = HeuristicClassifier()
         self._rng = rng or random.Random()
@@ -159,6 +186,11 @@ class RouterCore:
         if windows:
             self.ledger.configure_windows(windows)
         self._state = state
+        self._retention = {
+            e: retention_seconds(p.spec.learning.capture.retention)
+            for e, p in state.policies.items()
+            if p.spec.learning.capture is not None
+        }
         logger.info(
             "router config applied",
             extra={
@@ -279,7 +311,7 @@ class RouterCore:
             pol = state.policies.get(parsed.model) or state.direct.get(parsed.model)
             if pol is None:
                 raise model_not_found(parsed.model)
-            decision, est, reservation, key = self._route(
+            decision, est, reservation, key, learn = self._route(
                 state, pol, parsed, headers, record, now, started
             )
         except RouterError as err:
@@ -313,6 +345,11 @@ class RouterCore:
         )
         routed.out.reservation = reservation
         routed.out.budget_key = key
+        routed.out.first = decision.targets[0].model if decision.targets else None
+        routed.out.first_probabilities = learn.exploration.probabilities
+        routed.out.capture = learn.capture
+        if self._retention:
+            self.learning.purge(self._retention, now)
         if parsed.stream:
             return await routed.stream()
         return await routed.complete()
@@ -345,7 +382,7 @@ class RouterCore:
         record: AuditRecord,
         now: float,
         started: float,
-    ) -> tuple[Decision, int, int | None, str]:
+    ) -> tuple[Decision, int, int | None, str, _Learn]:
         """Tenant, features, rate limit, decision and spill-over of a parsed request, noted
         in its audit record; returns the decision, the tokens the rate limit took, the
         budget reservation (None when the tenant has no budget here) and the key its
@@ -359,6 +396,7 @@ class RouterCore:
             parsed, pol.spec, pol.endpoint, tenant, classifier=pol.classifier or self.classifier
         )
         record.difficulty = round(features.difficulty, 4)
+        record.classifier = pol.classifier.version if pol.classifier is not None else "heuristic"
         record.data_classes = sorted(features.data_classes)
         if pol.spec.audit.includePrompts:
             record.prompt = parsed.prompt_text
@@ -399,6 +437,15 @@ class RouterCore:
                 else self.metrics.spillovers
             )
             counter.labels(pol.endpoint, decision.spilled_from, decision.targets[0].model).inc()
+        exp = explore(decision, pol.spec.learning.exploration, self._rng)
+        decision = exp.decision
+        record.chosen_target = exp.chosen or None
+        record.explored = exp.explored
+        if exp.explored:
+            self.metrics.explorations.labels(
+                pol.endpoint, exp.chosen, decision.targets[0].model
+            ).inc()
+        capture = self._capture(pol, parsed, features)
         self.metrics.decision_latency.labels(endpoint=pol.endpoint).observe(
             time.perf_counter() - started
         )
@@ -420,7 +467,42 @@ class RouterCore:
             # started (a stream whose client left before its first byte).
             ttl = pol.spec.fallback.totalTimeoutSeconds + RESERVATION_MARGIN_S
             reservation = self.ledger.reserve(key, pol.scope, usd, ttl_s=ttl)
-        return decision, est, reservation, key
+        return decision, est, reservation, key, _Learn(exp, capture)
+
+    def _capture(
+        self, pol: EndpointPolicy, parsed: ParsedRequest, features: RequestFeatures
+    ) -> dict[str, Any] | None:
+        """The request's prompt to keep for training, when its policy captures, the draw
+        samples it and every data class it carries may be captured; else None."""
+        spec = pol.spec.learning.capture
+        if spec is None or pol.direct or features.unscannable:
+            return None
+        if not features.data_classes <= spec.capturable(pol.spec.egress):
+            return None
+        if self._rng.random() >= spec.sampleRate:
+            return None
+        self.metrics.captures.labels(pol.endpoint).inc()
+        body = parsed.body
+        prompt = (
+            {"messages": body["messages"]} if "messages" in body else {"prompt": body.get("prompt")}
+        )
+        return {
+            "kind": parsed.kind,
+            **prompt,
+            "max_tokens": parsed.max_tokens,
+            "data_classes": sorted(features.data_classes),
+            "targets": list(dict.fromkeys(t.model for t in pol.spec.targets)),
+        }
+
+
+class _Learn:
+    """What a routed request carries for learning: its exploration and its capture."""
+
+    __slots__ = ("capture", "exploration")
+
+    def __init__(self, exploration: Exploration, capture: dict[str, Any] | None) -> None:
+        self.exploration = exploration
+        self.capture = capture
 
 
 __all__ = ["MAX_BUDGET_TENANTS", "OVERFLOW_TENANT", "RouterCore", "ScopedSpend", "budget_tenant"]

@@ -2,7 +2,8 @@
 
 :func:`handle` dispatches a Starlette request to the completions (routed by
 :meth:`~tokenyard.serving.router.core.RouterCore.completion`), ``/v1/models``, health,
-``/metrics``, ``POST /v1/tokenyard/explain`` and ``GET /v1/tokenyard/stats``.
+``/metrics``, ``POST /v1/tokenyard/explain``, ``POST /v1/tokenyard/feedback``
+(:mod:`.feedback`) and ``GET /v1/tokenyard/stats``.
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ async def handle(core: RouterCore, request: Request) -> Response:
         core.update_gauges()
         body, ctype = core.metrics.exposition()
         return Response(body, media_type=ctype)
+    if method == "POST" and path == "/v1/tokenyard/feedback":
+        from tokenyard.serving.router.feedback import feedback
+
+        return await feedback(core, request)
     if method == "POST" and path == "/v1/tokenyard/explain":
         return await explain(core, request)
     if method == "GET" and path == STATS_PATH:

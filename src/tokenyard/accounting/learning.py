@@ -1,0 +1,246 @@
+"""What the router keeps to learn from its own traffic: decisions, feedback and captures.
+
+One :class:`LearningStore` per router replica, on the pool's state volume beside the
+ledger (file layout in :mod:`tokenyard.routing.learned.state_files`). Every replica
+appends to the same files under an exclusive ``flock`` (one line per write), so feedback
+reaching any replica finds a decision made by another, and everything survives a
+restart. Journals are bounded (rotated to one older part past ``max_bytes``); capture
+files are hourly and deleted once past the policy's retention.
+
+:class:`~tokenyard.accounting.books.Books` notes each answered request
+(:meth:`LearningStore.note_decision`) and its capture; the feedback endpoint looks a
+request up (:meth:`LearningStore.find`) and appends the rating
+(:meth:`LearningStore.add_feedback`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenyard.routing.learned.state_files import (
+    CAPTURE_DIR,
+    DECISIONS_FILE,
+    FEEDBACK_FILE,
+    ROTATED_SUFFIX,
+    endpoint_dir,
+)
+
+logger = logging.getLogger("tokenyard.router")
+
+DEFAULT_MAX_BYTES = 32 << 20
+"""Each journal's bound before it is rotated (one rotated part kept: twice this at most)."""
+DEFAULT_MAX_INDEX = 200_000
+"""Decisions kept in memory per replica for feedback lookups (about 300 bytes each)."""
+PURGE_INTERVAL_S = 60.0
+HOUR_S = 3600
+
+
+@dataclass
+class DecisionNote:
+    """What feedback on a request is joined with: who sent it and how it was routed."""
+
+    request_id: str
+    time: float
+    tenant: str
+    endpoint: str
+    target: str
+    chosen: str | None = None
+    """The target the policy put first, before exploration."""
+    explored: bool = False
+    propensity: float | None = None
+    """Probability that ``target`` was put first; None when a fallback served."""
+    difficulty: float | None = None
+    classifier: str = "heuristic"
+    """The classifier that scored it: ``heuristic`` or the Learned artifact's version."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DecisionNote | None:
+        try:
+            return cls(
+                request_id=str(d["request_id"]),
+                time=float(d["time"]),
+                tenant=str(d["tenant"]),
+                endpoint=str(d["endpoint"]),
+                target=str(d["target"]),
+                chosen=d.get("chosen"),
+                explored=bool(d.get("explored", False)),
+                propensity=d.get("propensity"),
+                difficulty=d.get("difficulty"),
+                classifier=str(d.get("classifier", "heuristic")),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+class _Journal:
+    """An append-only JSON-lines file shared by replicas, rotated past ``max_bytes``."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def append(self, obj: dict[str, Any]) -> None:
+        line = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if os.fstat(fd).st_size + len(line) > self.max_bytes:
+                    # Another replica may have rotated already: only the file this fd
+                    # still names is moved, then a fresh one is written.
+                    with contextlib.suppress(FileNotFoundError):
+                        if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                            os.replace(
+                                self.path, self.path.with_name(self.path.name + ROTATED_SUFFIX)
+                            )
+                    os.close(fd)
+                    fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+
+
+class LearningStore:
+    """Decisions, feedback and captured prompts of one pool, on its state volume."""
+
+    def __init__(
+        self,
+        root: str | Path | None,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_index: int = DEFAULT_MAX_INDEX,
+    ) -> None:
+        self.root = Path(root).expanduser() if root is not None else None
+        self.max_index = max_index
+        self._index: OrderedDict[str, DecisionNote] = OrderedDict()
+        self._lock = threading.Lock()
+        self._read: dict[str, tuple[int, int]] = {}  # file name -> (inode, offset read)
+        self._last_purge = float("-inf")
+        self._decisions = _Journal(self.root / DECISIONS_FILE, max_bytes) if self.root else None
+        self._feedback = _Journal(self.root / FEEDBACK_FILE, max_bytes) if self.root else None
+
+    @property
+    def durable(self) -> bool:
+        """Whether this store writes files (a router without a state directory does not)."""
+        return self.root is not None
+
+    # -- decisions -------------------------------------------------------------------
+
+    def _remember(self, note: DecisionNote) -> None:
+        with self._lock:
+            self._index[note.request_id] = note
+            self._index.move_to_end(note.request_id)
+            while len(self._index) > self.max_index:
+                self._index.popitem(last=False)
+
+    def note_decision(self, note: DecisionNote) -> None:
+        """Keep an answered request for feedback (memory, and the shared journal)."""
+        self._remember(note)
+        if self._decisions is not None:
+            try:
+                self._decisions.append(note.to_dict())
+            except OSError:
+                logger.warning("could not write the decision journal", exc_info=True)
+
+    def find(self, request_id: str) -> DecisionNote | None:
+        """The decision of a request: this replica's memory, else what other replicas (or
+        this one before a restart) wrote to the journal since it was last read."""
+        with self._lock:
+            note = self._index.get(request_id)
+        if note is not None or self._decisions is None:
+            return note
+        self._catch_up(self._decisions.path)
+        with self._lock:
+            return self._index.get(request_id)
+
+    def _catch_up(self, path: Path) -> None:
+        """Index the journal's lines this replica has not read yet (its rotated part too
+        when it rotated since)."""
+        rotated = path.with_name(path.name + ROTATED_SUFFIX)
+        for p in (rotated, path):
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            inode, offset = self._read.get(p.name, (st.st_ino, 0))
+            if inode != st.st_ino:
+                # Rotated since: the part this replica was reading is now ``rotated``.
+                offset = self._read.get(path.name, (0, 0))[1] if p == rotated else 0
+            if st.st_size < offset:
+                offset = 0
+            with p.open("rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+            end = data.rfind(b"\n") + 1  # a line being written is read next time
+            for line in data[:end].splitlines():
+                try:
+                    note = DecisionNote.from_dict(json.loads(line))
+                except ValueError:
+                    note = None
+                if note is not None:
+                    self._remember(note)
+            self._read[p.name] = (st.st_ino, offset + end)
+
+    # -- feedback --------------------------------------------------------------------
+
+    def add_feedback(self, record: dict[str, Any]) -> None:
+        """Append one rating (already joined with its decision). Raises OSError when the
+        volume cannot take it: the client is told, the rating is not silently lost."""
+        if self._feedback is not None:
+            self._feedback.append(record)
+
+    # -- capture ---------------------------------------------------------------------
+
+    def capture(self, record: dict[str, Any], endpoint: str, now: float) -> None:
+        """Append one captured prompt to its endpoint's file for the current hour."""
+        if self.root is None:
+            return
+        hour = int(now // HOUR_S)
+        path = self.root / CAPTURE_DIR / endpoint_dir(endpoint) / f"{hour}.jsonl"
+        try:
+            _Journal(path, 1 << 62).append(record)
+        except OSError:
+            logger.warning("could not write a captured prompt", exc_info=True)
+
+    def purge(self, retention_s: dict[str, float], now: float, *, force: bool = False) -> int:
+        """Delete capture files past their endpoint's retention (at most once a minute
+        unless ``force``); an endpoint no policy captures any more keeps none. Returns
+        the files deleted."""
+        if self.root is None or (not force and now - self._last_purge < PURGE_INTERVAL_S):
+            return 0
+        self._last_purge = now
+        keep = {endpoint_dir(e): r for e, r in retention_s.items()}
+        deleted = 0
+        for d in (self.root / CAPTURE_DIR).glob("*"):
+            if not d.is_dir():
+                continue
+            retention = keep.get(d.name, 0.0)
+            for f in d.glob("*.jsonl"):
+                try:
+                    hour = int(f.stem)
+                except ValueError:
+                    continue
+                # The file holds records up to the end of its hour.
+                if (hour + 1) * HOUR_S <= now - retention:
+                    with contextlib.suppress(FileNotFoundError):
+                        f.unlink()
+                        deleted += 1
+        return deleted
+
+
+__all__ = ["DecisionNote", "LearningStore"]
