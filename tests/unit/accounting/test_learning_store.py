@@ -1,0 +1,74 @@
+"""The learning store (tokenyard.accounting.learning): journals shared by replicas,
+bounded by rotation, read again after a restart; capture files deleted past retention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenyard.accounting.learning import DecisionNote, LearningStore
+from tokenyard.routing.learned.state_files import (
+    CAPTURE_DIR,
+    DECISIONS_FILE,
+    ROTATED_SUFFIX,
+    captured,
+    endpoint_dir,
+)
+
+HOUR = 3600.0
+T0 = 1_800_000_000.0
+
+
+def note(i: int, tenant: str = "t") -> DecisionNote:
+    return DecisionNote(
+        request_id=f"r{i}", time=T0 + i, tenant=tenant, endpoint="ep", target="cheap"
+    )
+
+
+def test_a_decision_written_by_one_replica_is_found_by_another(tmp_path: Path) -> None:
+    a, b = LearningStore(tmp_path), LearningStore(tmp_path)
+    a.note_decision(note(1))
+    assert b.find("r1") == note(1)
+    a.note_decision(note(2))
+    assert b.find("r2") == note(2)  # read on from where it stopped
+    assert b.find("nope") is None
+
+
+def test_journals_are_bounded_and_a_rotation_loses_no_recent_decision(tmp_path: Path) -> None:
+    a = LearningStore(tmp_path, max_bytes=4096)
+    b = LearningStore(tmp_path, max_bytes=4096)
+    for i in range(60):
+        a.note_decision(note(i))
+        if i == 5:
+            assert b.find("r5") is not None  # b has read part of the first file
+    path = tmp_path / DECISIONS_FILE
+    rotated = path.with_name(path.name + ROTATED_SUFFIX)
+    assert rotated.exists()
+    assert path.stat().st_size <= 4096 and rotated.stat().st_size <= 4096
+    assert b.find("r59") == note(59)
+    # What is still on disk is found by a fresh replica; the oldest were rotated away.
+    fresh = LearningStore(tmp_path, max_bytes=4096)
+    assert fresh.find("r59") is not None and fresh.find("r0") is None
+
+
+def test_memory_index_is_bounded(tmp_path: Path) -> None:
+    s = LearningStore(None, max_index=10)
+    for i in range(25):
+        s.note_decision(note(i))
+    assert s.find("r24") is not None and s.find("r5") is None
+    assert not s.durable
+
+
+def test_purge_deletes_captures_past_retention_and_of_endpoints_no_longer_captured(
+    tmp_path: Path,
+) -> None:
+    s = LearningStore(tmp_path)
+    s.capture({"request_id": "a"}, "ep", T0)
+    s.capture({"request_id": "b"}, "ep", T0 + 5 * HOUR)
+    s.capture({"request_id": "c"}, "gone", T0)
+    assert s.purge({"ep": 2 * HOUR}, T0 + 2 * HOUR) == 1  # "gone" captures no more
+    assert s.purge({"ep": 2 * HOUR}, T0 + 2 * HOUR + 10) == 0  # once a minute at most
+    assert sorted(r["request_id"] for r in captured(tmp_path)) == ["a", "b"]
+    # "a" is deleted once its whole hour is past the retention.
+    assert s.purge({"ep": 2 * HOUR}, T0 + 3 * HOUR + 1, force=True) == 1
+    assert [r["request_id"] for r in captured(tmp_path)] == ["b"]
+    assert (tmp_path / CAPTURE_DIR / endpoint_dir("ep")).is_dir()
