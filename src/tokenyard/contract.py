@@ -247,6 +247,9 @@ class PolicyEntry(_Contract):
     classifier: LearnedClassifierEntry | None = None
     """The learned classifier (spec.classifier type Learned, artifact delivered); None:
     the heuristic."""
+    shadow: LearnedClassifierEntry | None = None
+    """The candidate classifier of spec.classifier.shadow, when delivered: scored beside
+    the live one, never routing."""
 
     def policy_spec(self) -> RoutingPolicySpec:
         return RoutingPolicySpec.model_validate(self.spec)

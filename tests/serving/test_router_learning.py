@@ -396,3 +396,58 @@ async def test_exploration_is_audited_with_its_propensity_and_never_crosses_egre
     metrics = (await client.get("/metrics")).text
     series = 'tokenyard_explorations_total{endpoint="ep",from_target="cheap",to_target="strong"}'
     assert f"{series} {float(len(explored))}" in metrics
+
+
+FIXTURE = Path(__file__).parents[1] / "unit" / "fixtures" / "difficulty-model.json"
+PROMPTS = [
+    "hi",
+    "Solve the integral of x^2 sin x dx and prove it converges",  # candidate score 0.616
+    "what is the capital of France",
+    "Write a long essay on the history of Rome with citations",
+]
+
+
+async def test_a_shadow_candidate_is_scored_beside_the_live_classifier(
+    make_router: Make,
+) -> None:
+    from tokenyard.contract import LearnedClassifierEntry, learned_classifier_entry
+
+    text = FIXTURE.read_text()
+    # The artifact's own threshold for 0.95 sends none of these prompts to the strong
+    # target; a policy aiming at less gives 0.6, between the scores of these prompts.
+    version = learned_classifier_entry(text, 0.95).version
+    candidate = LearnedClassifierEntry(
+        version=version, threshold=0.6, keepStrongQuality=0.9, artifact=text
+    )
+    cfg = config()
+    cfg.policies[0] = cfg.policies[0].model_copy(update={"shadow": candidate})
+    core, client = make_router(cfg)
+    assert core.state.policies["ep"].shadow is not None
+    for p in PROMPTS:
+        r = await client.post("/v1/chat/completions", json=body(p))
+        assert r.headers["x-tokenyard-target"] == "cheap"  # the candidate never routes
+    stats = (await client.get("/v1/tokenyard/stats")).json()["endpoints"]["ep"]["shadow"]
+    assert stats | {"estimatedCostUSDPer1K": 0, "liveEstimatedCostUSDPer1K": 0} == {
+        "version": version,
+        "scope": "replica",
+        "requests": 4,
+        "disagreement": 0.25,
+        "strongShare": 0.25,
+        "liveStrongShare": 0.0,
+        "estimatedCostUSDPer1K": 0,
+        "liveEstimatedCostUSDPer1K": 0,
+    }
+    assert stats["estimatedCostUSDPer1K"] > stats["liveEstimatedCostUSDPer1K"] > 0
+    metrics = (await client.get("/metrics")).text
+    assert (
+        f'tokenyard_shadow_requests_total{{disagree="true",endpoint="ep",version="{version}"}} 1.0'
+        in metrics
+    )
+    labels = f'classifier="shadow",endpoint="ep",version="{version}"'
+    series = f"tokenyard_shadow_strong_calls_total{{{labels}}}"
+    assert f"{series} 1.0" in metrics
+
+    # The candidate removed: its counts go with it.
+    core.apply_config(config())
+    after = (await client.get("/v1/tokenyard/stats")).json()["endpoints"]["ep"]
+    assert "shadow" not in after

@@ -150,6 +150,28 @@ class RouterMetrics:
             registry=r,
         )
 
+        self.shadow_requests = Counter(
+            "tokenyard_shadow_requests",
+            "Requests a candidate classifier (spec.classifier.shadow) scored beside the "
+            "live one, and of those (disagree=true) the ones whose first target differs.",
+            ["endpoint", "version", "disagree"],
+            registry=r,
+        )
+        self.shadow_strong = Counter(
+            "tokenyard_shadow_strong_calls",
+            "Of the requests scored in shadow, those the live classifier (classifier=live) "
+            "or the candidate (classifier=shadow) sends to the endpoint's strongest target.",
+            ["endpoint", "version", "classifier"],
+            registry=r,
+        )
+        self.shadow_cost = Counter(
+            "tokenyard_shadow_estimated_cost_usd",
+            "Estimated cost of the requests scored in shadow at the first target the live "
+            "classifier (classifier=live) or the candidate (classifier=shadow) chose.",
+            ["endpoint", "version", "classifier"],
+            registry=r,
+        )
+
     def set_circuit(self, target: str, state: str) -> None:
         self.circuit_state.labels(target=target).set(CIRCUIT_STATE_VALUE.get(state, 0.0))
 

@@ -14,13 +14,15 @@ answers for the whole pool. Shape::
          "windowSeconds": int,   # the span of "recent"
          "recent": {"requests": int, "byTarget": {model: int}},
          "spendUSD": float,      # all tenants, in the current window of spendWindow
-         "spendWindow": str}}}   # the policy's "*" budget window, else 24h
+         "spendWindow": str,     # the policy's "*" budget window, else 24h
+         "shadow": {...}}}}      # only with spec.classifier.shadow: THIS replica's
+                                 # counts (accounting.shadow.ShadowStats.summary)
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from tokenyard.accounting.ledger import TRAFFIC_WINDOW_S, TrafficCounts, TrafficSummary
@@ -54,11 +56,17 @@ def _by_target(counts: TrafficCounts) -> dict[str, int]:
     return dict(sorted(counts.by_target.items()))
 
 
-def endpoint_stats(summary: TrafficSummary | None, spend_usd: float, window: str) -> dict[str, Any]:
-    """One endpoint's entry; an endpoint nothing was sent to yet reads all zeros."""
+def endpoint_stats(
+    summary: TrafficSummary | None,
+    spend_usd: float,
+    window: str,
+    shadow: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One endpoint's entry; an endpoint nothing was sent to yet reads all zeros.
+    ``shadow``: the candidate classifier's counts on this replica, when it has one."""
     total = summary.total if summary is not None else TrafficCounts()
     recent = summary.recent if summary is not None else TrafficCounts()
-    return {
+    out = {
         "requests": total.requests,
         "fallbacks": total.fallbacks,
         "byTarget": _by_target(total),
@@ -68,6 +76,9 @@ def endpoint_stats(summary: TrafficSummary | None, spend_usd: float, window: str
         "spendUSD": round(spend_usd, 10),
         "spendWindow": window,
     }
+    if shadow is not None:
+        out["shadow"] = dict(shadow)
+    return out
 
 
 def build_stats(
@@ -78,6 +89,7 @@ def build_stats(
     policies: Mapping[str, RoutingPolicySpec],
     direct: Mapping[str, RoutingPolicySpec],
     source: TrafficSource,
+    shadow: Callable[[str], Mapping[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
     """The stats document: every policy endpoint (zeros until it sees traffic) and each
     model called directly by name that has counted traffic."""
@@ -87,7 +99,10 @@ def build_stats(
     for endpoint in sorted(specs):
         window = spend_window(specs[endpoint])
         endpoints[endpoint] = endpoint_stats(
-            source.traffic(endpoint, now), source.endpoint_spend(endpoint, window, now), window
+            source.traffic(endpoint, now),
+            source.endpoint_spend(endpoint, window, now),
+            window,
+            shadow(endpoint) if shadow is not None else None,
         )
     return {
         "pool": pool,

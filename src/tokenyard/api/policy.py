@@ -150,6 +150,14 @@ class ClassifierSpec(ApiModel):
     allowHeaderOverride: bool = False
     """allowHeaderOverride lets a client set the difficulty with the
     X-Tokenyard-Difficulty header (a number in [0, 1])."""
+    shadow: ConfigMapKeyRef | None = None
+    """shadow names a candidate Learned artifact (a ConfigMap key, like artifactRef) that
+    scores live traffic beside the classifier in use without routing anything: the
+    router counts how often the decision it would make differs from the live one, the
+    share of requests it would send to the strongest target and their estimated cost
+    (status.shadow and the router's stats), so a candidate can be judged before anyone
+    switches to it. Its threshold comes from keepStrongQuality, as a Learned
+    classifier's does; while the artifact is missing or invalid nothing is scored."""
 
     def quality_aim(self) -> float:
         """keepStrongQuality, or its default."""
@@ -410,9 +418,20 @@ class RoutingPolicySpec(ApiModel):
     """egress says which data classes may reach external targets."""
     audit: AuditSpec = Field(default_factory=AuditSpec)
     """audit configures the per-request audit log."""
-    learning: LearningSpec = Field(default_factory=LearningSpec)
+    learning: LearningSpec | None = None
     """learning configures prompt capture and exploration for training the classifier
-    from this endpoint's own traffic and feedback (POST /v1/tokenyard/feedback)."""
+    from this endpoint's own traffic and feedback (POST /v1/tokenyard/feedback, always
+    accepted). Unset: neither."""
+
+    @property
+    def capture(self) -> CaptureSpec | None:
+        """spec.learning.capture, if set."""
+        return self.learning.capture if self.learning is not None else None
+
+    @property
+    def exploration(self) -> ExplorationSpec | None:
+        """spec.learning.exploration, if set."""
+        return self.learning.exploration if self.learning is not None else None
 
     @model_validator(mode="after")
     def _cel(self) -> Self:
@@ -471,6 +490,27 @@ class ClassifierStatus(ApiModel):
     at the threshold (on its held-out training data)."""
 
 
+class ShadowStatus(ApiModel):
+    """How a candidate classifier (spec.classifier.shadow) would have routed live traffic,
+    as one router replica counted it since it loaded the candidate."""
+
+    version: str | None = None
+    """version of the candidate artifact being scored."""
+    requests: int | None = None
+    """requests the candidate scored."""
+    disagreement: float | None = None
+    """disagreement is the share of those requests whose first target would differ."""
+    strongShare: float | None = None
+    """strongShare is the share the candidate would send to the strongest target."""
+    liveStrongShare: float | None = None
+    """liveStrongShare is the share the classifier in use sent to the strongest target."""
+    estimatedCostUSDPer1K: float | None = None
+    """estimatedCostUSDPer1K is the candidate's estimated spend per 1,000 requests (each
+    priced at its first target from the prompt estimate and max_tokens)."""
+    liveEstimatedCostUSDPer1K: float | None = None
+    """liveEstimatedCostUSDPer1K is the same estimate for the classifier in use."""
+
+
 class RoutingPolicyStatus(ApiModel):
     """RoutingPolicyStatus is the observed state of the endpoint."""
 
@@ -488,6 +528,9 @@ class RoutingPolicyStatus(ApiModel):
     classifier: ClassifierStatus | None = None
     """classifier is the difficulty classifier delivered to the router; the
     ClassifierReady condition says why a Learned one is not in use."""
+    shadow: ShadowStatus | None = None
+    """shadow compares the candidate classifier of spec.classifier.shadow with the one in
+    use on live traffic (from the router's stats)."""
     requests: int | None = None
     """requests served by the endpoint."""
     fallbacks: int | None = None

@@ -95,6 +95,11 @@ async def reconcile_pool(ctrl: Controller, ns: str, name: str) -> None:
             p.spec.classifier.artifactRef.name
             for _, p in members.policies
             if p.spec.classifier.type == "Learned" and p.spec.classifier.artifactRef is not None
+        ]
+        + [
+            p.spec.classifier.shadow.name
+            for _, p in members.policies
+            if p.spec.classifier.shadow is not None
         ],
         ns,
     )

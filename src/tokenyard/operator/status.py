@@ -627,6 +627,10 @@ def build_policy_status(policy: RoutingPolicy, ctx: PolicyContext, *, now: str) 
     for k in ("requests", "fallbacks", "spendUSD"):
         if ctx.traffic and ctx.traffic.get(k) is not None:
             out[k] = ctx.traffic[k]
+    if policy.spec.classifier.shadow is None:
+        out["shadow"] = None  # removed with the candidate
+    elif ctx.traffic and ctx.traffic.get("shadow") is not None:
+        out["shadow"] = ctx.traffic["shadow"]
     return out
 
 

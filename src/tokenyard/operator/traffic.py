@@ -101,12 +101,42 @@ def _traffic_fields(stats: Any, endpoint: str, targets: Sequence[str]) -> dict[s
             "trafficShare": round(min(max(share, 0.0), 1.0), SHARE_DIGITS),
             "requests": by_target.get(model, 0),
         }
-    return {
+    out: dict[str, Any] = {
         "requests": requests,
         "fallbacks": fallbacks,
         "spendUSD": round(float(spend), SPEND_DIGITS),
         "targets": per_target,
     }
+    shadow = _shadow_fields(ep.get("shadow"))
+    if shadow is not None:
+        out["shadow"] = shadow
+    return out
+
+
+_SHADOW_SHARES = ("disagreement", "strongShare", "liveStrongShare")
+_SHADOW_COSTS = ("estimatedCostUSDPer1K", "liveEstimatedCostUSDPer1K")
+
+
+def _shadow_fields(doc: Any) -> dict[str, Any] | None:
+    """status.shadow from the stats document's ``shadow`` entry; None when it is absent
+    or anything in it is not what the router writes."""
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("version"), str):
+        return None
+    requests = _count(doc.get("requests"))
+    values: dict[str, float] = {}
+    for k in (*_SHADOW_SHARES, *_SHADOW_COSTS):
+        v = doc.get(k)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return None
+        if v < 0 or (k in _SHADOW_SHARES and v > 1):
+            return None
+        values[k] = float(v)
+    if requests is None:
+        return None
+    out: dict[str, Any] = {"version": doc["version"][:80], "requests": requests}
+    out.update({k: round(values[k], SHARE_DIGITS) for k in _SHADOW_SHARES})
+    out.update({k: round(values[k], SPEND_DIGITS) for k in _SHADOW_COSTS})
+    return out
 
 
 async def fetch_stats(

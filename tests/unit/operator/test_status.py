@@ -405,6 +405,7 @@ def test_build_policy_status_whole() -> None:
         ],
         "readyTargets": "2/3",
         "classifier": {"type": "Heuristic"},  # new: the classifier in use
+        "shadow": None,  # no spec.classifier.shadow: a stale status.shadow is removed
     }
 
 

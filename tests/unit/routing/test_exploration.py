@@ -82,7 +82,7 @@ def test_exploration_stays_within_what_the_policy_allows(seed: int) -> None:
     )
     spent = StaticSpend({"t": rng.choice([0.0, 5.0])})
     backends = {n: BackendState(circuit_open=rng.random() < 0.1) for n in names}
-    share = spec.learning.exploration
+    share = spec.exploration
     assert share is not None
     for _ in range(20):
         f = features(rng, "t")

@@ -15,7 +15,7 @@ import yaml
 
 from tokenyard import contract
 from tokenyard.api.model import ModelDeployment
-from tokenyard.api.policy import RoutingPolicy
+from tokenyard.api.policy import ConfigMapKeyRef, RoutingPolicy
 from tokenyard.api.pool import ServingPool
 from tokenyard.operator.builders.admission import accelerator, model_replicas
 from tokenyard.operator.builders.meta import (
@@ -54,6 +54,7 @@ ConfigMaps = Mapping[str, Mapping[str, str]]
 """ConfigMaps read in the namespace: name -> data (absent ones left out)."""
 
 FIELD_ARTIFACT_REF = "spec.classifier.artifactRef"
+FIELD_SHADOW_REF = "spec.classifier.shadow"
 
 
 def policy_classifier(
@@ -64,23 +65,46 @@ def policy_classifier(
     c = policy.spec.classifier
     if c.type != "Learned" or c.artifactRef is None:
         return None, None
-    ref = c.artifactRef
-    where = f"{FIELD_ARTIFACT_REF}: ConfigMap {ref.name!r}"
+    return _artifact_entry(
+        policy, c.artifactRef, FIELD_ARTIFACT_REF, configmaps, "using the heuristic"
+    )
+
+
+def shadow_classifier(
+    policy: RoutingPolicy, configmaps: ConfigMaps | None
+) -> tuple[contract.LearnedClassifierEntry | None, str | None]:
+    """(the candidate classifier of spec.classifier.shadow, why it cannot be delivered);
+    (None, None) without one."""
+    ref = policy.spec.classifier.shadow
+    if ref is None:
+        return None, None
+    return _artifact_entry(policy, ref, FIELD_SHADOW_REF, configmaps, "nothing is scored")
+
+
+def _artifact_entry(
+    policy: RoutingPolicy,
+    ref: ConfigMapKeyRef,
+    field: str,
+    configmaps: ConfigMaps | None,
+    meanwhile: str,
+) -> tuple[contract.LearnedClassifierEntry | None, str | None]:
+    c = policy.spec.classifier
+    where = f"{field}: ConfigMap {ref.name!r}"
     if configmaps is None:
-        return None, f"{where} could not be read; using the heuristic"
+        return None, f"{where} could not be read; {meanwhile}"
     data = configmaps.get(ref.name)
     if data is None:
         return (
             None,
-            f"{where} not found in namespace {obj_namespace(policy)!r}; using the heuristic",
+            f"{where} not found in namespace {obj_namespace(policy)!r}; {meanwhile}",
         )
     text = data.get(ref.key)
     if text is None:
-        return None, f"{where} has no key {ref.key!r}; using the heuristic"
+        return None, f"{where} has no key {ref.key!r}; {meanwhile}"
     try:
         return contract.learned_classifier_entry(text, c.quality_aim()), None
     except ValueError as e:
-        return None, f"{where} key {ref.key!r}: {e}; using the heuristic"
+        return None, f"{where} key {ref.key!r}: {e}; {meanwhile}"
 
 
 def policy_entry(
@@ -97,6 +121,7 @@ def policy_entry(
             contract.tenant_keys_env(name) if policy.spec.tenants.apiKeysSecretRef else None
         ),
         classifier=policy_classifier(policy, configmaps)[0],
+        shadow=shadow_classifier(policy, configmaps)[0],
     )
 
 

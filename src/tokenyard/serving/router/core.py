@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -29,9 +30,11 @@ from starlette.responses import Response
 from tokenyard.accounting.audit import AuditLog, AuditRecord
 from tokenyard.accounting.books import Books, Outcome
 from tokenyard.accounting.learning import LearningStore
+from tokenyard.accounting.ledger import strongest
 from tokenyard.accounting.ledger_actor import LedgerClient
 from tokenyard.accounting.metrics import RouterMetrics
 from tokenyard.accounting.ratelimit import RateLimiter
+from tokenyard.accounting.shadow import ShadowStats
 from tokenyard.contract import ROUTER_APP_NAME, RouterAppArgs, RouterConfig
 from tokenyard.routing.budget import budget_for
 from tokenyard.routing.classifiers import HeuristicClassifier
@@ -147,6 +150,8 @@ class RouterCore:
         """Decisions, feedback and captured prompts, on the pool's state volume."""
         self.books = Books(self.ledger, self.metrics, self.audit, clock, learning)
         self._retention: dict[str, float] = {}
+        self.shadow = ShadowStats()
+        """How each endpoint's candidate classifier (spec.classifier.shadow) would route."""
         self.serve = ServeStatus(app_name)
         self.classifier = HeuristicClassifier()
         self._rng = rng or random.Random()
@@ -186,10 +191,11 @@ class RouterCore:
         if windows:
             self.ledger.configure_windows(windows)
         self._state = state
+        self.shadow.forget_except({e for e, p in state.policies.items() if p.shadow is not None})
         self._retention = {
-            e: retention_seconds(p.spec.learning.capture.retention)
+            e: retention_seconds(cap.retention)
             for e, p in state.policies.items()
-            if p.spec.learning.capture is not None
+            if (cap := p.spec.capture) is not None
         }
         logger.info(
             "router config applied",
@@ -419,6 +425,8 @@ class RouterCore:
             if err.code == "budget_exceeded":
                 self._held_by_in_flight(err, pol, tenant, now)
             raise
+        if pol.shadow is not None:
+            self._score_shadow(state, pol, parsed, features, decision, key, now)
         decision = apply_spillover(
             decision,
             state.catalogue,
@@ -437,7 +445,7 @@ class RouterCore:
                 else self.metrics.spillovers
             )
             counter.labels(pol.endpoint, decision.spilled_from, decision.targets[0].model).inc()
-        exp = explore(decision, pol.spec.learning.exploration, self._rng)
+        exp = explore(decision, pol.spec.exploration, self._rng)
         decision = exp.decision
         record.chosen_target = exp.chosen or None
         record.explored = exp.explored
@@ -469,12 +477,57 @@ class RouterCore:
             reservation = self.ledger.reserve(key, pol.scope, usd, ttl_s=ttl)
         return decision, est, reservation, key, _Learn(exp, capture)
 
+    # Positional, as _route calls it; each argument is one input of the live decision.
+    def _score_shadow(  # noqa: PLR0917
+        self,
+        state: RouterState,
+        pol: EndpointPolicy,
+        parsed: ParsedRequest,
+        features: RequestFeatures,
+        live: Decision,
+        key: str,
+        now: float,
+    ) -> None:
+        """What the candidate classifier would have decided, counted beside the live
+        decision (before spill-over and exploration, which do not depend on it)."""
+        shadow = pol.shadow
+        if shadow is None or not live.targets:
+            return
+        try:
+            alt = decide(
+                dataclasses.replace(features, difficulty=shadow.score(parsed)),
+                pol.spec,
+                state.catalogue,
+                self._backend_states(state, pol.endpoint, now),
+                ScopedSpend(self.ledger, pol.scope, key),
+                now,
+                random.Random(0),  # a Weighted draw must not move the live stream
+            )
+        except Exception:
+            return  # the live decision stands; a candidate never fails a request
+        if not alt.targets:
+            return
+        live_t, alt_t = live.targets[0].model, alt.targets[0].model
+        strong = strongest(state.catalogue, (t.model for t in pol.spec.targets))
+        best = strong.name if strong is not None else None
+        live_cost = estimated_cost(state.catalogue[live_t], parsed)
+        alt_cost = estimated_cost(state.catalogue[alt_t], parsed)
+        self.shadow.add(pol.endpoint, shadow.version, live_t, alt_t, best, live_cost, alt_cost)
+        m, v = self.metrics, shadow.version
+        m.shadow_requests.labels(pol.endpoint, v, str(live_t != alt_t).lower()).inc()
+        if live_t == best:
+            m.shadow_strong.labels(pol.endpoint, v, "live").inc()
+        if alt_t == best:
+            m.shadow_strong.labels(pol.endpoint, v, "shadow").inc()
+        m.shadow_cost.labels(pol.endpoint, v, "live").inc(live_cost)
+        m.shadow_cost.labels(pol.endpoint, v, "shadow").inc(alt_cost)
+
     def _capture(
         self, pol: EndpointPolicy, parsed: ParsedRequest, features: RequestFeatures
     ) -> dict[str, Any] | None:
         """The request's prompt to keep for training, when its policy captures, the draw
         samples it and every data class it carries may be captured; else None."""
-        spec = pol.spec.learning.capture
+        spec = pol.spec.capture
         if spec is None or pol.direct or features.unscannable:
             return None
         if not features.data_classes <= spec.capturable(pol.spec.egress):

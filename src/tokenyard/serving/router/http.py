@@ -185,6 +185,7 @@ def stats(core: RouterCore) -> dict[str, Any]:
         policies={e: p.spec for e, p in state.policies.items()},
         direct={e: p.spec for e, p in state.direct.items()},
         source=core.ledger.mirror,
+        shadow=core.shadow.summary,
     )
 
 

@@ -38,6 +38,8 @@ class EndpointPolicy:
     direct: bool = False
     classifier: PolicyClassifier | None = None
     """The policy's learned classifier when delivered and loadable; None: the heuristic."""
+    shadow: PolicyClassifier | None = None
+    """The candidate classifier of spec.classifier.shadow: scored beside, never routing."""
     scope: str = ""
     """The endpoint whose budgets and rate limits this one spends: itself, or for a model
     called by name the endpoint of the policy that owns it, so a tenant has one budget
@@ -79,22 +81,28 @@ def _load_classifier(
     entry: PolicyEntry,
     catalogue: Mapping[str, CatalogueEntry],
     previous: RouterState | None,
+    *,
+    shadow: bool = False,
 ) -> PolicyClassifier | None:
-    if entry.classifier is None:
+    learned = entry.shadow if shadow else entry.classifier
+    if learned is None:
         return None
     cache = {}
     if previous is not None:
         for old in (*previous.policies.values(), *previous.direct.values()):
-            if old.classifier is not None:
-                cache[old.classifier.version] = old.classifier.model
+            for c in (old.classifier, old.shadow):
+                if c is not None:
+                    cache[c.version] = c.model
     spec = entry.policy_spec()
     qualities = [catalogue[t.model].quality for t in spec.targets if t.model in catalogue]
     try:
-        return build_policy_classifier(entry.classifier, qualities, cache)
+        return build_policy_classifier(learned, qualities, cache)
     except ValueError as e:
         # Keep serving with the heuristic rather than fail the whole reconfigure.
         logger.error(
-            "learned classifier not loaded, using the heuristic: %s",
+            "%s classifier not loaded%s: %s",
+            "shadow" if shadow else "learned",
+            "" if shadow else ", using the heuristic",
             e,
             extra={"policy": entry.name},
         )
@@ -119,6 +127,7 @@ def build_state(
             spec=spec,
             api_keys=_load_api_keys(p, env),
             classifier=_load_classifier(p, catalogue, previous),
+            shadow=_load_classifier(p, catalogue, previous, shadow=True),
         )
     # A model called by its servedModelName: routed to itself only, but under the
     # tenants, budgets, rate limits, egress and audit of the first policy that lists it
