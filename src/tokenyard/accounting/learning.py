@@ -85,34 +85,55 @@ class DecisionNote:
 
 
 class _Journal:
-    """An append-only JSON-lines file shared by replicas, rotated past ``max_bytes``."""
+    """An append-only JSON-lines file shared by replicas, rotated past ``max_bytes``.
+
+    The file stays open between writes; each write takes the file lock, reopens the
+    file if another replica rotated it meanwhile, rotates it if the line would not fit,
+    and appends the line in one ``write``."""
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._fd: int | None = None
+
+    def _open(self) -> int:
+        if self._fd is not None:
+            os.close(self._fd)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return self._fd
+
+    def _current(self, fd: int) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
 
     def append(self, obj: dict[str, Any]) -> None:
         line = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = self._fd if self._fd is not None else self._open()
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                if not self._current(fd):  # rotated (or removed) by another replica
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    fd = self._open()
+                    fcntl.flock(fd, fcntl.LOCK_EX)
                 if os.fstat(fd).st_size + len(line) > self.max_bytes:
-                    # Another replica may have rotated already: only the file this fd
-                    # still names is moved, then a fresh one is written.
-                    with contextlib.suppress(FileNotFoundError):
-                        if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                            os.replace(
-                                self.path, self.path.with_name(self.path.name + ROTATED_SUFFIX)
-                            )
-                    os.close(fd)
-                    fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                    os.replace(self.path, self.path.with_name(self.path.name + ROTATED_SUFFIX))
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    fd = self._open()
                     fcntl.flock(fd, fcntl.LOCK_EX)
                 os.write(fd, line)
             finally:
-                os.close(fd)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 class LearningStore:
@@ -133,6 +154,13 @@ class LearningStore:
         self._last_purge = float("-inf")
         self._decisions = _Journal(self.root / DECISIONS_FILE, max_bytes) if self.root else None
         self._feedback = _Journal(self.root / FEEDBACK_FILE, max_bytes) if self.root else None
+        self._captures: dict[Path, _Journal] = {}
+
+    def close(self) -> None:
+        """Close the open journal files (a later write reopens them)."""
+        for j in (self._decisions, self._feedback, *self._captures.values()):
+            if j is not None:
+                j.close()
 
     @property
     def durable(self) -> bool:
@@ -212,8 +240,14 @@ class LearningStore:
             return
         hour = int(now // HOUR_S)
         path = self.root / CAPTURE_DIR / endpoint_dir(endpoint) / f"{hour}.jsonl"
+        journal = self._captures.get(path)
+        if journal is None:
+            # One open file per endpoint: its previous hour's is closed.
+            for p in [p for p in self._captures if p.parent == path.parent]:
+                self._captures.pop(p).close()
+            journal = self._captures[path] = _Journal(path, 1 << 62)
         try:
-            _Journal(path, 1 << 62).append(record)
+            journal.append(record)
         except OSError:
             logger.warning("could not write a captured prompt", exc_info=True)
 

@@ -273,6 +273,7 @@ class RouterCore:
         await self.ledger.aclose()
         await self.provider.aclose()
         self.audit.close()
+        self.learning.close()
 
     # -- requests ------------------------------------------------------------------
 
