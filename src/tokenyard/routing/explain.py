@@ -177,6 +177,7 @@ def router_config(m: Manifests) -> RouterConfig:
             spec=p.spec.dump(),
             tenantKeysEnv=tenant_keys_env(_name(p)) if p.spec.tenants.apiKeysSecretRef else None,
             classifier=_learned_entry(m, p),
+            shadow=_learned_entry(m, p, shadow=True),
         )
         for p in m.policies
     ]
@@ -193,13 +194,15 @@ def configmap_value(m: Manifests, name: str, key: str) -> str | None:
     return None
 
 
-def _learned_entry(m: Manifests, p: Any) -> LearnedClassifierEntry | None:
-    """A Learned policy's classifier from its ConfigMap in the manifests, if it is there
-    and valid (else the heuristic, as in the cluster)."""
+def _learned_entry(m: Manifests, p: Any, *, shadow: bool = False) -> LearnedClassifierEntry | None:
+    """A Learned policy's classifier (or, with ``shadow``, its spec.classifier.shadow
+    candidate) from its ConfigMap in the manifests, if it is there and valid (else the
+    heuristic, or no candidate, as in the cluster)."""
     c = p.spec.classifier
-    if c.type != "Learned" or c.artifactRef is None:
+    ref = c.shadow if shadow else (c.artifactRef if c.type == "Learned" else None)
+    if ref is None:
         return None
-    text = configmap_value(m, c.artifactRef.name, c.artifactRef.key)
+    text = configmap_value(m, ref.name, ref.key)
     if text is None:
         return None
     try:

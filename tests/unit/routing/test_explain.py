@@ -219,3 +219,25 @@ def test_direct_policy_is_the_router_s_view() -> None:
     spec = entry.policy_spec()
     assert [t.model for t in spec.targets] == ["economy"] and spec.rules == []
     assert spec.budgets == CONFIG.policies[0].policy_spec().budgets
+
+
+def test_router_config_delivers_a_shadow_candidate_from_the_manifests() -> None:
+    from tokenyard.api.manifests import Manifests
+    from tokenyard.api.policy import RoutingPolicy
+
+    artifact = (Path(__file__).parents[1] / "fixtures" / "difficulty-model.json").read_text()
+    policy = RoutingPolicy.model_validate(
+        {
+            "metadata": {"name": "chat"},
+            "spec": {
+                "pool": "p",
+                "targets": [{"model": "economy"}],
+                "classifier": {"shadow": {"name": "candidate"}},
+            },
+        }
+    )
+    cm = {"kind": "ConfigMap", "metadata": {"name": "candidate"}, "data": {"model.json": artifact}}
+    with_cm = router_config(Manifests(policies=[policy], others=[cm])).policies[0]
+    assert with_cm.classifier is None
+    assert with_cm.shadow is not None and with_cm.shadow.artifact == artifact
+    assert router_config(Manifests(policies=[policy])).policies[0].shadow is None
