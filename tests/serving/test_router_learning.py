@@ -315,6 +315,17 @@ async def test_feedback_reaches_a_decision_made_before_a_restart_or_by_another_r
     assert r.status_code == 200 and r.json()["score"] == 0.25
 
 
+async def test_a_request_takes_a_bounded_number_of_ratings(make_router: Make) -> None:
+    _, client = make_router(config())
+    rid = (await client.post("/v1/chat/completions", json=body())).headers["x-request-id"]
+    codes = [
+        (await client.post("/v1/tokenyard/feedback", json={"request_id": rid, "score": 1}))
+        for _ in range(4)
+    ]
+    assert [r.status_code for r in codes] == [200, 200, 200, 409]
+    assert codes[-1].json()["error"]["code"] == "too_many_ratings"
+
+
 async def test_capture_samples_public_prompts_and_never_a_forbidden_class(
     make_router: Make, tmp_path: Path
 ) -> None:

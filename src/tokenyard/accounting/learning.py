@@ -41,6 +41,9 @@ DEFAULT_MAX_BYTES = 32 << 20
 DEFAULT_MAX_INDEX = 200_000
 """Decisions kept in memory per replica for feedback lookups (about 300 bytes each)."""
 PURGE_INTERVAL_S = 60.0
+MAX_RATINGS_PER_REQUEST = 3
+"""Ratings one replica takes for one request: a tenant can add to the feedback journal
+only in proportion to the requests it made (which its rate limits bound)."""
 HOUR_S = 3600
 
 
@@ -149,6 +152,7 @@ class LearningStore:
         self.root = Path(root).expanduser() if root is not None else None
         self.max_index = max_index
         self._index: OrderedDict[str, DecisionNote] = OrderedDict()
+        self._ratings: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
         self._read: dict[str, tuple[int, int]] = {}  # file name -> (inode, offset read)
         self._last_purge = float("-inf")
@@ -226,6 +230,19 @@ class LearningStore:
 
     # -- feedback --------------------------------------------------------------------
 
+    def may_rate(self, request_id: str) -> bool:
+        """Whether this replica still takes a rating of ``request_id``
+        (MAX_RATINGS_PER_REQUEST); counts the rating when it does."""
+        with self._lock:
+            n = self._ratings.get(request_id, 0)
+            if n >= MAX_RATINGS_PER_REQUEST:
+                return False
+            self._ratings[request_id] = n + 1
+            self._ratings.move_to_end(request_id)
+            while len(self._ratings) > self.max_index:
+                self._ratings.popitem(last=False)
+            return True
+
     def add_feedback(self, record: dict[str, Any]) -> None:
         """Append one rating (already joined with its decision). Raises OSError when the
         volume cannot take it: the client is told, the rating is not silently lost."""
@@ -277,4 +294,4 @@ class LearningStore:
         return deleted
 
 
-__all__ = ["DecisionNote", "LearningStore"]
+__all__ = ["MAX_RATINGS_PER_REQUEST", "DecisionNote", "LearningStore"]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from tokenyard.accounting.learning import MAX_RATINGS_PER_REQUEST
 from tokenyard.routing.errors import RouterError, bad_request, clip
 from tokenyard.routing.request import lower_headers
 from tokenyard.routing.tenants import resolve_tenant
@@ -103,6 +104,15 @@ async def feedback(core: RouterCore, request: Request) -> Response:
             raise not_found(rid) from None
         if tenant != note.tenant:
             raise not_found(rid)
+        if not core.learning.may_rate(rid):
+            raise RouterError(
+                409,
+                f"request '{clip(rid, 64)}' was already rated {MAX_RATINGS_PER_REQUEST} "
+                "times; the newest rating counts",
+                type="invalid_request_error",
+                param="request_id",
+                code="too_many_ratings",
+            )
         now = core.clock()
         record = {
             "time": now,
