@@ -41,6 +41,9 @@ DEFAULT_MAX_BYTES = 32 << 20
 DEFAULT_MAX_INDEX = 200_000
 """Decisions kept in memory per replica for feedback lookups (about 300 bytes each)."""
 PURGE_INTERVAL_S = 60.0
+RETENTION_FILE = "retention"
+RETENTION_UNKNOWN_S = 7 * 86400.0
+"""Retention of a capture folder that remembers none (the API's default, 7d)."""
 MAX_RATINGS_PER_REQUEST = 3
 """Ratings one replica takes for one request: a tenant can add to the feedback journal
 only in proportion to the requests it made (which its rate limits bound)."""
@@ -270,8 +273,10 @@ class LearningStore:
 
     def purge(self, retention_s: dict[str, float], now: float, *, force: bool = False) -> int:
         """Delete capture files past their endpoint's retention (at most once a minute
-        unless ``force``); an endpoint no policy captures any more keeps none. Returns
-        the files deleted."""
+        unless ``force``). Each endpoint's folder remembers the last retention its policy
+        set (``retention``, a number of seconds), so files of an endpoint that no longer
+        captures (or is missing from one config) are still deleted on that schedule;
+        without a remembered one, RETENTION_UNKNOWN_S. Returns the files deleted."""
         if self.root is None or (not force and now - self._last_purge < PURGE_INTERVAL_S):
             return 0
         self._last_purge = now
@@ -280,18 +285,43 @@ class LearningStore:
         for d in (self.root / CAPTURE_DIR).glob("*"):
             if not d.is_dir():
                 continue
-            retention = keep.get(d.name, 0.0)
-            for f in d.glob("*.jsonl"):
+            retention = keep.get(d.name)
+            marker = d / RETENTION_FILE
+            if retention is not None:
+                _remember(marker, repr(retention))
+            else:
                 try:
-                    hour = int(f.stem)
-                except ValueError:
-                    continue
-                # The file holds records up to the end of its hour.
-                if (hour + 1) * HOUR_S <= now - retention:
-                    with contextlib.suppress(FileNotFoundError):
-                        f.unlink()
-                        deleted += 1
+                    retention = float(marker.read_text())
+                except (OSError, ValueError):
+                    retention = RETENTION_UNKNOWN_S
+            deleted += _delete_older(d, now - retention)
         return deleted
+
+
+def _remember(marker: Path, text: str) -> None:
+    """Write ``text`` to ``marker`` unless it holds it already (best effort)."""
+    try:
+        if marker.read_text() == text:
+            return
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        marker.write_text(text)
+
+
+def _delete_older(d: Path, before: float) -> int:
+    """Delete the hourly files of ``d`` whose whole hour ends at or before ``before``."""
+    deleted = 0
+    for f in d.glob("*.jsonl"):
+        try:
+            hour = int(f.stem)
+        except ValueError:
+            continue
+        if (hour + 1) * HOUR_S <= before:
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+                deleted += 1
+    return deleted
 
 
 __all__ = ["MAX_RATINGS_PER_REQUEST", "DecisionNote", "LearningStore"]

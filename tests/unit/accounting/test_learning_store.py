@@ -58,17 +58,33 @@ def test_memory_index_is_bounded(tmp_path: Path) -> None:
     assert not s.durable
 
 
-def test_purge_deletes_captures_past_retention_and_of_endpoints_no_longer_captured(
-    tmp_path: Path,
-) -> None:
+def test_purge_deletes_captures_past_retention(tmp_path: Path) -> None:
     s = LearningStore(tmp_path)
     s.capture({"request_id": "a"}, "ep", T0)
     s.capture({"request_id": "b"}, "ep", T0 + 5 * HOUR)
-    s.capture({"request_id": "c"}, "gone", T0)
-    assert s.purge({"ep": 2 * HOUR}, T0 + 2 * HOUR) == 1  # "gone" captures no more
-    assert s.purge({"ep": 2 * HOUR}, T0 + 2 * HOUR + 10) == 0  # once a minute at most
-    assert sorted(r["request_id"] for r in captured(tmp_path)) == ["a", "b"]
+    assert s.purge({"ep": 2 * HOUR}, T0 + 2 * HOUR) == 0
+    s.capture({"request_id": "c"}, "ep", T0 + 2 * HOUR)
+    assert s.purge({"ep": 2 * HOUR}, T0 + 3 * HOUR + 1 - 3600 + 10) == 0  # once a minute
+    assert sorted(r["request_id"] for r in captured(tmp_path)) == ["a", "b", "c"]
     # "a" is deleted once its whole hour is past the retention.
     assert s.purge({"ep": 2 * HOUR}, T0 + 3 * HOUR + 1, force=True) == 1
-    assert [r["request_id"] for r in captured(tmp_path)] == ["b"]
-    assert (tmp_path / CAPTURE_DIR / endpoint_dir("ep")).is_dir()
+    assert sorted(r["request_id"] for r in captured(tmp_path)) == ["b", "c"]
+
+
+def test_an_endpoint_missing_from_the_config_keeps_its_last_retention(tmp_path: Path) -> None:
+    s = LearningStore(tmp_path)
+    s.capture({"request_id": "old"}, "ep", T0)
+    s.capture({"request_id": "new"}, "ep", T0 + 10 * HOUR)
+    s.capture({"request_id": "x"}, "never-configured", T0)
+    s.purge({"ep": 48 * HOUR}, T0 + 10 * HOUR, force=True)  # remembers 48h
+    assert (tmp_path / CAPTURE_DIR / endpoint_dir("ep") / "retention").read_text() == "172800.0"
+    # Capture turned off (or a config without the policy): nothing is wiped at once ...
+    assert s.purge({}, T0 + 11 * HOUR, force=True) == 0
+    # ... and the remembered retention still applies.
+    assert s.purge({}, T0 + 49 * HOUR + 1, force=True) == 1
+    assert sorted(r["request_id"] for r in captured(tmp_path)) == ["new", "x"]
+    # A folder that remembers none is kept for the API's default, 7 days.
+    assert s.purge({}, T0 + 7 * 24 * HOUR, force=True) == 1  # "new", 48h after its hour
+    assert [r["request_id"] for r in captured(tmp_path)] == ["x"]
+    assert s.purge({}, T0 + 7 * 24 * HOUR + HOUR, force=True) == 1
+    assert list(captured(tmp_path)) == []
