@@ -346,6 +346,8 @@ async def test_capture_samples_public_prompts_and_never_a_forbidden_class(
     assert rec["target"] == "cheap" and rec["baseline_target"] == "strong"
     assert rec["propensity"] == 1.0 and rec["data_classes"] == ["public"]
     assert "jane@example.com" not in "".join(f.read_text() for f in files)
+    metrics = (await client.get("/metrics")).text
+    assert 'tokenyard_captures_total{endpoint="ep"} 1.0' in metrics
 
 
 async def test_capture_data_classes_widen_it_and_sample_rate_thins_it(

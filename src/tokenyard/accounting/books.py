@@ -149,6 +149,7 @@ class Books:
                 pol.endpoint,
                 now,
             )
+            self.metrics.captures.labels(pol.endpoint).inc()
 
     # Positional, as finish calls it; each argument is one part of the finished request.
     def _record(

@@ -535,7 +535,6 @@ class RouterCore:
             return None
         if self._rng.random() >= spec.sampleRate:
             return None
-        self.metrics.captures.labels(pol.endpoint).inc()
         body = parsed.body
         prompt = (
             {"messages": body["messages"]} if "messages" in body else {"prompt": body.get("prompt")}
