@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,8 @@ class DecisionNote:
     """The classifier that scored it: ``heuristic`` or the Learned artifact's version."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: its deep copy costs more than the rest of the note.
+        return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DecisionNote | None:
