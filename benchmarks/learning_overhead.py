@@ -116,7 +116,18 @@ async def main(n: int) -> None:
 
     logging.getLogger("tokenyard.audit").disabled = True
     rng = random.Random(0)
-    words = "tax pasta bike garden chess poem train sweater deduction marathon".split()
+    words = [
+        "tax",
+        "pasta",
+        "bike",
+        "garden",
+        "chess",
+        "poem",
+        "train",
+        "sweater",
+        "deduction",
+        "marathon",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         routers = {
             "plain": router(Path(tmp) / "plain", learning=False),
