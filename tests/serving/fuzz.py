@@ -85,4 +85,5 @@ PATHS = [
     ("/v1/chat/completions", "chat"),
     ("/v1/completions", "completion"),
     ("/v1/tokenyard/explain", "chat"),
+    ("/v1/tokenyard/feedback", "chat"),  # chat-shaped bodies: all malformed feedback
 ]
