@@ -106,6 +106,14 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
             "Version of the learned classifier in use.",
             priority=1,
         ),
+        _col(
+            "Shadow Disagree",
+            "number",
+            ".status.shadow.disagreement",
+            "Share of requests the shadow candidate (spec.classifier.shadow) would route "
+            "elsewhere.",
+            priority=1,
+        ),
         _AGE,
     ],
 }
