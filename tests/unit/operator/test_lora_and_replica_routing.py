@@ -203,3 +203,25 @@ def test_policy_status_resolves_adapter_targets() -> None:
     assert (c["status"], c["reason"]) == ("False", "TargetNotFound")
     assert "ModelDeployment 'economy' has no LoRA adapter 'nope'" in c["message"]
     assert "has no LoRA adapter 'nope'" in missing["targets"][0]["message"]
+
+
+def test_adapter_claims_are_mounted_in_the_workers() -> None:
+    md = _in_cluster(
+        "economy",
+        loraAdapters=[
+            {"name": "sql", "source": "pvc://adapters/sql"},
+            {"name": "legal", "source": "hf://org/legal-lora"},
+        ],
+    )
+    acc = next(a for a in P.spec.accelerators if a.name == "l4")
+    group = builders.build_worker_group(P, acc, "img", [], [md])
+    pod = group["template"]["spec"]
+    assert pod["volumes"] == [
+        {
+            "name": "pvc-adapters",
+            "persistentVolumeClaim": {"claimName": "adapters", "readOnly": True},
+        }
+    ]
+    assert pod["containers"][0]["volumeMounts"] == [
+        {"name": "pvc-adapters", "mountPath": "/mnt/models/adapters", "readOnly": True}
+    ]
