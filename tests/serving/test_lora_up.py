@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -30,7 +31,7 @@ pytestmark = [
 
 REPO = Path(__file__).resolve().parents[2]
 URL_RE = re.compile(r"OpenAI base URL: (http://\S+/v1)")
-PROMPT = [{"role": "user", "content": "Summarise the contract clause for the customer."}]
+PROMPT: list[Any] = [{"role": "user", "content": "Summarise the contract clause for the customer."}]
 
 
 def _manifests(dest: Path, model: Path, adapter: Path) -> Path:
@@ -93,7 +94,7 @@ def test_tokenyard_up_serves_a_lora_adapter_by_name_and_as_a_target(
 
             def ask(model: str) -> openai.types.chat.ChatCompletion:
                 return c.chat.completions.create(
-                    model=model, messages=PROMPT, max_tokens=12, temperature=0.0  # type: ignore[arg-type]
+                    model=model, messages=PROMPT, max_tokens=12, temperature=0.0
                 )
 
             base = ask("tiny-economy")
