@@ -279,9 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--conversations", type=int, default=8)
     ap.add_argument("--turns", type=int, default=5)
+    ap.add_argument("--sessions", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=4)
-    ap.add_argument("--system-words", type=int, default=60)
-    ap.add_argument("--user-words", type=int, default=12)
+    ap.add_argument("--system-words", type=int, default=40)
+    ap.add_argument("--user-words", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=12)
     ap.add_argument("--max-model-len", type=int, default=512)
     ap.add_argument("--seed", type=int, default=14)
@@ -338,23 +339,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {v}: request router {cls}")
 
         backends = {v: _backend(names[v]) for v in VARIANTS}
-        convs = {
-            v: conversations(args.seed, args.conversations, args.system_words) for v in VARIANTS
-        }
         samples = {v: Samples() for v in VARIANTS}
         rng = random.Random(args.seed + 1)
 
         async def run() -> None:
-            for turn in range(args.turns):
-                users = [_sentence(rng, args.user_words) for _ in range(args.conversations)]
-                for v in VARIANTS:
-                    for c, u in zip(convs[v], users, strict=True):
-                        c.messages.append({"role": "user", "content": u})
-                order = VARIANTS if turn % 2 == 0 else VARIANTS[::-1]
-                for v in order:
-                    await _round(
-                        backends[v], convs[v], args.max_tokens, args.concurrency, samples[v]
-                    )
+            rounds = 0
+            for session in range(args.sessions):
+                # A new set of conversations, with a system prompt of its own.
+                seed = args.seed + 100 * session
+                convs = {
+                    v: conversations(seed, args.conversations, args.system_words) for v in VARIANTS
+                }
+                for _turn in range(args.turns):
+                    users = [_sentence(rng, args.user_words) for _ in range(args.conversations)]
+                    for v in VARIANTS:
+                        for c, u in zip(convs[v], users, strict=True):
+                            c.messages.append({"role": "user", "content": u})
+                    order = VARIANTS if rounds % 2 == 0 else VARIANTS[::-1]
+                    rounds += 1
+                    for v in order:
+                        await _round(
+                            backends[v], convs[v], args.max_tokens, args.concurrency, samples[v]
+                        )
 
         asyncio.run(run())
         counters = _wait_counters(metrics_port, list(names.values()), timeout=120)
@@ -365,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print()
     print(
-        f"workload: {args.conversations} conversations x {args.turns} turns, shared "
+        f"workload: {args.sessions} sessions of {args.conversations} conversations x "
+        f"{args.turns} turns, each session's conversations sharing a "
         f"{args.system_words}-word system prompt, {args.user_words}-word user turns, "
         f"{args.max_tokens} output tokens, concurrency {args.concurrency}, KV block "
         f"{args.block_size} tokens; 2 replicas each; "
@@ -397,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if ratios:
         print(
-            "TTFT p50 affinity / power-of-two per round (turn): median "
+            "TTFT p50 affinity / power-of-two per round (one turn of a session): median "
             f"{statistics.median(ratios):.2f}, min {min(ratios):.2f}, "
             f"max {max(ratios):.2f} over {len(ratios)} rounds: "
             + ", ".join(f"{r:.2f}" for r in ratios)

@@ -465,7 +465,12 @@ def build_llm_config(
         deployment_config["num_replicas"] = initial_replicas
     router = spec.inCluster.replica_router()
     if router is not None:
-        deployment_config["request_router_config"] = {"request_router_class": router}
+        rc: dict[str, Any] = {"request_router_class": router}
+        if spec.inCluster.prefixAffinityMaxImbalance is not None:
+            rc["request_router_kwargs"] = {
+                "imbalanced_threshold": spec.inCluster.prefixAffinityMaxImbalance
+            }
+        deployment_config["request_router_config"] = rc
     cfg: dict[str, Any] = {
         "model_loading_config": {"model_id": served, "model_source": model_source(spec)},
         "engine_kwargs": engine_kwargs(spec),

@@ -26,7 +26,6 @@ SOURCE_URI = r"^(hf|s3|gs|pvc|file)://.+$"
 # LoRA adapters load from a path the engine reads (file://, a pvc:// mount) or by
 # Hugging Face repository id (vLLM fetches it); s3:// and gs:// are not supported yet.
 ADAPTER_SOURCE_URI = r"^(hf|pvc|file)://.+$"
-MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 # CEL rules the API server enforces; the model validators below raise the same messages
 # so `tokenyard render` rejects offline what `kubectl apply` would reject.
@@ -45,6 +44,12 @@ RULE_POOL_FOR_IN_CLUSTER = (
 RULE_AFFINITY_NEEDS_PREFIX_CACHING = (
     "self.replicaRouting != 'PrefixCacheAffinity' || self.engine.enablePrefixCaching",
     "replicaRouting PrefixCacheAffinity needs engine.enablePrefixCaching",
+)
+RULE_IMBALANCE_NEEDS_AFFINITY = (
+    "!has(self.prefixAffinityMaxImbalance) || self.replicaRouting == 'PrefixCacheAffinity' "
+    "|| (self.replicaRouting == 'Auto' && self.engine.enablePrefixCaching)",
+    "prefixAffinityMaxImbalance needs replicaRouting PrefixCacheAffinity (or Auto with "
+    "engine.enablePrefixCaching)",
 )
 RULE_MAX_LORAS_WITH_ADAPTERS = (
     "!has(self.maxLoras) || (has(self.loraAdapters) && size(self.loraAdapters) > 0)",
@@ -107,7 +112,7 @@ class LoraAdapter(ApiModel):
     """name of the adapter, unique in the model. Clients call the adapter by this name in
     the request's model field; RoutingPolicy targets name it MODEL:NAME (the
     ModelDeployment's name, a colon, this name). Keep it unique in the namespace: a name
-    two models use is called on the first of them in name order."""
+    two models use is called on the first of them in the router's catalogue."""
     source: str = Field(pattern=ADAPTER_SOURCE_URI, max_length=1024)
     """source of the adapter's weights (adapter_config.json and adapter_model.safetensors):
     file:///local/path, pvc://claim/path (mounted in the Ray workers) or hf://org/name
@@ -123,7 +128,11 @@ class InClusterSpec(ApiModel):
     """A model served inside the pool by vLLM on Ray Serve."""
 
     model_config = ApiModel.model_config | {
-        "json_schema_extra": cel(RULE_AFFINITY_NEEDS_PREFIX_CACHING, RULE_MAX_LORAS_WITH_ADAPTERS)
+        "json_schema_extra": cel(
+            RULE_AFFINITY_NEEDS_PREFIX_CACHING,
+            RULE_IMBALANCE_NEEDS_AFFINITY,
+            RULE_MAX_LORAS_WITH_ADAPTERS,
+        )
     }
 
     source: str = Field(pattern=SOURCE_URI, max_length=1024)
@@ -149,6 +158,11 @@ class InClusterSpec(ApiModel):
     there) while replicas are evenly loaded; PowerOfTwoChoices sends it to the less busy
     of two random replicas. Auto (the default) is PrefixCacheAffinity when
     engine.enablePrefixCaching is true, else PowerOfTwoChoices."""
+    prefixAffinityMaxImbalance: int | None = Field(default=None, ge=0, le=100000)
+    """prefixAffinityMaxImbalance is the difference in queued requests between the
+    busiest and the idlest replica above which prefix-cache affinity gives way to the
+    less busy of two replicas (Ray's imbalanced_threshold). Unset: affinity always wins,
+    so conversations sharing a system prompt may all go to one replica."""
     loraAdapters: list[LoraAdapter] | None = Field(
         default=None, max_length=64, json_schema_extra=list_map("name")
     )
@@ -166,6 +180,10 @@ class InClusterSpec(ApiModel):
         require(
             self.replicaRouting != "PrefixCacheAffinity" or self.engine.enablePrefixCaching,
             RULE_AFFINITY_NEEDS_PREFIX_CACHING[1],
+        )
+        require(
+            self.prefixAffinityMaxImbalance is None or self.replica_router() is not None,
+            RULE_IMBALANCE_NEEDS_AFFINITY[1],
         )
         require(self.maxLoras is None or bool(self.loraAdapters), RULE_MAX_LORAS_WITH_ADAPTERS[1])
         require_unique((a.name for a in self.loraAdapters or []), "loraAdapters[].name")

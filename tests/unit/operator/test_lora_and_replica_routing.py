@@ -67,6 +67,16 @@ def test_the_default_model_gets_prefix_cache_affinity() -> None:
     assert cfg["autoscaling_config"]["max_replicas"] == 2
 
 
+def test_the_imbalance_limit_reaches_the_router_kwargs() -> None:
+    md = _in_cluster("economy", prefixAffinityMaxImbalance=8)
+    assert _deployment_config(md)["request_router_config"] == {
+        **AFFINITY,
+        "request_router_kwargs": {"imbalanced_threshold": 8},
+    }
+    with pytest.raises(ValidationError, match="prefixAffinityMaxImbalance needs"):
+        _in_cluster("economy", replicaRouting="PowerOfTwoChoices", prefixAffinityMaxImbalance=8)
+
+
 def test_affinity_without_prefix_caching_is_rejected() -> None:
     doc = model("economy", engine={"enablePrefixCaching": False}).dump()
     doc["spec"]["inCluster"]["replicaRouting"] = "PrefixCacheAffinity"
