@@ -66,6 +66,20 @@ def state_claim_name(pool: str) -> str:
     return f"{pool}-router-state"
 
 
+ADAPTER_SEPARATOR = ":"
+
+
+def adapter_target(model: str, adapter: str) -> str:
+    """The target (and catalogue) name of a ModelDeployment's LoRA adapter: MODEL:ADAPTER."""
+    return f"{model}{ADAPTER_SEPARATOR}{adapter}"
+
+
+def split_target(target: str) -> tuple[str, str | None]:
+    """(ModelDeployment name, adapter name or None) of a RoutingPolicy target."""
+    model, sep, adapter = target.partition(ADAPTER_SEPARATOR)
+    return model, (adapter if sep else None)
+
+
 def model_app_name(model: str) -> str:
     """Ray Serve application name of an in-cluster ModelDeployment."""
     return f"{MODEL_APP_PREFIX}{model}"
@@ -138,6 +152,9 @@ class CatalogueEntry(_Contract):
     """Prompt tokens one replica prefills per second (spec.inCluster.nominalTokensPerSecond)."""
     ttftSLOSeconds: float | None = None
     """The model's time-to-first-token objective (spec.autoscaling.ttftSLOSeconds)."""
+    adapterOf: str | None = None
+    """For a LoRA adapter (name MODEL:ADAPTER): the ModelDeployment whose replicas serve
+    it on their base weights (the same app, deployment and capacity)."""
     capped: str | None = None
     """GPUCapped or BudgetCapped while the autoscaler gives the model fewer replicas than
     it asks for (its Capped condition). Rendered only for pools where a policy sets
@@ -360,6 +377,35 @@ def model_source(spec: ModelDeploymentSpec) -> str | dict[str, Any]:
     return rest  # file:///abs/path -> /abs/path
 
 
+def adapter_path(uri: str) -> str:
+    """Where the engine reads a LoRA adapter's source: a local path (file://), the pool's
+    claim mount (pvc://) or a Hugging Face repository id (hf://, fetched by vLLM)."""
+    scheme, rest = uri.split("://", 1)
+    if scheme == "pvc":
+        return f"{PVC_MOUNT_ROOT}/{rest}"
+    return rest  # file:///abs/path -> /abs/path; hf://org/name -> org/name
+
+
+LORA_MODULES_ARG = "lora_modules"
+"""The engine argument carrying the adapters (vLLM's static LoRA modules, loaded when the
+engine starts): a list of {"name", "path"} that the model app turns
+into vLLM's ``LoRAModulePath`` (the serve config is JSON and cannot carry it)."""
+
+
+def lora_engine_kwargs(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """vLLM's multi-LoRA arguments for the model's adapters ({} without adapters)."""
+    assert spec.inCluster is not None
+    adapters = spec.inCluster.loraAdapters or []
+    if not adapters:
+        return {}
+    return {
+        "enable_lora": True,
+        "max_lora_rank": spec.inCluster.maxLoraRank,
+        "max_loras": spec.inCluster.maxLoras or len(adapters),
+        LORA_MODULES_ARG: [{"name": a.name, "path": adapter_path(a.source)} for a in adapters],
+    }
+
+
 def engine_kwargs(spec: ModelDeploymentSpec) -> dict[str, Any]:
     """vLLM engine arguments from the spec (Python names, as vLLM takes them)."""
     assert spec.inCluster is not None
@@ -378,6 +424,7 @@ def engine_kwargs(spec: ModelDeploymentSpec) -> dict[str, Any]:
         kw["quantization"] = e.quantization
     if spec.inCluster.revision is not None:
         kw["revision"] = spec.inCluster.revision
+    kw.update(lora_engine_kwargs(spec))
     kw.update(e.extraArgs)
     return kw
 
@@ -419,6 +466,14 @@ def build_llm_config(
         }
     else:
         deployment_config["num_replicas"] = initial_replicas
+    router = spec.inCluster.replica_router()
+    if router is not None:
+        rc: dict[str, Any] = {"request_router_class": router}
+        if spec.inCluster.prefixAffinityMaxImbalance is not None:
+            rc["request_router_kwargs"] = {
+                "imbalanced_threshold": spec.inCluster.prefixAffinityMaxImbalance
+            }
+        deployment_config["request_router_config"] = rc
     cfg: dict[str, Any] = {
         "model_loading_config": {"model_id": served, "model_source": model_source(spec)},
         "engine_kwargs": engine_kwargs(spec),
@@ -491,6 +546,39 @@ def catalogue_entry(
         ttftSLOSeconds=spec.autoscaling.ttftSLOSeconds,
         capped=capped_reason(md) if with_capped else None,
     )
+
+
+def catalogue_entries(
+    md: ModelDeployment,
+    *,
+    ready: bool,
+    accel: AcceleratorClass | None = None,
+    replicas: int | None = None,
+    with_capped: bool = False,
+) -> list[CatalogueEntry]:
+    """The router's view of one ModelDeployment and of each of its LoRA adapters.
+
+    An adapter is served by the model's own replicas: its entry shares the model's app,
+    deployment, readiness and capacity, and differs in name (MODEL:ADAPTER), the name
+    clients call (the adapter's, which is also its LoRA name in vLLM), quality and price.
+    """
+    base = catalogue_entry(md, ready=ready, accel=accel, replicas=replicas, with_capped=with_capped)
+    out = [base]
+    ic = md.spec.inCluster
+    for a in (ic.loraAdapters if ic is not None else None) or []:
+        out.append(
+            base.model_copy(
+                update={
+                    "name": adapter_target(base.name, a.name),
+                    "servedModelName": a.name,
+                    "quality": a.quality if a.quality is not None else base.quality,
+                    "inputPer1M": a.price.inputPer1M if a.price else base.inputPer1M,
+                    "outputPer1M": a.price.outputPer1M if a.price else base.outputPer1M,
+                    "adapterOf": base.name,
+                }
+            )
+        )
+    return out
 
 
 def capped_reason(md: ModelDeployment) -> str | None:

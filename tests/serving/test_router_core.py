@@ -990,3 +990,36 @@ async def test_context_refusals_leave_the_circuit_closed(
     assert backends.hits("a") == 5  # never skipped as an open circuit
     metrics = (await client.get("/metrics")).text
     assert 'tokenyard_circuit_state{target="a"} 0.0' in metrics
+
+
+async def test_a_lora_adapter_and_its_base_model_share_one_queue(
+    backends: Backends, make_router: Any, models: tuple[HeldModel, HeldModel]
+) -> None:
+    # Issue 14: requests called by a LoRA adapter's name run on its base model's
+    # replicas, so they fill the base model's queue: once the adapter's calls hold the
+    # replicas, the base model's own endpoint spills over to frontier.
+    economy, frontier = models
+    sql = HeldModel("economy:sql")
+    cfg = spill_config()
+    base = next(m for m in cfg.models if m.name == "economy")
+    adapter = base.model_copy(
+        update={"name": "economy:sql", "servedModelName": "sql", "adapterOf": "economy"}
+    )
+    cfg = cfg.model_copy(update={"models": [*cfg.models, adapter]})
+    core, client = make_router(
+        cfg, backend_factory=held_models(economy, frontier, sql), clock=lambda: NOW
+    )
+    by_name = {**BODY, "model": "sql"}
+    held = [
+        asyncio.create_task(client.post("/v1/chat/completions", json=by_name)) for _ in range(4)
+    ]
+    await all_sent(sql, n=4)
+    assert core.load.in_flight("economy") == 4 and core.load.in_flight("economy:sql") == 0
+    posts = [asyncio.create_task(client.post("/v1/chat/completions", json=BODY)) for _ in range(2)]
+    await all_sent(economy, frontier, n=2)
+    assert (economy.calls, frontier.calls) == (0, 2)
+    for m in (sql, economy, frontier):
+        m.release.set()
+    answers = await asyncio.gather(*held, *posts)
+    assert [r.status_code for r in answers] == [200] * 6
+    assert core.load.in_flight("economy") == 0

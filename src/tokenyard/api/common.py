@@ -98,8 +98,11 @@ DATA_CLASS = r"^[a-z][a-z0-9-]{0,62}$"
 
 DataClass = Annotated[str, Field(pattern=DATA_CLASS, max_length=63)]
 """A data class name such as public, internal, pii, pci or secret."""
-ModelName = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
-"""The name of a ModelDeployment in the same namespace."""
+TARGET_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(:[a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"
+"""A ModelDeployment name, or MODEL:ADAPTER for one of its LoRA adapters."""
+ModelName = Annotated[str, Field(pattern=TARGET_NAME, max_length=127)]
+"""The name of a ModelDeployment in the same namespace, or MODEL:ADAPTER for one of its
+spec.inCluster.loraAdapters."""
 
 
 class Condition(ApiModel):

@@ -23,6 +23,9 @@ Tier = Literal["economy", "standard", "frontier"]
 TIER_QUALITY: dict[str, float] = {"economy": 0.3, "standard": 0.6, "frontier": 1.0}
 
 SOURCE_URI = r"^(hf|s3|gs|pvc|file)://.+$"
+# LoRA adapters load from a path the engine reads (file://, a pvc:// mount) or by
+# Hugging Face repository id (vLLM fetches it); s3:// and gs:// are not supported yet.
+ADAPTER_SOURCE_URI = r"^(hf|pvc|file)://.+$"
 
 # CEL rules the API server enforces; the model validators below raise the same messages
 # so `tokenyard render` rejects offline what `kubectl apply` would reject.
@@ -37,6 +40,20 @@ RULE_EXACTLY_ONE_BACKEND = (
 RULE_POOL_FOR_IN_CLUSTER = (
     "!has(self.inCluster) || has(self.pool)",
     "pool is required for inCluster models",
+)
+RULE_AFFINITY_NEEDS_PREFIX_CACHING = (
+    "self.replicaRouting != 'PrefixCacheAffinity' || self.engine.enablePrefixCaching",
+    "replicaRouting PrefixCacheAffinity needs engine.enablePrefixCaching",
+)
+RULE_IMBALANCE_NEEDS_AFFINITY = (
+    "!has(self.prefixAffinityMaxImbalance) || self.replicaRouting == 'PrefixCacheAffinity' "
+    "|| (self.replicaRouting == 'Auto' && self.engine.enablePrefixCaching)",
+    "prefixAffinityMaxImbalance needs replicaRouting PrefixCacheAffinity (or Auto with "
+    "engine.enablePrefixCaching)",
+)
+RULE_MAX_LORAS_WITH_ADAPTERS = (
+    "!has(self.maxLoras) || (has(self.loraAdapters) && size(self.loraAdapters) > 0)",
+    "maxLoras is only meaningful with loraAdapters",
 )
 RULE_REPLICAS_IN_BOUNDS = (
     "!has(self.replicas) || !has(self.inCluster) || "
@@ -74,8 +91,49 @@ class EngineSpec(ApiModel):
     (for example max_num_seqs: 128)."""
 
 
+class TokenPrice(ApiModel):
+    """Price in USD per one million tokens."""
+
+    inputPer1M: float = Field(ge=0, le=100000)
+    """inputPer1M is the price of one million prompt tokens, in USD."""
+    outputPer1M: float = Field(ge=0, le=100000)
+    """outputPer1M is the price of one million generated tokens, in USD."""
+
+
+ReplicaRouting = Literal["Auto", "PrefixCacheAffinity", "PowerOfTwoChoices"]
+PREFIX_CACHE_AFFINITY_ROUTER = "ray.serve.llm.request_router.PrefixCacheAffinityRouter"
+"""Ray Serve LLM's prefix-cache-affinity request router (replicaRouting PrefixCacheAffinity)."""
+
+
+class LoraAdapter(ApiModel):
+    """A LoRA adapter served on the model's base weights."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=63)
+    """name of the adapter, unique in the model. Clients call the adapter by this name in
+    the request's model field; RoutingPolicy targets name it MODEL:NAME (the
+    ModelDeployment's name, a colon, this name). Keep it unique in the namespace: a name
+    two models use is called on the first of them in the router's catalogue."""
+    source: str = Field(pattern=ADAPTER_SOURCE_URI, max_length=1024)
+    """source of the adapter's weights (adapter_config.json and adapter_model.safetensors):
+    file:///local/path, pvc://claim/path (mounted in the Ray workers) or hf://org/name
+    (fetched by vLLM from the Hugging Face Hub)."""
+    quality: float | None = Field(default=None, ge=0, le=1)
+    """quality in [0, 1] routing assumes for the adapter; defaults to the model's."""
+    price: TokenPrice | None = None
+    """price charged per 1M tokens through this adapter; defaults to the base model's
+    effective cost."""
+
+
 class InClusterSpec(ApiModel):
     """A model served inside the pool by vLLM on Ray Serve."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            RULE_AFFINITY_NEEDS_PREFIX_CACHING,
+            RULE_IMBALANCE_NEEDS_AFFINITY,
+            RULE_MAX_LORAS_WITH_ADAPTERS,
+        )
+    }
 
     source: str = Field(pattern=SOURCE_URI, max_length=1024)
     """source of the weights: hf://org/name, s3://bucket/path, gs://bucket/path,
@@ -93,15 +151,51 @@ class InClusterSpec(ApiModel):
     """nominalTokensPerSecond is the throughput one replica is expected to reach; it
     estimates the cost per 1M tokens until the autoscaler measures it, and the router's
     spill-over (RoutingPolicy spec.spillover) takes it as the replica's prefill speed."""
+    replicaRouting: ReplicaRouting = "Auto"
+    """replicaRouting is how Ray Serve picks one of the model's replicas for a request.
+    PrefixCacheAffinity sends a request to the replica that served the longest prefix of
+    its prompt (multi-turn conversations and shared system prompts find their KV cache
+    there) while replicas are evenly loaded; PowerOfTwoChoices sends it to the less busy
+    of two random replicas. Auto (the default) is PrefixCacheAffinity when
+    engine.enablePrefixCaching is true, else PowerOfTwoChoices."""
+    prefixAffinityMaxImbalance: int | None = Field(default=None, ge=0, le=100000)
+    """prefixAffinityMaxImbalance is the difference in queued requests between the
+    busiest and the idlest replica above which prefix-cache affinity gives way to the
+    less busy of two replicas (Ray's imbalanced_threshold). Unset: affinity always wins,
+    so conversations sharing a system prompt may all go to one replica."""
+    loraAdapters: list[LoraAdapter] | None = Field(
+        default=None, max_length=64, json_schema_extra=list_map("name")
+    )
+    """loraAdapters are LoRA adapters served on these base weights by every replica (vLLM
+    multi-LoRA); each is callable by its name and routable as a target MODEL:NAME."""
+    maxLoraRank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = 16
+    """maxLoraRank is the highest LoRA rank (r) among the adapters; vLLM reserves memory
+    for it."""
+    maxLoras: int | None = Field(default=None, ge=1, le=64)
+    """maxLoras is how many different adapters one batch may use at once; defaults to the
+    number of loraAdapters."""
 
+    @model_validator(mode="after")
+    def _cel(self) -> Self:
+        require(
+            self.replicaRouting != "PrefixCacheAffinity" or self.engine.enablePrefixCaching,
+            RULE_AFFINITY_NEEDS_PREFIX_CACHING[1],
+        )
+        require(
+            self.prefixAffinityMaxImbalance is None or self.replica_router() is not None,
+            RULE_IMBALANCE_NEEDS_AFFINITY[1],
+        )
+        require(self.maxLoras is None or bool(self.loraAdapters), RULE_MAX_LORAS_WITH_ADAPTERS[1])
+        require_unique((a.name for a in self.loraAdapters or []), "loraAdapters[].name")
+        return self
 
-class TokenPrice(ApiModel):
-    """Price in USD per one million tokens."""
-
-    inputPer1M: float = Field(ge=0, le=100000)
-    """inputPer1M is the price of one million prompt tokens, in USD."""
-    outputPer1M: float = Field(ge=0, le=100000)
-    """outputPer1M is the price of one million generated tokens, in USD."""
+    def replica_router(self) -> str | None:
+        """The Ray Serve request router class replicaRouting resolves to; None: Serve's
+        default (power of two choices)."""
+        affinity = self.replicaRouting == "PrefixCacheAffinity" or (
+            self.replicaRouting == "Auto" and self.engine.enablePrefixCaching
+        )
+        return PREFIX_CACHE_AFFINITY_ROUTER if affinity else None
 
 
 class ExternalSpec(ApiModel):
@@ -258,6 +352,26 @@ class AutoscalingStatus(ApiModel):
     """lastScaleTime is when the autoscaler last changed replicas (RFC 3339)."""
 
 
+class AdapterStatus(ApiModel):
+    """The observed state of one LoRA adapter of the model."""
+
+    name: str
+    """name of the adapter (the model name clients call)."""
+    target: str
+    """target is how RoutingPolicy targets name the adapter (MODEL:ADAPTER)."""
+    source: str | None = None
+    """source the adapter's weights load from."""
+    ready: bool = False
+    """ready is true when the model's replicas serve the adapter (vLLM loads every
+    adapter when its engine starts, so it follows the model's Ready condition)."""
+    quality: float | None = None
+    """quality score routing uses for the adapter."""
+    costPer1MTokens: float | None = None
+    """costPer1MTokens is the adapter's blended price (its own, or the model's cost)."""
+    message: str | None = None
+    """message explains why the adapter is not ready."""
+
+
 class ModelDeploymentStatus(ApiModel):
     """ModelDeploymentStatus is the observed state of the model."""
 
@@ -287,6 +401,8 @@ class ModelDeploymentStatus(ApiModel):
     """model is the weights source or provider model, for kubectl get."""
     autoscaling: AutoscalingStatus | None = None
     """autoscaling is the autoscaler's latest decision."""
+    adapters: list[AdapterStatus] | None = Field(default=None, json_schema_extra=list_map("name"))
+    """adapters reports each of spec.inCluster.loraAdapters."""
 
 
 class ModelDeployment(ApiModel):

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from tokenyard.api.common import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
+    TARGET_NAME,
     ApiModel,
     Condition,
     DataClass,
@@ -63,8 +64,9 @@ RULE_WEIGHTED_NEEDS_WEIGHT = (
 class Target(ApiModel):
     """A model the endpoint may send requests to."""
 
-    model: str = Field(pattern=DNS_LABEL, max_length=63)
-    """model is the name of a ModelDeployment in the same namespace."""
+    model: str = Field(pattern=TARGET_NAME, max_length=127)
+    """model is the name of a ModelDeployment in the same namespace, or MODEL:ADAPTER for
+    one of that model's LoRA adapters (spec.inCluster.loraAdapters[].name)."""
     weight: int | None = Field(default=None, ge=0, le=100)
     """weight is the target's share of traffic under the Weighted strategy (relative)."""
 
@@ -113,7 +115,8 @@ class Rule(ApiModel):
     match: Match = Field(default_factory=Match)
     """match says which requests the rule applies to; empty matches all."""
     targets: list[ModelName] = Field(min_length=1, max_length=16)
-    """targets are model names from spec.targets, tried in this order."""
+    """targets are model names (or MODEL:ADAPTER) from spec.targets, tried in this
+    order."""
 
 
 class ConfigMapKeyRef(ApiModel):

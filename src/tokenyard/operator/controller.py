@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tokenyard import contract
 from tokenyard.api.common import (
     COND_CAPPED,
     REASON_DEPLOYING,
@@ -435,7 +436,9 @@ class Controller:
         self, ns: str, name: str, models: dict[str, ModelDeployment], invalid: set[str]
     ) -> None:
         """A policy's target (:meth:`model_body`) parsed into ``models``, or its name into
-        ``invalid`` when it does not validate; a target that does not exist goes nowhere."""
+        ``invalid`` when it does not validate; a target that does not exist goes nowhere.
+        A LoRA adapter target (MODEL:ADAPTER) collects its ModelDeployment, by that name."""
+        name = contract.split_target(name)[0]
         body = await self.model_body(ns, name)
         if body is None:
             return

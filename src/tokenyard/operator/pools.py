@@ -156,9 +156,10 @@ async def _members(ctrl: Controller, ns: str, name: str) -> Members:
     targets: dict[str, ModelDeployment] = {}
     for _, pol in policies:
         for t in pol.spec.targets:
-            if t.model in member_names or t.model in targets or t.model in invalid_models:
+            name = contract.split_target(t.model)[0]
+            if name in member_names or name in targets or name in invalid_models:
                 continue
-            await ctrl.collect_target(ns, t.model, targets, invalid_models)
+            await ctrl.collect_target(ns, name, targets, invalid_models)
     return Members(member_bodies, members, policies, targets, invalid_models, rejected)
 
 

@@ -31,7 +31,7 @@ from tokenyard.api.common import (
     REASON_UNHEALTHY,
     REASON_VALIDATION_FAILED,
 )
-from tokenyard.api.model import ModelDeployment
+from tokenyard.api.model import LoraAdapter, ModelDeployment
 from tokenyard.api.policy import RoutingPolicy
 from tokenyard.api.pool import ServingPool
 from tokenyard.operator.builders import (
@@ -340,6 +340,41 @@ def build_model_status(md: ModelDeployment, ctx: ModelContext, *, now: str) -> d
             else {"pool": spec.pool}
         ),
     )
+    adapters = spec.inCluster.loraAdapters or []
+    if adapters or (md.status is not None and md.status.adapters):
+        out["adapters"] = [
+            adapter_status(name, a, ready, f"{reason}: {message}", cost, spec.effective_quality())
+            for a in adapters
+        ] or None
+    return out
+
+
+def adapter_status(  # noqa: PLR0917
+    model: str,
+    a: LoraAdapter,
+    ready: bool,
+    not_ready: str,
+    model_cost: float | None,
+    model_quality: float,
+) -> dict[str, Any]:
+    """One LoRA adapter's status: served exactly when the model is (vLLM loads every
+    adapter when the engine starts; one it cannot load fails the replica)."""
+    cost = (
+        contract.blended_price(a.price.inputPer1M, a.price.outputPer1M)
+        if a.price is not None
+        else model_cost
+    )
+    out: dict[str, Any] = {
+        "name": a.name,
+        "target": contract.adapter_target(model, a.name),
+        "source": a.source,
+        "ready": ready,
+        "quality": a.quality if a.quality is not None else model_quality,
+    }
+    if cost is not None:
+        out["costPer1MTokens"] = cost
+    if not ready:
+        out["message"] = not_ready
     return out
 
 
@@ -480,19 +515,51 @@ class PolicyContext:
     figures already in status (router unreachable or not running yet)."""
 
 
+def lora_adapter(md: ModelDeployment, name: str) -> LoraAdapter | None:
+    """The model's LoRA adapter of that name, if it has one."""
+    ic = md.spec.inCluster
+    return next((a for a in (ic.loraAdapters if ic else None) or [] if a.name == name), None)
+
+
+def _missing_target(target: str, ctx: PolicyContext, namespace: str) -> str | None:
+    """Why a policy target names nothing (a model not found, or a LoRA adapter its
+    model does not have); None when it names something (valid or not)."""
+    name, adapter = contract.split_target(target)
+    md = ctx.models.get(name)
+    if md is None:
+        if name in ctx.invalid:
+            return None
+        return f"ModelDeployment {name!r} not found in namespace {namespace!r}"
+    if adapter is not None and lora_adapter(md, adapter) is None:
+        return (
+            f"ModelDeployment {name!r} has no LoRA adapter {adapter!r} "
+            "(spec.inCluster.loraAdapters)"
+        )
+    return None
+
+
 def _target_status(
     policy: RoutingPolicy, model: str, ctx: PolicyContext, old: Mapping[str, Any] | None
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"model": model, "ready": False, "external": False}
-    md = ctx.models.get(model)
+    name, adapter_name = contract.split_target(model)
+    md = ctx.models.get(name)
+    adapter = lora_adapter(md, adapter_name) if md is not None and adapter_name else None
     if md is None:
-        msg = "does not validate" if model in ctx.invalid else "not found"
-        out["message"] = f"ModelDeployment {model!r} {msg}"
+        msg = "does not validate" if name in ctx.invalid else "not found"
+        out["message"] = f"ModelDeployment {name!r} {msg}"
+    elif adapter_name is not None and adapter is None:
+        out["message"] = f"ModelDeployment {name!r} has no LoRA adapter {adapter_name!r}"
     else:
         out["external"] = md.spec.external is not None
         out["location"] = model_location(md)
         out["quality"] = md.spec.effective_quality()
         cost, _ = model_cost(md, ctx.pool if md.spec.pool == policy.spec.pool else None)
+        if adapter is not None and adapter.quality is not None:
+            out["quality"] = adapter.quality
+        if adapter is not None and adapter.price is not None:
+            p = adapter.price
+            cost = contract.blended_price(p.inputPer1M, p.outputPer1M)
         if cost is not None:
             out["costPer1MTokens"] = cost
         if md.spec.inCluster is not None and md.spec.pool != policy.spec.pool:
@@ -501,7 +568,7 @@ def _target_status(
                 f"pool {policy.spec.pool!r}"
             )
         else:
-            decision = ctx.admission.decisions.get(model) if ctx.admission is not None else None
+            decision = ctx.admission.decisions.get(name) if ctx.admission is not None else None
             mctx = ModelContext(
                 pool=ctx.pool,
                 decision=decision,
@@ -573,10 +640,9 @@ def build_policy_status(policy: RoutingPolicy, ctx: PolicyContext, *, now: str) 
     ]
     ready_count = sum(1 for t in targets if t["ready"])
     missing = [
-        f"spec.targets[{i}].model: ModelDeployment {t.model!r} not found in namespace "
-        f"{obj_namespace(policy)!r}"
+        f"spec.targets[{i}].model: {problem}"
         for i, t in enumerate(policy.spec.targets)
-        if t.model not in ctx.models and t.model not in ctx.invalid
+        if (problem := _missing_target(t.model, ctx, obj_namespace(policy))) is not None
     ]
     summary = f"{ready_count}/{len(targets)}"
     if ctx.pool is None:

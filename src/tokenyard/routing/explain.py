@@ -29,7 +29,7 @@ from tokenyard.contract import (
     LearnedClassifierEntry,
     PolicyEntry,
     RouterConfig,
-    catalogue_entry,
+    catalogue_entries,
     direct_policy,
     learned_classifier_entry,
     tenant_keys_env,
@@ -167,7 +167,7 @@ def router_config(m: Manifests) -> RouterConfig:
         accel = None
         if md.spec.inCluster is not None:
             accel = _accelerator(m, md.spec.pool, md.spec.inCluster.accelerator)
-        models.append(catalogue_entry(md, ready=True, accel=accel))
+        models.extend(catalogue_entries(md, ready=True, accel=accel))
     policies = [
         PolicyEntry(
             name=_name(p),

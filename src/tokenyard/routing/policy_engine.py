@@ -458,6 +458,7 @@ def apply_spillover(  # noqa: PLR0917
                 entry.kind == "InCluster",
                 capacity_of(entry, live_replicas),
                 entry.capped,
+                queue=entry.adapterOf,
             )
         )
     spill = choose(

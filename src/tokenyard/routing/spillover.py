@@ -64,6 +64,13 @@ class Option:
     capacity: Capacity | None = None
     capped: str | None = None
     """Why the autoscaler cannot grow the model (GPUCapped, BudgetCapped), or None."""
+    queue: str | None = None
+    """The queue clock the target's requests wait in, when not its own name: a LoRA
+    adapter waits in its base model's (the same replicas serve both)."""
+
+    @property
+    def queue_key(self) -> str:
+        return self.queue or self.name
 
 
 @dataclass(frozen=True)
@@ -155,7 +162,7 @@ def choose(  # noqa: PLR0917
     cap = first.capacity
     if not first.in_cluster or cap is None or not cap.known:
         return None
-    mine = clock.expected_ttft(first.name, cap, prompt_tokens, now)
+    mine = clock.expected_ttft(first.queue_key, cap, prompt_tokens, now)
     if mine <= threshold * cap.ttft_slo_s:
         return None
 
@@ -164,7 +171,7 @@ def choose(  # noqa: PLR0917
         oc = o.capacity
         if not o.in_cluster or oc is None or not oc.known:
             return None
-        theirs = clock.expected_ttft(o.name, oc, prompt_tokens, now)
+        theirs = clock.expected_ttft(o.queue_key, oc, prompt_tokens, now)
         return theirs if theirs <= headroom * oc.ttft_slo_s and theirs < mine else None
 
     for i, o in enumerate(options[1:], start=1):

@@ -122,6 +122,19 @@ def _model_app(
                 tiny.append((name, path))
             else:
                 raise ManifestError(f"ModelDeployment {name!r}: {path} does not exist")
+    adapters = spec.inCluster.loraAdapters or []  # type: ignore[union-attr]
+    if any(_local_path(a.source) is not None for a in adapters):
+        spec = spec.model_copy(deep=True)
+        for a in spec.inCluster.loraAdapters or []:  # type: ignore[union-attr]
+            apath = _local_path(a.source)
+            if apath is None:
+                continue
+            if not (apath / "adapter_config.json").exists():
+                raise ManifestError(
+                    f"ModelDeployment {name!r}: LoRA adapter {a.name!r}: {apath} has no "
+                    "adapter_config.json"
+                )
+            a.source = f"file://{apath}"
     accel = _accelerator(m, md)
     if accel is not None:
         resources[accel_resource(accel.name)] = 1000.0
@@ -401,7 +414,8 @@ def _summary(p: LocalPlan, host: str, port: int) -> str:
         targets = ", ".join(t.model for t in pol.policy_spec().targets)
         lines.append(f"  endpoint {pol.endpoint!r} -> {targets}")
     for mdl in p.router_config.models:
-        lines.append(f"  model    {mdl.servedModelName!r} ({mdl.kind}, quality {mdl.quality:g})")
+        kind = f"LoRA adapter on {mdl.adapterOf}" if mdl.adapterOf else mdl.kind
+        lines.append(f"  model    {mdl.servedModelName!r} ({kind}, quality {mdl.quality:g})")
     router_args = p.serve_config["applications"][-1]["args"]
     lines += [
         "",

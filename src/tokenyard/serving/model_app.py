@@ -13,7 +13,7 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
-from tokenyard.contract import MODEL_DEPLOYMENT
+from tokenyard.contract import LORA_MODULES_ARG, MODEL_DEPLOYMENT
 
 
 class ModelAppError(ValueError):
@@ -25,10 +25,29 @@ def build_app(args: dict[str, Any]) -> Application:
     cfg = args.get("llm_config")
     if not isinstance(cfg, dict):
         raise ModelAppError("model app args need an 'llm_config' mapping")
-    llm_config = LLMConfig(**cfg)
+    llm_config = LLMConfig(**_with_lora_modules(cfg))
     app = build_llm_deployment(llm_config, override_serve_options={"name": MODEL_DEPLOYMENT})
     # Ray's builder prefixes and renames deployments; the router depends on this name.
     name = app._bound_deployment.name
     if name != MODEL_DEPLOYMENT:
         raise ModelAppError(f"LLM deployment is named {name!r}, expected {MODEL_DEPLOYMENT!r}")
     return app
+
+
+def _with_lora_modules(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with its LoRA adapters (engine argument ``lora_modules``, JSON objects in the
+    rendered config) as vLLM's ``LoRAModulePath``: Ray Serve LLM hands vLLM's frontend
+    arguments over as they are, and vLLM loads these adapters when the engine starts."""
+    engine = cfg.get("engine_kwargs")
+    if not isinstance(engine, dict) or not engine.get(LORA_MODULES_ARG):
+        return cfg
+    from vllm.entrypoints.openai.models.protocol import LoRAModulePath
+
+    modules = engine[LORA_MODULES_ARG]
+    if not isinstance(modules, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("path"), str)
+        for m in modules
+    ):
+        raise ModelAppError(f"engine_kwargs.{LORA_MODULES_ARG} must be a list of {{name, path}}")
+    paths = [LoRAModulePath(name=m["name"], path=m["path"]) for m in modules]
+    return {**cfg, "engine_kwargs": {**engine, LORA_MODULES_ARG: paths}}

@@ -101,6 +101,58 @@ def build_tiny_model(path: str | Path, seed: int = 0, vocab_size: int = 2048) ->
     return out
 
 
+LORA_TARGET_MODULES = ("q_proj", "v_proj")
+
+
+def build_tiny_lora(
+    path: str | Path, base: str | Path, *, seed: int = 0, rank: int = 8, scale: float = 1.0
+) -> Path:
+    """Write a PEFT-format LoRA adapter for the tiny model at ``base`` to ``path``:
+    ``adapter_config.json`` and ``adapter_model.safetensors`` on the attention's q and v
+    projections of every layer, deterministic by ``seed``. Both LoRA matrices are random
+    (``scale`` sizes B), so the adapter visibly changes what the model generates."""
+    import torch
+    from safetensors.torch import save_file
+
+    src = Path(base).expanduser()
+    cfg = json.loads((src / "config.json").read_text())
+    hidden = int(cfg["hidden_size"])
+    heads = int(cfg["num_attention_heads"])
+    head_dim = int(cfg.get("head_dim") or hidden // heads)
+    out_dims = {
+        "q_proj": heads * head_dim,
+        "v_proj": int(cfg.get("num_key_value_heads") or heads) * head_dim,
+    }
+    gen = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for layer in range(int(cfg["num_hidden_layers"])):
+        for module in LORA_TARGET_MODULES:
+            prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
+            a = torch.randn(rank, hidden, generator=gen) / hidden**0.5
+            b = torch.randn(out_dims[module], rank, generator=gen) * scale
+            tensors[f"{prefix}.lora_A.weight"] = a.contiguous()
+            tensors[f"{prefix}.lora_B.weight"] = b.contiguous()
+    out = Path(path).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": str(src),
+        "r": rank,
+        "lora_alpha": rank,
+        "lora_dropout": 0.0,
+        "target_modules": list(LORA_TARGET_MODULES),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "modules_to_save": None,
+        "use_rslora": False,
+        "use_dora": False,
+    }
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
 def is_tiny_model(path: str | Path) -> bool:
     """True when ``path`` holds a model written by :func:`build_tiny_model`."""
     p = Path(path).expanduser()

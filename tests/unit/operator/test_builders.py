@@ -21,7 +21,7 @@ from tests.unit.operator.factories import (
     with_,
 )
 
-from tokenyard.api.model import ModelDeployment
+from tokenyard.api.model import PREFIX_CACHE_AFFINITY_ROUTER, ModelDeployment
 from tokenyard.api.policy import RoutingPolicy
 from tokenyard.api.pool import ServingPool
 from tokenyard.operator import builders
@@ -63,7 +63,11 @@ def llm_config(
                 "max_replicas": hi,
                 "min_replicas": lo,
                 "target_ongoing_requests": 16.0,
-            }
+            },
+            # enablePrefixCaching is on by default, so replicaRouting Auto picks affinity.
+            "request_router_config": {
+                "request_router_class": "ray.serve.llm.request_router.PrefixCacheAffinityRouter"
+            },
         },
         "engine_kwargs": {
             "dtype": "auto",
@@ -663,7 +667,10 @@ def test_replicas_from_spec() -> None:
     r = builders.model_replicas(manual)
     assert (r.autoscale, r.initial) == (False, 7)
     cfg = builders.model_application(pool(), manual)["args"]["llm_config"]["deployment_config"]
-    assert cfg == {"num_replicas": 7}
+    assert cfg == {
+        "num_replicas": 7,
+        "request_router_config": {"request_router_class": PREFIX_CACHE_AFFINITY_ROUTER},
+    }
 
 
 # --------------------------------------------------------------------------- admission

@@ -590,3 +590,36 @@ async def test_learned_classifier_is_delivered_and_a_new_version_patches_the_rou
     assert "key 'model.json': the artifact is not JSON" in message
     assert "classifier" not in user_config(w)["policies"][0]
     assert w.obj(POLICIES, "chat")["status"]["classifier"] == {"type": "Heuristic"}
+
+
+async def test_lora_adapters_reach_the_router_and_every_status() -> None:
+    # Issue 14: an adapter target MODEL:ADAPTER resolves to its ModelDeployment (also in
+    # another pool's policy, as an orphan's), renders into the router's catalogue, and the
+    # model reports each adapter.
+    w = World()
+    md = model_doc("economy")
+    md["spec"]["inCluster"]["loraAdapters"] = [{"name": "sql", "source": "file:///a/sql"}]
+    w.add(
+        pool_doc(),
+        md,
+        policy_doc(targets=("economy:sql", "economy")),
+        policy_doc("typo", targets=("economy:nope",)),
+        policy_doc("elsewhere", pool="nope", targets=("economy:sql",)),
+    )
+    await w.settle()
+    rs = w.obj(RAY_SERVICES, "gpu-pool")
+    serve = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    router = next(a for a in serve["applications"] if a["name"] == "tokenyard-router")
+    catalogue = {m["name"]: m for m in router["deployments"][0]["user_config"]["models"]}
+    assert catalogue["economy:sql"]["servedModelName"] == "sql"
+    assert catalogue["economy:sql"]["app"] == "model-economy"
+    adapters = w.obj(MODELS, "economy")["status"]["adapters"]
+    assert [(a["name"], a["target"], a["ready"]) for a in adapters] == [
+        ("sql", "economy:sql", False)  # not ready while the model is Deploying
+    ]
+    chat = w.obj(POLICIES, "chat")["status"]
+    assert [t["model"] for t in chat["targets"]] == ["economy:sql", "economy"]
+    assert ready(w.obj(POLICIES, "chat")) == ("False", "NoReadyTargets")
+    assert ready(w.obj(POLICIES, "typo")) == ("False", "TargetNotFound")
+    assert ready(w.obj(POLICIES, "elsewhere")) == ("False", "PoolNotFound")
+    assert w.obj(POLICIES, "elsewhere")["status"]["targets"][0]["location"] == "model-economy"

@@ -1,6 +1,10 @@
 """The RayServices rendered from the examples are what they were before the layout of
 issue 11 (the fixtures were saved from `tokenyard render` before anything moved), apart
-from the Ray Serve import paths that moved, which MOVED lists."""
+from the Ray Serve import paths that moved, which MOVED lists.
+
+Changed on purpose since (issue 14): every model app's deployment_config gains
+``request_router_config`` (PrefixCacheAffinityRouter: replicaRouting Auto with prefix
+caching on, the default), and with it the spec hash; nothing else moved."""
 
 from __future__ import annotations
 

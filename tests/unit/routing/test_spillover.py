@@ -559,3 +559,48 @@ def test_tokenyard_up_finds_what_a_killed_run_left_behind(tmp_path: Path) -> Non
     record_session(tmp_path, session, pid=99)
     assert leftover_pids(tmp_path, procs, lambda pid: pid == 99) == []  # still running
     assert leftover_pids(tmp_path, procs, lambda pid: False) == [10, 11]
+
+
+def test_a_lora_adapter_queues_on_its_base_models_replicas() -> None:
+    # Issue 14: an adapter (catalogue entry MODEL:ADAPTER) is served by its model's
+    # replicas, so its wait is the model's queue: load sent to the model moves the
+    # adapter to spill-over and vice versa.
+    adapter = CATALOGUE["economy"].model_copy(
+        update={"name": "economy:sql", "servedModelName": "sql", "adapterOf": "economy"}
+    )
+    catalogue = {**CATALOGUE, "economy:sql": adapter}
+    spec = RoutingPolicySpec.model_validate(
+        {"pool": "p", "targets": [{"model": "economy:sql"}, {"model": "standard"}]}
+    )
+    d = decide(
+        RequestFeatures(
+            endpoint="chat",
+            tenant="t",
+            prompt_tokens=100,
+            max_tokens=None,
+            messages=1,
+            difficulty=0.1,
+            difficulty_source="classifier",
+            data_classes=frozenset({"public"}),
+            tags=frozenset(),
+            headers={},
+            stream=False,
+            prompt_text="",
+        ),
+        spec.model_copy(update={"strategy": "Ordered"}),
+        catalogue,
+        {},
+        StaticSpend(),
+        NOW,
+        random.Random(0),
+    )
+    assert d.models == ["economy:sql", "standard"]
+    base_busy = saturated("economy", prompts=2)
+    assert apply_spillover(d, catalogue, base_busy, 100, NOW, SpilloverSpec()).models == [
+        "standard",
+        "economy:sql",
+    ]
+    own_name_busy = saturated("economy:sql", prompts=2)  # not a queue of its own
+    assert apply_spillover(d, catalogue, own_name_busy, 100, NOW, SpilloverSpec()) is d
+    sql = Option("economy:sql", 0.3, True, ONE, queue="economy")
+    assert choose([sql, STANDARD], base_busy, 100, NOW) is not None

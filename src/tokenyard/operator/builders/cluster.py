@@ -223,10 +223,15 @@ def worker_max_replicas(acc: AcceleratorClass) -> int:
 
 
 def _pvc_claims(models: Iterable[ModelDeployment]) -> list[str]:
+    """The PersistentVolumeClaims the models' weights and LoRA adapters load from."""
     claims: set[str] = set()
     for m in models:
-        if m.spec.inCluster is not None and m.spec.inCluster.source.startswith("pvc://"):
-            claims.add(m.spec.inCluster.source[len("pvc://") :].split("/", 1)[0])
+        ic = m.spec.inCluster
+        if ic is None:
+            continue
+        for source in [ic.source, *(a.source for a in ic.loraAdapters or [])]:
+            if source.startswith("pvc://"):
+                claims.add(source[len("pvc://") :].split("/", 1)[0])
     return sorted(claims)
 
 

@@ -148,8 +148,8 @@ def router_config(
     for m in models:
         assert m.spec.inCluster is not None
         acc = accelerator(pool, m.spec.inCluster.accelerator)
-        entries.append(
-            contract.catalogue_entry(
+        entries.extend(
+            contract.catalogue_entries(
                 m,
                 ready=True,
                 accel=acc,

@@ -166,11 +166,13 @@ class Attempts:
             return
         load = self.core.load
         cap = capacity_of(entry, self.core.live_replicas())
-        load.sent(target, cap, self.prompt_tokens, self.core.clock())
+        # A LoRA adapter's requests queue on its base model's replicas.
+        queue = entry.adapterOf or target
+        load.sent(queue, cap, self.prompt_tokens, self.core.clock())
         try:
             yield
         finally:
-            load.started(target, self.core.clock())
+            load.started(queue, self.core.clock())
 
     def __iter__(self) -> Iterator[tuple[str, str, Any, float]]:
         """(target, reason, backend, per-attempt timeout) for each target to try, in
