@@ -508,7 +508,8 @@ def main(args: argparse.Namespace) -> int:
         record_session(p.state_dir, node.get_session_dir_path(), os.getpid())
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_hup)
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        signal.signal(signal.SIGHUP, _on_hup)
     code = 0
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
