@@ -424,9 +424,46 @@ def _summary(p: LocalPlan, host: str, port: int) -> str:
         f"  spend ledger: {router_args['ledgerPath']}",
         f"  audit log:    {router_args['auditPath']}",
         "",
-        "Press Ctrl-C to stop.",
+        "Press Ctrl-C to stop (SIGHUP reloads the manifests).",
     ]
     return "\n".join(lines)
+
+
+def reload(
+    args: argparse.Namespace, current: LocalPlan, stop: threading.Event, out: Any = sys.stdout
+) -> LocalPlan:
+    """SIGHUP: read the manifests again and apply the new Serve config to the running
+    Serve, as the operator does on a RayService. Unchanged model apps keep running; the
+    router gets the new catalogue and policies through ``reconfigure`` (no restart).
+    Invalid manifests, or a change this running Ray cannot take (new accelerator classes,
+    changed secrets), keep the current config and say why."""
+    try:
+        p = plan(load(args.filename), host=args.host, port=args.port, state_dir=current.state_dir)
+    except ManifestError as err:
+        print(f"reload: error: {err}; keeping the running config", file=out, flush=True)
+        return current
+    if p.resources != current.resources or p.env != current.env:
+        print(
+            "reload: accelerator classes or secrets changed, which needs a restart of "
+            "`tokenyard up`; keeping the running config",
+            file=out,
+            flush=True,
+        )
+        return current
+    from tokenyard.serving.tiny import build_tiny_model
+
+    for i, (name, path) in enumerate(p.tiny_to_build):
+        print(f"building tiny model {name!r} at {path} ...", file=out, flush=True)
+        build_tiny_model(path, seed=i)
+    try:
+        deploy(p.serve_config)
+    except Exception as err:  # Serve refused the config: the running one stays
+        print(f"reload: Serve refused the new config: {err}", file=out, flush=True)
+        return current
+    names = [a["name"] for a in p.serve_config["applications"]]
+    if wait_running(names, stop, timeout_s=900, out=out):
+        print("reloaded.", file=out, flush=True)
+    return p
 
 
 def main(args: argparse.Namespace) -> int:
@@ -446,6 +483,10 @@ def main(args: argparse.Namespace) -> int:
         build_tiny_model(path, seed=i)
 
     stop = threading.Event()
+    reload_asked = threading.Event()
+
+    def _on_hup(_signum: int, _frame: Any) -> None:
+        reload_asked.set()
 
     def _on_signal(signum: int, _frame: Any) -> None:
         if stop.is_set():
@@ -481,6 +522,8 @@ def main(args: argparse.Namespace) -> int:
         record_session(p.state_dir, node.get_session_dir_path(), os.getpid())
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        signal.signal(signal.SIGHUP, _on_hup)
     code = 0
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
@@ -489,7 +532,11 @@ def main(args: argparse.Namespace) -> int:
         print("deploying applications (loading engines takes a minute or two) ...", flush=True)
         if wait_running(names, stop, timeout_s=900):
             print(_summary(p, args.host, args.port), flush=True)
-            stop.wait()
+            while not stop.wait(0.5):
+                if reload_asked.is_set():
+                    reload_asked.clear()
+                    print("received SIGHUP, reloading the manifests ...", flush=True)
+                    p = reload(args, p, stop)
         elif not stop.is_set():
             code = 1
     finally:

@@ -139,7 +139,10 @@ EXPECTED_SERVE: dict[str, Any] = {
                         "min_replicas": 1,
                         "target_ongoing_requests": 100,
                     },
-                    "ray_actor_options": {"num_cpus": 1.0},
+                    "ray_actor_options": {
+                        "num_cpus": 1.0,
+                        "resources": {"node:__internal_head__": 0.001},
+                    },
                     "user_config": {
                         "pool": "gpu-pool",
                         "namespace": NS,
@@ -836,6 +839,28 @@ def test_state_claim_is_owned_by_the_pool_and_mounted_on_the_head() -> None:
         },
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
     }
+
+
+def test_router_replicas_run_on_the_head_where_the_state_volume_is() -> None:
+    """Workers advertise CPUs too: without the head's resource Ray may place a router
+    replica on a GPU worker, whose ledger, audit and learning journals would then go to
+    that container's own disk instead of the state volume mounted on the head."""
+    from ray._common.constants import HEAD_NODE_RESOURCE_NAME
+
+    rs = full_render().ray_service
+    apps = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
+    (router,) = [a for a in apps if a["name"] == "tokenyard-router"]
+    opts = router["deployments"][0]["ray_actor_options"]
+    assert opts["resources"] == {HEAD_NODE_RESOURCE_NAME: 0.001}
+    assert opts["num_cpus"] == 1.0
+    head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert head["containers"][0]["volumeMounts"] == [
+        {"name": "tokenyard-state", "mountPath": "/var/lib/tokenyard"}
+    ]
+    # Model replicas are placed by their accelerator bundles, never pinned to the head.
+    for app in apps:
+        if app["name"] != "tokenyard-router":
+            assert HEAD_NODE_RESOURCE_NAME not in json.dumps(app)
 
 
 def test_state_not_persistent_uses_the_pods_disk_and_no_claim() -> None:

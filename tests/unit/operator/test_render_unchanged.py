@@ -4,7 +4,9 @@ from the Ray Serve import paths that moved, which MOVED lists.
 
 Changed on purpose since (issue 14): every model app's deployment_config gains
 ``request_router_config`` (PrefixCacheAffinityRouter: replicaRouting Auto with prefix
-caching on, the default), and with it the spec hash; nothing else moved."""
+caching on, the default); the router deployment's ray_actor_options gain the head pin
+(``node:__internal_head__``, where the state volume is); and with them the spec hash;
+nothing else moved."""
 
 from __future__ import annotations
 

@@ -201,7 +201,12 @@ def router_application(
                     "max_replicas": max(r.maxReplicas, r.minReplicas),
                     "target_ongoing_requests": contract.ROUTER_TARGET_ONGOING_REQUESTS,
                 },
-                "ray_actor_options": {"num_cpus": r.cpu},
+                # On the head node, where the state volume is mounted (STATE_MOUNT):
+                # the ledger, audit and learning journals must not land on a worker.
+                "ray_actor_options": {
+                    "num_cpus": r.cpu,
+                    "resources": {"node:__internal_head__": 0.001},
+                },
                 "user_config": config.model_dump(mode="json", exclude_none=True),
             }
         ],
