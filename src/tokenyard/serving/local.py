@@ -15,7 +15,9 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,15 +29,19 @@ from tokenyard.api.manifests import ManifestError, Manifests, load
 from tokenyard.api.model import ModelDeployment
 from tokenyard.api.pool import AcceleratorClass
 from tokenyard.contract import (
+    DEFAULT_INGRESS,
+    INGRESS_HAPROXY,
     MODEL_IMPORT_PATH,
     ROUTER_APP_NAME,
     ROUTER_DEPLOYMENT,
     ROUTER_IMPORT_PATH,
     RouterAppArgs,
     RouterConfig,
+    RouterIngress,
     accel_resource,
     api_key_env,
     build_llm_config,
+    ingress_env,
     model_app_name,
     model_route_prefix,
     tenant_keys_env,
@@ -66,6 +72,8 @@ class LocalPlan:
     tiny_to_build: list[tuple[str, Path]]
     pool: str
     state_dir: Path
+    ingress: RouterIngress = DEFAULT_INGRESS
+    """What serves the port: the pool's spec.router.ingress (HAProxy unless set)."""
 
 
 def _name(obj: Any) -> str:
@@ -263,7 +271,38 @@ def plan(
         "http_options": {"host": host, "port": port},
         "applications": apps,
     }
-    return LocalPlan(serve_config, cfg, secrets, resources, tiny, pool, state)
+    ingress = router.ingress if router is not None else DEFAULT_INGRESS
+    return LocalPlan(serve_config, cfg, secrets, resources, tiny, pool, state, ingress)
+
+
+def ingress_process_env(ingress: RouterIngress) -> dict[str, str]:
+    """Environment of the local Ray cluster for one ingress (set before ``ray.init``: the
+    raylet, Serve's controller and the replicas inherit it and read it once).
+
+    In a pod HAProxy keeps its files under /tmp/haproxy-serve and its stats and metrics on
+    fixed ports; on one machine several sessions (or a benchmark's two clusters) would
+    share them, so each session gets its own directory and free ports. The directory is
+    short on purpose: Serve adds the node id (56 characters) to it and HAProxy refuses an
+    admin socket path over 97 characters.
+    """
+    env = ingress_env(ingress)
+    if ingress == INGRESS_HAPROXY:
+        d = Path(tempfile.mkdtemp(prefix="tyhap-", dir="/tmp" if os.path.isdir("/tmp") else None))
+        env |= {
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(d / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(d / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(d),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(d / "server-state"),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        }
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def deploy(serve_config: Mapping[str, Any]) -> None:
@@ -447,11 +486,16 @@ def main(args: argparse.Namespace) -> int:
     # Secrets reach the router through the environment Ray workers inherit, never
     # through the Serve config (which the dashboard and logs show).
     os.environ.update(p.env)
+    ingress = args.ingress or p.ingress
+    os.environ.update(ingress_process_env(ingress))
     import ray
     from ray import serve
 
     num_cpus = args.num_cpus or max(4, 2 * len(p.serve_config["applications"]))
-    print(f"starting Ray ({num_cpus} logical CPUs) and Serve on {args.host}:{args.port} ...")
+    print(
+        f"starting Ray ({num_cpus} logical CPUs) and Serve on {args.host}:{args.port} "
+        f"(ingress {ingress}) ..."
+    )
     ray.init(
         num_cpus=num_cpus,
         resources=p.resources or None,

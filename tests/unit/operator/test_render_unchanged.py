@@ -1,6 +1,10 @@
 """The RayServices rendered from the examples are what they were before the layout of
 issue 11 (the fixtures were saved from `tokenyard render` before anything moved), apart
-from the Ray Serve import paths that moved, which MOVED lists."""
+from the Ray Serve import paths that moved, which MOVED lists.
+
+Changed on purpose since: issue 14 (spec.router.ingress, default HAProxy) added
+``RAY_SERVE_ENABLE_HA_PROXY=1`` to every Ray container's env, and so the spec hash; the
+fixtures were re-rendered and nothing else in them moved."""
 
 from __future__ import annotations
 
