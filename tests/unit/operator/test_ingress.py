@@ -8,8 +8,8 @@ from typing import Any
 
 import pydantic
 import pytest
-
 from tests.unit.operator.factories import model, policy, pool
+
 from tokenyard import contract
 from tokenyard.api.manifests import load
 from tokenyard.operator.builders import render_pool
