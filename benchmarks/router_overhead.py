@@ -11,8 +11,9 @@ OpenAI-compatible starlette server on 127.0.0.1, in its own process):
       - ``proxy``:   client -> Serve's Python proxy -> actor call -> Router replica
       - ``haproxy``: client -> HAProxy -> the Router replica's own HTTP server
         (Serve's HAProxy mode, spec.router.ingress: HAProxy)
-      - ``replica``: client -> the Router replica's own port (direct ingress, no
-        load balancer at all: the lower bound of the HAProxy path)
+      - ``direct``:  client -> the Router replica's own port (direct ingress, no
+        load balancer at all: the lower bound of the HAProxy path; the port is
+        allocated per replica, so it is no stable address for a Service)
   * litellm:       client -> LiteLLM proxy -> backend (skipped if `litellm` is not
     installed; ``pip install 'litellm[proxy]'`` in its own virtualenv, then pass
     ``--litellm-bin``)
@@ -59,6 +60,10 @@ ANSWER = (
 )
 STREAM_TOKENS = 256
 INGRESSES = ("proxy", "haproxy")
+# Variants one can add with --ingress, for comparison only: Serve's own throughput switch
+# on top of HAProxy (user code and the handle router on the replica's main event loop,
+# interdeployment gRPC, GC frozen after start; see ray/serve/_private/constants.py).
+VARIANTS = {"haproxy-tp": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
 
 LITELLM_KEY = "sk-" + secrets.token_hex(32)
 
@@ -196,6 +201,8 @@ async def latency_rounds(
                 lat = await _burst(clients[s.name], s, per_round)
                 out[s.name].p50.append(statistics.median(lat) * 1000)
                 out[s.name].p99.append(_pct(lat, 0.99) * 1000)
+            if (r + 1) % 5 == 0:
+                print(f"  latency round {r + 1}/{rounds} done", flush=True)
     finally:
         for c in clients.values():
             await c.aclose()
@@ -241,6 +248,8 @@ async def rate_rounds(
                 if errors == 0:
                     best = max(best, rps)
             out[s.name].rps.append(best)
+        line = ", ".join(f"{s.name} {out[s.name].rps[-1]:.0f}" for s in systems)
+        print(f"  rate round {r + 1}/{rounds}: {line}", flush=True)
 
 
 async def _one_stream(c: httpx.AsyncClient, s: System) -> tuple[float, float]:
@@ -398,8 +407,8 @@ def serve_cluster(ingress: str, port: int, backend_url: str, info: Path) -> None
     from tokenyard.serving.local import ingress_process_env
 
     state = Path(tempfile.mkdtemp(prefix=f"tokenyard-bench-{ingress}-"))
-    mode = INGRESS_HAPROXY if ingress == "haproxy" else INGRESS_PROXY
-    os.environ.update(ingress_process_env(mode))
+    mode = INGRESS_HAPROXY if ingress.startswith("haproxy") else INGRESS_PROXY
+    os.environ.update(ingress_process_env(mode) | VARIANTS.get(ingress, {}))
 
     import ray
     from ray import serve
@@ -433,7 +442,7 @@ def serve_cluster(ingress: str, port: int, backend_url: str, info: Path) -> None
         serve.run(_floor_app(), name="serve-floor", route_prefix="/floor")
         root = f"http://127.0.0.1:{port}"
         urls = {"tokenyard": f"{root}/v1/chat/completions", "floor": f"{root}/floor"}
-        if ingress == "haproxy":
+        if ingress.startswith("haproxy"):
             rport = _replica_port("tokenyard-router")
             if rport is not None:
                 urls["replica"] = f"http://127.0.0.1:{rport}/v1/chat/completions"
@@ -567,9 +576,9 @@ def _terminate(p: subprocess.Popen[bytes]) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=30, help="latency rounds")
-    ap.add_argument("--per-round", type=int, default=60, help="sequential requests per round")
-    ap.add_argument("--rate-rounds", type=int, default=6, help="top-rate rounds")
+    ap.add_argument("--rounds", type=int, default=20, help="latency rounds")
+    ap.add_argument("--per-round", type=int, default=100, help="sequential requests per round")
+    ap.add_argument("--rate-rounds", type=int, default=5, help="top-rate rounds")
     ap.add_argument("--levels", default="16,64", help="concurrency levels for the rate test")
     ap.add_argument("--stream-rounds", type=int, default=8, help="streaming rounds")
     ap.add_argument("--token-ms", type=float, default=2.0, help="backend's gap between tokens")
@@ -629,7 +638,9 @@ def main() -> int:
             systems.append(System(f"tokenyard-{ing}", urls["tokenyard"]))
             floors[f"tokenyard-{ing}"] = f"floor-{ing}"
             if "replica" in urls:
-                systems.append(System("tokenyard-replica", urls["replica"]))
+                # The same replica's own port (direct ingress): no load balancer at all.
+                di = "tokenyard-direct" + ing.removeprefix("haproxy")
+                systems.append(System(di, urls["replica"]))
 
         litellm = a.litellm_bin or shutil.which("litellm")
         if litellm is None:
