@@ -404,11 +404,12 @@ def serve_cluster(ingress: str, port: int, backend_url: str, info: Path) -> None
     URLs to ``info`` and serves until SIGTERM. Runs in its own process: Serve reads its
     ingress flags once per cluster, so each ingress needs its own cluster."""
     from tokenyard.contract import INGRESS_HAPROXY, INGRESS_PROXY, RouterAppArgs
-    from tokenyard.serving.local import ingress_process_env
+    from tokenyard.serving.local import ingress_process_env, stop_haproxy
 
     state = Path(tempfile.mkdtemp(prefix=f"tokenyard-bench-{ingress}-"))
     mode = INGRESS_HAPROXY if ingress.startswith("haproxy") else INGRESS_PROXY
-    os.environ.update(ingress_process_env(mode) | VARIANTS.get(ingress, {}))
+    ingress_vars = ingress_process_env(mode)
+    os.environ.update(ingress_vars | VARIANTS.get(ingress, {}))
 
     import ray
     from ray import serve
@@ -452,6 +453,7 @@ def serve_cluster(ingress: str, port: int, backend_url: str, info: Path) -> None
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
+        stop_haproxy(ingress_vars)
 
 
 def start_litellm(bin_path: str, backend_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:

@@ -188,6 +188,7 @@ def stack(
         flush_ledger,
         ingress_process_env,
         plan,
+        stop_haproxy,
         wait_running,
     )
 
@@ -221,6 +222,7 @@ def stack(
         finally:
             serve.shutdown()  # type: ignore[no-untyped-call]
             ray.shutdown()
+            stop_haproxy(ingress)
             for var in p.env | ingress:
                 os.environ.pop(var, None)
 

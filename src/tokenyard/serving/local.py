@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -373,9 +374,11 @@ def flush_ledger(pool: str) -> None:
 SESSION_FILE = "ray-session.json"
 
 
-def record_session(state: Path, session_dir: str, pid: int) -> None:
-    """Note this run's Ray session directory and process id in the state directory."""
-    (state / SESSION_FILE).write_text(json.dumps({"sessionDir": session_dir, "pid": pid}))
+def record_session(state: Path, session_dir: str, pid: int, haproxy_dir: str = "") -> None:
+    """Note this run's Ray session directory, HAProxy directory (if any) and process id
+    in the state directory."""
+    rec = {"sessionDir": session_dir, "pid": pid, "haproxyDir": haproxy_dir}
+    (state / SESSION_FILE).write_text(json.dumps(rec))
 
 
 def leftover_pids(
@@ -384,19 +387,21 @@ def leftover_pids(
     alive: Callable[[int], bool],
 ) -> list[int]:
     """Processes a previous `tokenyard up` left running: those whose command line names
-    the Ray session it recorded, once that `tokenyard up` itself is gone. None while it
-    still runs (another terminal), or when nothing was recorded."""
+    the Ray session (or the HAProxy directory) it recorded, once that `tokenyard up`
+    itself is gone. None while it still runs (another terminal), or when nothing was
+    recorded."""
     try:
         rec = json.loads((state / SESSION_FILE).read_text())
         session, owner = str(rec["sessionDir"]), int(rec["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
+        haproxy = str(rec.get("haproxyDir") or "")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return []
     if not session or alive(owner):
         return []
-    session = session.rstrip("/")
+    dirs = [d.rstrip("/") for d in (session, haproxy) if d]
 
-    def names(arg: str) -> bool:  # the session itself, not one whose name extends it
-        return arg == session or arg.endswith("=" + session) or session + "/" in arg
+    def names(arg: str) -> bool:  # the directory itself, not one whose name extends it
+        return any(arg == d or arg.endswith("=" + d) or d + "/" in arg for d in dirs)
 
     return [pid for pid, cmd in processes if pid != owner and any(names(a) for a in cmd)]
 
@@ -411,6 +416,22 @@ def _processes() -> list[tuple[int, list[str]]]:
     return out
 
 
+def _stop_pids(pids: Iterable[int]) -> None:
+    """SIGTERM, then SIGKILL after 5 s."""
+    import psutil
+
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            proc.terminate()
+            procs.append(proc)
+    _, still = psutil.wait_procs(procs, timeout=5)
+    for proc in still:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+
+
 def stop_leftovers(state: Path, out: Any = sys.stdout) -> int:
     """Stop (SIGTERM, then SIGKILL after 5 s) what a killed `tokenyard up` left behind;
     returns how many processes were found."""
@@ -419,17 +440,29 @@ def stop_leftovers(state: Path, out: Any = sys.stdout) -> int:
     pids = leftover_pids(state, _processes(), psutil.pid_exists)
     if pids:
         print(f"stopping {len(pids)} Ray processes a previous run left behind ...", file=out)
-        procs = []
-        for pid in pids:
-            with contextlib.suppress(psutil.Error):
-                proc = psutil.Process(pid)
-                proc.terminate()
-                procs.append(proc)
-        _, still = psutil.wait_procs(procs, timeout=5)
-        for proc in still:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
+        _stop_pids(pids)
     (state / SESSION_FILE).unlink(missing_ok=True)
+    return len(pids)
+
+
+def haproxy_dir(env: Mapping[str, str]) -> Path | None:
+    """The per-session HAProxy directory :func:`ingress_process_env` made, if any."""
+    cfg = env.get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC")
+    return Path(cfg).parent if cfg else None
+
+
+def stop_haproxy(env: Mapping[str, str]) -> int:
+    """Stop this session's HAProxy processes and remove their directory; returns how
+    many were running. Serve's shutdown leaves HAProxy running (Ray 2.60: it kills the
+    actor that spawned it, which does not take its child along), so after
+    ``ray.shutdown`` the run that started it stops it, found by its directory."""
+    d = haproxy_dir(env)
+    if d is None:
+        return 0
+    prefix = str(d) + "/"
+    pids = [pid for pid, cmd in _processes() if any(a.startswith(prefix) for a in cmd)]
+    _stop_pids(pids)
+    shutil.rmtree(d, ignore_errors=True)
     return len(pids)
 
 
@@ -487,7 +520,9 @@ def main(args: argparse.Namespace) -> int:
     # through the Serve config (which the dashboard and logs show).
     os.environ.update(p.env)
     ingress = args.ingress or p.ingress
-    os.environ.update(ingress_process_env(ingress))
+    ingress_vars = ingress_process_env(ingress)
+    os.environ.update(ingress_vars)
+    hap = haproxy_dir(ingress_vars)
     import ray
     from ray import serve
 
@@ -508,7 +543,7 @@ def main(args: argparse.Namespace) -> int:
         from ray._private import worker
 
         node: Any = worker._global_node
-        record_session(p.state_dir, node.get_session_dir_path(), os.getpid())
+        record_session(p.state_dir, node.get_session_dir_path(), os.getpid(), str(hap or ""))
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     code = 0
@@ -530,6 +565,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"warning: could not flush the spend ledger: {err}", file=sys.stderr)
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
+        stop_haproxy(ingress_vars)
         (p.state_dir / SESSION_FILE).unlink(missing_ok=True)
         print("stopped.", flush=True)
     return code

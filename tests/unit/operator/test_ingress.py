@@ -79,3 +79,42 @@ def test_local_haproxy_env_is_per_session_and_fits_haproxys_socket_limit() -> No
     for e in (a, b):
         Path(e["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent.rmdir()
     assert ingress_process_env("Proxy") == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+
+
+def test_a_killed_runs_haproxy_is_found_by_its_directory(tmp_path: Path) -> None:
+    from tokenyard.serving.local import leftover_pids, record_session
+
+    session, hap = "/tmp/ray/session_1", "/tmp/tyhap-abc"
+    procs = [
+        (10, ["raylet", f"--session_dir={session}"]),
+        (11, ["haproxy", "-db", "-f", f"{hap}/node/haproxy.cfg"]),
+        (12, ["haproxy", "-db", "-f", "/tmp/tyhap-abcd/node/haproxy.cfg"]),  # another run
+    ]
+    record_session(tmp_path, session, pid=99, haproxy_dir=hap)
+    assert leftover_pids(tmp_path, procs, lambda pid: False) == [10, 11]
+    record_session(tmp_path, session, pid=99)  # the Python proxy: no HAProxy directory
+    assert leftover_pids(tmp_path, procs, lambda pid: False) == [10]
+
+
+def test_stop_haproxy_stops_only_this_sessions_processes() -> None:
+    import subprocess
+    import sys
+
+    from tokenyard.serving.local import stop_haproxy
+
+    mine, other = ingress_process_env("HAProxy"), ingress_process_env("HAProxy")
+    sleeper = "import time; time.sleep(60)"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", sleeper, e["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]])
+        for e in (mine, other)
+    ]
+    try:
+        assert stop_haproxy(mine) == 1
+        procs[0].wait(10)  # ended (it sleeps 60 s unless stopped)
+        assert procs[1].poll() is None  # another session's: left alone
+        assert not Path(mine["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent.exists()
+        assert stop_haproxy(ingress_process_env("Proxy")) == 0
+    finally:
+        assert stop_haproxy(other) == 1
+        for p in procs:
+            p.wait(10)
