@@ -168,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--num-cpus", type=int, default=None, help="Ray logical CPUs")
     s.add_argument("--state-dir", default=None, help="ledger and audit directory")
+    s.add_argument(
+        "--ingress",
+        choices=["HAProxy", "Proxy"],
+        default=None,
+        help="what serves --port (default: the pool's spec.router.ingress, else HAProxy)",
+    )
     s.set_defaults(func=_lazy("tokenyard.serving.local"))
 
     s = sub.add_parser("make-tiny-model", help="build a tiny local model (no downloads)")

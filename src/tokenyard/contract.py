@@ -39,6 +39,33 @@ MODEL_DEPLOYMENT = "LLMServer"
 MODEL_APP_PREFIX = "model-"
 
 SERVE_PORT = 8000
+
+# What serves SERVE_PORT (spec.router.ingress). "HAProxy": Ray Serve's HAProxy mode, a C
+# load balancer on every Ray pod forwarding straight to the router replicas' own HTTP
+# servers (Serve's direct ingress); "Proxy": Serve's Python proxy actor, which hands each
+# request to a router replica over a Ray actor call (one more hop, measured in
+# benchmarks/router_overhead.py). Both serve the same port, routes and /-/healthz.
+INGRESS_HAPROXY = "HAProxy"
+INGRESS_PROXY = "Proxy"
+RouterIngress = Literal["HAProxy", "Proxy"]
+DEFAULT_INGRESS: RouterIngress = "HAProxy"
+ENV_SERVE_HA_PROXY = "RAY_SERVE_ENABLE_HA_PROXY"
+# The replicas' own ports (direct ingress); HAProxy finds them through Serve's controller.
+# Ray's default range, named so that the pod's port list and Ray agree.
+DIRECT_INGRESS_MIN_PORT = 30000
+DIRECT_INGRESS_MAX_PORT = 31000
+HAPROXY_STATS_PORT = 8404
+HAPROXY_METRICS_PORT = 9101
+
+
+def ingress_env(ingress: RouterIngress) -> dict[str, str]:
+    """Environment of every Ray process (head and workers) for one ingress: Serve reads
+    these flags once, at import, in its controller and replicas."""
+    if ingress == INGRESS_HAPROXY:
+        return {ENV_SERVE_HA_PROXY: "1"}
+    return {ENV_SERVE_HA_PROXY: "0"}
+
+
 # Output tokens the router assumes for a request that sets no max_tokens (rate limits,
 # budget reservations, abandoned requests); settled with the real count when known.
 DEFAULT_OUTPUT_ESTIMATE = 256

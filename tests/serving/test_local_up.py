@@ -106,6 +106,10 @@ def test_tokenyard_up_serves_and_stops_cleanly(
     try:
         assert ready.wait(420), "tokenyard up did not come up:\n" + "".join(lines[-40:])
         assert url == [f"http://127.0.0.1:{port}/v1"]
+        # The port is served the way the operator renders it (spec.router.ingress defaults
+        # to HAProxy): an HAProxy process of this session, not Serve's Python proxy.
+        assert "(ingress HAProxy)" in "".join(lines)
+        assert any(p.name() == "haproxy" for p in _marked_processes(mark)), "no HAProxy"
         with openai.OpenAI(base_url=url[0], api_key="unused", max_retries=0, timeout=60) as c:
             assert {m.id for m in c.models.list()} >= {"chat", "tiny-economy"}
             resp = c.chat.completions.create(

@@ -183,7 +183,14 @@ def stack(
     from ray import serve
 
     from tokenyard.api.manifests import load
-    from tokenyard.serving.local import deploy, flush_ledger, plan, wait_running
+    from tokenyard.serving.local import (
+        deploy,
+        flush_ledger,
+        ingress_process_env,
+        plan,
+        stop_haproxy,
+        wait_running,
+    )
 
     tmp = tmp_path_factory.mktemp("router")
     ext = vllm_server(tiny_models["external"], "ext", tmp / "vllm.log")
@@ -194,7 +201,9 @@ def stack(
     p = plan(load([mdir]), host="127.0.0.1", port=port, state_dir=state_dir, gpu=False,
              environ=ENGINE_ENV)  # fmt: skip
     assert "TOKENYARD_APIKEY_EXT_PUBLIC" in p.env
-    os.environ.update(p.env)
+    # The product's ingress (spec.router.ingress, HAProxy unless set), as `tokenyard up`.
+    ingress = ingress_process_env(p.ingress)
+    os.environ.update(p.env | ingress)
     ray.init(num_cpus=8, resources=p.resources, include_dashboard=False, log_to_driver=False,
              namespace="tokenyard-test")  # fmt: skip
     try:
@@ -213,7 +222,8 @@ def stack(
         finally:
             serve.shutdown()  # type: ignore[no-untyped-call]
             ray.shutdown()
-            for var in p.env:
+            stop_haproxy(ingress)
+            for var in p.env | ingress:
                 os.environ.pop(var, None)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Self
+from typing import ClassVar, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -105,6 +105,13 @@ class RouterSpec(ApiModel):
     """maxRequestBytes is the largest request body (bytes) the router accepts; a larger
     one is answered 413 before it is read whole or parsed. The default (8 MiB) fits
     long prompts and a few inline images."""
+    ingress: Literal["HAProxy", "Proxy"] = "HAProxy"
+    """ingress is what serves the router's port (8000) on every Ray pod. HAProxy (the
+    default): Ray Serve's HAProxy mode, a C load balancer that forwards each request
+    straight to a router replica's own HTTP server (Serve's direct ingress). Proxy:
+    Serve's Python proxy actor, which hands each request to a router replica over a Ray
+    actor call; it adds more latency (docs/routing.md has the measured figures). Models
+    are called through deployment handles either way."""
 
 
 class ServingPoolSpec(ApiModel):

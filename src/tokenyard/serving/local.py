@@ -14,8 +14,11 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,15 +30,19 @@ from tokenyard.api.manifests import ManifestError, Manifests, load
 from tokenyard.api.model import ModelDeployment
 from tokenyard.api.pool import AcceleratorClass
 from tokenyard.contract import (
+    DEFAULT_INGRESS,
+    INGRESS_HAPROXY,
     MODEL_IMPORT_PATH,
     ROUTER_APP_NAME,
     ROUTER_DEPLOYMENT,
     ROUTER_IMPORT_PATH,
     RouterAppArgs,
     RouterConfig,
+    RouterIngress,
     accel_resource,
     api_key_env,
     build_llm_config,
+    ingress_env,
     model_app_name,
     model_route_prefix,
     tenant_keys_env,
@@ -66,6 +73,8 @@ class LocalPlan:
     tiny_to_build: list[tuple[str, Path]]
     pool: str
     state_dir: Path
+    ingress: RouterIngress = DEFAULT_INGRESS
+    """What serves the port: the pool's spec.router.ingress (HAProxy unless set)."""
 
 
 def _name(obj: Any) -> str:
@@ -276,7 +285,38 @@ def plan(
         "http_options": {"host": host, "port": port},
         "applications": apps,
     }
-    return LocalPlan(serve_config, cfg, secrets, resources, tiny, pool, state)
+    ingress = router.ingress if router is not None else DEFAULT_INGRESS
+    return LocalPlan(serve_config, cfg, secrets, resources, tiny, pool, state, ingress)
+
+
+def ingress_process_env(ingress: RouterIngress) -> dict[str, str]:
+    """Environment of the local Ray cluster for one ingress (set before ``ray.init``: the
+    raylet, Serve's controller and the replicas inherit it and read it once).
+
+    In a pod HAProxy keeps its files under /tmp/haproxy-serve and its stats and metrics on
+    fixed ports; on one machine several sessions (or a benchmark's two clusters) would
+    share them, so each session gets its own directory and free ports. The directory is
+    short on purpose: Serve adds the node id (56 characters) to it and HAProxy refuses an
+    admin socket path over 97 characters.
+    """
+    env = ingress_env(ingress)
+    if ingress == INGRESS_HAPROXY:
+        d = Path(tempfile.mkdtemp(prefix="tyhap-", dir="/tmp" if os.path.isdir("/tmp") else None))
+        env |= {
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(d / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(d / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(d),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(d / "server-state"),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        }
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def deploy(serve_config: Mapping[str, Any]) -> None:
@@ -347,9 +387,11 @@ def flush_ledger(pool: str) -> None:
 SESSION_FILE = "ray-session.json"
 
 
-def record_session(state: Path, session_dir: str, pid: int) -> None:
-    """Note this run's Ray session directory and process id in the state directory."""
-    (state / SESSION_FILE).write_text(json.dumps({"sessionDir": session_dir, "pid": pid}))
+def record_session(state: Path, session_dir: str, pid: int, haproxy_dir: str = "") -> None:
+    """Note this run's Ray session directory, HAProxy directory (if any) and process id
+    in the state directory."""
+    rec = {"sessionDir": session_dir, "pid": pid, "haproxyDir": haproxy_dir}
+    (state / SESSION_FILE).write_text(json.dumps(rec))
 
 
 def leftover_pids(
@@ -358,19 +400,21 @@ def leftover_pids(
     alive: Callable[[int], bool],
 ) -> list[int]:
     """Processes a previous `tokenyard up` left running: those whose command line names
-    the Ray session it recorded, once that `tokenyard up` itself is gone. None while it
-    still runs (another terminal), or when nothing was recorded."""
+    the Ray session (or the HAProxy directory) it recorded, once that `tokenyard up`
+    itself is gone. None while it still runs (another terminal), or when nothing was
+    recorded."""
     try:
         rec = json.loads((state / SESSION_FILE).read_text())
         session, owner = str(rec["sessionDir"]), int(rec["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
+        haproxy = str(rec.get("haproxyDir") or "")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return []
     if not session or alive(owner):
         return []
-    session = session.rstrip("/")
+    dirs = [d.rstrip("/") for d in (session, haproxy) if d]
 
-    def names(arg: str) -> bool:  # the session itself, not one whose name extends it
-        return arg == session or arg.endswith("=" + session) or session + "/" in arg
+    def names(arg: str) -> bool:  # the directory itself, not one whose name extends it
+        return any(arg == d or arg.endswith("=" + d) or d + "/" in arg for d in dirs)
 
     return [pid for pid, cmd in processes if pid != owner and any(names(a) for a in cmd)]
 
@@ -385,6 +429,22 @@ def _processes() -> list[tuple[int, list[str]]]:
     return out
 
 
+def _stop_pids(pids: Iterable[int]) -> None:
+    """SIGTERM, then SIGKILL after 5 s."""
+    import psutil
+
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            proc.terminate()
+            procs.append(proc)
+    _, still = psutil.wait_procs(procs, timeout=5)
+    for proc in still:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+
+
 def stop_leftovers(state: Path, out: Any = sys.stdout) -> int:
     """Stop (SIGTERM, then SIGKILL after 5 s) what a killed `tokenyard up` left behind;
     returns how many processes were found."""
@@ -393,17 +453,29 @@ def stop_leftovers(state: Path, out: Any = sys.stdout) -> int:
     pids = leftover_pids(state, _processes(), psutil.pid_exists)
     if pids:
         print(f"stopping {len(pids)} Ray processes a previous run left behind ...", file=out)
-        procs = []
-        for pid in pids:
-            with contextlib.suppress(psutil.Error):
-                proc = psutil.Process(pid)
-                proc.terminate()
-                procs.append(proc)
-        _, still = psutil.wait_procs(procs, timeout=5)
-        for proc in still:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
+        _stop_pids(pids)
     (state / SESSION_FILE).unlink(missing_ok=True)
+    return len(pids)
+
+
+def haproxy_dir(env: Mapping[str, str]) -> Path | None:
+    """The per-session HAProxy directory :func:`ingress_process_env` made, if any."""
+    cfg = env.get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC")
+    return Path(cfg).parent if cfg else None
+
+
+def stop_haproxy(env: Mapping[str, str]) -> int:
+    """Stop this session's HAProxy processes and remove their directory; returns how
+    many were running. Serve's shutdown leaves HAProxy running (Ray 2.60: it kills the
+    actor that spawned it, which does not take its child along), so after
+    ``ray.shutdown`` the run that started it stops it, found by its directory."""
+    d = haproxy_dir(env)
+    if d is None:
+        return 0
+    prefix = str(d) + "/"
+    pids = [pid for pid, cmd in _processes() if any(a.startswith(prefix) for a in cmd)]
+    _stop_pids(pids)
+    shutil.rmtree(d, ignore_errors=True)
     return len(pids)
 
 
@@ -502,11 +574,18 @@ def main(args: argparse.Namespace) -> int:
     # Secrets reach the router through the environment Ray workers inherit, never
     # through the Serve config (which the dashboard and logs show).
     os.environ.update(p.env)
+    ingress = args.ingress or p.ingress
+    ingress_vars = ingress_process_env(ingress)
+    os.environ.update(ingress_vars)
+    hap = haproxy_dir(ingress_vars)
     import ray
     from ray import serve
 
     num_cpus = args.num_cpus or max(4, 2 * len(p.serve_config["applications"]))
-    print(f"starting Ray ({num_cpus} logical CPUs) and Serve on {args.host}:{args.port} ...")
+    print(
+        f"starting Ray ({num_cpus} logical CPUs) and Serve on {args.host}:{args.port} "
+        f"(ingress {ingress}) ..."
+    )
     ray.init(
         num_cpus=num_cpus,
         resources=p.resources or None,
@@ -519,7 +598,7 @@ def main(args: argparse.Namespace) -> int:
         from ray._private import worker
 
         node: Any = worker._global_node
-        record_session(p.state_dir, node.get_session_dir_path(), os.getpid())
+        record_session(p.state_dir, node.get_session_dir_path(), os.getpid(), str(hap or ""))
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     if hasattr(signal, "SIGHUP"):  # not on Windows
@@ -547,6 +626,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"warning: could not flush the spend ledger: {err}", file=sys.stderr)
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
+        stop_haproxy(ingress_vars)
         (p.state_dir / SESSION_FILE).unlink(missing_ok=True)
         print("stopped.", flush=True)
     return code

@@ -69,8 +69,9 @@ class Router:
             app_name = serve.get_replica_context().app_name or ROUTER_APP_NAME
         except Exception:  # not inside a Serve replica (direct construction)
             app_name = ROUTER_APP_NAME
-        # Serve's proxy puts x-request-id on every response already (the id it passes in
-        # the request, which the audit line uses): the router adds none of its own.
+        # Serve puts x-request-id on every response already (the id it passes in the
+        # request, which the audit line uses), whether its Python proxy or the replica's
+        # own HTTP server behind HAProxy took the request: the router adds none of its own.
         self.core = RouterCore(self._args, ledger=ledger, app_name=app_name, echo_request_id=False)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:

@@ -29,6 +29,9 @@ from tokenyard.operator.builders import Decision, render_pool
 from tokenyard.settings import OperatorSettings, Settings
 
 LABELS = {"app.kubernetes.io/managed-by": "tokenyard", "tokenyard.dev/pool": "gpu-pool"}
+# What serves the Serve port (the pool's default spec.router.ingress: HAProxy), then the
+# Secrets; the same list on head and workers.
+INGRESS_ENV = [{"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"}]
 SECRET_ENV = [
     {
         "name": "TOKENYARD_APIKEY_PROVIDER",
@@ -289,7 +292,7 @@ def worker(
                         "name": "ray-worker",
                         "image": IMAGE,
                         "resources": {"limits": amounts, "requests": amounts},
-                        "env": SECRET_ENV,
+                        "env": INGRESS_ENV + SECRET_ENV,
                     }
                 ],
                 "nodeSelector": {"nvidia.com/gpu.product": selector},
@@ -350,7 +353,7 @@ def expected_ray_service(spec_hash: str) -> dict[str, Any]:
                                         {"name": "serve", "containerPort": 8000},
                                     ],
                                     "resources": {"limits": head_amounts, "requests": head_amounts},
-                                    "env": SECRET_ENV,
+                                    "env": INGRESS_ENV + SECRET_ENV,
                                     "volumeMounts": [
                                         {
                                             "name": "tokenyard-state",
@@ -440,6 +443,8 @@ def test_secret_values_are_never_inlined() -> None:
     ]
     for c in containers:
         for env in c["env"]:
+            if env in INGRESS_ENV:  # Serve's ingress flag: not a secret
+                continue
             assert "value" not in env
             assert set(env["valueFrom"]) == {"secretKeyRef"}
 
@@ -453,7 +458,7 @@ def test_missing_secret_marks_the_model_not_ready_but_keeps_the_env_var() -> Non
     env = r.ray_service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"][
         "containers"
     ][0]["env"]
-    assert env[0]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert env[len(INGRESS_ENV)]["valueFrom"]["secretKeyRef"]["optional"] is True
 
 
 def test_admin_token_hash_is_rendered_into_the_router_and_the_token_never() -> None:

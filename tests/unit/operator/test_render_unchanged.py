@@ -5,8 +5,9 @@ from the Ray Serve import paths that moved, which MOVED lists.
 Changed on purpose since (issue 14): every model app's deployment_config gains
 ``request_router_config`` (PrefixCacheAffinityRouter: replicaRouting Auto with prefix
 caching on, the default); the router deployment's ray_actor_options gain the head pin
-(``node:__internal_head__``, where the state volume is); and with them the spec hash;
-nothing else moved."""
+(``node:__internal_head__``, where the state volume is); every Ray container's env gains
+``RAY_SERVE_ENABLE_HA_PROXY=1`` (spec.router.ingress, default HAProxy); and with them the
+spec hash; nothing else moved."""
 
 from __future__ import annotations
 

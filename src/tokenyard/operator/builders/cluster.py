@@ -85,6 +85,18 @@ def secret_env_vars(
     return [env[k] for k in sorted(env)]
 
 
+def ingress_env_vars(pool: ServingPool) -> list[dict[str, Any]]:
+    """Env vars of every Ray container that pick what serves the Serve port
+    (spec.router.ingress): Serve reads them once per process, and the controller (head),
+    the router replicas (head) and the model replicas (workers) must agree, so head and
+    workers get the same ones. With HAProxy every pod runs HAProxy on the Serve port
+    (so KubeRay's serve Service and its readiness probes on /-/healthz stay as they are),
+    and the replicas listen on their own ports (Ray's direct-ingress range, 30000-31000),
+    which HAProxy on any pod reaches by pod IP."""
+    env = contract.ingress_env(pool.spec.router.ingress)
+    return [{"name": k, "value": env[k]} for k in sorted(env)]
+
+
 def _resources(cpu: str, memory: str, extra: Mapping[str, str] | None = None) -> dict[str, Any]:
     amounts = {"cpu": cpu, "memory": memory, **(extra or {})}
     return {"limits": dict(amounts), "requests": dict(amounts)}

@@ -24,6 +24,7 @@ from tokenyard.operator.builders.cluster import (
     build_head_group,
     build_state_claim,
     build_worker_group,
+    ingress_env_vars,
     secret_env_vars,
 )
 from tokenyard.operator.builders.meta import (
@@ -157,7 +158,7 @@ def render_pool(
     externals = _catalogue_externals(pool, models, pol)
 
     problems = _problems(members, admission, externals, pol, secrets)
-    env = secret_env_vars(externals, pol)
+    env = ingress_env_vars(pool) + secret_env_vars(externals, pol)
     router = router_config(pool, admitted, externals, pol, secrets, configmaps=configmaps)
     token = settings.admin_token
     token_sha256 = (
