@@ -2,10 +2,13 @@
 
 Run: ``.venv/bin/python benchmarks/autoscaler_trace.py [--trace CSV] [--scenario YAML]
 [--plot PNG] [--json] [--seed N] [--no-spillover] [--downgrade] [--max-gpus CLASS=N,...]
-[--seeds K]``
+[--seeds K] [--sweep] [--overnight] [--train-days N]``
 
 ``--seeds K`` also prints the mean over routing seeds 0..K-1 (the same trace, another
-difficulty draw; the static oracles are searched again per seed).
+difficulty draw; the static oracles are searched again per seed). ``--sweep`` adds the
+generated loads of the robustness sweep; ``--overnight`` a 14-day business-hours load on
+models allowed to scale to zero, with how many wake-ups the forecast had ready before
+their load (in-sample and held-out days).
 
 Static (the fewest fixed replicas that meet the SLO target on this trace), a per-model
 HPA-style utilisation target and tokenyard's decide_pool run on the same simulator and

@@ -66,6 +66,7 @@ class _Load:
     bursts: tuple[tuple[float, float], ...]
     minutes: tuple[tuple[float, float, float, float, float], ...]
     drift: float | None
+    last_prompt: float
     basis: str
 
 
@@ -150,7 +151,7 @@ def _down_estimate(  # noqa: PLR0917
     backlog: float,
     count: float,
     minutes: tuple[tuple[float, float, float, float, float], ...],
-    drift: float | None,
+    drift: float,
     cfg: DecisionConfig,
 ) -> tuple[Workload, float]:
     """The workload a scale-down sizes for and the relative standard deviation of its
@@ -159,7 +160,7 @@ def _down_estimate(  # noqa: PLR0917
     prompt (more requests counted than the stable window's: a narrower error; a rising
     load is the scale-up rule's, which reads the stable window), and its error adds to
     the delay window's counting noise the load's own drift over one delay
-    (:func:`_drift`; until it is measured, ``tolerance`` over ``confidence_z``). A
+    (:func:`_drift`; until it is measured, the stable window's upper bound sizes it). A
     steady load is then known ever more precisely and sized close to its need; a load
     that moves keeps the band it shows."""
     rate, prompt = max(0.0, w.rate - backlog), w.prompt
@@ -173,8 +174,6 @@ def _down_estimate(  # noqa: PLR0917
         if long_rate > 0:
             rate, prompt = long_rate, long_work / long_rate
         var = sum(m[4] * m[3] for m in recent) / counted / counted
-    if drift is None:
-        drift = (cfg.tolerance / cfg.confidence_z) ** 2 if cfg.confidence_z > 0 else 0.0
     return replace(w, rate=rate + backlog, prompt=prompt), math.sqrt(var + drift)
 
 
@@ -227,6 +226,7 @@ def _measure(
         (now, rps, prompt_rate, signals.generation_tokens_per_s or 0.0, waiting, running),
     )
     w_stable, counted, backlog = _workload(view, rates, now - cfg.stable_window_s, waiting, cfg)
+    w_seen, seen_backlog = w_stable, backlog  # as measured, before a forecast replaces it
     w_panic, counted_panic, _ = _workload(view, rates, now - cfg.panic_window_s, waiting, cfg)
     measured = counted >= cfg.min_requests_measured
     # A short window counts few requests: only a load above the lower confidence bound
@@ -240,7 +240,8 @@ def _measure(
         w_stable = w_panic = replace(w_stable, rate=0.0)
     # The last measured prompt mean stands in while too few requests come (an idle
     # model, overnight at zero replicas), so a forecast can wake it before its load.
-    prompt = w_stable.prompt if measured else (state.minutes[-1][2] if state.minutes else 0.0)
+    last_prompt = w_stable.prompt if measured and w_stable.prompt > 0 else state.last_prompt
+    prompt = last_prompt
     forecast = False
     if view.forecast_rps is not None and view.forecast_rps > w_stable.rate and prompt > 0:
         # Size for the load a cold start ahead: replicas started now serve it.
@@ -261,22 +262,25 @@ def _measure(
     stable = max(float(slo_replicas(view, lo, cfg)), conc_stable)
     up = _scaled(w_stable, backlog, 1 + cfg.tolerance)
     stable_up = max(float(slo_replicas(view, up, cfg)), conc_stable)
-    # The last sample outlives the window: its prompt mean is what a wake-up sizes on.
+    # One sample per stable window, measured or not: the quiet minutes of a bursty load
+    # (few or no requests) are part of how far it moves.
     minutes = tuple(m for m in state.minutes if m[0] > now - cfg.drift_window_s)
-    minutes = minutes or state.minutes[-1:]
     drift = state.drift
-    if measured and (not minutes or now - minutes[-1][0] >= cfg.stable_window_s):
+    if not minutes or now - minutes[-1][0] >= cfg.stable_window_s:
         minutes = (
             *minutes,
-            (now, max(0.0, w_stable.rate - backlog), w_stable.prompt, counted,
-             w_stable.ca2 + w_stable.cs2),
+            (now, max(0.0, w_seen.rate - seen_backlog), w_seen.prompt, counted,
+             w_seen.ca2 + w_seen.cs2),
         )  # fmt: skip
         drift = _drift(minutes, max(1, round(cfg.scale_down_delay_s / cfg.stable_window_s)))
-    if measured and not forecast and cfg.confidence_z > 0:
+    if measured and not forecast and cfg.confidence_z > 0 and drift is not None:
         center, sigma = _down_estimate(w_stable, backlog, counted, minutes, drift, cfg)
         stable_down = max(float(slo_down(view, center, cfg, sigma)), conc_stable)
     else:
-        hi = _scaled(w_stable, backlog, 1 + cfg.tolerance)
+        # Until the drift is measured (the first minutes), the stable window's upper
+        # confidence bound, at least the tolerance: a load not yet seen to be steady
+        # is not sized close to its mean.
+        hi = _scaled(w_stable, backlog, 1 + max(cfg.tolerance, rel))
         stable_down = max(float(slo_replicas(view, hi, cfg)), conc_stable)
     panic_avg = max(float(slo_replicas(view, w_panic, cfg)), conc_panic)
     tokens = signals.tokens_per_s
@@ -313,6 +317,7 @@ def _measure(
         bursts=bursts,
         minutes=minutes,
         drift=drift,
+        last_prompt=last_prompt,
         basis=basis,
     )
 
@@ -593,6 +598,7 @@ def recommend(
         bursts=ld.bursts,
         minutes=ld.minutes,
         drift=ld.drift,
+        last_prompt=ld.last_prompt,
         recommendations=recs,
         peaks=peaks,
         panic_until=panic_until,

@@ -74,8 +74,8 @@ class DecisionConfig:
     moves within ``scale_down_delay_s`` beyond counting noise (its drift): a scale-down
     goes to the replicas whose SLO miss, averaged over the rate's error (counting noise
     of the delay window plus that drift), is within the budget. Until six such moves
-    have been seen, ``tolerance`` stands in for the drift (as one standard deviation
-    over ``confidence_z``)."""
+    have been seen, the scale-down goes only to what meets the SLO at the stable
+    window's upper confidence bound (at least ``tolerance`` above the estimate)."""
     slo_target: float = 0.99
     """Share of requests whose TTFT should be within the model's ttftSLOSeconds."""
     slo_margin: float = 0.5
@@ -223,11 +223,14 @@ class ModelState:
     """(time, replicas a burst needs) over the panic window."""
     minutes: tuple[tuple[float, float, float, float, float], ...] = ()
     """(time, arrivals/s, mean prompt tokens, requests counted, ca2 + cs2) of the stable
-    window, one per stable window over ``drift_window_s``: the scale-down's longer
-    estimate of the rate and of its drift."""
+    window, one per stable window over ``drift_window_s`` (quiet ones too): the
+    scale-down's longer estimate of the rate and of its drift."""
     drift: float | None = None
     """The load's measured drift over one scale-down delay (relative variance beyond
     counting noise), recomputed as each minute's sample comes; None until measured."""
+    last_prompt: float = 0.0
+    """The last measured mean prompt tokens: what a forecast wakes a model at zero
+    replicas for."""
     recommendations: tuple[tuple[float, int], ...] = ()
     """(time, recommended replicas) over the scale-down delay."""
     peaks: tuple[tuple[float, float], ...] = ()
