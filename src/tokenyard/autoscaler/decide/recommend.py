@@ -160,7 +160,7 @@ def _down_estimate(  # noqa: PLR0917
     prompt (more requests counted than the stable window's: a narrower error; a rising
     load is the scale-up rule's, which reads the stable window), and its error adds to
     the delay window's counting noise the load's own drift over one delay
-    (:func:`_drift`; until it is measured, the stable window's upper bound sizes it). A
+    (:func:`_drift`; until it is measured, (tolerance / confidence_z) squared). A
     steady load is then known ever more precisely and sized close to its need; a load
     that moves keeps the band it shows."""
     rate, prompt = max(0.0, w.rate - backlog), w.prompt
@@ -273,14 +273,13 @@ def _measure(
              w_seen.ca2 + w_seen.cs2),
         )  # fmt: skip
         drift = _drift(minutes, max(1, round(cfg.scale_down_delay_s / cfg.stable_window_s)))
-    if measured and not forecast and cfg.confidence_z > 0 and drift is not None:
+    if measured and not forecast and cfg.confidence_z > 0:
+        if drift is None:  # not measured yet: the tolerance as one band's worth
+            drift = (cfg.tolerance / cfg.confidence_z) ** 2
         center, sigma = _down_estimate(w_stable, backlog, counted, minutes, drift, cfg)
         stable_down = max(float(slo_down(view, center, cfg, sigma)), conc_stable)
     else:
-        # Until the drift is measured (the first minutes), the stable window's upper
-        # confidence bound, at least the tolerance: a load not yet seen to be steady
-        # is not sized close to its mean.
-        hi = _scaled(w_stable, backlog, 1 + max(cfg.tolerance, rel))
+        hi = _scaled(w_stable, backlog, 1 + cfg.tolerance)
         stable_down = max(float(slo_replicas(view, hi, cfg)), conc_stable)
     panic_avg = max(float(slo_replicas(view, w_panic, cfg)), conc_panic)
     tokens = signals.tokens_per_s

@@ -74,8 +74,8 @@ class DecisionConfig:
     moves within ``scale_down_delay_s`` beyond counting noise (its drift): a scale-down
     goes to the replicas whose SLO miss, averaged over the rate's error (counting noise
     of the delay window plus that drift), is within the budget. Until six such moves
-    have been seen, the scale-down goes only to what meets the SLO at the stable
-    window's upper confidence bound (at least ``tolerance`` above the estimate)."""
+    have been seen, ``tolerance`` stands in for the drift (as one standard deviation
+    over ``confidence_z``)."""
     slo_target: float = 0.99
     """Share of requests whose TTFT should be within the model's ttftSLOSeconds."""
     slo_margin: float = 0.5
