@@ -67,6 +67,7 @@ class _Load:
     minutes: tuple[tuple[float, float, float, float, float], ...]
     drift: float | None
     last_prompt: float
+    first_seen: float
     basis: str
 
 
@@ -266,7 +267,11 @@ def _measure(
     # (few or no requests) are part of how far it moves.
     minutes = tuple(m for m in state.minutes if m[0] > now - cfg.drift_window_s)
     drift = state.drift
-    if not minutes or now - minutes[-1][0] >= cfg.stable_window_s:
+    first_seen = state.first_seen if state.first_seen is not None else now
+    # Only whole windows: the first one after start-up counted from empty counters.
+    if now - first_seen >= cfg.stable_window_s and (
+        not minutes or now - minutes[-1][0] >= cfg.stable_window_s
+    ):
         minutes = (
             *minutes,
             (now, max(0.0, w_seen.rate - seen_backlog), w_seen.prompt, counted,
@@ -317,6 +322,7 @@ def _measure(
         minutes=minutes,
         drift=drift,
         last_prompt=last_prompt,
+        first_seen=first_seen,
         basis=basis,
     )
 
@@ -598,6 +604,7 @@ def recommend(
         minutes=ld.minutes,
         drift=ld.drift,
         last_prompt=ld.last_prompt,
+        first_seen=ld.first_seen,
         recommendations=recs,
         peaks=peaks,
         panic_until=panic_until,

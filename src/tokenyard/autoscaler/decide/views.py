@@ -228,6 +228,8 @@ class ModelState:
     drift: float | None = None
     """The load's measured drift over one scale-down delay (relative variance beyond
     counting noise), recomputed as each minute's sample comes; None until measured."""
+    first_seen: float | None = None
+    """When the model was first decided on: minute samples start one stable window later."""
     last_prompt: float = 0.0
     """The last measured mean prompt tokens: what a forecast wakes a model at zero
     replicas for."""
