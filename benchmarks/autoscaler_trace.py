@@ -2,10 +2,13 @@
 
 Run: ``.venv/bin/python benchmarks/autoscaler_trace.py [--trace CSV] [--scenario YAML]
 [--plot PNG] [--json] [--seed N] [--no-spillover] [--downgrade] [--max-gpus CLASS=N,...]
-[--seeds K]``
+[--seeds K] [--sweep] [--overnight] [--train-days N]``
 
 ``--seeds K`` also prints the mean over routing seeds 0..K-1 (the same trace, another
-difficulty draw; the static oracles are searched again per seed).
+difficulty draw; the static oracles are searched again per seed). ``--sweep`` adds the
+generated loads of the robustness sweep; ``--overnight`` a 14-day business-hours load on
+models allowed to scale to zero, with how many wake-ups the forecast had ready before
+their load (in-sample and held-out days).
 
 Static (the fewest fixed replicas that meet the SLO target on this trace), a per-model
 HPA-style utilisation target and tokenyard's decide_pool run on the same simulator and
@@ -16,13 +19,16 @@ for the scenario's assumptions. The trace lives beside the repository in ../shar
 from __future__ import annotations
 
 import argparse
+import copy
 import math
+import random
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from tokenyard.autoscaler import sim
+from tokenyard.autoscaler.sim.fluid import POOL_PEAK_SHARE
 from tokenyard.autoscaler.sim.forecast_check import forecast_check, model_forecasts
 from tokenyard.autoscaler.sim.rates import is_rate_trace
 from tokenyard.cli import simulate_arguments
@@ -44,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=7,
         help="rate traces of more days: fit the forecast on these, score it on the rest",
+    )
+    p.add_argument(
+        "--overnight",
+        action="store_true",
+        help="also a business-hours load on models allowed to scale to zero overnight",
     )
     args = p.parse_args(argv)
     if not Path(args.trace).is_file():
@@ -68,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         seed_means(args)
     if args.sweep:
         print(sweep(sim.scenario_from_args(args)))
+    if args.overnight:
+        print(overnight(sim.scenario_from_args(args), args.train_days))
     return 0
 
 
@@ -238,6 +251,111 @@ def sweep(scenario: sim.Scenario, step_s: float = 5.0) -> str:
             f"tokenyard {ty.cost_usd:8.2f} USD {ty.slo_attainment:7.2%}  "
             + "; ".join(f"{mark(ok)}: {text}" for text, ok in rows)
         )
+    return "\n".join(lines)
+
+
+OVERNIGHT_DAYS = 14
+OVERNIGHT_IDLE_S = 1800
+
+
+def business_hours(scenario: sim.Scenario, seed: int) -> list[sim.RateWindow]:
+    """A generated business-hours service over OVERNIGHT_DAYS days of 10-minute windows:
+    no requests from 21:00 to 07:00; from 07:00 the rate opens at 30% of the day's peak
+    and follows a half sine through the day; each day's level is drawn uniformly within
+    +-15% (seeded), weekends (days 5, 6, 12, 13) at 40%. The busiest window needs
+    POOL_PEAK_SHARE of the pool (1000 prompt / 150 output tokens)."""
+    rng = random.Random(seed)
+    prompt, output = 1000.0, 150.0
+    cap = sim.pool_rate(scenario, sim.route_shares(scenario), prompt, output)
+    levels = [
+        rng.uniform(0.85, 1.15) * (0.4 if day % 7 in {5, 6} else 1.0)
+        for day in range(OVERNIGHT_DAYS)
+    ]
+    peak = max(levels)
+    out = []
+    for k in range(OVERNIGHT_DAYS * 144):
+        t = k * 600.0
+        hour = (t % 86400) / 3600
+        shape = 0.3 + 0.7 * math.sin(math.pi * (hour - 7) / 14) if 7 <= hour < 21 else 0.0
+        rate = POOL_PEAK_SHARE * cap * shape * levels[int(t // 86400)] / peak
+        out.append(sim.RateWindow(t, 600.0, rate, prompt, output))
+    return out
+
+
+class WakeCounter:
+    """Wraps a policy and records each model's wake-ups: scale-ups from zero replicas,
+    (model index, time asked, time ready)."""
+
+    def __init__(self, policy: sim.Policy) -> None:
+        self.policy = policy
+        self.wakes: list[tuple[int, float, float]] = []
+
+    def __call__(self, now: float, servers: list[sim.Server]) -> None:
+        before = [s.asked for s in servers]
+        self.policy(now, servers)
+        for j, (s, n) in enumerate(zip(servers, before, strict=True)):
+            if n == 0 and s.asked > 0:
+                self.wakes.append((j, now, now + s.p.autoscaling.coldStartSeconds))
+
+
+def wake_score(wakes: list[tuple[int, float, float]], demand: sim.FluidDemand,
+               lo: float, hi: float) -> tuple[int, int]:  # fmt: skip
+    """Of the wake-ups asked in [lo, hi): how many, and how many were ready by the first
+    request that came after they were asked (a wake-up on a request is never ready)."""
+    total = ready = 0
+    for j, asked, up in wakes:
+        if not lo <= asked < hi:
+            continue
+        total += 1
+        k = int(asked // demand.step_s)
+        counts = demand.counts[j]
+        while k < len(counts) and counts[k] == 0:
+            k += 1
+        # Arrivals come evenly within a step: the first one after the step's start.
+        first = k * demand.step_s
+        if k > int(asked // demand.step_s) and up <= first:
+            ready += 1
+    return total, ready
+
+
+def overnight(scenario: sim.Scenario, train_days: int) -> str:
+    """Scale to zero overnight, woken by the forecast: every model with minReplicas 0 and
+    scaleToZeroAfterSeconds OVERNIGHT_IDLE_S on :func:`business_hours` (fluid engine,
+    seed's Poisson arrivals), tokenyard with the forecast (fitted per model on the first
+    ``train_days`` days, online after) against the same without the forecast (woken by
+    the first request) and with the forecast but minReplicas 1 (no scale to zero)."""
+    windows = business_hours(scenario, scenario.seed)
+    shares = sim.route_shares(scenario)
+    demand = sim.fluid_demand(windows, shares, step_s=10.0, seed=scenario.seed)
+    forecasts = model_forecasts(scenario, windows, shares, train_days)
+    zero = scenario.model_copy(deep=True)
+    for m in zero.models:
+        m.autoscaling = m.autoscaling.model_copy(
+            update={"minReplicas": 0, "scaleToZeroAfterSeconds": OVERNIGHT_IDLE_S}
+        )
+    split = train_days * 86400.0
+    lines = [
+        f"scale to zero overnight ({OVERNIGHT_DAYS}-day business-hours load, idle 21:00-"
+        f"07:00, minReplicas 0, scaleToZeroAfterSeconds {OVERNIGHT_IDLE_S}; forecast "
+        f"fitted on days 0-{train_days - 1}):"
+    ]
+    runs = [
+        ("forecast, to zero", zero, forecasts),
+        ("no forecast, to zero", zero, None),
+        ("forecast, minReplicas 1", scenario, forecasts),
+    ]
+    for name, sc, fc in runs:
+        counter = WakeCounter(sim.TokenyardPolicy(sc, forecasts=fc and {
+            k: copy.deepcopy(v) for k, v in fc.items()}))  # fmt: skip
+        res = sim.run_fluid(sc, demand, policy_name=name, policy=counter,
+                            interval=sc.decisionIntervalSeconds,
+                            initial=[m.autoscaling.minReplicas for m in sc.models])  # fmt: skip
+        text = f"  {name:<24} {res.cost_usd:8.2f} USD {res.slo_attainment:7.2%} SLO"
+        if sc is zero:
+            for span, lo, hi in (("in-sample", 0.0, split), ("held-out", split, math.inf)):
+                total, ready = wake_score(counter.wakes, demand, lo, hi)
+                text += f"; {span} wake-ups ready before their load {ready}/{total}"
+        lines.append(text)
     return "\n".join(lines)
 
 

@@ -103,18 +103,27 @@ class LiveForecasts:
                 now, fc, old.recent if old is not None else deque()
             )
 
-    def forecast(
-        self, namespace: str, name: str, now: float, ahead_s: float, rate: float | None
+    def forecast(  # noqa: PLR0917
+        self,
+        namespace: str,
+        name: str,
+        now: float,
+        ahead_s: float,
+        rate: float | None,
+        span_s: float = 0.0,
     ) -> float | None:
-        """The rate to size for ``ahead_s`` from now (the forecast's upper bound), given
-        the rate measured now; None without a fitted forecast or a measured rate."""
+        """The rate to size for from ``ahead_s`` to ``ahead_s + span_s`` from now (the
+        forecast's upper bound), given the rate measured now; None without a fitted
+        forecast. A model without a measured rate (at zero replicas, nothing exports
+        one) keeps the level of its recent rates, so a forecast still wakes it."""
         f = self.fits.get((namespace, name))
-        if f is None or f.forecast is None or rate is None:
+        if f is None or f.forecast is None:
             return None
-        f.recent.append((now, rate))
+        if rate is not None:
+            f.recent.append((now, rate))
         while f.recent and f.recent[0][0] <= now - f.forecast.level_window_s:
             f.recent.popleft()
-        return f.forecast.upper(now + ahead_s, list(f.recent))
+        return f.forecast.upper_over(now + ahead_s, now + ahead_s + span_s, list(f.recent))
 
 
 __all__ = ["LiveForecasts", "fit_history"]

@@ -355,7 +355,10 @@ class Autoscaler:
             # The daily profile from Prometheus history, one cold start ahead.
             self.forecasts.refresh(ns, refs, now)
             for name, v in views.items():
-                fc = self.forecasts.forecast(ns, name, now, v.cold_start_s, sigs[name].request_rate)
+                fc = self.forecasts.forecast(
+                    ns, name, now, v.cold_start_s, sigs[name].request_rate,
+                    span_s=self.settings.interval_s,
+                )  # fmt: skip
                 if fc is not None:
                     views[name] = replace(v, forecast_rps=fc)
         states = {n: self.states.get((ns, n), ModelState()) for n in views}

@@ -122,3 +122,18 @@ def test_prometheus_rate_history_is_one_range_query_by_served_name() -> None:
     assert len(asked) == 1
     assert "rate(vllm:request_success_total[600s])" in asked[0][0]
     assert asked[0][1:] == (0.0, 1200.0, 600.0)
+
+
+def test_forecast_without_a_measured_rate_keeps_the_recent_level() -> None:
+    # A model at zero replicas exports no rate: the forecast still answers (the level of
+    # its recent rates, or the profile's own without any), so it can wake the model.
+    src = HistorySource(_night(), days=3)
+    fc = LiveForecasts(src)
+    fc.refresh("ns", [ModelRef(name="auto", served_name="auto")], 3 * DAY_S)
+    ahead = fc.forecast("ns", "auto", 3 * DAY_S + RAMP_S - 60, 120.0, None)
+    assert ahead is not None and ahead >= 16.0
+    # Over a span: the largest upper bound from one cold start ahead to one interval
+    # after it (the ramp at 08:00 is inside 07:57 + 120 s ... + 60 s).
+    before = 3 * DAY_S + RAMP_S - 185
+    assert (fc.forecast("ns", "auto", before, 120.0, 4.0) or 0) < 16.0
+    assert (fc.forecast("ns", "auto", before, 120.0, 4.0, span_s=70.0) or 0) >= 16.0

@@ -107,5 +107,16 @@ class SeasonalForecast:
         """The forecast raised by the error bound: what to pre-warm for."""
         return self.predict(t, recent) * (1 + self.bound(t))
 
+    def upper_over(self, t0: float, t1: float, recent: Sequence[tuple[float, float]]) -> float:
+        """The largest :meth:`upper` from ``t0`` to ``t1``: a replica asked for now is
+        ready one cold start later (``t0``) and the next decision's one interval after
+        that (``t1``), so now is the last chance to have replicas for that span."""
+        times = [t0]
+        edge = t0 - t0 % self.bin_s + self.bin_s
+        while edge <= t1:
+            times.append(edge)
+            edge += self.bin_s
+        return max(self.upper(t, recent) for t in times)
+
 
 __all__ = ["DAY_S", "SeasonalForecast"]

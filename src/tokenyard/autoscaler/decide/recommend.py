@@ -17,6 +17,7 @@ from tokenyard.autoscaler.decide.slo import (
     ReplicaProfile,
     Workload,
     predict,
+    replicas_for_expected_slo,
     replicas_for_slo,
 )
 from tokenyard.autoscaler.decide.views import (
@@ -55,13 +56,18 @@ class _Load:
     stable_up: float
     """The same at (1 + tolerance) times the rate's estimate: where a scale-up goes."""
     stable_down: float
-    """The same at the rate's upper confidence bound (at least 1 + tolerance times it):
-    how far a scale-down may go."""
+    """The fewest replicas whose miss share, averaged over the rate's error over the
+    scale-down delay (:func:`_down_estimate`), is within the budget: how far a
+    scale-down may go."""
     panic_avg: float
     """Replicas the SLO model asks for at the panic window's workload."""
     samples: tuple[tuple[float, float], ...]
     rates: tuple[tuple[float, float, float, float, float, float], ...]
     bursts: tuple[tuple[float, float], ...]
+    minutes: tuple[tuple[float, float, float, float, float], ...]
+    drift: float | None
+    last_prompt: float
+    first_seen: float
     basis: str
 
 
@@ -126,6 +132,52 @@ def _relative_error(w: Workload, count: float, cfg: DecisionConfig) -> float:
     return cfg.confidence_z * math.sqrt((w.ca2 + w.cs2) / count)
 
 
+def _drift(minutes: tuple[tuple[float, float, float, float, float], ...], lag: int) -> float | None:
+    """The variance of the relative change of one-minute work rates ``lag`` samples
+    apart, less the counting noise of the two (at least 0): how far the load itself
+    moves within one scale-down delay. None until six such changes have been seen."""
+    moves = [
+        (b[1] * b[2], a[1] * a[2], a[4] / max(a[3], 1.0) + b[4] / max(b[3], 1.0))
+        for a, b in zip(minutes, minutes[lag:], strict=False)
+        if a[1] * a[2] + b[1] * b[2] > 0
+    ]
+    if len(moves) < 6:
+        return None
+    change = _mean([((x - y) / ((x + y) / 2)) ** 2 for x, y, _ in moves])
+    return max(0.0, change - _mean([noise for *_, noise in moves]))
+
+
+def _down_estimate(  # noqa: PLR0917
+    w: Workload,
+    backlog: float,
+    count: float,
+    minutes: tuple[tuple[float, float, float, float, float], ...],
+    drift: float,
+    cfg: DecisionConfig,
+) -> tuple[Workload, float]:
+    """The workload a scale-down sizes for and the relative standard deviation of its
+    rate over the scale-down delay. A replica removed now is missed if the load within
+    the delay window comes back, so the estimate is the delay window's mean rate and
+    prompt (more requests counted than the stable window's: a narrower error; a rising
+    load is the scale-up rule's, which reads the stable window), and its error adds to
+    the delay window's counting noise the load's own drift over one delay
+    (:func:`_drift`; until it is measured, (tolerance / confidence_z) squared). A
+    steady load is then known ever more precisely and sized close to its need; a load
+    that moves keeps the band it shows."""
+    rate, prompt = max(0.0, w.rate - backlog), w.prompt
+    lag = max(1, round(cfg.scale_down_delay_s / cfg.stable_window_s))
+    recent = minutes[-lag:]
+    counted = sum(m[3] for m in recent)
+    var = (w.ca2 + w.cs2) / count if count > 0 else 0.0
+    if counted > 0:
+        long_rate = _mean([m[1] for m in recent])
+        long_work = _mean([m[1] * m[2] for m in recent])
+        if long_rate > 0:
+            rate, prompt = long_rate, long_work / long_rate
+        var = sum(m[4] * m[3] for m in recent) / counted / counted
+    return replace(w, rate=rate + backlog, prompt=prompt), math.sqrt(var + drift)
+
+
 def _profile(view: ModelView) -> ReplicaProfile:
     return ReplicaProfile(
         prefill_tokens_per_s=view.nominal_tokens_per_s,
@@ -143,6 +195,16 @@ def slo_replicas(view: ModelView, w: Workload, cfg: DecisionConfig, headroom: fl
     scaled = replace(w, rate=w.rate * headroom)
     limit = max(view.max_replicas, view.current_replicas) + 1
     return replicas_for_slo(scaled, _profile(view), view.ttft_slo_s, budget, limit)
+
+
+def slo_down(view: ModelView, w: Workload, cfg: DecisionConfig, sigma: float) -> int:
+    """The fewest replicas whose SLO miss averaged over a relative rate error ``sigma``
+    is within the margin (:func:`~tokenyard.autoscaler.decide.slo.expected_miss`)."""
+    if w.rate <= 0 or w.prompt <= 0:
+        return 0
+    budget = (1 - cfg.slo_target) * cfg.slo_margin
+    limit = max(view.max_replicas, view.current_replicas) + 1
+    return replicas_for_expected_slo(w, _profile(view), view.ttft_slo_s, budget, limit, sigma)
 
 
 def _measure(
@@ -165,23 +227,28 @@ def _measure(
         (now, rps, prompt_rate, signals.generation_tokens_per_s or 0.0, waiting, running),
     )
     w_stable, counted, backlog = _workload(view, rates, now - cfg.stable_window_s, waiting, cfg)
+    w_seen, seen_backlog = w_stable, backlog  # as measured, before a forecast replaces it
     w_panic, counted_panic, _ = _workload(view, rates, now - cfg.panic_window_s, waiting, cfg)
     measured = counted >= cfg.min_requests_measured
     # A short window counts few requests: only a load above the lower confidence bound
     # of its work rate (counting noise and the prompt lengths' spread) is a burst.
     rel_panic = _relative_error(w_panic, counted_panic, cfg)
     w_panic = _scaled(w_panic, backlog, max(0.0, 1 - rel_panic))
-    forecast = False
-    if view.forecast_rps is not None and view.forecast_rps > w_stable.rate and w_stable.prompt > 0:
-        # Size for the load a cold start ahead: replicas started now serve it.
-        # The forecast's upper quantile already allows for its error: no further bound.
-        w_stable = replace(w_stable, rate=view.forecast_rps)
-        backlog, forecast = 0.0, True
     load_conc = 0.0
     if rps <= 0 or prompt_rate <= 0 or not measured:
         load_conc = signals.ongoing / view.target_ongoing
     if not measured:  # too few requests for their token means: concurrency stands in
         w_stable = w_panic = replace(w_stable, rate=0.0)
+    # The last measured prompt mean stands in while too few requests come (an idle
+    # model, overnight at zero replicas), so a forecast can wake it before its load.
+    last_prompt = w_stable.prompt if measured and w_stable.prompt > 0 else state.last_prompt
+    prompt = last_prompt
+    forecast = False
+    if view.forecast_rps is not None and view.forecast_rps > w_stable.rate and prompt > 0:
+        # Size for the load a cold start ahead: replicas started now serve it.
+        # The forecast's upper quantile already allows for its error: no further bound.
+        w_stable = replace(w_stable, rate=view.forecast_rps, prompt=prompt)
+        backlog, forecast = 0.0, True
     samples = (*(x for x in state.samples if x[0] > now - cfg.stable_window_s), (now, load_conc))
     conc_stable = _mean([v for _, v in samples])
     conc_panic = _mean([v for t, v in samples if t > now - cfg.panic_window_s])
@@ -196,8 +263,29 @@ def _measure(
     stable = max(float(slo_replicas(view, lo, cfg)), conc_stable)
     up = _scaled(w_stable, backlog, 1 + cfg.tolerance)
     stable_up = max(float(slo_replicas(view, up, cfg)), conc_stable)
-    hi = _scaled(w_stable, backlog, 1 + max(cfg.tolerance, rel))
-    stable_down = max(float(slo_replicas(view, hi, cfg)), conc_stable)
+    # One sample per stable window, measured or not: the quiet minutes of a bursty load
+    # (few or no requests) are part of how far it moves.
+    minutes = tuple(m for m in state.minutes if m[0] > now - cfg.drift_window_s)
+    drift = state.drift
+    first_seen = state.first_seen if state.first_seen is not None else now
+    # Only whole windows: the first one after start-up counted from empty counters.
+    if now - first_seen >= cfg.stable_window_s and (
+        not minutes or now - minutes[-1][0] >= cfg.stable_window_s
+    ):
+        minutes = (
+            *minutes,
+            (now, max(0.0, w_seen.rate - seen_backlog), w_seen.prompt, counted,
+             w_seen.ca2 + w_seen.cs2),
+        )  # fmt: skip
+        drift = _drift(minutes, max(1, round(cfg.scale_down_delay_s / cfg.stable_window_s)))
+    if measured and not forecast and cfg.confidence_z > 0:
+        if drift is None:  # not measured yet: the tolerance as one band's worth
+            drift = (cfg.tolerance / cfg.confidence_z) ** 2
+        center, sigma = _down_estimate(w_stable, backlog, counted, minutes, drift, cfg)
+        stable_down = max(float(slo_down(view, center, cfg, sigma)), conc_stable)
+    else:
+        hi = _scaled(w_stable, backlog, 1 + cfg.tolerance)
+        stable_down = max(float(slo_replicas(view, hi, cfg)), conc_stable)
     panic_avg = max(float(slo_replicas(view, w_panic, cfg)), conc_panic)
     tokens = signals.tokens_per_s
     in_flight = (running + waiting) * prompt_rate / rps if rps > 0 and prompt_rate > 0 else 0.0
@@ -207,7 +295,8 @@ def _measure(
     )
     pred = predict(w_stable, _profile(view), max(ready, 1), view.ttft_slo_s)
     basis = (
-        f"{w_stable.rate:.2f} req/s x {w_stable.prompt:.0f} prompt tokens "
+        f"{'forecast ' if forecast else ''}{w_stable.rate:.2f} req/s x "
+        f"{w_stable.prompt:.0f} prompt tokens "
         f"(60s avg, ca2 {w_stable.ca2:.1f}): SLO model needs {stable:.0f} "
         f"(predicted miss {pred.miss:.1%} at {max(ready, 1)})"
     )
@@ -230,6 +319,10 @@ def _measure(
         samples=samples,
         rates=rates,
         bursts=bursts,
+        minutes=minutes,
+        drift=drift,
+        last_prompt=last_prompt,
+        first_seen=first_seen,
         basis=basis,
     )
 
@@ -508,6 +601,10 @@ def recommend(
         samples=ld.samples,
         rates=ld.rates,
         bursts=ld.bursts,
+        minutes=ld.minutes,
+        drift=ld.drift,
+        last_prompt=ld.last_prompt,
+        first_seen=ld.first_seen,
         recommendations=recs,
         peaks=peaks,
         panic_until=panic_until,

@@ -117,4 +117,51 @@ def replicas_for_slo(
     return min(n, max(limit, 1))
 
 
-__all__ = ["Prediction", "ReplicaProfile", "Workload", "predict", "replicas_for_slo"]
+# Three-point Gauss-Hermite rule for a normal error: nodes 0 and +-sqrt(3) standard
+# deviations, weights 2/3 and 1/6 each (exact for polynomials up to degree five).
+_NODES = ((0.0, 2 / 3), (math.sqrt(3), 1 / 6), (-math.sqrt(3), 1 / 6))
+
+
+def expected_miss(
+    w: Workload, profile: ReplicaProfile, n: int, slo_s: float, sigma: float
+) -> float:
+    """The predicted miss share with n replicas averaged over the rate's uncertainty: the
+    rate is the estimate times (1 + e), e normal with standard deviation ``sigma``
+    (relative). Near saturation the miss share rises steeply with the rate, so the
+    average weighs the plausible overloads without sizing for the worst of them."""
+    if sigma <= 0:
+        return predict(w, profile, n, slo_s).miss
+    total = 0.0
+    for z, weight in _NODES:
+        scaled = Workload(max(0.0, w.rate * (1 + z * sigma)), w.prompt, w.output, w.ca2, w.cs2)
+        total += weight * predict(scaled, profile, n, slo_s).miss
+    return total
+
+
+def replicas_for_expected_slo(  # noqa: PLR0917
+    w: Workload,
+    profile: ReplicaProfile,
+    slo_s: float,
+    miss_budget: float,
+    limit: int,
+    sigma: float,
+) -> int:
+    """The fewest replicas (up to ``limit``) whose :func:`expected_miss` is within the
+    budget; ``limit`` when none is."""
+    if w.rate <= 0:
+        return 0
+    n = replicas_for_slo(w, profile, slo_s, miss_budget, limit)
+    while n < limit and expected_miss(w, profile, n, slo_s, sigma) > miss_budget:
+        n += 1
+    return min(n, max(limit, 1))
+
+
+__all__ = [
+    "Prediction",
+    "ReplicaProfile",
+    "Workload",
+    "expected_miss",
+    "predict",
+    "replicas_for_expected_slo",
+    "replicas_for_slo",
+]

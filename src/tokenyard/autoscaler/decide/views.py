@@ -69,6 +69,13 @@ class DecisionConfig:
     for: a replica is added only when the rate's lower confidence bound needs it, and the
     fleet is sized for its upper bound, so counting noise does not move it (2: about
     98% one-sided). 0: size on the point estimate, with only ``tolerance`` as a band."""
+    drift_window_s: float = 3600.0
+    """History of one-minute workloads from which a scale-down learns how far the load
+    moves within ``scale_down_delay_s`` beyond counting noise (its drift): a scale-down
+    goes to the replicas whose SLO miss, averaged over the rate's error (counting noise
+    of the delay window plus that drift), is within the budget. Until six such moves
+    have been seen, ``tolerance`` stands in for the drift (as one standard deviation
+    over ``confidence_z``)."""
     slo_target: float = 0.99
     """Share of requests whose TTFT should be within the model's ttftSLOSeconds."""
     slo_margin: float = 0.5
@@ -214,6 +221,18 @@ class ModelState:
     requests running) over the stable window: the workload the SLO model sizes for."""
     bursts: tuple[tuple[float, float], ...] = ()
     """(time, replicas a burst needs) over the panic window."""
+    minutes: tuple[tuple[float, float, float, float, float], ...] = ()
+    """(time, arrivals/s, mean prompt tokens, requests counted, ca2 + cs2) of the stable
+    window, one per stable window over ``drift_window_s`` (quiet ones too): the
+    scale-down's longer estimate of the rate and of its drift."""
+    drift: float | None = None
+    """The load's measured drift over one scale-down delay (relative variance beyond
+    counting noise), recomputed as each minute's sample comes; None until measured."""
+    first_seen: float | None = None
+    """When the model was first decided on: minute samples start one stable window later."""
+    last_prompt: float = 0.0
+    """The last measured mean prompt tokens: what a forecast wakes a model at zero
+    replicas for."""
     recommendations: tuple[tuple[float, int], ...] = ()
     """(time, recommended replicas) over the scale-down delay."""
     peaks: tuple[tuple[float, float], ...] = ()

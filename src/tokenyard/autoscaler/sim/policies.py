@@ -122,7 +122,7 @@ class TokenyardPolicy:
         ahead = t + srv.p.autoscaling.coldStartSeconds
         if slot[3] == 0.0:
             slot[3] = fc.predict(slot[0], recent)
-        return fc.upper(ahead, recent)
+        return fc.upper_over(ahead, ahead + self.scenario.decisionIntervalSeconds, recent)
 
     def view(self, srv: Server, now: float) -> ModelView:
         p = srv.p
