@@ -36,6 +36,8 @@ limits, spill-over estimates and budgets per-replica approximations for a moment
 
 MODEL_IMPORT_PATH = "tokenyard.serving.model_app:build_app"
 MODEL_DEPLOYMENT = "LLMServer"
+MODEL_INGRESS_DEPLOYMENT = "ModelIngress"
+"""The zero-replica placeholder ingress of a model app with a custom request router."""
 MODEL_APP_PREFIX = "model-"
 
 SERVE_PORT = 8000

@@ -99,6 +99,9 @@ class Up:
             with self.cond:
                 self.lines.append(line)
                 self.cond.notify_all()
+        self.proc.wait()
+        with self.cond:  # the process ended: wake a waiter so it fails now, not at timeout
+            self.cond.notify_all()
 
     def wait_for(self, text: str, timeout_s: float, after: int = 0) -> None:
         def seen() -> bool:

@@ -101,7 +101,7 @@ async def _turn(backend: Any, messages: list[dict[str, str]]) -> tuple[str, int,
 
 
 def test_turns_of_a_conversation_find_their_prefix_on_one_replica(
-    tiny_models: dict[str, Path], port_factory: Any
+    tiny_models: dict[str, Path], port_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import ray
     from ray import serve
@@ -109,13 +109,25 @@ def test_turns_of_a_conversation_find_their_prefix_on_one_replica(
 
     from tokenyard import contract
     from tokenyard.api.model import PREFIX_CACHE_AFFINITY_ROUTER
+    from tokenyard.contract import INGRESS_HAPROXY
     from tokenyard.serving.backends import InClusterBackend
-    from tokenyard.serving.local import deploy, wait_running
+    from tokenyard.serving.local import (
+        deploy,
+        ingress_process_env,
+        stop_haproxy,
+        wait_running,
+    )
 
     app = _app(tiny_models["economy"])
     assert app["args"]["llm_config"]["deployment_config"]["request_router_config"] == {
         "request_router_class": PREFIX_CACHE_AFFINITY_ROUTER
     }
+    # The product's ingress (HAProxy), under which Ray Serve refuses a custom request
+    # router on an app's ingress deployment: the model app's placeholder ingress is what
+    # lets the LLMServer keep its affinity router.
+    env = ingress_process_env(INGRESS_HAPROXY)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port_factory()})
@@ -152,6 +164,7 @@ def test_turns_of_a_conversation_find_their_prefix_on_one_replica(
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
+        stop_haproxy(env)
 
     assert seen[0][0] > 3 * BLOCK, seen  # the system prompt alone spans several blocks
     for (prev_prompt, _), (prompt, cached) in itertools.pairwise(seen):

@@ -72,3 +72,44 @@ def test_the_model_app_hands_adapters_to_vllm_as_lora_module_paths() -> None:
     assert _with_lora_modules({"engine_kwargs": {}}) == {"engine_kwargs": {}}
     with pytest.raises(ModelAppError, match="list of"):
         _with_lora_modules({"engine_kwargs": {"lora_modules": [{"name": "a"}]}})
+
+
+def test_a_model_with_a_custom_request_router_gets_a_zero_replica_placeholder_ingress() -> None:
+    """Ray Serve refuses a custom request router on an app's ingress deployment under
+    HAProxy; the LLMServer (called by handle) keeps the affinity router behind a
+    placeholder ingress that runs no replica."""
+    from ray.serve._private.build_app import build_app as ray_build_app
+
+    from tokenyard import contract
+    from tokenyard.api.model import PREFIX_CACHE_AFFINITY_ROUTER, ModelDeployment
+    from tokenyard.serving.model_app import build_app
+
+    spec = ModelDeployment.model_validate(
+        {
+            "metadata": {"name": "m"},
+            "spec": {"pool": "p", "inCluster": {"source": "hf://a/b", "accelerator": "cpu"}},
+        }
+    ).spec
+    cfg = contract.build_llm_config(
+        "m", spec, None, min_replicas=1, max_replicas=1, initial_replicas=1, autoscale=False
+    )
+    assert cfg["deployment_config"]["request_router_config"] == {
+        "request_router_class": PREFIX_CACHE_AFFINITY_ROUTER
+    }
+    built = ray_build_app(build_app({"llm_config": cfg}), name="model-m")
+    by_name = {d.name: d for d in built.deployments}
+    assert set(by_name) == {contract.MODEL_DEPLOYMENT, contract.MODEL_INGRESS_DEPLOYMENT}
+    assert built.ingress_deployment_name == contract.MODEL_INGRESS_DEPLOYMENT
+    ingress = by_name[contract.MODEL_INGRESS_DEPLOYMENT]
+    assert ingress._deployment_config.autoscaling_config.initial_replicas == 0
+    assert ingress._deployment_config.autoscaling_config.min_replicas == 0
+    llm = by_name[contract.MODEL_DEPLOYMENT]
+    assert llm._deployment_config.request_router_config.request_router_class == (
+        PREFIX_CACHE_AFFINITY_ROUTER
+    )
+
+    plain = {**cfg, "deployment_config": {
+        k: v for k, v in cfg["deployment_config"].items() if k != "request_router_config"
+    }}  # fmt: skip
+    built = ray_build_app(build_app({"llm_config": plain}), name="model-m")
+    assert [d.name for d in built.deployments] == [contract.MODEL_DEPLOYMENT]
