@@ -113,3 +113,20 @@ def test_a_model_with_a_custom_request_router_gets_a_zero_replica_placeholder_in
     }}  # fmt: skip
     built = ray_build_app(build_app({"llm_config": plain}), name="model-m")
     assert [d.name for d in built.deployments] == [contract.MODEL_DEPLOYMENT]
+
+
+def test_running_replicas_leave_out_the_placeholder_ingress() -> None:
+    """A woken placeholder ingress is no model replica: spill-over's capacity counts
+    only the LLMServer's RUNNING replicas."""
+    from types import SimpleNamespace
+
+    from tokenyard import contract
+    from tokenyard.serving.router import running_replicas
+
+    def dep(n: int) -> SimpleNamespace:
+        return SimpleNamespace(replica_states={"RUNNING": n})
+
+    app = SimpleNamespace(
+        deployments={contract.MODEL_DEPLOYMENT: dep(2), contract.MODEL_INGRESS_DEPLOYMENT: dep(1)}
+    )
+    assert running_replicas(app) == 2

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from tokenyard.contract import CatalogueEntry
+from tokenyard.contract import MODEL_INGRESS_DEPLOYMENT, CatalogueEntry
 
 # How often a replica re-reads Ray Serve application statuses (model app readiness).
 APP_STATUS_INTERVAL_S = 2.0
@@ -32,9 +32,12 @@ class _Catalogued(Protocol):
 
 def running_replicas(app: Any) -> int:
     """Replicas of a Serve application's deployments in state RUNNING (a
-    ``serve.status()`` ApplicationStatusOverview)."""
+    ``serve.status()`` ApplicationStatusOverview), leaving out a model app's placeholder
+    ingress (``MODEL_INGRESS_DEPLOYMENT``), which serves no model traffic."""
     total = 0
-    for dep in getattr(app, "deployments", {}).values():
+    for name, dep in getattr(app, "deployments", {}).items():
+        if name == MODEL_INGRESS_DEPLOYMENT:
+            continue
         for state, n in getattr(dep, "replica_states", {}).items():
             if str(getattr(state, "value", state)) == "RUNNING":
                 total += int(n)
