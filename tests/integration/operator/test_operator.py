@@ -81,6 +81,8 @@ async def test_apply_creates_rayservice_and_status_flows_back(cluster: Cluster, 
             "env"
         ]
         assert env == [
+            # spec.router.ingress (default HAProxy): every Ray container reads it.
+            {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"},
             {
                 "name": "TOKENYARD_APIKEY_EXTERNAL",
                 "valueFrom": {
