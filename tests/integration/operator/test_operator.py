@@ -88,7 +88,7 @@ async def test_apply_creates_rayservice_and_status_flows_back(cluster: Cluster, 
                 "valueFrom": {
                     "secretKeyRef": {"name": "provider-key", "key": "apiKey", "optional": True}
                 },
-            }
+            },
         ]
         router = app(rs, "tokenyard-router")["deployments"][0]["user_config"]
         assert [m["name"] for m in router["models"]] == ["economy", "external", "frontier"]
