@@ -9,6 +9,11 @@ capturing every request (``sampleRate: 1``) and exploring 5%, and one with that 
 shadow candidate (``spec.classifier.shadow``, the test fixture artifact).
 All write the decision journal every answered request gets. The script prints p50/p99
 of each and what each adds to the plain router's p50.
+
+Then the decision journal alone: how long noting one answered request holds the
+request's thread, queued to the journal's writer thread (what the router does) against
+appending it there and then under the file lock (what it did before), in the same
+process and folder, interleaved.
 """
 
 from __future__ import annotations
@@ -157,7 +162,48 @@ async def main(n: int) -> None:
         )
 
 
+def journal_hold(n: int) -> None:
+    """Time ``note_decision`` on the caller's thread: queued vs a synchronous append."""
+    from tokenyard.accounting.learning import DecisionNote, LearningStore, _Journal
+    from tokenyard.routing.learned.state_files import DECISIONS_FILE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = LearningStore(Path(tmp) / "queued")
+        direct = _Journal(Path(tmp) / "sync" / DECISIONS_FILE, 32 << 20)
+        held: dict[str, list[float]] = {"queued": [], "synchronous": []}
+        for i in range(n):
+            note = DecisionNote(
+                request_id=f"req-{i:08d}",
+                time=1.8e9 + i,
+                tenant="team-a",
+                endpoint="chat",
+                target="economy",
+                difficulty=0.42,
+            )
+            for kind in ("queued", "synchronous") if i % 2 else ("synchronous", "queued"):
+                t = time.perf_counter()
+                if kind == "queued":
+                    store.note_decision(note)
+                else:
+                    direct.append(note.to_dict())
+                held[kind].append(time.perf_counter() - t)
+            if i % 50 == 49:
+                time.sleep(0.005)  # requests arrive spread out, not in one burst
+        store.close()
+        direct.close()
+    q = {k: (np.percentile(v, 50) * 1e6, np.percentile(v, 99) * 1e6) for k, v in held.items()}
+    sync50, sync99 = q["synchronous"]
+    for k, (p50, p99) in q.items():
+        print(
+            f"journal {k:11s} holds the request p50 {p50:6.1f} us  p99 {p99:7.1f} us  "
+            f"(÷ synchronous: p50 {p50 / sync50:.2f}, p99 {p99 / sync99:.2f}; {n} decisions)"
+        )
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=1000)
-    asyncio.run(main(ap.parse_args().requests))
+    ap.add_argument("--decisions", type=int, default=5000)
+    args = ap.parse_args()
+    asyncio.run(main(args.requests))
+    journal_hold(args.decisions)

@@ -3,8 +3,12 @@ bounded by rotation, read again after a restart; capture files deleted past rete
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import pytest
+
+from tokenyard.accounting import learning
 from tokenyard.accounting.learning import DecisionNote, LearningStore
 from tokenyard.routing.learned.state_files import (
     CAPTURE_DIR,
@@ -27,8 +31,10 @@ def note(i: int, tenant: str = "t") -> DecisionNote:
 def test_a_decision_written_by_one_replica_is_found_by_another(tmp_path: Path) -> None:
     a, b = LearningStore(tmp_path), LearningStore(tmp_path)
     a.note_decision(note(1))
+    a.flush()
     assert b.find("r1") == note(1)
     a.note_decision(note(2))
+    a.flush()
     assert b.find("r2") == note(2)  # read on from where it stopped
     assert b.find("nope") is None
 
@@ -38,6 +44,7 @@ def test_journals_are_bounded_and_a_rotation_loses_no_recent_decision(tmp_path: 
     b = LearningStore(tmp_path, max_bytes=4096)
     for i in range(60):
         a.note_decision(note(i))
+        a.flush()
         if i == 5:
             assert b.find("r5") is not None  # b has read part of the first file
     path = tmp_path / DECISIONS_FILE
@@ -48,6 +55,57 @@ def test_journals_are_bounded_and_a_rotation_loses_no_recent_decision(tmp_path: 
     # What is still on disk is found by a fresh replica; the oldest were rotated away.
     fresh = LearningStore(tmp_path, max_bytes=4096)
     assert fresh.find("r59") is not None and fresh.find("r0") is None
+
+
+def test_the_decision_journal_is_written_off_the_callers_thread_and_nothing_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writers: set[int] = set()
+    release = threading.Event()
+    original = learning._Journal.append_lines
+
+    def slow_append(self: learning._Journal, lines: list[bytes]) -> None:
+        writers.add(threading.get_ident())
+        release.wait(10)  # a stalled volume
+        original(self, lines)
+
+    monkeypatch.setattr(learning._Journal, "append_lines", slow_append)
+    a = LearningStore(tmp_path)
+    for i in range(200):
+        a.note_decision(note(i))  # returns while the volume is stalled
+    assert a.find("r199") == note(199)  # this replica knows it at once
+    assert threading.get_ident() not in writers
+    release.set()
+    a.close()  # writes what is queued
+    fresh = LearningStore(tmp_path)
+    assert all(fresh.find(f"r{i}") == note(i) for i in range(200))
+    lines = (tmp_path / DECISIONS_FILE).read_text().splitlines()
+    assert len(lines) == 200
+
+
+def test_a_writer_far_behind_makes_the_caller_write_rather_than_drop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    original = learning._Journal.append_lines
+    callers: list[int] = []
+
+    def slow_append(self: learning._Journal, lines: list[bytes]) -> None:
+        callers.append(threading.get_ident())
+        if threading.current_thread().name == "tokenyard-decision-journal":
+            release.wait(10)
+        original(self, lines)
+
+    monkeypatch.setattr(learning._Journal, "append_lines", slow_append)
+    a = LearningStore(tmp_path)
+    assert a._decisions is not None
+    a._decisions.max_pending = 5
+    for i in range(40):
+        a.note_decision(note(i))
+    assert threading.get_ident() in callers  # back-pressure on the caller
+    release.set()
+    a.close()
+    assert len((tmp_path / DECISIONS_FILE).read_text().splitlines()) == 40
 
 
 def test_memory_index_is_bounded(tmp_path: Path) -> None:
