@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tokenyard.accounting.learning import MAX_RATINGS_PER_REQUEST
+from tokenyard.accounting.learning import MAX_RATINGS_PER_REQUEST, DecisionNote
 from tokenyard.routing.errors import RouterError, bad_request, clip
 from tokenyard.routing.request import lower_headers
 from tokenyard.routing.tenants import resolve_tenant
@@ -80,14 +80,32 @@ def parse_feedback(body: Any) -> tuple[str, float, str]:
     return rid, score, source
 
 
+JOURNAL_GRACE_S = (0.005, 0.02, 0.1)
+"""Pauses before a missed request id is looked up again: another replica writes its
+decisions from a thread of its own, normally within a millisecond of the answer, so a
+rating sent at once to another replica finds it on a second look."""
+
+
+async def find_decision(core: RouterCore, rid: str) -> DecisionNote | None:
+    """The decision of ``rid``; a miss reads what other replicas wrote to the journal
+    (off the event loop), looking again after each of JOURNAL_GRACE_S."""
+    note = await asyncio.to_thread(core.learning.find, rid)
+    if note is None and core.learning.durable:
+        for pause in JOURNAL_GRACE_S:
+            await asyncio.sleep(pause)
+            note = await asyncio.to_thread(core.learning.find, rid)
+            if note is not None:
+                break
+    return note
+
+
 async def feedback(core: RouterCore, request: Request) -> Response:
     """Rate one answered request (see the module docstring)."""
     own_id = uuid.uuid4().hex
     try:
         state = core.state
         rid, score, source = parse_feedback(await read_json(request, MAX_FEEDBACK_BYTES))
-        # A miss reads what other replicas wrote to the journal: off the event loop.
-        note = await asyncio.to_thread(core.learning.find, rid)
+        note = await find_decision(core, rid)
         if note is None:
             raise not_found(rid)
         pol = state.policies.get(note.endpoint) or state.direct.get(note.endpoint)
