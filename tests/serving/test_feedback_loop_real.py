@@ -14,13 +14,10 @@ classifier is in place. Shares are printed (run with -s) for the report.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,7 @@ import yaml
 pytest.importorskip("vllm", reason="needs vLLM (the cpu extra) and ray[serve]")
 
 from tests.serving.test_feedback_loop import prompts
+from tests.serving.upproc import Up
 
 pytestmark = [
     pytest.mark.serving,
@@ -76,57 +74,6 @@ def write_manifests(
                 if learning:
                     d["spec"]["learning"] = learning
         (dest / f.name).write_text(yaml.safe_dump_all(docs, sort_keys=False))
-
-
-class Up:
-    """`tokenyard up` as a subprocess, its output collected line by line."""
-
-    def __init__(self, manifests: Path, state: Path, port: int) -> None:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
-        exe = shutil.which("tokenyard", path=str(Path(sys.executable).parent)) or "tokenyard"
-        self.proc = subprocess.Popen(
-            [exe, "up", "-f", str(manifests), "--port", str(port), "--state-dir", str(state)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self.cond = threading.Condition()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self.cond:
-                self.lines.append(line)
-                self.cond.notify_all()
-        self.proc.wait()
-        with self.cond:  # the process ended: wake a waiter so it fails now, not at timeout
-            self.cond.notify_all()
-
-    def wait_for(self, text: str, timeout_s: float, after: int = 0) -> None:
-        def seen() -> bool:
-            return any(text in ln for ln in self.lines[after:])
-
-        with self.cond:
-            ok = self.cond.wait_for(lambda: seen() or self.proc.poll() is not None, timeout_s)
-            found = seen()
-        assert ok and found, f"no {text!r} from tokenyard up:\n" + "".join(self.lines[-40:])
-
-    def reload(self) -> None:
-        """SIGHUP, then wait for the router to run the new config."""
-        mark = len(self.lines)
-        self.proc.send_signal(signal.SIGHUP)
-        self.wait_for("reloaded.", 300, after=mark)
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            code = self.proc.wait(120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
-        self.reader.join(10)
-        return code
 
 
 async def send(base: str, batch: list[tuple[str, bool]], rate: bool) -> list[tuple[bool, str]]:
@@ -177,7 +124,7 @@ def test_rated_topic_moves_to_the_frontier_model_on_a_real_tokenyard_up(
     held_out = prompts(random.Random(2), HELD_OUT)  # never captured
     up = Up(manifests, state, port)
     try:
-        up.wait_for("Press Ctrl-C", 600)
+        up.wait_ready(600)
         before = asyncio.run(send(base, held_out, rate=False))
 
         # Capture and exploration on; the scripted client rates a few hundred answers.

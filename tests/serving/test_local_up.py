@@ -6,14 +6,7 @@ tiny model built in the test, so the run does no download and builds nothing its
 
 from __future__ import annotations
 
-import os
 import random
-import re
-import shutil
-import signal
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +21,7 @@ import yaml
 pytest.importorskip("vllm", reason="needs vLLM (the cpu extra) and ray[serve]")
 
 from tests.serving import fuzz
+from tests.serving.upproc import Up
 
 # Fuzz cases sent to the real `tokenyard up` (the in-process test sends 2,400).
 FUZZ_CASES_UP = 200
@@ -40,7 +34,6 @@ pytestmark = [
 ]
 
 REPO = Path(__file__).resolve().parents[2]
-URL_RE = re.compile(r"OpenAI base URL: (http://\S+/v1)")
 MARK = "TOKENYARD_UP_TEST_MARK"
 
 
@@ -80,37 +73,15 @@ def test_tokenyard_up_serves_and_stops_cleanly(
     port = port_factory()
     mark = uuid.uuid4().hex
     # The mark is inherited by Ray's processes: after exit none may be left with it.
-    env = {**os.environ, MARK: mark, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    exe = shutil.which("tokenyard", path=str(Path(sys.executable).parent)) or "tokenyard"
-    proc = subprocess.Popen(
-        [exe, "up", "-f", str(manifests), "--port", str(port),
-         "--state-dir", str(tmp_path / "state")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-    )  # fmt: skip
-    lines: list[str] = []
-    url: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            m = URL_RE.search(line)
-            if m:
-                url.append(m.group(1))
-            if "Press Ctrl-C" in line:
-                ready.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    up = Up(manifests, tmp_path / "state", port, env={MARK: mark})
     try:
-        assert ready.wait(420), "tokenyard up did not come up:\n" + "".join(lines[-40:])
-        assert url == [f"http://127.0.0.1:{port}/v1"]
+        url = up.wait_ready()
+        assert up.urls() == [f"http://127.0.0.1:{port}/v1"]
         # The port is served the way the operator renders it (spec.router.ingress defaults
         # to HAProxy): an HAProxy process of this session, not Serve's Python proxy.
-        assert "(ingress HAProxy)" in "".join(lines)
+        assert "(ingress HAProxy)" in up.output
         assert any(p.name() == "haproxy" for p in _marked_processes(mark)), "no HAProxy"
-        with openai.OpenAI(base_url=url[0], api_key="unused", max_retries=0, timeout=60) as c:
+        with openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60) as c:
             assert {m.id for m in c.models.list()} >= {"chat", "tiny-economy"}
             resp = c.chat.completions.create(
                 model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=8
@@ -120,7 +91,7 @@ def test_tokenyard_up_serves_and_stops_cleanly(
         # answer, and the router still serves afterwards.
         rng = random.Random(16)
         five_xx: list[str] = []
-        with httpx.Client(base_url=url[0].removesuffix("/v1"), timeout=60) as h:
+        with httpx.Client(base_url=url.removesuffix("/v1"), timeout=60) as h:
             for _ in range(FUZZ_CASES_UP):
                 path, raw, hdrs = fuzz.case(rng)
                 try:
@@ -135,14 +106,8 @@ def test_tokenyard_up_serves_and_stops_cleanly(
             assert not five_xx, "\n".join(five_xx[:10])
             assert h.get("/healthz").status_code == 200
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        reader.join(10)
-    out = "".join(lines)
+        code = up.stop()
+    out = up.output
     assert code == 0, out[-3000:]
     assert "stopped." in out
     assert (tmp_path / "state" / "ledger-local-local.json").exists()

@@ -5,13 +5,6 @@ and routable as a RoutingPolicy target MODEL:ADAPTER.
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +12,7 @@ from typing import Any
 import openai
 import pytest
 import yaml
+from tests.serving.upproc import Up
 
 pytest.importorskip("vllm", reason="needs vLLM (the cpu extra) and ray[serve]")
 
@@ -30,7 +24,6 @@ pytestmark = [
 ]
 
 REPO = Path(__file__).resolve().parents[2]
-URL_RE = re.compile(r"OpenAI base URL: (http://\S+/v1)")
 PROMPT: list[Any] = [{"role": "user", "content": "Summarise the contract clause for the customer."}]
 
 
@@ -62,34 +55,11 @@ def test_tokenyard_up_serves_a_lora_adapter_by_name_and_as_a_target(
 
     adapter = build_tiny_lora(tmp_path / "sql-lora", tiny_models["economy"], seed=7)
     manifests = _manifests(tmp_path / "local", tiny_models["economy"], adapter)
-    port = port_factory()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    exe = shutil.which("tokenyard", path=str(Path(sys.executable).parent)) or "tokenyard"
-    proc = subprocess.Popen(
-        [exe, "up", "-f", str(manifests), "--port", str(port),
-         "--state-dir", str(tmp_path / "state")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-    )  # fmt: skip
-    lines: list[str] = []
-    url: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            m = URL_RE.search(line)
-            if m:
-                url.append(m.group(1))
-            if "Press Ctrl-C" in line:
-                ready.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    up = Up(manifests, tmp_path / "state", port_factory())
     try:
-        assert ready.wait(420), "tokenyard up did not come up:\n" + "".join(lines[-40:])
-        assert "'sql' (LoRA adapter on tiny-economy" in "".join(lines)
-        with openai.OpenAI(base_url=url[0], api_key="unused", max_retries=0, timeout=60) as c:
+        url = up.wait_ready()
+        assert "'sql' (LoRA adapter on tiny-economy" in up.output
+        with openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60) as c:
             assert {m.id for m in c.models.list()} >= {"chat", "tiny-economy", "sql"}
 
             def ask(model: str) -> openai.types.chat.ChatCompletion:
@@ -109,11 +79,5 @@ def test_tokenyard_up_serves_a_lora_adapter_by_name_and_as_a_target(
             with pytest.raises(openai.NotFoundError):
                 ask("no-such-adapter")
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        reader.join(10)
-    assert code == 0, "".join(lines)[-3000:]
+        code = up.stop()
+    assert code == 0, up.output[-3000:]
