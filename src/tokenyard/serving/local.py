@@ -313,7 +313,40 @@ def ingress_process_env(ingress: RouterIngress) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
+QUIET_PORTS = range(20000, 30000)
+"""Where this session's HAProxy stats and metrics ports are picked: above Ray's worker
+ports (10002-19999), below Serve's replica ports (30000-31000) and below the kernel's
+ephemeral range (32768- by default on Linux). A port the kernel hands out for any bind
+to port 0 or outgoing connection (and Ray's processes make hundreds while Serve starts)
+could be taken between the check and HAProxy's own bind, which then fails its start."""
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _free_port(choose: Callable[[range], int] | None = None) -> int:
+    """A port free on every address now, from QUIET_PORTS outside the ephemeral range
+    (``choose`` picks a candidate; random by default). Falls back to one the kernel
+    picks when 200 candidates are all taken."""
+    import random
+
+    pick = choose or random.choice
+    lo, hi = _ephemeral_range()
+    for _ in range(200):
+        port = pick(QUIET_PORTS)
+        if lo <= port <= hi:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))  # HAProxy binds its stats port on all addresses
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -118,3 +118,24 @@ def test_stop_haproxy_stops_only_this_sessions_processes() -> None:
         assert stop_haproxy(other) == 1
         for p in procs:
             p.wait(10)
+
+
+def test_haproxy_ports_are_free_and_outside_the_kernels_ephemeral_range() -> None:
+    import socket
+
+    from tokenyard.serving.local import QUIET_PORTS, _ephemeral_range, _free_port
+
+    env = ingress_process_env("HAProxy")
+    Path(env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent.rmdir()
+    lo, hi = _ephemeral_range()
+    for key in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+        port = int(env[key])
+        # Not a port the kernel hands to Ray's processes' own binds and connections.
+        assert port in QUIET_PORTS and not lo <= port <= hi
+    # A candidate already bound (on any address) is passed over.
+    with socket.socket() as taken:
+        busy = QUIET_PORTS.start + 3
+        taken.bind(("0.0.0.0", busy))
+        taken.listen()
+        picks = iter([busy, QUIET_PORTS.start + 7])
+        assert _free_port(lambda r: next(picks)) == QUIET_PORTS.start + 7
