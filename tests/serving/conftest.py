@@ -7,9 +7,7 @@ in the test, vLLM's OpenAI api_server as an "external" provider on 127.0.0.1.
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,24 +22,12 @@ import pytest
 ENGINE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
-# Servers here bind their port seconds after it is chosen (vLLM imports first), while Ray
-# starts dozens of processes that take ports: from the kernel's ephemeral range (32768+)
-# and, for workers, 10002-19999. A port chosen from neither cannot be taken meanwhile by
-# either, which an OS-assigned (ephemeral) port could be.
-_PORTS = range(20000, 32000)
-
-
 def free_port() -> int:
-    rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.choice(_PORTS)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-31999")
+    """A port no Ray process or kernel-assigned port can take before the server binds it
+    (seconds later: vLLM imports first); see tokenyard.serving.local.QUIET_PORTS."""
+    from tokenyard.serving.local import free_port as quiet_port
+
+    return quiet_port()
 
 
 @pytest.fixture(scope="session")

@@ -307,8 +307,8 @@ def ingress_process_env(ingress: RouterIngress) -> dict[str, str]:
             "RAY_SERVE_HAPROXY_SOCKET_PATH": str(d / "admin.sock"),
             "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(d),
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(d / "server-state"),
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         }
     return env
 
@@ -329,7 +329,7 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
-def _free_port(choose: Callable[[range], int] | None = None) -> int:
+def free_port(choose: Callable[[range], int] | None = None) -> int:
     """A port free on every address now, from QUIET_PORTS outside the ephemeral range
     (``choose`` picks a candidate; random by default). Falls back to one the kernel
     picks when 200 candidates are all taken."""

@@ -123,7 +123,7 @@ def test_stop_haproxy_stops_only_this_sessions_processes() -> None:
 def test_haproxy_ports_are_free_and_outside_the_kernels_ephemeral_range() -> None:
     import socket
 
-    from tokenyard.serving.local import QUIET_PORTS, _ephemeral_range, _free_port
+    from tokenyard.serving.local import QUIET_PORTS, _ephemeral_range, free_port
 
     env = ingress_process_env("HAProxy")
     Path(env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent.rmdir()
@@ -138,4 +138,4 @@ def test_haproxy_ports_are_free_and_outside_the_kernels_ephemeral_range() -> Non
         taken.bind(("0.0.0.0", busy))
         taken.listen()
         picks = iter([busy, QUIET_PORTS.start + 7])
-        assert _free_port(lambda r: next(picks)) == QUIET_PORTS.start + 7
+        assert free_port(lambda r: next(picks)) == QUIET_PORTS.start + 7
