@@ -1,0 +1,89 @@
+"""The per-request simulator's serving model: separate vLLM replicas behind Ray Serve's
+request router, each prefilling at one replica's rate."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokenyard.autoscaler import sim
+from tokenyard.autoscaler.sim.engine import Server
+from tokenyard.autoscaler.sim.trace import TraceRequest
+
+
+def _slow_economy() -> sim.Scenario:
+    # Economy alone, 1,000 prompt tokens/s per replica, 5 s SLO, no spill-over.
+    s = sim.builtin_scenario().model_copy(update={"spillover": False})
+    m = s.models[0].model_copy(update={"prefillTokensPerSecond": 1000.0})
+    return s.model_copy(update={"models": [m, *s.models[1:]]})
+
+
+def _ttfts(server: Server, arrivals: list[tuple[float, int]], until: float) -> list[float]:
+    now, k, dt = 0.0, 0, 0.5
+    while now < until:
+        while k < len(arrivals) and arrivals[k][0] <= now:
+            server.route((arrivals[k][0], arrivals[k][1], 10), now)
+            k += 1
+        server.step(now, dt)
+        now += dt
+    return [v for _, v in server.ttfts]
+
+
+def test_a_long_prompt_prefills_on_one_replica() -> None:
+    # 6,000 prompt tokens at 1,000 tokens/s: 6 s on the replica that serves it, however
+    # many replicas the model has (pooling two replicas' prefill would give 3 s and meet
+    # the 5 s SLO).
+    s = _slow_economy()
+    routed = [(TraceRequest(1.0, 6000, 10), 0)]
+    res = sim.run(s, routed, policy_name="static", policy=sim.hold, interval=1e9,
+                  initial=[2, 0, 0], only={0})  # fmt: skip
+    assert res.requests == 1
+    assert res.slo_met == 0
+    server = Server(s.models[0], 0.8)
+    server.scale(2, 0.0, warm=True)
+    (ttft,) = _ttfts(server, [(0.0, 6000)], until=20.0)
+    assert ttft == pytest.approx(6.0, abs=0.5)
+
+
+def test_the_router_spreads_requests_and_each_replica_queues_its_own() -> None:
+    s = _slow_economy()
+    # Two replicas, two long prompts at once: power of two choices sends the second to
+    # the idle replica, so both finish their prefill after 6 s.
+    two = Server(s.models[0], 0.8)
+    two.scale(2, 0.0, warm=True)
+    assert sorted(_ttfts(two, [(0.0, 6000), (0.0, 6000)], until=30.0)) == pytest.approx(
+        [6.0, 6.0], abs=0.5
+    )
+    # One replica: the second waits behind the first (FIFO), 12 s.
+    one = Server(s.models[0], 0.8)
+    one.scale(1, 0.0, warm=True)
+    assert sorted(_ttfts(one, [(0.0, 6000), (0.0, 6000)], until=30.0)) == pytest.approx(
+        [6.0, 12.0], abs=0.5
+    )
+
+
+def test_no_ready_replica_holds_requests_until_one_starts() -> None:
+    s = _slow_economy()
+    server = Server(s.models[0], 0.8)
+    server.scale(1, 0.0)  # cold: ready after the model's 30 s cold start
+    (ttft,) = _ttfts(server, [(0.0, 1000)], until=60.0)
+    assert ttft == pytest.approx(31.0, abs=0.6)
+    assert server.dropped == 0
+
+
+def test_a_scaled_away_replica_finishes_its_requests() -> None:
+    s = _slow_economy()
+    server = Server(s.models[0], 0.8)
+    server.scale(2, 0.0, warm=True)
+    arrivals = [(0.0, 6000), (0.0, 6000)]
+    for t, prompt in arrivals:
+        server.route((t, prompt, 10), 0.0)
+    server.step(0.0, 0.5)
+    server.scale(1, 0.5)
+    assert server.asked == 1
+    assert len(server.draining) == 1
+    now = 0.5
+    while now < 30.0:
+        server.step(now, 0.5)
+        now += 0.5
+    assert sorted(v for _, v in server.ttfts) == pytest.approx([6.0, 6.0], abs=0.5)
+    assert not server.draining
