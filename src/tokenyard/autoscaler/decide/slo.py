@@ -17,7 +17,8 @@ Allen-Cunneen). Its TTFT is that wait plus its own prefill on one replica,
 around ``prompt / prefill_tokens_per_s`` (vLLM prefills a request on the replica that
 serves it, whatever the model's other replicas do). So::
 
-    P(TTFT > slo) ~= P(s > slo) + E[rho * exp(-(slo - s) * (n mu - rate) * 2 / (ca2 + cs2)); s <= slo]
+    P(TTFT > slo) ~= P(s > slo)
+                     + E[rho * exp(-(slo - s) * (n mu - rate) * 2 / (ca2 + cs2)); s <= slo]
 
 (the expectation over ``s`` by an eight-node Gauss-Hermite rule): a prompt too long to
 prefill within the SLO misses however idle the replicas are, and a long prompt has less
@@ -148,8 +149,7 @@ def _beyond(own: float, cs2: float, slo_s: float) -> float:
     return 0.5 * math.erfc((math.log(slo_s) - math.log(own) + s2 / 2) / math.sqrt(2 * s2))
 
 
-# Positional, as predict calls it; each argument is one part of the model.
-def _wait_miss(rho: float, theta: float, own: float, cs2: float, slo_s: float) -> float:  # noqa: PLR0917
+def _wait_miss(rho: float, theta: float, own: float, cs2: float, slo_s: float) -> float:
     """P(wait > slo - own prefill, own prefill <= slo): the wait exceeds t with
     probability ``rho * exp(-theta t)``; the own prefill is log-normal as in
     :func:`_beyond`, so the wait leaves a long prompt less room."""
