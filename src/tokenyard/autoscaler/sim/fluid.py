@@ -465,6 +465,7 @@ def simulate_fluid(
 
 __all__ = [
     "FluidServer",
+    "erlang_c",
     "pool_rate",
     "replica_token_rate",
     "route_shares",
