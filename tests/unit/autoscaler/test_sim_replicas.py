@@ -121,3 +121,27 @@ def test_both_engines_queue_within_a_step_near_saturation() -> None:
     assert 0.005 < miss_exact < 0.06
     assert 0.005 < miss_fluid < 0.06
     assert miss_exact / 3 < miss_fluid < miss_exact * 3
+
+
+def test_a_warm_up_replay_starts_adaptive_policies_on_their_own_fleet() -> None:
+    # A steady load that needs several economy replicas from the first second: replayed
+    # from minReplicas, tokenyard misses while it scales up; after a warm-up replay of the
+    # opening 10 minutes it starts the measured trace on its own fleet. Requests and cost
+    # count from the trace's start either way.
+    s = sim.builtin_scenario().model_copy(update={"spillover": False})
+    windows = [sim.RateWindow(0.0, 900.0, 30.0, 1000.0, 100.0)]
+    routed = [(r, 0) for r in sim.generate_requests(windows, seed=0)]
+
+    def replay(warmup: float, policy: sim.Policy, initial: list[int]) -> sim.RunResult:
+        return sim.run(s, routed, policy_name="p", policy=policy, interval=5.0,
+                       initial=initial, only={0}, warmup_s=warmup)  # fmt: skip
+
+    cold = replay(0.0, sim.TokenyardPolicy(s), [1, 0, 0])
+    warm = replay(600.0, sim.TokenyardPolicy(s), [1, 0, 0])
+    assert cold.requests == warm.requests == len(routed)
+    assert warm.slo_attainment > cold.slo_attainment
+    assert warm.series["replicas:economy-8b"][0] > 1
+    # A fixed fleet costs the same with or without the warm-up.
+    fixed = [replay(w, sim.hold, [5, 0, 0]) for w in (0.0, 600.0)]
+    assert fixed[0].cost_usd == pytest.approx(fixed[1].cost_usd, rel=1e-6)
+    assert fixed[0].slo_met == pytest.approx(fixed[1].slo_met, rel=0.02)

@@ -25,7 +25,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tokenyard.autoscaler.signals import ModelSignals
@@ -79,6 +79,9 @@ class Server:
         """GPUCapped or BudgetCapped while the autoscaler's allocation gives the model
         less than it asks (tokenyard's policy sets it; the router reads the condition)."""
         self.cost = self.gpu_seconds = self.replica_seconds = 0.0
+        self.count_from = 0.0
+        """Requests that arrive before this time (a warm-up replay) are served but not
+        counted, nor is the time before it charged."""
         self.reset_interval()
 
     @property
@@ -128,8 +131,7 @@ class Server:
     def step(self, now: float, dt: float) -> None:
         p = self.p
         while self.held and now - self.held[0][0] > self.p_max_queue:
-            self.held.popleft()
-            self._drop(now)
+            self._drop(now, self.held.popleft()[0])
         if self.held and any(r.ready_at <= now for r in self.replicas):
             held, self.held = self.held, deque()
             for req in held:
@@ -146,14 +148,16 @@ class Server:
         if ready > 0:
             self.i_busy += busy / ready * dt
         self.i_time += dt
-        self.cost += self.asked * self.replica_cost * dt / 3600
-        self.gpu_seconds += self.asked * p.gpusPerReplica * dt
-        self.replica_seconds += self.asked * dt
+        if now >= self.count_from:
+            self.cost += self.asked * self.replica_cost * dt / 3600
+            self.gpu_seconds += self.asked * p.gpusPerReplica * dt
+            self.replica_seconds += self.asked * dt
         while self.ttfts and self.ttfts[0][0] < now - 30:
             self.ttfts.popleft()
 
-    def _drop(self, now: float) -> None:
-        self.dropped += 1
+    def _drop(self, now: float, arrival: float) -> None:
+        if arrival >= self.count_from:
+            self.dropped += 1
         if self.clock is not None:
             self.clock.started(self.p.name, now)
 
@@ -166,8 +170,7 @@ class Server:
             self.i_gen += out
             self.i_done += 1
         while rep.queue and now - rep.queue[0][0] > self.p_max_queue:
-            rep.queue.popleft()
-            self._drop(now)
+            self._drop(now, rep.queue.popleft()[0])
         cap = p.kvCacheTokens
         while rep.queue:
             arrival, prompt, out = rep.queue[0]
@@ -189,7 +192,7 @@ class Server:
                 done = now + dt * (full - budget) / full
                 ttft = done - head[0]
                 self.ttfts.append((done, ttft))
-                if ttft <= self.slo:
+                if ttft <= self.slo and head[0] >= self.count_from:
                     self.met += 1
                 if self.clock is not None:
                     self.clock.started(p.name, done)
@@ -413,11 +416,21 @@ def run(
     initial: Sequence[int],
     only: set[int] | None = None,
     sample_every: float = 10.0,
+    warmup_s: float = 0.0,
 ) -> RunResult:
-    """Replays the routed trace under one policy."""
+    """Replays the routed trace under one policy. With ``warmup_s``, the trace's first
+    ``warmup_s`` seconds are replayed once before it, unmeasured, so the policy starts the
+    measured trace in the state its own rules reach on the opening load (as a fixed
+    fleet starts with its replicas): requests, SLO, cost and scale events count from
+    the trace's start."""
     start = time.perf_counter()
     servers, clock = _servers(scenario, initial, only)
     reqs = [(r, i) for r, i in routed if only is None or i in only]
+    if warmup_s > 0:
+        opening = [(r, i) for r, i in reqs if r.t < warmup_s]
+        reqs = opening + [(replace(r, t=r.t + warmup_s), i) for r, i in reqs]
+        for srv in servers:
+            srv.count_from = warmup_s
     horizon = (reqs[-1][0].t if reqs else 0.0) + scenario.maxQueueSeconds + 30
     dt = scenario.tickSeconds
     series: dict[str, list[float]] = {"t": [], "cost": []}
@@ -426,16 +439,22 @@ def run(
         series[f"replicas:{m.name}"] = []
     bucket = [0.0] * len(servers)
     targets = _spill_targets(scenario)
-    k, now, next_policy, next_sample = 0, 0.0, interval, 0.0
+    k, now, next_policy, next_sample = 0, 0.0, interval, warmup_s
     next_refresh = scenario.replicaRefreshSeconds
+    measuring = warmup_s <= 0
     while now < horizon:
+        if not measuring and now >= warmup_s:
+            measuring = True
+            for srv in servers:
+                srv.events = srv.spilled_in = srv.downgraded_in = 0
         while k < len(reqs) and reqs[k][0].t <= now:
             r, i = reqs[k]
             if clock is not None and only is None:
                 i = _spill(scenario, servers, clock, targets[i], r, now)
             srv = servers[i]
             srv.route((r.t, r.prompt, r.output), now)
-            srv.requests += 1
+            if r.t >= warmup_s:
+                srv.requests += 1
             srv.i_arrivals += 1
             bucket[i] += r.prompt + r.output
             k += 1
@@ -452,9 +471,9 @@ def run(
                 srv.reset_interval()
             next_policy += interval
         if now >= next_sample:
-            _sample(scenario, servers, series, bucket, now, sample_every)
+            _sample(scenario, servers, series, bucket, now - warmup_s, sample_every)
             next_sample += sample_every
-    return _result(scenario, servers, only, now, policy_name, series, start)
+    return _result(scenario, servers, only, now - warmup_s, policy_name, series, start)
 
 
 __all__ = ["Policy", "RunResult", "Server", "run"]
