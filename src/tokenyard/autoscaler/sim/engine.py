@@ -21,6 +21,7 @@ baselines and :func:`simulate` call it.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import time
 from collections import deque
@@ -79,6 +80,8 @@ class Server:
         """GPUCapped or BudgetCapped while the autoscaler's allocation gives the model
         less than it asks (tokenyard's policy sets it; the router reads the condition)."""
         self.cost = self.gpu_seconds = self.replica_seconds = 0.0
+        self._ready, self._ready_from = 0, 0.0
+        self._ready_until: float | None = None
         self.count_from = 0.0
         """Requests that arrive before this time (a warm-up replay) are served but not
         counted, nor is the time before it charged."""
@@ -92,11 +95,20 @@ class Server:
         self.i_time = self.i_arrivals = self.i_done = self.i_prompt = self.i_gen = self.i_busy = 0.0
 
     def ready(self, now: float) -> int:
-        return sum(1 for r in self.replicas if r.ready_at <= now)
+        # Cached until the next replica's start completes (the fluid engine asks every
+        # step); scale() clears it.
+        if self._ready_until is None or not self._ready_from <= now < self._ready_until:
+            self._ready = sum(1 for r in self.replicas if r.ready_at <= now)
+            self._ready_from = now
+            self._ready_until = min(
+                (r.ready_at for r in self.replicas if r.ready_at > now), default=math.inf
+            )
+        return self._ready
 
     def scale(self, n: int, now: float, warm: bool = False) -> None:
         if n == self.asked:
             return
+        self._ready_until = None
         self.events += 1
         if n > self.asked:
             at = now if warm else now + self.p.autoscaling.coldStartSeconds

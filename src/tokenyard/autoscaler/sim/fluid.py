@@ -85,6 +85,11 @@ ARRIVAL_SMOOTH_S = 600.0
 at: a rate trace's window (faster swings are the fluid backlog's)."""
 
 
+def _exp_neg(x: float) -> float:
+    """exp(-x), 0 for large x (no overflow for negative rooms)."""
+    return math.exp(-x) if x < 700 else 0.0
+
+
 def erlang_c(n: int, load: float) -> float:
     """The probability that an arrival waits in an M/M/n queue with offered ``load``
     (arrival rate over one server's service rate), by the Erlang B recursion; 1 when
@@ -184,7 +189,16 @@ class FluidServer(Server):
         wait_p, theta = self.within_step(ready, per_replica, mp)
         met_share = 0.0
         if n > 0 and rate > 0:
-            met_share = _met_share(q0, tokens - cap, rate, self.slo - own, wait_p, theta)
+            slack = self.slo - own
+            if (
+                wait_p > 0
+                and wait_p * _exp_neg(theta * (slack - max(q0, q0 + tokens - cap) / rate)) < 1e-9
+            ):
+                wait_p = 0.0  # the tail leaves every arrival of the step within the SLO
+            if wait_p == 0 and q0 <= 0 and tokens <= cap and slack >= 0:
+                met_share = 1.0  # no backlog, no wait: the common light-load step
+            else:
+                met_share = _met_share(q0, tokens - cap, rate, slack, wait_p, theta)
         served = min(q0 + tokens, cap)
         q1 = q0 + tokens - served
         limit = (rate if rate > 0 else tokens / dt) * self.p_max_queue
