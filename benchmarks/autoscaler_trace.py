@@ -2,13 +2,15 @@
 
 Run: ``.venv/bin/python benchmarks/autoscaler_trace.py [--trace CSV] [--scenario YAML]
 [--plot PNG] [--json] [--seed N] [--no-spillover] [--downgrade] [--max-gpus CLASS=N,...]
-[--seeds K] [--sweep] [--overnight] [--train-days N]``
+[--seeds K] [--sweep] [--overnight] [--train-days N] [--standin NAME]``
 
 ``--seeds K`` also prints the mean over routing seeds 0..K-1 (the same trace, another
 difficulty draw; the static oracles are searched again per seed). ``--sweep`` adds the
 generated loads of the robustness sweep; ``--overnight`` a 14-day business-hours load on
 models allowed to scale to zero, with how many wake-ups the forecast had ready before
-their load (in-sample and held-out days).
+their load (in-sample and held-out days). ``--standin long-context|conversation`` replays
+a generated one-hour service instead of ``--trace`` (see :data:`STANDINS`), from
+``--seed``.
 
 Static (the fewest fixed replicas that meet the SLO target on this trace), a per-model
 HPA-style utilisation target and tokenyard's decide_pool run on the same simulator and
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import random
 import sys
@@ -28,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tokenyard.autoscaler import sim
+from tokenyard.autoscaler.decide.slo import ReplicaProfile, Workload, predict
 from tokenyard.autoscaler.sim.fluid import POOL_PEAK_SHARE
 from tokenyard.autoscaler.sim.forecast_check import forecast_check, model_forecasts
 from tokenyard.autoscaler.sim.rates import is_rate_trace
@@ -56,7 +60,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also a business-hours load on models allowed to scale to zero overnight",
     )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="print the queueing model's predicted TTFT miss against both engines' and exit",
+    )
+    p.add_argument(
+        "--standin",
+        choices=sorted(STANDINS),
+        help="replay a generated one-hour service (from --seed) instead of --trace",
+    )
     args = p.parse_args(argv)
+    if args.calibrate:
+        print(calibration(sim.scenario_from_args(args)))
+        return 0
+    if args.standin:
+        return standin(args)
     if not Path(args.trace).is_file():
         print(f"autoscaler_trace: trace not found: {args.trace}", file=sys.stderr)
         return 1
@@ -82,6 +101,85 @@ def main(argv: list[str] | None = None) -> int:
     if args.overnight:
         print(overnight(sim.scenario_from_args(args), args.train_days))
     return 0
+
+
+STANDINS: dict[str, tuple[float, float, float]] = {
+    "long-context": (3.33, 6000.0, 250.0),
+    "conversation": (5.33, 1000.0, 250.0),
+}
+"""The one-hour stand-ins for issue 13's held-out shapes: requests per second and mean
+prompt and output tokens of a steady long-context and a steady conversation service."""
+
+
+def standin_trace(name: str, seed: int) -> list[sim.TraceRequest]:
+    """A stand-in hour (:data:`STANDINS`): one 3,600 s window of Poisson arrivals at its
+    rate, prompt and output tokens log-normal around its means with CV 1
+    (sim.generate_requests with the default ArrivalSpec), from ``seed``."""
+    rps, prompt, output = STANDINS[name]
+    return sim.generate_requests([sim.RateWindow(0.0, 3600.0, rps, prompt, output)], seed)
+
+
+def standin(args: argparse.Namespace) -> int:
+    """``--standin``: the generated hour on the per-request engine, with its bar."""
+    scenario = sim.scenario_from_args(args)
+    started = time.perf_counter()
+    report = sim.simulate(scenario, standin_trace(args.standin, scenario.seed))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    print(f"stand-in {args.standin} (seed {scenario.seed}):")
+    print(report.table())
+    print(f"simulated in {time.perf_counter() - started:.1f}s\n")
+    print(bar(report))
+    return 0
+
+
+CALIBRATION = (
+    # (model index, prompt, output, replicas, loads)
+    (0, 1000.0, 150.0, (1, 2, 4), (0.6, 0.8, 0.9, 0.95, 0.97)),
+    (2, 1000.0, 150.0, (3,), (0.85, 0.9, 0.95, 0.97)),
+    (1, 6000.0, 250.0, (1, 2, 3), (0.5, 0.7, 0.85, 0.9)),
+)
+"""The calibration grid: steady Poisson load on one model's fixed fleet (token CV 1)."""
+
+
+def calibration(scenario: sim.Scenario, minutes: float = 30.0) -> str:
+    """The queueing model (decide/slo.py, at the true rate and token means) against the
+    per-request engine (separate replicas, power of two choices) and the fluid engine
+    (10 s steps): the share of requests whose TTFT misses the SLO, for fixed fleets of
+    one model on steady Poisson load (:data:`CALIBRATION`), from the scenario's seed."""
+    sc = scenario.model_copy(update={"spillover": False})
+    lines = [
+        "calibration: TTFT miss share, queueing model vs per-request vs fluid engine "
+        f"({minutes:.0f} min steady Poisson, token CV 1, seed {sc.seed})",
+        f"  {'model':<13} {'prompt':>6} {'n':>2} {'load':>5} {'model':>8} {'requests':>8} "
+        f"{'fluid':>8}",
+    ]
+    for i, prompt, output, fleets, loads in CALIBRATION:
+        m = sc.models[i]
+        profile = ReplicaProfile(m.prefillTokensPerSecond, m.decodeTokensPerSecond,
+                                 float(m.kvCacheTokens))  # fmt: skip
+        mu = profile.tokens_per_s(prompt, output) / prompt
+        for n in fleets:
+            for load in loads:
+                rps = load * n * mu
+                windows = [sim.RateWindow(k * 600.0, 600.0, rps, prompt, output)
+                           for k in range(int(minutes // 10))]  # fmt: skip
+                initial = [n if j == i else 0 for j in range(len(sc.models))]
+                routed = [(r, i) for r in sim.generate_requests(windows, sc.seed)]
+                exact = sim.run(sc, routed, policy_name="static", policy=sim.hold,
+                                interval=1e9, initial=initial, only={i})  # fmt: skip
+                shares = [1.0 if j == i else 0.0 for j in range(len(sc.models))]
+                demand = sim.fluid_demand(windows, shares, step_s=10.0, seed=sc.seed)
+                fluid = sim.run_fluid(sc, demand, policy_name="static", policy=sim.hold,
+                                      interval=1e9, initial=initial, only={i})  # fmt: skip
+                pred = predict(Workload(rps, prompt, output), profile, n,
+                               m.autoscaling.ttftSLOSeconds)  # fmt: skip
+                lines.append(
+                    f"  {m.name:<13} {prompt:>6.0f} {n:>2} {load:>5.2f} {pred.miss:>8.2%} "
+                    f"{1 - exact.slo_attainment:>8.2%} {1 - fluid.slo_attainment:>8.2%}"
+                )
+    return "\n".join(lines)
 
 
 def mark(ok: bool) -> str:

@@ -13,7 +13,13 @@ from tokenyard.autoscaler import sim
 from tokenyard.autoscaler.decide import DecisionConfig, ModelState, ModelView, PoolView, decide_pool
 from tokenyard.autoscaler.decide.forecast import DAY_S, SeasonalForecast
 from tokenyard.autoscaler.decide.recommend import slo_replicas
-from tokenyard.autoscaler.decide.slo import ReplicaProfile, Workload, predict, replicas_for_slo
+from tokenyard.autoscaler.decide.slo import (
+    ReplicaProfile,
+    Workload,
+    predict,
+    replicas_for_slo,
+    unavoidable_miss,
+)
 from tokenyard.autoscaler.signals import ModelSignals
 from tokenyard.autoscaler.sim.forecast_check import forecast_check
 
@@ -22,19 +28,46 @@ PROFILE = ReplicaProfile(prefill_tokens_per_s=10_000.0)
 
 def test_prediction_by_hand() -> None:
     # 4 req/s of 2000-token prompts on one 10k tokens/s replica: rho 0.8, spare 1/s,
-    # own prefill 0.2 s; Poisson arrivals and exponential-like prompts (ca2 = cs2 = 1).
+    # own prefill 0.2 s; Poisson arrivals and prompts all alike (ca2 = 1, cs2 = 0).
+    alike = predict(Workload(rate=4.0, prompt=2000.0, cs2=0.0), PROFILE, 1, slo_s=5.0)
+    assert alike.miss == pytest.approx(0.8 * math.exp(-4.8 * 1.0 / 0.5))
+    # Exponential-like prompts (cs2 = 1): the wait's tail is twice as long, and the own
+    # prefill is log-normal around 0.2 s, which leaves longer prompts less room.
     p = predict(Workload(rate=4.0, prompt=2000.0), PROFILE, 1, slo_s=5.0)
     assert p.utilisation == pytest.approx(0.8)
-    assert p.miss == pytest.approx(0.8 * math.exp(-4.8))
+    assert p.miss > 0.8 * math.exp(-4.8)
+    assert p.miss == pytest.approx(0.8 * math.exp(-4.8), rel=0.1)
     assert p.mean_wait_s == pytest.approx(0.8 * 1.0 / 1.0)
     # More replicas: lower load and fewer misses; overload and a prefill beyond the SLO
     # miss everything.
     misses = [predict(Workload(4.0, 2000.0), PROFILE, n, 5.0).miss for n in range(1, 5)]
     assert misses == sorted(misses, reverse=True)
     assert predict(Workload(6.0, 2000.0), PROFILE, 1, 5.0).miss == 1.0
-    assert predict(Workload(1.0, 2000.0), PROFILE, 1, 0.1).miss == 1.0
+    assert predict(Workload(1.0, 2000.0, cs2=0.0), PROFILE, 1, 0.1).miss == 1.0
+    # A mean prefill beyond the SLO: only the prompts short enough meet it.
+    assert 0.5 < predict(Workload(1.0, 2000.0), PROFILE, 1, 0.1).miss < 1.0
     # Burstier arrivals wait longer.
     assert predict(Workload(4.0, 2000.0, ca2=4.0), PROFILE, 2, 5.0).miss > misses[1]
+
+
+def test_prompts_too_long_for_the_slo_miss_on_idle_replicas() -> None:
+    # 6,000-token prompts (log-normal, CV 1) on 7,000 tokens/s replicas with a 5 s SLO:
+    # one prompt in about 200 exceeds the 35,000 tokens one replica prefills in 5 s, so
+    # however many replicas share a light load, about 0.5% miss (the mean's own prefill,
+    # 0.86 s, would say none).
+    w = Workload(rate=0.1, prompt=6000.0)
+    profile = ReplicaProfile(prefill_tokens_per_s=7000.0)
+    s2 = math.log(2.0)
+    beyond = 0.5 * math.erfc((math.log(35_000) - math.log(6000) + s2 / 2) / math.sqrt(2 * s2))
+    assert beyond == pytest.approx(0.0056, abs=0.0002)
+    for n in (4, 8):
+        p = predict(w, profile, n, 5.0)
+        assert p.miss == pytest.approx(beyond, rel=0.05)
+        assert p.unavoidable == pytest.approx(beyond)
+    assert unavoidable_miss(w, profile, 5.0) == pytest.approx(beyond)
+    # No replica count removes that share: sizing holds the budget to the rest, so a
+    # light load still needs one replica, not the limit.
+    assert replicas_for_slo(w, profile, 5.0, 0.005, limit=8) == 1
 
 
 def test_fewest_replicas_and_the_kv_limit() -> None:

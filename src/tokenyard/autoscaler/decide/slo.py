@@ -12,10 +12,19 @@ replica prefills ``tokens_per_s`` prompt tokens per second, so it serves
 probability of waiting of one pooled server, which bounds Erlang C for ``n`` separate
 ones) and, given that it waits, for an approximately exponential time of mean
 ``(ca2 + cs2) / 2 / (n mu - rate)`` (the heavy-traffic waiting time of Kingman and
-Allen-Cunneen). Its TTFT is that wait plus its own prefill, ``prompt / tokens_per_s``.
-So::
+Allen-Cunneen). Its TTFT is that wait plus its own prefill on one replica,
+``s = prompt_i / prefill_tokens_per_s``, log-normal with the prompts' squared CV ``cs2``
+around ``prompt / prefill_tokens_per_s`` (vLLM prefills a request on the replica that
+serves it, whatever the model's other replicas do). So::
 
-    P(TTFT > slo) ~= rho * exp(-(slo - prompt / tokens_per_s) * (n mu - rate) * 2 / (ca2 + cs2))
+    P(TTFT > slo) ~= P(s > slo)
+                     + E[rho * exp(-(slo - s) * (n mu - rate) * 2 / (ca2 + cs2)); s <= slo]
+
+(the expectation over ``s`` by an eight-node Gauss-Hermite rule): a prompt too long to
+prefill within the SLO misses however idle the replicas are, and a long prompt has less
+room to wait. ``cs2 = 0`` gives the single own prefill of the mean prompt. The first
+term is unavoidable (:func:`unavoidable_miss`): no replica count removes it, so the
+sizing functions hold the miss budget to the rest, not to it.
 
 Decode does not delay the first token (vLLM schedules prefill chunks beside decodes),
 but sequences hold KV cache while they decode: when ``kv_tokens`` and
@@ -81,6 +90,9 @@ class Prediction:
     miss: float
     """Predicted share of requests whose TTFT exceeds the SLO (1.0 when overloaded)."""
     mean_wait_s: float
+    unavoidable: float = 0.0
+    """The part of ``miss`` no replica count removes: prompts too long to prefill within
+    the SLO on an idle replica."""
 
 
 def predict(w: Workload, profile: ReplicaProfile, n: int, slo_s: float) -> Prediction:
@@ -94,25 +106,77 @@ def predict(w: Workload, profile: ReplicaProfile, n: int, slo_s: float) -> Predi
     mu = tokens / prompt
     rho = w.rate / (n * mu)
     own = prompt / profile.prefill_tokens_per_s
-    if rho >= 1 or own >= slo_s:
-        return Prediction(n, rho, 1.0, math.inf)
+    floor = _beyond(own, w.cs2, slo_s)
+    if rho >= 1:
+        return Prediction(n, rho, 1.0, math.inf, floor)
     var = max(w.ca2 + w.cs2, 1e-6) / 2
     spare = n * mu - w.rate
-    miss = rho * math.exp(-(slo_s - own) * spare / var)
-    return Prediction(n, rho, min(1.0, miss), rho * var / spare)
+    miss = floor + _wait_miss(rho, spare / var, own, w.cs2, slo_s)
+    return Prediction(n, rho, min(1.0, miss), rho * var / spare, floor)
+
+
+def unavoidable_miss(w: Workload, profile: ReplicaProfile, slo_s: float) -> float:
+    """The share of requests that miss the SLO on an idle replica (their own prefill is
+    longer): what no replica count removes, so sizing leaves it out of the budget."""
+    if w.rate <= 0:
+        return 0.0
+    return _beyond(max(w.prompt, 1.0) / profile.prefill_tokens_per_s, w.cs2, slo_s)
+
+
+# Gauss-Hermite rule of eight nodes for a standard normal (nodes sqrt(2) x_k, weights
+# w_k / sqrt(pi) of the physicists' rule): the own prefill's log-normal spread.
+_GH8 = tuple(
+    (math.sqrt(2) * x, wt / math.sqrt(math.pi))
+    for x, wt in (
+        (-2.930637420257244, 1.996040722113676e-04),
+        (-1.981656756695843, 1.707798300741348e-02),
+        (-1.157193712446780, 2.078023258148919e-01),
+        (-0.381186990207322, 6.611470125582413e-01),
+        (0.381186990207322, 6.611470125582413e-01),
+        (1.157193712446780, 2.078023258148919e-01),
+        (1.981656756695843, 1.707798300741348e-02),
+        (2.930637420257244, 1.996040722113676e-04),
+    )
+)
+
+
+def _beyond(own: float, cs2: float, slo_s: float) -> float:
+    """P(own prefill > slo) for a log-normal own prefill of mean ``own`` and squared CV
+    ``cs2`` (the prompts'); a step at the mean for ``cs2 = 0``."""
+    if cs2 <= 1e-9:
+        return 1.0 if own >= slo_s else 0.0
+    s2 = math.log1p(cs2)
+    return 0.5 * math.erfc((math.log(slo_s) - math.log(own) + s2 / 2) / math.sqrt(2 * s2))
+
+
+def _wait_miss(rho: float, theta: float, own: float, cs2: float, slo_s: float) -> float:
+    """P(wait > slo - own prefill, own prefill <= slo): the wait exceeds t with
+    probability ``rho * exp(-theta t)``; the own prefill is log-normal as in
+    :func:`_beyond`, so the wait leaves a long prompt less room."""
+    if cs2 <= 1e-9:
+        return 0.0 if own >= slo_s else rho * math.exp(-(slo_s - own) * theta)
+    s2 = math.log1p(cs2)
+    mu = math.log(own) - s2 / 2
+    s = math.sqrt(s2)
+    return sum(
+        wt * rho * math.exp(-(slo_s - x) * theta)
+        for z, wt in _GH8
+        if (x := math.exp(mu + s * z)) < slo_s
+    )
 
 
 def replicas_for_slo(
     w: Workload, profile: ReplicaProfile, slo_s: float, miss_budget: float, limit: int
 ) -> int:
-    """The fewest replicas (up to ``limit``) whose predicted miss share is within the
-    budget; ``limit`` when none is."""
+    """The fewest replicas (up to ``limit``) whose predicted miss share, beyond the
+    :func:`unavoidable_miss`, is within the budget; ``limit`` when none is."""
     if w.rate <= 0:
         return 0
     prompt = max(w.prompt, 1.0)
+    budget = miss_budget + unavoidable_miss(w, profile, slo_s)
     # Start at the replicas that keep the load below one: fewer are overloaded.
     n = max(1, math.floor(w.rate * prompt / profile.tokens_per_s(prompt, w.output)))
-    while n < limit and predict(w, profile, n, slo_s).miss > miss_budget:
+    while n < limit and predict(w, profile, n, slo_s).miss > budget:
         n += 1
     return min(n, max(limit, 1))
 
@@ -146,12 +210,13 @@ def replicas_for_expected_slo(  # noqa: PLR0917
     limit: int,
     sigma: float,
 ) -> int:
-    """The fewest replicas (up to ``limit``) whose :func:`expected_miss` is within the
-    budget; ``limit`` when none is."""
+    """The fewest replicas (up to ``limit``) whose :func:`expected_miss`, beyond the
+    :func:`unavoidable_miss`, is within the budget; ``limit`` when none is."""
     if w.rate <= 0:
         return 0
     n = replicas_for_slo(w, profile, slo_s, miss_budget, limit)
-    while n < limit and expected_miss(w, profile, n, slo_s, sigma) > miss_budget:
+    budget = miss_budget + unavoidable_miss(w, profile, slo_s)
+    while n < limit and expected_miss(w, profile, n, slo_s, sigma) > budget:
         n += 1
     return min(n, max(limit, 1))
 
@@ -164,4 +229,5 @@ __all__ = [
     "predict",
     "replicas_for_expected_slo",
     "replicas_for_slo",
+    "unavoidable_miss",
 ]

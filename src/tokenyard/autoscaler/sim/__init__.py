@@ -13,12 +13,15 @@ for all policies:
 * Requests come from the trace; each gets a difficulty (seeded Beta distribution) and
   goes, as a RoutingPolicy's CheapestSufficient strategy would send it, to the cheapest
   model whose quality covers it.
-* Each model's replicas form one FIFO server: a request is admitted when its prompt and
-  output fit the free KV cache (replicas x kvCacheTokens), prefill shares replicas x
-  prefillTokensPerSecond in arrival order (TTFT is when its prefill completes), then
-  it decodes at decodeTokensPerSecond while holding its KV cache. A request that waits
-  longer than maxQueueSeconds is dropped (and misses the SLO). New replicas serve after
-  coldStartSeconds but cost from the moment they are asked for.
+* Each model's replicas are separate vLLM replicas behind Ray Serve's request router
+  (power of two choices on ongoing requests; held while none is ready). A replica admits
+  a request when its prompt and output fit its free KV cache (kvCacheTokens), prefills
+  its requests one after the other at prefillTokensPerSecond (TTFT is when a request's
+  prefill completes), then decodes it at decodeTokensPerSecond while it holds its KV
+  cache. A request that waits longer than maxQueueSeconds is dropped (and misses the
+  SLO). New replicas serve after coldStartSeconds but cost from the moment they are
+  asked for; a replica scaled away finishes its own requests. On per-request traces the
+  adaptive policies first replay the opening warmupSeconds, unmeasured.
 * GPU utilisation, as DCGM would report it, is the prefill busy fraction plus decode
   activity (busy once ``decodeSaturation`` sequences decode per replica).
 

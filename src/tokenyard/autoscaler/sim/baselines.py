@@ -216,7 +216,8 @@ def hpa_slo_search(
     for factor in HPA_SCALE_STEPS:
         scaled = hpa_scaled(scenario, factor)
         res = run(scaled, routed, policy_name="hpa-slo", policy=HPAPolicy(scaled),
-                  interval=scenario.hpaSyncSeconds, initial=initial)  # fmt: skip
+                  interval=scenario.hpaSyncSeconds, initial=initial,
+                  warmup_s=scenario.warmupSeconds)  # fmt: skip
         if res.slo_attainment >= scenario.sloTarget:
             return factor, res
         if best is None or res.slo_attainment > best[1].slo_attainment:

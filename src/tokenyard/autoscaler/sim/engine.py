@@ -1,18 +1,32 @@
 """The simulator's serving model and replay: one server per model, one policy per run.
 
-Each model's replicas form one FIFO prefill server with a KV-cache admission limit
-(:class:`Server`), driven over the routed trace by one scaling policy at a time
-(:func:`run`), with spill-over routed by the router's own code
-(:mod:`tokenyard.routing.spillover`). The baselines and :func:`simulate` call it.
+Each model is a set of separate vLLM replicas behind Ray Serve's request router
+(:class:`Server`): every replica has its own FIFO waiting queue, admits a request while
+its prompt and output fit the replica's free KV cache, prefills one request after the
+other at one replica's ``prefillTokensPerSecond`` (TTFT = the end of its prefill) and
+decodes at ``decodeTokensPerSecond`` per sequence. A request goes, on arrival, to the
+replica Ray Serve's default router picks: of two ready replicas drawn at random, the
+one with fewer ongoing requests (power of two choices); while none is ready the router
+holds it. So a long prompt takes ``prompt / prefillTokensPerSecond`` on its replica
+however many replicas the model has, and requests queue behind the ones on their own
+replica, as on vLLM. The replay steps every replica each tick: linear in requests and
+replicas. A replica scaled away stops receiving requests and finishes the ones it has
+(uncharged); replicas still starting are cancelled first.
+
+:func:`run` drives the servers over the routed trace under one scaling policy, with
+spill-over routed by the router's own code (:mod:`tokenyard.routing.spillover`). The
+baselines and :func:`simulate` call it.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tokenyard.autoscaler.signals import ModelSignals
@@ -21,18 +35,40 @@ from tokenyard.autoscaler.sim.trace import TraceRequest
 from tokenyard.routing.spillover import Capacity, Option, QueueClock, choose
 
 
-class Server:
-    """One model's replicas as a FIFO prefill server with a KV-cache admission limit."""
+class Replica:
+    """One vLLM replica: its own FIFO waiting queue, KV cache and prefill at one
+    replica's rate, and the sequences it decodes."""
 
-    def __init__(self, prof: ModelProfile, price: float) -> None:
-        self.p = prof
-        self.replica_cost = prof.gpusPerReplica * price
-        self.asked = 0
-        self.starting: list[float] = []
+    __slots__ = ("decoding", "kv", "prefill", "queue", "ready_at")
+
+    def __init__(self, ready_at: float) -> None:
+        self.ready_at = ready_at
         self.queue: deque[tuple[float, int, int]] = deque()
         self.prefill: deque[list[float]] = deque()
         self.decoding: list[tuple[float, float, int]] = []
         self.kv = 0.0
+
+    def ongoing(self) -> int:
+        """Requests at the replica (waiting, prefilling or decoding): what Ray Serve's
+        router compares."""
+        return len(self.queue) + len(self.prefill) + len(self.decoding)
+
+
+class Server:
+    """One model's replicas behind Ray Serve's request router (see the module's
+    docstring): each replica its own FIFO with a KV-cache admission limit and one
+    replica's prefill rate."""
+
+    def __init__(self, prof: ModelProfile, price: float, seed: int = 0) -> None:
+        self.p = prof
+        self.replica_cost = prof.gpusPerReplica * price
+        self.replicas: list[Replica] = []
+        """Replicas asked for, ready or starting, in the order they were asked."""
+        self.draining: list[Replica] = []
+        """Replicas scaled away that still finish the requests sent to them."""
+        self.held: deque[tuple[float, int, int]] = deque()
+        """Requests the router holds while the model has no ready replica."""
+        self.rng = random.Random(seed)
         self.ttfts: deque[tuple[float, float]] = deque()
         self.slo = prof.autoscaling.ttftSLOSeconds
         self.clock: QueueClock | None = None
@@ -44,86 +80,143 @@ class Server:
         """GPUCapped or BudgetCapped while the autoscaler's allocation gives the model
         less than it asks (tokenyard's policy sets it; the router reads the condition)."""
         self.cost = self.gpu_seconds = self.replica_seconds = 0.0
+        self._ready, self._ready_from = 0, 0.0
+        self._ready_until: float | None = None
+        self.count_from = 0.0
+        """Requests that arrive before this time (a warm-up replay) are served but not
+        counted, nor is the time before it charged."""
         self.reset_interval()
+
+    @property
+    def asked(self) -> int:
+        return len(self.replicas)
 
     def reset_interval(self) -> None:
         self.i_time = self.i_arrivals = self.i_done = self.i_prompt = self.i_gen = self.i_busy = 0.0
 
     def ready(self, now: float) -> int:
-        if self.starting and self.starting[0] <= now:
-            self.starting = [s for s in self.starting if s > now]
-        return self.asked - len(self.starting)
+        # Cached until the next replica's start completes (the fluid engine asks every
+        # step); scale() clears it.
+        if self._ready_until is None or not self._ready_from <= now < self._ready_until:
+            self._ready = sum(1 for r in self.replicas if r.ready_at <= now)
+            self._ready_from = now
+            self._ready_until = min(
+                (r.ready_at for r in self.replicas if r.ready_at > now), default=math.inf
+            )
+        return self._ready
 
     def scale(self, n: int, now: float, warm: bool = False) -> None:
         if n == self.asked:
             return
+        self._ready_until = None
         self.events += 1
         if n > self.asked:
-            if not warm:
-                self.starting.extend([now + self.p.autoscaling.coldStartSeconds] * (n - self.asked))
-                self.starting.sort()
-        else:
-            # Replicas still starting are cancelled first; in-flight requests drain.
-            drop = self.asked - n
-            while drop and self.starting:
-                self.starting.pop()
-                drop -= 1
-        self.asked = n
+            at = now if warm else now + self.p.autoscaling.coldStartSeconds
+            self.replicas.extend(Replica(at) for _ in range(n - self.asked))
+            return
+        # Replicas still starting are cancelled first (the latest asked first), then the
+        # ready ones with the fewest requests, which drain what was sent to them.
+        drop = self.asked - n
+        starting = sorted((r for r in self.replicas if r.ready_at > now), key=lambda r: -r.ready_at)
+        gone = starting[:drop]
+        if len(gone) < drop:
+            ready = sorted((r for r in self.replicas if r.ready_at <= now), key=Replica.ongoing)
+            drained = ready[: drop - len(gone)]
+            self.draining.extend(drained)
+            gone += drained
+        ids = {id(r) for r in gone}
+        self.replicas = [r for r in self.replicas if id(r) not in ids]
+
+    def route(self, req: tuple[float, int, int], now: float) -> None:
+        """Ray Serve's default request router: of two ready replicas drawn at random, the
+        one with fewer ongoing requests; held while none is ready."""
+        ready = [r for r in self.replicas if r.ready_at <= now]
+        if not ready:
+            self.held.append(req)
+            return
+        if len(ready) == 1:
+            ready[0].queue.append(req)
+            return
+        a, b = self.rng.sample(ready, 2)
+        (a if a.ongoing() <= b.ongoing() else b).queue.append(req)
 
     def step(self, now: float, dt: float) -> None:
         p = self.p
-        ready = self.ready(now)
-        while self.decoding and self.decoding[0][0] <= now:
-            _, kv, out = heapq.heappop(self.decoding)
-            self.kv -= kv
+        while self.held and now - self.held[0][0] > self.p_max_queue:
+            self._drop(now, self.held.popleft()[0])
+        if self.held and any(r.ready_at <= now for r in self.replicas):
+            held, self.held = self.held, deque()
+            for req in held:
+                self.route(req, now)
+        ready = 0
+        busy = 0.0
+        for rep in self.replicas:
+            if rep.ready_at <= now:
+                ready += 1
+                busy += self._serve(rep, now, dt)
+        for rep in self.draining:
+            self._serve(rep, now, dt)
+        self.draining = [r for r in self.draining if r.ongoing()]
+        if ready > 0:
+            self.i_busy += busy / ready * dt
+        self.i_time += dt
+        if now >= self.count_from:
+            self.cost += self.asked * self.replica_cost * dt / 3600
+            self.gpu_seconds += self.asked * p.gpusPerReplica * dt
+            self.replica_seconds += self.asked * dt
+        while self.ttfts and self.ttfts[0][0] < now - 30:
+            self.ttfts.popleft()
+
+    def _drop(self, now: float, arrival: float) -> None:
+        if arrival >= self.count_from:
+            self.dropped += 1
+        if self.clock is not None:
+            self.clock.started(self.p.name, now)
+
+    def _serve(self, rep: Replica, now: float, dt: float) -> float:
+        """One step of one replica; its busy share (prefill, else decode saturation)."""
+        p = self.p
+        while rep.decoding and rep.decoding[0][0] <= now:
+            _, kv, out = heapq.heappop(rep.decoding)
+            rep.kv -= kv
             self.i_gen += out
             self.i_done += 1
-        while self.queue and now - self.queue[0][0] > self.p_max_queue:
-            self.queue.popleft()
-            self.dropped += 1
-            if self.clock is not None:
-                self.clock.started(p.name, now)
-        cap = ready * p.kvCacheTokens
-        while self.queue and ready > 0:
-            arrival, prompt, out = self.queue[0]
+        while rep.queue and now - rep.queue[0][0] > self.p_max_queue:
+            self._drop(now, rep.queue.popleft()[0])
+        cap = p.kvCacheTokens
+        while rep.queue:
+            arrival, prompt, out = rep.queue[0]
             need = prompt + out
-            if self.kv + need > cap and self.kv > 0:
+            if rep.kv + need > cap and rep.kv > 0:
                 break
-            self.queue.popleft()
-            self.kv += need
-            self.prefill.append([arrival, float(prompt), float(prompt), float(out)])
-        full = ready * p.prefillTokensPerSecond * dt
+            rep.queue.popleft()
+            rep.kv += need
+            rep.prefill.append([arrival, float(prompt), float(prompt), float(out)])
+        full = p.prefillTokensPerSecond * dt
         budget = full
-        while self.prefill and budget > 0:
-            head = self.prefill[0]
+        while rep.prefill and budget > 0:
+            head = rep.prefill[0]
             take = min(head[1], budget)
             head[1] -= take
             budget -= take
             if head[1] <= 0:
-                self.prefill.popleft()
+                rep.prefill.popleft()
                 done = now + dt * (full - budget) / full
-                ttft = done - head[0]
+                ttft = max(done - head[0], head[2] / p.prefillTokensPerSecond)
                 self.ttfts.append((done, ttft))
-                if ttft <= self.slo:
+                if ttft <= self.slo and head[0] >= self.count_from:
                     self.met += 1
                 if self.clock is not None:
                     self.clock.started(p.name, done)
                 heapq.heappush(
-                    self.decoding,
+                    rep.decoding,
                     (done + head[3] / p.decodeTokensPerSecond, head[2] + head[3], int(head[3])),
                 )
         used = full - budget
         self.i_prompt += used
-        if ready > 0:
-            pre = used / full
-            dec = min(1.0, len(self.decoding) / (ready * p.decodeSaturation))
-            self.i_busy += min(1.0, pre + (1 - pre) * dec) * dt
-        self.i_time += dt
-        self.cost += self.asked * self.replica_cost * dt / 3600
-        self.gpu_seconds += self.asked * p.gpusPerReplica * dt
-        self.replica_seconds += self.asked * dt
-        while self.ttfts and self.ttfts[0][0] < now - 30:
-            self.ttfts.popleft()
+        pre = used / full
+        dec = min(1.0, len(rep.decoding) / p.decodeSaturation)
+        return min(1.0, pre + (1 - pre) * dec)
 
     p_max_queue = 60.0
 
@@ -133,21 +226,23 @@ class Server:
 
     def signals(self, now: float) -> ModelSignals:
         t = max(self.i_time, 1e-9)
-        ready = self.ready(now)
+        reps = [r for r in self.replicas if r.ready_at <= now]
         ttft = None
         if self.ttfts:
             vals = sorted(v for _, v in self.ttfts)
             ttft = vals[min(len(vals) - 1, int(0.95 * len(vals)))]
         return ModelSignals(
             observed_at=now,
-            running=float(len(self.prefill) + len(self.decoding)),
-            waiting=float(len(self.queue)),
-            kv_cache_usage=self.kv / (ready * self.p.kvCacheTokens) if ready else None,
+            running=float(sum(len(r.prefill) + len(r.decoding) for r in reps + self.draining)),
+            waiting=float(sum(len(r.queue) for r in reps + self.draining) + len(self.held)),
+            kv_cache_usage=(
+                sum(r.kv for r in reps) / (len(reps) * self.p.kvCacheTokens) if reps else None
+            ),
             request_rate=self.i_done / t,  # vLLM counts finished requests
             prompt_tokens_per_s=self.i_prompt / t,
             generation_tokens_per_s=self.i_gen / t,
             ttft_p95_s=ttft,
-            gpu_utilization=self.i_busy / t if ready else None,
+            gpu_utilization=self.i_busy / t if reps else None,
         )
 
 
@@ -200,7 +295,10 @@ def _servers(
     """The servers at their initial replicas (warm), and the router's queue clock when
     requests spill over (never for a run of some models alone: spill-over needs all)."""
     price = {a.name: a.hourlyCostPerGPU for a in scenario.accelerators}
-    servers = [Server(m, price[m.accelerator]) for m in scenario.models]
+    servers = [
+        Server(m, price[m.accelerator], seed=scenario.seed * 1000 + j)
+        for j, m in enumerate(scenario.models)
+    ]
     for s, n in zip(servers, initial, strict=True):
         s.p_max_queue = scenario.maxQueueSeconds
         s.scale(n, 0.0, warm=True)
@@ -330,11 +428,21 @@ def run(
     initial: Sequence[int],
     only: set[int] | None = None,
     sample_every: float = 10.0,
+    warmup_s: float = 0.0,
 ) -> RunResult:
-    """Replays the routed trace under one policy."""
+    """Replays the routed trace under one policy. With ``warmup_s``, the trace's first
+    ``warmup_s`` seconds are replayed once before it, unmeasured, so the policy starts the
+    measured trace in the state its own rules reach on the opening load (as a fixed
+    fleet starts with its replicas): requests, SLO, cost and scale events count from
+    the trace's start."""
     start = time.perf_counter()
     servers, clock = _servers(scenario, initial, only)
     reqs = [(r, i) for r, i in routed if only is None or i in only]
+    if warmup_s > 0:
+        opening = [(r, i) for r, i in reqs if r.t < warmup_s]
+        reqs = opening + [(replace(r, t=r.t + warmup_s), i) for r, i in reqs]
+        for srv in servers:
+            srv.count_from = warmup_s
     horizon = (reqs[-1][0].t if reqs else 0.0) + scenario.maxQueueSeconds + 30
     dt = scenario.tickSeconds
     series: dict[str, list[float]] = {"t": [], "cost": []}
@@ -343,16 +451,24 @@ def run(
         series[f"replicas:{m.name}"] = []
     bucket = [0.0] * len(servers)
     targets = _spill_targets(scenario)
-    k, now, next_policy, next_sample = 0, 0.0, interval, 0.0
+    k, now, next_policy, next_sample = 0, 0.0, interval, warmup_s
     next_refresh = scenario.replicaRefreshSeconds
+    measuring = warmup_s <= 0
     while now < horizon:
-        while k < len(reqs) and reqs[k][0].t <= now:
+        if not measuring and now >= warmup_s:
+            measuring = True
+            for srv in servers:
+                srv.events = srv.spilled_in = srv.downgraded_in = 0
+        # A tick routes the arrivals nearest to it (within half a tick either side), so
+        # the tick's granularity adds no delay on average to a request's TTFT.
+        while k < len(reqs) and reqs[k][0].t < now + dt / 2:
             r, i = reqs[k]
             if clock is not None and only is None:
                 i = _spill(scenario, servers, clock, targets[i], r, now)
             srv = servers[i]
-            srv.queue.append((r.t, r.prompt, r.output))
-            srv.requests += 1
+            srv.route((r.t, r.prompt, r.output), now)
+            if r.t >= warmup_s:
+                srv.requests += 1
             srv.i_arrivals += 1
             bucket[i] += r.prompt + r.output
             k += 1
@@ -369,9 +485,9 @@ def run(
                 srv.reset_interval()
             next_policy += interval
         if now >= next_sample:
-            _sample(scenario, servers, series, bucket, now, sample_every)
+            _sample(scenario, servers, series, bucket, now - warmup_s, sample_every)
             next_sample += sample_every
-    return _result(scenario, servers, only, now, policy_name, series, start)
+    return _result(scenario, servers, only, now - warmup_s, policy_name, series, start)
 
 
 __all__ = ["Policy", "RunResult", "Server", "run"]

@@ -1,7 +1,7 @@
 """The aggregated (fluid) engine: days of load in seconds, for rate traces.
 
 The per-request engine (:mod:`~tokenyard.autoscaler.sim.engine`) steps every request
-through a FIFO server every 0.5 s: exact, but 14 days of a scaled production service are
+through its replica every 0.5 s: exact, but 14 days of a scaled production service are
 tens of millions of requests. This engine steps time in ``step_s`` slices (10 s by
 default) and moves work, not requests, with the same serving model per model:
 
@@ -12,15 +12,26 @@ default) and moves work, not requests, with the same serving model per model:
   token means (Little's law: kvCacheTokens / (prompt + output) sequences, each resident
   for its prefill and its decode of output / decodeTokensPerSecond).
 * The backlog is one FIFO fluid queue: within a step arrivals come at an even rate, so
-  the backlog moves linearly and a request's TTFT is the backlog ahead of it over the
-  service rate plus its own prefill on the pooled replicas (as the per-request engine
-  pools them); the share of the step's arrivals whose TTFT is within the SLO meets it.
-  Work that would wait longer than maxQueueSeconds is dropped (and misses).
+  the backlog moves linearly and the backlog ahead of a request over the service rate is
+  its deterministic wait. Work that would wait longer than maxQueueSeconds is dropped
+  (and misses).
+* Queueing within a step (fluctuations shorter than a step, which the fluid backlog
+  cannot see): on top of that wait a request waits for others on its replica, as in an
+  M/G/n queue at the prompt-token rate smoothed over :data:`ARRIVAL_SMOOTH_S`: with the
+  probability of waiting of Erlang C, ``C(n, lambda / mu)``, and, given that it waits,
+  an exponential tail of rate ``(n mu - lambda) * 2 / (1 + cs2)`` (Kingman and
+  Allen-Cunneen; Poisson arrivals, ``cs2`` the prompts' squared CV). At or beyond
+  saturation of the smoothed rate the term is left out: the fluid backlog is the queue.
+* A request's TTFT is that wait plus its own prefill on one replica,
+  ``prompt / prefillTokensPerSecond`` (a replica prefills its requests one after the
+  other, as the per-request engine's separate replicas do). The share of the step's
+  arrivals within the SLO is integrated in closed form over the step
+  (:func:`_met_share`).
 
-What it leaves out: the order of requests inside one step (queueing from fluctuations
-shorter than a step), so near saturation its attainment is higher than the per-request
-engine's (the benchmark prints both on the per-request traces); spill-over between
-models (each model serves its own routed share). Policies see the same
+What it leaves out: the router's imperfect balance (power of two choices queues a little
+more than the pooled M/G/n term; ``benchmarks/autoscaler_trace.py --calibrate`` prints
+both engines' miss shares beside the queueing model's) and spill-over between models
+(each model serves its own routed share). Policies see the same
 :class:`~tokenyard.autoscaler.signals.ModelSignals` fields, derived from the fluid
 state (running and KV use by Little's law), and decide every ``interval`` rounded up to
 whole steps.
@@ -69,6 +80,72 @@ def replica_token_rate(p: ModelProfile, prompt: float, output: float) -> float:
     return min(p.prefillTokensPerSecond, kv_rate)
 
 
+ARRIVAL_SMOOTH_S = 600.0
+"""Time constant of the prompt-token rate that the queueing within a step is evaluated
+at: a rate trace's window (faster swings are the fluid backlog's)."""
+
+
+def _exp_neg(x: float) -> float:
+    """exp(-x), 0 for large x (no overflow for negative rooms)."""
+    return math.exp(-x) if x < 700 else 0.0
+
+
+def erlang_c(n: int, load: float) -> float:
+    """The probability that an arrival waits in an M/M/n queue with offered ``load``
+    (arrival rate over one server's service rate), by the Erlang B recursion; 1 when
+    ``load >= n``."""
+    if load >= n:
+        return 1.0
+    b = 1.0
+    for k in range(1, n + 1):
+        b = load * b / (k + load * b)
+    rho = load / n
+    return b / (1.0 - rho * (1.0 - b))
+
+
+def _tail_integral(d0: float, d1: float, length: float, slack: float, theta: float) -> float:
+    """Over a share ``length`` of a step's arrivals whose backlog wait moves linearly from
+    ``d0`` to ``d1`` seconds: the integral of exp(-theta (slack - d)) over the arrivals
+    with d <= slack (the waiting tail each leaves inside the SLO)."""
+    lo, hi = min(d0, d1), min(max(d0, d1), slack)
+    if length <= 0 or lo > slack:
+        return 0.0
+    if hi - lo < 1e-12:
+        return length * math.exp(-theta * (slack - lo)) if d0 == d1 else 0.0
+    if theta * (hi - lo) < 1e-9:
+        part = hi - lo
+    else:
+        part = (math.exp(-theta * (slack - hi)) - math.exp(-theta * (slack - lo))) / theta
+    return part * length / abs(d1 - d0)
+
+
+# Positional, as fluid_step calls it; each argument is one part of the step.
+def _met_share(  # noqa: PLR0917
+    q0: float, slope: float, rate: float, slack: float, wait_p: float, theta: float
+) -> float:
+    """The share of a step's arrivals whose TTFT is within the SLO: the backlog ahead of
+    an arrival moves linearly from ``q0`` by ``slope`` tokens over the step (not below
+    zero) at ``rate`` tokens/s, ``slack`` is the SLO less the own prefill, and on top of
+    the backlog a request waits beyond t with probability ``wait_p * exp(-theta t)``."""
+    if slack < 0:
+        return 0.0
+    pieces: list[tuple[float, float, float]] = []  # (backlog wait from, to, share)
+    if slope >= 0 or q0 + slope >= 0:
+        pieces.append((q0 / rate, (q0 + slope) / rate, 1.0))
+    else:
+        x0 = q0 / -slope
+        pieces += [(q0 / rate, 0.0, x0), (0.0, 0.0, 1.0 - x0)]
+    met = 0.0
+    for d0, d1, length in pieces:
+        lo, hi = min(d0, d1), max(d0, d1)
+        inside = (
+            length if hi <= slack else (0.0 if lo > slack else length * (slack - lo) / (hi - lo))
+        )
+        tail = _tail_integral(d0, d1, length, slack, theta) if wait_p > 0 else 0.0
+        met += inside - wait_p * tail
+    return min(1.0, max(0.0, met))
+
+
 class FluidServer(Server):
     """One model's replicas as a fluid FIFO queue (see the module's docstring)."""
 
@@ -84,6 +161,9 @@ class FluidServer(Server):
         self.requests_f = self.met_f = self.dropped_f = 0.0
         self.windows: dict[int, list[float]] = {}
         """Per 10-minute window: [requests, met], for the static fleet sized for the peak."""
+        self.smooth_tps: float | None = None
+        self.cs2 = 1.0
+        """Squared coefficient of variation of prefill times (that of the prompts)."""
 
     def fluid_step(self, now: float, dt: float, n: int, tokens: float, output: float) -> None:
         p = self.p
@@ -92,22 +172,33 @@ class FluidServer(Server):
             self.mean_prompt = tokens / n
             self.mean_output = output
         mp, mo = self.mean_prompt, self.mean_output
-        rate = ready * replica_token_rate(p, mp, mo)
+        per_replica = replica_token_rate(p, mp, mo)
+        rate = ready * per_replica
         self.last_rate = rate
         cap = rate * dt
         q0 = self.backlog
-        # Share of the step's arrivals whose backlog-ahead plus own prefill is in the SLO.
+        # The prompt-token rate the queueing within a step sees: smoothed over
+        # ARRIVAL_SMOOTH_S (the step's own count and tokens move the backlog already).
+        w = 1.0 - math.exp(-dt / ARRIVAL_SMOOTH_S)
+        self.smooth_tps = (
+            tokens / dt
+            if self.smooth_tps is None
+            else (self.smooth_tps + (tokens / dt - self.smooth_tps) * w)
+        )
+        own = mp / p.prefillTokensPerSecond  # a request's prefill runs on one replica
+        wait_p, theta = self.within_step(ready, per_replica, mp)
         met_share = 0.0
         if n > 0 and rate > 0:
-            allowed = (self.slo - mp / (ready * p.prefillTokensPerSecond)) * rate
-            if allowed >= 0:
-                slope = tokens - cap
-                if q0 <= allowed and slope <= 0:
-                    met_share = 1.0
-                elif slope > 0:
-                    met_share = min(1.0, max(0.0, (allowed - q0) / slope))
-                else:
-                    met_share = 1.0 - min(1.0, max(0.0, (q0 - allowed) / -slope))
+            slack = self.slo - own
+            if (
+                wait_p > 0
+                and wait_p * _exp_neg(theta * (slack - max(q0, q0 + tokens - cap) / rate)) < 1e-9
+            ):
+                wait_p = 0.0  # the tail leaves every arrival of the step within the SLO
+            if wait_p == 0 and q0 <= 0 and tokens <= cap and slack >= 0:
+                met_share = 1.0  # no backlog, no wait: the common light-load step
+            else:
+                met_share = _met_share(q0, tokens - cap, rate, slack, wait_p, theta)
         served = min(q0 + tokens, cap)
         q1 = q0 + tokens - served
         limit = (rate if rate > 0 else tokens / dt) * self.p_max_queue
@@ -124,9 +215,12 @@ class FluidServer(Server):
         self.dropped_f += dropped
         served_req = served / max(mp, 1.0)
         self.served_rps = served_req / dt
-        wait = (q1 / rate if rate > 0 else self.p_max_queue) + (
-            mp / (ready * p.prefillTokensPerSecond) if ready else 0.0
-        )
+        # TTFT p95 as the model gives it: the backlog ahead, the 95th percentile of the
+        # wait within the step, and the own prefill.
+        p95 = math.log(wait_p / 0.05) / theta if wait_p > 0.05 and theta > 0 else 0.0
+        if wait_p > 0.05 and theta <= 0:
+            p95 = self.p_max_queue
+        wait = (q1 / rate if rate > 0 else self.p_max_queue) + (own + p95 if ready else 0.0)
         self.waits.append((now + dt, wait))
         while self.waits and self.waits[0][0] < now + dt - 30:
             self.waits.popleft()
@@ -142,6 +236,18 @@ class FluidServer(Server):
         self.cost += self.asked * self.replica_cost * dt / 3600
         self.gpu_seconds += self.asked * p.gpusPerReplica * dt
         self.replica_seconds += self.asked * dt
+
+    def within_step(self, ready: int, per_replica: float, prompt: float) -> tuple[float, float]:
+        """The queueing within a step (see the module's docstring): the probability that
+        a request waits behind others on its replica, and the decay rate (per second) of
+        the tail of that wait, at the smoothed token rate on ``ready`` replicas of
+        ``per_replica`` prompt tokens per second each, for requests of ``prompt`` tokens.
+        None at or beyond saturation: the fluid backlog is the queue there."""
+        load = (self.smooth_tps or 0.0) / per_replica if per_replica > 0 else math.inf
+        if ready <= 0 or load <= 0 or load >= ready:
+            return 0.0, math.inf
+        spare = (ready * per_replica - (self.smooth_tps or 0.0)) / max(prompt, 1.0)
+        return erlang_c(ready, load), spare * 2.0 / (1.0 + self.cs2)
 
     def _decoding(self) -> float:
         return self.served_rps * self.mean_output / self.p.decodeTokensPerSecond
@@ -184,6 +290,7 @@ def run_fluid(
     servers: list[Server] = list(fluid)
     for s, n in zip(fluid, initial, strict=True):
         s.p_max_queue = scenario.maxQueueSeconds
+        s.cs2 = demand.prompt_cv**2
         s.scale(n, 0.0, warm=True)
         s.events = 0
     dt = demand.step_s
@@ -372,6 +479,7 @@ def simulate_fluid(
 
 __all__ = [
     "FluidServer",
+    "erlang_c",
     "pool_rate",
     "replica_token_rate",
     "route_shares",

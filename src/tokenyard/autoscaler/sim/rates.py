@@ -208,6 +208,9 @@ class FluidDemand:
     counts: list[list[int]]
     prompt_tokens: list[list[float]]
     mean_output: list[list[float]]
+    prompt_cv: float = 1.0
+    """Coefficient of variation of single prompts (the spread of prefill times that the
+    fluid engine's queueing within a step charges for)."""
 
     @property
     def steps(self) -> int:
@@ -244,7 +247,7 @@ def fluid_demand(
     prompts: list[list[float]] = [[] for _ in range(n_models)]
     outputs: list[list[float]] = [[] for _ in range(n_models)]
     if not windows:
-        return FluidDemand(step_s, counts, prompts, outputs)
+        return FluidDemand(step_s, counts, prompts, outputs, spec.prompt_cv)
     t0 = windows[0].start_s
     end = windows[-1].start_s + windows[-1].window_s - t0
     wi = 0
@@ -259,7 +262,7 @@ def fluid_demand(
             counts[j].append(n)
             prompts[j].append(_token_sum(rng, n, w.prompt, spec.prompt_cv))
             outputs[j].append(w.output)
-    return FluidDemand(step_s, counts, prompts, outputs)
+    return FluidDemand(step_s, counts, prompts, outputs, spec.prompt_cv)
 
 
 __all__ = [

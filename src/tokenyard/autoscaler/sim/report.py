@@ -121,6 +121,7 @@ def simulate(
             policy=HPAPolicy(scenario),
             interval=scenario.hpaSyncSeconds,
             initial=initial,
+            warmup_s=scenario.warmupSeconds,
         ),
         hpa_slo,
         run(
@@ -130,6 +131,7 @@ def simulate(
             policy=TokenyardPolicy(scenario, cfg),
             interval=scenario.decisionIntervalSeconds,
             initial=ty_initial,
+            warmup_s=scenario.warmupSeconds,
         ),
     ]
     return Report(

@@ -76,6 +76,11 @@ class Scenario(_Model):
     """Route as a policy with spec.spillover.downgradeWhenCapped would: a capped model
     (only tokenyard's allocation reports one) that would miss its SLO sends the request
     to the strongest weaker model with room. Counted per model as downgradedIn."""
+    warmupSeconds: float = Field(default=600.0, ge=0)
+    """Per-request traces: HPA-style and tokenyard first replay the trace's opening
+    warmupSeconds, unmeasured, and start the measured trace in the state their own rules
+    reach on that load (the static fleets start with their replicas). 0: they start
+    cold at minReplicas."""
     replicaRefreshSeconds: float = Field(default=2.0, gt=0)
     """How often the router re-reads the replicas Ray Serve runs (its status watch)."""
     seed: int = 0
