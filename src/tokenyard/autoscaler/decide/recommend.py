@@ -60,7 +60,11 @@ class _Load:
     scale-down delay (:func:`_down_estimate`), is within the budget: how far a
     scale-down may go."""
     panic_avg: float
-    """Replicas the SLO model asks for at the panic window's workload."""
+    """Replicas the SLO model asks for at the panic window's workload, at the lower
+    confidence bound of its rate: what triggers panic."""
+    panic_up: float
+    """The same at (1 + tolerance) times the rate's estimate: where panic goes (as the
+    stable window's trigger and target)."""
     samples: tuple[tuple[float, float], ...]
     rates: tuple[tuple[float, float, float, float, float, float], ...]
     bursts: tuple[tuple[float, float], ...]
@@ -233,12 +237,13 @@ def _measure(
     # A short window counts few requests: only a load above the lower confidence bound
     # of its work rate (counting noise and the prompt lengths' spread) is a burst.
     rel_panic = _relative_error(w_panic, counted_panic, cfg)
+    w_panic_up = _scaled(w_panic, backlog, 1 + cfg.tolerance)
     w_panic = _scaled(w_panic, backlog, max(0.0, 1 - rel_panic))
     load_conc = 0.0
     if rps <= 0 or prompt_rate <= 0 or not measured:
         load_conc = signals.ongoing / view.target_ongoing
     if not measured:  # too few requests for their token means: concurrency stands in
-        w_stable = w_panic = replace(w_stable, rate=0.0)
+        w_stable = w_panic = w_panic_up = replace(w_stable, rate=0.0)
     # The last measured prompt mean stands in while too few requests come (an idle
     # model, overnight at zero replicas), so a forecast can wake it before its load.
     last_prompt = w_stable.prompt if measured and w_stable.prompt > 0 else state.last_prompt
@@ -287,6 +292,7 @@ def _measure(
         hi = _scaled(w_stable, backlog, 1 + cfg.tolerance)
         stable_down = max(float(slo_replicas(view, hi, cfg)), conc_stable)
     panic_avg = max(float(slo_replicas(view, w_panic, cfg)), conc_panic)
+    panic_up = max(float(slo_replicas(view, w_panic_up, cfg)), panic_avg)
     tokens = signals.tokens_per_s
     in_flight = (running + waiting) * prompt_rate / rps if rps > 0 and prompt_rate > 0 else 0.0
     bursts = (
@@ -316,6 +322,7 @@ def _measure(
         stable_up=stable_up,
         stable_down=stable_down,
         panic_avg=panic_avg,
+        panic_up=panic_up,
         samples=samples,
         rates=rates,
         bursts=bursts,
@@ -407,17 +414,21 @@ def _dead_band(
 def _panic(  # noqa: PLR0917
     n: int, why: str, ld: _Load, state: ModelState, now: float, current: int, cfg: DecisionConfig
 ) -> tuple[int, str, bool, float | None]:
-    """Panic mode while the panic window's load reaches ``panic_threshold`` x the ready
-    replicas (or requests come to none): scale to it, never down."""
+    """Panic mode while the panic window's load (at the lower confidence bound of its
+    rate) reaches ``panic_threshold`` x the ready replicas (or requests come to none):
+    scale to what meets the SLO at (1 + tolerance) times its estimate, as the stable
+    window's rule does, and never down. Sizing at the lower bound would start too few
+    replicas for a step, and the restacking rule then waits out a cold start before
+    adding the rest."""
     panic_until = state.panic_until
-    panic_want = _ceil(ld.panic_avg)
+    panic_want = _ceil(ld.panic_up)
     if (ld.ready > 0 and ld.panic_avg >= cfg.panic_threshold * ld.ready) or (
         ld.ready == 0 and ld.active
     ):
         panic_until = now + cfg.stable_window_s
     panic = panic_until is not None and now < panic_until
     if panic and panic_want >= n:
-        n, why = panic_want, f"panic: SLO model needs {ld.panic_avg:.0f} at the 6s workload"
+        n, why = panic_want, f"panic: SLO model needs {ld.panic_up:.0f} at the 6s workload"
     if panic:
         n = max(n, current)
     return n, why, panic, panic_until
@@ -463,6 +474,41 @@ def _keep_warm(
     return keep_warm_s, peaks, warm
 
 
+def _returns(
+    state: ModelState, n: int, now: float, cfg: DecisionConfig
+) -> tuple[tuple[float, ...], tuple[tuple[float, float], ...]]:
+    """Cost of churn, the record: for each replica count up to ``n`` (recommended now),
+    how long ago it was last recommended. A calm longer than the scale-down delay (the
+    default window would have scaled down through it) and within ``churn_horizon_s``
+    (the scale-down would have saved at most that much replica-time, then cost a cold
+    start with the SLO at risk) is a calm the load returned from: it is recorded, kept
+    as a sliding maximum over ``churn_memory_s``. Returns when each count was last
+    needed, and the calms."""
+    calms = tuple(c for c in state.calms if c[0] > now - cfg.churn_memory_s)
+    needed = state.needed
+    if cfg.churn_horizon_s <= 0:
+        return needed, calms
+    gaps = [now - t for t in needed[:n]]
+    returned = [g for g in gaps if cfg.scale_down_delay_s < g <= cfg.churn_horizon_s]
+    if returned:
+        calm = max(returned)
+        calms = (*(c for c in calms if c[1] > calm), (now, calm))
+    return (now,) * n + needed[n:], calms
+
+
+def _hold_s(calms: tuple[tuple[float, float], ...], now: float, cfg: DecisionConfig) -> float:
+    """Cost of churn, the rule: the scale-down stabilisation window. The scale-down
+    delay, or, where the load returned after a calm within the last
+    ``churn_memory_s``, the longest such calm plus one stable window (the load is seen
+    through a window that long, so a calm's ends are known to within it): a scale-down
+    then waits out a calm as long as those the load came back from, instead of removing
+    a replica that a scale-up puts back a cold start too late."""
+    recent = [c for t, c in calms if t > now - cfg.churn_memory_s]
+    if cfg.churn_horizon_s <= 0 or not recent:
+        return cfg.scale_down_delay_s
+    return max(cfg.scale_down_delay_s, max(recent) + cfg.stable_window_s)
+
+
 # Positional, as recommend calls it; each argument is one input of the scale-down limits.
 def _scale_down(  # noqa: PLR0917
     n: int,
@@ -472,24 +518,33 @@ def _scale_down(  # noqa: PLR0917
     warm: int,
     keep_warm_s: float,
     recs: tuple[tuple[float, int], ...],
+    hold_s: float,
     state: ModelState,
     now: float,
     cfg: DecisionConfig,
 ) -> tuple[int, str]:
     """A scale-down waits for the cool-down after a scale-up, keeps the largest
-    recommendation of the delay window and keep-warm's count, and halves at most."""
+    recommendation of the stabilisation window (:func:`_hold_s`) and keep-warm's count,
+    and halves at most."""
     in_cooldown = (
         state.last_scale_up is not None and now - state.last_scale_up < cfg.scale_down_delay_s
     )
     if in_cooldown:
         return current, f"cool-down after scale-up: {why}"
-    stabilised = max(r[1] for r in recs)
+    stabilised = max(r[1] for r in recs if r[0] > now - hold_s)
+    delayed = max(r[1] for r in recs if r[0] > now - cfg.scale_down_delay_s)
     step_floor = current - max(1, int(current - current / cfg.max_scale_down_rate))
     target = max(n, stabilised, step_floor, warm)
     if floor == 0 and n == 0 and current == 1:
         target = max(0, stabilised)
     if target > n and warm >= target:
         why = f"{why}; keep-warm: a burst of the last {keep_warm_s:.0f}s needed {warm}"
+    elif target > n and stabilised > delayed and stabilised >= target:
+        calm = hold_s - cfg.stable_window_s
+        why = (
+            f"{why}; churn: the load came back after calms of up to {calm:.0f}s,"
+            f" holding the {stabilised} needed within the last {hold_s:.0f}s"
+        )
     elif target > n:
         why = f"{why}; scale-down limited to {target}"
     return min(target, current), why
@@ -576,12 +631,18 @@ def recommend(
         n, why = burst, f"burst: the SLO model asked {burst_avg:.2f} over the panic window"
     keep_warm_s, peaks, warm = _keep_warm(view, state, burst_avg, now, cfg)
     n_capped = min(max(n, burst, warm, floor), hi)
+    # A sliding maximum over the longest window the stabilisation may use.
+    longest = max(cfg.scale_down_delay_s, cfg.churn_horizon_s + cfg.stable_window_s)
     recs = (
-        *(r for r in state.recommendations if r[0] > now - cfg.scale_down_delay_s),
+        *(r for r in state.recommendations if r[0] > now - longest and r[1] > n_capped),
         (now, n_capped),
     )
+    needed, calms = _returns(state, n_capped, now, cfg)
+    hold_s = _hold_s(calms, now, cfg)
     if n < current:
-        n, why = _scale_down(n, why, current, floor, warm, keep_warm_s, recs, state, now, cfg)
+        n, why = _scale_down(
+            n, why, current, floor, warm, keep_warm_s, recs, hold_s, state, now, cfg
+        )
     elif n > current:
         n, why = _scale_up(n, why, view, ld, current, cfg)
 
@@ -606,6 +667,8 @@ def recommend(
         last_prompt=ld.last_prompt,
         first_seen=ld.first_seen,
         recommendations=recs,
+        needed=needed,
+        calms=calms,
         peaks=peaks,
         panic_until=panic_until,
         last_active=last_active,
