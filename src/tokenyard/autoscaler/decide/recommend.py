@@ -60,11 +60,7 @@ class _Load:
     scale-down delay (:func:`_down_estimate`), is within the budget: how far a
     scale-down may go."""
     panic_avg: float
-    """Replicas the SLO model asks for at the panic window's workload, at the lower
-    confidence bound of its rate: what triggers panic."""
-    panic_up: float
-    """The same at (1 + tolerance) times the rate's estimate: where panic goes (as the
-    stable window's trigger and target)."""
+    """Replicas the SLO model asks for at the panic window's workload."""
     samples: tuple[tuple[float, float], ...]
     rates: tuple[tuple[float, float, float, float, float, float], ...]
     bursts: tuple[tuple[float, float], ...]
@@ -237,13 +233,12 @@ def _measure(
     # A short window counts few requests: only a load above the lower confidence bound
     # of its work rate (counting noise and the prompt lengths' spread) is a burst.
     rel_panic = _relative_error(w_panic, counted_panic, cfg)
-    w_panic_up = _scaled(w_panic, backlog, 1 + cfg.tolerance)
     w_panic = _scaled(w_panic, backlog, max(0.0, 1 - rel_panic))
     load_conc = 0.0
     if rps <= 0 or prompt_rate <= 0 or not measured:
         load_conc = signals.ongoing / view.target_ongoing
     if not measured:  # too few requests for their token means: concurrency stands in
-        w_stable = w_panic = w_panic_up = replace(w_stable, rate=0.0)
+        w_stable = w_panic = replace(w_stable, rate=0.0)
     # The last measured prompt mean stands in while too few requests come (an idle
     # model, overnight at zero replicas), so a forecast can wake it before its load.
     last_prompt = w_stable.prompt if measured and w_stable.prompt > 0 else state.last_prompt
@@ -292,7 +287,6 @@ def _measure(
         hi = _scaled(w_stable, backlog, 1 + cfg.tolerance)
         stable_down = max(float(slo_replicas(view, hi, cfg)), conc_stable)
     panic_avg = max(float(slo_replicas(view, w_panic, cfg)), conc_panic)
-    panic_up = max(float(slo_replicas(view, w_panic_up, cfg)), panic_avg)
     tokens = signals.tokens_per_s
     in_flight = (running + waiting) * prompt_rate / rps if rps > 0 and prompt_rate > 0 else 0.0
     bursts = (
@@ -322,7 +316,6 @@ def _measure(
         stable_up=stable_up,
         stable_down=stable_down,
         panic_avg=panic_avg,
-        panic_up=panic_up,
         samples=samples,
         rates=rates,
         bursts=bursts,
@@ -414,21 +407,17 @@ def _dead_band(
 def _panic(  # noqa: PLR0917
     n: int, why: str, ld: _Load, state: ModelState, now: float, current: int, cfg: DecisionConfig
 ) -> tuple[int, str, bool, float | None]:
-    """Panic mode while the panic window's load (at the lower confidence bound of its
-    rate) reaches ``panic_threshold`` x the ready replicas (or requests come to none):
-    scale to what meets the SLO at (1 + tolerance) times its estimate, as the stable
-    window's rule does, and never down. Sizing at the lower bound would start too few
-    replicas for a step, and the restacking rule then waits out a cold start before
-    adding the rest."""
+    """Panic mode while the panic window's load reaches ``panic_threshold`` x the ready
+    replicas (or requests come to none): scale to it, never down."""
     panic_until = state.panic_until
-    panic_want = _ceil(ld.panic_up)
+    panic_want = _ceil(ld.panic_avg)
     if (ld.ready > 0 and ld.panic_avg >= cfg.panic_threshold * ld.ready) or (
         ld.ready == 0 and ld.active
     ):
         panic_until = now + cfg.stable_window_s
     panic = panic_until is not None and now < panic_until
     if panic and panic_want >= n:
-        n, why = panic_want, f"panic: SLO model needs {ld.panic_up:.0f} at the 6s workload"
+        n, why = panic_want, f"panic: SLO model needs {ld.panic_avg:.0f} at the 6s workload"
     if panic:
         n = max(n, current)
     return n, why, panic, panic_until

@@ -67,7 +67,7 @@ class DecisionConfig:
     scale-down stabilisation window grows to cover such calms (see ``churn_memory_s``);
     this is also the longest the window grows to (plus one stable window), so the most a
     held replica can cost per calm (0.40 USD at 0.80 USD/h, 4 USD at 8 USD/h). 0: off."""
-    churn_memory_s: float = 7200.0
+    churn_memory_s: float = 3600.0
     """How long a returned calm keeps the stabilisation window long: the window is the
     longest calm that ended in a return within the last ``churn_memory_s`` plus one
     stable window (the calm's ends are known to within the window over which the load is
