@@ -67,12 +67,14 @@ class DecisionConfig:
     scale-down stabilisation window grows to cover such calms (see ``churn_memory_s``);
     this is also the longest the window grows to (plus one stable window), so the most a
     held replica can cost per calm (0.40 USD at 0.80 USD/h, 4 USD at 8 USD/h). 0: off."""
-    churn_memory_s: float = 3600.0
+    churn_memory_s: float = 7200.0
     """How long a returned calm keeps the stabilisation window long: the window is the
     longest calm that ended in a return within the last ``churn_memory_s`` plus one
     stable window (the calm's ends are known to within the window over which the load is
     measured), and at least ``scale_down_delay_s``. A model whose load stops returning
-    goes back to ``scale_down_delay_s`` after this long (the backoff's reset)."""
+    goes back to ``scale_down_delay_s`` after this long (the backoff's reset): four
+    times ``churn_horizon_s``, so a pattern is kept while it has recurred within four of
+    the longest calms the rule holds through."""
     tolerance: float = 0.1
     """Dead band: no change while the ask is within 10% of the current replicas; and the
     hysteresis of SLO sizing: a scale-down goes only to replicas that would still meet
