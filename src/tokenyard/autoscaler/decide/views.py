@@ -30,7 +30,8 @@ class DecisionConfig:
     scale_down_delay_s: float = 300.0
     """Cool-down after a scale-up, and the window of recommendations (and burst loads) a
     scale-down respects; as long as Kubernetes HPA's scale-down stabilisation, because
-    LLM traffic comes in bursts shorter than a replica's cold start."""
+    LLM traffic comes in bursts shorter than a replica's cold start. Where the load came
+    back after longer calms, the window is learned longer (``churn_horizon_s``)."""
     max_scale_down_rate: float = 2.0
     """At most current / rate replicas are removed at once (halving)."""
     max_scale_up_rate: float = 10.0
