@@ -580,7 +580,8 @@ def test_churn_holds_through_a_calm_the_load_came_back_from() -> None:
     # recorded, so from the next cycle on the stabilisation window covers it (the
     # second burst's scale-up went one past four, given back once) and the bursts find
     # their replicas running: no scale event at all.
-    _, in_calm, events = _on_off(CHURN, 6)
+    d, in_calm, events = _on_off(CHURN, 6)
+    assert "churn: the load came back after calms of up to" in d.step(10800, _rate(2.0)).reason
     assert in_calm[0] < 4
     assert all(n >= 4 for n in in_calm[1:])
     assert in_calm[3:] == [4, 4, 4]
