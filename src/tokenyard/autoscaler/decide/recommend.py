@@ -4,8 +4,9 @@ The SLO model (:func:`slo_replicas`, :mod:`~tokenyard.autoscaler.decide.slo`) si
 the workload of the stable and panic windows (:func:`_measure`); KV-cache use, GPU use
 (with a queue) and TTFT over its SLO are guards that each ask for at least some replicas
 (:func:`_asks`); then, in order, the dead band and hysteresis, panic mode, the floor
-(scale to zero), the burst memory, keep-warm, the scale-down and scale-up limits and
-pre-warm adjust the count. Pure: ``now`` comes in, no clock is read.
+(scale to zero), the burst memory, keep-warm, the scale-down limits (with the
+stabilisation window that the cost of churn learns, :func:`_returns`, :func:`_hold_s`),
+the scale-up limits and pre-warm adjust the count. Pure: ``now`` comes in, no clock is read.
 """
 
 from __future__ import annotations
