@@ -546,3 +546,70 @@ def test_forecast_wakes_a_model_at_zero_before_its_load() -> None:
     dec = d.step(1010, sig())
     assert dec.desired == 1
     assert "forecast" in dec.reason
+
+
+def _rate(rate: float) -> ModelSignals:
+    """``rate`` req/s of 2000-token prompts (5 req/s per replica at 10,000 tokens/s)."""
+    return sig(running=rate * 0.5, prompt_tokens_per_s=rate * 2000, request_rate=rate)
+
+
+def _on_off(cfg: DecisionConfig, cycles: int) -> tuple[Driver, list[int], list[int]]:
+    """Bursts of 10 minutes at 18 req/s (four replicas) every 30 minutes, 2 req/s in
+    the 20-minute calms: the replicas in the middle of each calm, and the scale events
+    of each cycle."""
+    v = view(nominal_tokens_per_s=10000.0, ttft_slo_s=5.0, target_ongoing=1e6,
+             current_replicas=4, ready_replicas=4)  # fmt: skip
+    d = Driver(v, cfg)
+    in_calm, events = [], []
+    for c in range(cycles):
+        t0, before = c * 1800.0, d.changes
+        d.run(t0, t0 + 595, _rate(18.0))
+        d.run(t0 + 600, t0 + 1195, _rate(2.0))
+        in_calm.append(d.v.current_replicas)
+        d.run(t0 + 1200, t0 + 1795, _rate(2.0))
+        events.append(d.changes - before)
+    return d, in_calm, events
+
+
+CHURN = replace(FAST, scale_down_delay_s=300.0)
+
+
+def test_churn_holds_through_a_calm_the_load_came_back_from() -> None:
+    # The scale-down delay (300 s) lets the burst's replicas go in the first calm; the
+    # load needs them again 20 minutes after it last did: a calm within churn_horizon_s,
+    # recorded, so from the next cycle on the stabilisation window covers it (the
+    # second burst's scale-up went one past four, given back once) and the bursts find
+    # their replicas running: no scale event at all.
+    d, in_calm, events = _on_off(CHURN, 6)
+    assert "churn: the load came back after calms of up to" in d.step(10800, _rate(2.0)).reason
+    assert in_calm[0] < 4
+    assert all(n >= 4 for n in in_calm[1:])
+    assert in_calm[3:] == [4, 4, 4]
+    assert events[3:] == [0, 0, 0]
+    assert events[0] > 0
+
+
+def test_churn_off_releases_in_every_calm() -> None:
+    _, in_calm, events = _on_off(replace(CHURN, churn_horizon_s=0.0), 4)
+    assert all(n < 4 for n in in_calm)
+    assert all(e >= 2 for e in events[1:])
+
+
+def test_churn_window_resets_once_the_load_stops_returning() -> None:
+    # After the bursts stop, the four replicas are held for the longest calm seen plus
+    # a stable window, then released; once churn_memory_s has passed without a return,
+    # the window is the scale-down delay again.
+    cfg = replace(CHURN, churn_memory_s=3600.0)
+    d, _, _ = _on_off(cfg, 3)
+    t = 3 * 1800.0
+    d.run(t, t + 595, _rate(18.0))
+    d.run(t + 600, t + 1500, _rate(2.0))
+    assert d.v.current_replicas == 4  # a calm shorter than those the load came back from
+    d.run(t + 1505, t + 2200, _rate(2.0))
+    assert d.v.current_replicas < 4
+    # Memory spent: a burst's replicas go within a calm shorter than the learned
+    # window (the scale-down's own rules, not the churn window, decide when).
+    t += 2 * 3600.0
+    d.run(t, t + 595, _rate(18.0))
+    d.run(t + 600, t + 1400, _rate(2.0))
+    assert d.v.current_replicas < 4

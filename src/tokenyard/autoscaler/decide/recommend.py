@@ -4,8 +4,9 @@ The SLO model (:func:`slo_replicas`, :mod:`~tokenyard.autoscaler.decide.slo`) si
 the workload of the stable and panic windows (:func:`_measure`); KV-cache use, GPU use
 (with a queue) and TTFT over its SLO are guards that each ask for at least some replicas
 (:func:`_asks`); then, in order, the dead band and hysteresis, panic mode, the floor
-(scale to zero), the burst memory, keep-warm, the scale-down and scale-up limits and
-pre-warm adjust the count. Pure: ``now`` comes in, no clock is read.
+(scale to zero), the burst memory, keep-warm, the scale-down limits (with the
+stabilisation window that the cost of churn learns, :func:`_returns`, :func:`_hold_s`),
+the scale-up limits and pre-warm adjust the count. Pure: ``now`` comes in, no clock is read.
 """
 
 from __future__ import annotations
@@ -463,6 +464,41 @@ def _keep_warm(
     return keep_warm_s, peaks, warm
 
 
+def _returns(
+    state: ModelState, n: int, now: float, cfg: DecisionConfig
+) -> tuple[tuple[float, ...], tuple[tuple[float, float], ...]]:
+    """Cost of churn, the record: for each replica count up to ``n`` (recommended now),
+    how long ago it was last recommended. A calm longer than the scale-down delay (the
+    default window would have scaled down through it) and within ``churn_horizon_s``
+    (the scale-down would have saved at most that much replica-time, then cost a cold
+    start with the SLO at risk) is a calm the load returned from: it is recorded, kept
+    as a sliding maximum over ``churn_memory_s``. Returns when each count was last
+    needed, and the calms."""
+    calms = tuple(c for c in state.calms if c[0] > now - cfg.churn_memory_s)
+    needed = state.needed
+    if cfg.churn_horizon_s <= 0:
+        return needed, calms
+    gaps = [now - t for t in needed[:n]]
+    returned = [g for g in gaps if cfg.scale_down_delay_s < g <= cfg.churn_horizon_s]
+    if returned:
+        calm = max(returned)
+        calms = (*(c for c in calms if c[1] > calm), (now, calm))
+    return (now,) * n + needed[n:], calms
+
+
+def _hold_s(calms: tuple[tuple[float, float], ...], now: float, cfg: DecisionConfig) -> float:
+    """Cost of churn, the rule: the scale-down stabilisation window. The scale-down
+    delay, or, where the load returned after a calm within the last
+    ``churn_memory_s``, the longest such calm plus one stable window (the load is seen
+    through a window that long, so a calm's ends are known to within it): a scale-down
+    then waits out a calm as long as those the load came back from, instead of removing
+    a replica that a scale-up puts back a cold start too late."""
+    recent = [c for t, c in calms if t > now - cfg.churn_memory_s]
+    if cfg.churn_horizon_s <= 0 or not recent:
+        return cfg.scale_down_delay_s
+    return max(cfg.scale_down_delay_s, max(recent) + cfg.stable_window_s)
+
+
 # Positional, as recommend calls it; each argument is one input of the scale-down limits.
 def _scale_down(  # noqa: PLR0917
     n: int,
@@ -472,24 +508,33 @@ def _scale_down(  # noqa: PLR0917
     warm: int,
     keep_warm_s: float,
     recs: tuple[tuple[float, int], ...],
+    hold_s: float,
     state: ModelState,
     now: float,
     cfg: DecisionConfig,
 ) -> tuple[int, str]:
     """A scale-down waits for the cool-down after a scale-up, keeps the largest
-    recommendation of the delay window and keep-warm's count, and halves at most."""
+    recommendation of the stabilisation window (:func:`_hold_s`) and keep-warm's count,
+    and halves at most."""
     in_cooldown = (
         state.last_scale_up is not None and now - state.last_scale_up < cfg.scale_down_delay_s
     )
     if in_cooldown:
         return current, f"cool-down after scale-up: {why}"
-    stabilised = max(r[1] for r in recs)
+    stabilised = max(r[1] for r in recs if r[0] > now - hold_s)
+    delayed = max(r[1] for r in recs if r[0] > now - cfg.scale_down_delay_s)
     step_floor = current - max(1, int(current - current / cfg.max_scale_down_rate))
     target = max(n, stabilised, step_floor, warm)
     if floor == 0 and n == 0 and current == 1:
         target = max(0, stabilised)
     if target > n and warm >= target:
         why = f"{why}; keep-warm: a burst of the last {keep_warm_s:.0f}s needed {warm}"
+    elif target > n and stabilised > delayed and stabilised >= target:
+        calm = hold_s - cfg.stable_window_s
+        why = (
+            f"{why}; churn: the load came back after calms of up to {calm:.0f}s,"
+            f" holding the {stabilised} needed within the last {hold_s:.0f}s"
+        )
     elif target > n:
         why = f"{why}; scale-down limited to {target}"
     return min(target, current), why
@@ -576,12 +621,18 @@ def recommend(
         n, why = burst, f"burst: the SLO model asked {burst_avg:.2f} over the panic window"
     keep_warm_s, peaks, warm = _keep_warm(view, state, burst_avg, now, cfg)
     n_capped = min(max(n, burst, warm, floor), hi)
+    # A sliding maximum over the longest window the stabilisation may use.
+    longest = max(cfg.scale_down_delay_s, cfg.churn_horizon_s + cfg.stable_window_s)
     recs = (
-        *(r for r in state.recommendations if r[0] > now - cfg.scale_down_delay_s),
+        *(r for r in state.recommendations if r[0] > now - longest and r[1] > n_capped),
         (now, n_capped),
     )
+    needed, calms = _returns(state, n_capped, now, cfg)
+    hold_s = _hold_s(calms, now, cfg)
     if n < current:
-        n, why = _scale_down(n, why, current, floor, warm, keep_warm_s, recs, state, now, cfg)
+        n, why = _scale_down(
+            n, why, current, floor, warm, keep_warm_s, recs, hold_s, state, now, cfg
+        )
     elif n > current:
         n, why = _scale_up(n, why, view, ld, current, cfg)
 
@@ -606,6 +657,8 @@ def recommend(
         last_prompt=ld.last_prompt,
         first_seen=ld.first_seen,
         recommendations=recs,
+        needed=needed,
+        calms=calms,
         peaks=peaks,
         panic_until=panic_until,
         last_active=last_active,

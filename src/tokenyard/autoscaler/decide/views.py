@@ -30,7 +30,8 @@ class DecisionConfig:
     scale_down_delay_s: float = 300.0
     """Cool-down after a scale-up, and the window of recommendations (and burst loads) a
     scale-down respects; as long as Kubernetes HPA's scale-down stabilisation, because
-    LLM traffic comes in bursts shorter than a replica's cold start."""
+    LLM traffic comes in bursts shorter than a replica's cold start. Where the load came
+    back after longer calms, the window is learned longer (``churn_horizon_s``)."""
     max_scale_down_rate: float = 2.0
     """At most current / rate replicas are removed at once (halving)."""
     max_scale_up_rate: float = 10.0
@@ -59,6 +60,22 @@ class DecisionConfig:
     ready, instead of only keeping that many on the way down: the next burst of the same
     active period then finds them running. Cheap replicas qualify (0.80 USD/h with a
     30 s cold start: 7.5 min >= 2 min), dear or slow ones do not. 0: off."""
+    churn_horizon_s: float = 1800.0
+    """Cost of churn: a calm (the model's recommendation below some replica count) that
+    ends with the count needed again within this long after it began would have made a
+    scale-down that a scale-up puts back: the replica-time it saves is at most this, and
+    it costs a cold start with the SLO at risk during it, plus two scale events. The
+    scale-down stabilisation window grows to cover such calms (see ``churn_memory_s``);
+    this is also the longest the window grows to (plus one stable window), so the most a
+    held replica can cost per calm (0.40 USD at 0.80 USD/h, 4 USD at 8 USD/h). 0: off."""
+    churn_memory_s: float = 7200.0
+    """How long a returned calm keeps the stabilisation window long: the window is the
+    longest calm that ended in a return within the last ``churn_memory_s`` plus one
+    stable window (the calm's ends are known to within the window over which the load is
+    measured), and at least ``scale_down_delay_s``. A model whose load stops returning
+    goes back to ``scale_down_delay_s`` after this long (the backoff's reset): four
+    times ``churn_horizon_s``, so a pattern is kept while it has recurred within four of
+    the longest calms the rule holds through."""
     tolerance: float = 0.1
     """Dead band: no change while the ask is within 10% of the current replicas; and the
     hysteresis of SLO sizing: a scale-down goes only to replicas that would still meet
@@ -234,7 +251,17 @@ class ModelState:
     """The last measured mean prompt tokens: what a forecast wakes a model at zero
     replicas for."""
     recommendations: tuple[tuple[float, int], ...] = ()
-    """(time, recommended replicas) over the scale-down delay."""
+    """(time, recommended replicas) over the longest stabilisation window (the
+    scale-down delay, or ``churn_horizon_s`` plus a stable window), a sliding maximum:
+    each entry is larger than every later one, so the first entry within a window is
+    its maximum."""
+    needed: tuple[float, ...] = ()
+    """When each replica count was last recommended: entry k for k + 1 replicas (the
+    cost-of-churn rule's record of when the load last needed them)."""
+    calms: tuple[tuple[float, float], ...] = ()
+    """(time it ended, length) of each calm longer than ``scale_down_delay_s`` and
+    within ``churn_horizon_s`` after which the load needed the replicas again, over
+    ``churn_memory_s``: what the learned stabilisation window covers."""
     peaks: tuple[tuple[float, float], ...] = ()
     """(time, replicas a burst needed) over the keep-warm window, a sliding maximum: each
     entry is larger than every later one, so the first is the window's maximum."""
