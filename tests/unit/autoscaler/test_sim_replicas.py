@@ -145,3 +145,11 @@ def test_a_warm_up_replay_starts_adaptive_policies_on_their_own_fleet() -> None:
     fixed = [replay(w, sim.hold, [5, 0, 0]) for w in (0.0, 600.0)]
     assert fixed[0].cost_usd == pytest.approx(fixed[1].cost_usd, rel=1e-6)
     assert fixed[0].slo_met == pytest.approx(fixed[1].slo_met, rel=0.02)
+
+
+def test_the_fluid_tail_factor_never_overflows() -> None:
+    from tokenyard.autoscaler.sim.fluid import _exp_neg
+
+    # A backlog far beyond the slack (the static oracle tries fleets far too small).
+    assert _exp_neg(-5000.0) == _exp_neg(-700.0) > 1e300
+    assert _exp_neg(5000.0) == 0.0 and _exp_neg(0.0) == 1.0

@@ -86,8 +86,9 @@ at: a rate trace's window (faster swings are the fluid backlog's)."""
 
 
 def _exp_neg(x: float) -> float:
-    """exp(-x), 0 for large x (no overflow for negative rooms)."""
-    return math.exp(-x) if x < 700 else 0.0
+    """exp(-x), 0 for large x and capped at exp(700) for very negative x (a backlog far
+    beyond the slack): neither end overflows."""
+    return math.exp(-max(x, -700.0)) if x < 700 else 0.0
 
 
 def erlang_c(n: int, load: float) -> float:
