@@ -87,6 +87,8 @@ at: a rate trace's window (faster swings are the fluid backlog's)."""
 
 def _exp_neg(x: float) -> float:
     """exp(-x), 0 for large x (no overflow for negative rooms)."""
+    if x <= -700:
+        return math.inf
     return math.exp(-x) if x < 700 else 0.0
 
 
