@@ -93,8 +93,10 @@ def test_an_overload_within_a_horizon_misses_its_backlog_s_share() -> None:
     assert 0.3 < short[4] < 0.7  # rho 1: the diffusion's share alone
     assert short[5] < 0.8
     assert short[-1] > 0.8  # rho 1.2: the backlog passes the slack after 23 s
-    assert all(h <= predict(Workload(r, 1000.0), profile, 1, 5.0).miss + 1e-9
-               for r, h in zip(rates, short, strict=True))
+    assert all(
+        h <= predict(Workload(r, 1000.0), profile, 1, 5.0).miss + 1e-9
+        for r, h in zip(rates, short, strict=True)
+    )
 
 
 def test_scale_down_does_not_count_an_error_node_past_saturation_as_all_missed() -> None:
@@ -111,9 +113,16 @@ def test_scale_down_does_not_count_an_error_node_past_saturation_as_all_missed()
     assert replicas_for_expected_slo(w, profile, 8.0, 0.005, 7, 0.02, 180.0) == 3
     # The rule passes its horizon (a stable window to see the load, a cold start to serve
     # it), so the scale-down goes to 3; a wider error (6%) still keeps the fourth.
-    view = ModelView(name="frontier", max_replicas=6, current_replicas=4, ttft_slo_s=8.0,
-                     cold_start_s=120.0, nominal_tokens_per_s=9000.0,
-                     decode_tokens_per_s=30.0, kv_cache_tokens=150_000.0)
+    view = ModelView(
+        name="frontier",
+        max_replicas=6,
+        current_replicas=4,
+        ttft_slo_s=8.0,
+        cold_start_s=120.0,
+        nominal_tokens_per_s=9000.0,
+        decode_tokens_per_s=30.0,
+        kv_cache_tokens=150_000.0,
+    )
     assert slo_down(view, w, DecisionConfig(), 0.02) == 3
     assert slo_down(view, w, DecisionConfig(), 0.06) == 4
 
