@@ -26,6 +26,13 @@ room to wait. ``cs2 = 0`` gives the single own prefill of the mean prompt. The f
 term is unavoidable (:func:`unavoidable_miss`): no replica count removes it, so the
 sizing functions hold the miss budget to the rest, not to it.
 
+The scale-down averages the miss share over the rate's error (:func:`expected_miss`);
+a node of that error is a load the fleet meets for a horizon (until a decision can add a
+replica), not forever, so it is scored by the transient of the same queue from an empty
+start (:func:`horizon_miss`: a reflected Brownian motion whose stationary tail is
+Kingman's), which is defined past saturation and tends to the stationary miss as the
+horizon grows.
+
 Decode does not delay the first token (vLLM schedules prefill chunks beside decodes),
 but sequences hold KV cache while they decode: when ``kv_tokens`` and
 ``decode_tokens_per_s`` of a replica are known, ``tokens_per_s`` is the smaller of the
