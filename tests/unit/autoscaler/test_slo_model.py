@@ -97,6 +97,12 @@ def test_an_overload_within_a_horizon_misses_its_backlog_s_share() -> None:
         h <= predict(Workload(r, 1000.0), profile, 1, 5.0).miss + 1e-9
         for r, h in zip(rates, short, strict=True)
     )
+    # Prompts all alike (cs2 = 0) and several replicas: the same limits.
+    alike = Workload(rate=4.8, prompt=1000.0, cs2=0.0)
+    stationary = predict(alike, profile, 2, 5.0).miss
+    assert horizon_miss(alike, profile, 2, 5.0, math.inf) == stationary
+    assert 0 < horizon_miss(alike, profile, 2, 5.0, 180.0) < stationary
+    assert horizon_miss(Workload(1.0, 20_000.0, cs2=0.0), profile, 2, 5.0, 180.0) == 1.0
 
 
 def test_scale_down_does_not_count_an_error_node_past_saturation_as_all_missed() -> None:
