@@ -12,11 +12,14 @@ import pytest
 from tokenyard.autoscaler import sim
 from tokenyard.autoscaler.decide import DecisionConfig, ModelState, ModelView, PoolView, decide_pool
 from tokenyard.autoscaler.decide.forecast import DAY_S, SeasonalForecast
-from tokenyard.autoscaler.decide.recommend import slo_replicas
+from tokenyard.autoscaler.decide.recommend import slo_down, slo_replicas
 from tokenyard.autoscaler.decide.slo import (
     ReplicaProfile,
     Workload,
+    expected_miss,
+    horizon_miss,
     predict,
+    replicas_for_expected_slo,
     replicas_for_slo,
     unavoidable_miss,
 )
@@ -68,6 +71,66 @@ def test_prompts_too_long_for_the_slo_miss_on_idle_replicas() -> None:
     # No replica count removes that share: sizing holds the budget to the rest, so a
     # light load still needs one replica, not the limit.
     assert replicas_for_slo(w, profile, 5.0, 0.005, limit=8) == 1
+
+
+def test_an_overload_within_a_horizon_misses_its_backlog_s_share() -> None:
+    # 1,000-token prompts (CV 1) on one 2,500 tokens/s replica, 5 s SLO: mu 2.5 req/s.
+    profile = ReplicaProfile(prefill_tokens_per_s=2500.0)
+    rates = [1.5, 2.0, 2.3, 2.45, 2.5, 2.55, 2.6, 3.0]
+    # An unbounded horizon is the stationary model; a very long one approaches it.
+    for r in rates:
+        w = Workload(rate=r, prompt=1000.0)
+        assert horizon_miss(w, profile, 1, 5.0, math.inf) == predict(w, profile, 1, 5.0).miss
+    near = Workload(rate=1.5, prompt=1000.0)
+    assert horizon_miss(near, profile, 1, 5.0, 1e5) == pytest.approx(
+        predict(near, profile, 1, 5.0).miss, rel=0.05
+    )
+    # Within three minutes, 2% past saturation is not a 100% miss: the backlog grows
+    # 0.02 s a second, past the 4.6 s of slack only after about 230 s; the miss share
+    # rises with the load, continuously through saturation, towards 1.
+    short = [horizon_miss(Workload(r, 1000.0), profile, 1, 5.0, 180.0) for r in rates]
+    assert short == sorted(short)
+    assert 0.3 < short[4] < 0.7  # rho 1: the diffusion's share alone
+    assert short[5] < 0.8
+    assert short[-1] > 0.8  # rho 1.2: the backlog passes the slack after 23 s
+    assert all(
+        h <= predict(Workload(r, 1000.0), profile, 1, 5.0).miss + 1e-9
+        for r, h in zip(rates, short, strict=True)
+    )
+    # Prompts all alike (cs2 = 0) and several replicas: the same limits.
+    alike = Workload(rate=4.8, prompt=1000.0, cs2=0.0)
+    stationary = predict(alike, profile, 2, 5.0).miss
+    assert horizon_miss(alike, profile, 2, 5.0, math.inf) == stationary
+    assert 0 < horizon_miss(alike, profile, 2, 5.0, 180.0) < stationary
+    assert horizon_miss(Workload(1.0, 20_000.0, cs2=0.0), profile, 2, 5.0, 180.0) == 1.0
+
+
+def test_scale_down_does_not_count_an_error_node_past_saturation_as_all_missed() -> None:
+    # The steady-85% sweep's frontier: 1,000 / 150 tokens on 9,000 tokens/s replicas
+    # (8 s SLO, 120 s cold start), 3 replicas at rho 0.97 meet the SLO (the per-request
+    # engine misses nothing in 30 minutes, the model 0.16%). With the rate known to 2%,
+    # the +sqrt(3) sigma node is at rho 1.004: scored as 100% missed it held a 4th replica.
+    profile = ReplicaProfile(9000.0, decode_tokens_per_s=30.0, kv_tokens=150_000.0)
+    w = Workload(rate=0.97 * 27.0, prompt=1000.0, output=150.0)
+    assert replicas_for_slo(w, profile, 8.0, 0.005, 7) == 3
+    assert replicas_for_expected_slo(w, profile, 8.0, 0.005, 7, 0.02) == 4  # stationary
+    assert expected_miss(w, profile, 3, 8.0, 0.02) > 1 / 6
+    assert expected_miss(w, profile, 3, 8.0, 0.02, 180.0) < 0.005
+    assert replicas_for_expected_slo(w, profile, 8.0, 0.005, 7, 0.02, 180.0) == 3
+    # The rule passes its horizon (a stable window to see the load, a cold start to serve
+    # it), so the scale-down goes to 3; a wider error (6%) still keeps the fourth.
+    view = ModelView(
+        name="frontier",
+        max_replicas=6,
+        current_replicas=4,
+        ttft_slo_s=8.0,
+        cold_start_s=120.0,
+        nominal_tokens_per_s=9000.0,
+        decode_tokens_per_s=30.0,
+        kv_cache_tokens=150_000.0,
+    )
+    assert slo_down(view, w, DecisionConfig(), 0.02) == 3
+    assert slo_down(view, w, DecisionConfig(), 0.06) == 4
 
 
 def test_fewest_replicas_and_the_kv_limit() -> None:

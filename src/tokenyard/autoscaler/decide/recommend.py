@@ -205,7 +205,11 @@ def slo_down(view: ModelView, w: Workload, cfg: DecisionConfig, sigma: float) ->
         return 0
     budget = (1 - cfg.slo_target) * cfg.slo_margin
     limit = max(view.max_replicas, view.current_replicas) + 1
-    return replicas_for_expected_slo(w, _profile(view), view.ttft_slo_s, budget, limit, sigma)
+    # A load above the fleet is seen within a stable window and served a cold start later.
+    horizon = cfg.stable_window_s + view.cold_start_s
+    return replicas_for_expected_slo(
+        w, _profile(view), view.ttft_slo_s, budget, limit, sigma, horizon
+    )
 
 
 def _measure(

@@ -26,6 +26,13 @@ room to wait. ``cs2 = 0`` gives the single own prefill of the mean prompt. The f
 term is unavoidable (:func:`unavoidable_miss`): no replica count removes it, so the
 sizing functions hold the miss budget to the rest, not to it.
 
+The scale-down averages the miss share over the rate's error (:func:`expected_miss`);
+a node of that error is a load the fleet meets for a horizon (until a decision can add a
+replica), not forever, so it is scored by the transient of the same queue from an empty
+start (:func:`horizon_miss`: a reflected Brownian motion whose stationary tail is
+Kingman's), which is defined past saturation and tends to the stationary miss as the
+horizon grows.
+
 Decode does not delay the first token (vLLM schedules prefill chunks beside decodes),
 but sequences hold KV cache while they decode: when ``kv_tokens`` and
 ``decode_tokens_per_s`` of a replica are known, ``tokens_per_s`` is the smaller of the
@@ -186,20 +193,109 @@ def replicas_for_slo(
 _NODES = ((0.0, 2 / 3), (math.sqrt(3), 1 / 6), (-math.sqrt(3), 1 / 6))
 
 
-def expected_miss(
-    w: Workload, profile: ReplicaProfile, n: int, slo_s: float, sigma: float
+def expected_miss(  # noqa: PLR0917
+    w: Workload,
+    profile: ReplicaProfile,
+    n: int,
+    slo_s: float,
+    sigma: float,
+    horizon_s: float = math.inf,
 ) -> float:
     """The predicted miss share with n replicas averaged over the rate's uncertainty: the
     rate is the estimate times (1 + e), e normal with standard deviation ``sigma``
     (relative). Near saturation the miss share rises steeply with the rate, so the
-    average weighs the plausible overloads without sizing for the worst of them."""
+    average weighs the plausible overloads without sizing for the worst of them.
+
+    ``horizon_s`` is how long a rate above the estimate lasts before more capacity can
+    serve it (the caller's detection delay plus a cold start). A node of the rate's
+    error is a load that arrives at the fleet's current, short queue; within a finite
+    horizon its queue is that of :func:`horizon_miss`, not the stationary one, so a
+    node just past saturation scores the share of the horizon's requests that its
+    growing backlog delays past the SLO, not 100%. ``math.inf`` (the default) is the
+    stationary model (:func:`predict`)."""
     if sigma <= 0:
-        return predict(w, profile, n, slo_s).miss
+        return horizon_miss(w, profile, n, slo_s, horizon_s)
     total = 0.0
     for z, weight in _NODES:
         scaled = Workload(max(0.0, w.rate * (1 + z * sigma)), w.prompt, w.output, w.ca2, w.cs2)
-        total += weight * predict(scaled, profile, n, slo_s).miss
+        total += weight * horizon_miss(scaled, profile, n, slo_s, horizon_s)
     return total
+
+
+def horizon_miss(
+    w: Workload, profile: ReplicaProfile, n: int, slo_s: float, horizon_s: float
+) -> float:
+    """The share of requests arriving within ``horizon_s`` of an empty queue whose TTFT
+    exceeds the SLO with n replicas: defined at any load, overloads included.
+
+    Kingman's exponential tail is the stationary law of a reflected Brownian motion
+    (the heavy-traffic limit of the pooled queue's work, in seconds) with drift
+    ``m = rho - 1`` and variance ``v = (ca2 + cs2) / (n mu)`` per second
+    (``-2 m / v`` is :func:`predict`'s decay rate). Started empty, that motion exceeds
+    ``x`` at time ``t`` with probability
+    ``Phi((m t - x) / sqrt(v t)) + exp(2 m x / v) Phi((-x - m t) / sqrt(v t))``, which
+    tends to the stationary tail for ``rho < 1`` and to 1 for ``rho >= 1``; a request
+    waits with probability ``min(rho, 1)`` times that (as in :func:`predict`). The miss
+    share is its average over the arrival time (a six-node Gauss-Legendre rule on
+    ``[0, horizon_s]``) and over the own prefill (as in :func:`predict`). At the edge of
+    saturation the stationary queue takes ``v / m**2`` seconds to build, longer than a
+    horizon of a few minutes: the stationary answer would count a backlog the horizon
+    never accumulates. ``horizon_s = math.inf`` returns :func:`predict`'s miss."""
+    if w.rate <= 0:
+        return 0.0
+    if n <= 0:
+        return 1.0
+    if not math.isfinite(horizon_s):
+        return predict(w, profile, n, slo_s).miss
+    prompt = max(w.prompt, 1.0)
+    mu = profile.tokens_per_s(prompt, w.output) / prompt
+    rho = w.rate / (n * mu)
+    own = prompt / profile.prefill_tokens_per_s
+    floor = _beyond(own, w.cs2, slo_s)
+    drift = rho - 1
+    var = max(w.ca2 + w.cs2, 1e-6) / (n * mu)
+    times = tuple((horizon_s * (1 + x) / 2, wt / 2) for x, wt in _GL6)
+    waits = min(rho, 1.0)
+
+    def late(slack: float) -> float:
+        return waits * sum(wt * _rbm_above(drift, var, t, slack) for t, wt in times)
+
+    if w.cs2 <= 1e-9:
+        return 1.0 if own >= slo_s else min(1.0, late(slo_s - own))
+    s2 = math.log1p(w.cs2)
+    loc = math.log(own) - s2 / 2
+    sd = math.sqrt(s2)
+    total = floor + sum(
+        wt * late(slo_s - x) for z, wt in _GH8 if (x := math.exp(loc + sd * z)) < slo_s
+    )
+    return min(1.0, total)
+
+
+def _rbm_above(drift: float, var: float, t: float, x: float) -> float:
+    """P(W(t) > x) for a reflected Brownian motion W with ``drift`` and variance ``var``
+    per unit time, started at 0 (the first term: the free motion beyond x; the second:
+    the paths the reflection at 0 pushes there)."""
+    sd = math.sqrt(var * t)
+    free = 0.5 * math.erfc((x - drift * t) / sd / _SQRT2)
+    b = (x + drift * t) / sd
+    if b > 20:  # exp(2 m x / v) Phi(-b) by Mills' ratio: the exponent cancels
+        pushed = math.exp(-((x - drift * t) ** 2) / (2 * var * t)) / (b * math.sqrt(2 * math.pi))
+    else:
+        pushed = math.exp(2 * drift * x / var) * 0.5 * math.erfc(b / _SQRT2)
+    return min(1.0, free + pushed)
+
+
+_SQRT2 = math.sqrt(2)
+
+# Gauss-Legendre rule of six nodes on [-1, 1]: the average over the horizon.
+_GL6 = (
+    (-0.932469514203152, 0.171324492379170),
+    (-0.661209386466265, 0.360761573048139),
+    (-0.238619186083197, 0.467913934550566),
+    (0.238619186083197, 0.467913934550566),
+    (0.661209386466265, 0.360761573048139),
+    (0.932469514203152, 0.171324492379170),
+)
 
 
 def replicas_for_expected_slo(  # noqa: PLR0917
@@ -209,14 +305,16 @@ def replicas_for_expected_slo(  # noqa: PLR0917
     miss_budget: float,
     limit: int,
     sigma: float,
+    horizon_s: float = math.inf,
 ) -> int:
-    """The fewest replicas (up to ``limit``) whose :func:`expected_miss`, beyond the
+    """The fewest replicas (up to ``limit``), no fewer than :func:`replicas_for_slo`'s at
+    the estimate, whose :func:`expected_miss` over ``horizon_s``, beyond the
     :func:`unavoidable_miss`, is within the budget; ``limit`` when none is."""
     if w.rate <= 0:
         return 0
     n = replicas_for_slo(w, profile, slo_s, miss_budget, limit)
     budget = miss_budget + unavoidable_miss(w, profile, slo_s)
-    while n < limit and expected_miss(w, profile, n, slo_s, sigma) > budget:
+    while n < limit and expected_miss(w, profile, n, slo_s, sigma, horizon_s) > budget:
         n += 1
     return min(n, max(limit, 1))
 
@@ -226,6 +324,7 @@ __all__ = [
     "ReplicaProfile",
     "Workload",
     "expected_miss",
+    "horizon_miss",
     "predict",
     "replicas_for_expected_slo",
     "replicas_for_slo",
