@@ -448,12 +448,14 @@ class Controller:
         else:
             models[name] = p.obj
 
-    async def bounded(self, writes: list[Awaitable[None]]) -> None:
-        """Run status writes with at most STATUS_WRITES_IN_FLIGHT at once."""
+    async def bounded(self, writes: list[Callable[[], Awaitable[None]]]) -> None:
+        """Run status writes with at most STATUS_WRITES_IN_FLIGHT at once. Each write is
+        started only once it has a slot: a pass cancelled meanwhile (the operator
+        stopping) leaves no coroutine behind that was made and never awaited."""
 
-        async def one(w: Awaitable[None]) -> None:
+        async def one(write: Callable[[], Awaitable[None]]) -> None:
             async with self._write_slots:
-                await w
+                await write()
 
         await asyncio.gather(*(one(w) for w in writes))
 

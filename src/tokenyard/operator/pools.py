@@ -8,8 +8,9 @@ decides, then write every status that changed. Idempotent: a pass run twice acts
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from tokenyard import contract
@@ -200,9 +201,11 @@ def _member_writes(  # noqa: PLR0917
     router_stats: dict[str, Any] | None,
     now: str,
     configmaps: builders.ConfigMaps | None = None,
-) -> list[Awaitable[None]]:
-    """The status writes of the pool's models and policies."""
-    writes: list[Awaitable[None]] = [ctrl.report_invalid(*args) for args in members.rejected]
+) -> list[Callable[[], Awaitable[None]]]:
+    """The status writes of the pool's models and policies (each made when it runs)."""
+    writes: list[Callable[[], Awaitable[None]]] = [
+        partial(ctrl.report_invalid, *args) for args in members.rejected
+    ]
     for b, md in members.models:
         ctx = status.ModelContext(
             pool=pool,
@@ -212,7 +215,7 @@ def _member_writes(  # noqa: PLR0917
             secrets=secrets,
         )
         desired = status.build_model_status(md, ctx, now=now)
-        writes.append(ctrl.write_status(MODELS, "ModelDeployment", b, desired))
+        writes.append(partial(ctrl.write_status, MODELS, "ModelDeployment", b, desired))
     models_by_name = {builders.obj_name(m): m for m in members.all_models}
     for b, pol in members.policies:
         pctx = status.PolicyContext(
@@ -236,7 +239,7 @@ def _member_writes(  # noqa: PLR0917
             ),
         )
         desired = status.build_policy_status(pol, pctx, now=now)
-        writes.append(_write_policy_status(ctrl, b, desired))
+        writes.append(partial(_write_policy_status, ctrl, b, desired))
     return writes
 
 
