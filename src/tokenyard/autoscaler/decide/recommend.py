@@ -352,7 +352,6 @@ def _asks(view: ModelView, signals: ModelSignals, ld: _Load) -> tuple[float, str
     ready, waiting = ld.ready, ld.waiting
     # Each rule says how many replicas it wants (a float); the largest wins.
     asks: list[tuple[float, str]] = [(ld.stable, ld.basis)]
-    queued_s = 0.0
     if ready > 0:
         if signals.kv_cache_usage is not None:
             asks.append(
@@ -385,13 +384,8 @@ def _asks(view: ModelView, signals: ModelSignals, ld: _Load) -> tuple[float, str
     if signals.ttft_p95_s is not None and signals.ongoing > 0:
         slo_pressure = max(1.0, signals.ttft_p95_s / view.ttft_slo_s)
         # One more replica per decision while requests queue and none is starting: the
-        # p95 looks back over a window, so without a queue it describes the past. The
-        # queue must be one the ready replicas do not clear within the SLO (as for the
-        # GPU guard; any queue where its work is unknown): a shorter one delays no new
-        # arrival past the SLO, and the p95 of a short window on one replica reads over
-        # the SLO from the noise of a few seconds' arrivals.
-        queued = waiting > 0 and (ld.in_flight == 0 or queued_s > view.ttft_slo_s)
-        if signals.ttft_p95_s > view.ttft_slo_s and ready >= current > 0 and queued:
+        # p95 looks back over a window, so without a queue it describes the past.
+        if signals.ttft_p95_s > view.ttft_slo_s and ready >= current > 0 and waiting > 0:
             asks.append(
                 (ready + 1.0, f"TTFT p95 {signals.ttft_p95_s:.2f}s over SLO {view.ttft_slo_s:g}s")
             )
