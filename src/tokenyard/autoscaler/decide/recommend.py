@@ -62,9 +62,6 @@ class _Load:
     scale-down may go."""
     panic_avg: float
     """Replicas the SLO model asks for at the panic window's workload."""
-    surge: bool
-    """The panic window's work rate, at its lower confidence bound, is above the stable
-    window's estimate (always true while the work rate is not measured)."""
     samples: tuple[tuple[float, float], ...]
     rates: tuple[tuple[float, float, float, float, float, float], ...]
     bursts: tuple[tuple[float, float], ...]
@@ -242,15 +239,6 @@ def _measure(
     # of its work rate (counting noise and the prompt lengths' spread) is a burst.
     rel_panic = _relative_error(w_panic, counted_panic, cfg)
     w_panic = _scaled(w_panic, backlog, max(0.0, 1 - rel_panic))
-    # A burst is a panic window whose work rate at that lower bound is above the stable
-    # window's estimate. A short window that reads no more than the minute around it is
-    # that minute's counting noise: the stable rule, which counts ten times the
-    # requests, sizes for it. Without this test each 6 s window of a steady load is one
-    # more chance for noise to reach the panic threshold.
-    # (Where the work rate is unknown, the concurrency that stands in is the burst.)
-    work = (w_stable.rate - backlog) * w_stable.prompt
-    unknown = rps <= 0 or prompt_rate <= 0 or not measured
-    surge = unknown or (w_panic.rate - backlog) * w_panic.prompt > work
     load_conc = 0.0
     if rps <= 0 or prompt_rate <= 0 or not measured:
         load_conc = signals.ongoing / view.target_ongoing
@@ -308,7 +296,7 @@ def _measure(
     in_flight = (running + waiting) * prompt_rate / rps if rps > 0 and prompt_rate > 0 else 0.0
     bursts = (
         *(x for x in state.bursts if x[0] > now - cfg.panic_window_s),
-        (now, max(stable, panic_avg if surge else stable)),
+        (now, max(stable, panic_avg)),
     )
     pred = predict(w_stable, _profile(view), max(ready, 1), view.ttft_slo_s)
     basis = (
@@ -333,7 +321,6 @@ def _measure(
         stable_up=stable_up,
         stable_down=stable_down,
         panic_avg=panic_avg,
-        surge=surge,
         samples=samples,
         rates=rates,
         bursts=bursts,
@@ -426,11 +413,10 @@ def _panic(  # noqa: PLR0917
     n: int, why: str, ld: _Load, state: ModelState, now: float, current: int, cfg: DecisionConfig
 ) -> tuple[int, str, bool, float | None]:
     """Panic mode while the panic window's load reaches ``panic_threshold`` x the ready
-    replicas and is a surge above the stable window's (``_Load.surge``), or requests
-    come to none: scale to it, never down."""
+    replicas (or requests come to none): scale to it, never down."""
     panic_until = state.panic_until
     panic_want = _ceil(ld.panic_avg)
-    if (ld.ready > 0 and ld.surge and ld.panic_avg >= cfg.panic_threshold * ld.ready) or (
+    if (ld.ready > 0 and ld.panic_avg >= cfg.panic_threshold * ld.ready) or (
         ld.ready == 0 and ld.active
     ):
         panic_until = now + cfg.stable_window_s
