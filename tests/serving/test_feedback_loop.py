@@ -25,6 +25,7 @@ pytest.importorskip("ray.serve", reason="needs the serving extra (ray[serve])")
 
 from starlette.applications import Starlette
 from starlette.routing import Route
+from tests.serving.fakes import completion as fake_completion
 
 from tokenyard.accounting.audit import AuditLog
 from tokenyard.accounting.ledger_actor import LedgerClient
@@ -69,16 +70,7 @@ def prompts(rng: random.Random, n: int, tax_share: float = 0.25) -> list[tuple[s
 
 
 def completion(model: str) -> dict[str, Any]:
-    return {
-        "id": "x",
-        "object": "chat.completion",
-        "created": 0,
-        "model": model,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
-        ],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20},
-    }
+    return fake_completion(model, prompt_tokens=12, completion_tokens=8)
 
 
 class Economy:

@@ -21,6 +21,7 @@ pytest.importorskip("ray.serve", reason="needs the serving extra (ray[serve])")
 
 from starlette.applications import Starlette
 from starlette.routing import Route
+from tests.serving.fakes import completion
 
 from tokenyard.accounting.audit import AUDIT_LOGGER, AuditLog
 from tokenyard.accounting.ledger_actor import LedgerClient
@@ -75,19 +76,6 @@ def config(targets: list[str], **spec: Any) -> RouterConfig:
         models=[entry("a", 1.0), entry("b", 2.0)],
         policies=[PolicyEntry(name="ep", namespace="ns", endpoint="ep", spec=policy.dump())],
     )
-
-
-def completion(model: str) -> dict[str, Any]:
-    return {
-        "id": "x",
-        "object": "chat.completion",
-        "created": 0,
-        "model": model,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
-        ],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-    }
 
 
 def chunk(content: str) -> bytes:

@@ -23,6 +23,7 @@ pytest.importorskip("ray.serve", reason="needs the serving extra (ray[serve])")
 
 from starlette.applications import Starlette
 from starlette.routing import Route
+from tests.serving.fakes import completion as fake_completion
 from tests.serving.fuzz import case
 from tests.unit.accounting.inline_actor import InlineHandle
 
@@ -82,20 +83,7 @@ def config(targets: list[str], max_request_bytes: int = 1 << 20, **spec: Any) ->
 
 
 def completion(model: str) -> dict[str, Any]:
-    return {
-        "id": "x",
-        "object": "chat.completion",
-        "created": 0,
-        "model": model,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
-        ],
-        "usage": {
-            "prompt_tokens": ANSWER_USAGE[0],
-            "completion_tokens": ANSWER_USAGE[1],
-            "total_tokens": sum(ANSWER_USAGE),
-        },
-    }
+    return fake_completion(model, *ANSWER_USAGE)
 
 
 class Provider:

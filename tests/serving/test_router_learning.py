@@ -19,6 +19,7 @@ pytest.importorskip("ray.serve", reason="needs the serving extra (ray[serve])")
 
 from starlette.applications import Starlette
 from starlette.routing import Route
+from tests.serving.fakes import completion
 
 from tokenyard.accounting.audit import AuditLog
 from tokenyard.accounting.ledger_actor import LedgerClient
@@ -115,19 +116,6 @@ def config(**spec: Any) -> RouterConfig:
 
 
 KEYED = {"tenants": {"apiKeysSecretRef": {"name": "keys", "key": "keys"}}}
-
-
-def completion(model: str) -> dict[str, Any]:
-    return {
-        "id": "x",
-        "object": "chat.completion",
-        "created": 0,
-        "model": model,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
-        ],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-    }
 
 
 def provider(request: httpx.Request) -> httpx.Response:

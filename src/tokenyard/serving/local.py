@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -333,8 +334,6 @@ def free_port(choose: Callable[[range], int] | None = None) -> int:
     """A port free on every address now, from QUIET_PORTS outside the ephemeral range
     (``choose`` picks a candidate; random by default). Falls back to one the kernel
     picks when 200 candidates are all taken."""
-    import random
-
     pick = choose or random.choice
     lo, hi = _ephemeral_range()
     for _ in range(200):
