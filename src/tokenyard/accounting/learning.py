@@ -162,9 +162,10 @@ class _QueuedJournal:
     last write in one batch. Past ``max_pending`` queued records (a volume that stalls)
     :meth:`put` writes in the caller's thread instead, so nothing is dropped and memory
     stays bounded. :meth:`flush` waits until everything queued is written; :meth:`close`
-    flushes, then stops the thread. What a killed process had queued and not yet
-    written (the records of the last moments) is lost, as a write the kernel had not
-    flushed would be."""
+    flushes, then closes the file. The thread ends itself after 5 s with nothing to
+    write, and the next :meth:`put` starts another. What a killed process had queued
+    and not yet written (the records of the last moments) is lost, as a write the
+    kernel had not flushed would be."""
 
     def __init__(self, journal: _Journal, max_pending: int = 10_000) -> None:
         self.journal = journal
