@@ -203,9 +203,19 @@ class _QueuedJournal:
                         return
                 batch, self._pending = self._pending, []
                 self._busy = True
+            lines = []
+            for obj in batch:
+                try:
+                    lines.append(_line(obj))
+                except (TypeError, ValueError):  # one record's value, not the batch's
+                    logger.error(
+                        "decision journal: a record is not JSON; skipped",
+                        exc_info=True,
+                        extra={"request_id": obj.get("request_id")},
+                    )
             try:
-                self.journal.append_lines([_line(o) for o in batch])
-            except OSError:
+                self.journal.append_lines(lines)
+            except Exception:  # the writer outlives any one write: flush must not hang
                 logger.warning(
                     "could not write the decision journal",
                     exc_info=True,

@@ -108,6 +108,30 @@ def test_a_writer_far_behind_makes_the_caller_write_rather_than_drop(
     assert len((tmp_path / DECISIONS_FILE).read_text().splitlines()) == 40
 
 
+def test_a_failed_write_or_a_bad_record_leaves_the_writer_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = learning._Journal.append_lines
+    fail = [True]
+
+    def flaky(self: learning._Journal, lines: list[bytes]) -> None:
+        if fail.pop() if fail else False:
+            raise RuntimeError("volume gone")
+        original(self, lines)
+
+    monkeypatch.setattr(learning._Journal, "append_lines", flaky)
+    a = LearningStore(tmp_path)
+    assert a._decisions is not None
+    a._decisions.put({"request_id": "lost", "x": 1})
+    assert a._decisions.flush(timeout=2.0)  # not left busy by the failure
+    a._decisions.put({"request_id": "bad", "x": object()})
+    a.note_decision(note(1))
+    assert a._decisions.flush(timeout=2.0)
+    a.close()
+    lines = (tmp_path / DECISIONS_FILE).read_text().splitlines()
+    assert len(lines) == 1 and '"r1"' in lines[0]
+
+
 def test_memory_index_is_bounded(tmp_path: Path) -> None:
     s = LearningStore(None, max_index=10)
     for i in range(25):
