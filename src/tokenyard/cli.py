@@ -89,6 +89,12 @@ def simulate_arguments(p: argparse.ArgumentParser) -> None:
         help="route as spillover.downgradeWhenCapped does (capped models shed to weaker ones)",
     )
     p.add_argument(
+        "--replica-routing",
+        choices=("PowerOfTwoChoices", "LeastQueuedTokens"),
+        default=None,
+        help="every model's replicaRouting (default: the scenario's)",
+    )
+    p.add_argument(
         "--max-gpus",
         default=None,
         metavar="CLASS=N,...",

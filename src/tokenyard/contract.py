@@ -502,6 +502,10 @@ def build_llm_config(
             rc["request_router_kwargs"] = {
                 "imbalanced_threshold": spec.inCluster.prefixAffinityMaxImbalance
             }
+        if spec.inCluster.replicaRouting == "LeastQueuedTokens":
+            rc["request_router_kwargs"] = {
+                "prefill_tokens_per_s": spec.inCluster.nominalTokensPerSecond
+            }
         deployment_config["request_router_config"] = rc
     cfg: dict[str, Any] = {
         "model_loading_config": {"model_id": served, "model_source": model_source(spec)},

@@ -100,9 +100,12 @@ class TokenPrice(ApiModel):
     """outputPer1M is the price of one million generated tokens, in USD."""
 
 
-ReplicaRouting = Literal["Auto", "PrefixCacheAffinity", "PowerOfTwoChoices"]
+ReplicaRouting = Literal["Auto", "PrefixCacheAffinity", "PowerOfTwoChoices", "LeastQueuedTokens"]
 PREFIX_CACHE_AFFINITY_ROUTER = "ray.serve.llm.request_router.PrefixCacheAffinityRouter"
 """Ray Serve LLM's prefix-cache-affinity request router (replicaRouting PrefixCacheAffinity)."""
+LEAST_QUEUED_TOKENS_ROUTER = "tokenyard.serving.replica_routing.LeastQueuedTokensRouter"
+"""tokenyard's request router that balances queued prompt tokens (replicaRouting
+LeastQueuedTokens)."""
 
 
 class LoraAdapter(ApiModel):
@@ -156,8 +159,12 @@ class InClusterSpec(ApiModel):
     PrefixCacheAffinity sends a request to the replica that served the longest prefix of
     its prompt (multi-turn conversations and shared system prompts find their KV cache
     there) while replicas are evenly loaded; PowerOfTwoChoices sends it to the less busy
-    of two random replicas. Auto (the default) is PrefixCacheAffinity when
-    engine.enablePrefixCaching is true, else PowerOfTwoChoices."""
+    of two random replicas (fewer requests in flight); LeastQueuedTokens sends it to the
+    one of two random replicas with fewer prompt tokens queued for prefill (estimated by
+    the router, drained at nominalTokensPerSecond), so short prompts do not wait behind a
+    long one: for long prompts of varied length that share no prefix (documents,
+    retrieval). Auto (the default) is PrefixCacheAffinity when engine.enablePrefixCaching
+    is true, else PowerOfTwoChoices."""
     prefixAffinityMaxImbalance: int | None = Field(default=None, ge=0, le=100000)
     """prefixAffinityMaxImbalance is the difference in queued requests between the
     busiest and the idlest replica above which prefix-cache affinity gives way to the
@@ -182,7 +189,8 @@ class InClusterSpec(ApiModel):
             RULE_AFFINITY_NEEDS_PREFIX_CACHING[1],
         )
         require(
-            self.prefixAffinityMaxImbalance is None or self.replica_router() is not None,
+            self.prefixAffinityMaxImbalance is None
+            or self.replica_router() == PREFIX_CACHE_AFFINITY_ROUTER,
             RULE_IMBALANCE_NEEDS_AFFINITY[1],
         )
         require(self.maxLoras is None or bool(self.loraAdapters), RULE_MAX_LORAS_WITH_ADAPTERS[1])
@@ -192,6 +200,8 @@ class InClusterSpec(ApiModel):
     def replica_router(self) -> str | None:
         """The Ray Serve request router class replicaRouting resolves to; None: Serve's
         default (power of two choices)."""
+        if self.replicaRouting == "LeastQueuedTokens":
+            return LEAST_QUEUED_TOKENS_ROUTER
         affinity = self.replicaRouting == "PrefixCacheAffinity" or (
             self.replicaRouting == "Auto" and self.engine.enablePrefixCaching
         )

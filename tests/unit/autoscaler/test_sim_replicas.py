@@ -3,6 +3,8 @@ request router, each prefilling at one replica's rate."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from tokenyard.autoscaler import sim
@@ -153,3 +155,39 @@ def test_the_fluid_tail_factor_never_overflows() -> None:
     # A backlog far beyond the slack (the static oracle tries fleets far too small).
     assert _exp_neg(-5000.0) == _exp_neg(-700.0) > 1e300
     assert _exp_neg(5000.0) == 0.0 and _exp_neg(0.0) == 1.0
+
+
+def test_least_queued_tokens_keeps_short_prompts_off_the_replica_prefilling_a_long_one() -> None:
+    s = _slow_economy()
+    # One 6,000-token prompt (6 s of prefill), then six short ones 0.5 s apart.
+    arrivals = [(0.0, 6000)] + [(0.5 + 0.5 * i, 100) for i in range(6)]
+    # Serve's default compares requests in flight: short prompts land behind the long one.
+    p2c = Server(s.models[0], 0.8, seed=3)
+    p2c.scale(2, 0.0, warm=True)
+    assert max(sorted(_ttfts(p2c, arrivals, until=30.0))[:-1]) > 1.0
+    # By queued prompt tokens every short prompt prefills at once on the other replica.
+    m = s.models[0].model_copy(update={"replicaRouting": "LeastQueuedTokens"})
+    lqt = Server(m, 0.8, seed=3)
+    lqt.scale(2, 0.0, warm=True)
+    ttfts = sorted(_ttfts(lqt, arrivals, until=30.0))
+    assert ttfts[-1] == pytest.approx(6.0, abs=0.5)
+    assert ttfts[:-1] == pytest.approx([0.1] * 6, abs=0.5)
+
+
+def test_the_fluid_ttft_p95_is_the_window_percentile() -> None:
+    from tokenyard.autoscaler.sim.fluid import FluidServer
+
+    s = sim.builtin_scenario()
+    srv = FluidServer(s.models[0], 0.8)
+    assert srv.ttft_p95() is None
+    # No queue: every request's TTFT is its own prefill.
+    srv.steps.append((10.0, 50.0, 0.0, -100.0, 8000.0, 0.125, 0.0, math.inf))
+    assert srv.ttft_p95() == pytest.approx(0.125)
+    # A step whose backlog wait rises evenly from 0 to 10 s: its TTFTs are uniform on
+    # [0.125, 10.125]. Alone, its 95th percentile is 9.625 s; beside 950 requests with no
+    # wait, 50 of 1,000 requests are late at 0.125 s and the percentile is the own prefill.
+    srv.steps.clear()
+    srv.steps.append((10.0, 50.0, 0.0, 80_000.0, 8000.0, 0.125, 0.0, math.inf))
+    assert srv.ttft_p95() == pytest.approx(9.625, abs=0.1)
+    srv.steps.append((20.0, 950.0, 0.0, -100.0, 8000.0, 0.125, 0.0, math.inf))
+    assert srv.ttft_p95() == pytest.approx(0.125, abs=0.02)

@@ -11,12 +11,21 @@ from tests.unit.operator.factories import NOW, model, policy
 from tests.unit.operator.test_status import P, cond, observed
 
 from tokenyard import contract
-from tokenyard.api.model import PREFIX_CACHE_AFFINITY_ROUTER, ModelDeployment
+from tokenyard.api.model import (
+    LEAST_QUEUED_TOKENS_ROUTER,
+    PREFIX_CACHE_AFFINITY_ROUTER,
+    ModelDeployment,
+)
 from tokenyard.operator import builders, status
 from tokenyard.operator.builders import Decision
 from tokenyard.operator.status import ModelContext, PolicyContext
 
 AFFINITY = {"request_router_class": PREFIX_CACHE_AFFINITY_ROUTER}
+# The test model's nominalTokensPerSecond drains the router's estimate.
+LEAST_TOKENS = {
+    "request_router_class": LEAST_QUEUED_TOKENS_ROUTER,
+    "request_router_kwargs": {"prefill_tokens_per_s": 1000.0},
+}
 ADAPTERS = [
     {"name": "sql", "source": "file:///adapters/sql", "quality": 0.7},
     {
@@ -48,6 +57,8 @@ def _in_cluster(md_name: str, **in_cluster: Any) -> ModelDeployment:
         ("PrefixCacheAffinity", True, AFFINITY),
         ("PowerOfTwoChoices", True, None),
         ("PowerOfTwoChoices", False, None),
+        ("LeastQueuedTokens", True, LEAST_TOKENS),
+        ("LeastQueuedTokens", False, LEAST_TOKENS),
     ],
 )
 def test_replica_routing_renders_the_request_router(
@@ -75,6 +86,8 @@ def test_the_imbalance_limit_reaches_the_router_kwargs() -> None:
     }
     with pytest.raises(ValidationError, match="prefixAffinityMaxImbalance needs"):
         _in_cluster("economy", replicaRouting="PowerOfTwoChoices", prefixAffinityMaxImbalance=8)
+    with pytest.raises(ValidationError, match="prefixAffinityMaxImbalance needs"):
+        _in_cluster("economy", replicaRouting="LeastQueuedTokens", prefixAffinityMaxImbalance=8)
 
 
 def test_affinity_without_prefix_caching_is_rejected() -> None:

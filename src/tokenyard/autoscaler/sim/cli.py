@@ -53,6 +53,10 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         update["spillover"] = False
     if getattr(args, "downgrade", False):
         update["downgradeWhenCapped"] = True
+    if getattr(args, "replica_routing", None):
+        update["models"] = [
+            m.model_copy(update={"replicaRouting": args.replica_routing}) for m in scenario.models
+        ]
     if getattr(args, "max_gpus", None):
         limits = _max_gpus(args.max_gpus)
         unknown = set(limits) - {a.name for a in scenario.accelerators}

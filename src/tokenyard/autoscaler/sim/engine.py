@@ -32,6 +32,7 @@ from typing import Any
 from tokenyard.autoscaler.signals import ModelSignals
 from tokenyard.autoscaler.sim.scenario import ModelProfile, Scenario, price_order
 from tokenyard.autoscaler.sim.trace import TraceRequest
+from tokenyard.routing.replicas import PrefillQueues
 from tokenyard.routing.spillover import Capacity, Option, QueueClock, choose
 
 
@@ -69,6 +70,12 @@ class Server:
         self.held: deque[tuple[float, int, int]] = deque()
         """Requests the router holds while the model has no ready replica."""
         self.rng = random.Random(seed)
+        self.queued = (
+            PrefillQueues(prof.prefillTokensPerSecond, self.rng)
+            if prof.replicaRouting == "LeastQueuedTokens"
+            else None
+        )
+        """The router's queued-token estimate (replicaRouting LeastQueuedTokens)."""
         self.ttfts: deque[tuple[float, float]] = deque()
         self.slo = prof.autoscaling.ttftSLOSeconds
         self.clock: QueueClock | None = None
@@ -136,6 +143,18 @@ class Server:
             return
         if len(ready) == 1:
             ready[0].queue.append(req)
+            return
+        if self.queued is not None:
+            # The router's estimate, as tokenyard's LeastQueuedTokensRouter keeps it: the
+            # prompt tokens it sent, drained at the prefill rate, reset once the replica
+            # has finished everything (one router sends every request here).
+            for r in ready:
+                if not r.ongoing():
+                    self.queued.forget(id(r))
+            key = {id(r): r for r in ready}
+            chosen = key[self.queued.choose(list(key), now)[0]]
+            self.queued.sent(id(chosen), "", req[1], now)
+            chosen.queue.append(req)
             return
         a, b = self.rng.sample(ready, 2)
         (a if a.ongoing() <= b.ongoing() else b).queue.append(req)

@@ -84,6 +84,10 @@ ARRIVAL_SMOOTH_S = 600.0
 """Time constant of the prompt-token rate that the queueing within a step is evaluated
 at: a rate trace's window (faster swings are the fluid backlog's)."""
 
+TTFT_WINDOW_S = 30.0
+"""The window of arrivals over which the TTFT p95 signal is read (as the per-request
+engine's)."""
+
 
 def _exp_neg(x: float) -> float:
     """exp(-x), 0 for large x and capped at exp(700) for very negative x (a backlog far
@@ -157,7 +161,10 @@ class FluidServer(Server):
         self.mean_prompt = 1000.0
         self.mean_output = 100.0
         self.served_rps = 0.0
-        self.waits: deque[tuple[float, float]] = deque()
+        self.steps: deque[tuple[float, float, float, float, float, float, float, float]] = deque()
+        """The last TTFT_WINDOW_S of steps: (end, arrivals, backlog at the start, its
+        change, service rate, own prefill, wait probability, tail decay), from which
+        :meth:`ttft_p95` reads the window's percentile."""
         self.last_rate = 0.0
         self.requests_f = self.met_f = self.dropped_f = 0.0
         self.windows: dict[int, list[float]] = {}
@@ -216,15 +223,10 @@ class FluidServer(Server):
         self.dropped_f += dropped
         served_req = served / max(mp, 1.0)
         self.served_rps = served_req / dt
-        # TTFT p95 as the model gives it: the backlog ahead, the 95th percentile of the
-        # wait within the step, and the own prefill.
-        p95 = math.log(wait_p / 0.05) / theta if wait_p > 0.05 and theta > 0 else 0.0
-        if wait_p > 0.05 and theta <= 0:
-            p95 = self.p_max_queue
-        wait = (q1 / rate if rate > 0 else self.p_max_queue) + (own + p95 if ready else 0.0)
-        self.waits.append((now + dt, wait))
-        while self.waits and self.waits[0][0] < now + dt - 30:
-            self.waits.popleft()
+        if n > 0:
+            self.steps.append((now + dt, n, q0, tokens - cap, rate, own, wait_p, theta))
+        while self.steps and self.steps[0][0] < now + dt - TTFT_WINDOW_S:
+            self.steps.popleft()
         self.i_done += served_req
         self.i_arrivals += n
         self.i_prompt += served
@@ -250,6 +252,46 @@ class FluidServer(Server):
         spare = (ready * per_replica - (self.smooth_tps or 0.0)) / max(prompt, 1.0)
         return erlang_c(ready, load), spare * 2.0 / (1.0 + self.cs2)
 
+    def ttft_p95(self) -> float | None:
+        """The 95th percentile of the TTFT of the last :data:`TTFT_WINDOW_S` of arrivals
+        (what a histogram over the window gives, and what the per-request engine
+        reports): the smallest t that at most 5% of them exceed, each step's share
+        beyond t as in :func:`_met_share`, found by bisection. None without arrivals."""
+        total = sum(x[1] for x in self.steps)
+        if total <= 0:
+            return None
+
+        def beyond(t: float) -> float:
+            late = 0.0
+            for _, n, q0, slope, rate, own, wait_p, theta in self.steps:
+                if rate <= 0 or t < own:
+                    late += n
+                elif q0 > 0 or slope > 0 or wait_p > 0:
+                    late += n * (1.0 - _met_share(q0, slope, rate, t - own, wait_p, theta))
+            return late / total
+
+        # Each step's own bound: its largest backlog wait, the own prefill and the
+        # wait within the step that 5% exceed; the window's percentile is at most the
+        # largest of them (exactly it where no step queues: the common light load).
+        hi = 0.0
+        queues = False
+        for _, _, q0, slope, rate, own, wait_p, theta in self.steps:
+            if rate <= 0:
+                return self.p_max_queue
+            tail = 0.0
+            if wait_p > 0.05:
+                tail = math.log(wait_p / 0.05) / theta if theta > 0 else self.p_max_queue
+            back = max(q0, q0 + slope, 0.0) / rate
+            queues = queues or back > 0 or tail > 0
+            hi = max(hi, back + own + tail)
+        if not queues:
+            return hi
+        lo = 0.0
+        while hi - lo > max(0.01, 0.01 * hi):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if beyond(mid) > 0.05 else (lo, mid)
+        return hi
+
     def _decoding(self) -> float:
         return self.served_rps * self.mean_output / self.p.decodeTokensPerSecond
 
@@ -268,7 +310,7 @@ class FluidServer(Server):
             request_rate=self.i_done / t,
             prompt_tokens_per_s=self.i_prompt / t,
             generation_tokens_per_s=self.i_gen / t,
-            ttft_p95_s=max(w for _, w in self.waits) if self.waits else None,
+            ttft_p95_s=self.ttft_p95(),
             gpu_utilization=self.i_busy / t if ready else None,
         )
 

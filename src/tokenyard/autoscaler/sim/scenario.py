@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,6 +47,12 @@ class ModelProfile(_Model):
     """Tokens of KV cache one replica holds."""
     decodeSaturation: int = Field(default=16, ge=1)
     """Decoding sequences per replica that keep its GPU fully busy."""
+    replicaRouting: Literal["PowerOfTwoChoices", "LeastQueuedTokens"] = "PowerOfTwoChoices"
+    """How a request is sent to one of the model's replicas (the ModelDeployment's
+    spec.inCluster.replicaRouting): the fewer requests of two random replicas (Serve's
+    default), or the fewer prompt tokens queued by the router's estimate
+    (:class:`~tokenyard.routing.replicas.PrefillQueues`). Prefix caching is not modelled,
+    so PrefixCacheAffinity is not offered here."""
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
 
 
