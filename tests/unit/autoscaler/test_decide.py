@@ -613,3 +613,18 @@ def test_churn_window_resets_once_the_load_stops_returning() -> None:
     d.run(t, t + 595, _rate(18.0))
     d.run(t + 600, t + 1400, _rate(2.0))
     assert d.v.current_replicas < 4
+
+
+def test_a_panic_window_of_few_requests_takes_the_stable_windows_token_means() -> None:
+    # 0.5 req/s of 6,000-token prompts on one replica of 10,000 tokens/s (load 0.3). A 6 s
+    # window then sees one long prefill finish while two requests leave the batch: its
+    # prompt tokens over the fraction of a request it counts as started would read as a
+    # 30,000+-token prompt and panic to several replicas. Fewer than
+    # min_requests_measured requests carry no token means: the stable window's stand in.
+    v = view(nominal_tokens_per_s=10000.0, ttft_slo_s=5.0, target_ongoing=1e6, cold_start_s=120.0)
+    steady = sig(running=3.0, request_rate=0.5, prompt_tokens_per_s=3000.0)
+    d = Driver(v)
+    assert d.run(0, 120, steady).desired == 1
+    odd = sig(running=1.0, waiting=2.0, request_rate=0.5, prompt_tokens_per_s=9000.0)
+    dec = d.step(125, odd)
+    assert dec.desired == 1 and not dec.panic, dec.reason

@@ -235,6 +235,13 @@ def _measure(
     w_seen, seen_backlog = w_stable, backlog  # as measured, before a forecast replaces it
     w_panic, counted_panic, _ = _workload(view, rates, now - cfg.panic_window_s, waiting, cfg)
     measured = counted >= cfg.min_requests_measured
+    if measured and counted_panic < cfg.min_requests_measured:
+        # Too few requests started in the panic window for their token means (the same
+        # rule as the stable window's): a 6 s window of long prompts may count one, and
+        # its prompt tokens over a fraction of a started request read as a prompt tens
+        # of times the mean. The stable window's means stand in; the rate stays the
+        # panic window's.
+        w_panic = replace(w_panic, prompt=w_stable.prompt, output=w_stable.output)
     # A short window counts few requests: only a load above the lower confidence bound
     # of its work rate (counting noise and the prompt lengths' spread) is a burst.
     rel_panic = _relative_error(w_panic, counted_panic, cfg)
