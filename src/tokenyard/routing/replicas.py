@@ -25,8 +25,8 @@ class PrefillQueues:
         self.rng = rng or random.Random()
         self._queued: dict[Hashable, tuple[float, float]] = {}
         """replica -> (tokens queued at the time, that time)."""
-        self._open: dict[Hashable, dict[str, Hashable]] = {}
-        """replica -> request id -> replica, for the requests not completed yet."""
+        self._open: dict[Hashable, set[str]] = {}
+        """replica -> ids of the requests sent there and not completed yet."""
         self._where: dict[str, Hashable] = {}
 
     def load(self, replica: Hashable, now: float) -> float:
@@ -42,11 +42,14 @@ class PrefillQueues:
             picked.reverse()
         return sorted(picked, key=lambda r: self.load(r, now))
 
-    def sent(self, replica: Hashable, request_id: str, tokens: float, now: float) -> None:
-        """A request of ``tokens`` prompt tokens went to ``replica``."""
+    def sent(self, replica: Hashable, request_id: str | None, tokens: float, now: float) -> None:
+        """A request of ``tokens`` prompt tokens went to ``replica``. Without a
+        ``request_id`` its completion is not tracked: the caller resets an idle replica
+        with :meth:`forget`."""
         self._queued[replica] = (self.load(replica, now) + max(tokens, 0.0), now)
-        self._open.setdefault(replica, {})[request_id] = replica
-        self._where[request_id] = replica
+        if request_id is not None:
+            self._open.setdefault(replica, set()).add(request_id)
+            self._where[request_id] = replica
 
     def completed(self, request_id: str) -> None:
         """The request finished (or failed): once a replica has nothing open from this
@@ -54,8 +57,8 @@ class PrefillQueues:
         replica = self._where.pop(request_id, None)
         if replica is None:
             return
-        open_there = self._open.get(replica, {})
-        open_there.pop(request_id, None)
+        open_there = self._open.get(replica, set())
+        open_there.discard(request_id)
         if not open_there:
             self._open.pop(replica, None)
             self._queued.pop(replica, None)

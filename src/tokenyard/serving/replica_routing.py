@@ -58,7 +58,7 @@ def request_tokens(pending: PendingRequest | None) -> int:
     """The estimated prompt tokens of a request to a Ray Serve LLM deployment (its first
     argument is the OpenAI chat or completion request); 1 where no prompt is found, so
     the router still counts the request."""
-    for arg in (pending.args if pending is not None else None) or ():
+    for arg in pending.args if pending is not None and pending.args else ():
         messages = getattr(arg, "messages", None)
         prompt = getattr(arg, "prompt", None)
         if isinstance(arg, dict):

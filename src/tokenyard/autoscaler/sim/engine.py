@@ -153,7 +153,7 @@ class Server:
                     self.queued.forget(id(r))
             key = {id(r): r for r in ready}
             chosen = key[self.queued.choose(list(key), now)[0]]
-            self.queued.sent(id(chosen), "", req[1], now)
+            self.queued.sent(id(chosen), None, req[1], now)
             chosen.queue.append(req)
             return
         a, b = self.rng.sample(ready, 2)
