@@ -47,6 +47,8 @@ REASON_METRICS_UNAVAILABLE = "MetricsUnavailable"
 REASON_BUDGET_CAPPED = "BudgetCapped"
 REASON_GPU_CAPPED = "GPUCapped"
 REASON_NOT_CAPPED = "NotCapped"
+# A Learned classifier (or a shadow candidate) whose ConfigMap artifact cannot be used.
+REASON_ARTIFACT_UNAVAILABLE = "ArtifactUnavailable"
 
 
 class ApiModel(BaseModel):

@@ -105,6 +105,21 @@ def _secrets(others: Iterable[dict[str, Any]], default_ns: str) -> dict[str, dic
     return out
 
 
+def _configmaps(
+    others: Iterable[dict[str, Any]], default_ns: str
+) -> dict[str, dict[str, dict[str, str]]]:
+    """ConfigMaps found in the manifests: namespace -> name -> data (as the API server
+    stores it: every value a string)."""
+    out: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+    for o in others:
+        if o.get("apiVersion") == "v1" and o.get("kind") == "ConfigMap":
+            meta = o.get("metadata") or {}
+            ns = str(meta.get("namespace") or default_ns)
+            data = o.get("data") or {}
+            out[ns][str(meta.get("name"))] = {str(k): str(v) for k, v in data.items()}
+    return out
+
+
 def render(
     m: Manifests, namespace: str, settings: OperatorSettings
 ) -> tuple[list[dict[str, Any]], list[builders.Problem]]:
@@ -112,6 +127,7 @@ def render(
     for group in (m.pools, m.models, m.policies):
         _set_namespace(group, namespace)
     secrets = _secrets(m.others, namespace)
+    configmaps = _configmaps(m.others, namespace)
     children: list[dict[str, Any]] = []
     problems: list[builders.Problem] = []
     for pool in sorted(m.pools, key=lambda p: (builders.obj_namespace(p), builders.obj_name(p))):
@@ -121,7 +137,11 @@ def render(
         # No Secret in the manifests for this namespace: nothing is known about Secrets
         # (they usually live outside the repository), so none is reported missing.
         known = secrets.get(ns)
-        r = builders.render_pool(pool, same_ns, pols, secrets=known, settings=settings)
+        # A Learned classifier's ConfigMap is looked up among the manifests: without it
+        # the router gets the heuristic, as in a cluster that lacks the ConfigMap.
+        r = builders.render_pool(
+            pool, same_ns, pols, secrets=known, settings=settings, configmaps=configmaps[ns]
+        )
         children.append(r.ray_service)
         if r.state_claim is not None:
             children.append(r.state_claim)

@@ -18,6 +18,7 @@ from tokenyard.api.common import (
     COND_MIXED_TENANT_ACCESS,
     COND_READY,
     LABEL_POOL,
+    REASON_ARTIFACT_UNAVAILABLE,
     REASON_DEPLOYING,
     REASON_EXTERNAL_PROVIDER,
     REASON_KEYED_AND_OPEN,
@@ -58,7 +59,7 @@ REASON_RAYSERVICE_CONFLICT = "RayServiceConflict"
 # A Learned classifier's delivery (only on policies with spec.classifier type Learned).
 COND_CLASSIFIER_READY = "ClassifierReady"
 REASON_CLASSIFIER_DELIVERED = "ArtifactDelivered"
-REASON_CLASSIFIER_UNAVAILABLE = "ArtifactUnavailable"
+REASON_CLASSIFIER_UNAVAILABLE = REASON_ARTIFACT_UNAVAILABLE
 
 # Ray Serve application states as KubeRay copies them into RayService status.
 APP_RUNNING = "RUNNING"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,69 @@ def test_examples_render_and_validate() -> None:
         if d["kind"] == "RayService":
             assert errors(d) == [], d["metadata"]["name"]
     assert "warning" not in err, err
+
+
+ARTIFACT = (Path(__file__).parents[1] / "fixtures" / "difficulty-model.json").read_text()
+
+
+def _learned_manifests(tmp_path: Path, *, with_configmap: bool) -> Path:
+    """The valid manifests with the policy on a Learned classifier (and, optionally, the
+    ConfigMap holding its artifact among them)."""
+    for f in (HERE / "valid").iterdir():
+        (tmp_path / f.name).write_text(f.read_text())
+    pol = yaml.safe_load((tmp_path / "policy.yaml").read_text())
+    pol["spec"]["classifier"] = {
+        "type": "Learned",
+        "artifactRef": {"name": "difficulty-model", "key": "model.json"},
+        "shadow": {"name": "candidate", "key": "model.json"},
+    }
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(pol))
+    if with_configmap:
+        cm = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "difficulty-model", "namespace": "llm"},
+            "data": {"model.json": ARTIFACT},
+        }
+        (tmp_path / "configmap.yaml").write_text(yaml.safe_dump(cm))
+    return tmp_path
+
+
+def _router_policies(out: str) -> list[dict[str, object]]:
+    (rs,) = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "RayService"]
+    apps = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
+    (router,) = [a for a in apps if a["name"] == "tokenyard-router"]
+    (dep,) = router["deployments"]
+    policies: list[dict[str, object]] = dep["user_config"]["policies"]
+    return policies
+
+
+def test_a_learned_classifiers_configmap_among_the_manifests_is_rendered(
+    tmp_path: Path,
+) -> None:
+    version = json.loads(ARTIFACT)["version"]
+    code, out, err = run(_learned_manifests(tmp_path, with_configmap=True))
+    assert code == 0
+    (pol,) = _router_policies(out)
+    classifier = pol["classifier"]
+    assert isinstance(classifier, dict) and classifier["artifact"] == ARTIFACT
+    assert version in out
+    # The shadow candidate's ConfigMap is not among them: said, and nothing is scored.
+    assert pol.get("shadow") is None
+    assert err.splitlines() == [
+        "warning: RoutingPolicy/chat: ArtifactUnavailable: spec.classifier.shadow: "
+        "ConfigMap 'candidate' not found in namespace 'llm'; nothing is scored"
+    ]
+
+
+def test_without_its_configmap_the_render_carries_the_heuristic_and_says_why(
+    tmp_path: Path,
+) -> None:
+    code, out, err = run(_learned_manifests(tmp_path, with_configmap=False))
+    assert code == 0
+    (pol,) = _router_policies(out)
+    assert pol.get("classifier") is None
+    assert (
+        "warning: RoutingPolicy/chat: ArtifactUnavailable: spec.classifier.artifactRef: "
+        "ConfigMap 'difficulty-model' not found in namespace 'llm'; using the heuristic"
+    ) in err.splitlines()
