@@ -31,7 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tokenyard.autoscaler import sim
-from tokenyard.autoscaler.decide.slo import ReplicaProfile, Workload, predict
+from tokenyard.autoscaler.decide import DecisionConfig
+from tokenyard.autoscaler.decide.slo import ReplicaProfile, Workload, kv_blocked, predict
 from tokenyard.autoscaler.sim.fluid import POOL_PEAK_SHARE
 from tokenyard.autoscaler.sim.forecast_check import forecast_check, model_forecasts
 from tokenyard.autoscaler.sim.rates import is_rate_trace
@@ -142,33 +143,59 @@ CALIBRATION = (
 )
 """The calibration grid: steady Poisson load on one model's fixed fleet (token CV 1)."""
 
+KV_CALIBRATION = (
+    # (model index, prompt, output, replicas, loads): KV-bound on the economy model
+    (0, 6000.0, 250.0, (1, 3, 6), (0.15, 0.3, 0.45)),
+    (0, 3000.0, 600.0, (1, 3, 6), (0.15, 0.3, 0.45)),
+    (0, 12000.0, 80.0, (1, 3, 6), (0.15, 0.3, 0.45)),
+)
+"""The KV-cache grid: loads where the economy model's 60,000-token KV cache binds."""
+
+
+def _steady(  # noqa: PLR0917
+    sc: sim.Scenario, i: int, n: int, rps: float, prompt: float, output: float, minutes: float
+) -> tuple[sim.RunResult, list[sim.RateWindow]]:
+    windows = [sim.RateWindow(k * 600.0, 600.0, rps, prompt, output)
+               for k in range(int(minutes // 10))]  # fmt: skip
+    initial = [n if j == i else 0 for j in range(len(sc.models))]
+    routed = [(r, i) for r in sim.generate_requests(windows, sc.seed)]
+    exact = sim.run(sc, routed, policy_name="static", policy=sim.hold, interval=1e9,
+                    initial=initial, only={i})  # fmt: skip
+    return exact, windows
+
+
+def _profile(m: sim.ModelProfile, *, kv_admission: bool) -> ReplicaProfile:
+    return ReplicaProfile(m.prefillTokensPerSecond, m.decodeTokensPerSecond,
+                          float(m.kvCacheTokens), router=m.replicaRouting,
+                          kv_admission=kv_admission)  # fmt: skip
+
 
 def calibration(scenario: sim.Scenario, minutes: float = 30.0) -> str:
-    """The queueing model (decide/slo.py, at the true rate and token means) against the
-    per-request engine (separate replicas, power of two choices) and the fluid engine
-    (10 s steps): the share of requests whose TTFT misses the SLO, for fixed fleets of
-    one model on steady Poisson load (:data:`CALIBRATION`), from the scenario's seed."""
+    """The queueing model (decide/slo.py, at the true rate and token means, for the
+    scenario's replica routing) against the per-request engine (separate replicas) and
+    the fluid engine (10 s steps): the share of requests whose TTFT misses the SLO, for
+    fixed fleets of one model on steady Poisson load (:data:`CALIBRATION`), from the
+    scenario's seed. Then the KV-cache term (:func:`kv_blocked`) against the misses the
+    per-request engine's KV limit adds (the same load with an unlimited cache), on
+    :data:`KV_CALIBRATION`."""
     sc = scenario.model_copy(update={"spillover": False})
+    routing = sc.models[0].replicaRouting
     lines = [
         "calibration: TTFT miss share, queueing model vs per-request vs fluid engine "
-        f"({minutes:.0f} min steady Poisson, token CV 1, seed {sc.seed})",
+        f"({minutes:.0f} min steady Poisson, token CV 1, seed {sc.seed}, {routing})",
         f"  {'model':<13} {'prompt':>6} {'n':>2} {'load':>5} {'model':>8} {'requests':>8} "
         f"{'fluid':>8}",
     ]
     for i, prompt, output, fleets, loads in CALIBRATION:
         m = sc.models[i]
-        profile = ReplicaProfile(m.prefillTokensPerSecond, m.decodeTokensPerSecond,
-                                 float(m.kvCacheTokens))  # fmt: skip
+        # The model as the autoscaler sizes with it (its KV-cache term as configured).
+        profile = _profile(m, kv_admission=DecisionConfig().kv_admission)
         mu = profile.tokens_per_s(prompt, output) / prompt
         for n in fleets:
             for load in loads:
                 rps = load * n * mu
-                windows = [sim.RateWindow(k * 600.0, 600.0, rps, prompt, output)
-                           for k in range(int(minutes // 10))]  # fmt: skip
+                exact, windows = _steady(sc, i, n, rps, prompt, output, minutes)
                 initial = [n if j == i else 0 for j in range(len(sc.models))]
-                routed = [(r, i) for r in sim.generate_requests(windows, sc.seed)]
-                exact = sim.run(sc, routed, policy_name="static", policy=sim.hold,
-                                interval=1e9, initial=initial, only={i})  # fmt: skip
                 shares = [1.0 if j == i else 0.0 for j in range(len(sc.models))]
                 demand = sim.fluid_demand(windows, shares, step_s=10.0, seed=sc.seed)
                 fluid = sim.run_fluid(sc, demand, policy_name="static", policy=sim.hold,
@@ -178,6 +205,31 @@ def calibration(scenario: sim.Scenario, minutes: float = 30.0) -> str:
                 lines.append(
                     f"  {m.name:<13} {prompt:>6.0f} {n:>2} {load:>5.2f} {pred.miss:>8.2%} "
                     f"{1 - exact.slo_attainment:>8.2%} {1 - fluid.slo_attainment:>8.2%}"
+                )
+    lines += [
+        "KV cache: the model's blocked share vs the misses the per-request engine's KV limit "
+        "adds (its miss share less that with an unlimited cache)",
+        f"  {'model':<13} {'prompt':>6} {'output':>6} {'n':>2} {'load':>5} {'KV term':>8} "
+        f"{'added':>8} {'with KV':>8}",
+    ]
+    for i, prompt, output, kv_fleets, kv_loads in KV_CALIBRATION:
+        m = sc.models[i]
+        profile = _profile(m, kv_admission=True)
+        unlimited = sc.model_copy(update={"models": [
+            x.model_copy(update={"kvCacheTokens": 10**9}) if j == i else x
+            for j, x in enumerate(sc.models)
+        ]})  # fmt: skip
+        mu = profile.tokens_per_s(prompt, output) / prompt
+        for n in kv_fleets:
+            for load in kv_loads:
+                rps = load * n * mu
+                with_kv, _ = _steady(sc, i, n, rps, prompt, output, minutes)
+                without, _ = _steady(unlimited, i, n, rps, prompt, output, minutes)
+                term = kv_blocked(Workload(rps, prompt, output), profile, n)
+                added = without.slo_attainment - with_kv.slo_attainment
+                lines.append(
+                    f"  {m.name:<13} {prompt:>6.0f} {output:>6.0f} {n:>2} {load:>5.2f} "
+                    f"{term:>8.2%} {added:>+8.2%} {1 - with_kv.slo_attainment:>8.2%}"
                 )
     return "\n".join(lines)
 

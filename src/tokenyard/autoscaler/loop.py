@@ -351,6 +351,12 @@ class Autoscaler:
                 )
             )
         sigs = self.signals.model_signals(refs, now)
+        for name, v in views.items():
+            # How long requests stay on their replica: what Serve's power of two choices
+            # sees of a replica's load (decide/slo.py).
+            decode = sigs[name].decode_tokens_per_sequence
+            if decode is not None:
+                views[name] = replace(v, decode_tokens_per_s=decode)
         if self.forecasts.enabled:
             # The daily profile from Prometheus history, one cold start ahead.
             self.forecasts.refresh(ns, refs, now)

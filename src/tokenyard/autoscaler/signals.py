@@ -68,6 +68,16 @@ class ModelSignals:
     def tokens_per_s(self) -> float:
         return (self.prompt_tokens_per_s or 0.0) + (self.generation_tokens_per_s or 0.0)
 
+    @property
+    def decode_tokens_per_sequence(self) -> float | None:
+        """Generation tokens per second per running sequence: the engines' measured
+        decode speed, which sets how long a request stays on its replica (None with
+        fewer than one sequence running or no tokens generated)."""
+        running, generated = self.running or 0.0, self.generation_tokens_per_s or 0.0
+        if running < 1 or generated <= 0:
+            return None
+        return generated / running
+
 
 def unavailable(now: float, detail: str) -> ModelSignals:
     """Signals of a model whose metrics cannot be read."""

@@ -371,3 +371,29 @@ def test_reporting_failures_do_not_stop_decisions() -> None:
     assert ("ns", "auto") in result.decisions
     assert result.status_written  # the models' status is still written
     assert not result.pools_measured and not result.spend_written
+
+
+def test_views_carry_the_measured_decode_speed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 300 generated tokens/s over 10 running sequences: 30 tokens/s each, which sets how
+    # long requests stay on a replica in the SLO model; no sequence running: unknown.
+    from tokenyard.autoscaler import loop
+
+    seen: dict[str, Any] = {}
+    real = loop.decide_pool
+
+    def spy(pool: Any, views: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.update(views)
+        return real(pool, views, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "decide_pool", spy)
+    api = FakeApi()
+    _seed(api)
+    busy = ModelSignals(observed_at=0, running=10, generation_tokens_per_s=300.0)
+    idle = ModelSignals(observed_at=0, running=0, generation_tokens_per_s=0.0)
+    Autoscaler(api, StaticSignalSource({"auto": busy, "manual": idle}),
+               AutoscalerSettings()).tick(1000.0)  # fmt: skip
+    assert seen["auto"].decode_tokens_per_s == pytest.approx(30.0)
+    assert seen["manual"].decode_tokens_per_s is None
+    assert busy.decode_tokens_per_sequence == pytest.approx(30.0)
+    assert ModelSignals(observed_at=0, running=0.5, generation_tokens_per_s=9.0)\
+        .decode_tokens_per_sequence is None  # fmt: skip

@@ -65,7 +65,7 @@ class _Load:
     samples: tuple[tuple[float, float], ...]
     rates: tuple[tuple[float, float, float, float, float, float], ...]
     bursts: tuple[tuple[float, float], ...]
-    minutes: tuple[tuple[float, float, float, float, float], ...]
+    minutes: tuple[tuple[float, float, float, float, float, float], ...]
     drift: float | None
     last_prompt: float
     first_seen: float
@@ -133,7 +133,33 @@ def _relative_error(w: Workload, count: float, cfg: DecisionConfig) -> float:
     return cfg.confidence_z * math.sqrt((w.ca2 + w.cs2) / count)
 
 
-def _drift(minutes: tuple[tuple[float, float, float, float, float], ...], lag: int) -> float | None:
+def _kv_load(
+    minutes: tuple[tuple[float, float, float, float, float, float], ...],
+    now: float,
+    w: Workload,
+    counted: float,
+    cfg: DecisionConfig,
+) -> tuple[float, float, float]:
+    """Arrivals per second and mean prompt and output tokens over the scale-down delay
+    (the stable window's and the earlier minutes' in it; token means weighted by the
+    requests each counted): the KV-cache term's load
+    (:attr:`~tokenyard.autoscaler.decide.slo.Workload.kv_load`)."""
+    since = now - cfg.scale_down_delay_s
+    recent = [m for m in minutes if m[0] > since]
+    rate = (sum(m[1] for m in recent) + w.rate) / (len(recent) + 1)
+    parts = [(m[3], m[2], m[5]) for m in recent if m[3] > 0]
+    parts.append((counted, w.prompt, w.output))
+    total = sum(c for c, _, _ in parts)
+    return (
+        rate,
+        sum(c * p for c, p, _ in parts) / total,
+        sum(c * o for c, _, o in parts) / total,
+    )
+
+
+def _drift(
+    minutes: tuple[tuple[float, float, float, float, float, float], ...], lag: int
+) -> float | None:
     """The variance of the relative change of one-minute work rates ``lag`` samples
     apart, less the counting noise of the two (at least 0): how far the load itself
     moves within one scale-down delay. None until six such changes have been seen."""
@@ -152,7 +178,7 @@ def _down_estimate(  # noqa: PLR0917
     w: Workload,
     backlog: float,
     count: float,
-    minutes: tuple[tuple[float, float, float, float, float], ...],
+    minutes: tuple[tuple[float, float, float, float, float, float], ...],
     drift: float,
     cfg: DecisionConfig,
 ) -> tuple[Workload, float]:
@@ -179,11 +205,15 @@ def _down_estimate(  # noqa: PLR0917
     return replace(w, rate=rate + backlog, prompt=prompt), math.sqrt(var + drift)
 
 
-def _profile(view: ModelView) -> ReplicaProfile:
+def _profile(view: ModelView, cfg: DecisionConfig) -> ReplicaProfile:
     return ReplicaProfile(
         prefill_tokens_per_s=view.nominal_tokens_per_s,
         decode_tokens_per_s=view.decode_tokens_per_s,
         kv_tokens=view.kv_cache_tokens,
+        # Off (the default), the replicas' prefill queues are taken as one pooled queue:
+        # what a router that balances prefill work (LeastQueuedTokens) realises.
+        router=view.replica_router if cfg.replica_queues else "LeastQueuedTokens",
+        kv_admission=cfg.kv_admission,
     )
 
 
@@ -195,7 +225,7 @@ def slo_replicas(view: ModelView, w: Workload, cfg: DecisionConfig, headroom: fl
     budget = (1 - cfg.slo_target) * cfg.slo_margin
     scaled = replace(w, rate=w.rate * headroom)
     limit = max(view.max_replicas, view.current_replicas) + 1
-    return replicas_for_slo(scaled, _profile(view), view.ttft_slo_s, budget, limit)
+    return replicas_for_slo(scaled, _profile(view, cfg), view.ttft_slo_s, budget, limit)
 
 
 def slo_down(view: ModelView, w: Workload, cfg: DecisionConfig, sigma: float) -> int:
@@ -208,7 +238,7 @@ def slo_down(view: ModelView, w: Workload, cfg: DecisionConfig, sigma: float) ->
     # A load above the fleet is seen within a stable window and served a cold start later.
     horizon = cfg.stable_window_s + view.cold_start_s
     return replicas_for_expected_slo(
-        w, _profile(view), view.ttft_slo_s, budget, limit, sigma, horizon
+        w, _profile(view, cfg), view.ttft_slo_s, budget, limit, sigma, horizon
     )
 
 
@@ -242,6 +272,9 @@ def _measure(
         # of times the mean. The stable window's means stand in; the rate stays the
         # panic window's.
         w_panic = replace(w_panic, prompt=w_stable.prompt, output=w_stable.output)
+    if measured:
+        kv_load = _kv_load(state.minutes, now, w_stable, counted, cfg)
+        w_stable, w_panic = replace(w_stable, kv_load=kv_load), replace(w_panic, kv_load=kv_load)
     # A short window counts few requests: only a load above the lower confidence bound
     # of its work rate (counting noise and the prompt lengths' spread) is a burst.
     rel_panic = _relative_error(w_panic, counted_panic, cfg)
@@ -287,7 +320,7 @@ def _measure(
         minutes = (
             *minutes,
             (now, max(0.0, w_seen.rate - seen_backlog), w_seen.prompt, counted,
-             w_seen.ca2 + w_seen.cs2),
+             w_seen.ca2 + w_seen.cs2, w_seen.output),
         )  # fmt: skip
         drift = _drift(minutes, max(1, round(cfg.scale_down_delay_s / cfg.stable_window_s)))
     if measured and not forecast and cfg.confidence_z > 0:
@@ -305,7 +338,7 @@ def _measure(
         *(x for x in state.bursts if x[0] > now - cfg.panic_window_s),
         (now, max(stable, panic_avg)),
     )
-    pred = predict(w_stable, _profile(view), max(ready, 1), view.ttft_slo_s)
+    pred = predict(w_stable, _profile(view, cfg), max(ready, 1), view.ttft_slo_s)
     basis = (
         f"{'forecast ' if forecast else ''}{w_stable.rate:.2f} req/s x "
         f"{w_stable.prompt:.0f} prompt tokens "

@@ -26,6 +26,27 @@ room to wait. ``cs2 = 0`` gives the single own prefill of the mean prompt. The f
 term is unavoidable (:func:`unavoidable_miss`): no replica count removes it, so the
 sizing functions hold the miss budget to the rest, not to it.
 
+That pooled queue is what a router that balances prefill work gives: tokenyard's
+LeastQueuedTokens (``ReplicaProfile.router``; the per-request engine agrees within a
+factor 1.2 at the loads sizing aims for). Every replica still has its own queue, and Ray
+Serve's default router (power of two choices) compares requests in flight, most of
+them decoding: it sees a replica prefilling a long prompt hardly busier than an idle
+one. So for it, and for a router blind to load (prefix-cache affinity), the wait is one
+replica's: the request finds its replica prefilling with probability ``busy``
+(:func:`_busy_chosen`: ``rho`` for a blind router; for power of two, conditioned on the
+requests resident there, Poisson by M/G/infinity, of which it picks the fewer of two),
+and then waits for the larger of that replica's two known tails, the residual of the
+prefill in progress (a log-normal's ``E[(S - t)+] / E[S]``, which dominates at light
+load: the rest of a long prompt) and Kingman's exponential at one replica's spare rate
+(heavy load)::
+
+    P(TTFT > slo) ~= P(s > slo)
+                     + E[busy * max(residual(slo - s), exp(-(slo - s) theta_1)); s <= slo]
+
+with ``theta_1 = (mu - rate / n) * 2 / (1 + (ca2 - 1) / n + cs2)``. The autoscaler sizes
+with the pooled queue unless ``DecisionConfig.replica_queues`` is on (docs/autoscaling.md
+has why).
+
 The scale-down averages the miss share over the rate's error (:func:`expected_miss`);
 a node of that error is a load the fleet meets for a horizon (until a decision can add a
 replica), not forever, so it is scored by the transient of the same queue from an empty
@@ -40,6 +61,25 @@ prefill rate and what the KV cache admits (Little's law: ``kv_tokens / (prompt +
 sequences, each resident for its prefill and its decode). Where they are not (the live
 loop), the measured KV-cache use is a guard instead.
 
+That mean leaves out how a replica's KV cache fills by chance. vLLM admits a waiting
+request only when its whole prompt fits in the free KV cache, first come first served
+(``scheduler_reserve_full_isl``), so a request that finds its replica's cache too full
+waits for sequences there to finish decoding: each replica's cache on its own, whatever
+the others hold and however the prefill queue is balanced. :func:`kv_blocked` is the
+share of requests that find it so: the sequences resident on a replica are those of an
+M/G/infinity queue (Poisson in number, mean ``rate / n`` times their mean residency), the
+router picks a replica among ``choices`` by requests in flight (Serve's default: the
+fewer of two random replicas, hence the fewest residents; a router blind to them picks
+one as at random), the tokens they hold are a sum of that many residency-weighted
+sequence sizes, and the request is blocked when that sum plus its own prompt and output
+exceed ``kv_tokens`` (the sum a gamma of the same mean and variance; prompt and output
+lengths log-normal and independent, with the workload's squared CV). A blocked request
+waits for a decode to finish, seconds that the TTFT SLO rarely has to spare, so every
+blocked request counts as a miss. ``benchmarks/autoscaler_trace.py --calibrate`` prints
+this term beside the per-request engine's KV-added misses. ``ReplicaProfile.kv_admission``
+turns it on; the autoscaler's ``DecisionConfig.kv_admission`` leaves it off (see
+docs/autoscaling.md).
+
 In the live loop the inputs are vLLM's own counters: ``rate`` from
 ``vllm:request_success_total``, ``prompt`` and ``output`` from
 ``vllm:prompt_tokens_total`` and ``vllm:generation_tokens_total`` per request, and the
@@ -50,7 +90,11 @@ prediction's TTFT is the quantity ``vllm:time_to_first_token_seconds`` measures.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
+
+Router = Literal["LeastQueuedTokens", "PowerOfTwoChoices", "PrefixCacheAffinity"]
+"""Ray Serve request routers, by the replicaRouting value that renders them."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +111,12 @@ class Workload:
     """Squared coefficient of variation of inter-arrival times (Poisson: 1)."""
     cs2: float = 1.0
     """Squared coefficient of variation of prompt lengths (hence prefill times)."""
+    kv_load: tuple[float, float, float] | None = None
+    """Requests per second and mean prompt and output tokens for the KV-cache admission
+    term (:func:`kv_blocked`), measured over a longer window than the others (the term
+    rises steeply with them, so a short window's sampling error would move it, and a
+    fast rise is the measured KV-cache use's to guard); None: ``rate``, ``prompt`` and
+    ``output``."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +128,19 @@ class ReplicaProfile:
     """Tokens per second per decoding sequence (None: KV cache not modelled)."""
     kv_tokens: float | None = None
     """Tokens of KV cache (None: not modelled; the measured use guards instead)."""
+    router: Router = "LeastQueuedTokens"
+    """How Ray Serve's request router picks one of the model's replicas (the
+    ModelDeployment's resolved spec.inCluster.replicaRouting): it decides how the
+    replicas' prefill queues and KV caches are shared (see the module's docstring)."""
+
+    kv_admission: bool = True
+    """Whether the miss share counts the requests that find their replica's KV cache
+    too full to admit them (:func:`kv_blocked`)."""
+
+    @property
+    def kv_choices(self) -> int:
+        """Random replicas the router compares by their load before it picks one."""
+        return 1 if self.router == "PrefixCacheAffinity" else 2
 
     def tokens_per_s(self, prompt: float, output: float) -> float:
         """Prompt tokens per second one replica serves at these means."""
@@ -116,10 +179,112 @@ def predict(w: Workload, profile: ReplicaProfile, n: int, slo_s: float) -> Predi
     floor = _beyond(own, w.cs2, slo_s)
     if rho >= 1:
         return Prediction(n, rho, 1.0, math.inf, floor)
+    kv = kv_blocked(w, profile, n)
+    if profile.router != "LeastQueuedTokens":
+        residents = w.rate / n * _residency(prompt, w.output, profile)
+        busy = _busy_chosen(rho, residents, profile, n)
+        theta = _replica_theta(w, mu, n)
+        miss = floor + _own_queue_miss(busy, theta, own, w.cs2, slo_s) + kv
+        mean_wait = busy * max(own * (1 + w.cs2) / 2, 1 / theta)
+        return Prediction(n, rho, min(1.0, miss), mean_wait, floor)
     var = max(w.ca2 + w.cs2, 1e-6) / 2
     spare = n * mu - w.rate
-    miss = floor + _wait_miss(rho, spare / var, own, w.cs2, slo_s)
+    miss = floor + _wait_miss(rho, spare / var, own, w.cs2, slo_s) + kv
     return Prediction(n, rho, min(1.0, miss), rho * var / spare, floor)
+
+
+def _residency(prompt: float, output: float, profile: ReplicaProfile) -> float:
+    """Seconds a request stays on its replica once admitted: its prefill and, where the
+    decode speed is known, its decode."""
+    decode = output / profile.decode_tokens_per_s if profile.decode_tokens_per_s else 0.0
+    return prompt / profile.prefill_tokens_per_s + decode
+
+
+def _replica_theta(w: Workload, mu: float, n: int) -> float:
+    """Kingman's decay rate of one replica's wait: its spare rate over half the
+    variability of its arrivals (a random share of the model's, so closer to Poisson:
+    ``1 + (ca2 - 1) / n``) and of its prefill times."""
+    ca2 = 1 + (w.ca2 - 1) / n
+    return (mu - w.rate / n) * 2 / max(ca2 + w.cs2, 1e-6)
+
+
+def _busy_chosen(rho: float, residents: float, profile: ReplicaProfile, n: int) -> float:
+    """The probability that the replica the router picks is prefilling another request.
+
+    A replica prefills with probability ``rho``. Its residents (requests admitted and
+    not yet finished) number N ~ Poisson(``residents``) (M/G/infinity); given N = k,
+    each is prefilling independently, so the replica is busy with probability
+    ``1 - (1 - f) ** k``, with ``f`` such that the average over N is ``rho``. Power of
+    two choices sends the request to the one of two random replicas with fewer
+    requests in flight, hence fewer residents (``P(N >= k) ** 2``): a busy replica is
+    avoided only as far as its count shows it, which long decodes hide. A router blind
+    to load picks a replica busy with probability ``rho``."""
+    if rho >= 1:
+        return 1.0
+    if rho <= 0:
+        return 0.0
+    if profile.router != "PowerOfTwoChoices" or residents <= 0 or n <= 1:
+        return rho
+    # P(busy | k) = 1 - q ** k with E[q ** N] = exp(-residents (1 - q)) = 1 - rho.
+    q = max(0.0, 1 + math.log1p(-rho) / residents)
+    if residents > 10:
+        # The fewer of two Poisson counts as a normal (mean a - sqrt(a / pi), variance
+        # a (1 - 1 / pi)): E[q ** N] = E[exp(N ln q)] in closed form (within 0.005 of
+        # the sum below from ten residents on).
+        if q <= 0:
+            return rho
+        lq = math.log(q)
+        mean = residents - math.sqrt(residents / math.pi)
+        var = residents * (1 - 1 / math.pi)
+        return min(rho, max(0.0, 1 - math.exp(lq * mean + lq * lq * var / 2)))
+    pmf = math.exp(-residents)
+    at_least = 1.0  # P(N >= 0)
+    total = 0.0
+    k = 0
+    while at_least > 1e-12 and k < 10_000:
+        at_least_next = max(0.0, at_least - pmf)
+        total += (at_least**2 - at_least_next**2) * (1 - q**k)
+        at_least = at_least_next
+        k += 1
+        pmf *= residents / k
+    return min(rho, total)
+
+
+def _residual_above(own: float, cs2: float, t: float) -> float:
+    """P(the rest of the prefill in progress > t): the equilibrium residual of a
+    log-normal prefill time of mean ``own`` and squared CV ``cs2``,
+    ``E[(S - t)+] / E[S]`` (uniform residual of a fixed time for ``cs2 = 0``)."""
+    if t <= 0:
+        return 1.0
+    if cs2 <= 1e-9:
+        return max(0.0, 1 - t / own)
+    s = math.sqrt(math.log1p(cs2))
+    d1 = (math.log(own / t) + s * s / 2) / s
+    d2 = d1 - s
+    above = own * _phi(d1) - t * _phi(d2)
+    return min(1.0, max(0.0, above / own))
+
+
+def _phi(x: float) -> float:
+    return 0.5 * math.erfc(-x / _SQRT2)
+
+
+def _own_queue_miss(busy: float, theta: float, own: float, cs2: float, slo_s: float) -> float:
+    """P(wait > slo - own prefill, own prefill <= slo) on the request's own replica: it
+    finds that replica busy with probability ``busy`` and then waits for the larger of
+    the two tails one replica's queue is known to have, the residual of the prefill in
+    progress (light load, where a long prompt's remainder dominates) and Kingman's
+    exponential of rate ``theta`` (heavy load)."""
+
+    def tail(slack: float) -> float:
+        return busy * max(_residual_above(own, cs2, slack), math.exp(-theta * slack))
+
+    if cs2 <= 1e-9:
+        return 0.0 if own >= slo_s else tail(slo_s - own)
+    s2 = math.log1p(cs2)
+    loc = math.log(own) - s2 / 2
+    sd = math.sqrt(s2)
+    return sum(wt * tail(slo_s - x) for z, wt in _GH8 if (x := math.exp(loc + sd * z)) < slo_s)
 
 
 def unavoidable_miss(w: Workload, profile: ReplicaProfile, slo_s: float) -> float:
@@ -128,6 +293,127 @@ def unavoidable_miss(w: Workload, profile: ReplicaProfile, slo_s: float) -> floa
     if w.rate <= 0:
         return 0.0
     return _beyond(max(w.prompt, 1.0) / profile.prefill_tokens_per_s, w.cs2, slo_s)
+
+
+def kv_blocked(w: Workload, profile: ReplicaProfile, n: int) -> float:
+    """The share of requests that find their replica's KV cache too full to admit them
+    (see the module's docstring); 0 where the KV cache is not modelled.
+
+    With ``P`` and ``O`` a request's prompt and output tokens, its sequence holds
+    ``K = P + O`` tokens for ``R = P / prefill + O / decode`` seconds. A replica's
+    residents number ``N ~ Poisson(rate / n * E[R])``; the router's pick has at least
+    ``k`` of them with probability ``P(N >= k) ** choices``. Given ``k``, the tokens held
+    are ``k`` draws of ``K`` weighted by ``R`` (mean ``E[K R] / E[R]``, second moment
+    ``E[K**2 R] / E[R]``), and the request is blocked when they and its own ``K`` exceed
+    ``kv_tokens``; a replica with no resident admits any request."""
+    kv, decode = profile.kv_tokens, profile.decode_tokens_per_s
+    if not profile.kv_admission or not kv or not decode or w.rate <= 0 or n <= 0:
+        return 0.0
+    rate, prompt, output = w.kv_load if w.kv_load is not None else (w.rate, w.prompt, w.output)
+    m = _SizeMoments(max(prompt, 1.0), max(output, 0.0), w.cs2, profile)
+    residents = rate / n * m.residency
+    if residents <= 0:
+        return 0.0
+    choices = max(1, min(profile.kv_choices, n))  # one replica: no choice
+    held_mean, held_var = m.held_mean, m.held_var
+    own_mean, own_var = m.own_mean, m.own_var
+    # Only the Poisson count's bulk matters (seven standard deviations either side).
+    spread = 7 * math.sqrt(residents) + 5
+    k_lo, k_hi = max(1, math.floor(residents - spread)), math.ceil(residents + spread)
+    if _gamma_above(kv, k_hi * held_mean + own_mean, k_hi * held_var + own_var) < 1e-9:
+        return 0.0  # not even the fullest plausible replica blocks a request
+    if residents > 20:
+        # Many residents: the picked replica's count as a normal (the fewer of two
+        # Poisson counts: mean a - sqrt(a / pi), variance a (1 - 1 / pi)), integrated by
+        # a sixteen-node Gauss-Hermite rule (within 10% of the sum below from 20 on).
+        if choices >= 2:
+            mean_n = residents - math.sqrt(residents / math.pi)
+            sd_n = math.sqrt(residents * (1 - 1 / math.pi))
+        else:
+            mean_n, sd_n = residents, math.sqrt(residents)
+        total = sum(
+            wt * _gamma_above(kv, k * held_mean + own_mean, k * held_var + own_var)
+            for z, wt in _GH16
+            if (k := mean_n + sd_n * z) > 0
+        )
+        return min(1.0, total)
+    pmf = math.exp(k_lo * math.log(residents) - residents - math.lgamma(k_lo + 1))
+    at_least = 1.0 - math.exp(-residents) if k_lo == 1 else 1.0  # P(N >= k_lo)
+    total = 0.0
+    for k in range(k_lo, k_hi + 1):
+        at_least_next = max(0.0, at_least - pmf)  # P(N >= k + 1)
+        picked = at_least**choices - at_least_next**choices
+        total += picked * _gamma_above(kv, k * held_mean + own_mean, k * held_var + own_var)
+        at_least = at_least_next
+        pmf *= residents / (k + 1)
+    return min(1.0, total)
+
+
+@dataclass(frozen=True)
+class _SizeMoments:
+    """Moments of a sequence's KV tokens ``K = P + O`` and residency ``R`` for prompt and
+    output tokens log-normal and independent, of means ``prompt`` and ``output`` and
+    squared CV ``scv`` (``E[X**j] = mean**j (1 + scv) ** (j (j - 1) / 2)``)."""
+
+    prompt: float
+    output: float
+    scv: float
+    profile: ReplicaProfile
+
+    def _moment(self, mean: float, j: int) -> float:
+        return float(mean**j * (1 + self.scv) ** (j * (j - 1) / 2))
+
+    @property
+    def residency(self) -> float:
+        """E[R]: seconds a sequence holds its KV cache."""
+        return self.prompt / self.profile.prefill_tokens_per_s + self.output / self._decode
+
+    @property
+    def _decode(self) -> float:
+        return self.profile.decode_tokens_per_s or math.inf
+
+    @property
+    def own_mean(self) -> float:
+        return self.prompt + self.output
+
+    @property
+    def own_var(self) -> float:
+        p2, o2 = self._moment(self.prompt, 2), self._moment(self.output, 2)
+        return p2 + o2 - self.prompt**2 - self.output**2
+
+    @property
+    def held_mean(self) -> float:
+        """E[K R] / E[R]: the mean size of a resident (a long stay is more often met)."""
+        return self._kr(1) / self.residency
+
+    @property
+    def held_var(self) -> float:
+        return self._kr(2) / self.residency - self.held_mean**2
+
+    def _kr(self, j: int) -> float:
+        """E[K**j R] for j = 1, 2."""
+        f, d = self.profile.prefill_tokens_per_s, self._decode
+        p = [self._moment(self.prompt, i) for i in range(4)]
+        o = [self._moment(self.output, i) for i in range(4)]
+        # K**j R = sum over binomial terms of P**a O**b times (P / f + O / d).
+        return sum(
+            math.comb(j, a) * (p[a + 1] * o[j - a] / f + p[a] * o[j - a + 1] / d)
+            for a in range(j + 1)
+        )
+
+
+def _gamma_above(x: float, mean: float, var: float) -> float:
+    """P(G > x) for a gamma G of this mean and variance (Wilson and Hilferty: the cube
+    root of a gamma is close to normal)."""
+    if mean <= 0:
+        return 0.0
+    if var <= 1e-12 * mean * mean:
+        return 1.0 if mean > x else 0.0
+    shape = mean * mean / var
+    scale = var / mean
+    z3 = (x / scale / shape) ** (1 / 3)
+    z = (z3 - (1 - 1 / (9 * shape))) / math.sqrt(1 / (9 * shape))
+    return 0.5 * math.erfc(z / _SQRT2)
 
 
 # Gauss-Hermite rule of eight nodes for a standard normal (nodes sqrt(2) x_k, weights
@@ -144,6 +430,23 @@ _GH8 = tuple(
         (1.981656756695843, 1.707798300741348e-02),
         (2.930637420257244, 1.996040722113676e-04),
     )
+)
+
+
+# Gauss-Hermite rule of sixteen nodes for a standard normal (as _GH8).
+_GH16 = tuple(
+    (sign * math.sqrt(2) * x, wt / math.sqrt(math.pi))
+    for x, wt in (
+        (0.2734810461381525, 5.079294790166137e-01),
+        (0.8229514491446559, 2.806474585285337e-01),
+        (1.3802585391988808, 8.381004139898583e-02),
+        (1.9517879909162540, 1.288031153550997e-02),
+        (2.5462021578474814, 9.322840086241805e-04),
+        (3.1769991619799560, 2.711860092537882e-05),
+        (3.8694479048601227, 2.320980844865211e-07),
+        (4.6887389393058184, 2.654807474011182e-10),
+    )
+    for sign in (-1, 1)
 )
 
 
@@ -217,7 +520,7 @@ def expected_miss(  # noqa: PLR0917
         return horizon_miss(w, profile, n, slo_s, horizon_s)
     total = 0.0
     for z, weight in _NODES:
-        scaled = Workload(max(0.0, w.rate * (1 + z * sigma)), w.prompt, w.output, w.ca2, w.cs2)
+        scaled = replace(w, rate=max(0.0, w.rate * (1 + z * sigma)))
         total += weight * horizon_miss(scaled, profile, n, slo_s, horizon_s)
     return total
 
@@ -240,7 +543,13 @@ def horizon_miss(
     ``[0, horizon_s]``) and over the own prefill (as in :func:`predict`). At the edge of
     saturation the stationary queue takes ``v / m**2`` seconds to build, longer than a
     horizon of a few minutes: the stationary answer would count a backlog the horizon
-    never accumulates. ``horizon_s = math.inf`` returns :func:`predict`'s miss."""
+    never accumulates. For separate replicas (a router that does not pool them, as in
+    :func:`predict`) the motion is one replica's (variance
+    ``(1 + (ca2 - 1) / n + cs2) / mu``), the request finds its replica busy with
+    :func:`predict`'s ``busy``, and the residual of the prefill in progress bounds its
+    tail from below. The KV-cache term (:func:`kv_blocked`) is added as it stands: a
+    replica's residents turn over within their residency, seconds, not a horizon.
+    ``horizon_s = math.inf`` returns :func:`predict`'s miss."""
     if w.rate <= 0:
         return 0.0
     if n <= 0:
@@ -253,22 +562,35 @@ def horizon_miss(
     own = prompt / profile.prefill_tokens_per_s
     floor = _beyond(own, w.cs2, slo_s)
     drift = rho - 1
-    var = max(w.ca2 + w.cs2, 1e-6) / (n * mu)
     times = tuple((horizon_s * (1 + x) / 2, wt / 2) for x, wt in _GL6)
-    waits = min(rho, 1.0)
+    kv = kv_blocked(w, profile, n)
+    if profile.router == "LeastQueuedTokens":
+        var = max(w.ca2 + w.cs2, 1e-6) / (n * mu)
+        waits = min(rho, 1.0)
 
-    def late(slack: float) -> float:
-        return waits * sum(wt * _rbm_above(drift, var, t, slack) for t, wt in times)
+        def late(slack: float) -> float:
+            return waits * sum(wt * _rbm_above(drift, var, t, slack) for t, wt in times)
+
+    else:
+        # One replica's queue (see predict): its work in seconds moves with the same
+        # drift and the variance of one replica, 2 / theta per unit of (1 - rho).
+        var = max(1 + (w.ca2 - 1) / n + w.cs2, 1e-6) / mu
+        residents = w.rate / n * _residency(prompt, w.output, profile)
+        waits = _busy_chosen(min(rho, 1.0), residents, profile, n)
+
+        def late(slack: float) -> float:
+            queue = sum(wt * _rbm_above(drift, var, t, slack) for t, wt in times)
+            return waits * max(queue, _residual_above(own, w.cs2, slack))
 
     if w.cs2 <= 1e-9:
-        return 1.0 if own >= slo_s else min(1.0, late(slo_s - own))
+        return 1.0 if own >= slo_s else min(1.0, late(slo_s - own) + kv)
     s2 = math.log1p(w.cs2)
     loc = math.log(own) - s2 / 2
     sd = math.sqrt(s2)
     total = floor + sum(
         wt * late(slo_s - x) for z, wt in _GH8 if (x := math.exp(loc + sd * z)) < slo_s
     )
-    return min(1.0, total)
+    return min(1.0, total + kv)
 
 
 def _rbm_above(drift: float, var: float, t: float, x: float) -> float:
@@ -325,6 +647,7 @@ __all__ = [
     "Workload",
     "expected_miss",
     "horizon_miss",
+    "kv_blocked",
     "predict",
     "replicas_for_expected_slo",
     "replicas_for_slo",

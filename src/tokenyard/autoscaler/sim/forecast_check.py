@@ -72,6 +72,7 @@ def _view(scenario: Scenario, i: int) -> ModelView:
         nominal_tokens_per_s=m.prefillTokensPerSecond,
         decode_tokens_per_s=m.decodeTokensPerSecond,
         kv_cache_tokens=float(m.kvCacheTokens),
+        replica_router=m.replicaRouting,
     )
 
 

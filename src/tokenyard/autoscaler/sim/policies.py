@@ -140,6 +140,7 @@ class TokenyardPolicy:
             quality=p.quality,
             decode_tokens_per_s=p.decodeTokensPerSecond,
             kv_cache_tokens=float(p.kvCacheTokens),
+            replica_router=p.replicaRouting,
             forecast_rps=self._forecast(srv, now),
         )
 
