@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from tokenyard.api.common import REASON_ARTIFACT_UNAVAILABLE
 from tokenyard.api.manifests import ManifestError, Manifests, load
 from tokenyard.api.model import ModelDeployment
 from tokenyard.api.policy import RoutingPolicy
@@ -93,16 +94,27 @@ def _semantic_errors(m: Manifests, sources: dict[tuple[str, str], str]) -> list[
     return out
 
 
+def _objects(
+    others: Iterable[dict[str, Any]], kind: str, default_ns: str
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Core (v1) objects of one kind found in the manifests: namespace -> name -> object."""
+    out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for o in others:
+        if o.get("apiVersion") == "v1" and o.get("kind") == kind:
+            meta = o.get("metadata") or {}
+            out[str(meta.get("namespace") or default_ns)][str(meta.get("name"))] = o
+    return out
+
+
 def _secrets(others: Iterable[dict[str, Any]], default_ns: str) -> dict[str, dict[str, set[str]]]:
     """Secrets found in the manifests: namespace -> name -> data keys."""
-    out: dict[str, dict[str, set[str]]] = defaultdict(dict)
-    for o in others:
-        if o.get("apiVersion") == "v1" and o.get("kind") == "Secret":
-            meta = o.get("metadata") or {}
-            ns = str(meta.get("namespace") or default_ns)
-            keys = set((o.get("data") or {}).keys()) | set((o.get("stringData") or {}).keys())
-            out[ns][str(meta.get("name"))] = keys
-    return out
+    return {
+        ns: {
+            name: set((o.get("data") or {}).keys()) | set((o.get("stringData") or {}).keys())
+            for name, o in by_name.items()
+        }
+        for ns, by_name in _objects(others, "Secret", default_ns).items()
+    }
 
 
 def _configmaps(
@@ -111,13 +123,26 @@ def _configmaps(
     """ConfigMaps found in the manifests: namespace -> name -> data (as the API server
     stores it: every value a string)."""
     out: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
-    for o in others:
-        if o.get("apiVersion") == "v1" and o.get("kind") == "ConfigMap":
-            meta = o.get("metadata") or {}
-            ns = str(meta.get("namespace") or default_ns)
-            data = o.get("data") or {}
-            out[ns][str(meta.get("name"))] = {str(k): str(v) for k, v in data.items()}
+    for ns, by_name in _objects(others, "ConfigMap", default_ns).items():
+        for name, o in by_name.items():
+            out[ns][name] = {str(k): str(v) for k, v in (o.get("data") or {}).items()}
     return out
+
+
+def _artifact_problems(
+    policies: Iterable[RoutingPolicy], configmaps: builders.ConfigMaps
+) -> list[builders.Problem]:
+    """Policies whose learned classifier or shadow candidate cannot be delivered from the
+    ConfigMaps in the manifests (the operator says so in status, ClassifierReady)."""
+    return [
+        builders.Problem(RoutingPolicy.KIND, builders.obj_name(p), REASON_ARTIFACT_UNAVAILABLE, why)
+        for p in policies
+        for _, why in (
+            builders.policy_classifier(p, configmaps),
+            builders.shadow_classifier(p, configmaps),
+        )
+        if why is not None
+    ]
 
 
 def render(
@@ -145,7 +170,7 @@ def render(
         children.append(r.ray_service)
         if r.state_claim is not None:
             children.append(r.state_claim)
-        problems += r.problems
+        problems += r.problems + _artifact_problems(r.policies, configmaps[ns])
     problems += builders.orphan_problems(m.pools, m.models, m.policies)
     return children, problems
 

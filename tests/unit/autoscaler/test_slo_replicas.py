@@ -9,6 +9,7 @@ import itertools
 import math
 import random
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -219,18 +220,23 @@ def test_the_view_reads_the_resolved_replica_routing(in_cluster: dict, router: s
     assert ModelView.from_resources(md, None).replica_router == router
 
 
+def _view(m: sim.ModelProfile, **kw: Any) -> ModelView:
+    """The simulator profile's model as the autoscaler views it."""
+    return ModelView(
+        name=m.name,
+        max_replicas=m.autoscaling.maxReplicas,
+        ttft_slo_s=m.autoscaling.ttftSLOSeconds,
+        nominal_tokens_per_s=m.prefillTokensPerSecond,
+        decode_tokens_per_s=m.decodeTokensPerSecond,
+        **kw,
+    )
+
+
 def test_the_kv_term_in_sizing_is_the_config_s_choice() -> None:
     # The economy model's cache, 1.5 req/s of 6000-token prompts: counting blocked
     # requests asks for more replicas; off (the default), the KV cache bounds only the
     # throughput (Little's law) and the measured use guards.
-    view = ModelView(
-        name="economy",
-        max_replicas=12,
-        ttft_slo_s=5.0,
-        nominal_tokens_per_s=ECONOMY.prefillTokensPerSecond,
-        decode_tokens_per_s=ECONOMY.decodeTokensPerSecond,
-        kv_cache_tokens=float(ECONOMY.kvCacheTokens),
-    )
+    view = _view(ECONOMY, kv_cache_tokens=float(ECONOMY.kvCacheTokens))
     w = Workload(rate=1.5, prompt=6000.0, output=250.0)
     off = slo_replicas(view, w, DecisionConfig())
     on = slo_replicas(view, w, DecisionConfig(kv_admission=True))
@@ -242,15 +248,7 @@ def test_separate_queues_in_sizing_are_the_config_s_choice() -> None:
     # The standard model, 6000-token prompts at 2.4 req/s behind Serve's default router:
     # one replica's queue each asks for more replicas than the pooled queue (the
     # default, which LeastQueuedTokens realises).
-    std = sim.builtin_scenario().models[1]
-    view = ModelView(
-        name="standard",
-        max_replicas=8,
-        ttft_slo_s=5.0,
-        nominal_tokens_per_s=std.prefillTokensPerSecond,
-        decode_tokens_per_s=std.decodeTokensPerSecond,
-        replica_router="PowerOfTwoChoices",
-    )
+    view = _view(sim.builtin_scenario().models[1], replica_router="PowerOfTwoChoices")
     w = Workload(rate=2.4, prompt=6000.0, output=250.0)
     pooled = slo_replicas(view, w, DecisionConfig())
     apart = slo_replicas(view, w, DecisionConfig(replica_queues=True))

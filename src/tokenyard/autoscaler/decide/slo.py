@@ -90,6 +90,7 @@ prediction's TTFT is the quantity ``vllm:time_to_first_token_seconds`` measures.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -181,31 +182,38 @@ def predict(w: Workload, profile: ReplicaProfile, n: int, slo_s: float) -> Predi
         return Prediction(n, rho, 1.0, math.inf, floor)
     kv = kv_blocked(w, profile, n)
     if profile.router != "LeastQueuedTokens":
-        residents = w.rate / n * _residency(prompt, w.output, profile)
-        busy = _busy_chosen(rho, residents, profile, n)
-        theta = _replica_theta(w, mu, n)
-        miss = floor + _own_queue_miss(busy, theta, own, w.cs2, slo_s) + kv
+        busy = _busy_chosen(rho, _residents(w, prompt, profile, n), profile, n)
+        # Kingman's decay rate of one replica's wait: its spare rate over half the
+        # variability of its arrivals and of its prefill times.
+        theta = (mu - w.rate / n) * 2 / max(_replica_ca2(w, n) + w.cs2, 1e-6)
+
+        def own_queue(slack: float) -> float:
+            return busy * max(_residual_above(own, w.cs2, slack), math.exp(-theta * slack))
+
+        miss = floor + _over_own_prefill(own_queue, own, w.cs2, slo_s) + kv
         mean_wait = busy * max(own * (1 + w.cs2) / 2, 1 / theta)
         return Prediction(n, rho, min(1.0, miss), mean_wait, floor)
     var = max(w.ca2 + w.cs2, 1e-6) / 2
     spare = n * mu - w.rate
-    miss = floor + _wait_miss(rho, spare / var, own, w.cs2, slo_s) + kv
+
+    def pooled(slack: float) -> float:
+        return rho * math.exp(-slack * spare / var)
+
+    miss = floor + _over_own_prefill(pooled, own, w.cs2, slo_s) + kv
     return Prediction(n, rho, min(1.0, miss), rho * var / spare, floor)
 
 
-def _residency(prompt: float, output: float, profile: ReplicaProfile) -> float:
-    """Seconds a request stays on its replica once admitted: its prefill and, where the
-    decode speed is known, its decode."""
-    decode = output / profile.decode_tokens_per_s if profile.decode_tokens_per_s else 0.0
-    return prompt / profile.prefill_tokens_per_s + decode
+def _replica_ca2(w: Workload, n: int) -> float:
+    """Squared CV of one replica's inter-arrival times: a random share of the model's
+    arrivals, so closer to Poisson (``1 + (ca2 - 1) / n``)."""
+    return 1 + (w.ca2 - 1) / n
 
 
-def _replica_theta(w: Workload, mu: float, n: int) -> float:
-    """Kingman's decay rate of one replica's wait: its spare rate over half the
-    variability of its arrivals (a random share of the model's, so closer to Poisson:
-    ``1 + (ca2 - 1) / n``) and of its prefill times."""
-    ca2 = 1 + (w.ca2 - 1) / n
-    return (mu - w.rate / n) * 2 / max(ca2 + w.cs2, 1e-6)
+def _residents(w: Workload, prompt: float, profile: ReplicaProfile, n: int) -> float:
+    """Mean requests resident on one replica (M/G/infinity: its arrival rate times their
+    stay, the prefill and, where the decode speed is known, the decode)."""
+    decode = w.output / profile.decode_tokens_per_s if profile.decode_tokens_per_s else 0.0
+    return w.rate / n * (prompt / profile.prefill_tokens_per_s + decode)
 
 
 def _busy_chosen(rho: float, residents: float, profile: ReplicaProfile, n: int) -> float:
@@ -228,26 +236,44 @@ def _busy_chosen(rho: float, residents: float, profile: ReplicaProfile, n: int) 
     # P(busy | k) = 1 - q ** k with E[q ** N] = exp(-residents (1 - q)) = 1 - rho.
     q = max(0.0, 1 + math.log1p(-rho) / residents)
     if residents > 10:
-        # The fewer of two Poisson counts as a normal (mean a - sqrt(a / pi), variance
-        # a (1 - 1 / pi)): E[q ** N] = E[exp(N ln q)] in closed form (within 0.005 of
-        # the sum below from ten residents on).
+        # The picked count as a normal: E[q ** N] = E[exp(N ln q)] in closed form
+        # (within 0.005 of the sum below from ten residents on).
         if q <= 0:
             return rho
         lq = math.log(q)
-        mean = residents - math.sqrt(residents / math.pi)
-        var = residents * (1 - 1 / math.pi)
-        return min(rho, max(0.0, 1 - math.exp(lq * mean + lq * lq * var / 2)))
-    pmf = math.exp(-residents)
-    at_least = 1.0  # P(N >= 0)
-    total = 0.0
-    k = 0
-    while at_least > 1e-12 and k < 10_000:
-        at_least_next = max(0.0, at_least - pmf)
-        total += (at_least**2 - at_least_next**2) * (1 - q**k)
-        at_least = at_least_next
-        k += 1
-        pmf *= residents / k
+        mean, sd = _picked_normal(residents, 2)
+        return min(rho, max(0.0, 1 - math.exp(lq * mean + lq * lq * sd * sd / 2)))
+    total = sum(picked * (1 - q**k) for k, picked in _picked_counts(residents, 2))
     return min(rho, total)
+
+
+def _picked_normal(residents: float, choices: int) -> tuple[float, float]:
+    """Mean and standard deviation of the resident count of the replica the router picks,
+    as a normal: the fewer of two Poisson counts of mean ``a`` has mean
+    ``a - sqrt(a / pi)`` and variance ``a (1 - 1 / pi)``; one count, ``a`` and ``a``."""
+    if choices >= 2:
+        return residents - math.sqrt(residents / math.pi), math.sqrt(residents * (1 - 1 / math.pi))
+    return residents, math.sqrt(residents)
+
+
+def _count_bulk(residents: float) -> tuple[int, int]:
+    """The counts k >= 1 that matter of a Poisson of mean ``residents`` (seven standard
+    deviations either side)."""
+    spread = 7 * math.sqrt(residents) + 5
+    return max(1, math.floor(residents - spread)), math.ceil(residents + spread)
+
+
+def _picked_counts(residents: float, choices: int) -> Iterator[tuple[int, float]]:
+    """(k, P(the picked replica has k residents)) over the bulk of k >= 1: the fewest of
+    ``choices`` Poisson counts has at least k with probability ``P(N >= k) ** choices``."""
+    k_lo, k_hi = _count_bulk(residents)
+    pmf = math.exp(k_lo * math.log(residents) - residents - math.lgamma(k_lo + 1))
+    at_least = 1.0 - math.exp(-residents) if k_lo == 1 else 1.0  # P(N >= k_lo)
+    for k in range(k_lo, k_hi + 1):
+        at_least_next = max(0.0, at_least - pmf)  # P(N >= k + 1)
+        yield k, at_least**choices - at_least_next**choices
+        at_least = at_least_next
+        pmf *= residents / (k + 1)
 
 
 def _residual_above(own: float, cs2: float, t: float) -> float:
@@ -267,24 +293,6 @@ def _residual_above(own: float, cs2: float, t: float) -> float:
 
 def _phi(x: float) -> float:
     return 0.5 * math.erfc(-x / _SQRT2)
-
-
-def _own_queue_miss(busy: float, theta: float, own: float, cs2: float, slo_s: float) -> float:
-    """P(wait > slo - own prefill, own prefill <= slo) on the request's own replica: it
-    finds that replica busy with probability ``busy`` and then waits for the larger of
-    the two tails one replica's queue is known to have, the residual of the prefill in
-    progress (light load, where a long prompt's remainder dominates) and Kingman's
-    exponential of rate ``theta`` (heavy load)."""
-
-    def tail(slack: float) -> float:
-        return busy * max(_residual_above(own, cs2, slack), math.exp(-theta * slack))
-
-    if cs2 <= 1e-9:
-        return 0.0 if own >= slo_s else tail(slo_s - own)
-    s2 = math.log1p(cs2)
-    loc = math.log(own) - s2 / 2
-    sd = math.sqrt(s2)
-    return sum(wt * tail(slo_s - x) for z, wt in _GH8 if (x := math.exp(loc + sd * z)) < slo_s)
 
 
 def unavoidable_miss(w: Workload, profile: ReplicaProfile, slo_s: float) -> float:
@@ -317,35 +325,23 @@ def kv_blocked(w: Workload, profile: ReplicaProfile, n: int) -> float:
     choices = max(1, min(profile.kv_choices, n))  # one replica: no choice
     held_mean, held_var = m.held_mean, m.held_var
     own_mean, own_var = m.own_mean, m.own_var
-    # Only the Poisson count's bulk matters (seven standard deviations either side).
-    spread = 7 * math.sqrt(residents) + 5
-    k_lo, k_hi = max(1, math.floor(residents - spread)), math.ceil(residents + spread)
+    k_hi = _count_bulk(residents)[1]
     if _gamma_above(kv, k_hi * held_mean + own_mean, k_hi * held_var + own_var) < 1e-9:
         return 0.0  # not even the fullest plausible replica blocks a request
     if residents > 20:
-        # Many residents: the picked replica's count as a normal (the fewer of two
-        # Poisson counts: mean a - sqrt(a / pi), variance a (1 - 1 / pi)), integrated by
-        # a sixteen-node Gauss-Hermite rule (within 10% of the sum below from 20 on).
-        if choices >= 2:
-            mean_n = residents - math.sqrt(residents / math.pi)
-            sd_n = math.sqrt(residents * (1 - 1 / math.pi))
-        else:
-            mean_n, sd_n = residents, math.sqrt(residents)
+        # Many residents: the picked replica's count as a normal, integrated by a
+        # sixteen-node Gauss-Hermite rule (within 10% of the sum below from 20 on).
+        mean_n, sd_n = _picked_normal(residents, choices)
         total = sum(
             wt * _gamma_above(kv, k * held_mean + own_mean, k * held_var + own_var)
             for z, wt in _GH16
             if (k := mean_n + sd_n * z) > 0
         )
         return min(1.0, total)
-    pmf = math.exp(k_lo * math.log(residents) - residents - math.lgamma(k_lo + 1))
-    at_least = 1.0 - math.exp(-residents) if k_lo == 1 else 1.0  # P(N >= k_lo)
-    total = 0.0
-    for k in range(k_lo, k_hi + 1):
-        at_least_next = max(0.0, at_least - pmf)  # P(N >= k + 1)
-        picked = at_least**choices - at_least_next**choices
-        total += picked * _gamma_above(kv, k * held_mean + own_mean, k * held_var + own_var)
-        at_least = at_least_next
-        pmf *= residents / (k + 1)
+    total = sum(
+        picked * _gamma_above(kv, k * held_mean + own_mean, k * held_var + own_var)
+        for k, picked in _picked_counts(residents, choices)
+    )
     return min(1.0, total)
 
 
@@ -459,20 +455,19 @@ def _beyond(own: float, cs2: float, slo_s: float) -> float:
     return 0.5 * math.erfc((math.log(slo_s) - math.log(own) + s2 / 2) / math.sqrt(2 * s2))
 
 
-def _wait_miss(rho: float, theta: float, own: float, cs2: float, slo_s: float) -> float:
-    """P(wait > slo - own prefill, own prefill <= slo): the wait exceeds t with
-    probability ``rho * exp(-theta t)``; the own prefill is log-normal as in
-    :func:`_beyond`, so the wait leaves a long prompt less room."""
+def _over_own_prefill(
+    tail: Callable[[float], float], own: float, cs2: float, slo_s: float
+) -> float:
+    """E[tail(slo - s); s <= slo] over the request's own prefill ``s``, log-normal of mean
+    ``own`` and squared CV ``cs2`` as in :func:`_beyond` (a step at the mean for
+    ``cs2 = 0``): a wait whose tail beyond t is ``tail(t)`` leaves a long prompt less
+    room."""
     if cs2 <= 1e-9:
-        return 0.0 if own >= slo_s else rho * math.exp(-(slo_s - own) * theta)
+        return 0.0 if own >= slo_s else tail(slo_s - own)
     s2 = math.log1p(cs2)
-    mu = math.log(own) - s2 / 2
-    s = math.sqrt(s2)
-    return sum(
-        wt * rho * math.exp(-(slo_s - x) * theta)
-        for z, wt in _GH8
-        if (x := math.exp(mu + s * z)) < slo_s
-    )
+    loc = math.log(own) - s2 / 2
+    sd = math.sqrt(s2)
+    return sum(wt * tail(slo_s - x) for z, wt in _GH8 if (x := math.exp(loc + sd * z)) < slo_s)
 
 
 def replicas_for_slo(
@@ -574,23 +569,14 @@ def horizon_miss(
     else:
         # One replica's queue (see predict): its work in seconds moves with the same
         # drift and the variance of one replica, 2 / theta per unit of (1 - rho).
-        var = max(1 + (w.ca2 - 1) / n + w.cs2, 1e-6) / mu
-        residents = w.rate / n * _residency(prompt, w.output, profile)
-        waits = _busy_chosen(min(rho, 1.0), residents, profile, n)
+        var = max(_replica_ca2(w, n) + w.cs2, 1e-6) / mu
+        waits = _busy_chosen(min(rho, 1.0), _residents(w, prompt, profile, n), profile, n)
 
         def late(slack: float) -> float:
             queue = sum(wt * _rbm_above(drift, var, t, slack) for t, wt in times)
             return waits * max(queue, _residual_above(own, w.cs2, slack))
 
-    if w.cs2 <= 1e-9:
-        return 1.0 if own >= slo_s else min(1.0, late(slo_s - own) + kv)
-    s2 = math.log1p(w.cs2)
-    loc = math.log(own) - s2 / 2
-    sd = math.sqrt(s2)
-    total = floor + sum(
-        wt * late(slo_s - x) for z, wt in _GH8 if (x := math.exp(loc + sd * z)) < slo_s
-    )
-    return min(1.0, total + kv)
+    return min(1.0, floor + _over_own_prefill(late, own, w.cs2, slo_s) + kv)
 
 
 def _rbm_above(drift: float, var: float, t: float, x: float) -> float:

@@ -73,6 +73,7 @@ from tokenyard.operator.builders.serve_config import (
     router_config,
     serve_config_text,
     serve_config_yaml,
+    shadow_classifier,
     spec_hash,
 )
 from tokenyard.operator.builders.validation import (
@@ -138,6 +139,7 @@ __all__ = [
     "secret_missing",
     "serve_config_text",
     "serve_config_yaml",
+    "shadow_classifier",
     "spec_hash",
     "state_volume",
     "volume_name_for_claim",

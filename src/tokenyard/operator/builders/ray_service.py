@@ -13,7 +13,6 @@ from typing import Any
 from tokenyard import contract
 from tokenyard.api.common import (
     ANNOTATION_SPEC_HASH,
-    REASON_ARTIFACT_UNAVAILABLE,
     REASON_POOL_NOT_FOUND,
     REASON_SECRET_NOT_FOUND,
 )
@@ -43,10 +42,8 @@ from tokenyard.operator.builders.meta import (
 from tokenyard.operator.builders.serve_config import (
     ConfigMaps,
     build_serve_config,
-    policy_classifier,
     router_config,
     serve_config_text,
-    shadow_classifier,
     spec_hash,
 )
 from tokenyard.settings import OperatorSettings
@@ -111,12 +108,8 @@ def _problems(
     externals: Sequence[ModelDeployment],
     policies: Sequence[RoutingPolicy],
     secrets: Secrets | None,
-    *,
-    configmaps: ConfigMaps | None,
 ) -> list[Problem]:
-    """Members admission left out, external models and policies whose Secret is missing,
-    and (where ConfigMaps were read) policies whose learned artifact or shadow candidate
-    cannot be delivered."""
+    """Members admission left out, and external models and policies whose Secret is missing."""
     problems: list[Problem] = []
     for m in members:
         d = admission.decisions[obj_name(m)]
@@ -135,12 +128,6 @@ def _problems(
         if ref is not None and secret_missing(ref, secrets):
             msg = secret_message(ref, "spec.tenants.apiKeysSecretRef", secrets)
             problems.append(Problem(RoutingPolicy.KIND, obj_name(p), REASON_SECRET_NOT_FOUND, msg))
-        if configmaps is not None:
-            for why in (policy_classifier(p, configmaps)[1], shadow_classifier(p, configmaps)[1]):
-                if why is not None:
-                    problems.append(
-                        Problem(RoutingPolicy.KIND, obj_name(p), REASON_ARTIFACT_UNAVAILABLE, why)
-                    )
     return problems
 
 
@@ -170,7 +157,7 @@ def render_pool(
     pol = _pool_policies(pool, policies)
     externals = _catalogue_externals(pool, models, pol)
 
-    problems = _problems(members, admission, externals, pol, secrets, configmaps=configmaps)
+    problems = _problems(members, admission, externals, pol, secrets)
     env = ingress_env_vars(pool) + secret_env_vars(externals, pol)
     router = router_config(pool, admitted, externals, pol, secrets, configmaps=configmaps)
     token = settings.admin_token
