@@ -352,11 +352,16 @@ class Autoscaler:
             )
         sigs = self.signals.model_signals(refs, now)
         for name, v in views.items():
-            # How long requests stay on their replica: what Serve's power of two choices
-            # sees of a replica's load (decide/slo.py).
-            decode = sigs[name].decode_tokens_per_sequence
-            if decode is not None:
-                views[name] = replace(v, decode_tokens_per_s=decode)
+            # How long requests stay on their replica (what Serve's power of two choices
+            # sees of a replica's load) and how many tokens its KV cache holds: together
+            # they bound what a replica admits (decide/slo.py).
+            sig = sigs[name]
+            decode = sig.decode_tokens_per_sequence
+            views[name] = replace(
+                v,
+                decode_tokens_per_s=decode if decode is not None else v.decode_tokens_per_s,
+                kv_cache_tokens=sig.kv_cache_tokens or v.kv_cache_tokens,
+            )
         if self.forecasts.enabled:
             # The daily profile from Prometheus history, one cold start ahead.
             self.forecasts.refresh(ns, refs, now)

@@ -60,6 +60,25 @@ def kv_cache_usage() -> str:
     return _both("vllm:kv_cache_usage_perc", agg="max")
 
 
+def kv_cache_config() -> str:
+    """Each engine's cache configuration, with its model joined in.
+
+    ``vllm:cache_config_info`` is an info gauge (always 1): the KV cache's size is in its
+    labels (``num_gpu_blocks``, ``block_size``), and it has no ``model_name``, so each
+    series takes the model of the running-requests series it shares a scrape target and
+    engine with (vLLM's exporter), or a Serve replica with (``ReplicaId``, under Ray).
+    PromQL cannot read a label as a number; the signal source does."""
+    direct = (
+        f"vllm:cache_config_info * on (instance, engine) group_left ({MODEL_LABEL}) "
+        f"group by (instance, engine, {MODEL_LABEL}) (vllm:num_requests_running)"
+    )
+    ray = (
+        f"ray_vllm_cache_config_info * on (ReplicaId) group_left ({MODEL_LABEL}) "
+        f"group by (ReplicaId, {MODEL_LABEL}) (ray_vllm_num_requests_running)"
+    )
+    return f"{direct} or {ray}"
+
+
 def request_rate(window: str) -> str:
     """Finished requests per second, per model."""
     return _rate_both("vllm:request_success_total", window)

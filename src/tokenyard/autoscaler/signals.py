@@ -44,6 +44,9 @@ class ModelSignals:
     waiting: float | None = None
     kv_cache_usage: float | None = None
     """KV-cache fill in [0, 1]."""
+    kv_cache_tokens: float | None = None
+    """Tokens of KV cache one replica holds (the smallest of the model's engines), from
+    vLLM's ``cache_config_info``: blocks times block size."""
     request_rate: float | None = None
     """Finished requests per second."""
     prompt_tokens_per_s: float | None = None
@@ -158,6 +161,32 @@ def by_label_range(
     return out
 
 
+def kv_cache_tokens(result: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """:func:`queries.kv_cache_config` result -> {model_name: KV-cache tokens of its
+    smallest engine}: ``num_gpu_blocks`` times ``block_size`` from the info gauge's
+    labels (``kv_cache_size_tokens`` where vLLM reports it and the blocks are not known);
+    engines not yet sized ("None") and unparseable labels are skipped."""
+    out: dict[str, float] = {}
+    for series in result:
+        labels = series.get("metric", {})
+        model = labels.get(queries.MODEL_LABEL)
+        tokens = _label_number(labels, "num_gpu_blocks") * _label_number(labels, "block_size")
+        if not tokens > 0:
+            tokens = _label_number(labels, "kv_cache_size_tokens")
+        if model is not None and tokens > 0:
+            out[str(model)] = min(out.get(str(model), tokens), tokens)
+    return out
+
+
+def _label_number(labels: Mapping[str, Any], name: str) -> float:
+    """A label's value as a finite number; NaN when absent or not a number."""
+    try:
+        v = float(labels.get(name, "nan"))
+    except (TypeError, ValueError):
+        return math.nan
+    return v if math.isfinite(v) else math.nan
+
+
 def _value(sample: Mapping[str, Any]) -> float | None:
     raw = sample.get("value")
     if not isinstance(raw, list | tuple) or len(raw) != 2:
@@ -245,6 +274,11 @@ class PrometheusSignalSource:
         except Exception as exc:  # any transport or API error means "no signals"
             log.warning("prometheus query failed: %s", exc)
             return {m.name: unavailable(now, f"Prometheus query failed: {exc}") for m in models}
+        try:  # the cache's size only refines the SLO model: without it, no KV limit
+            kv_size = kv_cache_tokens(self._query(queries.kv_cache_config()))
+        except Exception as exc:
+            log.warning("prometheus query for the KV cache's size failed: %s", exc)
+            kv_size = {}
         out: dict[str, ModelSignals] = {}
         for m in models:
             key = m.served_name
@@ -260,6 +294,7 @@ class PrometheusSignalSource:
                 running=running[key],
                 waiting=waiting[key],
                 kv_cache_usage=kv.get(key),
+                kv_cache_tokens=kv_size.get(key),
                 request_rate=rps.get(key),
                 prompt_tokens_per_s=ptok.get(key),
                 generation_tokens_per_s=gtok.get(key),

@@ -62,6 +62,12 @@ vllm:request_success_total{{engine="0",finished_reason="stop",model_name="direct
 # TYPE vllm:time_to_first_token_seconds histogram
 {hist_v}vllm:time_to_first_token_seconds_count{{engine="0",model_name="direct"}} {10 * t}
 vllm:time_to_first_token_seconds_sum{{engine="0",model_name="direct"}} {1.5 * t}
+# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig
+# TYPE vllm:cache_config_info gauge
+vllm:cache_config_info{{block_size="16",cache_dtype="auto",calculate_kv_scales="False",cpu_offload_gb="0",enable_prefix_caching="True",engine="0",gpu_memory_utilization="0.9",is_attention_free="False",num_cpu_blocks="None",num_gpu_blocks="3750",num_gpu_blocks_override="None",prefix_caching_hash_algo="sha256",sliding_window="None",swap_space="4"}} 1.0
+# TYPE ray_vllm_cache_config_info gauge
+ray_vllm_cache_config_info{{ReplicaId="r1",WorkerId="w",block_size="16",cache_dtype="auto",engine="0",num_gpu_blocks="8000"}} 1.0
+ray_vllm_cache_config_info{{ReplicaId="r2",WorkerId="w",block_size="16",cache_dtype="auto",engine="0",num_gpu_blocks="7500"}} 1.0
 # TYPE ray_vllm_num_requests_running gauge
 ray_vllm_num_requests_running{{ReplicaId="r1",WorkerId="w",model_name="served-by-ray"}} 2.0
 ray_vllm_num_requests_running{{ReplicaId="r2",WorkerId="w",model_name="served-by-ray"}} 3.0
@@ -143,6 +149,7 @@ def test_queries_read_every_exporter(prometheus: StartPrometheus, exporter: str)
     assert d.ttft_p95_s == pytest.approx(1.5, rel=0.1)
     assert d.gpu_utilization == pytest.approx(0.20)
     assert d.ongoing == 10.0
+    assert d.kv_cache_tokens == 3750 * 16  # the info gauge's labels, model joined in
 
     r = sig["ray-model"]
     assert r.available
@@ -152,6 +159,7 @@ def test_queries_read_every_exporter(prometheus: StartPrometheus, exporter: str)
     assert r.serve_ongoing == 9.0
     assert r.ongoing == 9.0  # Ray Serve sees more in flight than the engines report
     assert r.gpu_utilization == pytest.approx(0.80)
+    assert r.kv_cache_tokens == 7500 * 16  # the smaller replica's cache
 
     ghost = sig["ghost"]
     assert not ghost.available

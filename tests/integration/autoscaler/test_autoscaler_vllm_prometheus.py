@@ -91,6 +91,19 @@ def _load(base: str, stop: threading.Event, workers: int) -> ThreadPoolExecutor:
     return pool
 
 
+def _engine_kv_tokens(base: str) -> float:
+    """num_gpu_blocks x block_size, read from the engine's /metrics text directly."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://{base}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "vllm:cache_config_info":
+                labels = sample.labels
+                return float(labels["num_gpu_blocks"]) * float(labels["block_size"])
+    raise AssertionError("vLLM exports no vllm:cache_config_info")
+
+
 def test_scales_up_under_load_and_back_down(prometheus: StartPrometheus, vllm_server: str) -> None:
     url = prometheus([vllm_server])
     wait_window_full(url, "vllm:num_requests_running", "6s", 5)
@@ -110,10 +123,13 @@ def test_scales_up_under_load_and_back_down(prometheus: StartPrometheus, vllm_se
         # generated tokens, the queue): a replica profile of 200 prompt tokens/s is far
         # below what twelve clients push, so it must grow the model, and once the load
         # stops (no requests) return it to the minimum.
+        # As the live loop does: the measured decode speed and the KV cache's size.
         view = ModelView(
             name=MODEL, min_replicas=1, max_replicas=8, current_replicas=current,
             ready_replicas=current, gpus_per_replica=0, target_ongoing=2,
             cold_start_s=0, nominal_tokens_per_s=200.0, ttft_slo_s=2.0,
+            decode_tokens_per_s=sig[MODEL].decode_tokens_per_sequence,
+            kv_cache_tokens=sig[MODEL].kv_cache_tokens,
         )  # fmt: skip
         decisions, states = decide_pool(pool, {MODEL: view}, sig, states, now=now, cfg=cfg)
         d = decisions[MODEL]
@@ -123,6 +139,10 @@ def test_scales_up_under_load_and_back_down(prometheus: StartPrometheus, vllm_se
         return d.desired
 
     assert decide("idle") == 1
+    # The KV cache's size: vLLM's cache_config_info labels, joined to the model name by
+    # Prometheus, equal to what the engine's own /metrics page says.
+    kv = source.model_signals([ref], time.time())[MODEL].kv_cache_tokens
+    assert kv is not None and kv == _engine_kv_tokens(vllm_server)
 
     stop = threading.Event()
     load = _load(vllm_server, stop, workers=12)

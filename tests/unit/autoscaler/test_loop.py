@@ -373,9 +373,12 @@ def test_reporting_failures_do_not_stop_decisions() -> None:
     assert not result.pools_measured and not result.spend_written
 
 
-def test_views_carry_the_measured_decode_speed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_views_carry_the_measured_decode_speed_and_kv_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # 300 generated tokens/s over 10 running sequences: 30 tokens/s each, which sets how
     # long requests stay on a replica in the SLO model; no sequence running: unknown.
+    # The KV cache's size (vLLM's cache_config_info) reaches the view; unread: unknown.
     from tokenyard.autoscaler import loop
 
     seen: dict[str, Any] = {}
@@ -388,12 +391,16 @@ def test_views_carry_the_measured_decode_speed(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(loop, "decide_pool", spy)
     api = FakeApi()
     _seed(api)
-    busy = ModelSignals(observed_at=0, running=10, generation_tokens_per_s=300.0)
+    busy = ModelSignals(
+        observed_at=0, running=10, generation_tokens_per_s=300.0, kv_cache_tokens=60_000.0
+    )
     idle = ModelSignals(observed_at=0, running=0, generation_tokens_per_s=0.0)
     Autoscaler(api, StaticSignalSource({"auto": busy, "manual": idle}),
                AutoscalerSettings()).tick(1000.0)  # fmt: skip
     assert seen["auto"].decode_tokens_per_s == pytest.approx(30.0)
     assert seen["manual"].decode_tokens_per_s is None
+    assert seen["auto"].kv_cache_tokens == 60_000.0
+    assert seen["manual"].kv_cache_tokens is None
     assert busy.decode_tokens_per_sequence == pytest.approx(30.0)
     assert ModelSignals(observed_at=0, running=0.5, generation_tokens_per_s=9.0)\
         .decode_tokens_per_sequence is None  # fmt: skip

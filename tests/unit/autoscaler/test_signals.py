@@ -13,6 +13,7 @@ from tokenyard.autoscaler.signals import (
     PrometheusSignalSource,
     StaticSignalSource,
     by_label,
+    kv_cache_tokens,
 )
 
 NOW = 1_700_000_000.0
@@ -20,6 +21,12 @@ NOW = 1_700_000_000.0
 
 def _vec(label: str, values: dict[str, float], ts: float = NOW) -> list[dict[str, Any]]:
     return [{"metric": {label: k}, "value": [ts, str(v)]} for k, v in values.items()]
+
+
+def _cache_info(model: str, blocks: object, block_size: object, **more: str) -> dict[str, Any]:
+    labels = {"model_name": model, "num_gpu_blocks": str(blocks), "block_size": str(block_size)}
+    return {"metric": {**labels, "engine": "0", "cache_dtype": "auto", **more},
+            "value": [NOW, "1"]}  # fmt: skip
 
 
 class FakeProm:
@@ -45,6 +52,7 @@ class FakeProm:
             queries.generation_tokens_rate("1m"): _vec(m, {"llama": 100.0}),
             queries.ttft_p95("1m"): _vec(m, {"llama": float("nan")}),
             queries.serve_ongoing(): _vec(queries.APPLICATION_LABEL, {"model-llama": 12}),
+            queries.kv_cache_config(): [_cache_info("llama", 3750, 16)],
             queries.gpu_utilization_by_class(): [
                 {
                     "metric": {
@@ -73,6 +81,7 @@ def test_signals_from_prometheus_results() -> None:
     assert s.serve_ongoing == 12
     assert s.ongoing == 12  # Ray Serve counts more in flight than the engine
     assert s.gpu_utilization == 0.75
+    assert s.kv_cache_tokens == 60_000  # 3,750 blocks of 16 tokens
     assert not out["gone"].available
     assert "model_name=gone" in out["gone"].detail
 
@@ -150,3 +159,38 @@ def test_static_source_in_memory() -> None:
     s = src.model_signals(REFS, NOW)["llama"]
     assert s.observed_at == NOW
     assert s.ongoing == 3
+
+
+def test_kv_cache_tokens_from_the_info_gauges_labels() -> None:
+    res = [
+        _cache_info("a", 1000, 16),
+        _cache_info("a", 900, 16),  # the smallest engine of a model bounds a replica
+        _cache_info("b", "None", 16, kv_cache_size_tokens="4096"),  # blocks unknown
+        _cache_info("c", "None", 16),  # engine not yet sized
+        _cache_info("d", "nan", "inf"),
+        _cache_info("e", "lots", 16),
+        {"metric": {"num_gpu_blocks": "10", "block_size": "16"}, "value": [NOW, "1"]},
+    ]
+    assert kv_cache_tokens(res) == {"a": 14_400, "b": 4096}
+
+
+def test_kv_cache_query_joins_the_model_name_for_both_exporters() -> None:
+    q = queries.kv_cache_config()
+    assert "vllm:cache_config_info" in q and "ray_vllm_cache_config_info" in q
+    assert "on (instance, engine) group_left (model_name)" in q
+    assert "on (ReplicaId) group_left (model_name)" in q
+
+
+def test_kv_cache_query_failure_leaves_the_other_signals() -> None:
+    # An older Prometheus (or a broken join) must not blind the autoscaler: the size
+    # only refines the SLO model.
+    fake = FakeProm()
+
+    def query(q: str) -> list[dict[str, Any]]:
+        if q == queries.kv_cache_config():
+            raise ValueError("bad_data: parse error")
+        return fake(q)
+
+    s = PrometheusSignalSource("http://unused", query=query).model_signals(REFS, NOW)["llama"]
+    assert s.available and s.running == 4
+    assert s.kv_cache_tokens is None
