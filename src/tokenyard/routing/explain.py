@@ -185,10 +185,16 @@ def router_config(m: Manifests) -> RouterConfig:
     return RouterConfig(pool=pool, namespace="default", models=models, policies=policies)
 
 
-def configmap_value(m: Manifests, name: str, key: str) -> str | None:
-    """A key of a ConfigMap found among the manifests."""
+def configmap_value(m: Manifests, namespace: str, name: str, key: str) -> str | None:
+    """A key of a ConfigMap found among the manifests, in the namespace of the object that
+    refers to it (a ConfigMap without one is in "default", as a policy without one is)."""
     for obj in m.others:
-        if obj.get("kind") == "ConfigMap" and (obj.get("metadata") or {}).get("name") == name:
+        meta = obj.get("metadata") or {}
+        if (
+            obj.get("kind") == "ConfigMap"
+            and meta.get("name") == name
+            and str(meta.get("namespace") or "default") == namespace
+        ):
             value = (obj.get("data") or {}).get(key)
             return str(value) if value is not None else None
     return None
@@ -202,7 +208,7 @@ def _learned_entry(m: Manifests, p: Any, *, shadow: bool = False) -> LearnedClas
     ref = c.shadow if shadow else (c.artifactRef if c.type == "Learned" else None)
     if ref is None:
         return None
-    text = configmap_value(m, ref.name, ref.key)
+    text = configmap_value(m, _namespace(p), ref.name, ref.key)
     if text is None:
         return None
     try:

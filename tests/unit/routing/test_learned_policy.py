@@ -176,6 +176,19 @@ def test_explain_shows_the_score_and_the_threshold(tmp_path: Path) -> None:
     assert outs[HARD]["difficulty"] == pytest.approx(hard["difficulty"], abs=1e-6)
 
 
+def test_explain_reads_the_configmap_of_the_policys_namespace(tmp_path: Path) -> None:
+    # As in the cluster, where the router reads the artifact from the policy's namespace:
+    # a ConfigMap of the same name elsewhere is not the policy's.
+    d = _manifests(tmp_path)
+    policy, cm = yaml.safe_load_all((d / "policy.yaml").read_text())
+    body = {"model": "chat", "messages": [{"role": "user", "content": HARD}]}
+    for ns, expected in (("other", "Heuristic"), ("default", "Learned")):
+        cm["metadata"]["namespace"] = ns
+        (d / "policy.yaml").write_text(yaml.safe_dump_all([policy, cm]))
+        out = explain_request(body, {"x-tenant": "t"}, router_config(load([d])), StaticSpend(), 0.0)
+        assert out["classifier"]["type"] == expected, ns
+
+
 def test_explain_without_the_configmap_says_the_heuristic_scores(tmp_path: Path) -> None:
     d = _manifests(tmp_path)
     docs = list(yaml.safe_load_all((d / "policy.yaml").read_text()))
