@@ -6,11 +6,12 @@ an estimate (prompt tokens plus max_tokens), which takes one request and the est
 or raises a 429 with Retry-After; after the response it calls :meth:`commit` with the
 actual tokens so the bucket reflects real use. ``now`` is always passed in.
 
-Limits hold per router replica, so each replica enforces its ``share`` of them
-(1 / the pool's ``spec.router.minReplicas``): the pool as a whole then enforces the
-limit while the router runs at its minimum, rather than minReplicas times it. Ray Serve
-spreads requests over replicas evenly enough for this; a router scaled out beyond its
-minimum lets up to replicas / minReplicas times the limit through.
+Limits hold per router replica, so each replica enforces its ``share`` of them: 1 / the
+router's RUNNING replicas as Ray Serve reports them (``ServeStatus.share``; 1 /
+``spec.router.minReplicas`` until they are counted), so the pool as a whole enforces the
+limit as the router scales. Ray Serve spreads requests over replicas evenly enough for
+this; between a scale and the next status read (``APP_STATUS_INTERVAL_S``) the replicas
+enforce the old share.
 """
 
 from __future__ import annotations
