@@ -192,6 +192,9 @@ class Autoscaler:
         self.settings = settings
         self.cfg = cfg or DecisionConfig()
         self.states: dict[Key, ModelState] = {}
+        self.kv_sizes: dict[Key, float] = {}
+        """The last KV-cache size read per model: a scrape or query that misses it once
+        does not switch the SLO model's KV limit off and on."""
         self.forecasts = LiveForecasts(
             signals,
             min_days=settings.forecast_min_days,
@@ -356,11 +359,13 @@ class Autoscaler:
             # sees of a replica's load) and how many tokens its KV cache holds: together
             # they bound what a replica admits (decide/slo.py).
             sig = sigs[name]
+            if sig.kv_cache_tokens:
+                self.kv_sizes[(ns, name)] = sig.kv_cache_tokens
             decode = sig.decode_tokens_per_sequence
             views[name] = replace(
                 v,
                 decode_tokens_per_s=decode if decode is not None else v.decode_tokens_per_s,
-                kv_cache_tokens=sig.kv_cache_tokens or v.kv_cache_tokens,
+                kv_cache_tokens=self.kv_sizes.get((ns, name), v.kv_cache_tokens),
             )
         if self.forecasts.enabled:
             # The daily profile from Prometheus history, one cold start ahead.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -401,6 +402,12 @@ def test_views_carry_the_measured_decode_speed_and_kv_cache(
     assert seen["manual"].decode_tokens_per_s is None
     assert seen["auto"].kv_cache_tokens == 60_000.0
     assert seen["manual"].kv_cache_tokens is None
+    # A tick that misses the size keeps the last one read.
+    scaler = Autoscaler(api, StaticSignalSource({"auto": busy}), AutoscalerSettings())
+    scaler.tick(1000.0)
+    scaler.signals = StaticSignalSource({"auto": replace(busy, kv_cache_tokens=None)})
+    scaler.tick(1030.0)
+    assert seen["auto"].kv_cache_tokens == 60_000.0
     assert busy.decode_tokens_per_sequence == pytest.approx(30.0)
     assert ModelSignals(observed_at=0, running=0.5, generation_tokens_per_s=9.0)\
         .decode_tokens_per_sequence is None  # fmt: skip
