@@ -360,6 +360,11 @@ class AutoscalingStatus(ApiModel):
     """lastDecisionTime is when the decision was made (RFC 3339)."""
     lastScaleTime: str | None = None
     """lastScaleTime is when the autoscaler last changed replicas (RFC 3339)."""
+    kvCacheTokens: int | None = None
+    """kvCacheTokens is the KV cache one replica holds, in tokens, as its vLLM engines
+    report it (cache_config_info: blocks times block size; the smallest engine's). The
+    autoscaler's SLO model limits a replica's prefill rate to what this cache admits at
+    the measured prompt and output lengths and decode speed. Unset until it is read."""
 
 
 class AdapterStatus(ApiModel):

@@ -445,6 +445,9 @@ class Autoscaler:
             "reason": d.reason[:1024],
             "lastDecisionTime": old_auto.get("lastDecisionTime"),
             "lastScaleTime": rfc3339(now) if scaled else old_auto.get("lastScaleTime"),
+            "kvCacheTokens": (
+                round(view.kv_cache_tokens) if view.kv_cache_tokens is not None else None
+            ),
         }
         new_status: dict[str, Any] = {
             "autoscaling": auto,

@@ -402,6 +402,9 @@ def test_views_carry_the_measured_decode_speed_and_kv_cache(
     assert seen["manual"].decode_tokens_per_s is None
     assert seen["auto"].kv_cache_tokens == 60_000.0
     assert seen["manual"].kv_cache_tokens is None
+    # Status shows the size the SLO model sized with (kubectl get md -o yaml).
+    assert api.models[("ns", "auto")]["status"]["autoscaling"]["kvCacheTokens"] == 60_000
+    assert "kvCacheTokens" not in api.models[("ns", "manual")]["status"].get("autoscaling", {})
     # A tick that misses the size keeps the last one read.
     scaler = Autoscaler(api, StaticSignalSource({"auto": busy}), AutoscalerSettings())
     scaler.tick(1000.0)
