@@ -90,6 +90,10 @@ class AutoscalerSettings(BaseModel):
     """Days of history the forecast is fitted on (Prometheus' retention may cut it)."""
     forecast_refit_s: float = Field(default=3600.0, gt=0)
     """Seconds between refits of the forecast from Prometheus history."""
+    forecast_ready_share: float = Field(default=0.95, gt=0, lt=1)
+    """Share of the scale-ups before a daily ramp meant to be ready before their load:
+    replicas are pre-warmed for this quantile of how far the rate rose above its
+    forecast (higher pre-warms more replicas, earlier)."""
 
     @field_validator("namespaces", mode="before")
     @classmethod

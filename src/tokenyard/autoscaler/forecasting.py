@@ -35,7 +35,10 @@ class _Fit:
 
 
 def fit_history(
-    samples: Sequence[tuple[float, float]], min_days: float, bin_s: float = 600.0
+    samples: Sequence[tuple[float, float]],
+    min_days: float,
+    bin_s: float = 600.0,
+    ready_share: float = SeasonalForecast.quantile,
 ) -> SeasonalForecast | None:
     """The seasonal forecast of (time, rate over the ``bin_s`` before it) samples, as a
     Prometheus range query of ``rate(...[bin_s])`` gives them, or None when they span
@@ -45,7 +48,9 @@ def fit_history(
         return None
     times = [t - bin_s for t, _ in samples]
     rates = [r for _, r in samples]
-    return SeasonalForecast(bin_s=bin_s, level_window_s=bin_s, horizon_s=bin_s).fit(times, rates)
+    return SeasonalForecast(
+        bin_s=bin_s, level_window_s=bin_s, horizon_s=bin_s, quantile=ready_share
+    ).fit(times, rates)
 
 
 class LiveForecasts:
@@ -59,12 +64,14 @@ class LiveForecasts:
         history_days: float = 14.0,
         refit_s: float = 3600.0,
         bin_s: float = 600.0,
+        ready_share: float = SeasonalForecast.quantile,
     ) -> None:
         self.source = source if isinstance(source, RateHistorySource) else None
         self.min_days = min_days
         self.history_days = history_days
         self.refit_s = refit_s
         self.bin_s = bin_s
+        self.ready_share = ready_share
         self.fits: dict[tuple[str, str], _Fit] = {}
 
     @property
@@ -98,7 +105,7 @@ class LiveForecasts:
             return
         for m in due:
             old = self.fits.get((namespace, m.name))
-            fc = fit_history(history.get(m.name, []), self.min_days, self.bin_s)
+            fc = fit_history(history.get(m.name, []), self.min_days, self.bin_s, self.ready_share)
             self.fits[(namespace, m.name)] = _Fit(
                 now, fc, old.recent if old is not None else deque()
             )

@@ -200,6 +200,7 @@ class Autoscaler:
             min_days=settings.forecast_min_days,
             history_days=settings.forecast_history_days,
             refit_s=settings.forecast_refit_s,
+            ready_share=settings.forecast_ready_share,
         )
 
     def _list(self, fn: Callable[[str | None], list[dict[str, Any]]]) -> list[dict[str, Any]]:

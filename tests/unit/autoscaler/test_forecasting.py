@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -137,3 +138,20 @@ def test_forecast_without_a_measured_rate_keeps_the_recent_level() -> None:
     before = 3 * DAY_S + RAMP_S - 185
     assert (fc.forecast("ns", "auto", before, 120.0, 4.0) or 0) < 16.0
     assert (fc.forecast("ns", "auto", before, 120.0, 4.0, span_s=70.0) or 0) >= 16.0
+
+
+def test_ready_share_is_the_quantile_pre_warmed_for() -> None:
+    # Rates around the daily shape: the bound for a larger share of ramps ready is the
+    # larger quantile of how far rises went above the forecast.
+    rng = random.Random(0)
+    noisy = [(t, r * rng.uniform(0.7, 1.3)) for t, r in _daily(6)]
+    low, high = fit_history(noisy, 2, ready_share=0.5), fit_history(noisy, 2, ready_share=0.95)
+    assert low is not None and high is not None
+    t, recent = 6 * DAY_S + RAMP_S, [(6 * DAY_S + RAMP_S - 600, 4.0)]
+    assert high.upper(t, recent) > low.upper(t, recent) > low.predict(t, recent)
+    # The setting reaches the live loop's fits.
+    src = HistorySource(_night(), days=3)
+    scaler = Autoscaler(FakeApi(), src, AutoscalerSettings(forecast_ready_share=0.8))
+    scaler.forecasts.refresh("ns", [ModelRef(name="auto", served_name="auto")], 3 * DAY_S)
+    fit = scaler.forecasts.fits[("ns", "auto")].forecast
+    assert fit is not None and fit.quantile == 0.8
