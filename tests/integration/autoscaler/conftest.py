@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -16,34 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.integration.realparts import free_port, wait_http
 
 PROMETHEUS = (
     os.environ.get("TOKENYARD_PROMETHEUS_BIN")
     or shutil.which("prometheus")
     or ("/usr/bin/prometheus")
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError as exc:
-            last = str(exc)
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout_s}s: {last}")
 
 
 def wait_window_full(

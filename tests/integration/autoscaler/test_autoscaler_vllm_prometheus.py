@@ -10,9 +10,6 @@ decisions are written; the simulator checks their effect on latency).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,11 +18,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.integration.realparts import vllm_openai_server
 
 from tokenyard.autoscaler.decide import DecisionConfig, ModelState, ModelView, PoolView, decide_pool
 from tokenyard.autoscaler.signals import ModelRef, PrometheusSignalSource
 
-from .conftest import StartPrometheus, free_port, wait_http, wait_window_full
+from .conftest import StartPrometheus, wait_window_full
 
 pytestmark = [pytest.mark.serving, pytest.mark.timeout(420)]
 
@@ -34,41 +32,8 @@ MODEL = "tiny-autoscaled"
 
 @pytest.fixture
 def vllm_server(tmp_path: Path) -> Iterator[str]:
-    pytest.importorskip("vllm")
-    from tokenyard.serving.tiny import build_tiny_model
-
-    model = build_tiny_model(tmp_path / "model")
-    port = free_port()
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_LOGGING_LEVEL": "WARNING",
-    }
-    with (tmp_path / "vllm.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-                "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-                "--served-model-name", MODEL, "--dtype", "float32",
-                "--max-model-len", "512", "--enforce-eager",
-            ],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        try:
-            wait_http(f"http://127.0.0.1:{port}/health", 240, proc)
-        except (RuntimeError, TimeoutError) as exc:
-            tail = (tmp_path / "vllm.log").read_text(errors="replace")[-3000:]
-            raise AssertionError(f"vLLM did not start: {exc}\n{tail}") from exc
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with vllm_openai_server(tmp_path, MODEL, timeout_s=240) as base:
+        yield base
 
 
 def _load(base: str, stop: threading.Event, workers: int) -> ThreadPoolExecutor:

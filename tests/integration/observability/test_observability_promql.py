@@ -28,10 +28,7 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -44,6 +41,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from tests.integration.realparts import free_port, stop, vllm_openai_server, wait_http
 
 from .promql import ends_in_filter, refs
 
@@ -110,74 +108,10 @@ kube_pod_labels{{namespace="{NS}",pod="shared-l4-w1",uid="u1",label_tokenyard_de
 # --- processes -------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout_s}s")
-
-
-def _stop(proc: subprocess.Popen[bytes], group: bool = False) -> None:
-    if proc.poll() is not None:
-        return
-    if group:
-        os.killpg(proc.pid, signal.SIGTERM)
-    else:
-        proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        if group:
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.kill()
-        proc.wait()
-
-
 @pytest.fixture
 def vllm(tmp_path: Path) -> Iterator[str]:
-    pytest.importorskip("vllm")
-    from tokenyard.serving.tiny import build_tiny_model
-
-    model = build_tiny_model(tmp_path / "model")
-    port = free_port()
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_LOGGING_LEVEL": "WARNING",
-    }
-    with (tmp_path / "vllm.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-                "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-                "--served-model-name", SERVED, "--dtype", "float32",
-                "--max-model-len", "512", "--enforce-eager",
-            ],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        try:
-            wait_http(f"http://127.0.0.1:{port}/health", 300, proc)
-        except (RuntimeError, TimeoutError) as exc:
-            tail = (tmp_path / "vllm.log").read_text(errors="replace")[-3000:]
-            raise AssertionError(f"vLLM did not start: {exc}\n{tail}") from exc
-        yield f"127.0.0.1:{port}"
-    finally:
-        _stop(proc, group=True)
+    with vllm_openai_server(tmp_path, SERVED) as base:
+        yield base
 
 
 def router_config(vllm: str, dead: str) -> Any:
@@ -512,7 +446,7 @@ def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
     prom = Prometheus(f"http://127.0.0.1:{port}", tmp_path / "prometheus.yml", port, tmp_path)
     yield prom
     if prom.proc is not None:
-        _stop(prom.proc)
+        stop(prom.proc)
 
 
 # --- load ------------------------------------------------------------------------------
