@@ -187,17 +187,21 @@ def router_config(m: Manifests) -> RouterConfig:
 
 def configmap_value(m: Manifests, namespace: str, name: str, key: str) -> str | None:
     """A key of a ConfigMap found among the manifests, in the namespace of the object that
-    refers to it (a ConfigMap without one is in "default", as a policy without one is)."""
+    refers to it; failing that, one that names no namespace (it lands in whichever it is
+    applied to, as `train-router --configmap` writes it). One in another namespace is
+    not the referrer's, as in the cluster."""
+    found: dict[bool, dict[str, Any]] = {}
     for obj in m.others:
         meta = obj.get("metadata") or {}
-        if (
-            obj.get("kind") == "ConfigMap"
-            and meta.get("name") == name
-            and str(meta.get("namespace") or "default") == namespace
-        ):
-            value = (obj.get("data") or {}).get(key)
-            return str(value) if value is not None else None
-    return None
+        if obj.get("kind") == "ConfigMap" and meta.get("name") == name:
+            ns = meta.get("namespace")
+            if not ns or str(ns) == namespace:
+                found.setdefault(bool(ns), obj)
+    obj = found.get(True) or found.get(False)
+    if obj is None:
+        return None
+    value = (obj.get("data") or {}).get(key)
+    return str(value) if value is not None else None
 
 
 def _learned_entry(m: Manifests, p: Any, *, shadow: bool = False) -> LearnedClassifierEntry | None:

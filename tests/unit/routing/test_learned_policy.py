@@ -182,11 +182,22 @@ def test_explain_reads_the_configmap_of_the_policys_namespace(tmp_path: Path) ->
     d = _manifests(tmp_path)
     policy, cm = yaml.safe_load_all((d / "policy.yaml").read_text())
     body = {"model": "chat", "messages": [{"role": "user", "content": HARD}]}
-    for ns, expected in (("other", "Heuristic"), ("default", "Learned")):
+    # One that names no namespace (as train-router --configmap writes it) is in whichever
+    # it is applied to: the policy's.
+    policy["metadata"]["namespace"] = "team-a"
+    for ns, expected in (("other", "Heuristic"), ("team-a", "Learned"), (None, "Learned")):
         cm["metadata"]["namespace"] = ns
         (d / "policy.yaml").write_text(yaml.safe_dump_all([policy, cm]))
         out = explain_request(body, {"x-tenant": "t"}, router_config(load([d])), StaticSpend(), 0.0)
         assert out["classifier"]["type"] == expected, ns
+    # The policy's own namespace wins over one that names none.
+    other = {**cm, "metadata": {"name": cm["metadata"]["name"], "namespace": "team-a"},
+             "data": {"model.json": "not an artifact"}}  # fmt: skip
+    (d / "policy.yaml").write_text(
+        yaml.safe_dump_all([policy, {**cm, "metadata": {"name": cm["metadata"]["name"]}}, other])
+    )
+    out = explain_request(body, {"x-tenant": "t"}, router_config(load([d])), StaticSpend(), 0.0)
+    assert out["classifier"]["type"] == "Heuristic"  # the team-a one is read, and invalid
 
 
 def test_explain_without_the_configmap_says_the_heuristic_scores(tmp_path: Path) -> None:
