@@ -197,10 +197,10 @@ def configmap_value(m: Manifests, namespace: str, name: str, key: str) -> str | 
             ns = meta.get("namespace")
             if not ns or str(ns) == namespace:
                 found.setdefault(bool(ns), obj)
-    obj = found.get(True) or found.get(False)
-    if obj is None:
+    chosen = found.get(True) or found.get(False)
+    if chosen is None:
         return None
-    value = (obj.get("data") or {}).get(key)
+    value = (chosen.get("data") or {}).get(key)
     return str(value) if value is not None else None
 
 
