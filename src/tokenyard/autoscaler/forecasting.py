@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from tokenyard.autoscaler.decide.forecast import DAY_S, SeasonalForecast
@@ -109,6 +109,11 @@ class LiveForecasts:
             self.fits[(namespace, m.name)] = _Fit(
                 now, fc, old.recent if old is not None else deque()
             )
+
+    def forget(self, keep: Collection[tuple[str, str]]) -> None:
+        """Drops the fits of models not in ``keep`` (namespace, name): deleted ones."""
+        for key in [k for k in self.fits if k not in keep]:
+            del self.fits[key]
 
     def forecast(  # noqa: PLR0917
         self,

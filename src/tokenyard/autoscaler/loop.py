@@ -224,8 +224,10 @@ class Autoscaler:
             except ValidationError as exc:
                 result.skipped.append(f"ServingPool {_meta(raw)}: {exc.error_count()} errors")
         members: dict[Key, list[tuple[dict[str, Any], ModelDeployment]]] = {}
+        listed: set[Key] = set()
         for raw in self._list(self.api.list_models):
             ns, name = _meta(raw)
+            listed.add((ns, name))
             try:
                 md = ModelDeployment.model_validate(raw)
             except ValidationError as exc:
@@ -240,6 +242,7 @@ class Autoscaler:
                 result.skipped.append(f"pool {ns}/{pool_name} not found")
                 continue
             self._pool(ns, pool, models, now, result)
+        self._forget(listed)
         try:
             pool_spend = self._policy_spend(now, result)
         except Exception as exc:  # reporting must not stop the decisions (or fail health)
@@ -253,6 +256,16 @@ class Autoscaler:
             except Exception as exc:  # reporting must not stop the decisions
                 log.warning("measuring pool %s/%s failed: %s", *key, exc)
         return result
+
+    def _forget(self, listed: set[Key]) -> None:
+        """Drops what is remembered of models the API no longer lists (deleted ones): their
+        hysteresis state, last KV-cache size and forecast fit. A model listed again later
+        starts afresh, as a new one would."""
+        for key in [k for k in self.states if k not in listed]:
+            del self.states[key]
+        for key in [k for k in self.kv_sizes if k not in listed]:
+            del self.kv_sizes[key]
+        self.forecasts.forget(listed)
 
     def _policy_spend(self, now: float, result: Tick) -> dict[Key, float]:
         """Writes every RoutingPolicy's spend rate; returns the sum per pool. Spend is

@@ -414,3 +414,28 @@ def test_views_carry_the_measured_decode_speed_and_kv_cache(
     assert busy.decode_tokens_per_sequence == pytest.approx(30.0)
     assert ModelSignals(observed_at=0, running=0.5, generation_tokens_per_s=9.0)\
         .decode_tokens_per_sequence is None  # fmt: skip
+
+
+def test_deleted_models_are_forgotten() -> None:
+    # A model the API no longer lists loses its hysteresis state and KV size, so a
+    # long-running autoscaler on a cluster whose models come and go does not grow; the
+    # models still listed keep theirs.
+    api = FakeApi()
+    _seed(api)
+    busy = ModelSignals(observed_at=0, running=25, kv_cache_tokens=60_000.0)
+    scaler = Autoscaler(api, StaticSignalSource({"auto": busy, "manual": busy}),
+                        AutoscalerSettings())  # fmt: skip
+    scaler.tick(1000.0)
+    assert set(scaler.states) == {("ns", "auto"), ("ns", "manual")}
+    assert set(scaler.kv_sizes) == {("ns", "auto"), ("ns", "manual")}
+    scaler.forecasts.fits[("ns", "auto")] = scaler.forecasts.fits[("ns", "gone")] = None  # type: ignore[assignment]
+    del api.models[("ns", "auto")]
+    scaler.tick(1030.0)
+    assert set(scaler.states) == {("ns", "manual")}
+    assert set(scaler.kv_sizes) == {("ns", "manual")}
+    assert scaler.forecasts.fits == {}
+    # Listed again, it starts afresh (the first decision of a new model).
+    api.models[("ns", "auto")] = copy.deepcopy(api.models[("ns", "manual")])
+    api.models[("ns", "auto")]["metadata"]["name"] = "auto"
+    scaler.tick(1060.0)
+    assert ("ns", "auto") in scaler.states
