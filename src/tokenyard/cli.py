@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--request", required=True, help="request body JSON file ('-' for stdin)")
     s.add_argument("--header", action="append", default=[], help="NAME: VALUE (repeatable)")
     s.add_argument("--endpoint", default=None, help="policy endpoint if the body names none")
+    s.add_argument("-n", "--namespace", default="default", help="namespace of objects without one")
     s.set_defaults(func=_lazy("tokenyard.routing.explain"))
 
     s = sub.add_parser(

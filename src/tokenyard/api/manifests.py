@@ -39,6 +39,23 @@ class Manifests:
     others: list[dict[str, Any]] = field(default_factory=list)
 
 
+def core_objects(
+    others: Iterable[dict[str, Any]], kind: str, default_namespace: str
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Core (v1) objects of one kind found in the manifests (ConfigMaps, Secrets):
+    namespace -> name -> object. One that names no namespace is in ``default_namespace``,
+    where ``kubectl apply -n`` puts it; of two with the same namespace and name, the later
+    one wins, as the later apply would. ``render`` and ``explain`` both look objects up
+    this way, so they agree with each other and with the cluster."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for o in others:
+        if o.get("apiVersion") == "v1" and o.get("kind") == kind:
+            meta = o.get("metadata") or {}
+            ns = str(meta.get("namespace") or default_namespace)
+            out.setdefault(ns, {})[str(meta.get("name"))] = o
+    return out
+
+
 def _files(paths: Iterable[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import yaml
 
 from tokenyard.api.common import REASON_ARTIFACT_UNAVAILABLE
-from tokenyard.api.manifests import ManifestError, Manifests, load
+from tokenyard.api.manifests import ManifestError, Manifests, core_objects, load
 from tokenyard.api.model import ModelDeployment
 from tokenyard.api.policy import RoutingPolicy
 from tokenyard.api.pool import ServingPool
@@ -94,18 +94,6 @@ def _semantic_errors(m: Manifests, sources: dict[tuple[str, str], str]) -> list[
     return out
 
 
-def _objects(
-    others: Iterable[dict[str, Any]], kind: str, default_ns: str
-) -> dict[str, dict[str, dict[str, Any]]]:
-    """Core (v1) objects of one kind found in the manifests: namespace -> name -> object."""
-    out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for o in others:
-        if o.get("apiVersion") == "v1" and o.get("kind") == kind:
-            meta = o.get("metadata") or {}
-            out[str(meta.get("namespace") or default_ns)][str(meta.get("name"))] = o
-    return out
-
-
 def _secrets(others: Iterable[dict[str, Any]], default_ns: str) -> dict[str, dict[str, set[str]]]:
     """Secrets found in the manifests: namespace -> name -> data keys."""
     return {
@@ -113,7 +101,7 @@ def _secrets(others: Iterable[dict[str, Any]], default_ns: str) -> dict[str, dic
             name: set((o.get("data") or {}).keys()) | set((o.get("stringData") or {}).keys())
             for name, o in by_name.items()
         }
-        for ns, by_name in _objects(others, "Secret", default_ns).items()
+        for ns, by_name in core_objects(others, "Secret", default_ns).items()
     }
 
 
@@ -123,7 +111,7 @@ def _configmaps(
     """ConfigMaps found in the manifests: namespace -> name -> data (as the API server
     stores it: every value a string)."""
     out: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
-    for ns, by_name in _objects(others, "ConfigMap", default_ns).items():
+    for ns, by_name in core_objects(others, "ConfigMap", default_ns).items():
         for name, o in by_name.items():
             out[ns][name] = {str(k): str(v) for k, v in (o.get("data") or {}).items()}
     return out

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tokenyard.api.manifests import ManifestError, Manifests, load
+from tokenyard.api.manifests import ManifestError, Manifests, core_objects, load
 from tokenyard.api.pool import AcceleratorClass
 from tokenyard.contract import (
     CatalogueEntry,
@@ -147,8 +147,11 @@ def _name(obj: Any) -> str:
     return str(obj.metadata.get("name", ""))
 
 
-def _namespace(obj: Any) -> str:
-    return str(obj.metadata.get("namespace") or "default")
+DEFAULT_NAMESPACE = "default"
+
+
+def _namespace(obj: Any, default: str = DEFAULT_NAMESPACE) -> str:
+    return str(obj.metadata.get("namespace") or default)
 
 
 def _accelerator(m: Manifests, pool: str | None, accel: str) -> AcceleratorClass | None:
@@ -160,8 +163,11 @@ def _accelerator(m: Manifests, pool: str | None, accel: str) -> AcceleratorClass
     return None
 
 
-def router_config(m: Manifests) -> RouterConfig:
-    """A router config with every policy and model in the manifests, all models ready."""
+def router_config(m: Manifests, namespace: str | None = DEFAULT_NAMESPACE) -> RouterConfig:
+    """A router config with every policy and model in the manifests, all models ready.
+    Objects that name no namespace are in ``namespace`` (``explain -n``), as with
+    ``kubectl apply -n`` and ``tokenyard render -n``. ``None`` (`tokenyard up`, which
+    has no namespaces): a policy's ConfigMap is the one of its name in any namespace."""
     models: list[CatalogueEntry] = []
     for md in m.models:
         accel = None
@@ -171,13 +177,13 @@ def router_config(m: Manifests) -> RouterConfig:
     policies = [
         PolicyEntry(
             name=_name(p),
-            namespace=_namespace(p),
+            namespace=_namespace(p, namespace or DEFAULT_NAMESPACE),
             endpoint=p.spec.endpoint or _name(p),
             generation=None,
             spec=p.spec.dump(),
             tenantKeysEnv=tenant_keys_env(_name(p)) if p.spec.tenants.apiKeysSecretRef else None,
-            classifier=_learned_entry(m, p),
-            shadow=_learned_entry(m, p, shadow=True),
+            classifier=_learned_entry(m, p, namespace),
+            shadow=_learned_entry(m, p, namespace, shadow=True),
         )
         for p in m.policies
     ]
@@ -185,26 +191,33 @@ def router_config(m: Manifests) -> RouterConfig:
     return RouterConfig(pool=pool, namespace="default", models=models, policies=policies)
 
 
-def configmap_value(m: Manifests, namespace: str, name: str, key: str) -> str | None:
-    """A key of a ConfigMap found among the manifests, in the namespace of the object that
-    refers to it; failing that, one that names no namespace (it lands in whichever it is
-    applied to, as `train-router --configmap` writes it). One in another namespace is
-    not the referrer's, as in the cluster."""
-    found: dict[bool, dict[str, Any]] = {}
-    for obj in m.others:
-        meta = obj.get("metadata") or {}
-        if obj.get("kind") == "ConfigMap" and meta.get("name") == name:
-            ns = meta.get("namespace")
-            if not ns or str(ns) == namespace:
-                found.setdefault(bool(ns), obj)
-    chosen = found.get(True) or found.get(False)
-    if chosen is None:
+def configmap_value(
+    m: Manifests,
+    namespace: str | None,
+    name: str,
+    key: str,
+    default_namespace: str = DEFAULT_NAMESPACE,
+) -> str | None:
+    """A key of a ConfigMap found among the manifests in ``namespace`` (that of the object
+    referring to it: in the cluster, one elsewhere is not the referrer's). A ConfigMap
+    that names no namespace, as `train-router --configmap` writes it, is in
+    ``default_namespace``, where `kubectl apply -n` would put it. ``namespace`` None:
+    the last of that name in any namespace (`tokenyard up`)."""
+    maps = core_objects(m.others, "ConfigMap", default_namespace)
+    if namespace is None:
+        found = [by_name[name] for by_name in maps.values() if name in by_name]
+        cm = found[-1] if found else None
+    else:
+        cm = maps.get(namespace, {}).get(name)
+    if cm is None:
         return None
-    value = (chosen.get("data") or {}).get(key)
+    value = (cm.get("data") or {}).get(key)
     return str(value) if value is not None else None
 
 
-def _learned_entry(m: Manifests, p: Any, *, shadow: bool = False) -> LearnedClassifierEntry | None:
+def _learned_entry(
+    m: Manifests, p: Any, default_namespace: str | None, *, shadow: bool = False
+) -> LearnedClassifierEntry | None:
     """A Learned policy's classifier (or, with ``shadow``, its spec.classifier.shadow
     candidate) from its ConfigMap in the manifests, if it is there and valid (else the
     heuristic, or no candidate, as in the cluster)."""
@@ -212,7 +225,11 @@ def _learned_entry(m: Manifests, p: Any, *, shadow: bool = False) -> LearnedClas
     ref = c.shadow if shadow else (c.artifactRef if c.type == "Learned" else None)
     if ref is None:
         return None
-    text = configmap_value(m, _namespace(p), ref.name, ref.key)
+    if default_namespace is None:
+        text = configmap_value(m, None, ref.name, ref.key)
+    else:
+        ns = _namespace(p, default_namespace)
+        text = configmap_value(m, ns, ref.name, ref.key, default_namespace)
     if text is None:
         return None
     try:
@@ -221,11 +238,50 @@ def _learned_entry(m: Manifests, p: Any, *, shadow: bool = False) -> LearnedClas
         return None
 
 
-def secret_value(m: Manifests, name: str, key: str) -> str | None:
-    """A key of a Secret found among the manifests (stringData or base64 data)."""
-    for obj in m.others:
-        if obj.get("kind") != "Secret" or (obj.get("metadata") or {}).get("name") != name:
-            continue
+def classifier_warnings(m: Manifests, namespace: str = DEFAULT_NAMESPACE) -> list[str]:
+    """Why a Learned policy's ConfigMap, present in the manifests, is not the policy's: it
+    is in another namespace (often: it names none and ``-n`` is not the policy's)."""
+    out: list[str] = []
+    maps = core_objects(m.others, "ConfigMap", namespace)
+    for p in m.policies:
+        c = p.spec.classifier
+        ns = _namespace(p, namespace)
+        for field, ref in (("artifactRef", c.artifactRef), ("shadow", c.shadow)):
+            if ref is None or (field == "artifactRef" and c.type != "Learned"):
+                continue
+            if ref.name in maps.get(ns, {}):
+                continue
+            elsewhere = sorted(n for n, by_name in maps.items() if ref.name in by_name)
+            if elsewhere:
+                out.append(
+                    f"RoutingPolicy {ns}/{_name(p)}: spec.classifier.{field}: ConfigMap "
+                    f"{ref.name!r} is in namespace {', '.join(elsewhere)}, not {ns} (objects "
+                    f"without a namespace are in -n, here {namespace}); the router would not "
+                    "read it"
+                )
+    return out
+
+
+def secret_value(
+    m: Manifests,
+    name: str,
+    key: str,
+    namespace: str | None = None,
+    default_namespace: str = DEFAULT_NAMESPACE,
+) -> str | None:
+    """A key of a Secret found among the manifests (stringData or base64 data): in
+    ``namespace`` (a Secret naming none is in ``default_namespace``), or, without one
+    (`tokenyard up`, where there are no namespaces), the first of that name."""
+    if namespace is not None:
+        found = core_objects(m.others, "Secret", default_namespace).get(namespace, {}).get(name)
+        candidates = [found] if found is not None else []
+    else:
+        candidates = [
+            o
+            for o in m.others
+            if o.get("kind") == "Secret" and (o.get("metadata") or {}).get("name") == name
+        ]
+    for obj in candidates:
         string_data = obj.get("stringData") or {}
         if key in string_data:
             return str(string_data[key])
@@ -238,14 +294,17 @@ def secret_value(m: Manifests, name: str, key: str) -> str | None:
     return None
 
 
-def api_keys_from_manifests(m: Manifests) -> dict[str, dict[str, str]]:
-    """Each policy's key-to-tenant map, from Secrets included in the manifests."""
+def api_keys_from_manifests(
+    m: Manifests, namespace: str = DEFAULT_NAMESPACE
+) -> dict[str, dict[str, str]]:
+    """Each policy's key-to-tenant map, from Secrets included in the manifests (in the
+    policy's namespace; objects that name none are in ``namespace``)."""
     out: dict[str, dict[str, str]] = {}
     for p in m.policies:
         ref = p.spec.tenants.apiKeysSecretRef
         if ref is None:
             continue
-        text = secret_value(m, ref.name, ref.key)
+        text = secret_value(m, ref.name, ref.key, _namespace(p, namespace), namespace)
         if text is not None:
             out[_name(p)] = parse_api_keys(text)
     return out
@@ -290,7 +349,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         body = _read_body(args.request)
-        config = router_config(manifests)
+        namespace = getattr(args, "namespace", None) or DEFAULT_NAMESPACE
+        config = router_config(manifests, namespace)
+        for line in classifier_warnings(manifests, namespace):
+            print(f"warning: {line}", file=sys.stderr)
         endpoint = args.endpoint
         if endpoint is None and len(config.policies) == 1:
             # One policy in the manifests: a body without "model" can only mean it.
@@ -305,7 +367,7 @@ def main(args: argparse.Namespace) -> int:
             StaticSpend(),
             time.time(),
             kind=kind,
-            api_keys=api_keys_from_manifests(manifests),
+            api_keys=api_keys_from_manifests(manifests, namespace),
             # A fixed seed: explaining the same request twice gives the same answer.
             rng=random.Random(0),
         )
@@ -324,6 +386,7 @@ def main(args: argparse.Namespace) -> int:
 
 __all__ = [
     "api_keys_from_manifests",
+    "classifier_warnings",
     "error_json",
     "explain_request",
     "find_policy",

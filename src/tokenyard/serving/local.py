@@ -256,7 +256,7 @@ def plan(
     state = Path(state_dir).expanduser()
     if not m.policies and not m.models:
         raise ManifestError("no ModelDeployment or RoutingPolicy found in the manifests")
-    cfg = router_config(m)
+    cfg = router_config(m, namespace=None)  # no namespaces here
     pool = cfg.pool or "local"
     # Every model runs one replica here (below): spill-over must count on one.
     models = [

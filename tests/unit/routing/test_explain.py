@@ -236,7 +236,8 @@ def test_router_config_delivers_a_shadow_candidate_from_the_manifests() -> None:
             },
         }
     )
-    cm = {"kind": "ConfigMap", "metadata": {"name": "candidate"}, "data": {"model.json": artifact}}
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "candidate"},
+          "data": {"model.json": artifact}}  # fmt: skip
     with_cm = router_config(Manifests(policies=[policy], others=[cm])).policies[0]
     assert with_cm.classifier is None
     assert with_cm.shadow is not None and with_cm.shadow.artifact == artifact

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,14 @@ from tokenyard.contract import (
     RouterConfig,
     learned_classifier_entry,
 )
+from tokenyard.operator.render import render
 from tokenyard.routing.budget import StaticSpend
-from tokenyard.routing.explain import explain_request, router_config
+from tokenyard.routing.explain import classifier_warnings, explain_request, router_config
 from tokenyard.routing.learned.model import content_version, load_model
 from tokenyard.routing.learned.policy import PolicyClassifier, build_policy_classifier
 from tokenyard.routing.request import parse_request
 from tokenyard.serving.router.state import build_state
+from tokenyard.settings import OperatorSettings
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 MANIFESTS = Path(__file__).parent / "manifests"
@@ -178,26 +182,73 @@ def test_explain_shows_the_score_and_the_threshold(tmp_path: Path) -> None:
 
 def test_explain_reads_the_configmap_of_the_policys_namespace(tmp_path: Path) -> None:
     # As in the cluster, where the router reads the artifact from the policy's namespace:
-    # a ConfigMap of the same name elsewhere is not the policy's.
+    # a ConfigMap of the same name elsewhere is not the policy's. One that names no
+    # namespace (as train-router --configmap writes it) is in -n, as kubectl apply -n and
+    # tokenyard render -n would put it (one rule for render and explain).
     d = _manifests(tmp_path)
     policy, cm = yaml.safe_load_all((d / "policy.yaml").read_text())
     body = {"model": "chat", "messages": [{"role": "user", "content": HARD}]}
-    # One that names no namespace (as train-router --configmap writes it) is in whichever
-    # it is applied to: the policy's.
     policy["metadata"]["namespace"] = "team-a"
-    for ns, expected in (("other", "Heuristic"), ("team-a", "Learned"), (None, "Learned")):
-        cm["metadata"]["namespace"] = ns
+    cases = (("other", "team-a", "Heuristic"), ("team-a", "default", "Learned"),
+             ("team-a", "team-a", "Learned"), (None, "default", "Heuristic"),
+             (None, "team-a", "Learned"))  # fmt: skip
+    for cm_ns, n, expected in cases:
+        cm["metadata"]["namespace"] = cm_ns
         (d / "policy.yaml").write_text(yaml.safe_dump_all([policy, cm]))
-        out = explain_request(body, {"x-tenant": "t"}, router_config(load([d])), StaticSpend(), 0.0)
-        assert out["classifier"]["type"] == expected, ns
-    # The policy's own namespace wins over one that names none.
-    other = {**cm, "metadata": {"name": cm["metadata"]["name"], "namespace": "team-a"},
-             "data": {"model.json": "not an artifact"}}  # fmt: skip
-    (d / "policy.yaml").write_text(
-        yaml.safe_dump_all([policy, {**cm, "metadata": {"name": cm["metadata"]["name"]}}, other])
+        m = load([d])
+        out = explain_request(body, {"x-tenant": "t"}, router_config(m, n), StaticSpend(), 0.0)
+        assert out["classifier"]["type"] == expected, (cm_ns, n)
+        if n == "team-a":  # where render puts the pool and models beside the policy
+            # The same lookup as render's: it warns exactly when explain has no artifact.
+            _, problems = render(m, n, OperatorSettings())
+            unavailable = [p for p in problems if p.reason == "ArtifactUnavailable"]
+            assert bool(unavailable) == (expected == "Heuristic"), (cm_ns, n)
+        # A ConfigMap of that name in another namespace is named in a warning.
+        warnings = classifier_warnings(m, n)
+        assert bool(warnings) == (expected == "Heuristic"), (cm_ns, n)
+        if warnings:
+            assert "not team-a" in warnings[0] and "spec.classifier.artifactRef" in warnings[0]
+    # `tokenyard up` has no namespaces: the ConfigMap of that name serves wherever it is.
+    cm["metadata"]["namespace"] = "other"
+    (d / "policy.yaml").write_text(yaml.safe_dump_all([policy, cm]))
+    out = explain_request(
+        body, {"x-tenant": "t"}, router_config(load([d]), None), StaticSpend(), 0.0
     )
-    out = explain_request(body, {"x-tenant": "t"}, router_config(load([d])), StaticSpend(), 0.0)
-    assert out["classifier"]["type"] == "Heuristic"  # the team-a one is read, and invalid
+    assert out["classifier"]["type"] == "Learned"
+    # Two of the same namespace and name: the later one wins, as the later apply would.
+    bad = {**cm, "metadata": {"name": cm["metadata"]["name"]}, "data": {"model.json": "no"}}
+    (d / "policy.yaml").write_text(yaml.safe_dump_all([policy, {**cm, "metadata": {
+        "name": cm["metadata"]["name"], "namespace": "team-a"}}, bad]))  # fmt: skip
+    out = explain_request(
+        body, {"x-tenant": "t"}, router_config(load([d]), "team-a"), StaticSpend(), 0.0
+    )
+    assert out["classifier"]["type"] == "Heuristic"  # the invalid, later one is read
+
+
+def test_explain_cli_namespace_option_and_warning(tmp_path: Path) -> None:
+    # `tokenyard explain -n`: where objects without a namespace go; a ConfigMap that lands
+    # elsewhere than the policy is named on stderr, with the way out.
+    (tmp_path / "m").mkdir()
+    d = _manifests(tmp_path / "m")
+    policy, cm = yaml.safe_load_all((d / "policy.yaml").read_text())
+    policy["metadata"]["namespace"] = "team-a"
+    (d / "policy.yaml").write_text(yaml.safe_dump_all([policy, cm]))
+    req = tmp_path / "req.json"
+    req.write_text(json.dumps({"model": "chat", "messages": [{"role": "user", "content": HARD}]}))
+    got = {}
+    for n in ("default", "team-a"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "tokenyard.cli", "explain", "-f", str(d), "--request",
+             str(req), "--header", "X-Tenant: t", "-n", n],
+            capture_output=True, text=True, timeout=50, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        got[n] = (json.loads(proc.stdout)["classifier"]["type"], proc.stderr)
+    assert got["team-a"] == ("Learned", "")
+    kind, err = got["default"]
+    assert kind == "Heuristic"
+    assert "warning: RoutingPolicy team-a/chat: spec.classifier.artifactRef: ConfigMap" in err
+    assert "'difficulty' is in namespace default, not team-a" in err
 
 
 def test_explain_without_the_configmap_says_the_heuristic_scores(tmp_path: Path) -> None:
