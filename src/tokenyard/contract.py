@@ -10,6 +10,7 @@ builders turn API objects into the Serve application arguments.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -225,8 +226,22 @@ def learned_classifier_entry(text: str, keep_strong_quality: float) -> LearnedCl
     Checked here (the operator has no numpy model): size, JSON, kind, format version,
     a version string, and a quality-table point that keeps ``keep_strong_quality``. The
     threshold is the highest whose held-out quality reached the aim (the fewest strong
-    calls), as :meth:`DifficultyModel.threshold_for_quality` picks it.
+    calls), as :meth:`DifficultyModel.threshold_for_quality` picks it. An operator pass
+    asks for the same artifact for the router's config and for status: the artifact is
+    parsed once (the last few valid ones are remembered), each caller gets its own entry.
     """
+    version, threshold, share = _artifact_threshold(text, keep_strong_quality)
+    return LearnedClassifierEntry(
+        version=version,
+        threshold=threshold,
+        keepStrongQuality=keep_strong_quality,
+        expectedStrongShare=share,
+        artifact=text,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _artifact_threshold(text: str, keep_strong_quality: float) -> tuple[str, float, float | None]:
     size = len(text.encode())
     if size > MAX_LEARNED_ARTIFACT_BYTES:
         raise ValueError(f"the artifact is {size} bytes, over 1 MiB")
@@ -265,13 +280,7 @@ def learned_classifier_entry(text: str, keep_strong_quality: float) -> LearnedCl
             f"no threshold in the artifact's qualityTable keeps {keep_strong_quality:g} of "
             f"the strong model's quality (the table reaches {reached:g})"
         )
-    return LearnedClassifierEntry(
-        version=version,
-        threshold=best[0],
-        keepStrongQuality=keep_strong_quality,
-        expectedStrongShare=best[1],
-        artifact=text,
-    )
+    return version, best[0], best[1]
 
 
 def _number(v: Any) -> float | None:

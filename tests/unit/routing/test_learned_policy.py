@@ -58,6 +58,24 @@ def test_entry_takes_the_highest_threshold_that_keeps_the_aim() -> None:
     assert strict.threshold <= entry.threshold
 
 
+def test_entry_parses_an_artifact_once_and_gives_each_caller_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An operator pass asks for the same artifact for the router config and for status.
+    from tokenyard import contract
+
+    calls = []
+    real = json.loads
+    monkeypatch.setattr(contract.json, "loads", lambda t: calls.append(1) or real(t))
+    text = _edited(training={"note": "parsed once"})
+    a = learned_classifier_entry(text, 0.95)
+    b = learned_classifier_entry(text, 0.95)
+    assert len(calls) == 1
+    assert a == b and a is not b
+    learned_classifier_entry(text, 1.0)  # another aim: its own threshold
+    assert len(calls) == 2
+
+
 def _edited(**changes: Any) -> str:
     doc = dict(DOC)
     doc.update(changes)
