@@ -191,3 +191,32 @@ def test_the_fluid_ttft_p95_is_the_window_percentile() -> None:
     assert srv.ttft_p95() == pytest.approx(9.625, abs=0.1)
     srv.steps.append((20.0, 950.0, 0.0, -100.0, 8000.0, 0.125, 0.0, math.inf))
     assert srv.ttft_p95() == pytest.approx(0.125, abs=0.02)
+
+
+def test_the_fluid_engine_counts_requests_as_vllm_does() -> None:
+    # vLLM counts a request when it finishes and its prompt tokens when they are
+    # prefilled; the decisions recover the requests started in a window as the finished
+    # ones plus the growth of those running (flow conservation). The fluid engine's
+    # counters keep that identity, so a drop in the load reads as the batches emptying
+    # (the finished count lags the started one) and not as fewer, longer prompts.
+    from tokenyard.autoscaler.sim.fluid import FluidServer
+
+    s = sim.builtin_scenario()
+    srv = FluidServer(s.models[0], 0.8)
+    srv.scale(8, 0.0, warm=True)
+    prompt, dt = 1000.0, 5.0
+    running = None
+    for k in range(40):
+        n = 50.0 * dt if k < 20 else 2.0 * dt  # 50 req/s, then 2 req/s
+        srv.reset_interval()
+        srv.fluid_step(k * dt, dt, int(n), n * prompt, 150.0)
+        sig = srv.signals(k * dt + dt)
+        started = sig.request_rate * dt + (
+            sig.running - (running if running is not None else sig.running)
+        )
+        assert started == pytest.approx(n, rel=1e-6), k  # nothing queues on 8 replicas
+        assert sig.prompt_tokens_per_s * dt / started == pytest.approx(prompt, rel=1e-6)
+        if k == 20:  # the drop: the batches empty, requests still finish
+            assert sig.request_rate > 2.0 * 3 and sig.running < running
+        running = sig.running
+    assert running == pytest.approx(2.0 * (150.0 / s.models[0].decodeTokensPerSecond), rel=0.2)

@@ -33,8 +33,11 @@ more than the pooled M/G/n term; ``benchmarks/autoscaler_trace.py --calibrate`` 
 both engines' miss shares beside the queueing model's) and spill-over between models
 (each model serves its own routed share). Policies see the same
 :class:`~tokenyard.autoscaler.signals.ModelSignals` fields, derived from the fluid
-state (running and KV use by Little's law), and decide every ``interval`` rounded up to
-whole steps.
+state, and decide every ``interval`` rounded up to whole steps. The requests running
+relax to their Little's-law level over a request's time in the engine (its prefill and
+decode), and the counters follow vLLM's: prompt tokens when prefilled, a request when it
+finishes (those started less the growth of those running), so the decisions' flow
+conservation recovers the started requests as it does from a real engine.
 """
 
 from __future__ import annotations
@@ -172,6 +175,10 @@ class FluidServer(Server):
         self.smooth_tps: float | None = None
         self.cs2 = 1.0
         """Squared coefficient of variation of prefill times (that of the prompts)."""
+        self.running_known = False
+        self.running = 0.0
+        """Requests in the engines' batches: relaxes to its Little's-law level over a
+        request's time in the engine, and requests leave it as they finish."""
 
     def fluid_step(self, now: float, dt: float, n: int, tokens: float, output: float) -> None:
         p = self.p
@@ -227,7 +234,19 @@ class FluidServer(Server):
             self.steps.append((now + dt, n, q0, tokens - cap, rate, own, wait_p, theta))
         while self.steps and self.steps[0][0] < now + dt - TTFT_WINDOW_S:
             self.steps.popleft()
-        self.i_done += served_req
+        # vLLM counts a request when it finishes, its prompt tokens when they are
+        # prefilled: the finished ones are the started ones less the growth of those
+        # running (flow conservation, as the decisions read the counters), so a drop in
+        # the load shows as the batches emptying, not as fewer requests finishing.
+        level = self._little(ready)
+        in_engine = own + mo / p.decodeTokensPerSecond
+        a = 1.0 - math.exp(-dt / in_engine) if in_engine > 0 else 1.0
+        # Before the first step the load has been running (a trace starts mid-service).
+        before = self.running if self.running_known else level
+        self.running_known = True
+        running = before + (level - before) * a
+        self.i_done += max(0.0, served_req - (running - before))
+        self.running = running
         self.i_arrivals += n
         self.i_prompt += served
         self.i_gen += served_req * mo
@@ -295,12 +314,16 @@ class FluidServer(Server):
     def _decoding(self) -> float:
         return self.served_rps * self.mean_output / self.p.decodeTokensPerSecond
 
+    def _little(self, ready: int) -> float:
+        """Requests in the batches at the served rate, by Little's law."""
+        return self._decoding() + self.served_rps * self.mean_prompt / max(
+            1.0, ready * self.p.prefillTokensPerSecond
+        )
+
     def signals(self, now: float) -> ModelSignals:
         t = max(self.i_time, 1e-9)
         ready = self.ready(now)
-        running = self._decoding() + self.served_rps * self.mean_prompt / max(
-            1.0, ready * self.p.prefillTokensPerSecond
-        )
+        running = self.running
         kv = running * (self.mean_prompt + self.mean_output)
         return ModelSignals(
             observed_at=now,
