@@ -41,7 +41,7 @@ from tokenyard.routing.errors import RouterError, bad_request, model_not_found
 from tokenyard.routing.features import extract_features
 from tokenyard.routing.learned.policy import PolicyClassifier, build_policy_classifier
 from tokenyard.routing.policy_engine import apply_spillover, decide
-from tokenyard.routing.request import RequestKind, parse_request
+from tokenyard.routing.request import RequestKind, decode_body, parse_request
 from tokenyard.routing.spillover import QueueClock
 from tokenyard.routing.tenants import parse_api_keys, resolve_tenant
 
@@ -322,13 +322,18 @@ def parse_header_args(values: Iterable[str]) -> dict[str, str]:
 
 
 def _read_body(path: str) -> Any:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    """The body as the router reads it (strict JSON: no NaN, no unpaired surrogate, no
+    duplicate key), with the line of a syntax error."""
+    raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     try:
-        return json.loads(text)
+        json.loads(raw)
     except json.JSONDecodeError as err:
         raise bad_request(
             f"the request is not valid JSON: {err.msg} at line {err.lineno}"
         ) from None
+    except ValueError:  # not UTF-8: decode_body says so
+        pass
+    return decode_body(raw)
 
 
 def error_json(err: RouterError) -> dict[str, Any]:

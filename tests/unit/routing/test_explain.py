@@ -36,6 +36,26 @@ def explain_cli(tmp_path: Path, body: dict[str, Any], *args: str) -> tuple[int, 
     return proc.returncode, out, proc.stderr
 
 
+def test_cli_reads_the_body_as_strictly_as_the_router(tmp_path: Path) -> None:
+    # An unpaired surrogate, NaN or a duplicate key: the router's 400, not a traceback.
+    for raw, message in (
+        ('{"model": "chat", "messages": [{"role": "user", "content": "\\ud800"}]}',
+         "unpaired UTF-16 surrogate"),
+        ('{"model": "chat", "messages": [{"role": "user", "content": "a"}], "n": NaN}', "NaN"),
+        ('{"model": "chat", "model": "x", "messages": []}', "duplicate"),
+    ):  # fmt: skip
+        req = tmp_path / "raw.json"
+        req.write_text(raw)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tokenyard.cli", "explain", "-f", str(MANIFESTS),
+             "--request", str(req)],
+            capture_output=True, text=True, timeout=50, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 1, proc.stderr
+        out = json.loads(proc.stdout)
+        assert out["status"] == 400 and message in out["error"]["message"], out
+
+
 def test_cli_easy_request_goes_to_the_cheapest(tmp_path: Path) -> None:
     body = {"model": "chat", "messages": [{"role": "user", "content": "hi!"}]}
     code, out, err = explain_cli(tmp_path, body, "--header", "X-Tenant: team-b")

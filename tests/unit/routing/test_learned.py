@@ -230,6 +230,27 @@ def test_train_router_then_eval_artifact(
         ([{"prompt": "a", "strong_correct": 1}], "missing column"),
         ([{"messages": "[{", "weak_correct": 0, "strong_correct": 1}], "not JSON"),
         ([{"messages": "[]", "weak_correct": 0, "strong_correct": 1}], "non-empty list"),
+        # What the router answers with a 400 (strict JSON) stops the run, row named.
+        (
+            [
+                {
+                    "messages": '[{"role": "user", "content": "\\ud800"}]',
+                    "weak_correct": 0,
+                    "strong_correct": 1,
+                }
+            ],
+            "csv:2: messages: the request body contains an unpaired",
+        ),
+        (
+            [
+                {
+                    "messages": '[{"role": "user", "content": NaN}]',
+                    "weak_correct": 0,
+                    "strong_correct": 1,
+                }
+            ],
+            "contains NaN",
+        ),
     ],
 )
 def test_eval_routing_bad_data(

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tokenyard.routing.errors import RouterError
-from tokenyard.routing.request import ParsedRequest, parse_request
+from tokenyard.routing.request import ParsedRequest, decode_body, parse_request
 
 
 class DataError(ValueError):
@@ -82,9 +82,13 @@ def parse_row(row: dict[str, str | None], where: str) -> LabelledPrompt:
     """One CSV row as a :class:`LabelledPrompt` (a :class:`DataError` naming the row)."""
     if row.get("messages"):
         try:
-            messages = json.loads(row["messages"] or "")
+            json.loads(row["messages"] or "")
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: messages is not JSON ({e.msg})") from None
+        try:  # strict, as the router reads a body (no NaN, no unpaired surrogate)
+            messages = decode_body((row["messages"] or "").encode("utf-8", "surrogatepass"))
+        except RouterError as e:
+            raise DataError(f"{where}: messages: {e.message}") from None
     elif row.get("prompt") is not None:
         messages = [{"role": "user", "content": row["prompt"]}]
     else:
