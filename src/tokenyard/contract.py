@@ -444,6 +444,32 @@ def lora_engine_kwargs(spec: ModelDeploymentSpec) -> dict[str, Any]:
     }
 
 
+ENGINE_ARGS_SET_BY_FIELDS: dict[str, str] = {
+    "model": "spec.inCluster.source",
+    "served_model_name": "spec.servedModelName",
+    "revision": "spec.inCluster.revision",
+    "tensor_parallel_size": "spec.inCluster.engine.tensorParallelSize",
+    "pipeline_parallel_size": "spec.inCluster.engine.pipelineParallelSize",
+    "dtype": "spec.inCluster.engine.dtype",
+    "gpu_memory_utilization": "spec.inCluster.engine.gpuMemoryUtilization",
+    "enable_prefix_caching": "spec.inCluster.engine.enablePrefixCaching",
+    "enforce_eager": "spec.inCluster.engine.enforceEager",
+    "max_model_len": "spec.inCluster.engine.maxModelLen",
+    "quantization": "spec.inCluster.engine.quantization",
+    "enable_lora": "spec.inCluster.loraAdapters",
+    LORA_MODULES_ARG: "spec.inCluster.loraAdapters",
+    "max_lora_rank": "spec.inCluster.maxLoraRank",
+    "max_loras": "spec.inCluster.maxLoras",
+}
+"""vLLM engine arguments that a field of the spec sets: in ``extraArgs`` they would
+override the field silently (and the replica's GPUs are counted from the fields)."""
+
+ENGINE_ARGS_UNSUPPORTED: dict[str, str] = {
+    "data_parallel_size": "each replica runs one engine; scale with replicas instead",
+}
+"""vLLM engine arguments that change what a replica is, which tokenyard does not support."""
+
+
 def engine_kwargs(spec: ModelDeploymentSpec) -> dict[str, Any]:
     """vLLM engine arguments from the spec (Python names, as vLLM takes them)."""
     assert spec.inCluster is not None

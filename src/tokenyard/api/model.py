@@ -88,7 +88,9 @@ class EngineSpec(ApiModel):
     """enforceEager disables CUDA graphs (slower, starts faster, uses less memory)."""
     extraArgs: dict[str, Any] = Field(default_factory=dict, json_schema_extra=PRESERVE_UNKNOWN)
     """extraArgs are further vLLM engine arguments, by their Python names
-    (for example max_num_seqs: 128)."""
+    (for example max_num_seqs: 128). Arguments that a field sets (tensor_parallel_size,
+    max_model_len, dtype, ...) and data_parallel_size make the spec invalid: the
+    operator says so in the Ready condition, naming the field to use."""
 
 
 class TokenPrice(ApiModel):

@@ -791,6 +791,33 @@ def test_model_semantic_problems(doc: dict[str, Any], field: str) -> None:
     assert [p.field for p in problems] == [field]
 
 
+def test_extra_args_that_a_field_sets_are_an_invalid_spec() -> None:
+    # CEL cannot see the keys of a free-form object, so the operator (and render) say
+    # which field to use instead; other vLLM arguments pass through as they are.
+    doc = model_doc("m", engine={"extraArgs": {
+        "max_num_seqs": 128, "tensor_parallel_size": 4, "data_parallel_size": 2,
+        "lora_modules": [], "model": "other/weights"}})  # fmt: skip
+    problems = {p.field: p.message for p in builders.model_semantic_problems(_lenient(doc))}
+    assert problems == {
+        "spec.inCluster.engine.extraArgs.data_parallel_size":
+            "not supported: each replica runs one engine; scale with replicas instead",
+        "spec.inCluster.engine.extraArgs.lora_modules":
+            "set by spec.inCluster.loraAdapters; use it",
+        "spec.inCluster.engine.extraArgs.model": "set by spec.inCluster.source; use it",
+        "spec.inCluster.engine.extraArgs.tensor_parallel_size":
+            "set by spec.inCluster.engine.tensorParallelSize; use it",
+    }  # fmt: skip
+    fine = model_doc("m", engine={"extraArgs": {"max_num_seqs": 128}})
+    assert builders.model_semantic_problems(_lenient(fine)) == []
+    # Every argument engine_kwargs sets from a field is one extraArgs may not set.
+    from tokenyard.api.model import ModelDeployment
+    from tokenyard.contract import ENGINE_ARGS_SET_BY_FIELDS, engine_kwargs
+
+    md = ModelDeployment.model_validate(model_doc("m", engine={"maxModelLen": 4096,
+                                                               "quantization": "fp8"}))  # fmt: skip
+    assert set(engine_kwargs(md.spec)) <= set(ENGINE_ARGS_SET_BY_FIELDS)
+
+
 def _lenient(doc: dict[str, Any]) -> Any:
     """The spec without pydantic's own copies of the CEL rules (as an older API would be)."""
     from tokenyard.api.model import (

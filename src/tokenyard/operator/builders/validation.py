@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from tokenyard.api.model import ModelDeploymentSpec
 from tokenyard.api.policy import RoutingPolicy
 from tokenyard.api.pool import ServingPool
+from tokenyard.contract import ENGINE_ARGS_SET_BY_FIELDS, ENGINE_ARGS_UNSUPPORTED
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,22 @@ def model_semantic_problems(spec: ModelDeploymentSpec) -> list[FieldProblem]:
                 f"({a.minReplicas}) and maxReplicas ({a.maxReplicas})",
             )
         )
+    return out + _extra_args_problems(spec)
+
+
+def _extra_args_problems(spec: ModelDeploymentSpec) -> list[FieldProblem]:
+    """engine.extraArgs that a field sets, or that change what a replica is. The API
+    server cannot check them (CEL does not see the keys of a free-form object), so the
+    operator reports them as an invalid spec, naming the field to use instead."""
+    if spec.inCluster is None:
+        return []
+    out: list[FieldProblem] = []
+    for key in sorted(spec.inCluster.engine.extraArgs):
+        where = f"spec.inCluster.engine.extraArgs.{key}"
+        if key in ENGINE_ARGS_SET_BY_FIELDS:
+            out.append(FieldProblem(where, f"set by {ENGINE_ARGS_SET_BY_FIELDS[key]}; use it"))
+        elif key in ENGINE_ARGS_UNSUPPORTED:
+            out.append(FieldProblem(where, f"not supported: {ENGINE_ARGS_UNSUPPORTED[key]}"))
     return out
 
 
