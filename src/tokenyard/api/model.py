@@ -55,6 +55,12 @@ RULE_MAX_LORAS_WITH_ADAPTERS = (
     "!has(self.maxLoras) || (has(self.loraAdapters) && size(self.loraAdapters) > 0)",
     "maxLoras is only meaningful with loraAdapters",
 )
+RULE_GPUS_FOR_PARALLELISM = (
+    "!has(self.gpusPerReplica) || self.gpusPerReplica == 0 || "
+    "self.gpusPerReplica >= self.engine.tensorParallelSize * self.engine.pipelineParallelSize",
+    "gpusPerReplica must be at least engine.tensorParallelSize x "
+    "engine.pipelineParallelSize (or 0 on a CPU-only class)",
+)
 RULE_REPLICAS_IN_BOUNDS = (
     "!has(self.replicas) || !has(self.inCluster) || "
     "(self.replicas >= self.autoscaling.minReplicas "
@@ -137,6 +143,7 @@ class InClusterSpec(ApiModel):
             RULE_AFFINITY_NEEDS_PREFIX_CACHING,
             RULE_IMBALANCE_NEEDS_AFFINITY,
             RULE_MAX_LORAS_WITH_ADAPTERS,
+            RULE_GPUS_FOR_PARALLELISM,
         )
     }
 
@@ -149,7 +156,7 @@ class InClusterSpec(ApiModel):
     """accelerator is the name of an accelerator class of the pool this model runs on."""
     gpusPerReplica: int | None = Field(default=None, ge=0, le=64)
     """gpusPerReplica is the GPUs one replica takes; defaults to tensorParallelSize x
-    pipelineParallelSize (0 on a CPU-only class)."""
+    pipelineParallelSize (0 on a CPU-only class). When set, at least that product, or 0."""
     engine: EngineSpec = Field(default_factory=EngineSpec)
     """engine holds the vLLM engine settings."""
     nominalTokensPerSecond: float = Field(default=1000.0, gt=0, le=10_000_000)
@@ -196,6 +203,12 @@ class InClusterSpec(ApiModel):
             RULE_IMBALANCE_NEEDS_AFFINITY[1],
         )
         require(self.maxLoras is None or bool(self.loraAdapters), RULE_MAX_LORAS_WITH_ADAPTERS[1])
+        e = self.engine
+        require(
+            not self.gpusPerReplica
+            or self.gpusPerReplica >= e.tensorParallelSize * e.pipelineParallelSize,
+            RULE_GPUS_FOR_PARALLELISM[1],
+        )
         require_unique((a.name for a in self.loraAdapters or []), "loraAdapters[].name")
         return self
 
