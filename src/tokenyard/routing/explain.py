@@ -225,11 +225,8 @@ def _learned_entry(
     ref = c.shadow if shadow else (c.artifactRef if c.type == "Learned" else None)
     if ref is None:
         return None
-    if default_namespace is None:
-        text = configmap_value(m, None, ref.name, ref.key)
-    else:
-        ns = _namespace(p, default_namespace)
-        text = configmap_value(m, ns, ref.name, ref.key, default_namespace)
+    ns = None if default_namespace is None else _namespace(p, default_namespace)
+    text = configmap_value(m, ns, ref.name, ref.key, default_namespace or DEFAULT_NAMESPACE)
     if text is None:
         return None
     try:
@@ -326,14 +323,17 @@ def _read_body(path: str) -> Any:
     duplicate key), with the line of a syntax error."""
     raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     try:
-        json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise bad_request(
-            f"the request is not valid JSON: {err.msg} at line {err.lineno}"
-        ) from None
-    except ValueError:  # not UTF-8: decode_body says so
-        pass
-    return decode_body(raw)
+        return decode_body(raw)
+    except RouterError:
+        try:  # parsed again only to say where a syntax error is
+            json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise bad_request(
+                f"the request is not valid JSON: {err.msg} at line {err.lineno}"
+            ) from None
+        except ValueError:  # not UTF-8: decode_body's message says so
+            pass
+        raise
 
 
 def error_json(err: RouterError) -> dict[str, Any]:

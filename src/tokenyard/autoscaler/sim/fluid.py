@@ -175,10 +175,10 @@ class FluidServer(Server):
         self.smooth_tps: float | None = None
         self.cs2 = 1.0
         """Squared coefficient of variation of prefill times (that of the prompts)."""
-        self.running_known = False
-        self.running = 0.0
+        self.running: float | None = None
         """Requests in the engines' batches: relaxes to its Little's-law level over a
-        request's time in the engine, and requests leave it as they finish."""
+        request's time in the engine, and requests leave it as they finish (None before
+        the first step)."""
 
     def fluid_step(self, now: float, dt: float, n: int, tokens: float, output: float) -> None:
         p = self.p
@@ -242,8 +242,7 @@ class FluidServer(Server):
         in_engine = own + mo / p.decodeTokensPerSecond
         a = 1.0 - math.exp(-dt / in_engine) if in_engine > 0 else 1.0
         # Before the first step the load has been running (a trace starts mid-service).
-        before = self.running if self.running_known else level
-        self.running_known = True
+        before = level if self.running is None else self.running
         running = before + (level - before) * a
         self.i_done += max(0.0, served_req - (running - before))
         self.running = running
@@ -323,7 +322,7 @@ class FluidServer(Server):
     def signals(self, now: float) -> ModelSignals:
         t = max(self.i_time, 1e-9)
         ready = self.ready(now)
-        running = self.running
+        running = self.running or 0.0
         kv = running * (self.mean_prompt + self.mean_output)
         return ModelSignals(
             observed_at=now,

@@ -1,6 +1,7 @@
 """The CRDs' CEL rules, checked in Python by the operator's parse step and `tokenyard render`.
 
-For API servers that do not run them (the kmock emulator, an older CRD).
+For API servers that do not run them (the kmock emulator, an older CRD); and what CEL
+cannot check (the keys of ``engine.extraArgs``, a free-form object), for every server.
 """
 
 from __future__ import annotations

@@ -81,13 +81,14 @@ def _outcome(raw: str | None, column: str, where: str) -> float:
 def parse_row(row: dict[str, str | None], where: str) -> LabelledPrompt:
     """One CSV row as a :class:`LabelledPrompt` (a :class:`DataError` naming the row)."""
     if row.get("messages"):
-        try:
-            json.loads(row["messages"] or "")
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: messages is not JSON ({e.msg})") from None
+        text = row["messages"] or ""
         try:  # strict, as the router reads a body (no NaN, no unpaired surrogate)
-            messages = decode_body((row["messages"] or "").encode("utf-8", "surrogatepass"))
+            messages = decode_body(text.encode("utf-8", "surrogatepass"))
         except RouterError as e:
+            try:  # parsed again only to say what the syntax error is
+                json.loads(text)
+            except json.JSONDecodeError as je:
+                raise DataError(f"{where}: messages is not JSON ({je.msg})") from None
             raise DataError(f"{where}: messages: {e.message}") from None
     elif row.get("prompt") is not None:
         messages = [{"role": "user", "content": row["prompt"]}]
