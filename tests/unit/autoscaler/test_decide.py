@@ -454,10 +454,12 @@ def test_keep_warm_off_releases_like_before() -> None:
 def test_keep_warm_holds_what_the_slo_model_needed_in_the_last_burst(
     price: float, expect: int
 ) -> None:
-    # Sized on the point estimate (confidence_z 0): a 10 s burst counts few requests.
+    # Sized on the point estimate (confidence_z 0): a 10 s burst counts few requests;
+    # and without the burst's dispersion priced for the next hour (tested below).
     cfg = DecisionConfig(
-        keep_warm_usd=0.1, cold_start_aware=False, scale_down_delay_s=30, confidence_z=0.0
-    )
+        keep_warm_usd=0.1, cold_start_aware=False, scale_down_delay_s=30, confidence_z=0.0,
+        pooled_burstiness=False,
+    )  # fmt: skip
     v = view(price_per_gpu_hour=price, nominal_tokens_per_s=1000, ttft_slo_s=5.0,
              target_ongoing=1e6)  # fmt: skip
     d = Driver(v, cfg)
@@ -628,3 +630,36 @@ def test_a_panic_window_of_few_requests_takes_the_stable_windows_token_means() -
     odd = sig(running=1.0, waiting=2.0, request_rate=0.5, prompt_tokens_per_s=9000.0)
     dec = d.step(125, odd)
     assert dec.desired == 1 and not dec.panic, dec.reason
+
+
+def test_the_queueing_model_prices_the_last_hours_burstiness() -> None:
+    # 2 req/s of 2000-token prompts (one replica prefills 5 req/s, SLO 5 s). For 20
+    # minutes each minute's 120 requests come in one 5 s interval, then they come
+    # evenly. A calm minute's own counts read Poisson (ca2 1: one replica), but the
+    # bursts of the last hour are still the load's, and a queue they build waits
+    # behind one replica far past the SLO: pooled over the hour, the replicas stay.
+    # Once the bursty minutes have left the history (drift_window_s), one is enough.
+    def at(rate: float) -> ModelSignals:
+        return sig(running=1.0, prompt_tokens_per_s=rate * 2000, request_rate=rate)
+
+    def run(cfg: DecisionConfig) -> tuple[int, int, Decision]:
+        d = Driver(view(nominal_tokens_per_s=10000.0, ttft_slo_s=5.0, target_ongoing=1e6), cfg)
+        t = 0.0
+        for _ in range(20):
+            for k in range(12):
+                d.step(t, at(24.0 if k == 0 else 0.0))
+                t += 5
+        for _ in range(12 * 10):
+            dec = d.step(t, at(2.0))
+            t += 5
+        calm = d.v.current_replicas
+        for _ in range(12 * 60):
+            d.step(t, at(2.0))
+            t += 5
+        return calm, d.v.current_replicas, dec
+
+    calm, later, dec = run(FAST)
+    assert calm >= 3
+    assert "ca2 1.0, last hour's" in dec.reason
+    assert later == 1
+    assert run(replace(FAST, pooled_burstiness=False))[0] == 1

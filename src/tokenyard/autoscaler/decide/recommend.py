@@ -133,6 +133,24 @@ def _relative_error(w: Workload, count: float, cfg: DecisionConfig) -> float:
     return cfg.confidence_z * math.sqrt((w.ca2 + w.cs2) / count)
 
 
+def _pooled_ca2(
+    minutes: tuple[tuple[float, float, float, float, float, float], ...],
+    now: float,
+    cfg: DecisionConfig,
+) -> float:
+    """The arrivals' burstiness over the ``drift_window_s`` history (at least Poisson's):
+    the one-minute windows' ``ca2`` (each the dispersion of its per-interval counts,
+    stored with the prompts' ``cs2``), weighted by the requests each counted. 1.0 when
+    off or before any minute was counted (see ``DecisionConfig.pooled_burstiness``)."""
+    if not cfg.pooled_burstiness:
+        return 1.0
+    hour = [m for m in minutes if m[0] > now - cfg.drift_window_s and m[3] > 0]
+    counted = sum(m[3] for m in hour)
+    if counted <= 0:
+        return 1.0
+    return max(1.0, sum((m[4] - cfg.prompt_scv) * m[3] for m in hour) / counted)
+
+
 def _kv_load(
     minutes: tuple[tuple[float, float, float, float, float, float], ...],
     now: float,
@@ -304,10 +322,17 @@ def _measure(
     # upper bound: counting noise alone neither adds nor removes one. The band is never
     # narrower than the tolerance, so a load that drifts slowly does not flap either.
     rel = _relative_error(w_stable, counted, cfg) if measured and not forecast else 0.0
+    # The queue prices the burstiness of the last hour, not only of this minute; the
+    # band above keeps this window's (DecisionConfig.pooled_burstiness).
+    pooled = _pooled_ca2(state.minutes, now, cfg)
+
+    def bursty(w: Workload) -> Workload:
+        return replace(w, ca2=max(w.ca2, pooled))
+
     lo = _scaled(w_stable, backlog, max(0.0, 1 - rel))
-    stable = max(float(slo_replicas(view, lo, cfg)), conc_stable)
+    stable = max(float(slo_replicas(view, bursty(lo), cfg)), conc_stable)
     up = _scaled(w_stable, backlog, 1 + cfg.tolerance)
-    stable_up = max(float(slo_replicas(view, up, cfg)), conc_stable)
+    stable_up = max(float(slo_replicas(view, bursty(up), cfg)), conc_stable)
     # One sample per stable window, measured or not: the quiet minutes of a bursty load
     # (few or no requests) are part of how far it moves.
     minutes = tuple(m for m in state.minutes if m[0] > now - cfg.drift_window_s)
@@ -327,22 +352,23 @@ def _measure(
         if drift is None:  # not measured yet: the tolerance as one band's worth
             drift = (cfg.tolerance / cfg.confidence_z) ** 2
         center, sigma = _down_estimate(w_stable, backlog, counted, minutes, drift, cfg)
-        stable_down = max(float(slo_down(view, center, cfg, sigma)), conc_stable)
+        stable_down = max(float(slo_down(view, bursty(center), cfg, sigma)), conc_stable)
     else:
         hi = _scaled(w_stable, backlog, 1 + cfg.tolerance)
-        stable_down = max(float(slo_replicas(view, hi, cfg)), conc_stable)
-    panic_avg = max(float(slo_replicas(view, w_panic, cfg)), conc_panic)
+        stable_down = max(float(slo_replicas(view, bursty(hi), cfg)), conc_stable)
+    panic_avg = max(float(slo_replicas(view, bursty(w_panic), cfg)), conc_panic)
     tokens = signals.tokens_per_s
     in_flight = (running + waiting) * prompt_rate / rps if rps > 0 and prompt_rate > 0 else 0.0
     bursts = (
         *(x for x in state.bursts if x[0] > now - cfg.panic_window_s),
         (now, max(stable, panic_avg)),
     )
-    pred = predict(w_stable, _profile(view, cfg), max(ready, 1), view.ttft_slo_s)
+    pred = predict(bursty(w_stable), _profile(view, cfg), max(ready, 1), view.ttft_slo_s)
     basis = (
         f"{'forecast ' if forecast else ''}{w_stable.rate:.2f} req/s x "
         f"{w_stable.prompt:.0f} prompt tokens "
-        f"(60s avg, ca2 {w_stable.ca2:.1f}): SLO model needs {stable:.0f} "
+        f"(60s avg, ca2 {w_stable.ca2:.1f}, last hour's {pooled:.1f}): "
+        f"SLO model needs {stable:.0f} "
         f"(predicted miss {pred.miss:.1%} at {max(ready, 1)})"
     )
     if conc_stable > 0 and conc_stable >= stable:

@@ -99,6 +99,15 @@ class DecisionConfig:
     of the delay window plus that drift), is within the budget. Until six such moves
     have been seen, ``tolerance`` stands in for the drift (as one standard deviation
     over ``confidence_z``)."""
+    pooled_burstiness: bool = True
+    """Whether the queueing model prices the arrivals' burstiness pooled over the
+    ``drift_window_s`` history: the larger of the stable window's ``ca2`` and the
+    request-weighted mean of the one-minute windows' ``ca2`` there. One window holds a
+    dozen per-interval counts, too few to show bursts that come minutes apart, and the
+    queue a burst builds does not care whether this minute had one. The counting-noise
+    band (``confidence_z``) keeps the window's own ``ca2``: it is the precision of this
+    window's rate, and a wider band would hold back the scale-ups the bursts call for.
+    Off: the window's ``ca2`` alone (docs/autoscaling.md has both measured)."""
     slo_target: float = 0.99
     """Share of requests whose TTFT should be within the model's ttftSLOSeconds."""
     replica_queues: bool = False
