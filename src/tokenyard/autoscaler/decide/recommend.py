@@ -134,17 +134,16 @@ def _relative_error(w: Workload, count: float, cfg: DecisionConfig) -> float:
 
 
 def _pooled_ca2(
-    minutes: tuple[tuple[float, float, float, float, float, float], ...],
-    now: float,
-    cfg: DecisionConfig,
+    minutes: tuple[tuple[float, float, float, float, float, float], ...], cfg: DecisionConfig
 ) -> float:
-    """The arrivals' burstiness over the ``drift_window_s`` history (at least Poisson's):
-    the one-minute windows' ``ca2`` (each the dispersion of its per-interval counts,
-    stored with the prompts' ``cs2``), weighted by the requests each counted. 1.0 when
-    off or before any minute was counted (see ``DecisionConfig.pooled_burstiness``)."""
+    """The arrivals' burstiness over ``minutes`` (the ``drift_window_s`` history; at
+    least Poisson's): the one-minute windows' ``ca2`` (each the dispersion of its
+    per-interval counts, stored with the prompts' ``cs2``), weighted by the requests
+    each counted. 1.0 when off or before any minute was counted (see
+    ``DecisionConfig.pooled_burstiness``)."""
     if not cfg.pooled_burstiness:
         return 1.0
-    hour = [m for m in minutes if m[0] > now - cfg.drift_window_s and m[3] > 0]
+    hour = [m for m in minutes if m[3] > 0]
     counted = sum(m[3] for m in hour)
     if counted <= 0:
         return 1.0
@@ -322,9 +321,12 @@ def _measure(
     # upper bound: counting noise alone neither adds nor removes one. The band is never
     # narrower than the tolerance, so a load that drifts slowly does not flap either.
     rel = _relative_error(w_stable, counted, cfg) if measured and not forecast else 0.0
+    # One sample per stable window, measured or not: the quiet minutes of a bursty load
+    # (few or no requests) are part of how far it moves.
+    minutes = tuple(m for m in state.minutes if m[0] > now - cfg.drift_window_s)
     # The queue prices the burstiness of the last hour, not only of this minute; the
     # band above keeps this window's (DecisionConfig.pooled_burstiness).
-    pooled = _pooled_ca2(state.minutes, now, cfg)
+    pooled = _pooled_ca2(minutes, cfg)
 
     def bursty(w: Workload) -> Workload:
         return replace(w, ca2=max(w.ca2, pooled))
@@ -333,9 +335,6 @@ def _measure(
     stable = max(float(slo_replicas(view, bursty(lo), cfg)), conc_stable)
     up = _scaled(w_stable, backlog, 1 + cfg.tolerance)
     stable_up = max(float(slo_replicas(view, bursty(up), cfg)), conc_stable)
-    # One sample per stable window, measured or not: the quiet minutes of a bursty load
-    # (few or no requests) are part of how far it moves.
-    minutes = tuple(m for m in state.minutes if m[0] > now - cfg.drift_window_s)
     drift = state.drift
     first_seen = state.first_seen if state.first_seen is not None else now
     # Only whole windows: the first one after start-up counted from empty counters.
