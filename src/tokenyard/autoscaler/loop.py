@@ -365,6 +365,7 @@ class Autoscaler:
                     namespace=ns,
                     pool=pool_name,
                     accelerator=v.accelerator,
+                    ttft_slo_s=v.ttft_slo_s,
                 )
             )
         sigs = self.signals.model_signals(refs, now)

@@ -105,6 +105,15 @@ def ttft_p95(window: str) -> str:
     )
 
 
+def ttft_buckets(window: str) -> str:
+    """Requests per second by TTFT histogram bucket (cumulative, label ``le``), per
+    model: the share of them over a model's SLO (signals.ttft_over_slo)."""
+    m = "vllm:time_to_first_token_seconds_bucket"
+    ray = "ray_vllm_time_to_first_token_seconds_bucket"
+    by = f"{MODEL_LABEL}, le"
+    return f"sum by ({by}) (rate({m}[{window}])) or sum by ({by}) (rate({ray}[{window}]))"
+
+
 def last_sample_time() -> str:
     """Unix time of the newest running-requests sample, per model (staleness check)."""
     m = "vllm:num_requests_running"

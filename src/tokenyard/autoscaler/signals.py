@@ -33,6 +33,8 @@ class ModelRef:
     namespace: str = "default"
     pool: str | None = None
     accelerator: str | None = None
+    ttft_slo_s: float | None = None
+    """The model's TTFT SLO: which of its first tokens count as late."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,11 @@ class ModelSignals:
     prompt_tokens_per_s: float | None = None
     generation_tokens_per_s: float | None = None
     ttft_p95_s: float | None = None
+    first_tokens_per_s: float | None = None
+    """Requests per second whose first token came (vLLM's TTFT histogram's count)."""
+    late_first_tokens_per_s: float | None = None
+    """Of those, the ones whose TTFT exceeded the model's SLO (from the histogram's
+    buckets around ``ttftSLOSeconds``)."""
     serve_ongoing: float | None = None
     """Ray Serve's count of requests at the model's replicas."""
     gpu_utilization: float | None = None
@@ -198,6 +205,47 @@ def _value(sample: Mapping[str, Any]) -> float | None:
     return None if math.isnan(v) or math.isinf(v) else v
 
 
+def ttft_over_slo(
+    result: Sequence[Mapping[str, Any]], label: str, slos: Mapping[str, float]
+) -> dict[str, tuple[float, float]]:
+    """:func:`queries.ttft_buckets` result -> {label value: (first tokens per second,
+    those later than its SLO in ``slos``)}. The histogram is cumulative: the rate at
+    ``le="+Inf"`` counts them all, and the rate within the SLO is interpolated linearly
+    between the buckets either side of it (as ``histogram_quantile`` does), so an SLO
+    between vLLM's bucket bounds (5 s and 7.5 s, say) is read, not rounded to one.
+    Models without an SLO in ``slos`` or without a ``+Inf`` bucket are left out."""
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for sample in result:
+        metric = sample.get("metric", {})
+        key, le, v = metric.get(label), metric.get("le"), _value(sample)
+        if key is None or le is None or v is None:
+            continue
+        try:
+            bound = float(le)
+        except ValueError:
+            continue
+        buckets.setdefault(str(key), []).append((bound, max(0.0, v)))
+    out: dict[str, tuple[float, float]] = {}
+    for key, points in buckets.items():
+        slo = slos.get(key)
+        points.sort()
+        if slo is None or not points or not math.isinf(points[-1][0]):
+            continue
+        total = points[-1][1]
+        within, lower = 0.0, (0.0, 0.0)
+        for bound, count in points:
+            if bound >= slo:
+                if math.isinf(bound):
+                    within = lower[1]
+                else:
+                    frac = (slo - lower[0]) / (bound - lower[0]) if bound > lower[0] else 1.0
+                    within = lower[1] + (count - lower[1]) * frac
+                break
+            lower = (bound, count)
+        out[key] = (total, max(0.0, total - min(within, total)))
+    return out
+
+
 def by_label(result: Sequence[Mapping[str, Any]], label: str) -> dict[str, float]:
     """Prometheus vector result -> {label value: sample value}; NaN and Inf dropped."""
     out: dict[str, float] = {}
@@ -274,6 +322,12 @@ class PrometheusSignalSource:
         except Exception as exc:  # any transport or API error means "no signals"
             log.warning("prometheus query failed: %s", exc)
             return {m.name: unavailable(now, f"Prometheus query failed: {exc}") for m in models}
+        try:  # the measured attainment only relaxes the SLO margin: without it, none
+            slos = {m.served_name: m.ttft_slo_s for m in models if m.ttft_slo_s}
+            late = ttft_over_slo(self._query(queries.ttft_buckets(w)), queries.MODEL_LABEL, slos)
+        except Exception as exc:
+            log.warning("prometheus query for the TTFT histogram failed: %s", exc)
+            late = {}
         try:  # the cache's size only refines the SLO model: without it, no KV limit
             kv_size = kv_cache_tokens(self._query(queries.kv_cache_config()))
         except Exception as exc:
@@ -299,6 +353,8 @@ class PrometheusSignalSource:
                 prompt_tokens_per_s=ptok.get(key),
                 generation_tokens_per_s=gtok.get(key),
                 ttft_p95_s=ttft.get(key),
+                first_tokens_per_s=late[key][0] if key in late else None,
+                late_first_tokens_per_s=late[key][1] if key in late else None,
                 serve_ongoing=serve.get(f"model-{m.name}"),
                 gpu_utilization=gpu.get((m.namespace, m.pool or "", m.accelerator or "")),
             )

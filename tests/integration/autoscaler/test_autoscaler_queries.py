@@ -131,8 +131,8 @@ def test_queries_read_every_exporter(prometheus: StartPrometheus, exporter: str)
     url = prometheus([exporter])
     source = PrometheusSignalSource(url, rate_window="5s", stale_after_s=30)
     models = [
-        ModelRef("direct", "direct", "team-a", "shared", "l4"),
-        ModelRef("ray-model", "served-by-ray", "team-a", "shared", "h100"),
+        ModelRef("direct", "direct", "team-a", "shared", "l4", ttft_slo_s=1.5),
+        ModelRef("ray-model", "served-by-ray", "team-a", "shared", "h100", ttft_slo_s=2.5),
         ModelRef("ghost", "ghost", "team-a", "shared", "l4"),
     ]
     # rate() over 5 s needs the window full of 1 s scrapes, or it under-extrapolates.
@@ -147,6 +147,9 @@ def test_queries_read_every_exporter(prometheus: StartPrometheus, exporter: str)
     assert d.request_rate == pytest.approx(10, rel=0.1)
     # p95 falls in the (0.5, 2.5] bucket: Prometheus interpolates to 1.5 s.
     assert d.ttft_p95_s == pytest.approx(1.5, rel=0.1)
+    # Late first tokens: those over the 1.5 s SLO, half of the (0.5, 2.5] bucket's one.
+    assert d.first_tokens_per_s == pytest.approx(10, rel=0.1)
+    assert d.late_first_tokens_per_s == pytest.approx(0.5, rel=0.1)
     assert d.gpu_utilization == pytest.approx(0.20)
     assert d.ongoing == 10.0
     assert d.kv_cache_tokens == 3750 * 16  # the info gauge's labels, model joined in
@@ -157,6 +160,8 @@ def test_queries_read_every_exporter(prometheus: StartPrometheus, exporter: str)
     assert r.kv_cache_usage == 0.9  # the fullest replica
     assert r.prompt_tokens_per_s == pytest.approx(500, rel=0.1)
     assert r.serve_ongoing == 9.0
+    assert r.first_tokens_per_s == pytest.approx(10, rel=0.1)
+    assert r.late_first_tokens_per_s == pytest.approx(0.0, abs=1e-6)  # all within 2.5 s
     assert r.ongoing == 9.0  # Ray Serve sees more in flight than the engines report
     assert r.gpu_utilization == pytest.approx(0.80)
     assert r.kv_cache_tokens == 7500 * 16  # the smaller replica's cache

@@ -20,6 +20,7 @@ from tokenyard.autoscaler.decide import (
     cost_per_1m,
     decide_pool,
 )
+from tokenyard.autoscaler.decide.recommend import budget_margin
 from tokenyard.autoscaler.signals import ModelSignals, unavailable
 
 POOL = PoolView(name="p", classes={"gpu": ClassLimit(max_gpus=None, price_per_gpu_hour=1.0)})
@@ -663,3 +664,65 @@ def test_the_queueing_model_prices_the_last_hours_burstiness() -> None:
     assert "ca2 1.0, last hour's" in dec.reason
     assert later == 1
     assert run(replace(FAST, pooled_burstiness=False))[0] == 1
+
+
+def test_a_clean_hour_of_first_tokens_spends_the_slo_margins_reserve_on_scale_ups() -> None:
+    # Replicas that prefill 5 req/s of 2000-token prompts (SLO 5 s). An hour at 3 req/s
+    # on one replica, then 4.8 req/s. A scale-up reads the rate's lower confidence bound
+    # (about 4 req/s over a 60 s window), where one replica's predicted miss is about
+    # 0.7%: inside the whole miss budget (1%), not inside the half of it that slo_margin
+    # 0.5 aims at. After an hour of first tokens measured within the SLO the reserve is
+    # spent and no replica is added; measured 1.2% late, or not measured, the second
+    # replica comes. A scale-down keeps the reserve: two replicas stay two.
+    v = view(nominal_tokens_per_s=10000.0, ttft_slo_s=5.0, target_ongoing=1e6)
+
+    def run(cfg: DecisionConfig, late: float | None) -> Decision:
+        d = Driver(v, cfg)
+
+        def at(rate: float) -> ModelSignals:
+            measured = {}
+            if late is not None:
+                measured = {"first_tokens_per_s": rate, "late_first_tokens_per_s": rate * late}
+            return sig(running=1.0, prompt_tokens_per_s=rate * 2000, request_rate=rate, **measured)
+
+        d.run(0, 3600, at(3.0))
+        dec = d.run(3605, 3600 + 600, at(4.8))
+        assert d.v.current_replicas == dec.desired
+        return dec
+
+    clean = run(FAST, 0.0)
+    assert clean.desired == 1
+    assert "adding replicas past 100% of the miss budget" in clean.reason
+    late = run(FAST, 0.012)
+    assert late.desired == 2
+    assert "adding replicas past 50% of the miss budget" in late.reason
+    assert run(FAST, None).desired == 2
+    assert run(replace(FAST, budget_feedback=False), 0.0).desired == 2
+    # Two replicas at 3.8 req/s (one would miss about 0.3% at the estimate), an hour
+    # measured clean: the reserve is not spent on a scale-down.
+    two = Driver(replace(v, current_replicas=2, ready_replicas=2), FAST)
+    rate = 3.8
+    clean_sig = sig(running=1.0, prompt_tokens_per_s=rate * 2000, request_rate=rate,
+                    first_tokens_per_s=rate, late_first_tokens_per_s=0.0)  # fmt: skip
+    assert two.run(0, 3600, clean_sig).desired == 2
+
+
+@pytest.mark.parametrize(
+    ("first", "late", "margin"),
+    [
+        (0.0, 0.0, 0.5),  # nothing measured: the prior, at the target's share
+        (10.0, 0.0, 1.0),  # a clean hour: the whole reserve
+        (10.0, 0.05, 0.5 + 0.5 * (0.01 - (0.05 * 3595 + 2) / 36150) / 0.005),  # about all
+        (10.0, 0.075, 0.5 + 0.5 * (0.01 - (0.075 * 3595 + 2) / 36150) / 0.005),  # about half
+        (10.0, 0.1, 0.5),  # at the target's share: none of the reserve
+        (10.0, 1.0, 0.5),  # past it: never below slo_margin
+    ],
+)
+def test_the_margin_follows_the_measured_late_share(
+    first: float, late: float, margin: float
+) -> None:
+    # One sample every 5 s over an hour; the first only starts the count (3,595 s).
+    samples = tuple((t * 5.0, first, late) for t in range(720))
+    assert budget_margin(samples, DecisionConfig()) == pytest.approx(margin, rel=1e-6)
+    assert budget_margin(samples, DecisionConfig(budget_feedback=False)) == 0.5
+    assert budget_margin((), DecisionConfig()) == 0.5

@@ -439,3 +439,27 @@ def test_deleted_models_are_forgotten() -> None:
     api.models[("ns", "auto")]["metadata"]["name"] = "auto"
     scaler.tick(1060.0)
     assert ("ns", "auto") in scaler.states
+
+
+def test_the_signal_source_is_told_each_models_ttft_slo() -> None:
+    # Which first tokens are late is the model's SLO's to say: the loop passes
+    # spec.autoscaling.ttftSLOSeconds (default 2 s) with each model's series, and the
+    # decision keeps the measured attainment between ticks.
+    refs: list[Any] = []
+
+    class Recording(StaticSignalSource):
+        def model_signals(self, models: Any, now: float) -> dict[str, ModelSignals]:
+            refs[:] = models
+            return super().model_signals(models, now)
+
+    api = FakeApi()
+    _seed(api)
+    api.models[("ns", "auto")]["spec"]["autoscaling"]["ttftSLOSeconds"] = 5.0
+    busy = ModelSignals(observed_at=0, running=5, first_tokens_per_s=4.0,
+                        late_first_tokens_per_s=0.0)  # fmt: skip
+    scaler = Autoscaler(api, Recording({"auto": busy, "manual": busy}), AutoscalerSettings())
+    scaler.tick(1000.0)
+    scaler.tick(1030.0)
+    slos = {r.name: r.ttft_slo_s for r in refs}
+    assert slos == {"auto": 5.0, "manual": 2.0}
+    assert [a[1:] for a in scaler.states[("ns", "auto")].attained] == [(4.0, 0.0), (4.0, 0.0)]

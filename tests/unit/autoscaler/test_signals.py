@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tokenyard.autoscaler import queries
 from tokenyard.autoscaler.signals import (
     ModelRef,
@@ -14,6 +16,7 @@ from tokenyard.autoscaler.signals import (
     StaticSignalSource,
     by_label,
     kv_cache_tokens,
+    ttft_over_slo,
 )
 
 NOW = 1_700_000_000.0
@@ -27,6 +30,15 @@ def _cache_info(model: str, blocks: object, block_size: object, **more: str) -> 
     labels = {"model_name": model, "num_gpu_blocks": str(blocks), "block_size": str(block_size)}
     return {"metric": {**labels, "engine": "0", "cache_dtype": "auto", **more},
             "value": [NOW, "1"]}  # fmt: skip
+
+
+# Cumulative first tokens per second by vLLM's TTFT bucket bound (seconds).
+TTFT_BUCKETS = {"1.0": 1.0, "2.5": 1.6, "5.0": 1.9, "7.5": 1.94, "10.0": 1.98, "+Inf": 2.0}
+
+
+def _buckets(model: str, counts: dict[str, float]) -> list[dict[str, Any]]:
+    m = queries.MODEL_LABEL
+    return [{"metric": {m: model, "le": le}, "value": [NOW, str(v)]} for le, v in counts.items()]
 
 
 class FakeProm:
@@ -53,6 +65,7 @@ class FakeProm:
             queries.ttft_p95("1m"): _vec(m, {"llama": float("nan")}),
             queries.serve_ongoing(): _vec(queries.APPLICATION_LABEL, {"model-llama": 12}),
             queries.kv_cache_config(): [_cache_info("llama", 3750, 16)],
+            queries.ttft_buckets("1m"): _buckets("llama", TTFT_BUCKETS),
             queries.gpu_utilization_by_class(): [
                 {
                     "metric": {
@@ -67,7 +80,7 @@ class FakeProm:
         return table.get(q, [])
 
 
-REFS = [ModelRef("llama", "llama", "ns", "pool", "l4"), ModelRef("gone", "gone")]
+REFS = [ModelRef("llama", "llama", "ns", "pool", "l4", ttft_slo_s=5.0), ModelRef("gone", "gone")]
 
 
 def test_signals_from_prometheus_results() -> None:
@@ -82,6 +95,8 @@ def test_signals_from_prometheus_results() -> None:
     assert s.ongoing == 12  # Ray Serve counts more in flight than the engine
     assert s.gpu_utilization == 0.75
     assert s.kv_cache_tokens == 60_000  # 3,750 blocks of 16 tokens
+    assert s.first_tokens_per_s == 2.0
+    assert s.late_first_tokens_per_s == pytest.approx(0.1)  # over 5 s: 2.0 - 1.9
     assert not out["gone"].available
     assert "model_name=gone" in out["gone"].detail
 
@@ -136,7 +151,12 @@ def test_by_label_drops_nan_and_unlabelled() -> None:
 def test_every_query_reads_both_vllm_spellings() -> None:
     for q in (queries.running(), queries.waiting(), queries.kv_cache_usage()):
         assert "vllm:" in q and "ray_vllm_" in q
-    for q in (queries.request_rate("1m"), queries.prompt_tokens_rate("1m"), queries.ttft_p95("1m")):
+    for q in (
+        queries.request_rate("1m"),
+        queries.prompt_tokens_rate("1m"),
+        queries.ttft_p95("1m"),
+        queries.ttft_buckets("1m"),
+    ):
         assert "[1m]" in q and "ray_vllm_" in q
 
 
@@ -194,3 +214,31 @@ def test_kv_cache_query_failure_leaves_the_other_signals() -> None:
     s = PrometheusSignalSource("http://unused", query=query).model_signals(REFS, NOW)["llama"]
     assert s.available and s.running == 4
     assert s.kv_cache_tokens is None
+
+
+def test_late_first_tokens_are_read_between_vllms_bucket_bounds() -> None:
+    # An SLO between two bounds (8 s between 7.5 and 10) is interpolated, as
+    # histogram_quantile does; one past the last finite bound counts what is beyond it.
+    m = queries.MODEL_LABEL
+    res = [*_buckets("a", TTFT_BUCKETS), *_buckets("b", TTFT_BUCKETS), *_buckets("c", TTFT_BUCKETS)]
+    res.append({"metric": {m: "d", "le": "5.0"}, "value": [NOW, "1"]})  # no +Inf: unread
+    res.append({"metric": {m: "a", "le": "bogus"}, "value": [NOW, "9"]})
+    out = ttft_over_slo(res, m, {"a": 8.0, "b": 0.5, "c": 30.0, "d": 5.0})
+    assert out["a"] == pytest.approx((2.0, 2.0 - (1.94 + 0.04 * 0.5 / 2.5)))
+    assert out["b"] == pytest.approx((2.0, 2.0 - 0.5))  # below the first bound: from 0
+    assert out["c"] == pytest.approx((2.0, 0.02))  # beyond 10 s: what +Inf adds
+    assert "d" not in out
+    assert ttft_over_slo(res, m, {}) == {}  # no SLO: nothing is late
+
+
+def test_ttft_histogram_failure_leaves_the_other_signals() -> None:
+    fake = FakeProm()
+
+    def query(q: str) -> list[dict[str, Any]]:
+        if q == queries.ttft_buckets("1m"):
+            raise ValueError("bad_data: parse error")
+        return fake(q)
+
+    s = PrometheusSignalSource("http://unused", query=query).model_signals(REFS, NOW)["llama"]
+    assert s.available and s.running == 4
+    assert s.first_tokens_per_s is None and s.late_first_tokens_per_s is None

@@ -220,3 +220,34 @@ def test_the_fluid_engine_counts_requests_as_vllm_does() -> None:
             assert sig.request_rate > 2.0 * 3 and sig.running < running
         running = sig.running
     assert running == pytest.approx(2.0 * (150.0 / s.models[0].decodeTokensPerSecond), rel=0.2)
+
+
+def test_both_engines_report_their_late_first_tokens_as_vllms_histogram_would() -> None:
+    # The decisions read how many first tokens came and how many came later than the
+    # SLO (DecisionConfig.budget_feedback); the engines report the same counts they
+    # score. Per-request: two 3,000-token prompts on one replica at 1,000 tokens/s come
+    # at 3 s (within the 5 s SLO) and 6 s (late).
+    one = Server(_slow_economy().models[0], 0.8)
+    one.scale(1, 0.0, warm=True)
+    one.reset_interval()
+    _ttfts(one, [(0.0, 3000), (0.0, 3000)], until=10.0)
+    sig = one.signals(10.0)
+    assert sig.first_tokens_per_s is not None and sig.late_first_tokens_per_s is not None
+    assert sig.first_tokens_per_s * 10.0 == pytest.approx(2.0)
+    assert sig.late_first_tokens_per_s * 10.0 == pytest.approx(1.0)
+    # Fluid: an overloaded replica's late share is the share the engine scores as missed.
+    from tokenyard.autoscaler.sim.fluid import FluidServer
+
+    srv = FluidServer(sim.builtin_scenario().models[0], 0.8)
+    srv.scale(1, 0.0, warm=True)
+    first = late = 0.0
+    for k in range(24):
+        srv.reset_interval()
+        srv.fluid_step(k * 5.0, 5.0, 60, 60 * 1000.0, 150.0)  # 12 req/s on 8 req/s
+        s = srv.signals(k * 5.0 + 5.0)
+        assert s.first_tokens_per_s is not None and s.late_first_tokens_per_s is not None
+        first += s.first_tokens_per_s * 5.0
+        late += s.late_first_tokens_per_s * 5.0
+    assert first == pytest.approx(srv.requests_f)
+    assert late == pytest.approx(srv.requests_f - srv.met_f)
+    assert 0 < late < first

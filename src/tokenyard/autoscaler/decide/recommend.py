@@ -11,6 +11,7 @@ the scale-up limits and pre-warm adjust the count. Pure: ``now`` comes in, no cl
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, replace
 
@@ -259,8 +260,14 @@ def slo_down(view: ModelView, w: Workload, cfg: DecisionConfig, sigma: float) ->
     )
 
 
-def _measure(
-    view: ModelView, signals: ModelSignals, state: ModelState, now: float, cfg: DecisionConfig
+# Positional, as recommend calls it; each argument is one input of the measurement.
+def _measure(  # noqa: PLR0917
+    view: ModelView,
+    signals: ModelSignals,
+    state: ModelState,
+    now: float,
+    cfg: DecisionConfig,
+    margin: float,
 ) -> _Load:
     running = signals.running or 0.0
     waiting = signals.waiting or 0.0
@@ -332,9 +339,12 @@ def _measure(
         return replace(w, ca2=max(w.ca2, pooled))
 
     lo = _scaled(w_stable, backlog, max(0.0, 1 - rel))
-    stable = max(float(slo_replicas(view, bursty(lo), cfg)), conc_stable)
+    # A scale-up may spend the reserve that the measured attainment left unspent
+    # (``margin``, DecisionConfig.budget_feedback); a scale-down keeps slo_margin's.
+    up_cfg = replace(cfg, slo_margin=margin)
+    stable = max(float(slo_replicas(view, bursty(lo), up_cfg)), conc_stable)
     up = _scaled(w_stable, backlog, 1 + cfg.tolerance)
-    stable_up = max(float(slo_replicas(view, bursty(up), cfg)), conc_stable)
+    stable_up = max(float(slo_replicas(view, bursty(up), up_cfg)), conc_stable)
     drift = state.drift
     first_seen = state.first_seen if state.first_seen is not None else now
     # Only whole windows: the first one after start-up counted from empty counters.
@@ -355,7 +365,7 @@ def _measure(
     else:
         hi = _scaled(w_stable, backlog, 1 + cfg.tolerance)
         stable_down = max(float(slo_replicas(view, bursty(hi), cfg)), conc_stable)
-    panic_avg = max(float(slo_replicas(view, bursty(w_panic), cfg)), conc_panic)
+    panic_avg = max(float(slo_replicas(view, bursty(w_panic), up_cfg)), conc_panic)
     tokens = signals.tokens_per_s
     in_flight = (running + waiting) * prompt_rate / rps if rps > 0 and prompt_rate > 0 else 0.0
     bursts = (
@@ -368,7 +378,8 @@ def _measure(
         f"{w_stable.prompt:.0f} prompt tokens "
         f"(60s avg, ca2 {w_stable.ca2:.1f}, last hour's {pooled:.1f}): "
         f"SLO model needs {stable:.0f} "
-        f"(predicted miss {pred.miss:.1%} at {max(ready, 1)})"
+        f"(predicted miss {pred.miss:.1%} at {max(ready, 1)}; "
+        f"adding replicas past {margin:.0%} of the miss budget)"
     )
     if conc_stable > 0 and conc_stable >= stable:
         basis = (
@@ -646,6 +657,39 @@ def _scale_up(  # noqa: PLR0917
     return n, why
 
 
+def _attained(
+    state: ModelState, signals: ModelSignals, now: float, cfg: DecisionConfig
+) -> tuple[tuple[float, float, float], ...]:
+    """The (time, first tokens per second, late ones per second) samples of the last
+    ``budget_window_s``, with this interval's where the engines report them."""
+    kept = tuple(a for a in state.attained if a[0] > now - cfg.budget_window_s)
+    if signals.first_tokens_per_s is None:
+        return kept
+    return (*kept, (now, signals.first_tokens_per_s, signals.late_first_tokens_per_s or 0.0))
+
+
+def budget_margin(attained: tuple[tuple[float, float, float], ...], cfg: DecisionConfig) -> float:
+    """The share of the miss budget a scale-up aims at (``DecisionConfig.budget_feedback``).
+
+    The requests whose first token came, and the late ones, are the samples' rates times
+    the time between samples (the first sample only starts the count). Their late share,
+    with ``budget_prior_requests`` at the target's share ``b = 1 - slo_target``, is
+    ``s``; ``slo_margin`` keeps ``(1 - slo_margin) b`` in reserve, of which
+    ``b - s`` went unspent. A scale-up aims at ``slo_margin`` plus that unspent fraction
+    of ``slo_margin_max - slo_margin``: the whole of it when the last hour missed no
+    more than ``slo_margin b``, none of it at ``b`` or beyond."""
+    if not cfg.budget_feedback or cfg.slo_margin_max <= cfg.slo_margin:
+        return cfg.slo_margin
+    b = 1 - cfg.slo_target
+    first = late = 0.0
+    for prev, cur in itertools.pairwise(attained):
+        first += cur[1] * (cur[0] - prev[0])
+        late += cur[2] * (cur[0] - prev[0])
+    share = (late + cfg.budget_prior_requests * b) / (first + cfg.budget_prior_requests)
+    unspent = min(1.0, max(0.0, (b - share) / (b * (1 - cfg.slo_margin))))
+    return cfg.slo_margin + (cfg.slo_margin_max - cfg.slo_margin) * unspent
+
+
 def _held(view: ModelView, signals: ModelSignals, state: ModelState) -> Recommendation:
     """Without metrics: hold the last safe decision (else the current replicas)."""
     lo, hi = view.min_replicas, view.max_replicas
@@ -668,7 +712,10 @@ def recommend(
     if not signals.available:
         return _held(view, signals, state), state
     current, hi = view.current_replicas, view.max_replicas
-    ld = _measure(view, signals, state, now, cfg)
+    # The measured attainment decides how much of the miss budget's reserve a scale-up
+    # may spend (DecisionConfig.budget_feedback).
+    attained = _attained(state, signals, now, cfg)
+    ld = _measure(view, signals, state, now, cfg, budget_margin(attained, cfg))
     last_active = now if ld.active or state.last_active is None else state.last_active
     want, why, slo_pressure = _asks(view, signals, ld)
     n, why = _dead_band(want, why, current, ld, cfg)
@@ -722,6 +769,7 @@ def recommend(
         rates=ld.rates,
         bursts=ld.bursts,
         minutes=ld.minutes,
+        attained=attained,
         drift=ld.drift,
         last_prompt=ld.last_prompt,
         first_seen=ld.first_seen,
@@ -746,4 +794,4 @@ def recommend(
     )
 
 
-__all__ = ["recommend", "slo_replicas"]
+__all__ = ["budget_margin", "recommend", "slo_replicas"]

@@ -125,7 +125,27 @@ class DecisionConfig:
     engine does not show; docs/autoscaling.md has the measurements."""
     slo_margin: float = 0.5
     """SLO sizing aims at this share of the miss budget (1 - slo_target): the queueing
-    model's prediction is approximate, so half the budget is kept in reserve."""
+    model's prediction is approximate, so half the budget is kept in reserve (which a
+    scale-up may spend after a clean hour, ``budget_feedback``)."""
+    budget_feedback: bool = True
+    """Whether sizing spends the reserve that ``slo_margin`` keeps once the measured
+    attainment shows it unused: over the last ``budget_window_s``, the share of
+    requests whose first token came later than the SLO (vLLM's TTFT histogram), shrunk
+    towards the target's share by ``budget_prior_requests``, leaves some part of the
+    reserve (1 - ``slo_margin``) of the miss budget unspent; sizing aims at
+    ``slo_margin`` plus that part of (``slo_margin_max`` - ``slo_margin``). It never
+    aims below ``slo_margin``: a model that misses is the queueing model's and the
+    guards' to size. Off: ``slo_margin`` always (docs/autoscaling.md has both
+    measured)."""
+    slo_margin_max: float = 1.0
+    """The most of the miss budget sizing aims at when the last ``budget_window_s``
+    left the whole reserve unspent (``budget_feedback``)."""
+    budget_window_s: float = 3600.0
+    """How far back the measured attainment is counted (``budget_feedback``)."""
+    budget_prior_requests: float = 200.0
+    """Requests' worth of weight on the target's miss share in the measured one (two
+    misses at a 99% target), so a quiet model's few requests do not spend the reserve
+    on their own (``budget_feedback``)."""
     min_requests_measured: float = 20.0
     """Fewer requests than this started in the stable window leave the workload
     unmeasured (the mean of 20 prompt lengths of CV 1 is within +-22% at one standard
@@ -311,6 +331,10 @@ class ModelState:
     peaks: tuple[tuple[float, float], ...] = ()
     """(time, replicas a burst needed) over the keep-warm window, a sliding maximum: each
     entry is larger than every later one, so the first is the window's maximum."""
+    attained: tuple[tuple[float, float, float], ...] = ()
+    """(time, requests per second whose first token came, those later than the SLO)
+    over ``budget_window_s``: the measured attainment that decides how much of the
+    miss budget's reserve sizing spends (``DecisionConfig.budget_feedback``)."""
     panic_until: float | None = None
     last_active: float | None = None
     last_scale_up: float | None = None

@@ -100,6 +100,7 @@ class Server:
 
     def reset_interval(self) -> None:
         self.i_time = self.i_arrivals = self.i_done = self.i_prompt = self.i_gen = self.i_busy = 0.0
+        self.i_first = self.i_late = 0.0
 
     def ready(self, now: float) -> int:
         # Cached until the next replica's start completes (the fluid engine asks every
@@ -223,6 +224,9 @@ class Server:
                 done = now + dt * (full - budget) / full
                 ttft = max(done - head[0], head[2] / p.prefillTokensPerSecond)
                 self.ttfts.append((done, ttft))
+                self.i_first += 1
+                if ttft > self.slo:
+                    self.i_late += 1
                 if ttft <= self.slo and head[0] >= self.count_from:
                     self.met += 1
                 if self.clock is not None:
@@ -261,6 +265,8 @@ class Server:
             prompt_tokens_per_s=self.i_prompt / t,
             generation_tokens_per_s=self.i_gen / t,
             ttft_p95_s=ttft,
+            first_tokens_per_s=self.i_first / t,
+            late_first_tokens_per_s=self.i_late / t,
             gpu_utilization=self.i_busy / t if reps else None,
         )
 

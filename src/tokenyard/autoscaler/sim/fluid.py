@@ -224,6 +224,8 @@ class FluidServer(Server):
         self.backlog = q1
         self.requests_f += n
         self.met_f += n * met_share
+        self.i_first += n
+        self.i_late += n * (1 - met_share)
         win = self.windows.setdefault(int(now // 600), [0.0, 0.0])
         win[0] += n
         win[1] += n * met_share
@@ -333,6 +335,8 @@ class FluidServer(Server):
             prompt_tokens_per_s=self.i_prompt / t,
             generation_tokens_per_s=self.i_gen / t,
             ttft_p95_s=self.ttft_p95(),
+            first_tokens_per_s=self.i_first / t,
+            late_first_tokens_per_s=self.i_late / t,
             gpu_utilization=self.i_busy / t if ready else None,
         )
 
