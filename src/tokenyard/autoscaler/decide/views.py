@@ -128,17 +128,18 @@ class DecisionConfig:
     model's prediction is approximate, so half the budget is kept in reserve (which a
     scale-up may spend after a clean hour, ``budget_feedback``)."""
     budget_feedback: bool = True
-    """Whether sizing spends the reserve that ``slo_margin`` keeps once the measured
+    """Whether a scale-up spends the reserve that ``slo_margin`` keeps once the measured
     attainment shows it unused: over the last ``budget_window_s``, the share of
     requests whose first token came later than the SLO (vLLM's TTFT histogram), shrunk
     towards the target's share by ``budget_prior_requests``, leaves some part of the
-    reserve (1 - ``slo_margin``) of the miss budget unspent; sizing aims at
-    ``slo_margin`` plus that part of (``slo_margin_max`` - ``slo_margin``). It never
-    aims below ``slo_margin``: a model that misses is the queueing model's and the
-    guards' to size. Off: ``slo_margin`` always (docs/autoscaling.md has both
-    measured)."""
+    reserve (1 - ``slo_margin``) of the miss budget unspent; a scale-up aims at
+    ``slo_margin`` plus that part of (``slo_margin_max`` - ``slo_margin``). A
+    scale-down keeps ``slo_margin`` (a clean hour says the fleet it had was enough, not
+    that a smaller one would be), and nothing aims below it: a model that misses is the
+    queueing model's and the guards' to size. Off: ``slo_margin`` always
+    (docs/autoscaling.md has both measured)."""
     slo_margin_max: float = 1.0
-    """The most of the miss budget sizing aims at when the last ``budget_window_s``
+    """The most of the miss budget a scale-up aims at when the last ``budget_window_s``
     left the whole reserve unspent (``budget_feedback``)."""
     budget_window_s: float = 3600.0
     """How far back the measured attainment is counted (``budget_feedback``)."""
@@ -334,7 +335,7 @@ class ModelState:
     attained: tuple[tuple[float, float, float], ...] = ()
     """(time, requests per second whose first token came, those later than the SLO)
     over ``budget_window_s``: the measured attainment that decides how much of the
-    miss budget's reserve sizing spends (``DecisionConfig.budget_feedback``)."""
+    miss budget's reserve a scale-up spends (``DecisionConfig.budget_feedback``)."""
     panic_until: float | None = None
     last_active: float | None = None
     last_scale_up: float | None = None
