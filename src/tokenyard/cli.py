@@ -219,6 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--c", type=float, default=1.0, help="inverse L2 regularisation strength")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(
+        "--form",
+        choices=("auto", "two-heads", "ordinal"),
+        default="auto",
+        help="the heads: independent, or one shared direction (auto: cross-validated)",
+    )
+    s.add_argument(
+        "--features",
+        choices=("auto", "presence", "counts"),
+        default="auto",
+        help="n-gram weighting: each distinct n-gram once, or by its count (auto: cross-validated)",
+    )
+    s.add_argument(
         "--configmap", default=None, metavar="NAME", help="also write a ConfigMap YAML beside it"
     )
     s.set_defaults(func=_lazy("tokenyard.routing.learned.cli"))

@@ -25,7 +25,7 @@ from tokenyard.routing.request import ParsedRequest, parse_request
 
 pytest.importorskip("sklearn")
 
-from tokenyard.routing.learned.train import fit, kfold_scores
+from tokenyard.routing.learned.train import candidates, cv_folds, fit, kfold_scores
 
 
 def chat(text: str, **extra: object) -> ParsedRequest:
@@ -161,6 +161,90 @@ def test_training_needs_both_outcomes() -> None:
     parsed = [chat(f"q{i}") for i in range(40)]
     with pytest.raises(ValueError, match="did better"):
         fit(parsed, np.ones(40), np.ones(40))
+    for form in ("two-heads", "ordinal"):  # a fixed form says the same
+        with pytest.raises(ValueError, match="did better"):
+            fit(parsed, np.ones(40), np.ones(40), form=form)
+
+
+def test_ordinal_form_shares_one_direction() -> None:
+    parsed, weak, strong = synthetic()
+    m = fit(parsed, weak, strong, settings=FeatureSettings(hash_bits=12), form="ordinal")
+    assert m.training["form"] == "ordinal" and "selection" not in m.training
+    # P(better) = s(w.x + t2) and P(worse) = s(-w.x - t1): the heads mirror each other.
+    np.testing.assert_array_equal(m.better.weights, -m.worse.weights)
+    np.testing.assert_allclose(m.better.dense, -m.worse.dense)
+    assert m.better.scale == pytest.approx(m.worse.scale)
+    hard = m.score(chat("tell me about ocean tides and lunar orbits"))
+    easy = m.score(chat("tell me about baking bread at home"))
+    assert easy < hard
+    # The artifact format is the same for both forms: it loads and scores alike.
+    again = model_from_dict(json.loads(m.to_json()))
+    assert again.version == m.version and again.score(chat("ocean tides")) == m.score(
+        chat("ocean tides")
+    )
+
+
+def repeated_word(
+    n: int = 300, seed: int = 1
+) -> tuple[list[ParsedRequest], np.ndarray, np.ndarray]:
+    """Hard prompts use the word "carry" six times, easy ones once (and a random filler
+    five times), among random fillers: only n-gram counts tell them apart (presence sees
+    "carry", and as many distinct words, in both)."""
+    rng = np.random.default_rng(seed)
+    parsed, weak, strong = [], [], []
+    for i in range(n):
+        hard = i % 2 == 0
+        words = [f"p{i}w{j}" for j in range(24)]  # no filler (or bigram) seen twice
+        # Easy prompts repeat a random five-letter word instead, so both kinds have as
+        # many distinct words (presence weights each by one over their number), bytes and
+        # digits.
+        other = "".join(rng.choice(list("abdefghijklmnosuvwxz"), 5))
+        for j in range(6):
+            words[4 * j + 1] = "carry" if hard or j == 0 else other
+        parsed.append(chat(" ".join(words)))
+        weak.append(0.0 if hard and rng.random() < 0.8 else 1.0)
+        strong.append(0.0 if rng.random() < 0.1 else 1.0)
+    return parsed, np.array(weak), np.array(strong)
+
+
+def test_selection_picks_the_weighting_and_form_by_held_out_apgr() -> None:
+    parsed, weak, strong = repeated_word()
+    m = fit(parsed, weak, strong)
+    sel = m.training["selection"]
+    assert sel["by"] == "5-fold out-of-fold APGR"
+    tried = sel["candidates"]
+    assert [(c["features"], c["form"]) for c in tried] == [
+        ("presence", "two-heads"),
+        ("presence", "ordinal"),
+        ("counts", "two-heads"),
+        ("counts", "ordinal"),
+    ]
+    best = max(tried, key=lambda c: c["apgr"])
+    assert (m.training["features"], m.training["form"]) == (best["features"], best["form"])
+    assert m.training["features"] == "counts" and m.settings.binary is False
+    assert best["apgr"] > max(c["apgr"] for c in tried if c["features"] == "presence") + 0.1
+    assert m.training["calibration"] == "isotonic on 5-fold out-of-fold predictions"
+    hard = m.score(chat("a carry b carry c carry d carry e carry f carry"))
+    easy = m.score(chat("a carry b x1 c x2 d x3 e x4 f x5"))
+    assert easy < hard
+    # Fixed choices are not selected.
+    fixed = fit(parsed, weak, strong, settings=FeatureSettings(), form="two-heads")
+    assert "selection" not in fixed.training and fixed.settings.binary is True
+
+
+def test_selection_folds_and_candidates() -> None:
+    assert [cv_folds(n) for n in (29, 30, 49, 50, 5000)] == [0, 3, 3, 5, 5]
+    assert len(candidates(None, None)) == 4
+    assert [c.form for c in candidates(FeatureSettings(), None)] == ["two-heads", "ordinal"]
+    assert [c.weighting for c in candidates(None, "ordinal")] == ["presence", "counts"]
+    with pytest.raises(ValueError, match="form must be"):
+        candidates(None, "three-heads")  # type: ignore[arg-type]
+    # Too few prompts to cross-validate: the defaults, said so in the metadata.
+    parsed, weak, strong = synthetic(24)
+    m = fit(parsed, weak, strong)
+    assert m.training["selection"]["by"] == "too few prompts: defaults"
+    assert (m.training["features"], m.training["form"]) == ("presence", "two-heads")
+    assert m.training["calibration"] == "none" and m.quality_table == ()
 
 
 def write_csv(path: Path, rows: list[dict[str, object]]) -> Path:

@@ -130,3 +130,30 @@ def test_random_range_brackets_one_half() -> None:
     assert random_range(weak, strong, draws=50, seed=1) == random_range(
         weak, strong, draws=50, seed=1
     )
+
+
+def test_weights_count_a_prompt_that_many_times() -> None:
+    # Weight 2 on the second prompt is the same curve as that prompt listed twice.
+    scores, weights = [4, 3, 2, 1], [1, 2, 1, 1]
+    weighted = quality_curve(scores, WEAK, STRONG, weights)
+    repeated = quality_curve([4, 3, 3, 2, 1], [0, 0, 0, 1, 1], [1, 1, 1, 1, 0])
+    # Knots: the repeated rows tie (one knot), so compare the curves where both have knots.
+    assert weighted.q_weak == pytest.approx(repeated.q_weak) == pytest.approx(0.4)
+    assert weighted.q_strong == pytest.approx(repeated.q_strong) == pytest.approx(0.8)
+    np.testing.assert_allclose(weighted.share, repeated.share)
+    np.testing.assert_allclose(weighted.quality, repeated.quality)
+    assert apgr(weighted) == pytest.approx(apgr(repeated))
+    # By hand: shares 0, .2, .6, .8, 1; quality .4, .6, 1.0, 1.0, .8.
+    np.testing.assert_allclose(weighted.share, [0, 0.2, 0.6, 0.8, 1.0])
+    np.testing.assert_allclose(weighted.quality, [0.4, 0.6, 1.0, 1.0, 0.8])
+    # Equal weights change nothing.
+    same = quality_curve(scores, WEAK, STRONG, [3, 3, 3, 3])
+    plain = quality_curve(scores, WEAK, STRONG)
+    np.testing.assert_allclose(same.quality, plain.quality)
+    assert apgr(same) == pytest.approx(apgr(plain))
+
+
+@pytest.mark.parametrize("weights", [[1, 1, 1], [1, 0, 1, 1], [1, -1, 1, 1], [1, np.nan, 1, 1]])
+def test_rejects_bad_weights(weights: list[float]) -> None:
+    with pytest.raises(ValueError):
+        quality_curve([4, 3, 2, 1], WEAK, STRONG, weights)

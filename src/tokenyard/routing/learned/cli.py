@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from tokenyard.routing.learned.features import FeatureSettings
 from tokenyard.routing.learned.model import ARTIFACT_KEY, ArtifactError
 from tokenyard.routing.learned.state_files import FEEDBACK_FILE
 from tokenyard.routing.quality.data import DataError, load_all, merge
@@ -35,11 +36,15 @@ def state_root(path: Path) -> Path:
 
 def main(args: argparse.Namespace) -> int:
     from tokenyard.routing.learned.from_state import load_state
-    from tokenyard.routing.learned.train import fit
+    from tokenyard.routing.learned.train import FORMS, Form, fit
 
     if not args.c > 0:
         print("train-router: --c must be > 0", file=sys.stderr)
         return 2
+    chosen = getattr(args, "features", "auto")
+    settings = None if chosen == "auto" else FeatureSettings(binary=chosen == "presence")
+    form_arg = getattr(args, "form", "auto")
+    form: Form | None = next((f for f in FORMS if f == form_arg), None)
     try:
         if getattr(args, "from_state", None):
             ts = load_state(state_root(Path(args.from_state)), getattr(args, "endpoint", None))
@@ -47,6 +52,8 @@ def main(args: argparse.Namespace) -> int:
                 ts.parsed,
                 ts.weak,
                 ts.strong,
+                settings=settings,
+                form=form,
                 c=args.c,
                 seed=args.seed,
                 training={"data": [ts.summary]},
@@ -60,6 +67,8 @@ def main(args: argparse.Namespace) -> int:
                 [p.parsed for p in pool.prompts],
                 pool.weak,
                 pool.strong,
+                settings=settings,
+                form=form,
                 c=args.c,
                 seed=args.seed,
                 training={"data": [s.summary() for s in sets]},
@@ -70,6 +79,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"train-router: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.out}: version {model.version}, {size:,} bytes, {count:,} prompts")
+    picked = model.training.get("selection")
+    if picked:
+        tried = ", ".join(
+            f"{c['features']} {c['form']} {c['apgr'] if c['apgr'] is not None else '-'}"
+            for c in picked["candidates"]
+        )
+        print(
+            f"  {model.training['features']}, {model.training['form']} (by {picked['by']}: {tried})"
+        )
     point = model.threshold_for_quality(0.95)
     if point is not None:
         print(

@@ -1,21 +1,36 @@
 """Training the learned difficulty classifier (scikit-learn; never imported by the router).
 
 :func:`fit` featurises labelled prompts with :class:`~.features.Featurizer` (the code the
-router scores with), fits two logistic regressions, one on "the strong model does
-better than the weak one" (``max(0, strong - weak)``: with 0/1 outcomes, strong right
-and weak wrong) and one on "it does worse" (``max(0, weak - strong)``), soft outcomes as
-weighted rows; their difference is the expected gain from the strong model. Isotonic
-regression on out-of-fold predictions calibrates it into the score, and the same
-predictions record which strong share each score threshold gave on held-out prompts.
-:func:`kfold_scores` gives the out-of-fold scores ``tokenyard eval-routing --kfold``
-reports. Called by ``tokenyard train-router``.
+router scores with) and fits two logistic heads: the probability that the strong model
+does better than the weak one (``max(0, strong - weak)``: with 0/1 outcomes, strong right
+and weak wrong) and that it does worse (``max(0, weak - strong)``), soft outcomes as
+weighted rows; their difference is the expected gain from the strong model. The heads
+take one of two forms:
+
+- ``two-heads``: two independent regressions, for sets where the prompts the strong
+  model loses on are not simply the easy end of the ones it wins on;
+- ``ordinal``: one direction shared by both heads with a threshold each (the gain is an
+  ordered outcome, worse < same < better: a cumulative-logit model fitted as one
+  regression on the prompts stacked once per threshold), which learns from every prompt
+  where the two-heads form learns each direction from the rarer side alone.
+
+Unless the caller fixes them, the form and the n-gram weighting (presence, or counts:
+see :class:`~.features.FeatureSettings`) are chosen by cross-validation on the training
+prompts: each of the four candidates scores every prompt from models trained on the
+other folds, and the one with the highest APGR wins (ties go to presence and
+two heads, the earlier defaults). Isotonic regression on the winner's out-of-fold
+predictions calibrates it into the score, and the same predictions record which strong
+share each score threshold gave on held-out prompts. :func:`kfold_scores` gives the
+out-of-fold scores ``tokenyard eval-routing --kfold`` reports (the selection runs inside
+each training fold). Called by ``tokenyard train-router``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -23,13 +38,24 @@ import numpy.typing as npt
 from tokenyard.routing.classifiers.base import ClassifiableRequest
 from tokenyard.routing.learned.features import DENSE_NAMES, FeatureSettings, Featurizer
 from tokenyard.routing.learned.model import DifficultyModel, LinearHead, QualityPoint
-from tokenyard.routing.quality.metrics import quality_curve
+from tokenyard.routing.quality.metrics import apgr, quality_curve
 
 FloatArray = npt.NDArray[np.float64]
 
 LABEL = "expected-gain"
 DEFAULT_C = 1.0
-CALIBRATION_FOLDS = 3
+CV_FOLDS = 5
+"""Folds of the cross-validation that selects the form and calibrates the score."""
+MIN_CV_FOLDS = 3
+"""Folds used instead when the set has fewer than 10 prompts per fold of CV_FOLDS."""
+
+NEEDS_BOTH = (
+    "training needs prompts where the strong model did better than the weak one, "
+    "where it did worse, and where it did neither"
+)
+
+Form = Literal["two-heads", "ordinal"]
+FORMS: tuple[Form, ...] = ("two-heads", "ordinal")
 
 
 def design_matrix(featurizer: Featurizer, parsed: Sequence[ClassifiableRequest]) -> Any:
@@ -81,6 +107,7 @@ def _fit_lr(
     weights: FloatArray | None = None,
     *,
     constant_ok: bool = False,
+    intercept: bool = True,
 ) -> Any:
     from scipy import sparse
     from sklearn.linear_model import LogisticRegression
@@ -97,11 +124,10 @@ def _fit_lr(
     if np.unique(y).size < 2:
         if constant_ok:
             return _Constant(float(np.average(y, weights=w)), x.shape[1])
-        raise ValueError(
-            "training needs prompts where the strong model did better than the weak one, "
-            "where it did worse, and where it did neither"
-        )
-    lr = LogisticRegression(C=c, solver="liblinear", max_iter=1000, random_state=seed)
+        raise ValueError(NEEDS_BOTH)
+    lr = LogisticRegression(
+        C=c, solver="liblinear", max_iter=1000, random_state=seed, fit_intercept=intercept
+    )
     lr.fit(x, y, sample_weight=w)
     return lr
 
@@ -116,8 +142,55 @@ def _folds(n: int, k: int, seed: int) -> list[npt.NDArray[np.int64]]:
     return [order[i::k] for i in range(k)]
 
 
+class _Linear:
+    """One head of the ordinal form, shaped like a fitted regression (``coef_``,
+    ``intercept_``, ``predict_proba``) so both forms save and score alike."""
+
+    def __init__(self, coef: FloatArray, bias: float) -> None:
+        self.coef_ = coef.reshape(1, -1)
+        self.intercept_ = np.array([bias])
+
+    def predict_proba(self, x: Any) -> FloatArray:
+        z = np.clip(np.asarray(x @ self.coef_[0]).ravel() + self.intercept_[0], -60, 60)
+        p = 1 / (1 + np.exp(-z))
+        return np.stack([1 - p, p], axis=1)
+
+
+def _ordinal(
+    x: Any,
+    better: FloatArray,
+    worse: FloatArray,
+    *,
+    c: float,
+    seed: int,
+    weights: FloatArray | None,
+) -> tuple[_Linear, _Linear]:
+    """The cumulative-logit heads: P(gain >= 0) = s(w.x + t1), P(gain > 0) = s(w.x + t2).
+
+    One regression on the prompts stacked twice, each copy with an indicator column for
+    its threshold (labels "not worse" and "better"); C is halved because every prompt
+    appears twice, so the penalty per prompt matches the two-heads form."""
+    from scipy import sparse
+
+    if np.ptp(better) == 0:  # the stacked labels would vary, but nothing would rank prompts
+        raise ValueError(NEEDS_BOTH)
+    n = better.size
+    ones = np.ones((n, 1))
+    zeros = np.zeros((n, 1))
+    stacked = sparse.vstack(
+        [sparse.hstack([x, ones, zeros]), sparse.hstack([x, zeros, ones])]
+    ).tocsr()
+    y = np.concatenate([1 - worse, better])
+    w = None if weights is None else np.concatenate([weights, weights])
+    lr = _fit_lr(stacked, y, c / 2, seed, w, intercept=False)
+    coef = np.asarray(lr.coef_[0], dtype=np.float64)
+    direction, t1, t2 = coef[:-2], float(coef[-2]), float(coef[-1])
+    # P(better) = s(w.x + t2); P(worse) = 1 - s(w.x + t1) = s(-w.x - t1).
+    return _Linear(direction, t2), _Linear(-direction, -t1)
+
+
 class _Heads:
-    """The two fitted regressions; ``predict`` gives the raw expected gain."""
+    """The two fitted heads of either form; ``predict`` gives the raw expected gain."""
 
     def __init__(  # noqa: PLR0917
         self,
@@ -127,8 +200,12 @@ class _Heads:
         c: float,
         seed: int,
         weights: FloatArray | None = None,
+        form: Form = "two-heads",
     ):
         better, worse = labels(weak, strong)
+        if form == "ordinal":
+            self.better, self.worse = _ordinal(x, better, worse, c=c, seed=seed, weights=weights)
+            return
         ok = weights is not None  # from-state training: one side may never vary
         self.better = _fit_lr(x, better, c, seed, weights, constant_ok=ok)
         self.worse = _fit_lr(x, worse, c, seed, weights, constant_ok=ok)
@@ -146,13 +223,15 @@ def _raw_oof(
     c: float,
     seed: int,
     weights: FloatArray | None = None,
+    form: Form = "two-heads",
 ) -> FloatArray:
     """Out-of-fold raw gains (each prompt scored by models that did not see it)."""
     out = np.zeros(weak.size)
     for test in _folds(weak.size, k, seed):
         train = np.setdiff1d(np.arange(weak.size), test)
         w = None if weights is None else weights[train]
-        out[test] = _Heads(x[train], weak[train], strong[train], c, seed, w).predict(x[test])
+        heads = _Heads(x[train], weak[train], strong[train], c, seed, w, form)
+        out[test] = heads.predict(x[test])
     return out
 
 
@@ -206,12 +285,94 @@ def _head(lr: Any, dim: int) -> LinearHead:
     )
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One n-gram weighting and head form the selection tries, with its cross-validated
+    APGR (None when the training labels show no gap, or when it could not be fitted)."""
+
+    settings: FeatureSettings
+    form: Form
+    apgr: float | None = None
+
+    @property
+    def weighting(self) -> str:
+        return "presence" if self.settings.binary else "counts"
+
+    def as_dict(self) -> dict[str, Any]:
+        score = None if self.apgr is None else round(self.apgr, 4)
+        return {"features": self.weighting, "form": self.form, "apgr": score}
+
+
+def candidates(settings: FeatureSettings | None, form: Form | None) -> list[Candidate]:
+    """What the selection tries: both n-gram weightings unless ``settings`` fixes the
+    features, both forms unless ``form`` fixes it; the defaults first (they win ties)."""
+    if form is not None and form not in FORMS:
+        raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
+    base = settings or FeatureSettings()
+    weightings = [base] if settings is not None else [base, replace(base, binary=False)]
+    forms: Sequence[Form] = [form] if form is not None else FORMS
+    return [Candidate(w, f) for w in weightings for f in forms]
+
+
+def cv_folds(n: int) -> int:
+    """Folds of the selection and calibration for ``n`` prompts (0: too few for either)."""
+    if n >= 10 * CV_FOLDS:
+        return CV_FOLDS
+    return MIN_CV_FOLDS if n >= 10 * MIN_CV_FOLDS else 0
+
+
+def _select(
+    parsed: Sequence[ClassifiableRequest],
+    weak: FloatArray,
+    strong: FloatArray,
+    tried: list[Candidate],
+    *,
+    k: int,
+    c: float,
+    seed: int,
+    weights: FloatArray | None,
+) -> tuple[list[Candidate], int, dict[FeatureSettings, Any], dict[int, FloatArray]]:
+    """Each candidate's out-of-fold gains and APGR; the index of the best one."""
+    matrices: dict[FeatureSettings, Any] = {}
+    oofs: dict[int, FloatArray] = {}
+    scored: list[Candidate] = []
+    failed: ValueError | None = None
+    for i, cand in enumerate(tried):
+        if cand.settings not in matrices:
+            matrices[cand.settings] = design_matrix(Featurizer(cand.settings), parsed)
+        score = None
+        if k:
+            try:
+                oof = _raw_oof(
+                    matrices[cand.settings], weak, strong,
+                    k=k, c=c, seed=seed, weights=weights, form=cand.form,
+                )  # fmt: skip
+            except ValueError as e:  # a fold without both outcomes: this form cannot fit
+                failed = e
+                scored.append(cand)
+                continue
+            oofs[i] = oof
+            score = apgr(quality_curve(oof, weak, strong, weights))
+        scored.append(replace(cand, apgr=score))
+    if not oofs and failed is not None and len(tried) > 1:
+        raise failed
+    fitted = [i for i in range(len(tried)) if i in oofs] or [0]
+
+    def rank(i: int) -> float:
+        score = scored[i].apgr
+        return -np.inf if score is None else score
+
+    best = max(fitted, key=rank)
+    return scored, best, matrices, oofs
+
+
 def fit(
     parsed: Sequence[ClassifiableRequest],
     weak: FloatArray,
     strong: FloatArray,
     *,
     settings: FeatureSettings | None = None,
+    form: Form | None = None,
     c: float = DEFAULT_C,
     seed: int = 0,
     calibrate: bool = True,
@@ -220,41 +381,62 @@ def fit(
 ) -> DifficultyModel:
     """Train a :class:`DifficultyModel` on labelled prompts.
 
-    ``weights`` weight each prompt in the regressions and the calibration (from-state
-    training: the inverse of the probability that the target which answered was chosen,
-    :mod:`.from_state`); with them, an outcome that never varies gives a constant head
-    instead of an error."""
+    ``settings`` and ``form`` fix the features and the head form; left as None, each is
+    chosen by cross-validated APGR on these prompts (see the module docstring).
+    ``weights`` weight each prompt in the regressions, the selection and the calibration
+    (from-state training: the inverse of the probability that the target which answered
+    was chosen, :mod:`.from_state`); with them, an outcome that never varies gives a
+    constant head instead of an error."""
     import sklearn
 
-    featurizer = Featurizer(settings)
-    x = design_matrix(featurizer, parsed)
     weak = np.asarray(weak, np.float64)
     strong = np.asarray(strong, np.float64)
     if weights is not None:
         weights = np.asarray(weights, np.float64)
-    heads = _Heads(x, weak, strong, c, seed, weights)
-    dim = featurizer.settings.dim
-    if calibrate and weak.size >= 10 * CALIBRATION_FOLDS:
-        oof = _raw_oof(x, weak, strong, k=CALIBRATION_FOLDS, c=c, seed=seed, weights=weights)
+    tried = candidates(settings, form)
+    k = cv_folds(weak.size)
+    if not (calibrate or len(tried) > 1):
+        k = 0  # nothing to choose and nothing to calibrate: no cross-validation
+    scored, best, matrices, oofs = _select(
+        parsed, weak, strong, tried, k=k, c=c, seed=seed, weights=weights
+    )
+    chosen = scored[best]
+    x = matrices[chosen.settings]
+    heads = _Heads(x, weak, strong, c, seed, weights, chosen.form)
+    dim = chosen.settings.dim
+    if calibrate and best in oofs:
+        oof = oofs[best]
         # The score is (1 + expected gain) / 2, the gain fitted on held-out prompts.
         cal_x, cal_y = _calibration(oof, (1 + strong - weak) / 2, weights=weights)
         table = _quality_table(np.interp(oof, cal_x, cal_y), weak, strong)
     else:
         cal_x, cal_y, table = np.array([-1.0, 1.0]), np.array([0.0, 1.0]), ()
-    meta = {
+    described = {
+        "two-heads": "two logistic regressions (liblinear, L2): strong better, strong worse",
+        "ordinal": "cumulative logit (liblinear, L2): one direction, thresholds for "
+        "strong not worse and strong better",
+    }
+    meta: dict[str, Any] = {
         "trainedAt": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "prompts": int(weak.size),
         "strongBetter": float(labels(weak, strong)[0].sum()),
         "strongWorse": float(labels(weak, strong)[1].sum()),
-        "model": "two logistic regressions (liblinear, L2): strong better, strong worse",
+        "model": described[chosen.form],
+        "form": chosen.form,
+        "features": chosen.weighting,
         "C": c,
         "seed": seed,
-        "calibration": f"isotonic on {CALIBRATION_FOLDS}-fold out-of-fold predictions",
+        "calibration": (f"isotonic on {k}-fold out-of-fold predictions" if table else "none"),
         "sklearn": sklearn.__version__,
-        **(training or {}),
     }
+    if len(tried) > 1:
+        meta["selection"] = {
+            "by": f"{k}-fold out-of-fold APGR" if k else "too few prompts: defaults",
+            "candidates": [cand.as_dict() for cand in scored],
+        }
+    meta.update(training or {})
     return DifficultyModel(
-        settings=featurizer.settings,
+        settings=chosen.settings,
         better=_head(heads.better, dim),
         worse=_head(heads.worse, dim),
         # Rounded as the artifact stores them, so a saved model scores exactly alike.
@@ -273,11 +455,13 @@ def kfold_scores(
     *,
     k: int = 5,
     settings: FeatureSettings | None = None,
+    form: Form | None = None,
     c: float = DEFAULT_C,
     seed: int = 0,
 ) -> FloatArray:
     """Each prompt's score from a model trained on the other k-1 folds (through the
-    artifact's own scoring path: quantised weights, calibration)."""
+    artifact's own scoring path: quantised weights, calibration; the form and features
+    selected inside each training fold unless fixed)."""
     if k < 2 or k > len(parsed):
         raise ValueError(f"--kfold must be between 2 and the number of prompts, got {k}")
     out = np.zeros(len(parsed))
@@ -288,12 +472,24 @@ def kfold_scores(
             weak[train],
             strong[train],
             settings=settings,
+            form=form,
             c=c,
             seed=seed,
-            calibrate=False,  # ranking metrics need no calibration; it costs 3 more fits
+            calibrate=False,  # ranking metrics need no calibration
         )
         out[test] = [model.score(parsed[i]) for i in test]
     return out
 
 
-__all__ = ["LABEL", "design_matrix", "fit", "kfold_scores", "labels"]
+__all__ = [
+    "FORMS",
+    "LABEL",
+    "Candidate",
+    "Form",
+    "candidates",
+    "cv_folds",
+    "design_matrix",
+    "fit",
+    "kfold_scores",
+    "labels",
+]

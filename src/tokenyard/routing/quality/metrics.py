@@ -68,11 +68,14 @@ def quality_curve(
     scores: Sequence[float] | FloatArray,
     weak: Sequence[float] | FloatArray,
     strong: Sequence[float] | FloatArray,
+    weights: Sequence[float] | FloatArray | None = None,
 ) -> QualityCurve:
     """The exact quality curve of a router's scores (higher score: strong model first).
 
     ``weak`` and ``strong`` are each prompt's outcome with either model (0/1, or a score
-    in [0, 1]).
+    in [0, 1]). ``weights`` (optional, positive) count each prompt that many times: the
+    shares and means are weighted (training on the pool's own feedback weights each
+    prompt by the inverse of its propensity).
     """
     s = _as_array(scores, "scores")
     w = _as_array(weak, "weak")
@@ -80,16 +83,23 @@ def quality_curve(
     n = s.size
     if n == 0 or w.size != n or t.size != n:
         raise ValueError("scores, weak and strong must be non-empty and of equal length")
+    m = np.ones(n) if weights is None else _as_array(weights, "weights")
+    if m.size != n or not np.all(m > 0):
+        raise ValueError("weights must be positive, one per prompt")
+    total = float(m.sum())
     order = np.argsort(-s, kind="stable")
     s_sorted = s[order]
-    gain = (t - w)[order]
+    gain = ((t - w) * m)[order]
     # Knots at the end of each tie group (descending scores).
     ends = np.flatnonzero(np.append(s_sorted[1:] != s_sorted[:-1], True)) + 1
     cum_gain = np.concatenate(([0.0], np.cumsum(gain)[ends - 1]))
-    share = np.concatenate(([0.0], ends / n))
-    q_weak = float(w.mean())
-    quality = q_weak + cum_gain / n
-    return QualityCurve(share=share, quality=quality, q_weak=q_weak, q_strong=float(t.mean()))
+    share = np.concatenate(([0.0], np.cumsum(m[order])[ends - 1] / total))
+    share[-1] = 1.0  # exactly, whatever the rounding of the weights' sum
+    mw = None if weights is None else m
+    q_weak = float(np.average(w, weights=mw))
+    quality = q_weak + cum_gain / total
+    q_strong = float(np.average(t, weights=mw))
+    return QualityCurve(share=share, quality=quality, q_weak=q_weak, q_strong=q_strong)
 
 
 def apgr(curve: QualityCurve) -> float | None:
