@@ -71,6 +71,23 @@ def eval_routing_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", default=None, help="write the quality curves as a PNG here")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    learner_arguments(p)
+
+
+def learner_arguments(p: argparse.ArgumentParser) -> None:
+    """The learned model's choices (``train-router``, and ``eval-routing``'s learned rows)."""
+    p.add_argument(
+        "--form",
+        choices=("auto", "two-heads", "ordinal"),
+        default="auto",
+        help="the heads: independent, or one shared direction (auto: cross-validated)",
+    )
+    p.add_argument(
+        "--features",
+        choices=("auto", "presence", "counts"),
+        default="auto",
+        help="n-gram weighting: each distinct n-gram once, or by its count (auto: cross-validated)",
+    )
 
 
 def simulate_arguments(p: argparse.ArgumentParser) -> None:
@@ -218,18 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="artifact path (JSON, under 1 MiB)")
     s.add_argument("--c", type=float, default=1.0, help="inverse L2 regularisation strength")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument(
-        "--form",
-        choices=("auto", "two-heads", "ordinal"),
-        default="auto",
-        help="the heads: independent, or one shared direction (auto: cross-validated)",
-    )
-    s.add_argument(
-        "--features",
-        choices=("auto", "presence", "counts"),
-        default="auto",
-        help="n-gram weighting: each distinct n-gram once, or by its count (auto: cross-validated)",
-    )
+    learner_arguments(s)
     s.add_argument(
         "--configmap", default=None, metavar="NAME", help="also write a ConfigMap YAML beside it"
     )

@@ -307,6 +307,35 @@ def test_train_router_then_eval_artifact(
     assert "toy, in-sample" in table  # trained and scored on the same prompts: marked
 
 
+def test_form_and_features_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_csv(tmp_path / "toy.csv", labelled_rows())
+    out = tmp_path / "model.json"
+    args = ["--form", "ordinal", "--features", "counts"]
+    assert cli_main(["train-router", "--data", str(data), "--out", str(out), *args]) == 0
+    model = load_model(out)
+    assert (model.training["form"], model.training["features"]) == ("ordinal", "counts")
+    assert "selection" not in model.training and model.settings.binary is False
+    printed = capsys.readouterr().out
+    assert "by 5-fold" not in printed
+    # Left to the selection, train-router prints what it tried and chose.
+    assert cli_main(["train-router", "--data", str(data), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    chosen = load_model(out).training
+    assert f"{chosen['features']}, {chosen['form']} (by 5-fold out-of-fold APGR:" in printed
+    # eval-routing's learned rows take the same options.
+    code = cli_main(
+        ["eval-routing", "--data", str(data), "--kfold", "3", "--train", str(data),
+         "--routers", "random", "--draws", "10", "--json", *args]
+    )  # fmt: skip
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    learned = [r for r in doc["sets"][0]["routers"] if r["router"] == "learned"]
+    assert len(learned) == 2 and all(r["apgr"] > 0.5 for r in learned)
+    with pytest.raises(SystemExit):
+        cli_main(["train-router", "--data", str(data), "--out", str(out), "--form", "three"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("rows", "message"),
     [

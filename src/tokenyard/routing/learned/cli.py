@@ -14,7 +14,6 @@ from pathlib import Path
 
 import yaml
 
-from tokenyard.routing.learned.features import FeatureSettings
 from tokenyard.routing.learned.model import ARTIFACT_KEY, ArtifactError
 from tokenyard.routing.learned.state_files import FEEDBACK_FILE
 from tokenyard.routing.quality.data import DataError, load_all, merge
@@ -36,15 +35,12 @@ def state_root(path: Path) -> Path:
 
 def main(args: argparse.Namespace) -> int:
     from tokenyard.routing.learned.from_state import load_state
-    from tokenyard.routing.learned.train import FORMS, Form, fit
+    from tokenyard.routing.learned.train import fit, fixed_choices
 
     if not args.c > 0:
         print("train-router: --c must be > 0", file=sys.stderr)
         return 2
-    chosen = getattr(args, "features", "auto")
-    settings = None if chosen == "auto" else FeatureSettings(binary=chosen == "presence")
-    form_arg = getattr(args, "form", "auto")
-    form: Form | None = next((f for f in FORMS if f == form_arg), None)
+    settings, form = fixed_choices(getattr(args, "features", "auto"), getattr(args, "form", "auto"))
     try:
         if getattr(args, "from_state", None):
             ts = load_state(state_root(Path(args.from_state)), getattr(args, "endpoint", None))

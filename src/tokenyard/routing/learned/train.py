@@ -314,6 +314,17 @@ def candidates(settings: FeatureSettings | None, form: Form | None) -> list[Cand
     return [Candidate(w, f) for w in weightings for f in forms]
 
 
+def fixed_choices(features: str, form: str) -> tuple[FeatureSettings | None, Form | None]:
+    """The ``--features`` and ``--form`` options as :func:`fit`'s arguments ("auto": None,
+    chosen by the selection)."""
+    if features not in {"auto", "presence", "counts"}:
+        raise ValueError(f"features must be auto, presence or counts, got {features!r}")
+    if form != "auto" and form not in FORMS:
+        raise ValueError(f"form must be auto or one of {', '.join(FORMS)}, got {form!r}")
+    settings = None if features == "auto" else FeatureSettings(binary=features == "presence")
+    return settings, next((f for f in FORMS if f == form), None)
+
+
 def cv_folds(n: int) -> int:
     """Folds of the selection and calibration for ``n`` prompts (0: too few for either)."""
     if n >= 10 * CV_FOLDS:
@@ -490,6 +501,7 @@ __all__ = [
     "cv_folds",
     "design_matrix",
     "fit",
+    "fixed_choices",
     "kfold_scores",
     "labels",
 ]

@@ -147,23 +147,38 @@ def evaluate_set(
     return SetResult(data=data, random=rr, routers=results)
 
 
-def kfold_learner(k: int, seed: int) -> Learner:
+def kfold_learner(k: int, seed: int, features: str = "auto", form: str = "auto") -> Learner:
+    from tokenyard.routing.learned.train import fixed_choices
+
+    settings, fixed_form = fixed_choices(features, form)
+
     def learn(data: LabelledSet) -> tuple[str, str, FloatArray]:
         from tokenyard.routing.learned.train import kfold_scores
 
         parsed = [p.parsed for p in data.prompts]
-        scores = kfold_scores(parsed, data.weak, data.strong, k=k, seed=seed)
+        scores = kfold_scores(
+            parsed, data.weak, data.strong, k=k, seed=seed, settings=settings, form=fixed_form
+        )
         return "learned", f"{k}-fold", scores
 
     return learn
 
 
-def trained_learner(train: Sequence[LabelledSet], seed: int) -> Learner:
-    from tokenyard.routing.learned.train import fit
+def trained_learner(
+    train: Sequence[LabelledSet], seed: int, features: str = "auto", form: str = "auto"
+) -> Learner:
+    from tokenyard.routing.learned.train import fit, fixed_choices
 
+    settings, fixed_form = fixed_choices(features, form)
     pool = merge(train, "+".join(s.name for s in train))
     model = fit(
-        [p.parsed for p in pool.prompts], pool.weak, pool.strong, seed=seed, calibrate=False
+        [p.parsed for p in pool.prompts],
+        pool.weak,
+        pool.strong,
+        settings=settings,
+        form=fixed_form,
+        seed=seed,
+        calibrate=False,
     )
     shas = {s.sha256 for s in train}
     names = {s.name for s in train}
@@ -249,8 +264,11 @@ def run(
     kfold: int | None = 5,
     train_paths: Sequence[str] = (),
     opts: Options | None = None,
+    features: str = "auto",
+    form: str = "auto",
 ) -> list[SetResult]:
-    """Evaluate every router on every set of the data files."""
+    """Evaluate every router on every set of the data files (``features`` and ``form``
+    fix the learned rows' choices; "auto": selected inside each training set)."""
     from tokenyard.routing.learned.model import load_model
 
     opts = opts or Options()
@@ -260,9 +278,9 @@ def run(
     ]
     learners: list[Learner] = []
     if train_paths:
-        learners.append(trained_learner(load_all(train_paths), opts.seed))
+        learners.append(trained_learner(load_all(train_paths), opts.seed, features, form))
     if kfold:
-        learners.append(kfold_learner(kfold, opts.seed))
+        learners.append(kfold_learner(kfold, opts.seed, features, form))
     return [evaluate_set(s, routers, loaded, learners, opts) for s in sets]
 
 
@@ -295,6 +313,8 @@ def main(args: argparse.Namespace) -> int:
             kfold=args.kfold or None,
             train_paths=args.train,
             opts=opts,
+            features=getattr(args, "features", "auto"),
+            form=getattr(args, "form", "auto"),
         )
     except (DataError, ArtifactError, OSError, ValueError) as e:
         print(f"eval-routing: {e}", file=sys.stderr)
