@@ -261,3 +261,19 @@ def test_token_means_need_enough_requests() -> None:
         for k in range(2)
     ]  # fmt: skip
     assert _decide(v, sigs) <= 3
+
+
+@pytest.mark.parametrize("drift", [-0.6, -0.05, 0.0, 0.3, 2.0])
+@pytest.mark.parametrize("var", [1e-6, 0.01, 0.5])
+def test_horizon_average_is_the_sum_of_its_nodes_exactly(drift: float, var: float) -> None:
+    # The precomputed horizon average does the arithmetic of summing _rbm_above over
+    # the Gauss-Legendre nodes, in the same order: equal to the last bit, in both of
+    # _rbm_above's branches (b > 20 included: small variances at large slack).
+    from tokenyard.autoscaler.decide.slo import _GL6, _Motion, _rbm_above
+
+    horizon = 90.0
+    motion = _Motion(drift, var, horizon)
+    times = tuple((horizon * (1 + x) / 2, wt / 2) for x, wt in _GL6)
+    for slack in (0.0, 0.01, 0.3, 1.0, 5.0, 40.0):
+        expected = sum(wt * _rbm_above(drift, var, t, slack) for t, wt in times)
+        assert motion.above(slack) == expected
