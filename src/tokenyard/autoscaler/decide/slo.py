@@ -580,9 +580,9 @@ def horizon_miss(
 
 
 class _Motion:
-    """:func:`_rbm_above` averaged over the arrival times of a horizon (the six-node
-    Gauss-Legendre rule), with what depends on the time alone computed once: the same
-    arithmetic, in the same order, as summing :func:`_rbm_above` over the nodes."""
+    """A reflected Brownian motion W with ``drift`` and variance ``var`` per unit time,
+    started at 0, over the arrival times of a horizon (the six-node Gauss-Legendre rule);
+    what depends on the time alone is computed once per horizon."""
 
     __slots__ = ("drift", "nodes", "var")
 
@@ -595,35 +595,22 @@ class _Motion:
         )
 
     def above(self, x: float) -> float:
-        """The horizon's average of P(W(t) > x)."""
+        """The horizon's average of P(W(t) > x): at each time, the free motion beyond x
+        plus the paths the reflection at 0 pushes there."""
         drift, var = self.drift, self.var
         reflect = None
         out = []
         for wt, t, sd, mt in self.nodes:
             free = 0.5 * math.erfc((x - mt) / sd / _SQRT2)
             b = (x + mt) / sd
-            if b > 20:
+            if b > 20:  # exp(2 m x / v) Phi(-b) by Mills' ratio: the exponent cancels
                 pushed = math.exp(-((x - mt) ** 2) / (2 * var * t)) / (b * _SQRT_2PI)
             else:
-                if reflect is None:
+                if reflect is None:  # the same at every time: once per x
                     reflect = math.exp(2 * drift * x / var)
                 pushed = reflect * 0.5 * math.erfc(b / _SQRT2)
             out.append(wt * min(1.0, free + pushed))
         return sum(out)
-
-
-def _rbm_above(drift: float, var: float, t: float, x: float) -> float:
-    """P(W(t) > x) for a reflected Brownian motion W with ``drift`` and variance ``var``
-    per unit time, started at 0 (the first term: the free motion beyond x; the second:
-    the paths the reflection at 0 pushes there)."""
-    sd = math.sqrt(var * t)
-    free = 0.5 * math.erfc((x - drift * t) / sd / _SQRT2)
-    b = (x + drift * t) / sd
-    if b > 20:  # exp(2 m x / v) Phi(-b) by Mills' ratio: the exponent cancels
-        pushed = math.exp(-((x - drift * t) ** 2) / (2 * var * t)) / (b * math.sqrt(2 * math.pi))
-    else:
-        pushed = math.exp(2 * drift * x / var) * 0.5 * math.erfc(b / _SQRT2)
-    return min(1.0, free + pushed)
 
 
 _SQRT2 = math.sqrt(2)
