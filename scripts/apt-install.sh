@@ -34,6 +34,9 @@ fi
 cleanup() { if [[ $made_policy == 1 ]]; then $sudo rm -f "$policy"; fi; }
 trap cleanup EXIT
 export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -q >/dev/null
-$sudo apt-get install -y -q --no-install-recommends "$package" >/dev/null
+# Another apt run (a second checkout installing at the same time, unattended upgrades)
+# holds dpkg's locks for a while: wait for it rather than fail.
+wait_lock=(-o DPkg::Lock::Timeout=600)
+$sudo apt-get "${wait_lock[@]}" update -q >/dev/null
+$sudo apt-get "${wait_lock[@]}" install -y -q --no-install-recommends "$package" >/dev/null
 "$command" --version 2>&1 | head -1
