@@ -726,3 +726,38 @@ def test_the_margin_follows_the_measured_late_share(
     assert budget_margin(samples, DecisionConfig()) == pytest.approx(margin, rel=1e-6)
     assert budget_margin(samples, DecisionConfig(budget_feedback=False)) == 0.5
     assert budget_margin((), DecisionConfig()) == 0.5
+
+
+def test_the_carried_attainment_count_is_the_window_summed_again() -> None:
+    # Irregular decision times (gaps, a stall longer than the window) and rates: the
+    # count moved at the window's ends stays what summing the window's samples gives,
+    # and so does the margin a scale-up aims at.
+    from tokenyard.autoscaler.decide.recommend import _attained, _counted, _margin
+
+    rng = random.Random(7)
+    cfg = DecisionConfig(budget_window_s=600.0)
+    state = ModelState()
+    t = 0.0
+    for k in range(3000):
+        t += rng.choice([5.0, 10.0, 15.0, 37.5]) if k != 1500 else 900.0
+        first = rng.uniform(0.0, 20.0)
+        s = sig(first_tokens_per_s=first, late_first_tokens_per_s=rng.uniform(0.0, first / 5))
+        if k % 97 == 0:
+            s = sig()  # an engine that reports no first tokens this interval
+        attained, count = _attained(state, s, t, cfg)
+        assert count == pytest.approx(_counted(attained), rel=1e-9, abs=1e-9)
+        assert _margin(*count, cfg) == pytest.approx(budget_margin(attained, cfg), abs=1e-9)
+        state = replace(state, attained=attained, attained_count=count)
+    # A state without the carried count (built by hand) is counted from its samples.
+    attained, count = _attained(replace(state, attained_count=None), sig(), t + 5.0, cfg)
+    assert count == _counted(attained)
+
+
+def test_recommend_carries_the_attainment_count() -> None:
+    v = view(current_replicas=1)
+    s = sig(running=1.0, request_rate=1.0, prompt_tokens_per_s=1000.0,
+            first_tokens_per_s=1.0, late_first_tokens_per_s=0.1)  # fmt: skip
+    _, states = decide_pool(POOL, {"m": v}, {"m": s}, {}, now=10.0, cfg=FAST)
+    _, states = decide_pool(POOL, {"m": v}, {"m": s}, states, now=20.0, cfg=FAST)
+    st = states["m"]
+    assert st.attained_count == pytest.approx((10.0, 1.0))

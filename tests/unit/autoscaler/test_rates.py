@@ -104,6 +104,22 @@ def test_fluid_engine_agrees_with_the_per_request_engine_on_static_fleets() -> N
         assert fluid.cost_usd == pytest.approx(exact.cost_usd * 1800 / (1800 + 90), rel=0.01)
 
 
+def test_the_peak_fleet_search_from_the_whole_trace_fleet_finds_the_same_fleet() -> None:
+    # A steady day and a half and one burst window, about 1% of the requests: the
+    # whole trace's fleet may miss the burst, the peak's may not. The fleet for every
+    # window is at least the one for the whole trace, so searching from there finds
+    # the fleet a search from one replica finds.
+    s = sim.builtin_scenario().model_copy(update={"spillover": False})
+    rates = [30.0] * 200 + [60.0]
+    w = [sim.RateWindow(k * 600.0, 600.0, r, 1000.0, 100.0) for k, r in enumerate(rates)]
+    demand = sim.fluid_demand(w, sim.route_shares(s), step_s=10.0, seed=0)
+    whole = sim.static_fluid(s, demand)
+    peak = sim.static_fluid(s, demand, peak=True)
+    assert peak == sim.static_fluid(s, demand, peak=True, at_least=whole)
+    assert all(p >= n for p, n in zip(peak, whole, strict=True))
+    assert peak != whole  # the burst window needs more than the trace as a whole
+
+
 def test_simulate_a_rate_trace_from_the_command_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -131,6 +131,35 @@ def test_scale_down_does_not_count_an_error_node_past_saturation_as_all_missed()
     )
     assert slo_down(view, w, DecisionConfig(), 0.02) == 3
     assert slo_down(view, w, DecisionConfig(), 0.06) == 4
+    # Asked only below the current replicas, the search stops there: the count where
+    # it is under them, else them.
+    for below in (5, 4, 3, 2, 1):
+        assert slo_down(view, w, DecisionConfig(), 0.02, below) == min(3, below)
+        assert slo_down(view, w, DecisionConfig(), 0.06, below) == min(4, below)
+
+
+def test_a_part_of_the_expected_miss_says_whether_it_exceeds_a_budget() -> None:
+    # The scale-down's search asks only whether each count's average over the rate's
+    # error exceeds the budget, and stops summing once a part of it does: the answer is
+    # the whole average's, at loads from light to past saturation.
+    from tokenyard.autoscaler.decide.slo import _expected_miss
+
+    rng = random.Random(3)
+    profile = ReplicaProfile(9000.0, 30.0, 150_000.0)
+    checked = exceeded = 0
+    for _ in range(400):
+        w = Workload(rate=rng.uniform(0.5, 8.0), prompt=rng.uniform(500.0, 4000.0),
+                     output=rng.uniform(50.0, 400.0), ca2=rng.choice([1.0, 1.5, 3.0]))  # fmt: skip
+        n, sigma = rng.randint(1, 6), rng.choice([0.0, 0.02, 0.1, 0.3])
+        horizon = rng.choice([60.0, 180.0, math.inf])
+        whole = expected_miss(w, profile, n, 8.0, sigma, horizon)
+        for budget in (0.001, 0.005, 0.05, whole, whole * (1 - 1e-12)):
+            part = _expected_miss(w, profile, n, 8.0, sigma, horizon, budget)
+            assert (part > budget) == (whole > budget)
+            assert part <= whole
+            checked += 1
+            exceeded += whole > budget
+    assert 0 < exceeded < checked
 
 
 def test_fewest_replicas_and_the_kv_limit() -> None:

@@ -57,13 +57,26 @@ def update_cost(
     cfg: DecisionConfig,
 ) -> ModelState:
     """Fold the last interval's GPU cost and tokens into exponentially fading sums."""
+    return replace(state, **_faded_cost(state, now, replicas, view, tokens_per_s, cfg))
+
+
+# Positional, as its two callers pass them; each argument is one input of the sums.
+def _faded_cost(  # noqa: PLR0917
+    state: ModelState,
+    now: float,
+    replicas: int,
+    view: ModelView,
+    tokens_per_s: float,
+    cfg: DecisionConfig,
+) -> dict[str, Any]:
+    """The state's fields that :func:`update_cost` changes, and their new values."""
     if state.cost_updated is None:
-        return replace(state, cost_updated=now)
+        return {"cost_updated": now}
     dt = max(0.0, now - state.cost_updated)
     fade = math.exp(-dt / cfg.cost_time_constant_s)
     cost = state.cost_usd * fade + replicas * view.replica_cost_per_hour * dt / 3600
     tokens = state.tokens * fade + tokens_per_s * dt
-    return replace(state, cost_usd=cost, tokens=tokens, cost_updated=now)
+    return {"cost_usd": cost, "tokens": tokens, "cost_updated": now}
 
 
 def cost_per_1m(state: ModelState, cfg: DecisionConfig) -> float | None:
@@ -118,22 +131,17 @@ def decide_pool(
                 f"tokenyard would ask {r.desired} ({r.reason})"
             )
         write = owned and r.metrics_available and desired != v.current_replicas
+        # What this decision changes in the model's state, written in one copy.
+        changes: dict[str, Any] = {}
         if write:
-            st = replace(
-                st,
-                last_scale_time=now,
-                last_scale_up=now if desired > v.current_replicas else st.last_scale_up,
-            )
+            changes["last_scale_time"] = now
+            if desired > v.current_replicas:
+                changes["last_scale_up"] = now
         if owned and r.metrics_available:
-            st = replace(st, last_desired=desired)
-        st = update_cost(
-            st,
-            now=now,
-            replicas=v.current_replicas,
-            view=v,
-            tokens_per_s=sig.tokens_per_s if sig.available else 0.0,
-            cfg=cfg,
-        )
+            changes["last_desired"] = desired
+        tokens_per_s = sig.tokens_per_s if sig.available else 0.0
+        changes.update(_faded_cost(st, now, v.current_replicas, v, tokens_per_s, cfg))
+        st = replace(st, **changes)
         new_states[name] = st
         out[name] = Decision(
             name=name,

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from tokenyard.autoscaler.decide.slo import (
     ReplicaProfile,
@@ -40,6 +42,19 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+_T = TypeVar("_T", bound=tuple[float, ...])
+
+
+def _after(items: tuple[_T, ...], since: float) -> tuple[_T, ...]:
+    """The samples of a window taken after ``since``. The windows hold their samples in
+    the order they were taken (``now`` never goes back), so those dropped are a prefix:
+    one or none per decision, found from the front."""
+    i = 0
+    while i < len(items) and items[i][0] <= since:
+        i += 1
+    return items[i:] if i else items
+
+
 @dataclass(frozen=True)
 class _Load:
     """What the signals say, in replicas' worth, with the windows carried forward."""
@@ -55,12 +70,14 @@ class _Load:
     """Prompt tokens of every request in flight (running and waiting)."""
     stable: float
     """Replicas the SLO model asks for at the stable window's workload."""
-    stable_up: float
-    """The same at (1 + tolerance) times the rate's estimate: where a scale-up goes."""
-    stable_down: float
+    stable_up: Callable[[], float]
+    """The same at (1 + tolerance) times the rate's estimate: where a scale-up goes
+    (computed when a scale-up asks for it)."""
+    stable_down: Callable[[], float]
     """The fewest replicas whose miss share, averaged over the rate's error over the
     scale-down delay (:func:`_down_estimate`), is within the budget: how far a
-    scale-down may go."""
+    scale-down may go. Computed when asked for, and only below the current replicas
+    (the current count where none fewer do): a scale-down is all it decides."""
     panic_avg: float
     """Replicas the SLO model asks for at the panic window's workload."""
     samples: tuple[tuple[float, float], ...]
@@ -121,7 +138,7 @@ def _workload(
 
 def _scaled(w: Workload, backlog: float, factor: float) -> Workload:
     """The workload with its estimated arrival rate (not the counted backlog) scaled."""
-    return replace(w, rate=max(0.0, (w.rate - backlog) * factor) + backlog)
+    return w.at_rate(max(0.0, (w.rate - backlog) * factor) + backlog)
 
 
 def _relative_error(w: Workload, count: float, cfg: DecisionConfig) -> float:
@@ -144,11 +161,11 @@ def _pooled_ca2(
     ``DecisionConfig.pooled_burstiness``)."""
     if not cfg.pooled_burstiness:
         return 1.0
-    hour = [m for m in minutes if m[3] > 0]
-    counted = sum(m[3] for m in hour)
+    counted = sum([m[3] for m in minutes if m[3] > 0], 0.0)
     if counted <= 0:
         return 1.0
-    return max(1.0, sum((m[4] - cfg.prompt_scv) * m[3] for m in hour) / counted)
+    scv = cfg.prompt_scv
+    return max(1.0, sum([(m[4] - scv) * m[3] for m in minutes if m[3] > 0], 0.0) / counted)
 
 
 def _kv_load(
@@ -235,24 +252,37 @@ def _profile(view: ModelView, cfg: DecisionConfig) -> ReplicaProfile:
     )
 
 
-def slo_replicas(view: ModelView, w: Workload, cfg: DecisionConfig, headroom: float = 1.0) -> int:
+def slo_replicas(
+    view: ModelView,
+    w: Workload,
+    cfg: DecisionConfig,
+    headroom: float = 1.0,
+    *,
+    margin: float | None = None,
+) -> int:
     """The fewest replicas the queueing model says meet the model's TTFT SLO with the
-    margin, at ``headroom`` times the workload's rate."""
+    margin (``cfg.slo_margin``, or ``margin``), at ``headroom`` times the workload's rate."""
     if w.rate <= 0 or w.prompt <= 0:
         return 0
-    budget = (1 - cfg.slo_target) * cfg.slo_margin
-    scaled = replace(w, rate=w.rate * headroom)
+    budget = (1 - cfg.slo_target) * (cfg.slo_margin if margin is None else margin)
+    scaled = w if headroom == 1.0 else w.at_rate(w.rate * headroom)
     limit = max(view.max_replicas, view.current_replicas) + 1
     return replicas_for_slo(scaled, _profile(view, cfg), view.ttft_slo_s, budget, limit)
 
 
-def slo_down(view: ModelView, w: Workload, cfg: DecisionConfig, sigma: float) -> int:
+def slo_down(
+    view: ModelView, w: Workload, cfg: DecisionConfig, sigma: float, below: int | None = None
+) -> int:
     """The fewest replicas whose SLO miss averaged over a relative rate error ``sigma``
-    is within the margin (:func:`~tokenyard.autoscaler.decide.slo.expected_miss`)."""
+    is within the margin (:func:`~tokenyard.autoscaler.decide.slo.expected_miss`); with
+    ``below`` (at least 1), the search stops there: the count where it is under
+    ``below``, else ``below``."""
     if w.rate <= 0 or w.prompt <= 0:
         return 0
     budget = (1 - cfg.slo_target) * cfg.slo_margin
     limit = max(view.max_replicas, view.current_replicas) + 1
+    if below is not None and below >= 1:
+        limit = min(limit, below)
     # A load above the fleet is seen within a stable window and served a cold start later.
     horizon = cfg.stable_window_s + view.cold_start_s
     return replicas_for_expected_slo(
@@ -296,7 +326,7 @@ def _measure(  # noqa: PLR0917
         # of times the mean. The stable window's means stand in; the rate stays the
         # panic window's.
         w_panic = replace(w_panic, prompt=w_stable.prompt, output=w_stable.output)
-    if measured:
+    if measured and cfg.kv_admission:  # the KV-cache term's load: read by nothing else
         kv_load = _kv_load(state.minutes, now, w_stable, counted, cfg)
         w_stable, w_panic = replace(w_stable, kv_load=kv_load), replace(w_panic, kv_load=kv_load)
     # A short window counts few requests: only a load above the lower confidence bound
@@ -330,21 +360,23 @@ def _measure(  # noqa: PLR0917
     rel = _relative_error(w_stable, counted, cfg) if measured and not forecast else 0.0
     # One sample per stable window, measured or not: the quiet minutes of a bursty load
     # (few or no requests) are part of how far it moves.
-    minutes = tuple(m for m in state.minutes if m[0] > now - cfg.drift_window_s)
+    minutes = _after(state.minutes, now - cfg.drift_window_s)
     # The queue prices the burstiness of the last hour, not only of this minute; the
     # band above keeps this window's (DecisionConfig.pooled_burstiness).
     pooled = _pooled_ca2(minutes, cfg)
 
     def bursty(w: Workload) -> Workload:
-        return replace(w, ca2=max(w.ca2, pooled))
+        return w if w.ca2 >= pooled else replace(w, ca2=pooled)
 
     lo = _scaled(w_stable, backlog, max(0.0, 1 - rel))
     # A scale-up may spend the reserve that the measured attainment left unspent
     # (``margin``, DecisionConfig.budget_feedback); a scale-down keeps slo_margin's.
-    up_cfg = replace(cfg, slo_margin=margin)
-    stable = max(float(slo_replicas(view, bursty(lo), up_cfg)), conc_stable)
+    stable = max(float(slo_replicas(view, bursty(lo), cfg, margin=margin)), conc_stable)
     up = _scaled(w_stable, backlog, 1 + cfg.tolerance)
-    stable_up = max(float(slo_replicas(view, bursty(up), up_cfg)), conc_stable)
+
+    def stable_up() -> float:
+        return max(float(slo_replicas(view, bursty(up), cfg, margin=margin)), conc_stable)
+
     drift = state.drift
     first_seen = state.first_seen if state.first_seen is not None else now
     # Only whole windows: the first one after start-up counted from empty counters.
@@ -361,11 +393,17 @@ def _measure(  # noqa: PLR0917
         if drift is None:  # not measured yet: the tolerance as one band's worth
             drift = (cfg.tolerance / cfg.confidence_z) ** 2
         center, sigma = _down_estimate(w_stable, backlog, counted, minutes, drift, cfg)
-        stable_down = max(float(slo_down(view, bursty(center), cfg, sigma)), conc_stable)
+
+        def stable_down() -> float:
+            below = view.current_replicas
+            return max(float(slo_down(view, bursty(center), cfg, sigma, below)), conc_stable)
+
     else:
-        hi = _scaled(w_stable, backlog, 1 + cfg.tolerance)
-        stable_down = max(float(slo_replicas(view, bursty(hi), cfg)), conc_stable)
-    panic_avg = max(float(slo_replicas(view, bursty(w_panic), up_cfg)), conc_panic)
+
+        def stable_down() -> float:
+            return max(float(slo_replicas(view, bursty(up), cfg)), conc_stable)
+
+    panic_avg = max(float(slo_replicas(view, bursty(w_panic), cfg, margin=margin)), conc_panic)
     tokens = signals.tokens_per_s
     in_flight = (running + waiting) * prompt_rate / rps if rps > 0 and prompt_rate > 0 else 0.0
     bursts = (
@@ -470,14 +508,14 @@ def _dead_band(
         if ld.stable > current or (current == 0 and ld.stable > 0):
             # Up to what meets the SLO at (1 + tolerance) times the load, inside the
             # band a scale-down keeps, so a ramp takes fewer, larger steps.
-            return _ceil(max(ld.stable, ld.stable_up)), why
-        n = _ceil(ld.stable_down)
+            return _ceil(max(ld.stable, ld.stable_up())), why
+        n = _ceil(ld.stable_down())
         if n < current:
             return n, why
         return current, f"steady: {why}"
     if want > current * (1 + cfg.tolerance) or (current == 0 and want > 0):
         return _ceil(want), why
-    n_down = max(_ceil(want / (1 - cfg.tolerance)), _ceil(ld.stable_down))
+    n_down = max(_ceil(want / (1 - cfg.tolerance)), _ceil(ld.stable_down()))
     n = n_down if n_down < current else current
     if n == current:
         why = f"steady: {why}"
@@ -657,15 +695,46 @@ def _scale_up(  # noqa: PLR0917
     return n, why
 
 
+def _counted(attained: tuple[tuple[float, float, float], ...]) -> tuple[float, float]:
+    """The requests whose first token came over the samples, and the late ones: each
+    sample's rates times the time since the one before (the first only starts the
+    count)."""
+    first = late = 0.0
+    for prev, cur in itertools.pairwise(attained):
+        first += cur[1] * (cur[0] - prev[0])
+        late += cur[2] * (cur[0] - prev[0])
+    return first, late
+
+
 def _attained(
     state: ModelState, signals: ModelSignals, now: float, cfg: DecisionConfig
-) -> tuple[tuple[float, float, float], ...]:
+) -> tuple[tuple[tuple[float, float, float], ...], tuple[float, float]]:
     """The (time, first tokens per second, late ones per second) samples of the last
-    ``budget_window_s``, with this interval's where the engines report them."""
-    kept = tuple(a for a in state.attained if a[0] > now - cfg.budget_window_s)
+    ``budget_window_s``, with this interval's where the engines report them, and what
+    they count (:func:`_counted`). The count is carried in the state and moved at its
+    ends: the terms of the samples that leave the window (and of the one that becomes
+    its first) are taken off, the new sample's added, so a decision does not sum an
+    hour of samples again."""
+    old = state.attained
+    kept = _after(old, now - cfg.budget_window_s)
+    if state.attained_count is None:
+        first, late = _counted(kept)
+    elif not kept:
+        first = late = 0.0
+    else:
+        first, late = state.attained_count
+        for prev, cur in itertools.pairwise(old[: len(old) - len(kept) + 1]):
+            first -= cur[1] * (cur[0] - prev[0])
+            late -= cur[2] * (cur[0] - prev[0])
+        # Rounding, not requests: what is taken off was added once.
+        first, late = max(0.0, first), max(0.0, late)
     if signals.first_tokens_per_s is None:
-        return kept
-    return (*kept, (now, signals.first_tokens_per_s, signals.late_first_tokens_per_s or 0.0))
+        return kept, (first, late)
+    sample = (now, signals.first_tokens_per_s, signals.late_first_tokens_per_s or 0.0)
+    if kept:
+        first += sample[1] * (now - kept[-1][0])
+        late += sample[2] * (now - kept[-1][0])
+    return (*kept, sample), (first, late)
 
 
 def budget_margin(attained: tuple[tuple[float, float, float], ...], cfg: DecisionConfig) -> float:
@@ -678,13 +747,14 @@ def budget_margin(attained: tuple[tuple[float, float, float], ...], cfg: Decisio
     ``b - s`` went unspent. A scale-up aims at ``slo_margin`` plus that unspent fraction
     of ``slo_margin_max - slo_margin``: the whole of it when the last hour missed no
     more than ``slo_margin b``, none of it at ``b`` or beyond."""
+    return _margin(*_counted(attained), cfg)
+
+
+def _margin(first: float, late: float, cfg: DecisionConfig) -> float:
+    """:func:`budget_margin` from the requests counted and the late ones."""
     if not cfg.budget_feedback or cfg.slo_margin_max <= cfg.slo_margin:
         return cfg.slo_margin
     b = 1 - cfg.slo_target
-    first = late = 0.0
-    for prev, cur in itertools.pairwise(attained):
-        first += cur[1] * (cur[0] - prev[0])
-        late += cur[2] * (cur[0] - prev[0])
     share = (late + cfg.budget_prior_requests * b) / (first + cfg.budget_prior_requests)
     unspent = min(1.0, max(0.0, (b - share) / (b * (1 - cfg.slo_margin))))
     return cfg.slo_margin + (cfg.slo_margin_max - cfg.slo_margin) * unspent
@@ -714,8 +784,8 @@ def recommend(
     current, hi = view.current_replicas, view.max_replicas
     # The measured attainment decides how much of the miss budget's reserve a scale-up
     # may spend (DecisionConfig.budget_feedback).
-    attained = _attained(state, signals, now, cfg)
-    ld = _measure(view, signals, state, now, cfg, budget_margin(attained, cfg))
+    attained, count = _attained(state, signals, now, cfg)
+    ld = _measure(view, signals, state, now, cfg, _margin(*count, cfg))
     last_active = now if ld.active or state.last_active is None else state.last_active
     want, why, slo_pressure = _asks(view, signals, ld)
     n, why = _dead_band(want, why, current, ld, cfg)
@@ -770,6 +840,7 @@ def recommend(
         bursts=ld.bursts,
         minutes=ld.minutes,
         attained=attained,
+        attained_count=count,
         drift=ld.drift,
         last_prompt=ld.last_prompt,
         first_seen=ld.first_seen,

@@ -91,7 +91,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 Router = Literal["LeastQueuedTokens", "PowerOfTwoChoices", "PrefixCacheAffinity"]
@@ -118,6 +118,10 @@ class Workload:
     rises steeply with them, so a short window's sampling error would move it, and a
     fast rise is the measured KV-cache use's to guard); None: ``rate``, ``prompt`` and
     ``output``."""
+
+    def at_rate(self, rate: float) -> Workload:
+        """The same workload at another arrival rate (what sizing varies most often)."""
+        return Workload(rate, self.prompt, self.output, self.ca2, self.cs2, self.kv_load)
 
 
 @dataclass(frozen=True)
@@ -511,13 +515,39 @@ def expected_miss(  # noqa: PLR0917
     node just past saturation scores the share of the horizon's requests that its
     growing backlog delays past the SLO, not 100%. ``math.inf`` (the default) is the
     stationary model (:func:`predict`)."""
+    return _expected_miss(w, profile, n, slo_s, sigma, horizon_s, math.inf)
+
+
+# Positional, as its two callers pass them; each argument is one input of the average.
+def _expected_miss(  # noqa: PLR0917
+    w: Workload,
+    profile: ReplicaProfile,
+    n: int,
+    slo_s: float,
+    sigma: float,
+    horizon_s: float,
+    stop_above: float,
+) -> float:
+    """:func:`expected_miss`, or, as soon as a part of it exceeds ``stop_above``, that
+    part. The terms are not negative and the sum adds them in the same order either
+    way, so the part exceeds ``stop_above`` exactly when the whole does; the node above
+    the estimate (where the miss share is largest) is scored first."""
     if sigma <= 0:
         return horizon_miss(w, profile, n, slo_s, horizon_s)
-    total = 0.0
-    for z, weight in _NODES:
-        scaled = replace(w, rate=max(0.0, w.rate * (1 + z * sigma)))
-        total += weight * horizon_miss(scaled, profile, n, slo_s, horizon_s)
-    return total
+
+    def term(k: int) -> float:
+        z, weight = _NODES[k]
+        return weight * horizon_miss(
+            w.at_rate(max(0.0, w.rate * (1 + z * sigma))), profile, n, slo_s, horizon_s
+        )
+
+    above = term(1)
+    if above > stop_above:
+        return above
+    total = 0.0 + term(0) + above
+    if total > stop_above:
+        return total
+    return total + term(2)
 
 
 def horizon_miss(
@@ -643,7 +673,9 @@ def replicas_for_expected_slo(  # noqa: PLR0917
         return 0
     n = replicas_for_slo(w, profile, slo_s, miss_budget, limit)
     budget = miss_budget + unavoidable_miss(w, profile, slo_s)
-    while n < limit and expected_miss(w, profile, n, slo_s, sigma, horizon_s) > budget:
+    # Only whether each count's average exceeds the budget matters: a count whose first
+    # nodes already do is passed over without the rest.
+    while n < limit and _expected_miss(w, profile, n, slo_s, sigma, horizon_s, budget) > budget:
         n += 1
     return min(n, max(limit, 1))
 

@@ -336,6 +336,10 @@ class ModelState:
     """(time, requests per second whose first token came, those later than the SLO)
     over ``budget_window_s``: the measured attainment that decides how much of the
     miss budget's reserve a scale-up spends (``DecisionConfig.budget_feedback``)."""
+    attained_count: tuple[float, float] | None = None
+    """The requests whose first token came over ``attained``, and the late ones (each
+    sample's rates times the time since the one before), carried with the samples so
+    that a decision moves the count at the window's ends; None: counted from them."""
     panic_until: float | None = None
     last_active: float | None = None
     last_scale_up: float | None = None

@@ -423,14 +423,22 @@ window needs this share of the pool's capacity (:func:`pool_rate`): the peak fit
 pool with room for queueing, as a pool would be sized for it."""
 
 
-def static_fluid(scenario: Scenario, demand: FluidDemand, *, peak: bool = False) -> list[int]:
+def static_fluid(
+    scenario: Scenario,
+    demand: FluidDemand,
+    *,
+    peak: bool = False,
+    at_least: Sequence[int] | None = None,
+) -> list[int]:
     """Per model on its own share, the fewest fixed replicas that reach the SLO target
     over the whole trace (an oracle: the hindsight-cheapest static fleet), or with
-    ``peak`` in every 10-minute window (the fleet provisioned for the peak)."""
+    ``peak`` in every 10-minute window (the fleet provisioned for the peak). The search
+    starts at ``at_least`` where given: the whole-trace fleet bounds the peak's from
+    below (a fleet at the target in every window is at it over the trace)."""
     sizes: list[int] = []
     for i, m in enumerate(scenario.models):
-        lo = max(1, m.autoscaling.minReplicas)
-        hi = max(lo, _class_cap(scenario, i))
+        hi = max(1, m.autoscaling.minReplicas, _class_cap(scenario, i))
+        lo = min(hi, max(1, m.autoscaling.minReplicas, at_least[i] if at_least else 0))
 
         def ok(n: int, i: int = i, name: str = m.name) -> bool:
             initial = [0] * len(scenario.models)
@@ -494,7 +502,7 @@ def simulate_fluid(
     models' minimum replicas, or with ``warm_start`` at the static fleet (as if the load
     had been running: the static oracle starts warm too)."""
     static = static_fluid(scenario, demand)
-    static_peak = static_fluid(scenario, demand, peak=True)
+    static_peak = static_fluid(scenario, demand, peak=True, at_least=static)
     initial = [max(1, m.autoscaling.minReplicas) for m in scenario.models]
     ty_initial = [m.autoscaling.minReplicas for m in scenario.models]
     if warm_start:
