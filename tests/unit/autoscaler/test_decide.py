@@ -84,6 +84,20 @@ def test_steady_load_sizes_by_requests_in_flight() -> None:
     assert dec.metrics_available
 
 
+def test_requests_in_flight_stand_in_with_the_tolerance_as_their_band() -> None:
+    # Before a rate is measured (an autoscaler restarted under load) the requests in
+    # flight stand in for the SLO model: one count of a number that fluctuates, so like
+    # the other guards it scales up only past the tolerance, and down only to a count
+    # that keeps the tolerance as headroom.
+    d = Driver(view(current_replicas=2, ready_replicas=2))
+    dec = d.run(0, 60, sig(running=21))  # 2.1 replicas of load on 2: within 10%
+    assert dec.desired == 2 and d.changes == 0
+    assert "no rate measured" in dec.reason
+    assert d.run(65, 130, sig(running=23)).desired == 3  # 2.3: past it
+    assert d.run(135, 400, sig(running=19)).desired == 3  # 1.9 would leave 2 at 95%
+    assert d.run(405, 700, sig(running=17)).desired == 2  # 1.7: 85%
+
+
 @pytest.mark.parametrize(
     ("burst", "expect_panic", "expect"),
     [

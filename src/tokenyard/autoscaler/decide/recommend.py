@@ -80,6 +80,8 @@ class _Load:
     (the current count where none fewer do): a scale-down is all it decides."""
     panic_avg: float
     """Replicas the SLO model asks for at the panic window's workload."""
+    by_concurrency: bool
+    """No rate measured: ``stable`` is the requests in flight per targetOngoingRequests."""
     samples: tuple[tuple[float, float], ...]
     rates: tuple[tuple[float, float, float, float, float, float], ...]
     bursts: tuple[tuple[float, float], ...]
@@ -419,7 +421,8 @@ def _measure(  # noqa: PLR0917
         f"(predicted miss {pred.miss:.1%} at {max(ready, 1)}; "
         f"adding replicas past {margin:.0%} of the miss budget)"
     )
-    if conc_stable > 0 and conc_stable >= stable:
+    by_concurrency = conc_stable > 0 and conc_stable >= stable
+    if by_concurrency:
         basis = (
             f"{signals.ongoing:.0f} in flight, no rate measured: "
             f"{conc_stable:.2f} replicas of load at {view.target_ongoing:g} per replica (60s avg)"
@@ -435,6 +438,7 @@ def _measure(  # noqa: PLR0917
         stable_up=stable_up,
         stable_down=stable_down,
         panic_avg=panic_avg,
+        by_concurrency=by_concurrency,
         samples=samples,
         rates=rates,
         bursts=bursts,
@@ -503,8 +507,10 @@ def _dead_band(
     bound (at least 1 + tolerance times the estimate): the band between the two is
     where counting noise cannot tell the counts apart (hysteresis). A guard (KV cache,
     GPU with a queue, TTFT) scales up past +tolerance and down only to a count that
-    keeps the tolerance as headroom."""
-    if want <= ld.stable:  # the SLO model's ask wins
+    keeps the tolerance as headroom; so does the requests-in-flight stand-in before a
+    rate is measured (one count of a fluctuating number, with no confidence band of its
+    own: 16.3 in flight at 16 per replica is no reason for a second replica)."""
+    if want <= ld.stable and not ld.by_concurrency:  # the SLO model's ask wins
         if ld.stable > current or (current == 0 and ld.stable > 0):
             # Up to what meets the SLO at (1 + tolerance) times the load, inside the
             # band a scale-down keeps, so a ramp takes fewer, larger steps.
@@ -513,6 +519,7 @@ def _dead_band(
         if n < current:
             return n, why
         return current, f"steady: {why}"
+    want = max(want, ld.stable)
     if want > current * (1 + cfg.tolerance) or (current == 0 and want > 0):
         return _ceil(want), why
     n_down = max(_ceil(want / (1 - cfg.tolerance)), _ceil(ld.stable_down()))
