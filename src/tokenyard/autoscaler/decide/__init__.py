@@ -37,10 +37,10 @@ allocation in :mod:`~tokenyard.autoscaler.decide.allocate`, :func:`decide_pool` 
 from tokenyard.autoscaler.decide.allocate import Grant, allocate
 from tokenyard.autoscaler.decide.pool import (
     Decision,
+    cost_changes,
     cost_per_1m,
     decide_pool,
     summary,
-    update_cost,
 )
 from tokenyard.autoscaler.decide.recommend import recommend, slo_replicas
 from tokenyard.autoscaler.decide.views import (
@@ -66,10 +66,10 @@ __all__ = [
     "Recommendation",
     "allocate",
     "autoscaling_fields",
+    "cost_changes",
     "cost_per_1m",
     "decide_pool",
     "recommend",
     "slo_replicas",
     "summary",
-    "update_cost",
 ]

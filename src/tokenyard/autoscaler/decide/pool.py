@@ -47,7 +47,7 @@ class Decision:
     cost_per_1m_tokens: float | None = None
 
 
-def update_cost(
+def cost_changes(
     state: ModelState,
     *,
     now: float,
@@ -55,21 +55,10 @@ def update_cost(
     view: ModelView,
     tokens_per_s: float,
     cfg: DecisionConfig,
-) -> ModelState:
-    """Fold the last interval's GPU cost and tokens into exponentially fading sums."""
-    return replace(state, **_faded_cost(state, now, replicas, view, tokens_per_s, cfg))
-
-
-# Positional, as its two callers pass them; each argument is one input of the sums.
-def _faded_cost(  # noqa: PLR0917
-    state: ModelState,
-    now: float,
-    replicas: int,
-    view: ModelView,
-    tokens_per_s: float,
-    cfg: DecisionConfig,
 ) -> dict[str, Any]:
-    """The state's fields that :func:`update_cost` changes, and their new values."""
+    """The last interval's GPU cost and tokens folded into the state's exponentially
+    fading sums: the fields that change and their new values (the decision writes them
+    with its other changes, in one copy of the state)."""
     if state.cost_updated is None:
         return {"cost_updated": now}
     dt = max(0.0, now - state.cost_updated)
@@ -140,7 +129,16 @@ def decide_pool(
         if owned and r.metrics_available:
             changes["last_desired"] = desired
         tokens_per_s = sig.tokens_per_s if sig.available else 0.0
-        changes.update(_faded_cost(st, now, v.current_replicas, v, tokens_per_s, cfg))
+        changes.update(
+            cost_changes(
+                st,
+                now=now,
+                replicas=v.current_replicas,
+                view=v,
+                tokens_per_s=tokens_per_s,
+                cfg=cfg,
+            )
+        )
         st = replace(st, **changes)
         new_states[name] = st
         out[name] = Decision(
@@ -169,4 +167,4 @@ def summary(decisions: Mapping[str, Decision]) -> dict[str, Any]:
     }
 
 
-__all__ = ["Decision", "cost_per_1m", "decide_pool", "summary", "update_cost"]
+__all__ = ["Decision", "cost_changes", "cost_per_1m", "decide_pool", "summary"]
