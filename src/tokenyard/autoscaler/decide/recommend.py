@@ -47,8 +47,9 @@ _T = TypeVar("_T", bound=tuple[float, ...])
 
 def _after(items: tuple[_T, ...], since: float) -> tuple[_T, ...]:
     """The samples of a window taken after ``since``. The windows hold their samples in
-    the order they were taken (``now`` never goes back), so those dropped are a prefix:
-    one or none per decision, found from the front."""
+    the order they were taken, so those dropped are a prefix: one or none per decision,
+    found from the front. (After the clock steps back, a sample leaves only with those
+    taken before it: the window may hold a few old samples until then.)"""
     i = 0
     while i < len(items) and items[i][0] <= since:
         i += 1
