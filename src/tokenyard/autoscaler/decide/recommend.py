@@ -730,18 +730,16 @@ def _attained(
     elif not kept:
         first = late = 0.0
     else:
-        first, late = state.attained_count
-        for prev, cur in itertools.pairwise(old[: len(old) - len(kept) + 1]):
-            first -= cur[1] * (cur[0] - prev[0])
-            late -= cur[2] * (cur[0] - prev[0])
+        gone_first, gone_late = _counted(old[: len(old) - len(kept) + 1])
         # Rounding, not requests: what is taken off was added once.
-        first, late = max(0.0, first), max(0.0, late)
+        first = max(0.0, state.attained_count[0] - gone_first)
+        late = max(0.0, state.attained_count[1] - gone_late)
     if signals.first_tokens_per_s is None:
         return kept, (first, late)
     sample = (now, signals.first_tokens_per_s, signals.late_first_tokens_per_s or 0.0)
     if kept:
-        first += sample[1] * (now - kept[-1][0])
-        late += sample[2] * (now - kept[-1][0])
+        new_first, new_late = _counted((kept[-1], sample))
+        first, late = first + new_first, late + new_late
     return (*kept, sample), (first, late)
 
 
