@@ -411,6 +411,28 @@ def test_cold_start_aware_scale_up(
         assert off.desired > 1  # the rule alone made the difference
 
 
+@pytest.mark.parametrize("aware", [True, False])
+def test_cold_start_aware_once_the_burst_is_over(aware: bool) -> None:
+    # A 6 s burst (20 req/s of 2000-token prompts on a 10k tokens/s replica) asks for
+    # more while the one ready replica clears it in about a second: held. The next
+    # sample finds nothing in flight, while the panic window and the burst memory still
+    # ask for more: the queue is already empty, so a replica started now (120 s cold
+    # start) would serve nothing of it. Held too, where it used to be added because
+    # nothing in flight read as "tokens in flight unknown".
+    v = view(nominal_tokens_per_s=10000.0, ttft_slo_s=5.0, target_ongoing=1000.0,
+             cold_start_s=120.0)  # fmt: skip
+    d = Driver(v, DecisionConfig(keep_warm_usd=0, cold_start_aware=aware))
+    d.run(0, 60, sig(running=1, request_rate=1.0, prompt_tokens_per_s=2000.0, ttft_p95_s=0.5))
+    burst = sig(running=6, request_rate=20.0, prompt_tokens_per_s=40000.0, ttft_p95_s=4.4)
+    during = d.step(65, burst)
+    after = d.step(70, sig(running=0, request_rate=1.0, prompt_tokens_per_s=0.0, ttft_p95_s=4.4))
+    if aware:
+        assert (during.desired, after.desired) == (1, 1)
+        assert after.reason.startswith("cold-start-aware: nothing is in flight")
+    else:
+        assert (during.desired, after.desired) == (2, 2)  # what the rule alone holds back
+
+
 def test_cold_start_aware_needs_token_signals() -> None:
     # Without token rates the time to clear the backlog is unknown: panic scales as before.
     d = Driver(view(cold_start_s=120), DecisionConfig(scale_down_delay_s=30, keep_warm_usd=0))

@@ -680,26 +680,30 @@ def _scale_up(  # noqa: PLR0917
     clear_s = ld.in_flight / (ready * view.nominal_tokens_per_s) if ready > 0 else math.inf
     if starting > 0 and n < current + max(1, _ceil(cfg.restack_fraction * current)):
         return current, f"waiting for {starting} starting replica(s): {why}"
+    # Nothing in flight at all: the queue is already empty (in_flight is also 0 when
+    # requests are in flight but their tokens are not known: then the rule stays out).
+    idle = ld.running + ld.waiting <= 0
     if (
         cfg.cold_start_aware
-        and ld.in_flight > 0
+        and (ld.in_flight > 0 or idle)
         and clear_s < view.cold_start_s
         and view.cold_start_s > cfg.stable_window_s
         and ld.stable <= ready
     ):
         # A new replica costs from now but serves only after its cold start; when the
-        # ready ones clear all in flight before then and the steady load fits them,
-        # it would start to an empty queue. A backlog that outlasts a cold start, or
-        # a steady load beyond the ready replicas, still scales up. Only for cold
-        # starts beyond the stable window: a shorter one is likely to meet the next
-        # burst of the same active period.
-        return (
-            current,
-            (
-                f"cold-start-aware: {ready} ready clear what is in flight in {clear_s:.0f}s"
-                f" < {view.cold_start_s:g}s cold start; {why}"
-            ),
+        # ready ones clear all in flight before then (or nothing is in flight: a burst
+        # that is over) and the steady load fits them, it would start to an empty
+        # queue. A backlog that outlasts a cold start, or a steady load beyond the
+        # ready replicas, still scales up. Only for cold starts beyond the stable
+        # window: a shorter one is likely to meet the next burst of the same active
+        # period.
+        cleared = (
+            f"nothing is in flight, and a replica would start in {view.cold_start_s:g}s"
+            if idle
+            else f"{ready} ready clear what is in flight in {clear_s:.0f}s"
+            f" < {view.cold_start_s:g}s cold start"
         )
+        return current, f"cold-start-aware: {cleared}; {why}"
     return n, why
 
 
