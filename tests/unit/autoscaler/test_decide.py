@@ -20,7 +20,8 @@ from tokenyard.autoscaler.decide import (
     cost_per_1m,
     decide_pool,
 )
-from tokenyard.autoscaler.decide.recommend import budget_margin
+from tokenyard.autoscaler.decide.recommend import _down_estimate, _down_window, budget_margin
+from tokenyard.autoscaler.decide.slo import Workload
 from tokenyard.autoscaler.signals import ModelSignals, unavailable
 
 POOL = PoolView(name="p", classes={"gpu": ClassLimit(max_gpus=None, price_per_gpu_hour=1.0)})
@@ -569,6 +570,38 @@ def test_scale_down_keeps_the_band_a_moving_load_shows() -> None:
     assert moving.changes == changes
 
 
+def _minutes(rates: list[float]) -> tuple[tuple[float, float, float, float, float, float], ...]:
+    """One-minute windows at these rates (req/s) of 2000-token prompts, Poisson counts
+    (ca2 + cs2 = 2), the last one now."""
+    return tuple((60.0 * (i + 1), r, 2000.0, r * 60.0, 2.0, 100.0) for i, r in enumerate(rates))
+
+
+def test_scale_down_estimate_reads_as_far_back_as_the_drift_allows() -> None:
+    w = Workload(rate=4.0, prompt=2000.0, ca2=1.0, cs2=1.0)
+    cfg = replace(FAST, scale_down_delay_s=300.0)  # five one-minute windows
+    hour = _minutes([4.0] * 30 + [3.0] * 30)  # the last half hour steadier and lower
+    n30, n60, n5 = 30 * 180.0, 30 * 180.0 + 30 * 240.0, 5 * 180.0
+    # A load that does not move: the whole hour's mean, its counting noise 2 / N.
+    centre, sd = _down_estimate(w, 0.0, 240.0, hour, 0.0, cfg)
+    assert centre.rate == pytest.approx(3.5)
+    assert sd == pytest.approx(math.sqrt(2 / n60))
+    # A load that moves 30% (sd) within a delay: a mean further back would miss its
+    # level, so the delay window's five minutes, their noise plus that drift.
+    centre, sd = _down_estimate(w, 0.0, 240.0, hour, 0.1, cfg)
+    assert centre.rate == pytest.approx(3.0)
+    assert sd == pytest.approx(math.sqrt(2 / n5 + 0.1))
+    # A small drift: a window in between, where its trend bias, growing with the
+    # window, meets the counting noise the window removes.
+    k, var = _down_window(hour, 5, 1e-5)
+    assert 5 < k < 60
+    assert var < min(2 / n5, 2 / n60 + 1e-5 * (55 / 10) ** 2)
+    assert _down_window(hour, 5, 0.0) == (60, pytest.approx(2 / n60))
+    assert _down_window(hour[-30:], 5, 0.0) == (30, pytest.approx(2 / n30))
+    # Fewer minutes than the delay window: all of them; none counted: no estimate.
+    assert _down_window(hour[-3:], 5, 0.1)[0] == 3
+    assert _down_window(_minutes([0.0] * 8), 5, 0.0) == (5, math.inf)
+
+
 def test_forecast_wakes_a_model_at_zero_before_its_load() -> None:
     # A model allowed to idle out (minReplicas 0): measured once (2 req/s of
     # 2000-token prompts), then idle until it is at zero replicas.
@@ -734,13 +767,15 @@ def test_a_clean_hour_of_first_tokens_spends_the_slo_margins_reserve_on_scale_up
     assert "adding replicas past 50% of the miss budget" in late.reason
     assert run(FAST, None).desired == 2
     assert run(replace(FAST, budget_feedback=False), 0.0).desired == 2
-    # Two replicas at 3.8 req/s (one would miss about 0.3% at the estimate), an hour
-    # measured clean: the reserve is not spent on a scale-down.
-    two = Driver(replace(v, current_replicas=2, ready_replicas=2), FAST)
-    rate = 3.8
+    # Two replicas at 4 req/s (one would miss about 0.7% at the estimate, known to about
+    # 1% after the steady hour), an hour measured clean: the reserve is not spent on a
+    # scale-down. Aiming at the whole budget, one replica would do.
+    rate = 4.0
     clean_sig = sig(running=1.0, prompt_tokens_per_s=rate * 2000, request_rate=rate,
                     first_tokens_per_s=rate, late_first_tokens_per_s=0.0)  # fmt: skip
-    assert two.run(0, 3600, clean_sig).desired == 2
+    two = replace(v, current_replicas=2, ready_replicas=2)
+    assert Driver(two, FAST).run(0, 3600, clean_sig).desired == 2
+    assert Driver(two, replace(FAST, slo_margin=1.0)).run(0, 3600, clean_sig).desired == 1
 
 
 @pytest.mark.parametrize(

@@ -212,6 +212,33 @@ def _drift(
     return max(0.0, change - _mean([noise for *_, noise in moves]))
 
 
+def _down_window(
+    minutes: tuple[tuple[float, float, float, float, float, float], ...], lag: int, drift: float
+) -> tuple[int, float]:
+    """How many of the latest one-minute windows a scale-down's estimate averages, and
+    that mean's squared relative error. From the delay window (``lag`` minutes) back to
+    the whole history: more minutes count more requests (counting noise
+    ``sum((ca2 + cs2) n) / N**2``), but their mean lies further from the delay window's
+    level when the load moves. The load's measured drift (the variance of its relative
+    change over ``lag`` minutes) taken as a steady trend bounds that: a mean of ``k``
+    minutes is centred ``(k - lag) / 2`` minutes before the delay window's, so off by
+    ``drift * ((k - lag) / (2 lag))**2`` squared. The count with the least sum wins (the
+    delay window itself where the load moves; the whole history where it does not)."""
+    n = len(minutes)
+    best_k, best = min(lag, n), math.inf
+    counted = noise = 0.0
+    for k in range(1, n + 1):
+        m = minutes[-k]
+        counted += m[3]
+        noise += m[4] * m[3]
+        if k < min(lag, n) or counted <= 0:
+            continue
+        var = noise / counted / counted + drift * ((k - lag) / (2 * lag)) ** 2
+        if var < best:
+            best_k, best = k, var
+    return best_k, best
+
+
 def _down_estimate(  # noqa: PLR0917
     w: Workload,
     backlog: float,
@@ -222,24 +249,25 @@ def _down_estimate(  # noqa: PLR0917
 ) -> tuple[Workload, float]:
     """The workload a scale-down sizes for and the relative standard deviation of its
     rate over the scale-down delay. A replica removed now is missed if the load within
-    the delay window comes back, so the estimate is the delay window's mean rate and
-    prompt (more requests counted than the stable window's: a narrower error; a rising
-    load is the scale-up rule's, which reads the stable window), and its error adds to
-    the delay window's counting noise the load's own drift over one delay
-    (:func:`_drift`; until it is measured, (tolerance / confidence_z) squared). A
-    steady load is then known ever more precisely and sized close to its need; a load
-    that moves keeps the band it shows."""
+    the delay window comes back, so the estimate is a mean over at least the delay
+    window's minutes (more requests counted than the stable window's: a narrower error;
+    a rising load is the scale-up rule's, which reads the stable window), over more of
+    the last hour's where the load's drift says their mean still tells the delay
+    window's level (:func:`_down_window`), and its error adds to that mean's the load's
+    own drift over one delay (:func:`_drift`; until it is measured, (tolerance /
+    confidence_z) squared). A steady load is then known ever more precisely and sized
+    close to its need; a load that moves keeps the band it shows."""
     rate, prompt = max(0.0, w.rate - backlog), w.prompt
     lag = max(1, round(cfg.scale_down_delay_s / cfg.stable_window_s))
-    recent = minutes[-lag:]
-    counted = sum(m[3] for m in recent)
-    var = (w.ca2 + w.cs2) / count if count > 0 else 0.0
-    if counted > 0:
+    k, var = _down_window(minutes, lag, drift)
+    if not math.isfinite(var):  # no minute counted a request: this window's noise
+        var = (w.ca2 + w.cs2) / count if count > 0 else 0.0
+    else:
+        recent = minutes[-k:]
         long_rate = _mean([m[1] for m in recent])
         long_work = _mean([m[1] * m[2] for m in recent])
         if long_rate > 0:
             rate, prompt = long_rate, long_work / long_rate
-        var = sum(m[4] * m[3] for m in recent) / counted / counted
     return replace(w, rate=rate + backlog, prompt=prompt), math.sqrt(var + drift)
 
 
