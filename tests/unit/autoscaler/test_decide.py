@@ -412,24 +412,29 @@ def test_cold_start_aware_scale_up(
         assert off.desired > 1  # the rule alone made the difference
 
 
-@pytest.mark.parametrize("aware", [True, False])
-def test_cold_start_aware_once_the_burst_is_over(aware: bool) -> None:
+@pytest.mark.parametrize(("aware", "decoding"), [(True, 0), (True, 1), (False, 0)])
+def test_cold_start_aware_once_the_burst_is_over(aware: bool, decoding: int) -> None:
     # A 6 s burst (20 req/s of 2000-token prompts on a 10k tokens/s replica) asks for
     # more while the one ready replica clears it in about a second: held. The next
-    # sample finds nothing in flight, while the panic window and the burst memory still
-    # ask for more: the queue is already empty, so a replica started now (120 s cold
-    # start) would serve nothing of it. Held too, where it used to be added because
-    # nothing in flight read as "tokens in flight unknown".
+    # sample finds nothing in flight, or one request still decoding and no prompt
+    # prefilled in the interval, while the panic window and the burst memory still ask
+    # for more: the queue is (all but) empty, so a replica started now (120 s cold
+    # start) would serve nothing of it. Held too, where it used to be added because the
+    # interval's prompt rate of 0 read as "tokens in flight unknown"; the last measured
+    # prompt mean prices what is in flight.
     v = view(nominal_tokens_per_s=10000.0, ttft_slo_s=5.0, target_ongoing=1000.0,
              cold_start_s=120.0)  # fmt: skip
     d = Driver(v, DecisionConfig(keep_warm_usd=0, cold_start_aware=aware))
     d.run(0, 60, sig(running=1, request_rate=1.0, prompt_tokens_per_s=2000.0, ttft_p95_s=0.5))
     burst = sig(running=6, request_rate=20.0, prompt_tokens_per_s=40000.0, ttft_p95_s=4.4)
     during = d.step(65, burst)
-    after = d.step(70, sig(running=0, request_rate=1.0, prompt_tokens_per_s=0.0, ttft_p95_s=4.4))
+    after = d.step(
+        70, sig(running=decoding, request_rate=1.0, prompt_tokens_per_s=0.0, ttft_p95_s=4.4)
+    )
     if aware:
         assert (during.desired, after.desired) == (1, 1)
-        assert after.reason.startswith("cold-start-aware: nothing is in flight")
+        cleared = "nothing is in flight" if decoding == 0 else "1 ready clear what is in flight"
+        assert after.reason.startswith(f"cold-start-aware: {cleared}")
     else:
         assert (during.desired, after.desired) == (2, 2)  # what the rule alone holds back
 

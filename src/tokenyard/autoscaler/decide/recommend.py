@@ -228,12 +228,15 @@ def _down_window(
     best_k, best = min(lag, n), math.inf
     counted = noise = 0.0
     for k in range(1, n + 1):
+        bias = drift * ((k - lag) / (2 * lag)) ** 2 if k > lag else 0.0
+        if bias >= best:
+            break  # the bias only grows with k, and the noise is not negative
         m = minutes[-k]
         counted += m[3]
         noise += m[4] * m[3]
         if k < min(lag, n) or counted <= 0:
             continue
-        var = noise / counted / counted + drift * ((k - lag) / (2 * lag)) ** 2
+        var = noise / counted / counted + bias
         if var < best:
             best_k, best = k, var
     return best_k, best
@@ -436,7 +439,12 @@ def _measure(  # noqa: PLR0917
 
     panic_avg = max(float(slo_replicas(view, bursty(w_panic), cfg, margin=margin)), conc_panic)
     tokens = signals.tokens_per_s
-    in_flight = (running + waiting) * prompt_rate / rps if rps > 0 and prompt_rate > 0 else 0.0
+    # The prompt tokens in flight, at this interval's prompt mean, or, in an interval
+    # that prefilled none (a decode finishing), the last measured one; 0 where neither is
+    # known (the rules that read it then stay out).
+    in_flight = (running + waiting) * (
+        prompt_rate / rps if rps > 0 and prompt_rate > 0 else last_prompt
+    )
     bursts = (
         *(x for x in state.bursts if x[0] > now - cfg.panic_window_s),
         (now, max(stable, panic_avg)),
@@ -709,7 +717,7 @@ def _scale_up(  # noqa: PLR0917
     if starting > 0 and n < current + max(1, _ceil(cfg.restack_fraction * current)):
         return current, f"waiting for {starting} starting replica(s): {why}"
     # Nothing in flight at all: the queue is already empty (in_flight is also 0 when
-    # requests are in flight but their tokens are not known: then the rule stays out).
+    # requests are in flight but no prompt mean is known: then the rule stays out).
     idle = ld.running + ld.waiting <= 0
     if (
         cfg.cold_start_aware
