@@ -118,6 +118,66 @@ def test_burst_and_panic(burst: float, expect_panic: bool, expect: int) -> None:
         assert dec.reason.startswith("panic")
 
 
+# One replica (10k prompt tokens/s, 5 s TTFT SLO) meets the SLO model's budget up to
+# about 3.9 req/s of 2000-token prompts; two up to about 8.9.
+ONE_REPLICA = {"nominal_tokens_per_s": 10000.0, "ttft_slo_s": 5.0, "target_ongoing": 1000.0}
+
+
+@pytest.mark.parametrize(("rate", "expect_panic"), [(6.2, False), (14.0, True)])
+def test_panic_needs_the_load_past_the_band(rate: float, expect_panic: bool) -> None:
+    # The 6 s window holds this sample and the last (2 req/s): 4.1 req/s on average, 5%
+    # past what one ready replica carries. Its count is 2, panic_threshold (1.5) x 1
+    # ready replica or more, but at (1 - tolerance) x the load one replica carries it:
+    # within the dead band, where the old rule panicked (counting noise reaches it
+    # every few minutes on a replica near its capacity). 8 req/s is past it: panic.
+    cfg = DecisionConfig(keep_warm_usd=0, confidence_z=0.0, cold_start_aware=False)
+    d = Driver(view(**ONE_REPLICA), cfg)
+    d.run(0, 60, sig(running=4, request_rate=2.0, prompt_tokens_per_s=4000.0, ttft_p95_s=0.5))
+    dec = d.step(
+        65, sig(running=4, request_rate=rate, prompt_tokens_per_s=2000.0 * rate, ttft_p95_s=0.5)
+    )
+    assert dec.panic is expect_panic, dec.reason
+
+
+@pytest.mark.parametrize(("bursty", "expect"), [(False, 1), (True, 2)])
+def test_burst_memory_on_poisson_arrivals_needs_a_load_past_the_band(
+    bursty: bool, expect: int
+) -> None:
+    # A 6 s window at 4.2 req/s, 8% past what one replica carries, with p95 TTFT past half
+    # the SLO (the burst memory's "at risk"). Where the last minutes' arrivals were
+    # Poisson, that is within the tolerance band of the load: no replica for a burst to
+    # come (the count's own band, 2 x 0.9 -> 2, added one). Where they came in bursts (the
+    # per-interval counts alternate 0.5 and 3.5 req/s), the next burst is likely: added.
+    cfg = DecisionConfig(keep_warm_usd=0, confidence_z=0.0, cold_start_aware=False)
+    d = Driver(view(**ONE_REPLICA), cfg)
+    for k, t in enumerate(range(0, 185, 5)):
+        rate = (0.5 if k % 2 else 3.5) if bursty else 2.0
+        d.step(t, sig(running=4, request_rate=rate, prompt_tokens_per_s=2000.0 * rate,
+                      ttft_p95_s=0.5))  # fmt: skip
+    assert d.v.current_replicas == 1
+    near = sig(running=4, request_rate=4.2, prompt_tokens_per_s=8400.0, ttft_p95_s=3.0)
+    d.step(185, near)
+    dec = d.step(190, near)
+    assert dec.desired == expect, dec.reason
+
+
+@pytest.mark.parametrize(("waiting", "expect"), [(98.0, 2), (102.0, 3)])
+def test_guards_leave_a_draining_queue_to_the_slo_model(waiting: float, expect: int) -> None:
+    # Two ready replicas at 3 req/s of 2000-token prompts, 100 requests queued (10 s of
+    # their prefill): the SLO model counts that backlog and asks for 2. The GPU at 100%
+    # and p95 TTFT over the SLO read the queue as work the model missed: where it grew
+    # since the last sample they add a replica; where it shrank (the ready replicas are
+    # clearing a cold start's backlog) they leave it to the SLO model.
+    cfg = DecisionConfig(keep_warm_usd=0, confidence_z=0.0, cold_start_aware=False)
+    v = view(**ONE_REPLICA, current_replicas=2, ready_replicas=2, target_gpu_util=0.8)
+    d = Driver(v, cfg)
+    calm = {"running": 8, "request_rate": 3.0, "prompt_tokens_per_s": 6000.0}
+    d.run(0, 60, sig(waiting=100, **calm))
+    assert d.v.current_replicas == 2
+    dec = d.step(65, sig(waiting=waiting, gpu_utilization=1.0, ttft_p95_s=8.0, **calm))
+    assert dec.desired == expect, dec.reason
+
+
 def test_panic_never_scales_down() -> None:
     d = Driver(view())
     d.run(0, 60, sig(running=5))

@@ -81,6 +81,9 @@ class _Load:
     (the current count where none fewer do): a scale-down is all it decides."""
     panic_avg: float
     """Replicas the SLO model asks for at the panic window's workload."""
+    panic_band: float
+    """The same at (1 - tolerance) x the panic window's workload (read only where
+    ``panic_avg`` is past the ready replicas or the stable count; else ``panic_avg``)."""
     by_concurrency: bool
     """No rate measured: ``stable`` is the requests in flight per targetOngoingRequests."""
     samples: tuple[tuple[float, float], ...]
@@ -438,6 +441,14 @@ def _measure(  # noqa: PLR0917
             return max(float(slo_replicas(view, bursty(up), cfg)), conc_stable)
 
     panic_avg = max(float(slo_replicas(view, bursty(w_panic), cfg, margin=margin)), conc_panic)
+    # The panic window's count at (1 - tolerance) x its load: the dead band on the load, not
+    # on the count (one replica's count is 2 at any load past what it carries, noise
+    # included). Read only where the count is past the ready replicas or the stable count.
+    shrink = 1 - cfg.tolerance
+    panic_band = panic_avg
+    if panic_avg > min(ready, stable):
+        band = slo_replicas(view, bursty(w_panic), cfg, shrink, margin=margin)
+        panic_band = max(float(band), conc_panic * shrink)
     tokens = signals.tokens_per_s
     # The prompt tokens in flight, at this interval's prompt mean, or, in an interval
     # that prefilled none (a decode finishing), the last measured one; 0 where neither is
@@ -445,9 +456,14 @@ def _measure(  # noqa: PLR0917
     in_flight = (running + waiting) * (
         prompt_rate / rps if rps > 0 and prompt_rate > 0 else last_prompt
     )
+    # The burst memory pre-provisions for the next burst like the last: where the last
+    # hour's arrivals are no burstier than Poisson (``pooled``), a panic window past
+    # the stable count is counting noise met once per few hundred windows, not a burst
+    # to come, unless its load is past the band.
+    burst_need = max(stable, panic_band if pooled <= 1.0 else panic_avg)
     bursts = (
         *(x for x in state.bursts if x[0] > now - cfg.panic_window_s),
-        (now, max(stable, panic_avg)),
+        (now, burst_need),
     )
     pred = predict(bursty(w_stable), _profile(view, cfg), max(ready, 1), view.ttft_slo_s)
     basis = (
@@ -475,6 +491,7 @@ def _measure(  # noqa: PLR0917
         stable_up=stable_up,
         stable_down=stable_down,
         panic_avg=panic_avg,
+        panic_band=panic_band,
         by_concurrency=by_concurrency,
         samples=samples,
         rates=rates,
@@ -494,6 +511,11 @@ def _asks(view: ModelView, signals: ModelSignals, ld: _Load) -> tuple[float, str
     ready, waiting = ld.ready, ld.waiting
     # Each rule says how many replicas it wants (a float); the largest wins.
     asks: list[tuple[float, str]] = [(ld.stable, ld.basis)]
+    # The guards below read a queue as work the SLO model missed. One that shrank since
+    # the last sample is being cleared by the ready replicas (the backlog of a cold
+    # start, which the SLO model counts): no guard adds to it; one that holds or grows
+    # is work they do not keep up with.
+    draining = len(ld.rates) >= 2 and waiting < ld.rates[-2][4]
     if ready > 0:
         if signals.kv_cache_usage is not None:
             asks.append(
@@ -514,6 +536,7 @@ def _asks(view: ModelView, signals: ModelSignals, ld: _Load) -> tuple[float, str
             signals.gpu_utilization is not None
             and signals.gpu_utilization > view.target_gpu_util
             and waiting > 0
+            and not draining
             and (ld.in_flight == 0 or queued_s > view.ttft_slo_s)
         ):
             asks.append(
@@ -527,7 +550,12 @@ def _asks(view: ModelView, signals: ModelSignals, ld: _Load) -> tuple[float, str
         slo_pressure = max(1.0, signals.ttft_p95_s / view.ttft_slo_s)
         # One more replica per decision while requests queue and none is starting: the
         # p95 looks back over a window, so without a queue it describes the past.
-        if signals.ttft_p95_s > view.ttft_slo_s and ready >= current > 0 and waiting > 0:
+        if (
+            signals.ttft_p95_s > view.ttft_slo_s
+            and ready >= current > 0
+            and waiting > 0
+            and not draining
+        ):
             asks.append(
                 (ready + 1.0, f"TTFT p95 {signals.ttft_p95_s:.2f}s over SLO {view.ttft_slo_s:g}s")
             )
@@ -574,9 +602,8 @@ def _panic(  # noqa: PLR0917
     replicas (or requests come to none): scale to it, never down."""
     panic_until = state.panic_until
     panic_want = _ceil(ld.panic_avg)
-    if (ld.ready > 0 and ld.panic_avg >= cfg.panic_threshold * ld.ready) or (
-        ld.ready == 0 and ld.active
-    ):
+    over = ld.panic_avg >= cfg.panic_threshold * ld.ready and ld.panic_band > ld.ready
+    if (ld.ready > 0 and over) or (ld.ready == 0 and ld.active):
         panic_until = now + cfg.stable_window_s
     panic = panic_until is not None and now < panic_until
     if panic and panic_want >= n:
