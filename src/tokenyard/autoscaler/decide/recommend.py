@@ -598,8 +598,9 @@ def _dead_band(
 def _panic(  # noqa: PLR0917
     n: int, why: str, ld: _Load, state: ModelState, now: float, current: int, cfg: DecisionConfig
 ) -> tuple[int, str, bool, float | None]:
-    """Panic mode while the panic window's load reaches ``panic_threshold`` x the ready
-    replicas (or requests come to none): scale to it, never down."""
+    """Panic mode while the panic window's count reaches ``panic_threshold`` x the ready
+    replicas and its load is past what they carry by more than ``tolerance`` (or
+    requests come to none): scale to it, never down."""
     panic_until = state.panic_until
     panic_want = _ceil(ld.panic_avg)
     over = ld.panic_avg >= cfg.panic_threshold * ld.ready and ld.panic_band > ld.ready
