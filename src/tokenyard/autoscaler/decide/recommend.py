@@ -82,8 +82,8 @@ class _Load:
     panic_avg: float
     """Replicas the SLO model asks for at the panic window's workload."""
     panic_band: float
-    """The same at (1 - tolerance) x the panic window's workload (read only where
-    ``panic_avg`` is past the ready replicas or the stable count; else ``panic_avg``)."""
+    """The same at (1 - tolerance) x the panic window's workload, where the panic test
+    or the burst memory reads it; else ``panic_avg``."""
     by_concurrency: bool
     """No rate measured: ``stable`` is the requests in flight per targetOngoingRequests."""
     samples: tuple[tuple[float, float], ...]
@@ -443,10 +443,14 @@ def _measure(  # noqa: PLR0917
     panic_avg = max(float(slo_replicas(view, bursty(w_panic), cfg, margin=margin)), conc_panic)
     # The panic window's count at (1 - tolerance) x its load: the dead band on the load, not
     # on the count (one replica's count is 2 at any load past what it carries, noise
-    # included). Read only where the count is past the ready replicas or the stable count.
-    shrink = 1 - cfg.tolerance
+    # included). Computed only where a rule reads it: the panic test (the count alone
+    # would panic) and, on Poisson arrivals, the burst memory (the count is past the
+    # stable one).
     panic_band = panic_avg
-    if panic_avg > min(ready, stable):
+    if (ready > 0 and panic_avg >= cfg.panic_threshold * ready) or (
+        pooled <= 1.0 and panic_avg > stable
+    ):
+        shrink = 1 - cfg.tolerance
         band = slo_replicas(view, bursty(w_panic), cfg, shrink, margin=margin)
         panic_band = max(float(band), conc_panic * shrink)
     tokens = signals.tokens_per_s
