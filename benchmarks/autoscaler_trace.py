@@ -1,6 +1,6 @@
 """Replays the shared Azure LLM code trace through the autoscaler simulator and prints the table.
 
-Run: ``.venv/bin/python benchmarks/autoscaler_trace.py [--trace CSV] [--scenario YAML]
+Run: ``.venv/bin/python benchmarks/autoscaler_trace.py [--trace FILE] [--scenario YAML]
 [--plot PNG] [--json] [--seed N] [--no-spillover] [--downgrade] [--max-gpus CLASS=N,...]
 [--seeds K] [--sweep] [--overnight] [--train-days N] [--standin NAME]``
 
@@ -569,7 +569,7 @@ def seed_means(args: argparse.Namespace) -> None:
     """Mean cost, attainment, scale events and capacity downgrades per policy over
     routing seeds."""
     base = sim.scenario_from_args(args)
-    trace = sim.read_trace(args.trace)
+    trace = sim.requests_from_args(base, args)
     rows: dict[str, list[tuple[float, float, float, int, int]]] = {}
     for seed in range(args.seeds):
         report = sim.simulate(base.model_copy(update={"seed": seed}), trace)

@@ -123,14 +123,18 @@ def simulate_arguments(p: argparse.ArgumentParser) -> None:
         "mean_output_tokens becomes load from the seed",
     )
     rate.add_argument(
-        "--rate-scale", type=float, default=None, help="multiply every window's rate by this"
+        "--rate-scale",
+        type=float,
+        default=None,
+        help="multiply every window's rate by this; a per-request trace is thinned to this "
+        "share of its requests (<= 1, from the seed)",
     )
     rate.add_argument(
         "--target-mean-rps",
         type=float,
         default=None,
         help="scale the rates to this mean (default: the busiest window needs 70%% of the "
-        "pool's capacity)",
+        "pool's capacity); a per-request trace is thinned to it",
     )
     rate.add_argument(
         "--arrivals",
@@ -258,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--trace",
         required=True,
-        help="CSV: TIMESTAMP, ContextTokens, GeneratedTokens (requests) or a rate trace",
+        help="a request trace (Azure CSV: TIMESTAMP, ContextTokens, GeneratedTokens; "
+        "BurstGPT CSV; Mooncake JSON lines) or a rate trace (CSV)",
     )
     simulate_arguments(s)
     s.set_defaults(func=_lazy("tokenyard.autoscaler.sim.cli"))

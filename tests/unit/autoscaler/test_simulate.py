@@ -328,3 +328,26 @@ def test_gpu_prefill_counts_two_flops_per_parameter_and_skips_without_a_gpu(
     if not torch.cuda.is_available():
         assert bench.main([]) == 0
         assert "no CUDA GPU here" in capsys.readouterr().out
+
+
+def test_cli_reads_a_mooncake_trace_and_thins_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "conversation_trace.jsonl"
+    reqs = _trace(300)
+    trace.write_text(
+        "".join(
+            json.dumps({"timestamp": round(r.t * 1000), "input_length": r.prompt,
+                        "output_length": r.output, "hash_ids": [0, 1]}) + "\n"
+            for r in reqs
+        )
+    )  # fmt: skip
+    args = argparse.Namespace(trace=str(trace), plot=None, json=True, rate_scale=0.5)
+    assert sim.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    served = sum(m["requests"] for m in out["results"][0]["models"].values())
+    assert 0.4 * len(reqs) < served < 0.6 * len(reqs)
+    # A per-request trace cannot be scaled up: a clear error, no report.
+    args = argparse.Namespace(trace=str(trace), plot=None, json=True, rate_scale=2.0)
+    assert sim.main(args) == 1
+    assert "only be thinned" in capsys.readouterr().err

@@ -1,12 +1,13 @@
-"""The trace reader: both TIMESTAMP spellings, any time span, bad rows named by line."""
+"""The trace reader: Azure, BurstGPT and Mooncake formats, bad rows named by line; thinning."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
 
-from tokenyard.autoscaler.sim.trace import parse_timestamp, read_trace
+from tokenyard.autoscaler.sim.trace import TraceRequest, parse_timestamp, read_trace, thin
 
 
 def _write(tmp_path: Path, rows: list[str]) -> Path:
@@ -66,3 +67,93 @@ def test_shared_trace_reads_whole(repo_root: Path) -> None:
     reqs = read_trace(path)
     assert len(reqs) == 8819
     assert 3400 < reqs[-1].t < 3500
+
+
+def test_mooncake_json_lines(tmp_path: Path) -> None:
+    p = tmp_path / "conversation_trace.jsonl"
+    p.write_text(
+        '{"timestamp": 3052, "input_length": 7234, "output_length": 794, "hash_ids": [0, 28]}\n'
+        "\n"
+        '{"timestamp": 0, "input_length": 6755, "output_length": 500, "hash_ids": [0, 1, 2]}\n'
+        '{"timestamp": 0, "input_length": 2287, "output_length": 316, "hash_ids": [0, 42]}\n'
+    )
+    reqs = read_trace(p)
+    assert [(r.t, r.prompt, r.output) for r in reqs] == [
+        (0.0, 6755, 500),
+        (0.0, 2287, 316),
+        (pytest.approx(3.052), 7234, 794),
+    ]
+
+
+def test_burstgpt_csv(tmp_path: Path) -> None:
+    p = tmp_path / "BurstGPT_1.csv"
+    p.write_text(
+        "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+        "45,ChatGPT,1087,230,1317,Conversation log\n"
+        "5,ChatGPT,472,18,490,Conversation log\n"
+        "118.5,GPT-4,417,0,417,API log\n"
+    )
+    reqs = read_trace(p)
+    # Sorted, from the first request; a failed request (0 response tokens) still arrived.
+    assert [(r.t, r.prompt, r.output) for r in reqs] == [
+        (0.0, 472, 18),
+        (40.0, 1087, 230),
+        (113.5, 417, 0),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        ("a.csv", "time,in,out\n1,2,3\n", "unknown trace format.*BurstGPT.*Mooncake"),
+        ("a.jsonl", '{"timestamp": 0, "input_length": 5}\n', "line 1.*output_length.*Mooncake"),
+        (
+            "a.jsonl",
+            '{"timestamp": 0, "input_length": 5, "output_length": 1}\n{oops\n',
+            "line 2.*not JSON",
+        ),
+        (
+            "a.jsonl",
+            '{"timestamp": true, "input_length": 5, "output_length": 1}\n',
+            "line 1.*timestamp",
+        ),
+        (
+            "a.jsonl",
+            '{"timestamp": 1e400, "input_length": 5, "output_length": 1}\n',
+            "line 1.*finite",
+        ),
+        ("a.csv", "Timestamp,Request tokens,Response tokens\n5,many,1\n", "line 2.*BurstGPT"),
+    ],
+)
+def test_malformed_traces_name_the_line_and_the_format(
+    tmp_path: Path, name: str, text: str, match: str
+) -> None:
+    p = tmp_path / name
+    p.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        read_trace(p)
+
+
+def test_empty_file_has_no_requests(tmp_path: Path) -> None:
+    p = tmp_path / "empty.jsonl"
+    p.write_text("")
+    assert read_trace(p) == []
+
+
+def test_thinning_keeps_a_seeded_share_and_refuses_to_scale_up() -> None:
+    reqs = [TraceRequest(float(i), 100, 10) for i in range(10_000)]
+    kept = thin(reqs, rate_scale=0.25, seed=3)
+    assert kept == thin(reqs, rate_scale=0.25, seed=3)
+    assert 2300 < len(kept) < 2700
+    assert all(a.t < b.t for a, b in itertools.pairwise(kept))  # times kept as they were
+    # 10,000 requests over 9,999 s: a mean of 0.5 req/s keeps about half.
+    assert 4800 < len(thin(reqs, target_mean_rps=0.5, seed=1)) < 5200
+    assert thin(reqs) is reqs
+    with pytest.raises(ValueError, match="only be thinned"):
+        thin(reqs, rate_scale=1.5)
+    with pytest.raises(ValueError, match="only be thinned"):
+        thin(reqs, target_mean_rps=2.0)
+    with pytest.raises(ValueError, match="not both"):
+        thin(reqs, rate_scale=0.5, target_mean_rps=0.5)
+    with pytest.raises(ValueError, match="must be > 0"):
+        thin(reqs, rate_scale=0.0)

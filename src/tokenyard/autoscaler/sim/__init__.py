@@ -50,6 +50,7 @@ from tokenyard.autoscaler.sim.baselines import (
 from tokenyard.autoscaler.sim.cli import (
     arrival_spec,
     main,
+    requests_from_args,
     run_cli,
     scaled_windows,
     scenario_from_args,
@@ -84,7 +85,7 @@ from tokenyard.autoscaler.sim.scenario import (
     price_order,
     route,
 )
-from tokenyard.autoscaler.sim.trace import TraceRequest, read_trace
+from tokenyard.autoscaler.sim.trace import TraceRequest, read_requests, read_trace, thin
 
 __all__ = [
     "BUILTIN_SCENARIO",
@@ -117,7 +118,9 @@ __all__ = [
     "pool_rate",
     "price_order",
     "read_rate_trace",
+    "read_requests",
     "read_trace",
+    "requests_from_args",
     "route",
     "route_shares",
     "run",
@@ -131,4 +134,5 @@ __all__ = [
     "static_fluid",
     "static_oracle",
     "static_pool_oracle",
+    "thin",
 ]

@@ -22,7 +22,7 @@ from tokenyard.autoscaler.sim.rates import (
 )
 from tokenyard.autoscaler.sim.report import Report, plot, simulate
 from tokenyard.autoscaler.sim.scenario import Scenario, load_scenario
-from tokenyard.autoscaler.sim.trace import read_trace
+from tokenyard.autoscaler.sim.trace import TraceRequest, read_trace, thin
 
 FLUID_BEYOND_S = 6 * 3600.0
 """--engine auto: rate traces longer than this run on the fluid engine."""
@@ -81,7 +81,7 @@ def run_cli(args: argparse.Namespace) -> Report | None:
         if is_rate_trace(args.trace):
             report = _simulate_rates(scenario, args)
         else:
-            trace = read_trace(args.trace)
+            trace = requests_from_args(scenario, args)
             if not trace:
                 print(f"simulate: no requests in {args.trace}", file=sys.stderr)
                 return None
@@ -98,6 +98,17 @@ def run_cli(args: argparse.Namespace) -> Report | None:
         if args.plot:
             print(f"plot written to {args.plot}")
     return report
+
+
+def requests_from_args(scenario: Scenario, args: argparse.Namespace) -> list[TraceRequest]:
+    """The per-request trace, thinned as --rate-scale or --target-mean-rps ask (from the
+    scenario's seed; :func:`~tokenyard.autoscaler.sim.trace.thin`)."""
+    return thin(
+        read_trace(args.trace),
+        rate_scale=getattr(args, "rate_scale", None),
+        target_mean_rps=getattr(args, "target_mean_rps", None),
+        seed=scenario.seed,
+    )
 
 
 def arrival_spec(args: argparse.Namespace) -> ArrivalSpec:

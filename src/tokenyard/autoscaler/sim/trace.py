@@ -1,20 +1,41 @@
-"""Reads request traces (CSV: TIMESTAMP, ContextTokens, GeneratedTokens) for the simulator.
+"""Reads per-request traces for the simulator, in the public traces' own formats.
 
-Used by ``tokenyard simulate`` and ``benchmarks/autoscaler_trace.py``. TIMESTAMP may be a
-wall-clock time with up to seven fractional digits (100 ns ticks, as in the Azure LLM
-inference traces) or a plain number of 100 ns ticks; any time span works, and times
-come back in seconds from the first request.
+Used by ``tokenyard simulate`` and ``benchmarks/autoscaler_trace.py``. Three formats,
+told apart by the file's first line:
+
+- **Azure LLM inference traces** (2023, 2024): CSV with ``TIMESTAMP``, ``ContextTokens``,
+  ``GeneratedTokens``. TIMESTAMP may be a wall-clock time with up to seven fractional
+  digits (100 ns ticks) or a plain number of 100 ns ticks.
+- **BurstGPT**: CSV with ``Timestamp`` (seconds), ``Request tokens``, ``Response tokens``
+  (its other columns, such as ``Model`` and ``Log Type``, are ignored; a failed request,
+  0 response tokens, still arrived and is kept).
+- **Mooncake** (and tools that write its format): JSON lines with ``timestamp``
+  (milliseconds), ``input_length``, ``output_length`` (other keys, such as ``hash_ids``,
+  are ignored).
+
+Any time span works; times come back in seconds from the first request, sorted.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+import json
+import math
+import random
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 TICKS_PER_SECOND = 10_000_000
+
+FORMATS = (
+    "CSV with TIMESTAMP, ContextTokens, GeneratedTokens (Azure LLM inference traces), "
+    "CSV with Timestamp (s), Request tokens, Response tokens (BurstGPT), or JSON lines "
+    "with timestamp (ms), input_length, output_length (Mooncake)"
+)
+"""The formats :func:`read_trace` reads, as its errors name them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,19 +63,55 @@ def parse_timestamp(raw: str) -> float:
     return seconds
 
 
-def parse_rows(rows: Iterable[dict[str, str]]) -> list[TraceRequest]:
-    """Trace requests from CSV rows, sorted by arrival, times relative to the first."""
+@dataclass(frozen=True)
+class _Columns:
+    """One format's fields: arrival time (and how to read it), prompt and output tokens."""
+
+    name: str
+    time: str
+    prompt: str
+    output: str
+    seconds: Callable[[Any], float]
+
+
+def _number(scale: float) -> Callable[[Any], float]:
+    def read(raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise TypeError(f"not a number: {raw!r}")
+        return float(raw) * scale
+
+    return read
+
+
+AZURE = _Columns("Azure", "TIMESTAMP", "ContextTokens", "GeneratedTokens", parse_timestamp)
+BURSTGPT = _Columns("BurstGPT", "Timestamp", "Request tokens", "Response tokens", _number(1.0))
+MOONCAKE = _Columns("Mooncake", "timestamp", "input_length", "output_length", _number(1e-3))
+
+
+def _tokens(raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise TypeError(f"not a number: {raw!r}")
+    return max(0, int(float(raw)))
+
+
+def _requests(items: Iterable[tuple[int, Any]], cols: _Columns) -> list[TraceRequest]:
+    """Trace requests from (line, record) pairs, sorted by arrival, times relative to the
+    first; a malformed record is a ValueError naming its line and the format's fields."""
     raw: list[tuple[float, int, int]] = []
-    for i, row in enumerate(rows, start=2):
+    for line, rec in items:
         try:
-            ts = parse_timestamp(row["TIMESTAMP"])
-            prompt = int(float(row["ContextTokens"]))
-            output = int(float(row["GeneratedTokens"]))
-        except (KeyError, ValueError, TypeError) as exc:
+            if not isinstance(rec, dict):
+                raise TypeError(f"not an object: {rec!r}")
+            ts = cols.seconds(rec[cols.time])
+            prompt, output = _tokens(rec[cols.prompt]), _tokens(rec[cols.output])
+        except (KeyError, ValueError, TypeError, OverflowError) as exc:
             raise ValueError(
-                f"line {i}: {exc!r}: expected TIMESTAMP, ContextTokens, GeneratedTokens"
+                f"line {line}: {exc!r}: expected {cols.time}, {cols.prompt}, {cols.output}"
+                f" ({cols.name})"
             ) from exc
-        raw.append((ts, max(0, prompt), max(0, output)))
+        if not math.isfinite(ts):
+            raise ValueError(f"line {line}: {cols.time} is not a finite time ({cols.name})")
+        raw.append((ts, prompt, output))
     raw.sort(key=lambda r: r[0])
     if not raw:
         return []
@@ -62,11 +119,86 @@ def parse_rows(rows: Iterable[dict[str, str]]) -> list[TraceRequest]:
     return [TraceRequest(t - t0, p, o) for t, p, o in raw]
 
 
+def parse_rows(rows: Iterable[dict[str, str]]) -> list[TraceRequest]:
+    """Trace requests from Azure-format CSV rows (header on line 1)."""
+    return _requests(enumerate(rows, start=2), AZURE)
+
+
+def _json_lines(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
+    for i, text in enumerate(lines, start=1):
+        if text.strip():
+            try:
+                yield i, json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"line {i}: not JSON ({exc.msg}); expected {FORMATS}") from exc
+
+
+def _csv_format(header: list[str]) -> _Columns:
+    names = {h.strip() for h in header}
+    for cols in (AZURE, BURSTGPT):
+        if {cols.time, cols.prompt, cols.output} <= names:
+            return cols
+    raise ValueError(f"unknown trace format (header {header!r}); expected {FORMATS}")
+
+
+def read_requests(path: str | Path) -> list[TraceRequest]:
+    """Every request of a trace file in any of the formats (see the module's docstring)."""
+    with Path(path).open(newline="", encoding="utf-8-sig") as f:
+        first = ""
+        for first in f:
+            if first.strip():
+                break
+        f.seek(0)
+        if first.lstrip().startswith("{"):
+            return _requests(_json_lines(f), MOONCAKE)
+        reader = csv.DictReader(f, skipinitialspace=True)
+        if reader.fieldnames is None:
+            return []
+        cols = _csv_format(list(reader.fieldnames))
+        return _requests(enumerate(reader, start=2), cols)
+
+
 def read_trace(
     path: str | Path, start_s: float = 0.0, duration_s: float | None = None
 ) -> list[TraceRequest]:
-    """The requests of a CSV trace within [start_s, start_s + duration_s), re-based to 0."""
-    with Path(path).open(newline="") as f:
-        reqs = parse_rows(csv.DictReader(f))
+    """The requests of a trace within [start_s, start_s + duration_s), re-based to 0."""
+    reqs = read_requests(path)
     end = start_s + duration_s if duration_s is not None else float("inf")
     return [TraceRequest(r.t - start_s, r.prompt, r.output) for r in reqs if start_s <= r.t < end]
+
+
+def thin(
+    requests: list[TraceRequest],
+    *,
+    rate_scale: float | None = None,
+    target_mean_rps: float | None = None,
+    seed: int = 0,
+) -> list[TraceRequest]:
+    """The trace at a lower rate: each request kept with probability ``rate_scale`` (or
+    the share that gives ``target_mean_rps`` over the trace's span), independently and
+    from ``seed``. Thinning keeps the rate's shape over time (a Poisson process stays
+    one) and the token counts; times are kept as they were. A per-request trace cannot
+    be scaled up without inventing requests, so a factor above 1 is a ValueError."""
+    if rate_scale is not None and target_mean_rps is not None:
+        raise ValueError("give --rate-scale or --target-mean-rps, not both")
+    if rate_scale is None and target_mean_rps is None:
+        return requests
+    if rate_scale is not None:
+        if not rate_scale > 0:
+            raise ValueError("--rate-scale must be > 0")
+        factor = rate_scale
+    else:
+        assert target_mean_rps is not None
+        if not target_mean_rps > 0:
+            raise ValueError("--target-mean-rps must be > 0")
+        span = requests[-1].t - requests[0].t if len(requests) > 1 else 0.0
+        if span <= 0:
+            raise ValueError("--target-mean-rps: the trace spans no time to take a mean over")
+        factor = target_mean_rps / (len(requests) / span)
+    if factor > 1:
+        raise ValueError(
+            f"a per-request trace can only be thinned: the scale is {factor:.3g}, and it "
+            "must be <= 1 (scale a rate trace up instead)"
+        )
+    rng = random.Random(seed)
+    return [r for r in requests if rng.random() < factor]
