@@ -351,3 +351,30 @@ def test_cli_reads_a_mooncake_trace_and_thins_it(
     args = argparse.Namespace(trace=str(trace), plot=None, json=True, rate_scale=2.0)
     assert sim.main(args) == 1
     assert "only be thinned" in capsys.readouterr().err
+
+
+def test_static_oracle_does_not_search_below_a_fleet_that_falls_short(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A trace the pool cannot serve at the target (every prompt takes longer than its
+    SLO to prefill): the top of the search box falls short, so no smaller fleet is run
+    (the box here holds 4 x 4 x 4 fleets, each one run of the trace), only the growth
+    that finds no model gaining."""
+    from tokenyard.autoscaler.sim import baselines
+
+    scenario = sim.builtin_scenario()
+    assert scenario.spillover
+    routed = [(TraceRequest(i * 3.0, 100_000, 10), i % 3) for i in range(20)]
+    runs: list[list[int]] = []
+    real_run = baselines.run
+
+    def counting(*args: Any, **kwargs: Any) -> sim.RunResult:
+        runs.append(list(kwargs["initial"]))
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(baselines, "run", counting)
+    fleet = baselines._with_spillover(scenario, routed, [4, 4, 4], per_model=True)
+    assert fleet[0] >= 4 and fleet[1] >= 4 and fleet[2] >= 4
+    assert runs[0] == [4, 4, 4]
+    assert all(sum(r) >= 12 for r in runs)  # nothing below the box's top was tried
+    assert len(runs) <= 1 + 3 * 12  # the growth: each model until it stops gaining

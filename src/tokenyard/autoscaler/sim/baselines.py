@@ -65,8 +65,11 @@ def _with_spillover(
     ``alone`` meets it with every model on its own traffic (found fast, model by model);
     spill-over moves load between models, so the fleets at or below it are tried whole,
     cheapest first, among those that fit the pool's GPUs. If ``alone`` itself falls
-    short, the worst model that still gains grows, one replica at a time, until the
-    criterion holds or no model gains (then the fleet that came closest is returned)."""
+    short (a trace the pool cannot serve at the target), no smaller fleet is tried:
+    fewer replicas do not miss less, and the whole box (up to the product of the models'
+    replica caps, each a run of the trace) would be tried for nothing. Then the worst
+    model that still gains grows, one replica at a time, until the criterion holds or
+    no model gains (then the fleet that came closest is returned)."""
     if not scenario.spillover:
         return alone
 
@@ -75,18 +78,19 @@ def _with_spillover(
                   initial=list(fleet))  # fmt: skip
         return _criterion(res, per_model) >= scenario.sloTarget, res
 
-    ranges = [
-        range(max(1, m.autoscaling.minReplicas), n + 1)
-        for m, n in zip(scenario.models, alone, strict=True)
-    ]
-    combos = (f for f in itertools.product(*ranges) if fits(scenario, f))
-    for combo in sorted(combos, key=lambda f: _fleet_cost(scenario, f)):
-        if ok(combo)[0]:
-            return list(combo)
-    # Grow the worst model that can grow and gains from it; a model whose next replica
-    # does not raise the criterion (or does not fit the pool) is not grown again.
     fleet = list(alone)
     good, res = ok(fleet)
+    if good:
+        ranges = [
+            range(max(1, m.autoscaling.minReplicas), n + 1)
+            for m, n in zip(scenario.models, alone, strict=True)
+        ]
+        combos = (f for f in itertools.product(*ranges) if fits(scenario, f))
+        for combo in sorted(combos, key=lambda f: _fleet_cost(scenario, f)):
+            if list(combo) == fleet or ok(combo)[0]:
+                return list(combo)
+    # Grow the worst model that can grow and gains from it; a model whose next replica
+    # does not raise the criterion (or does not fit the pool) is not grown again.
     stuck: set[int] = set()
     while not good:
         growable = [
