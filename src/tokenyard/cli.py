@@ -117,6 +117,20 @@ def simulate_arguments(p: argparse.ArgumentParser) -> None:
         metavar="CLASS=N,...",
         help="override accelerator classes' maxGPUs, e.g. a100=2,h100=2",
     )
+    p.add_argument(
+        "--start",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="replay from this many seconds after the trace's start (default 0)",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="replay this many seconds of the trace (default: to its end)",
+    )
     rate = p.add_argument_group(
         "rate traces",
         "a CSV with window_start_s, window_s, requests_per_s, mean_prompt_tokens, "

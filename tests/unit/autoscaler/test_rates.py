@@ -153,3 +153,19 @@ def test_simulate_a_rate_trace_from_the_command_line(
     args.target_mean_rps, args.rate_scale = 1.0, 2.0
     assert sim.run_cli(args) is None
     assert "not both" in capsys.readouterr().err
+
+
+def test_start_and_duration_slice_a_rate_trace(tmp_path: Path) -> None:
+    rows = [(1000.0 + k * 600.0, 600.0, 1.0 + k, 900.0, 120.0) for k in range(10)]
+    p = _csv(tmp_path, rows)
+    args = argparse.Namespace(trace=str(p), rate_scale=1.0, target_mean_rps=None,
+                              start=1200.0, duration=1800.0)  # fmt: skip
+    w = sim.scaled_windows(sim.builtin_scenario(), args)
+    # From the first window's start: windows 2, 3 and 4, re-based to 0.
+    assert [(x.start_s, x.rps) for x in w] == [(0.0, 3.0), (600.0, 4.0), (1200.0, 5.0)]
+    args.start, args.duration = 60_000.0, None
+    with pytest.raises(ValueError, match=r"no requests.*--start"):
+        sim.scaled_windows(sim.builtin_scenario(), args)
+    args.start = -1.0
+    with pytest.raises(ValueError, match="--start must be >= 0"):
+        sim.scaled_windows(sim.builtin_scenario(), args)

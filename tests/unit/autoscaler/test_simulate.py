@@ -347,6 +347,13 @@ def test_cli_reads_a_mooncake_trace_and_thins_it(
     out = json.loads(capsys.readouterr().out)
     served = sum(m["requests"] for m in out["results"][0]["models"].values())
     assert 0.4 * len(reqs) < served < 0.6 * len(reqs)
+    # --start and --duration replay a part of it (seconds from its first request).
+    args = argparse.Namespace(trace=str(trace), plot=None, json=True, start=60.0, duration=120.0)
+    assert sim.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    served = sum(m["requests"] for m in out["results"][0]["models"].values())
+    ms = [round(r.t * 1000) for r in reqs]
+    assert served == sum(1 for t in ms if 60_000 <= t - ms[0] < 180_000)
     # A per-request trace cannot be scaled up: a clear error, no report.
     args = argparse.Namespace(trace=str(trace), plot=None, json=True, rate_scale=2.0)
     assert sim.main(args) == 1

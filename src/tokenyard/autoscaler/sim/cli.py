@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
@@ -83,7 +84,10 @@ def run_cli(args: argparse.Namespace) -> Report | None:
         else:
             trace = requests_from_args(scenario, args)
             if not trace:
-                print(f"simulate: no requests in {args.trace}", file=sys.stderr)
+                print(
+                    f"simulate: no requests in {args.trace} (within --start and --duration)",
+                    file=sys.stderr,
+                )
                 return None
             report = simulate(scenario, trace)
     except ValueError as exc:
@@ -100,11 +104,26 @@ def run_cli(args: argparse.Namespace) -> Report | None:
     return report
 
 
+def trace_span(args: argparse.Namespace) -> tuple[float, float | None]:
+    """--start and --duration: the part of the trace to replay, in seconds from its start
+    (a request trace's first request, a rate trace's first window)."""
+    start = getattr(args, "start", None)
+    duration = getattr(args, "duration", None)
+    start = 0.0 if start is None else float(start)
+    if not start >= 0:
+        raise ValueError("--start must be >= 0")
+    if duration is not None and not duration > 0:
+        raise ValueError("--duration must be > 0")
+    return start, duration
+
+
 def requests_from_args(scenario: Scenario, args: argparse.Namespace) -> list[TraceRequest]:
-    """The per-request trace, thinned as --rate-scale or --target-mean-rps ask (from the
-    scenario's seed; :func:`~tokenyard.autoscaler.sim.trace.thin`)."""
+    """The per-request trace within --start and --duration, thinned as --rate-scale or
+    --target-mean-rps ask (from the scenario's seed;
+    :func:`~tokenyard.autoscaler.sim.trace.thin`)."""
+    start, duration = trace_span(args)
     return thin(
-        read_trace(args.trace),
+        read_trace(args.trace, start_s=start, duration_s=duration),
         rate_scale=getattr(args, "rate_scale", None),
         target_mean_rps=getattr(args, "target_mean_rps", None),
         seed=scenario.seed,
@@ -128,8 +147,17 @@ def scaled_windows(scenario: Scenario, args: argparse.Namespace) -> list[RateWin
     """The rate trace scaled as the command line asks; by default so that its busiest
     window needs POOL_PEAK_SHARE of the pool's capacity."""
     windows = read_rate_trace(args.trace)
+    start, duration = trace_span(args)
+    if windows and (start > 0 or duration is not None):
+        t0 = windows[0].start_s + start
+        end = t0 + duration if duration is not None else math.inf
+        windows = [
+            RateWindow(w.start_s - t0, w.window_s, w.rps, w.prompt, w.output)
+            for w in windows
+            if t0 <= w.start_s < end
+        ]
     if not windows or all(w.rps <= 0 for w in windows):
-        raise ValueError(f"no requests in {args.trace}")
+        raise ValueError(f"no requests in {args.trace} (within --start and --duration)")
     rate_scale = getattr(args, "rate_scale", None)
     target = getattr(args, "target_mean_rps", None)
     if rate_scale is None and target is None:
