@@ -385,3 +385,24 @@ def test_static_oracle_does_not_search_below_a_fleet_that_falls_short(
     assert runs[0] == [4, 4, 4]
     assert all(sum(r) >= 12 for r in runs)  # nothing below the box's top was tried
     assert len(runs) <= 1 + 3 * 12  # the growth: each model until it stops gaining
+
+
+def test_routing_skips_models_whose_context_is_too_short() -> None:
+    """As the router's hard filter: a request longer than a model's context (what one
+    replica's KV cache holds) goes to the cheapest sufficient model it fits, else the
+    best it fits; one that fits none is refused (413) and in no policy's figures."""
+    s = sim.builtin_scenario()
+    kv = [m.kvCacheTokens for m in s.models]
+    assert kv[0] < kv[1] <= kv[2]
+    short = TraceRequest(0.0, 1000, 100)
+    past_economy = TraceRequest(1.0, kv[0], 100)  # prompt + output > economy's cache
+    past_all = TraceRequest(2.0, max(kv), 1)
+    # Every difficulty draw covered by the economy model: only the context moves requests.
+    easy = s.model_copy(update={"difficultyBeta": (1.0, 1e6)})
+    routed = sim.route(easy, [short, past_economy, past_all])
+    assert [(r.t, i) for r, i in routed] == [(0.0, 0), (1.0, 1)]
+    report = sim.simulate(easy, [short, past_economy, past_all, TraceRequest(60.0, 10, 1)])
+    assert report.refused_requests == 1
+    assert report.to_dict()["refusedRequests"] == 1
+    assert "refused: 1 requests longer than every model's context" in report.table()
+    assert sum(m["requests"] for m in report.by("static").models.values()) == 3

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tokenyard.autoscaler.signals import ModelSignals
-from tokenyard.autoscaler.sim.scenario import ModelProfile, Scenario, price_order
+from tokenyard.autoscaler.sim.scenario import ModelProfile, Scenario, fits_context, price_order
 from tokenyard.autoscaler.sim.trace import TraceRequest
 from tokenyard.routing.replicas import PrefillQueues
 from tokenyard.routing.spillover import Capacity, Option, QueueClock, choose
@@ -363,7 +363,10 @@ def _spill(  # noqa: PLR0917
     now: float,
 ) -> int:
     """The model a request goes to once spill-over had its say (as the router decides),
-    its prompt counted in the queue clock."""
+    its prompt counted in the queue clock. The other targets whose context the request
+    does not fit are not candidates (the router's hard filter; :func:`route` picked the
+    first among those it fits)."""
+    targets = targets[:1] + [j for j in targets[1:] if fits_context(scenario.models[j], r)]
     i = targets[0]
     options = [
         Option(

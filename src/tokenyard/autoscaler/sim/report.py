@@ -30,6 +30,9 @@ class Report:
     """The factor on every model's GPU utilisation target that hpa-slo ran with."""
     trace_seconds: float
     trace_requests: int
+    refused_requests: int = 0
+    """Requests longer than every model's context: refused (HTTP 413), served by no
+    policy, and outside every attainment."""
 
     def by(self, name: str) -> RunResult:
         return next(r for r in self.results if r.policy == name)
@@ -48,6 +51,7 @@ class Report:
             "scenario": self.scenario.model_dump(mode="json"),
             "traceSeconds": round(self.trace_seconds, 1),
             "traceRequests": self.trace_requests,
+            "refusedRequests": self.refused_requests,
             "staticReplicas": dict(zip(names, self.static_replicas, strict=True)),
             "staticPoolReplicas": dict(zip(names, self.static_pool_replicas, strict=True)),
             "hpaSLOTargets": {
@@ -91,6 +95,11 @@ class Report:
                 for n, v in r.models.items()
             )
             lines.append(f"  {r.policy}: {per}")
+        if self.refused_requests:
+            lines.append(
+                f"refused: {self.refused_requests} requests longer than every model's context "
+                "(prompt + output > kvCacheTokens; the router answers 413), in no policy's figures"
+            )
         return "\n".join(lines)
 
 
@@ -142,6 +151,7 @@ def simulate(
         hpa_slo_factor=hpa_factor,
         trace_seconds=trace[-1].t if trace else 0.0,
         trace_requests=len(trace),
+        refused_requests=len(trace) - len(routed),
     )
 
 

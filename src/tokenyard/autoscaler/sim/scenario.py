@@ -191,17 +191,32 @@ def price_order(scenario: Scenario) -> list[int]:
     return sorted(range(len(scenario.models)), key=lambda i: per_token(scenario.models[i]))
 
 
+def fits_context(m: ModelProfile, r: TraceRequest) -> bool:
+    """Whether the request's prompt and output fit the model's context: its engine's
+    max_model_len, which vLLM holds to what one replica's KV cache holds
+    (``kvCacheTokens``)."""
+    return r.prompt + r.output <= m.kvCacheTokens
+
+
 def route(scenario: Scenario, trace: Sequence[TraceRequest]) -> list[tuple[TraceRequest, int]]:
-    """CheapestSufficient: each request to the cheapest model whose quality covers it."""
+    """CheapestSufficient: each request to the cheapest model whose quality covers it,
+    among the models whose context fits it (the router's hard filter; the best of those
+    where none covers it). A request no model's context fits is refused (HTTP 413, as
+    the router answers) and left out."""
     order = price_order(scenario)
-    best = max(range(len(scenario.models)), key=lambda i: scenario.models[i].quality)
+    models = scenario.models
+    best_first = sorted(range(len(models)), key=lambda i: -models[i].quality)
     rng = random.Random(scenario.seed)
     a, b = scenario.difficultyBeta
     out: list[tuple[TraceRequest, int]] = []
     for r in trace:
         d = rng.betavariate(a, b)
-        target = next((i for i in order if scenario.models[i].quality >= d), best)
-        out.append((r, target))
+        target = next((i for i in order if models[i].quality >= d and fits_context(models[i], r)),
+                      None)  # fmt: skip
+        if target is None:
+            target = next((i for i in best_first if fits_context(models[i], r)), None)
+        if target is not None:
+            out.append((r, target))
     return out
 
 
@@ -211,6 +226,7 @@ __all__ = [
     "ModelProfile",
     "Scenario",
     "builtin_scenario",
+    "fits_context",
     "load_scenario",
     "price_order",
     "route",
