@@ -69,37 +69,37 @@ def test_shared_trace_reads_whole(repo_root: Path) -> None:
     assert 3400 < reqs[-1].t < 3500
 
 
-def test_mooncake_json_lines(tmp_path: Path) -> None:
-    p = tmp_path / "conversation_trace.jsonl"
-    p.write_text(
-        '{"timestamp": 3052, "input_length": 7234, "output_length": 794, "hash_ids": [0, 28]}\n'
-        "\n"
-        '{"timestamp": 0, "input_length": 6755, "output_length": 500, "hash_ids": [0, 1, 2]}\n'
-        '{"timestamp": 0, "input_length": 2287, "output_length": 316, "hash_ids": [0, 42]}\n'
-    )
-    reqs = read_trace(p)
-    assert [(r.t, r.prompt, r.output) for r in reqs] == [
-        (0.0, 6755, 500),
-        (0.0, 2287, 316),
-        (pytest.approx(3.052), 7234, 794),
-    ]
-
-
-def test_burstgpt_csv(tmp_path: Path) -> None:
-    p = tmp_path / "BurstGPT_1.csv"
-    p.write_text(
-        "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
-        "45,ChatGPT,1087,230,1317,Conversation log\n"
-        "5,ChatGPT,472,18,490,Conversation log\n"
-        "118.5,GPT-4,417,0,417,API log\n"
-    )
-    reqs = read_trace(p)
-    # Sorted, from the first request; a failed request (0 response tokens) still arrived.
-    assert [(r.t, r.prompt, r.output) for r in reqs] == [
-        (0.0, 472, 18),
-        (40.0, 1087, 230),
-        (113.5, 417, 0),
-    ]
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        (
+            # Mooncake: JSON lines, milliseconds, hash_ids ignored, blank lines skipped.
+            "conversation_trace.jsonl",
+            '{"timestamp": 3052, "input_length": 7234, "output_length": 794, "hash_ids": [0]}\n'
+            "\n"
+            '{"timestamp": 0, "input_length": 6755, "output_length": 500, "hash_ids": [0, 1]}\n'
+            '{"timestamp": 0, "input_length": 2287, "output_length": 316, "hash_ids": [0, 2]}\n',
+            [(0.0, 6755, 500), (0.0, 2287, 316), (3.052, 7234, 794)],
+        ),
+        (
+            # BurstGPT: seconds, other columns ignored, a failed request (0 response
+            # tokens) still arrived.
+            "BurstGPT_1.csv",
+            "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+            "45,ChatGPT,1087,230,1317,Conversation log\n"
+            "5,ChatGPT,472,18,490,Conversation log\n"
+            "118.5,GPT-4,417,0,417,API log\n",
+            [(0.0, 472, 18), (40.0, 1087, 230), (113.5, 417, 0)],
+        ),
+    ],
+)
+def test_public_trace_formats(
+    tmp_path: Path, name: str, text: str, expected: list[tuple[float, int, int]]
+) -> None:
+    p = tmp_path / name
+    p.write_text(text)
+    reqs = read_trace(p)  # sorted, times from the first request
+    assert [(pytest.approx(r.t), r.prompt, r.output) for r in reqs] == expected
 
 
 @pytest.mark.parametrize(
