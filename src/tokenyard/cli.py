@@ -153,22 +153,29 @@ def simulate_arguments(p: argparse.ArgumentParser) -> None:
     rate.add_argument(
         "--arrivals",
         choices=["poisson", "bursty"],
-        default="poisson",
+        default=None,
         help="arrivals within a window: Poisson, or bursty (a Gamma rate factor of CV "
         "--burst-cv per minute)",
     )
-    rate.add_argument("--burst-cv", type=float, default=1.0, help="bursty: the factor's CV")
+    rate.add_argument(
+        "--burst-cv",
+        type=float,
+        default=None,
+        help="bursty: the factor's CV (default 1.0; an aggregated request trace: its own)",
+    )
     rate.add_argument(
         "--token-cv",
         type=float,
-        default=1.0,
-        help="coefficient of variation of prompt and output tokens around a window's means",
+        default=None,
+        help="coefficient of variation of prompt and output tokens around a window's means "
+        "(default 1.0; an aggregated request trace: its own)",
     )
     rate.add_argument(
         "--engine",
         choices=["auto", "requests", "fluid"],
         default="auto",
-        help="per-request engine, or the aggregated one (auto: fluid beyond 6 hours)",
+        help="per-request engine, or the aggregated one (auto: fluid beyond 6 hours; a "
+        "request trace is then aggregated into 10-minute windows)",
     )
     rate.add_argument(
         "--step-seconds", type=float, default=10.0, help="the fluid engine's time step"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 from pathlib import Path
 
 import pytest
 
 from tokenyard.autoscaler import sim
-from tokenyard.autoscaler.sim.rates import ArrivalSpec, is_rate_trace
+from tokenyard.autoscaler.sim.rates import ArrivalSpec, aggregate_requests, is_rate_trace
 
 HEADER = "window_start_s,window_s,requests_per_s,mean_prompt_tokens,mean_output_tokens"
 
@@ -169,3 +170,65 @@ def test_start_and_duration_slice_a_rate_trace(tmp_path: Path) -> None:
     args.start = -1.0
     with pytest.raises(ValueError, match="--start must be >= 0"):
         sim.scaled_windows(sim.builtin_scenario(), args)
+
+
+def _poisson(rate: float, seconds: float, seed: int) -> list[sim.TraceRequest]:
+    rng = random.Random(seed)
+    out, t = [], 0.0
+    while True:
+        t += rng.expovariate(rate)
+        if t >= seconds:
+            return out
+        out.append(sim.TraceRequest(t, rng.choice((500, 1500)), 100))
+
+
+def test_aggregating_a_request_trace() -> None:
+    reqs = [
+        sim.TraceRequest(10.0, 1000, 10),
+        sim.TraceRequest(20.0, 3000, 30),
+        sim.TraceRequest(1300.0, 500, 5),  # the second window is empty
+    ]
+    agg = aggregate_requests(reqs, window_s=600.0)
+    assert [(w.start_s, w.rps, w.prompt, w.output) for w in agg.windows] == [
+        (0.0, 2 / 600, 2000.0, 20.0),
+        (600.0, 0.0, 2000.0, 20.0),  # no requests: the last means, at rate 0
+        (1200.0, 1 / 600, 500.0, 5.0),
+    ]
+    assert agg.prompt_cv == pytest.approx(
+        math.sqrt(((1000 - 1500) ** 2 + 1500**2 + 1000**2) / 3) / 1500
+    )
+    # Poisson arrivals show no burstiness beyond Poisson's; a rate that alternates
+    # minute by minute (within one window's mean) shows its factor's CV (0.8 here).
+    assert aggregate_requests(_poisson(5.0, 7200.0, 1)).burst_cv < 0.05
+    bursty = [
+        r
+        for r in _poisson(5.0, 7200.0, 2)
+        if (r.t // 60) % 2 == 0 or random.Random(r.t).random() < 0.11
+    ]
+    assert 0.7 < aggregate_requests(bursty).burst_cv < 0.9
+    assert aggregate_requests([]).windows == []
+
+
+def test_a_long_request_trace_runs_aggregated_with_its_own_spread(tmp_path: Path) -> None:
+    reqs = _poisson(0.5, 7 * 3600.0, 3)
+    p = tmp_path / "trace.csv"
+    rows = "".join(f"{round(r.t * 1e7)},{r.prompt},{r.output}\n" for r in reqs)
+    p.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + rows)
+    args = argparse.Namespace(trace=str(p), plot=None, json=False, step_seconds=30.0)
+    report = sim.run_cli(args)  # --engine auto: beyond 6 hours, the fluid engine
+    assert report is not None
+    assert "static-peak" in [r.policy for r in report.results]
+    # Within 6 hours, or --engine requests, the per-request engine replays the trace.
+    args = argparse.Namespace(trace=str(p), plot=None, json=False, engine="requests",
+                              duration=3600.0)  # fmt: skip
+    report = sim.run_cli(args)
+    assert report is not None
+    assert "static-pool" in [r.policy for r in report.results]
+    # The aggregated trace's measured spread stands in only for options not given.
+    agg = aggregate_requests(reqs)
+    spec = sim.arrival_spec(argparse.Namespace(), agg)
+    assert (spec.prompt_cv, spec.output_cv) == (agg.prompt_cv, agg.output_cv)
+    assert spec.process == ("bursty" if agg.burst_cv > 0 else "poisson")
+    given = sim.arrival_spec(argparse.Namespace(token_cv=2.0, arrivals="poisson"), agg)
+    assert (given.prompt_cv, given.process) == (2.0, "poisson")
+    assert sim.arrival_spec(argparse.Namespace()) == ArrivalSpec()

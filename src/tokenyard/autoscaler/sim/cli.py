@@ -13,8 +13,10 @@ from typing import Any
 
 from tokenyard.autoscaler.sim.fluid import POOL_PEAK_SHARE, pool_rate, route_shares, simulate_fluid
 from tokenyard.autoscaler.sim.rates import (
+    Aggregated,
     ArrivalSpec,
     RateWindow,
+    aggregate_requests,
     fluid_demand,
     generate_requests,
     is_rate_trace,
@@ -89,7 +91,10 @@ def run_cli(args: argparse.Namespace) -> Report | None:
                     file=sys.stderr,
                 )
                 return None
-            report = simulate(scenario, trace)
+            if _fluid(args, trace[-1].t - trace[0].t):
+                report = _simulate_aggregated(scenario, trace, args)
+            else:
+                report = simulate(scenario, trace)
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return None
@@ -130,17 +135,57 @@ def requests_from_args(scenario: Scenario, args: argparse.Namespace) -> list[Tra
     )
 
 
-def arrival_spec(args: argparse.Namespace) -> ArrivalSpec:
-    """The rate-trace load options of the command line."""
-    cv = getattr(args, "token_cv", 1.0)
-    if cv < 0 or getattr(args, "burst_cv", 1.0) < 0:
+def arrival_spec(args: argparse.Namespace, measured: Aggregated | None = None) -> ArrivalSpec:
+    """The rate-trace load options of the command line. Where an option is not given,
+    an aggregated request trace's ``measured`` spread stands in: its token counts' CVs
+    and, where its counts per slot are burstier than Poisson's, bursty arrivals of its
+    burst CV. Otherwise Poisson arrivals, token CV 1.0 and burst CV 1.0."""
+    cv = getattr(args, "token_cv", None)
+    burst_cv = getattr(args, "burst_cv", None)
+    process = getattr(args, "arrivals", None)
+    if (cv is not None and not cv >= 0) or (burst_cv is not None and not burst_cv >= 0):
         raise ValueError("--token-cv and --burst-cv must be >= 0")
+    prompt_cv, output_cv = (cv, cv) if cv is not None else (1.0, 1.0)
+    if measured is not None:
+        if cv is None:
+            prompt_cv, output_cv = measured.prompt_cv, measured.output_cv
+        if process is None and burst_cv is None and measured.burst_cv > 0:
+            process, burst_cv = "bursty", measured.burst_cv
     return ArrivalSpec(
-        process=getattr(args, "arrivals", "poisson"),
-        burst_cv=getattr(args, "burst_cv", 1.0),
-        prompt_cv=cv,
-        output_cv=cv,
+        process=process or "poisson",
+        burst_cv=1.0 if burst_cv is None else burst_cv,
+        prompt_cv=prompt_cv,
+        output_cv=output_cv,
     )
+
+
+def _fluid(args: argparse.Namespace, span_s: float) -> bool:
+    """Whether a trace of this span runs on the aggregated engine (--engine)."""
+    engine = getattr(args, "engine", "auto")
+    return bool(engine == "fluid" or (engine == "auto" and span_s > FLUID_BEYOND_S))
+
+
+def _simulate_aggregated(
+    scenario: Scenario, trace: list[TraceRequest], args: argparse.Namespace
+) -> Report:
+    """A request trace on the fluid engine: aggregated into AGGREGATE_WINDOW_S windows
+    (its rate and token means per window, its own token spread unless --token-cv is
+    given) and its burstiness at the bursty process's slot (unless --arrivals or
+    --burst-cv is given), arrivals generated from the seed as for a rate trace. Its
+    requests' own times are not replayed: burstiness within a slot is lost."""
+    agg = aggregate_requests(trace)
+    spec = arrival_spec(args, agg)
+    demand = fluid_demand(
+        agg.windows, route_shares(scenario), step_s=_step(args), seed=scenario.seed, spec=spec
+    )
+    return simulate_fluid(scenario, demand)
+
+
+def _step(args: argparse.Namespace) -> float:
+    step = float(getattr(args, "step_seconds", 10.0))
+    if not step > 0:
+        raise ValueError("--step-seconds must be > 0")
+    return step
 
 
 def scaled_windows(scenario: Scenario, args: argparse.Namespace) -> list[RateWindow]:
@@ -172,13 +217,9 @@ def _simulate_rates(scenario: Scenario, args: argparse.Namespace) -> Report:
     windows = scaled_windows(scenario, args)
     spec = arrival_spec(args)
     span = windows[-1].start_s + windows[-1].window_s - windows[0].start_s
-    engine = getattr(args, "engine", "auto")
-    if engine == "fluid" or (engine == "auto" and span > FLUID_BEYOND_S):
-        step = getattr(args, "step_seconds", 10.0)
-        if step <= 0:
-            raise ValueError("--step-seconds must be > 0")
+    if _fluid(args, span):
         demand = fluid_demand(
-            windows, route_shares(scenario), step_s=step, seed=scenario.seed, spec=spec
+            windows, route_shares(scenario), step_s=_step(args), seed=scenario.seed, spec=spec
         )
         return simulate_fluid(scenario, demand)
     return simulate(scenario, generate_requests(windows, scenario.seed, spec))

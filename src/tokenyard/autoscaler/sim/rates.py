@@ -265,11 +265,92 @@ def fluid_demand(
     return FluidDemand(step_s, counts, prompts, outputs, spec.prompt_cv)
 
 
+AGGREGATE_WINDOW_S = 600.0
+"""The window a request trace is aggregated into for the fluid engine (as the shared rate
+trace's)."""
+
+
+@dataclass(frozen=True)
+class Aggregated:
+    """A request trace as a rate trace (:func:`aggregate_requests`)."""
+
+    windows: list[RateWindow]
+    prompt_cv: float
+    """Coefficient of variation of the prompt tokens over the whole trace."""
+    output_cv: float
+    burst_cv: float
+    """The CV of a Gamma rate factor per ``burst_seconds`` slot that the trace's counts
+    per slot show beyond Poisson's (0: none)."""
+
+
+def aggregate_requests(
+    requests: Sequence[TraceRequest],
+    window_s: float = AGGREGATE_WINDOW_S,
+    burst_seconds: float = ArrivalSpec.burst_seconds,
+) -> Aggregated:
+    """A request trace as a rate trace: per window from the first request, the requests
+    per second and the mean prompt and output tokens (a window without requests keeps
+    the last means, at rate 0), with the token counts' coefficients of variation and
+    the burstiness of the arrivals at the bursty process's slot (the fluid engine's
+    spread and arrivals).
+
+    The burstiness: with a slot's count ``c`` Poisson around ``m f`` (``m`` the
+    window's mean per slot, ``f`` the rate factor of mean 1 and variance ``v``),
+    ``E[(c - m)**2 - m] = m**2 v``; summed over the slots, ``v = sum((c - m)**2 - m) /
+    sum(m**2)``, at least 0."""
+    if not requests:
+        return Aggregated([], 0.0, 0.0, 0.0)
+    if not window_s > 0 or not burst_seconds > 0:
+        raise ValueError("the aggregation window and the burst slot must be > 0")
+    t0 = requests[0].t
+    count = int((requests[-1].t - t0) // window_s) + 1
+    n = [0] * count
+    prompt = [0.0] * count
+    output = [0.0] * count
+    for r in requests:
+        k = min(count - 1, int((r.t - t0) // window_s))
+        n[k] += 1
+        prompt[k] += r.prompt
+        output[k] += r.output
+    windows: list[RateWindow] = []
+    last = (0.0, 0.0)
+    for k in range(count):
+        if n[k]:
+            last = (prompt[k] / n[k], output[k] / n[k])
+        windows.append(RateWindow(k * window_s, window_s, n[k] / window_s, *last))
+    slots: dict[int, int] = {}
+    for r in requests:
+        j = int((r.t - t0) // burst_seconds)
+        slots[j] = slots.get(j, 0) + 1
+    excess = weight = 0.0
+    for j in range(int((requests[-1].t - t0) // burst_seconds) + 1):
+        start = j * burst_seconds
+        k = min(count - 1, int(start // window_s))
+        m = windows[k].rps * burst_seconds
+        c = slots.get(j, 0)
+        excess += (c - m) ** 2 - m
+        weight += m * m
+    burst_cv = math.sqrt(max(0.0, excess / weight)) if weight > 0 else 0.0
+    return Aggregated(
+        windows, _cv([r.prompt for r in requests]), _cv([r.output for r in requests]), burst_cv
+    )
+
+
+def _cv(values: Sequence[int]) -> float:
+    mean = sum(values) / len(values)
+    if mean <= 0:
+        return 0.0
+    var = sum((v - mean) ** 2 for v in values) / len(values)
+    return math.sqrt(var) / mean
+
+
 __all__ = [
+    "AGGREGATE_WINDOW_S",
     "RATE_COLUMNS",
     "ArrivalSpec",
     "FluidDemand",
     "RateWindow",
+    "aggregate_requests",
     "fluid_demand",
     "generate_requests",
     "is_rate_trace",
