@@ -209,7 +209,9 @@ def test_aggregating_a_request_trace() -> None:
     assert aggregate_requests([]).windows == []
 
 
-def test_a_long_request_trace_runs_aggregated_with_its_own_spread(tmp_path: Path) -> None:
+def test_a_long_request_trace_runs_aggregated_with_its_own_spread(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     reqs = _poisson(0.5, 7 * 3600.0, 3)
     p = tmp_path / "trace.csv"
     rows = "".join(f"{round(r.t * 1e7)},{r.prompt},{r.output}\n" for r in reqs)
@@ -218,6 +220,7 @@ def test_a_long_request_trace_runs_aggregated_with_its_own_spread(tmp_path: Path
     report = sim.run_cli(args)  # --engine auto: beyond 6 hours, the fluid engine
     assert report is not None
     assert "static-peak" in [r.policy for r in report.results]
+    assert f"{len(reqs)} requests of {p} aggregated into 42 windows" in capsys.readouterr().err
     # Within 6 hours, or --engine requests, the per-request engine replays the trace.
     args = argparse.Namespace(trace=str(p), plot=None, json=False, engine="requests",
                               duration=3600.0)  # fmt: skip

@@ -13,6 +13,7 @@ from typing import Any
 
 from tokenyard.autoscaler.sim.fluid import POOL_PEAK_SHARE, pool_rate, route_shares, simulate_fluid
 from tokenyard.autoscaler.sim.rates import (
+    AGGREGATE_WINDOW_S,
     Aggregated,
     ArrivalSpec,
     RateWindow,
@@ -28,7 +29,8 @@ from tokenyard.autoscaler.sim.scenario import Scenario, load_scenario
 from tokenyard.autoscaler.sim.trace import TraceRequest, read_trace, thin
 
 FLUID_BEYOND_S = 6 * 3600.0
-"""--engine auto: rate traces longer than this run on the fluid engine."""
+"""--engine auto: traces longer than this run on the fluid engine (a request trace
+aggregated, :func:`~tokenyard.autoscaler.sim.rates.aggregate_requests`)."""
 
 
 def main(args: argparse.Namespace) -> int:
@@ -175,6 +177,16 @@ def _simulate_aggregated(
     requests' own times are not replayed: burstiness within a slot is lost."""
     agg = aggregate_requests(trace)
     spec = arrival_spec(args, agg)
+    # On stderr: the report's request count is then the generated load's, not the trace's.
+    print(
+        f"simulate: {len(trace)} requests of {args.trace} aggregated into "
+        f"{len(agg.windows)} windows of {AGGREGATE_WINDOW_S:g}s for the fluid engine "
+        f"(prompt CV {spec.prompt_cv:.2f}, output CV {spec.output_cv:.2f}, "
+        f"{spec.process} arrivals"
+        + (f", burst CV {spec.burst_cv:.2f}" if spec.process == "bursty" else "")
+        + "; generated from the seed)",
+        file=sys.stderr,
+    )
     demand = fluid_demand(
         agg.windows, route_shares(scenario), step_s=_step(args), seed=scenario.seed, spec=spec
     )
