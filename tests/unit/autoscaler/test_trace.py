@@ -60,6 +60,16 @@ def test_parse_timestamp_fraction_digits() -> None:
     assert parse_timestamp("1970-01-01T00:00:01.0000001") == pytest.approx(1.0000001)
 
 
+def test_parse_timestamp_with_a_utc_offset() -> None:
+    # Azure's 2024 traces: six fractional digits and an offset, or no fraction at all.
+    assert parse_timestamp("1970-01-01 00:00:01.009930+00:00") == pytest.approx(1.00993)
+    assert parse_timestamp("1970-01-01 00:00:01+00:00") == pytest.approx(1.0)
+    assert parse_timestamp("1970-01-01T01:00:01.25+01:00") == pytest.approx(1.25)
+    assert parse_timestamp("1970-01-01T00:00:01.25Z") == pytest.approx(1.25)
+    with pytest.raises(ValueError):
+        parse_timestamp("yesterday")
+
+
 def test_shared_trace_reads_whole(repo_root: Path) -> None:
     path = repo_root.parent / "shared" / "traces" / "azure_llm_code_2023.csv"
     if not path.is_file():

@@ -48,19 +48,26 @@ class TraceRequest:
 
 
 def parse_timestamp(raw: str) -> float:
-    """Seconds since the Unix epoch (naive times read as UTC) or ticks / 1e7."""
+    """Seconds since the Unix epoch or ticks / 1e7. A wall-clock time may carry up to
+    seven fractional digits (more than ``datetime`` reads) and a UTC offset (``Z``,
+    ``+00:00``, as Azure's 2024 traces write it); without one it is read as UTC."""
     raw = raw.strip()
     try:
         return int(raw) / TICKS_PER_SECOND
     except ValueError:
         pass
-    base, _, frac = raw.partition(".")
-    dt = datetime.fromisoformat(base.replace("T", " "))
+    base, dot, rest = raw.partition(".")
+    digits = ""
+    if dot:
+        n = len(rest) - len(rest.lstrip("0123456789"))
+        digits, zone = rest[:n], rest[n:]
+        base += zone  # the offset after the fraction, if any
+    base = base.replace("T", " ")
+    if base.endswith("Z"):
+        base = base[:-1] + "+00:00"
+    dt = datetime.fromisoformat(base)
     seconds = dt.timestamp() if dt.tzinfo else dt.replace(tzinfo=UTC).timestamp()
-    if frac:
-        digits = "".join(ch for ch in frac if ch.isdigit())
-        seconds += int(digits) / 10 ** len(digits) if digits else 0.0
-    return seconds
+    return seconds + (int(digits) / 10 ** len(digits) if digits else 0.0)
 
 
 @dataclass(frozen=True)
