@@ -307,27 +307,22 @@ def aggregate_requests(
     n = [0] * count
     prompt = [0.0] * count
     output = [0.0] * count
+    slots = [0] * (int((requests[-1].t - t0) // burst_seconds) + 1)
     for r in requests:
         k = min(count - 1, int((r.t - t0) // window_s))
         n[k] += 1
         prompt[k] += r.prompt
         output[k] += r.output
+        slots[int((r.t - t0) // burst_seconds)] += 1
     windows: list[RateWindow] = []
     last = (0.0, 0.0)
     for k in range(count):
         if n[k]:
             last = (prompt[k] / n[k], output[k] / n[k])
         windows.append(RateWindow(k * window_s, window_s, n[k] / window_s, *last))
-    slots: dict[int, int] = {}
-    for r in requests:
-        j = int((r.t - t0) // burst_seconds)
-        slots[j] = slots.get(j, 0) + 1
     excess = weight = 0.0
-    for j in range(int((requests[-1].t - t0) // burst_seconds) + 1):
-        start = j * burst_seconds
-        k = min(count - 1, int(start // window_s))
-        m = windows[k].rps * burst_seconds
-        c = slots.get(j, 0)
+    for j, c in enumerate(slots):
+        m = windows[min(count - 1, int(j * burst_seconds // window_s))].rps * burst_seconds
         excess += (c - m) ** 2 - m
         weight += m * m
     burst_cv = math.sqrt(max(0.0, excess / weight)) if weight > 0 else 0.0

@@ -81,13 +81,15 @@ class _Columns:
     seconds: Callable[[Any], float]
 
 
-def _number(scale: float) -> Callable[[Any], float]:
-    def read(raw: Any) -> float:
-        if isinstance(raw, bool):
-            raise TypeError(f"not a number: {raw!r}")
-        return float(raw) * scale
+def _real(raw: Any) -> float:
+    """A CSV field or JSON value as a number (JSON's true and false are not one)."""
+    if isinstance(raw, bool):
+        raise TypeError(f"not a number: {raw!r}")
+    return float(raw)
 
-    return read
+
+def _number(scale: float) -> Callable[[Any], float]:
+    return lambda raw: _real(raw) * scale
 
 
 AZURE = _Columns("Azure", "TIMESTAMP", "ContextTokens", "GeneratedTokens", parse_timestamp)
@@ -96,9 +98,7 @@ MOONCAKE = _Columns("Mooncake", "timestamp", "input_length", "output_length", _n
 
 
 def _tokens(raw: Any) -> int:
-    if isinstance(raw, bool):
-        raise TypeError(f"not a number: {raw!r}")
-    return max(0, int(float(raw)))
+    return max(0, int(_real(raw)))
 
 
 def _requests(items: Iterable[tuple[int, Any]], cols: _Columns) -> list[TraceRequest]:
