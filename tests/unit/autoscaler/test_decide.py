@@ -20,7 +20,12 @@ from tokenyard.autoscaler.decide import (
     cost_per_1m,
     decide_pool,
 )
-from tokenyard.autoscaler.decide.recommend import _down_estimate, _down_window, budget_margin
+from tokenyard.autoscaler.decide.recommend import (
+    _down_estimate,
+    _down_window,
+    budget_margin,
+    return_risk,
+)
 from tokenyard.autoscaler.decide.slo import Workload
 from tokenyard.autoscaler.signals import ModelSignals, unavailable
 
@@ -750,6 +755,79 @@ def test_churn_window_resets_once_the_load_stops_returning() -> None:
     d.run(t, t + 595, _rate(18.0))
     d.run(t + 600, t + 1400, _rate(2.0))
     assert d.v.current_replicas < 4
+
+
+@pytest.mark.parametrize(
+    ("peak", "counted", "n", "cold_start_s", "keep"),
+    [
+        (None, (1e5, 0.0), 1, 120.0, 0),  # nothing measured in the horizon
+        ((0.0, 4.0, 20.0), None, 1, 120.0, 0),  # no first-token counts: the rule stays out
+        ((0.0, 4.0, 20.0), (1e5, 0.0), 4, 120.0, 0),  # n carries the load
+        # 4 replicas' worth at 5 req/s each. Budget 0.5 x 1% x 10,000 = 50 requests; a
+        # return to 1 replica piles up 15 req/s x 120 s: keep what piles up <= 50.
+        ((0.0, 4.0, 20.0), (1e4, 0.0), 1, 120.0, 4),
+        # A busy hour (budget 500) pays for a 30 s cold start of 3 replicas' worth.
+        ((0.0, 4.0, 20.0), (1e5, 0.0), 1, 30.0, 0),
+        # 250 late of it leaves 250: 150 requests per missing replica, so keep 3.
+        ((0.0, 4.0, 20.0), (1e5, 250.0), 1, 30.0, 3),
+        # Misses past the reserve leave nothing: keep the whole load.
+        ((0.0, 4.0, 20.0), (1e5, 600.0), 1, 30.0, 4),
+        ((0.0, 3.5, 17.5), (1e5, 600.0), 1, 30.0, 4),  # rounded up
+    ],
+)
+def test_return_risk_keeps_what_the_miss_budget_cannot_pay_for(
+    peak: tuple[float, float, float] | None,
+    counted: tuple[float, float] | None,
+    n: int,
+    cold_start_s: float,
+    keep: int,
+) -> None:
+    got, why = return_risk(peak, counted, n, cold_start_s, DecisionConfig())
+    assert got == keep
+    assert ("return risk" in why) is (keep > 0)
+
+
+def _counted_rate(rate: float) -> ModelSignals:
+    """:func:`_rate`, with every first token within the SLO (the engines' TTFT counts)."""
+    return replace(_rate(rate), first_tokens_per_s=rate, late_first_tokens_per_s=0.0)
+
+
+def test_return_risk_holds_a_first_burst_through_a_calm_the_churn_rule_has_not_seen() -> None:
+    # The on-off load of the churn tests, with the first-token counts and a 120 s cold
+    # start. The first burst (10,800 requests) leaves a budget of 54 requests; its
+    # return to fewer replicas would pile up 16 req/s x (1 - n / 3.3) for 120 s, far
+    # more: the replicas stay through the first calm, which the churn rule alone gives
+    # back (test_churn_holds_through_a_calm_the_load_came_back_from).
+    v = view(nominal_tokens_per_s=10000.0, ttft_slo_s=5.0, target_ongoing=1e6,
+             cold_start_s=120.0, current_replicas=4, ready_replicas=4)  # fmt: skip
+    d = Driver(v, CHURN)
+    d.run(0, 595, _counted_rate(18.0))
+    dec = d.run(600, 1195, _counted_rate(2.0))
+    assert d.v.current_replicas == 4
+    assert "return risk: a return of the" in dec.reason
+    # The load does not come back: after churn_horizon_s without it, released.
+    d.run(1200, 2300, _counted_rate(2.0))
+    assert d.v.current_replicas == 4
+    d.run(2305, 3000, _counted_rate(2.0))
+    assert d.v.current_replicas < 4
+    # Off, or without the first-token counts: the first calm releases them.
+    for cfg, signals in ((replace(CHURN, return_risk=False), _counted_rate), (CHURN, _rate)):
+        d = Driver(v, cfg)
+        d.run(0, 595, signals(18.0))
+        d.run(600, 1195, signals(2.0))
+        assert d.v.current_replicas < 4
+
+
+def test_return_risk_lets_a_model_that_met_its_slo_risk_a_short_cold_start() -> None:
+    # An hour at 18 req/s within the SLO (budget 324 requests), then a calm: with a 30 s
+    # cold start a return costs 16 req/s x 30 s x (1 - n / 3.3), within the budget
+    # down to 2 replicas' worth, so the scale-down goes on to the SLO model's count.
+    v = view(nominal_tokens_per_s=10000.0, ttft_slo_s=5.0, target_ongoing=1e6,
+             cold_start_s=30.0, current_replicas=4, ready_replicas=4)  # fmt: skip
+    d = Driver(v, CHURN)
+    d.run(0, 3595, _counted_rate(18.0))
+    d.run(3600, 4500, _counted_rate(2.0))
+    assert d.v.current_replicas <= 2
 
 
 def test_a_panic_window_of_few_requests_takes_the_stable_windows_token_means() -> None:

@@ -5,8 +5,10 @@ the workload of the stable and panic windows (:func:`_measure`); KV-cache use, G
 (with a queue) and TTFT over its SLO are guards that each ask for at least some replicas
 (:func:`_asks`); then, in order, the dead band and hysteresis, panic mode, the floor
 (scale to zero), the burst memory, keep-warm, the scale-down limits (with the
-stabilisation window that the cost of churn learns, :func:`_returns`, :func:`_hold_s`),
-the scale-up limits and pre-warm adjust the count. Pure: ``now`` comes in, no clock is read.
+stabilisation window that the cost of churn learns, :func:`_returns`, :func:`_hold_s`,
+and the replicas a return of the last half hour's load needs beyond what the miss budget
+can pay, :func:`return_risk`), the scale-up limits and pre-warm adjust the count. Pure:
+``now`` comes in, no clock is read.
 """
 
 from __future__ import annotations
@@ -94,6 +96,13 @@ class _Load:
     last_prompt: float
     first_seen: float
     basis: str
+    arrivals: float = 0.0
+    """The stable window's arrivals per second, without the queue's term, at the lower
+    bound of their counting noise (0 where too few requests were counted)."""
+    full_load: float = 0.0
+    """Those arrivals in replicas at full utilisation: over the requests per second one
+    replica serves at the window's token means (what a return of this load needs
+    without a queue growing)."""
 
 
 def _workload(
@@ -484,7 +493,18 @@ def _measure(  # noqa: PLR0917
             f"{signals.ongoing:.0f} in flight, no rate measured: "
             f"{conc_stable:.2f} replicas of load at {view.target_ongoing:g} per replica (60s avg)"
         )
+    # The load a scale-down risks should it return (_return_risk): the arrivals as
+    # measured, less the queue's term, at the lower bound of their counting noise, as a
+    # scale-up reads them.
+    arrivals = full_load = 0.0
+    if measured and w_seen.prompt > 0:
+        arrivals = max(0.0, w_seen.rate - seen_backlog)
+        arrivals *= max(0.0, 1 - _relative_error(w_seen, counted, cfg))
+        per_replica = _profile(view, cfg).tokens_per_s(w_seen.prompt, w_seen.output)
+        full_load = arrivals * w_seen.prompt / per_replica if per_replica > 0 else 0.0
     return _Load(
+        arrivals=arrivals,
+        full_load=full_load,
         running=running,
         waiting=waiting,
         active=signals.ongoing > 0 or rps > 0,
@@ -680,6 +700,62 @@ def _returns(
     return (now,) * n + needed[n:], calms
 
 
+def _peaks_to_return(
+    state: ModelState, ld: _Load, now: float, cfg: DecisionConfig
+) -> tuple[tuple[float, float, float], ...]:
+    """The return risk's record (``ModelState.returns``): the measured loads of the last
+    ``churn_horizon_s`` as a sliding maximum of their replicas at full utilisation,
+    with this interval's."""
+    if not cfg.return_risk or cfg.churn_horizon_s <= 0:
+        return ()
+    kept = (r for r in state.returns if r[0] > now - cfg.churn_horizon_s)
+    if ld.full_load <= 0:
+        return tuple(kept)
+    return (*(r for r in kept if r[1] > ld.full_load), (now, ld.full_load, ld.arrivals))
+
+
+def return_risk(
+    peak: tuple[float, float, float] | None,
+    counted: tuple[float, float] | None,
+    n: int,
+    cold_start_s: float,
+    cfg: DecisionConfig,
+) -> tuple[int, str]:
+    """The fewest replicas a scale-down to ``n`` keeps so that a return of the load
+    ``peak`` (time, replicas at full utilisation, arrivals per second: the largest of
+    the last ``churn_horizon_s``) would cost no more misses than the miss budget has
+    left, and why; (0, "") where the scale-down risks nothing the budget cannot pay.
+
+    Should that load come back to ``n`` replicas, requests pile up at the rate it
+    exceeds them by, ``rate x (1 - n / load)``, until a replica asked for then is ready
+    one cold start later: each of those requests waits longer than any queue the SLO
+    model allows (a lower bound on what the return costs; the pile-up also delays the
+    requests behind it). The budget is the reserve that scale-downs keep,
+    ``slo_margin x (1 - slo_target)`` of the requests whose first token came within
+    ``budget_window_s``, less the late ones (``counted``, as measured; None where the
+    engines report no first-token counts: then the rule stays out). A model that has
+    served many requests within its SLO can pay for a replica's cold start; one whose
+    first burst filled little budget keeps the replicas that burst needed through a
+    calm the cost of churn has not learned yet, until ``churn_horizon_s`` has passed
+    without the load."""
+    if peak is None or counted is None:
+        return 0, ""
+    _, load, rate = peak
+    if load <= n or rate <= 0 or cold_start_s <= 0:
+        return 0, ""
+    first, late = counted
+    budget = max(0.0, cfg.slo_margin * (1 - cfg.slo_target) * first - late)
+    per_replica = rate / load
+    if (load - n) * per_replica * cold_start_s <= budget:
+        return 0, ""
+    keep = _ceil(load - budget / (per_replica * cold_start_s))
+    return keep, (
+        f"return risk: a return of the {rate:.2f} req/s of the last"
+        f" {cfg.churn_horizon_s:.0f}s would pile up more requests in a {cold_start_s:g}s"
+        f" cold start than the miss budget has left ({budget:.0f}) below {keep}"
+    )
+
+
 def _hold_s(calms: tuple[tuple[float, float], ...], now: float, cfg: DecisionConfig) -> float:
     """Cost of churn, the rule: the scale-down stabilisation window. The scale-down
     delay, or, where the load returned after a calm within the last
@@ -706,10 +782,12 @@ def _scale_down(  # noqa: PLR0917
     state: ModelState,
     now: float,
     cfg: DecisionConfig,
+    risk: tuple[int, str],
 ) -> tuple[int, str]:
     """A scale-down waits for the cool-down after a scale-up, keeps the largest
-    recommendation of the stabilisation window (:func:`_hold_s`) and keep-warm's count,
-    and halves at most."""
+    recommendation of the stabilisation window (:func:`_hold_s`), keep-warm's count and
+    the return risk's (``risk``: :func:`return_risk`'s count and reason), and halves at
+    most."""
     in_cooldown = (
         state.last_scale_up is not None and now - state.last_scale_up < cfg.scale_down_delay_s
     )
@@ -718,10 +796,12 @@ def _scale_down(  # noqa: PLR0917
     stabilised = max(r[1] for r in recs if r[0] > now - hold_s)
     delayed = max(r[1] for r in recs if r[0] > now - cfg.scale_down_delay_s)
     step_floor = current - max(1, int(current - current / cfg.max_scale_down_rate))
-    target = max(n, stabilised, step_floor, warm)
+    target = max(n, stabilised, step_floor, warm, risk[0])
     if floor == 0 and n == 0 and current == 1:
-        target = max(0, stabilised)
-    if target > n and warm >= target:
+        target = max(0, stabilised, risk[0])
+    if target > n and risk[0] >= target and risk[0] > max(stabilised, step_floor, warm):
+        why = f"{why}; {risk[1]}"
+    elif target > n and warm >= target:
         why = f"{why}; keep-warm: a burst of the last {keep_warm_s:.0f}s needed {warm}"
     elif target > n and stabilised > delayed and stabilised >= target:
         calm = hold_s - cfg.stable_window_s
@@ -893,9 +973,17 @@ def recommend(
     )
     needed, calms = _returns(state, n_capped, now, cfg)
     hold_s = _hold_s(calms, now, cfg)
+    returns = _peaks_to_return(state, ld, now, cfg)
     if n < current:
+        risk = return_risk(
+            returns[0] if returns else None,
+            count if signals.first_tokens_per_s is not None else None,
+            n,
+            view.cold_start_s,
+            cfg,
+        )
         n, why = _scale_down(
-            n, why, current, floor, warm, keep_warm_s, recs, hold_s, state, now, cfg
+            n, why, current, floor, warm, keep_warm_s, recs, hold_s, state, now, cfg, risk
         )
     elif n > current:
         n, why = _scale_up(n, why, view, ld, current, cfg)
@@ -926,6 +1014,7 @@ def recommend(
         needed=needed,
         calms=calms,
         peaks=peaks,
+        returns=returns,
         panic_until=panic_until,
         last_active=last_active,
     )
@@ -943,4 +1032,4 @@ def recommend(
     )
 
 
-__all__ = ["budget_margin", "recommend", "slo_replicas"]
+__all__ = ["budget_margin", "recommend", "return_risk", "slo_replicas"]
