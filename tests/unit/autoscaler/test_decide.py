@@ -24,6 +24,7 @@ from tokenyard.autoscaler.decide.recommend import (
     _down_estimate,
     _down_window,
     budget_margin,
+    return_misses,
     return_risk,
 )
 from tokenyard.autoscaler.decide.slo import Workload
@@ -757,32 +758,63 @@ def test_churn_window_resets_once_the_load_stops_returning() -> None:
     assert d.v.current_replicas < 4
 
 
+# 4 replicas' worth of load at 20 req/s (5 per replica), which the SLO model sized at 5
+# replicas (25 req/s: 5 req/s of spare to drain a queue); TTFT SLO 5 s.
+PEAK = (0.0, 4.0, 20.0, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("m", "cold_start_s", "need", "misses"),
+    [
+        (4, 120.0, 5.0, 0.0),  # the replicas carry the load: nothing piles up
+        # 1 replica: 15 req/s pile up for 120 s (1,800); the queue holds 5 s of work
+        # after 5 / 3 s, so 20 req/s miss for the other 118.3 s; then it drains at
+        # 5 req/s from 1,800 to the 125 that 5 replicas clear in 5 s: 335 s more.
+        (1, 120.0, 5.0, 20 * (120 - 5 / 3) + 20 * (1800 - 125) / 5),
+        # 3 replicas: 5 req/s for 30 s (150); late after 15 s: 300 + 20 x 25 / 5.
+        (3, 30.0, 5.0, 300.0 + 100.0),
+        # A pile-up of 50 that stays under 5 s of work: the pile-up itself (the fluid
+        # queue would miss none; at full utilisation its noise does, measured).
+        (3, 10.0, 5.0, 50.0),
+        (0, 30.0, 5.0, 20 * 30 + 20 * (600 - 125) / 5),  # at zero: late from the start
+        (3, 30.0, 4.0, math.inf),  # an SLO count without spare never drains it
+    ],
+)
+def test_return_misses_of_a_fluid_queue(
+    m: int, cold_start_s: float, need: float, misses: float
+) -> None:
+    assert return_misses(4.0, 20.0, need, m, cold_start_s, 5.0) == pytest.approx(misses)
+
+
 @pytest.mark.parametrize(
     ("peak", "counted", "n", "cold_start_s", "keep"),
     [
-        (None, (1e5, 0.0), 1, 120.0, 0),  # nothing measured in the horizon
-        ((0.0, 4.0, 20.0), None, 1, 120.0, 0),  # no first-token counts: the rule stays out
-        ((0.0, 4.0, 20.0), (1e5, 0.0), 4, 120.0, 0),  # n carries the load
-        # 4 replicas' worth at 5 req/s each. Budget 0.5 x 1% x 10,000 = 50 requests; a
-        # return to 1 replica piles up 15 req/s x 120 s: keep what piles up <= 50.
-        ((0.0, 4.0, 20.0), (1e4, 0.0), 1, 120.0, 4),
-        # A busy hour (budget 500) pays for a 30 s cold start of 3 replicas' worth.
-        ((0.0, 4.0, 20.0), (1e5, 0.0), 1, 30.0, 0),
-        # 250 late of it leaves 250: 150 requests per missing replica, so keep 3.
-        ((0.0, 4.0, 20.0), (1e5, 250.0), 1, 30.0, 3),
+        (None, (1e5, 0.0), 1, 120.0, 0),  # nothing measured in the window
+        (PEAK, None, 1, 120.0, 0),  # no first-token counts: the rule stays out
+        (PEAK, (1e5, 0.0), 4, 120.0, 0),  # n carries the load
+        # Budget 0.5 x 1% x 10,000 = 50: a 120 s cold start misses thousands at any
+        # fewer than 4 (3: 2,100 late while it starts, 1,900 while it drains).
+        (PEAK, (1e4, 0.0), 1, 120.0, 4),
+        # A busy hour (budget 500) and a 30 s cold start: 3 miss 400 (above), 2 miss
+        # 1,200: keep 3.
+        (PEAK, (1e5, 0.0), 1, 30.0, 3),
+        # A 10 s cold start: 1 replica misses 267 of the 500: no hold.
+        (PEAK, (1e5, 0.0), 1, 10.0, 0),
+        # 300 late of the 500 leave 200: 2 replicas (a pile-up of 100) fit, 1 does not.
+        (PEAK, (1e5, 300.0), 1, 10.0, 2),
         # Misses past the reserve leave nothing: keep the whole load.
-        ((0.0, 4.0, 20.0), (1e5, 600.0), 1, 30.0, 4),
-        ((0.0, 3.5, 17.5), (1e5, 600.0), 1, 30.0, 4),  # rounded up
+        (PEAK, (1e5, 600.0), 1, 10.0, 4),
+        ((0.0, 3.5, 17.5, 5.0), (1e5, 600.0), 1, 10.0, 4),  # rounded up
     ],
 )
 def test_return_risk_keeps_what_the_miss_budget_cannot_pay_for(
-    peak: tuple[float, float, float] | None,
+    peak: tuple[float, float, float, float] | None,
     counted: tuple[float, float] | None,
     n: int,
     cold_start_s: float,
     keep: int,
 ) -> None:
-    got, why = return_risk(peak, counted, n, cold_start_s, DecisionConfig())
+    got, why = return_risk(peak, counted, n, cold_start_s, 5.0, DecisionConfig())
     assert got == keep
     assert ("return risk" in why) is (keep > 0)
 
@@ -795,9 +827,9 @@ def _counted_rate(rate: float) -> ModelSignals:
 def test_return_risk_holds_a_first_burst_through_a_calm_the_churn_rule_has_not_seen() -> None:
     # The on-off load of the churn tests, with the first-token counts and a 120 s cold
     # start. The first burst (10,800 requests) leaves a budget of 54 requests; its
-    # return to fewer replicas would pile up 16 req/s x (1 - n / 3.3) for 120 s, far
-    # more: the replicas stay through the first calm, which the churn rule alone gives
-    # back (test_churn_holds_through_a_calm_the_load_came_back_from).
+    # return to fewer replicas would miss thousands: the replicas stay through the
+    # first calm, which the churn rule alone gives back
+    # (test_churn_holds_through_a_calm_the_load_came_back_from).
     v = view(nominal_tokens_per_s=10000.0, ttft_slo_s=5.0, target_ongoing=1e6,
              cold_start_s=120.0, current_replicas=4, ready_replicas=4)  # fmt: skip
     d = Driver(v, CHURN)
@@ -805,10 +837,11 @@ def test_return_risk_holds_a_first_burst_through_a_calm_the_churn_rule_has_not_s
     dec = d.run(600, 1195, _counted_rate(2.0))
     assert d.v.current_replicas == 4
     assert "return risk: a return of the" in dec.reason
-    # The load does not come back: after churn_horizon_s without it, released.
-    d.run(1200, 2300, _counted_rate(2.0))
+    # The load does not come back: once budget_window_s has passed since it was
+    # last seen, released.
+    d.run(1200, 4100, _counted_rate(2.0))
     assert d.v.current_replicas == 4
-    d.run(2305, 3000, _counted_rate(2.0))
+    d.run(4105, 4800, _counted_rate(2.0))
     assert d.v.current_replicas < 4
     # Off, or without the first-token counts: the first calm releases them.
     for cfg, signals in ((replace(CHURN, return_risk=False), _counted_rate), (CHURN, _rate)):
@@ -819,15 +852,16 @@ def test_return_risk_holds_a_first_burst_through_a_calm_the_churn_rule_has_not_s
 
 
 def test_return_risk_lets_a_model_that_met_its_slo_risk_a_short_cold_start() -> None:
-    # An hour at 18 req/s within the SLO (budget 324 requests), then a calm: with a 30 s
-    # cold start a return costs 16 req/s x 30 s x (1 - n / 3.3), within the budget
-    # down to 2 replicas' worth, so the scale-down goes on to the SLO model's count.
-    v = view(nominal_tokens_per_s=10000.0, ttft_slo_s=5.0, target_ongoing=1e6,
-             cold_start_s=30.0, current_replicas=4, ready_replicas=4)  # fmt: skip
-    d = Driver(v, CHURN)
-    d.run(0, 3595, _counted_rate(18.0))
-    d.run(3600, 4500, _counted_rate(2.0))
-    assert d.v.current_replicas <= 2
+    # An hour at 18 req/s within the SLO (budget about 250 requests by the calm), then a
+    # calm: with a 10 s cold start a return to one replica would miss about 200, so the
+    # scale-down goes on to the SLO model's count; with a 120 s one it would not.
+    for cold_start_s, fewest in ((10.0, 1), (120.0, 4)):
+        v = view(nominal_tokens_per_s=10000.0, ttft_slo_s=5.0, target_ongoing=1e6,
+                 cold_start_s=cold_start_s, current_replicas=4, ready_replicas=4)  # fmt: skip
+        d = Driver(v, CHURN)
+        d.run(0, 3595, _counted_rate(18.0))
+        d.run(3600, 4500, _counted_rate(2.0))
+        assert d.v.current_replicas == fewest
 
 
 def test_a_panic_window_of_few_requests_takes_the_stable_windows_token_means() -> None:

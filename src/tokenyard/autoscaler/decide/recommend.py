@@ -702,57 +702,83 @@ def _returns(
 
 def _peaks_to_return(
     state: ModelState, ld: _Load, now: float, cfg: DecisionConfig
-) -> tuple[tuple[float, float, float], ...]:
+) -> tuple[tuple[float, float, float, float], ...]:
     """The return risk's record (``ModelState.returns``): the measured loads of the last
-    ``churn_horizon_s`` as a sliding maximum of their replicas at full utilisation,
+    ``budget_window_s`` as a sliding maximum of their replicas at full utilisation,
     with this interval's."""
-    if not cfg.return_risk or cfg.churn_horizon_s <= 0:
+    if not cfg.return_risk or cfg.budget_window_s <= 0:
         return ()
-    kept = (r for r in state.returns if r[0] > now - cfg.churn_horizon_s)
+    kept = (r for r in state.returns if r[0] > now - cfg.budget_window_s)
     if ld.full_load <= 0:
         return tuple(kept)
-    return (*(r for r in kept if r[1] > ld.full_load), (now, ld.full_load, ld.arrivals))
+    entry = (now, ld.full_load, ld.arrivals, ld.stable)
+    return (*(r for r in kept if r[1] > ld.full_load), entry)
 
 
-def return_risk(
-    peak: tuple[float, float, float] | None,
+def return_misses(  # noqa: PLR0917
+    load: float, rate: float, need: float, m: int, cold_start_s: float, slo_s: float
+) -> float:
+    """Requests that a return of ``rate`` (``load`` replicas at full utilisation, which
+    the SLO model sized at ``need``) to ``m`` replicas would make wait past ``slo_s``.
+
+    The queue grows at what the rate exceeds the ``m`` replicas by until the replicas
+    asked for then (``need``) are ready one cold start later; from the moment it holds
+    more than ``slo_s`` of their work, arrivals miss. After the cold start it drains at
+    ``need``'s spare rate, and arrivals keep missing until it is back under ``slo_s``
+    of ``need``'s work. A fluid model: the queueing noise around it is the SLO model's
+    (measured: it undercounts a return near full utilisation, docs/autoscaling.md)."""
+    if m >= load or rate <= 0:
+        return 0.0
+    mu = rate / load
+    excess = rate - m * mu
+    backlog = excess * cold_start_s
+    until_late = m * mu * slo_s / excess
+    during = rate * max(0.0, cold_start_s - until_late)
+    spare = need * mu - rate
+    if spare <= 0:
+        return math.inf
+    return max(backlog, during + rate * max(0.0, backlog - need * mu * slo_s) / spare)
+
+
+def return_risk(  # noqa: PLR0917
+    peak: tuple[float, float, float, float] | None,
     counted: tuple[float, float] | None,
     n: int,
     cold_start_s: float,
+    slo_s: float,
     cfg: DecisionConfig,
 ) -> tuple[int, str]:
     """The fewest replicas a scale-down to ``n`` keeps so that a return of the load
-    ``peak`` (time, replicas at full utilisation, arrivals per second: the largest of
-    the last ``churn_horizon_s``) would cost no more misses than the miss budget has
-    left, and why; (0, "") where the scale-down risks nothing the budget cannot pay.
+    ``peak`` (time, replicas at full utilisation, arrivals per second and the SLO
+    model's count for them: the largest load of the last ``budget_window_s``) would
+    cost no more misses (:func:`return_misses`) than the miss budget has left, and
+    why; (0, "") where the scale-down risks nothing the budget cannot pay.
 
-    Should that load come back to ``n`` replicas, requests pile up at the rate it
-    exceeds them by, ``rate x (1 - n / load)``, until a replica asked for then is ready
-    one cold start later: each of those requests waits longer than any queue the SLO
-    model allows (a lower bound on what the return costs; the pile-up also delays the
-    requests behind it). The budget is the reserve that scale-downs keep,
-    ``slo_margin x (1 - slo_target)`` of the requests whose first token came within
-    ``budget_window_s``, less the late ones (``counted``, as measured; None where the
-    engines report no first-token counts: then the rule stays out). A model that has
-    served many requests within its SLO can pay for a replica's cold start; one whose
-    first burst filled little budget keeps the replicas that burst needed through a
-    calm the cost of churn has not learned yet, until ``churn_horizon_s`` has passed
-    without the load."""
+    The budget is the reserve that scale-downs keep, ``slo_margin x (1 - slo_target)``
+    of the requests whose first token came within ``budget_window_s``, less the late
+    ones (``counted``, as measured; None where the engines report no first-token counts:
+    then the rule stays out). A return within that window spends the same budget. A
+    model that has served many requests within its SLO can pay for a replica's cold
+    start; one whose first burst filled little budget keeps the replicas that burst
+    needed through a calm the cost of churn has not learned yet, until
+    ``budget_window_s`` has passed without the load."""
     if peak is None or counted is None:
         return 0, ""
-    _, load, rate = peak
+    _, load, rate, need = peak
     if load <= n or rate <= 0 or cold_start_s <= 0:
         return 0, ""
     first, late = counted
     budget = max(0.0, cfg.slo_margin * (1 - cfg.slo_target) * first - late)
-    per_replica = rate / load
-    if (load - n) * per_replica * cold_start_s <= budget:
+    keep = n
+    while keep < load and return_misses(load, rate, need, keep, cold_start_s, slo_s) > budget:
+        keep += 1
+    if keep == n:
         return 0, ""
-    keep = _ceil(load - budget / (per_replica * cold_start_s))
     return keep, (
         f"return risk: a return of the {rate:.2f} req/s of the last"
-        f" {cfg.churn_horizon_s:.0f}s would pile up more requests in a {cold_start_s:g}s"
-        f" cold start than the miss budget has left ({budget:.0f}) below {keep}"
+        f" {cfg.budget_window_s:.0f}s to fewer than {keep} would miss more requests"
+        f" in a {cold_start_s:g}s cold start and its drain than the miss budget has"
+        f" left ({budget:.0f})"
     )
 
 
@@ -980,6 +1006,7 @@ def recommend(
             count if signals.first_tokens_per_s is not None else None,
             n,
             view.cold_start_s,
+            view.ttft_slo_s,
             cfg,
         )
         n, why = _scale_down(
@@ -1032,4 +1059,4 @@ def recommend(
     )
 
 
-__all__ = ["budget_margin", "recommend", "return_risk", "slo_replicas"]
+__all__ = ["budget_margin", "recommend", "return_misses", "return_risk", "slo_replicas"]

@@ -344,11 +344,11 @@ class ModelState:
     peaks: tuple[tuple[float, float], ...] = ()
     """(time, replicas a burst needed) over the keep-warm window, a sliding maximum: each
     entry is larger than every later one, so the first is the window's maximum."""
-    returns: tuple[tuple[float, float, float], ...] = ()
-    """(time, replicas at full utilisation, arrivals per second) of each stable
-    window's load over ``churn_horizon_s``, a sliding maximum of the replicas: each
-    entry's is larger than every later one's, so the first is the load a scale-down
-    risks should it return (``DecisionConfig.return_risk``)."""
+    returns: tuple[tuple[float, float, float, float], ...] = ()
+    """(time, replicas at full utilisation, arrivals per second, the SLO model's count)
+    of each stable window's load over ``budget_window_s``, a sliding maximum of the
+    replicas: each entry's is larger than every later one's, so the first is the load a
+    scale-down risks should it return (``DecisionConfig.return_risk``)."""
     attained: tuple[tuple[float, float, float], ...] = ()
     """(time, requests per second whose first token came, those later than the SLO)
     over ``budget_window_s``: the measured attainment that decides how much of the
