@@ -234,6 +234,19 @@ def test_zero_replicas_activate_on_the_first_request() -> None:
     dec = d.step(5, sig(waiting=3))
     assert dec.desired == 1
     assert dec.write
+    # Nothing is ready, so the request is also a panic: the reason names the count.
+    assert dec.reason == "panic: SLO model needs 1 at the 6s workload -> 1"
+
+
+def test_a_scale_down_to_one_under_a_trickle_does_not_read_as_activating() -> None:
+    # A trickle too small to measure (a request finishing now and then, none in flight)
+    # asks for no replica; one is kept while requests come, and the scale-down's reason
+    # says so: it read "activating: requests waiting at zero replicas" from 2 replicas.
+    d = Driver(view(current_replicas=2, ready_replicas=2))
+    dec = d.run(0, 120, sig(request_rate=0.05))
+    assert d.changes == 1 and d.v.current_replicas == 1
+    assert "at least 1 while requests come" in dec.reason
+    assert "activating" not in dec.reason
 
 
 def test_missing_metrics_hold_and_never_zero() -> None:

@@ -632,7 +632,9 @@ def _panic(  # noqa: PLR0917
         panic_until = now + cfg.stable_window_s
     panic = panic_until is not None and now < panic_until
     if panic and panic_want >= n:
-        n, why = panic_want, f"panic: SLO model needs {ld.panic_avg:.0f} at the 6s workload"
+        # The count asked for (rounded up), not the load rounded: "needs 0 -> 1" read
+        # as a contradiction under a trickle.
+        n, why = panic_want, f"panic: SLO model needs {panic_want} at the 6s workload"
     if panic:
         n = max(n, current)
     return n, why, panic, panic_until
@@ -653,7 +655,14 @@ def _floor(  # noqa: PLR0917
         if floor == 0 and n == 0 and current > 0:
             why = f"idle {idle_for:.0f}s >= {view.scale_to_zero_after_s or 0:g}s: scale to zero"
     if ld.active and n == 0:
-        n, why = 1, "activating: requests waiting at zero replicas"
+        # At zero replicas this wakes the model; above it, it only says why the count
+        # stops at one (the reason is read on scale-downs too).
+        n = 1
+        why = (
+            "activating: requests waiting at zero replicas"
+            if current == 0
+            else f"{why}; at least 1 while requests come"
+        )
     return n, why, floor
 
 
