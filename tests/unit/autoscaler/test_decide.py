@@ -28,6 +28,7 @@ from tokenyard.autoscaler.decide.recommend import (
     return_risk,
 )
 from tokenyard.autoscaler.decide.slo import Workload
+from tokenyard.autoscaler.decide.views import ReturnPeak
 from tokenyard.autoscaler.signals import ModelSignals, unavailable
 
 POOL = PoolView(name="p", classes={"gpu": ClassLimit(max_gpus=None, price_per_gpu_hour=1.0)})
@@ -773,7 +774,7 @@ def test_churn_window_resets_once_the_load_stops_returning() -> None:
 
 # 4 replicas' worth of load at 20 req/s (5 per replica), which the SLO model sized at 5
 # replicas (25 req/s: 5 req/s of spare to drain a queue); TTFT SLO 5 s.
-PEAK = (0.0, 4.0, 20.0, 5.0)
+PEAK = (0.0, 4.0, 20.0, 5.0, None)
 
 
 @pytest.mark.parametrize(
@@ -817,11 +818,11 @@ def test_return_misses_of_a_fluid_queue(
         (PEAK, (1e5, 300.0), 1, 10.0, 2),
         # Misses past the reserve leave nothing: keep the whole load.
         (PEAK, (1e5, 600.0), 1, 10.0, 4),
-        ((0.0, 3.5, 17.5, 5.0), (1e5, 600.0), 1, 10.0, 4),  # rounded up
+        ((0.0, 3.5, 17.5, 5.0, None), (1e5, 600.0), 1, 10.0, 4),  # rounded up
     ],
 )
 def test_return_risk_keeps_what_the_miss_budget_cannot_pay_for(
-    peak: tuple[float, float, float, float] | None,
+    peak: ReturnPeak | None,
     counted: tuple[float, float] | None,
     n: int,
     cold_start_s: float,
@@ -830,6 +831,25 @@ def test_return_risk_keeps_what_the_miss_budget_cannot_pay_for(
     got, why = return_risk(peak, counted, n, cold_start_s, 5.0, DecisionConfig())
     assert got == keep
     assert ("return risk" in why) is (keep > 0)
+
+
+def test_return_risk_prices_replicas_short_of_the_slo_count_with_its_miss_share() -> None:
+    # The SLO model's miss share (a test double: half at 4 replicas, none at 5, all
+    # past full utilisation) for the replicas left while the ones asked for start.
+    peak: ReturnPeak = (0.0, 4.0, 20.0, 5.0, Workload(rate=20.0, prompt=2000.0))
+    cfg = DecisionConfig()
+
+    def share(_: Workload, m: int) -> float:
+        return 1.0 if m < 4 else (0.5 if m == 4 else 0.0)
+
+    # 4 carry the load (the fluid queue: none late) but miss 0.5 x 20 x 30 s = 300.
+    assert return_risk(peak, (1e5, 0.0), 4, 30.0, 5.0, cfg, share) == (0, "")  # of 500
+    assert return_risk(peak, (1e5, 300.0), 4, 30.0, 5.0, cfg, share)[0] == 5  # of 200
+    # From 2: 3 replicas miss max(400 by the fluid queue, 600 by the share) > 500.
+    assert return_risk(peak, (1e5, 0.0), 2, 30.0, 5.0, cfg, share)[0] == 4
+    # Without a workload recorded, or without the share: the fluid queue alone.
+    assert return_risk((*peak[:4], None), (1e5, 0.0), 2, 30.0, 5.0, cfg, share)[0] == 3
+    assert return_risk(peak, (1e5, 0.0), 2, 30.0, 5.0, cfg)[0] == 3
 
 
 def _counted_rate(rate: float) -> ModelSignals:

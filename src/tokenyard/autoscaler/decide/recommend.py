@@ -31,6 +31,7 @@ from tokenyard.autoscaler.decide.views import (
     ModelState,
     ModelView,
     Recommendation,
+    ReturnPeak,
 )
 from tokenyard.autoscaler.signals import ModelSignals
 
@@ -103,6 +104,8 @@ class _Load:
     """Those arrivals in replicas at full utilisation: over the requests per second one
     replica serves at the window's token means (what a return of this load needs
     without a queue growing)."""
+    arrivals_workload: Workload | None = None
+    """The window's workload at those arrivals, as the SLO model prices it."""
 
 
 def _workload(
@@ -497,14 +500,17 @@ def _measure(  # noqa: PLR0917
     # measured, less the queue's term, at the lower bound of their counting noise, as a
     # scale-up reads them.
     arrivals = full_load = 0.0
+    arrivals_workload = None
     if measured and w_seen.prompt > 0:
         arrivals = max(0.0, w_seen.rate - seen_backlog)
         arrivals *= max(0.0, 1 - _relative_error(w_seen, counted, cfg))
         per_replica = _profile(view, cfg).tokens_per_s(w_seen.prompt, w_seen.output)
         full_load = arrivals * w_seen.prompt / per_replica if per_replica > 0 else 0.0
+        arrivals_workload = bursty(w_seen.at_rate(arrivals))
     return _Load(
         arrivals=arrivals,
         full_load=full_load,
+        arrivals_workload=arrivals_workload,
         running=running,
         waiting=waiting,
         active=signals.ongoing > 0 or rps > 0,
@@ -711,7 +717,7 @@ def _returns(
 
 def _peaks_to_return(
     state: ModelState, ld: _Load, now: float, cfg: DecisionConfig
-) -> tuple[tuple[float, float, float, float], ...]:
+) -> tuple[ReturnPeak, ...]:
     """The return risk's record (``ModelState.returns``): the measured loads of the last
     ``budget_window_s`` as a sliding maximum of their replicas at full utilisation,
     with this interval's."""
@@ -720,7 +726,7 @@ def _peaks_to_return(
     kept = (r for r in state.returns if r[0] > now - cfg.budget_window_s)
     if ld.full_load <= 0:
         return tuple(kept)
-    entry = (now, ld.full_load, ld.arrivals, ld.stable)
+    entry = (now, ld.full_load, ld.arrivals, ld.stable, ld.arrivals_workload)
     return (*(r for r in kept if r[1] > ld.full_load), entry)
 
 
@@ -750,18 +756,27 @@ def return_misses(  # noqa: PLR0917
 
 
 def return_risk(  # noqa: PLR0917
-    peak: tuple[float, float, float, float] | None,
+    peak: ReturnPeak | None,
     counted: tuple[float, float] | None,
     n: int,
     cold_start_s: float,
     slo_s: float,
     cfg: DecisionConfig,
+    miss_share: Callable[[Workload, int], float] | None = None,
 ) -> tuple[int, str]:
     """The fewest replicas a scale-down to ``n`` keeps so that a return of the load
-    ``peak`` (time, replicas at full utilisation, arrivals per second and the SLO
-    model's count for them: the largest load of the last ``budget_window_s``) would
-    cost no more misses (:func:`return_misses`) than the miss budget has left, and
+    ``peak`` (time, replicas at full utilisation, arrivals per second, the SLO model's
+    count for them and their workload: the largest load of the last
+    ``budget_window_s``) would cost no more misses than the miss budget has left, and
     why; (0, "") where the scale-down risks nothing the budget cannot pay.
+
+    The misses of a return to m replicas are the larger of the fluid queue's
+    (:func:`return_misses`) and, where the workload is recorded and ``miss_share``
+    (the SLO model's predicted miss share of a workload at m replicas) is given, that
+    share of the arrivals over one cold start: the m replicas serve alone until the
+    ones asked for then are ready, so m that carry the load but fall short of the SLO
+    model's count still cost their share, and past full utilisation the queueing noise
+    makes arrivals late before the fluid queue would.
 
     The budget is the reserve that scale-downs keep, ``slo_margin x (1 - slo_target)``
     of the requests whose first token came within ``budget_window_s``, less the late
@@ -773,13 +788,24 @@ def return_risk(  # noqa: PLR0917
     ``budget_window_s`` has passed without the load."""
     if peak is None or counted is None:
         return 0, ""
-    _, load, rate, need = peak
-    if load <= n or rate <= 0 or cold_start_s <= 0:
+    _, load, rate, need, w = peak
+    most = max(load, need) if w is not None and miss_share is not None else load
+    if most <= n or rate <= 0 or cold_start_s <= 0:
         return 0, ""
     first, late = counted
     budget = max(0.0, cfg.slo_margin * (1 - cfg.slo_target) * first - late)
+
+    def misses(m: int) -> float:
+        fluid = return_misses(load, rate, need, m, cold_start_s, slo_s)
+        if w is None or miss_share is None:
+            return fluid
+        # Until the replicas asked for then are ready, the m replicas miss the SLO
+        # model's share of the load (all of it past full utilisation, where the fluid
+        # queue still counts the first seconds as on time): the larger of the two.
+        return max(fluid, miss_share(w, m) * rate * cold_start_s)
+
     keep = n
-    while keep < load and return_misses(load, rate, need, keep, cold_start_s, slo_s) > budget:
+    while keep < most and misses(keep) > budget:
         keep += 1
     if keep == n:
         return 0, ""
@@ -1017,6 +1043,7 @@ def recommend(
             view.cold_start_s,
             view.ttft_slo_s,
             cfg,
+            lambda w, m: predict(w, _profile(view, cfg), m, view.ttft_slo_s).miss,
         )
         n, why = _scale_down(
             n, why, current, floor, warm, keep_warm_s, recs, hold_s, state, now, cfg, risk

@@ -17,7 +17,7 @@ from tokenyard.api.model import (
     ModelDeployment,
 )
 from tokenyard.api.pool import ServingPool
-from tokenyard.autoscaler.decide.slo import Router
+from tokenyard.autoscaler.decide.slo import Router, Workload
 
 Mode = Literal["Tokenyard", "Manual", "External"]
 
@@ -83,17 +83,22 @@ class DecisionConfig:
     times ``churn_horizon_s``, so a pattern is kept while it has recurred within four of
     the longest calms the rule holds through."""
     return_risk: bool = True
-    """Return risk: a scale-down below the replicas that the largest load of the last
-    ``churn_horizon_s`` needs at full utilisation goes only as far as the miss budget
-    can pay for that load's return. Requests would pile up at the rate it exceeds the
-    remaining replicas by, for one cold start; a scale-down goes to the fewest replicas
-    for which that pile-up fits in the budget's reserve (``slo_margin`` of
+    """Return risk: a scale-down below what the largest load of the last
+    ``budget_window_s`` needs (its replicas at full utilisation, or the SLO model's
+    count for it) goes only as far as the miss budget can pay for that load's return.
+    Were it to come back, the remaining replicas would serve it alone until the ones
+    asked for then are ready, one cold start later: they miss the SLO model's share of
+    it, and below full utilisation a queue grows that the new replicas then drain (a
+    fluid queue: arrivals are late while it holds more than the TTFT SLO's worth of
+    work, and at least the pile-up itself). A scale-down goes to the fewest replicas
+    whose late requests fit in the budget's reserve: ``slo_margin`` of
     ``1 - slo_target`` over the requests whose first token came within
-    ``budget_window_s``, less the late ones). So a model whose load has filled little
+    ``budget_window_s``, less the late ones. So a model whose load has filled little
     budget (a first burst, a slow cold start) keeps a burst's replicas through a calm
     that the cost of churn has not learned yet, and a busy model that met its SLO may
-    risk a cold start. Needs the engines' first-token counts (vLLM's TTFT histogram);
-    without them the rule stays out. Off: the stabilisation and churn rules alone."""
+    risk a short cold start. Needs the engines' first-token counts (vLLM's TTFT
+    histogram); without them the rule stays out. Off: the stabilisation and churn
+    rules alone."""
     tolerance: float = 0.1
     """Dead band: no change while the ask is within 10% of the current replicas; and the
     hysteresis of SLO sizing: a scale-down goes only to replicas that would still meet
@@ -304,6 +309,10 @@ class PoolView:
         )
 
 
+ReturnPeak = tuple[float, float, float, float, Workload | None]
+"""One entry of ``ModelState.returns``."""
+
+
 @dataclass(frozen=True)
 class ModelState:
     """What one model's decisions carry from one interval to the next."""
@@ -344,11 +353,12 @@ class ModelState:
     peaks: tuple[tuple[float, float], ...] = ()
     """(time, replicas a burst needed) over the keep-warm window, a sliding maximum: each
     entry is larger than every later one, so the first is the window's maximum."""
-    returns: tuple[tuple[float, float, float, float], ...] = ()
-    """(time, replicas at full utilisation, arrivals per second, the SLO model's count)
-    of each stable window's load over ``budget_window_s``, a sliding maximum of the
-    replicas: each entry's is larger than every later one's, so the first is the load a
-    scale-down risks should it return (``DecisionConfig.return_risk``)."""
+    returns: tuple[ReturnPeak, ...] = ()
+    """(time, replicas at full utilisation, arrivals per second, the SLO model's count,
+    the workload at those arrivals) of each stable window's load over
+    ``budget_window_s``, a sliding maximum of the replicas: each entry's is larger than
+    every later one's, so the first is the load a scale-down risks should it return
+    (``DecisionConfig.return_risk``)."""
     attained: tuple[tuple[float, float, float], ...] = ()
     """(time, requests per second whose first token came, those later than the SLO)
     over ``budget_window_s``: the measured attainment that decides how much of the
@@ -390,5 +400,6 @@ __all__ = [
     "ModelView",
     "PoolView",
     "Recommendation",
+    "ReturnPeak",
     "autoscaling_fields",
 ]
