@@ -6,8 +6,8 @@ the workload of the stable and panic windows (:func:`_measure`); KV-cache use, G
 (:func:`_asks`); then, in order, the dead band and hysteresis, panic mode, the floor
 (scale to zero), the burst memory, keep-warm, the scale-down limits (with the
 stabilisation window that the cost of churn learns, :func:`_returns`, :func:`_hold_s`,
-and the replicas a return of the last half hour's load needs beyond what the miss budget
-can pay, :func:`return_risk`), the scale-up limits and pre-warm adjust the count. Pure:
+and the replicas a return of the last hour's load needs beyond what the miss budget can
+pay, :func:`return_risk`), the scale-up limits and pre-warm adjust the count. Pure:
 ``now`` comes in, no clock is read.
 """
 
@@ -496,7 +496,7 @@ def _measure(  # noqa: PLR0917
             f"{signals.ongoing:.0f} in flight, no rate measured: "
             f"{conc_stable:.2f} replicas of load at {view.target_ongoing:g} per replica (60s avg)"
         )
-    # The load a scale-down risks should it return (_return_risk): the arrivals as
+    # The load a scale-down risks should it return (return_risk): the arrivals as
     # measured, less the queue's term, at the lower bound of their counting noise, as a
     # scale-up reads them.
     arrivals = full_load = 0.0
