@@ -481,7 +481,8 @@ def _measure(  # noqa: PLR0917
         *(x for x in state.bursts if x[0] > now - cfg.panic_window_s),
         (now, burst_need),
     )
-    pred = predict(bursty(w_stable), _profile(view, cfg), max(ready, 1), view.ttft_slo_s)
+    profile = _profile(view, cfg)
+    pred = predict(bursty(w_stable), profile, max(ready, 1), view.ttft_slo_s)
     basis = (
         f"{'forecast ' if forecast else ''}{w_stable.rate:.2f} req/s x "
         f"{w_stable.prompt:.0f} prompt tokens "
@@ -504,7 +505,7 @@ def _measure(  # noqa: PLR0917
     if measured and w_seen.prompt > 0:
         arrivals = max(0.0, w_seen.rate - seen_backlog)
         arrivals *= max(0.0, 1 - _relative_error(w_seen, counted, cfg))
-        per_replica = _profile(view, cfg).tokens_per_s(w_seen.prompt, w_seen.output)
+        per_replica = profile.tokens_per_s(w_seen.prompt, w_seen.output)
         full_load = arrivals * w_seen.prompt / per_replica if per_replica > 0 else 0.0
         arrivals_workload = bursty(w_seen.at_rate(arrivals))
     return _Load(
@@ -1036,6 +1037,7 @@ def recommend(
     hold_s = _hold_s(calms, now, cfg)
     returns = _peaks_to_return(state, ld, now, cfg)
     if n < current:
+        profile = _profile(view, cfg)
         risk = return_risk(
             returns[0] if returns else None,
             count if signals.first_tokens_per_s is not None else None,
@@ -1043,7 +1045,7 @@ def recommend(
             view.cold_start_s,
             view.ttft_slo_s,
             cfg,
-            lambda w, m: predict(w, _profile(view, cfg), m, view.ttft_slo_s).miss,
+            lambda w, m: predict(w, profile, m, view.ttft_slo_s).miss,
         )
         n, why = _scale_down(
             n, why, current, floor, warm, keep_warm_s, recs, hold_s, state, now, cfg, risk
