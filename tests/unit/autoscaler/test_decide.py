@@ -26,15 +26,17 @@ from tokenyard.autoscaler.decide.recommend import (
     budget_margin,
     return_misses,
     return_risk,
+    scale_up_z,
+    slo_replicas,
 )
 from tokenyard.autoscaler.decide.slo import Workload
 from tokenyard.autoscaler.decide.views import ReturnPeak
 from tokenyard.autoscaler.signals import ModelSignals, unavailable
 
 POOL = PoolView(name="p", classes={"gpu": ClassLimit(max_gpus=None, price_per_gpu_hour=1.0)})
-# The older rules' tests isolate them from keep-warm and cold-start-awareness, which have
-# tests of their own below.
-FAST = DecisionConfig(scale_down_delay_s=30, keep_warm_usd=0, cold_start_aware=False)
+# The older rules' tests isolate them from keep-warm, cold-start-awareness and the
+# cold start's pile-up, which have tests of their own below.
+FAST = DecisionConfig(scale_down_delay_s=30, keep_warm_usd=0, cold_start_aware=False, pileup=False)
 
 
 def view(name: str = "m", **kw: object) -> ModelView:
@@ -447,12 +449,18 @@ def test_slo_model_scales_down_with_hysteresis() -> None:
 
 
 def test_no_restacking_while_replicas_start() -> None:
-    v = view(current_replicas=2, ready_replicas=1, cold_start_s=120)
-    small = Driver(v).step(0, sig(running=30))  # asks 3 while one replica starts
-    assert small.desired == 2
+    # Eight replicas asked for, four of them starting, no burstier than Poisson:
+    # level_restack_fraction (a quarter) lets an ask of ten or more go now; nine waits
+    # for the starting ones.
+    v = view(current_replicas=8, ready_replicas=4, cold_start_s=120, max_replicas=20)
+    small = Driver(v).step(0, sig(running=90))  # asks 9 while four replicas start
+    assert small.desired == 8
     assert "starting" in small.reason
-    big = Driver(v).step(0, sig(running=50))  # asks 5: at least twice, so it goes
-    assert big.desired == 5
+    big = Driver(v).step(0, sig(running=100))  # asks 10: a quarter more, so it goes
+    assert big.desired == 10
+    # Twice the replicas (restack_fraction) where the load was burstier than Poisson.
+    twice = Driver(v, replace(FAST, level_restack_fraction=1.0)).step(0, sig(running=150))
+    assert twice.desired == 8
 
 
 @pytest.mark.parametrize(
@@ -504,7 +512,7 @@ def test_cold_start_aware_once_the_burst_is_over(aware: bool, decoding: int) -> 
     # prompt mean prices what is in flight.
     v = view(nominal_tokens_per_s=10000.0, ttft_slo_s=5.0, target_ongoing=1000.0,
              cold_start_s=120.0)  # fmt: skip
-    d = Driver(v, DecisionConfig(keep_warm_usd=0, cold_start_aware=aware))
+    d = Driver(v, DecisionConfig(keep_warm_usd=0, cold_start_aware=aware, pileup=False))
     d.run(0, 60, sig(running=1, request_rate=1.0, prompt_tokens_per_s=2000.0, ttft_p95_s=0.5))
     burst = sig(running=6, request_rate=20.0, prompt_tokens_per_s=40000.0, ttft_p95_s=4.4)
     during = d.step(65, burst)
@@ -581,7 +589,7 @@ def test_keep_warm_holds_what_the_slo_model_needed_in_the_last_burst(
     # and without the burst's dispersion priced for the next hour (tested below).
     cfg = DecisionConfig(
         keep_warm_usd=0.1, cold_start_aware=False, scale_down_delay_s=30, confidence_z=0.0,
-        pooled_burstiness=False,
+        pooled_burstiness=False, pileup=False,
     )  # fmt: skip
     v = view(price_per_gpu_hour=price, nominal_tokens_per_s=1000, ttft_slo_s=5.0,
              target_ongoing=1e6)  # fmt: skip
@@ -969,14 +977,17 @@ def test_a_clean_hour_of_first_tokens_spends_the_slo_margins_reserve_on_scale_up
         assert d.v.current_replicas == dec.desired
         return dec
 
-    clean = run(FAST, 0.0)
+    # The lower bound at confidence_z (2 sigma): the margin under test, not how many
+    # looks the window gets (scale_up_z's 2.77 sigma would put it below 4 req/s).
+    band = replace(FAST, false_scale_up_s=0.0)
+    clean = run(band, 0.0)
     assert clean.desired == 1
     assert "adding replicas past 100% of the miss budget" in clean.reason
-    late = run(FAST, 0.012)
+    late = run(band, 0.012)
     assert late.desired == 2
     assert "adding replicas past 50% of the miss budget" in late.reason
-    assert run(FAST, None).desired == 2
-    assert run(replace(FAST, budget_feedback=False), 0.0).desired == 2
+    assert run(band, None).desired == 2
+    assert run(replace(band, budget_feedback=False), 0.0).desired == 2
     # Two replicas at 4 req/s (one would miss about 0.7% at the estimate, known to about
     # 1% after the steady hour), an hour measured clean: the reserve is not spent on a
     # scale-down. Aiming at the whole budget, one replica would do.
@@ -1042,3 +1053,125 @@ def test_recommend_carries_the_attainment_count() -> None:
     _, states = decide_pool(POOL, {"m": v}, {"m": s}, states, now=20.0, cfg=FAST)
     st = states["m"]
     assert st.attained_count == pytest.approx((10.0, 1.0))
+
+
+def _upcrossings(z: float, looks: int, hours: float, seed: int = 0) -> int:
+    """How often the standardised moving sum of ``looks`` independent normal counts,
+    read once per count (a stable window read every decision interval), upcrosses
+    ``z`` in ``hours`` of one-minute windows."""
+    rng = random.Random(seed)
+    window: list[float] = [rng.gauss(0.0, 1.0) for _ in range(looks)]
+    total, above, crossings = sum(window), False, 0
+    for k in range(int(hours * 60 * looks)):
+        x = rng.gauss(0.0, 1.0)
+        total += x - window[k % looks]
+        window[k % looks] = x
+        now_above = total / math.sqrt(looks) > z
+        crossings += now_above and not above
+        above = now_above
+    return crossings
+
+
+@pytest.mark.parametrize("looks", [4, 12])
+def test_the_scale_up_bound_is_crossed_by_noise_about_once_per_false_scale_up_s(
+    looks: int,
+) -> None:
+    # A 60 s window read every 15 s (4 looks) or every 5 s (12): at the 2 sigma band
+    # the moving sum of a steady load crosses three to six times an hour; at scale_up_z it
+    # crosses about once an hour (false_scale_up_s, 3600 s), within counting noise
+    # over 200 hours.
+    cfg = DecisionConfig()
+    z = scale_up_z(looks, cfg)
+    assert z > cfg.confidence_z
+    assert 140 <= _upcrossings(z, looks, 200.0) <= 260
+    assert _upcrossings(cfg.confidence_z, looks, 200.0) > 600
+    # Off, or with a window read once: never below confidence_z.
+    assert scale_up_z(looks, replace(cfg, false_scale_up_s=0.0)) == cfg.confidence_z
+    assert scale_up_z(1, replace(cfg, false_scale_up_s=60.0)) == cfg.confidence_z
+
+
+def _poisson(rng: random.Random, mean: float) -> int:
+    """A Poisson draw (Knuth's product of uniforms; means of a few dozen)."""
+    limit, k, p = math.exp(-mean), 0, rng.random()
+    while p > limit:
+        k, p = k + 1, p * rng.random()
+    return k
+
+
+def _asks_for_more(cfg: DecisionConfig, rate: float, hours: float, seed: int) -> int:
+    """Times the decision asks a fourth replica for three held at a steady compound
+    Poisson load of ``rate`` req/s (2000-token prompts, exponential: cs2 1), read every
+    5 s; the fleet is not changed, so each ask is one crossing of the scale-up bound
+    (the panic rule, at 1.5 times the ready replicas, is out of the noise's reach)."""
+    v = view(nominal_tokens_per_s=10000.0, ttft_slo_s=5.0, target_ongoing=1e6,
+             current_replicas=3, ready_replicas=3, max_replicas=10)  # fmt: skip
+    rng, states, asks, asking = random.Random(seed), {}, 0, False
+    for k in range(int(hours * 720)):
+        n = _poisson(rng, rate * 5)
+        tokens = rng.gammavariate(n, 2000.0) if n else 0.0
+        s = sig(running=1.0, prompt_tokens_per_s=tokens / 5, request_rate=n / 5)
+        d, states = decide_pool(POOL, {"m": v}, {"m": s}, states, now=k * 5.0, cfg=cfg)
+        now_asking = d["m"].desired > 3
+        asks += now_asking and not asking
+        asking = now_asking
+    return asks
+
+
+def test_a_steady_load_at_the_edge_of_the_band_is_not_chased_by_noise() -> None:
+    # A replica prefills 5 req/s of 2000-token prompts (SLO 5 s); the SLO model's
+    # count turns from three to four at ``edge`` req/s. The load sits where its lower
+    # confidence bound at 2 sigma reaches the edge two standard errors above its mean:
+    # read every 5 s, the 2 sigma bound asked for a fourth replica several times an
+    # hour, the bound of scale_up_z about once an hour or less.
+    cfg = replace(FAST, scale_down_delay_s=300.0)
+    one = view(nominal_tokens_per_s=10000.0, ttft_slo_s=5.0)
+    edge = 10.0
+    while slo_replicas(one, Workload(edge + 0.01, 2000.0, cs2=cfg.prompt_scv), cfg) <= 3:
+        edge += 0.01
+    rate = edge
+    for _ in range(50):  # rate (1 - 2 sd)(1 + 2 sd) = edge, sd = sqrt(2 / (60 rate))
+        sd = math.sqrt(2 / (60 * rate))
+        rate = edge / ((1 - 2 * sd) * (1 + 2 * sd))
+    banded = _asks_for_more(replace(cfg, false_scale_up_s=0.0), rate, 4.0, seed=1)
+    looks = _asks_for_more(cfg, rate, 4.0, seed=1)
+    assert banded >= 12
+    assert looks <= 8
+    assert looks * 3 <= banded
+
+
+def test_a_scale_up_drains_what_its_cold_start_piles_up() -> None:
+    # One replica prefills 5 req/s of 2000-token prompts (SLO 5 s, 120 s cold start);
+    # the load steps from 2 to 12 req/s. Panic asks for what the 6 s window's load
+    # needs at its lower confidence bound: three. Until they are ready, the one ready
+    # replica leaves 7 req/s to queue, 840 requests in a cold start, which three (3
+    # req/s spare) drain in 280 s more, every arrival late meanwhile. Sized for the
+    # pile-up as well, four drain it (8 req/s spare) within a cold start.
+    v = view(nominal_tokens_per_s=10000.0, ttft_slo_s=5.0, target_ongoing=1e6,
+             cold_start_s=120.0)  # fmt: skip
+
+    def step(cfg: DecisionConfig, bursty: bool = False) -> Decision:
+        d = Driver(v, cfg)
+        if bursty:  # an hour of 4 req/s in every other 5 s interval, none between
+            for k in range(720):
+                d.step(k * 5.0 - 3600, _rate(4.0 if k % 2 else 0.0))
+        d.run(0, 60, _rate(2.0))
+        d.step(65, _rate(12.0))
+        return d.step(70, _rate(12.0))
+
+    cfg = DecisionConfig(keep_warm_usd=0)
+    piled = step(cfg)
+    assert piled.desired == 4
+    assert piled.reason.startswith("panic: SLO model needs 3 at the 6s workload; 1 more to drain")
+    assert step(replace(cfg, pileup=False)).desired == 3
+    # After an hour burstier than Poisson the queueing model prices the bursts, and a
+    # burst is over before a cold start: no pile-up is added.
+    after_bursts = step(cfg, bursty=True)
+    assert "to drain" not in after_bursts.reason
+    assert after_bursts.desired == step(replace(cfg, pileup=False), bursty=True).desired
+    # A load the ready replicas carry piles up nothing: two replicas at 9 req/s of 10,
+    # with a 1 s SLO the SLO model asks for more, alike with the rule on or off.
+    two = replace(v, current_replicas=2, ready_replicas=2, ttft_slo_s=1.0)
+    on = Driver(two, cfg).run(0, 60, _rate(9.0))
+    off = Driver(two, replace(cfg, pileup=False)).run(0, 60, _rate(9.0))
+    assert on.desired == off.desired > 2
+    assert "to drain" not in on.reason

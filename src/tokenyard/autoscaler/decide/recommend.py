@@ -84,6 +84,17 @@ class _Load:
     (the current count where none fewer do): a scale-down is all it decides."""
     panic_avg: float
     """Replicas the SLO model asks for at the panic window's workload."""
+    up_pileup: Callable[[], float]
+    """Replicas the SLO model asks for at the stable window's workload, as
+    ``stable_up``, plus the queue that the arrivals beyond the ready replicas pile up
+    over one cold start (:func:`_pileup`): the size of a scale-up the stable window
+    triggered (computed when asked for)."""
+    panic_pileup: Callable[[], float]
+    """The same for the panic window's workload: the size of a panic scale-up."""
+    level: bool
+    """The last hour's arrivals were no burstier than Poisson (the pooled ``ca2``): a
+    load past the ready replicas is a level that moved, not a burst the queueing model
+    prices. The pile-up and the raised ask while replicas start apply to it alone."""
     panic_band: float
     """The same at (1 - tolerance) x the panic window's workload, where the panic test
     or the burst memory reads it; else ``panic_avg``."""
@@ -159,14 +170,66 @@ def _scaled(w: Workload, backlog: float, factor: float) -> Workload:
     return w.at_rate(max(0.0, (w.rate - backlog) * factor) + backlog)
 
 
-def _relative_error(w: Workload, count: float, cfg: DecisionConfig) -> float:
-    """``confidence_z`` standard errors of the measured work rate, relative to it. The
-    prompt tokens of a window are a sum over its arrivals: with the counts' index of
-    dispersion ``ca2`` and the prompt lengths' squared CV ``cs2``, the variance of that sum
-    over its mean squared is (ca2 + cs2) / count (compound Poisson for ca2 = 1)."""
+def _pileup(
+    w: Workload, arrivals: float, ready: int, profile: ReplicaProfile, view: ModelView
+) -> Workload:
+    """``w`` with the queue that a scale-up asked for now finds when its replicas are
+    ready added to its rate, spread over one cold start like the measured queue
+    (:func:`_workload`). Until then only the ``ready`` replicas serve: the ``arrivals``
+    (per second, the point estimate) beyond what they carry at the workload's token
+    means pile up for ``cold_start_s``. Replicas sized for the arrivals alone find that
+    queue and drain it at their spare rate: a step from one frontier replica to 21.6
+    req/s (9 req/s each, 120 s cold start) piles up 1,500 requests, which three replicas
+    drain in 280 s with every arrival late; four drain it within the cold start. A
+    load within the ready replicas' capacity piles up nothing."""
+    if w.prompt <= 0 or arrivals <= 0:
+        return w
+    carried = ready * profile.tokens_per_s(w.prompt, w.output) / w.prompt
+    grow = max(0.0, arrivals - carried)
+    return w.at_rate(w.rate + grow * view.cold_start_s / max(view.cold_start_s, view.ttft_slo_s))
+
+
+def _piled_reason(more: int) -> str:
+    return f"{more} more to drain what arrives beyond the ready replicas in a cold start"
+
+
+def _relative_error(
+    w: Workload, count: float, cfg: DecisionConfig, z: float | None = None
+) -> float:
+    """``z`` (``confidence_z`` by default) standard errors of the measured work rate,
+    relative to it. The prompt tokens of a window are a sum over its arrivals: with the
+    counts' index of dispersion ``ca2`` and the prompt lengths' squared CV ``cs2``, the
+    variance of that sum over its mean squared is (ca2 + cs2) / count (compound Poisson
+    for ca2 = 1)."""
     if count <= 0:
         return 0.0
-    return cfg.confidence_z * math.sqrt((w.ca2 + w.cs2) / count)
+    return (cfg.confidence_z if z is None else z) * math.sqrt((w.ca2 + w.cs2) / count)
+
+
+def scale_up_z(looks: int, cfg: DecisionConfig) -> float:
+    """The standard errors below the measured rate at which the stable window's load
+    adds a replica: at least ``confidence_z``, and enough that a steady load at the
+    edge of a count crosses that bound by counting noise about once per
+    ``false_scale_up_s``.
+
+    The window is read ``looks`` times over its length (once per decision interval), so
+    successive readings share all but one interval's arrivals: a moving sum of
+    ``looks`` counts, whose readings one interval apart correlate at 1 - 1/looks. By
+    Rice's formula for such a sequence, its standardised value upcrosses ``z`` about
+    phi(z) / sqrt(pi x looks) times per reading, that is phi(z) x sqrt(looks / pi) /
+    ``stable_window_s`` per second (phi: the standard normal density; checked against a
+    simulated moving sum: 6.2 crossings an hour at z = 2 with 12 readings a minute, 0.96
+    at 2.75). A one-sided 2 sigma band read every 5 s is crossed six times an hour:
+    each crossing a replica added and, minutes later, taken away. A load that truly
+    outgrows its replicas still scales up: its queue grows (the backlog term adds to
+    the load, noise does not accumulate one), and a burst past the panic threshold is
+    the panic rule's."""
+    if cfg.confidence_z <= 0 or cfg.false_scale_up_s <= 0:
+        return cfg.confidence_z
+    density = cfg.stable_window_s * math.sqrt(math.pi / max(looks, 1)) / cfg.false_scale_up_s
+    if density * math.sqrt(2 * math.pi) >= 1:  # a crossing more often than that at z = 0
+        return cfg.confidence_z
+    return max(cfg.confidence_z, math.sqrt(-2 * math.log(density * math.sqrt(2 * math.pi))))
 
 
 def _pooled_ca2(
@@ -381,6 +444,7 @@ def _measure(  # noqa: PLR0917
     # A short window counts few requests: only a load above the lower confidence bound
     # of its work rate (counting noise and the prompt lengths' spread) is a burst.
     rel_panic = _relative_error(w_panic, counted_panic, cfg)
+    panic_arrivals = max(0.0, w_panic.rate - backlog)  # the point estimate: see _pileup
     w_panic = _scaled(w_panic, backlog, max(0.0, 1 - rel_panic))
     load_conc = 0.0
     if rps <= 0 or prompt_rate <= 0 or not measured:
@@ -406,7 +470,9 @@ def _measure(  # noqa: PLR0917
     # at the lower confidence bound needs it, and the fleet is sized (up or down) for the
     # upper bound: counting noise alone neither adds nor removes one. The band is never
     # narrower than the tolerance, so a load that drifts slowly does not flap either.
-    rel = _relative_error(w_stable, counted, cfg) if measured and not forecast else 0.0
+    rel = 0.0
+    if measured and not forecast:
+        rel = _relative_error(w_stable, counted, cfg, scale_up_z(len(rates), cfg))
     # One sample per stable window, measured or not: the quiet minutes of a bursty load
     # (few or no requests) are part of how far it moves.
     minutes = _after(state.minutes, now - cfg.drift_window_s)
@@ -425,6 +491,23 @@ def _measure(  # noqa: PLR0917
 
     def stable_up() -> float:
         return max(float(slo_replicas(view, bursty(up), cfg, margin=margin)), conc_stable)
+
+    profile = _profile(view, cfg)
+    # A load that grows past its ready replicas piles up a queue while the replicas
+    # asked for start, unless its excess is a burst of the kind the queueing model
+    # already prices: where the last hour's arrivals were burstier than Poisson, it
+    # sizes for that burstiness (``pooled``), and a burst is over before a cold start
+    # (the Azure code trace: every such pile-up bought replicas that served no late
+    # request). No burstier than Poisson, a load past the ready replicas is a level
+    # that moved (a step, the start of an active period).
+    level = pooled <= 1.0
+    seen_arrivals = max(0.0, w_seen.rate - seen_backlog) if measured and level else 0.0
+    if not level:
+        panic_arrivals = 0.0
+
+    def up_pileup() -> float:
+        piled = _pileup(up, seen_arrivals, ready, profile, view)
+        return max(float(slo_replicas(view, bursty(piled), cfg, margin=margin)), conc_stable)
 
     drift = state.drift
     first_seen = state.first_seen if state.first_seen is not None else now
@@ -453,6 +536,11 @@ def _measure(  # noqa: PLR0917
             return max(float(slo_replicas(view, bursty(up), cfg)), conc_stable)
 
     panic_avg = max(float(slo_replicas(view, bursty(w_panic), cfg, margin=margin)), conc_panic)
+
+    def panic_pileup() -> float:
+        piled = _pileup(w_panic, panic_arrivals, ready, profile, view)
+        return max(float(slo_replicas(view, bursty(piled), cfg, margin=margin)), conc_panic)
+
     # The panic window's count at (1 - tolerance) x its load: the dead band on the load, not
     # on the count (one replica's count is 2 at any load past what it carries, noise
     # included). Computed only where a rule reads it: the panic test (the count alone
@@ -481,7 +569,6 @@ def _measure(  # noqa: PLR0917
         *(x for x in state.bursts if x[0] > now - cfg.panic_window_s),
         (now, burst_need),
     )
-    profile = _profile(view, cfg)
     pred = predict(bursty(w_stable), profile, max(ready, 1), view.ttft_slo_s)
     basis = (
         f"{'forecast ' if forecast else ''}{w_stable.rate:.2f} req/s x "
@@ -522,6 +609,9 @@ def _measure(  # noqa: PLR0917
         stable_up=stable_up,
         stable_down=stable_down,
         panic_avg=panic_avg,
+        up_pileup=up_pileup,
+        panic_pileup=panic_pileup,
+        level=level,
         panic_band=panic_band,
         by_concurrency=by_concurrency,
         samples=samples,
@@ -609,8 +699,14 @@ def _dead_band(
     if want <= ld.stable and not ld.by_concurrency:  # the SLO model's ask wins
         if ld.stable > current or (current == 0 and ld.stable > 0):
             # Up to what meets the SLO at (1 + tolerance) times the load, inside the
-            # band a scale-down keeps, so a ramp takes fewer, larger steps.
-            return _ceil(max(ld.stable, ld.stable_up())), why
+            # band a scale-down keeps, so a ramp takes fewer, larger steps; and what
+            # drains the queue the cold start piles up (DecisionConfig.pileup).
+            n = _ceil(max(ld.stable, ld.stable_up()))
+            if cfg.pileup:
+                piled = _ceil(ld.up_pileup())
+                if piled > n:
+                    return piled, f"{why}; {_piled_reason(piled - n)}"
+            return n, why
         n = _ceil(ld.stable_down())
         if n < current:
             return n, why
@@ -638,10 +734,14 @@ def _panic(  # noqa: PLR0917
     if (ld.ready > 0 and over) or (ld.ready == 0 and ld.active):
         panic_until = now + cfg.stable_window_s
     panic = panic_until is not None and now < panic_until
-    if panic and panic_want >= n:
+    piled = _ceil(ld.panic_pileup()) if panic and cfg.pileup else 0
+    if panic and max(panic_want, piled) >= n:
         # The count asked for (rounded up), not the load rounded: "needs 0 -> 1" read
         # as a contradiction under a trickle.
-        n, why = panic_want, f"panic: SLO model needs {panic_want} at the 6s workload"
+        why = f"panic: SLO model needs {panic_want} at the 6s workload"
+        if piled > panic_want:
+            why, panic_want = f"{why}; {_piled_reason(piled - panic_want)}", piled
+        n = panic_want
     if panic:
         n = max(n, current)
     return n, why, panic, panic_until
@@ -888,7 +988,8 @@ def _scale_up(  # noqa: PLR0917
     ready = ld.ready
     starting = current - ready
     clear_s = ld.in_flight / (ready * view.nominal_tokens_per_s) if ready > 0 else math.inf
-    if starting > 0 and n < current + max(1, _ceil(cfg.restack_fraction * current)):
+    fraction = cfg.level_restack_fraction if ld.level else cfg.restack_fraction
+    if starting > 0 and n < current + max(1, _ceil(fraction * current)):
         return current, f"waiting for {starting} starting replica(s): {why}"
     # Nothing in flight at all: the queue is already empty (in_flight is also 0 when
     # requests are in flight but no prompt mean is known: then the rule stays out).
@@ -1097,4 +1198,11 @@ def recommend(
     )
 
 
-__all__ = ["budget_margin", "recommend", "return_misses", "return_risk", "slo_replicas"]
+__all__ = [
+    "budget_margin",
+    "recommend",
+    "return_misses",
+    "return_risk",
+    "scale_up_z",
+    "slo_replicas",
+]
