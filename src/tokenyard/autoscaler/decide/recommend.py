@@ -95,6 +95,8 @@ class _Load:
     """The last hour's arrivals were no burstier than Poisson (the pooled ``ca2``): a
     load past the ready replicas is a level that moved, not a burst the queueing model
     prices. The pile-up and the raised ask while replicas start apply to it alone."""
+    profile: ReplicaProfile
+    """What one replica serves (:func:`_profile`), for the rules that price a count."""
     panic_band: float
     """The same at (1 - tolerance) x the panic window's workload, where the panic test
     or the burst memory reads it; else ``panic_avg``."""
@@ -158,11 +160,17 @@ def _workload(
         # samples show it beyond their own noise.
         idc = var * gap / rps
         ca2 = max(1.0, idc - 2 * math.sqrt(2 / (len(sel) - 1)))
-    backlog = waiting / max(view.cold_start_s, view.ttft_slo_s)
+    backlog = _spread(waiting, view)
     # One sample's rate covers at least the panic window (the shortest the loop reads).
     count = started * max(span, cfg.panic_window_s)
     w = Workload(rate=arrivals + backlog, prompt=prompt, output=output, ca2=ca2, cs2=cfg.prompt_scv)
     return w, count, backlog
+
+
+def _spread(queued: float, view: ModelView) -> float:
+    """A queue of ``queued`` requests as a rate: spread over one cold start (at least
+    the TTFT SLO), the time a replica asked for now takes to serve it."""
+    return queued / max(view.cold_start_s, view.ttft_slo_s)
 
 
 def _scaled(w: Workload, backlog: float, factor: float) -> Workload:
@@ -175,7 +183,7 @@ def _pileup(
 ) -> Workload:
     """``w`` with the queue that a scale-up asked for now finds when its replicas are
     ready added to its rate, spread over one cold start like the measured queue
-    (:func:`_workload`). Until then only the ``ready`` replicas serve: the ``arrivals``
+    (:func:`_spread`). Until then only the ``ready`` replicas serve: the ``arrivals``
     (per second, the point estimate) beyond what they carry at the workload's token
     means pile up for ``cold_start_s``. Replicas sized for the arrivals alone find that
     queue and drain it at their spare rate: a step from one frontier replica to 21.6
@@ -185,8 +193,7 @@ def _pileup(
     if w.prompt <= 0 or arrivals <= 0:
         return w
     carried = ready * profile.tokens_per_s(w.prompt, w.output) / w.prompt
-    grow = max(0.0, arrivals - carried)
-    return w.at_rate(w.rate + grow * view.cold_start_s / max(view.cold_start_s, view.ttft_slo_s))
+    return w.at_rate(w.rate + _spread(max(0.0, arrivals - carried) * view.cold_start_s, view))
 
 
 def _piled_reason(more: int) -> str:
@@ -501,9 +508,7 @@ def _measure(  # noqa: PLR0917
     # request). No burstier than Poisson, a load past the ready replicas is a level
     # that moved (a step, the start of an active period).
     level = pooled <= 1.0
-    seen_arrivals = max(0.0, w_seen.rate - seen_backlog) if measured and level else 0.0
-    if not level:
-        panic_arrivals = 0.0
+    seen_arrivals = max(0.0, w_seen.rate - seen_backlog) if measured else 0.0
 
     def up_pileup() -> float:
         piled = _pileup(up, seen_arrivals, ready, profile, view)
@@ -612,6 +617,7 @@ def _measure(  # noqa: PLR0917
         up_pileup=up_pileup,
         panic_pileup=panic_pileup,
         level=level,
+        profile=profile,
         panic_band=panic_band,
         by_concurrency=by_concurrency,
         samples=samples,
@@ -702,7 +708,7 @@ def _dead_band(
             # band a scale-down keeps, so a ramp takes fewer, larger steps; and what
             # drains the queue the cold start piles up (DecisionConfig.pileup).
             n = _ceil(max(ld.stable, ld.stable_up()))
-            if cfg.pileup:
+            if cfg.pileup and ld.level:
                 piled = _ceil(ld.up_pileup())
                 if piled > n:
                     return piled, f"{why}; {_piled_reason(piled - n)}"
@@ -734,7 +740,7 @@ def _panic(  # noqa: PLR0917
     if (ld.ready > 0 and over) or (ld.ready == 0 and ld.active):
         panic_until = now + cfg.stable_window_s
     panic = panic_until is not None and now < panic_until
-    piled = _ceil(ld.panic_pileup()) if panic and cfg.pileup else 0
+    piled = _ceil(ld.panic_pileup()) if panic and cfg.pileup and ld.level else 0
     if panic and max(panic_want, piled) >= n:
         # The count asked for (rounded up), not the load rounded: "needs 0 -> 1" read
         # as a contradiction under a trickle.
@@ -1138,7 +1144,7 @@ def recommend(
     hold_s = _hold_s(calms, now, cfg)
     returns = _peaks_to_return(state, ld, now, cfg)
     if n < current:
-        profile = _profile(view, cfg)
+        profile = ld.profile
         risk = return_risk(
             returns[0] if returns else None,
             count if signals.first_tokens_per_s is not None else None,
