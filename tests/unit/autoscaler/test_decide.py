@@ -1141,33 +1141,44 @@ def test_a_steady_load_at_the_edge_of_the_band_is_not_chased_by_noise() -> None:
 
 def test_a_scale_up_drains_what_its_cold_start_piles_up() -> None:
     # One replica prefills 5 req/s of 2000-token prompts (SLO 5 s, 120 s cold start);
-    # the load steps from 2 to 12 req/s. Panic asks for what the 6 s window's load
-    # needs at its lower confidence bound: three. Until they are ready, the one ready
-    # replica leaves 7 req/s to queue, 840 requests in a cold start, which three (3
-    # req/s spare) drain in 280 s more, every arrival late meanwhile. Sized for the
-    # pile-up as well, four drain it (8 req/s spare) within a cold start.
+    # the load steps from 2 to 12 req/s. The 6 s window (this sample and the last)
+    # needs two replicas at its lower confidence bound, three at 12 req/s. Until they
+    # are ready, the one ready replica leaves 7 req/s to queue, 840 requests in a cold
+    # start, which three (3 req/s spare) drain in 280 s more, every arrival late
+    # meanwhile. Sized for the last interval's arrivals and that pile-up (19 req/s,
+    # where four would run at 95%), five drain it within a cold start, asked for at
+    # the step's first decision; without the pile-up the cold-start-aware rule holds
+    # that decision (the ready replica clears what is in flight in a second), and the
+    # next asks for three.
     v = view(nominal_tokens_per_s=10000.0, ttft_slo_s=5.0, target_ongoing=1e6,
              cold_start_s=120.0)  # fmt: skip
 
-    def step(cfg: DecisionConfig, bursty: bool = False) -> Decision:
+    def step(cfg: DecisionConfig, bursty: bool = False) -> tuple[Decision, Decision]:
         d = Driver(v, cfg)
         if bursty:  # an hour of 4 req/s in every other 5 s interval, none between
             for k in range(720):
                 d.step(k * 5.0 - 3600, _rate(4.0 if k % 2 else 0.0))
         d.run(0, 60, _rate(2.0))
-        d.step(65, _rate(12.0))
-        return d.step(70, _rate(12.0))
+        return d.step(65, _rate(12.0)), d.step(70, _rate(12.0))
 
     cfg = DecisionConfig(keep_warm_usd=0)
-    piled = step(cfg)
-    assert piled.desired == 4
-    assert piled.reason.startswith("panic: SLO model needs 3 at the 6s workload; 1 more to drain")
-    assert step(replace(cfg, pileup=False)).desired == 3
+    piled, _ = step(cfg)
+    assert piled.desired == 5
+    assert piled.reason.startswith(
+        "panic: SLO model needs 2 at the 6s workload; 5 for its arrivals as measured and"
+        " what they pile up beyond the ready replicas in a cold start"
+    )
+    held, alone = step(replace(cfg, pileup=False))
+    assert held.desired == 1
+    assert held.reason.startswith("cold-start-aware")
+    assert alone.desired == 3
     # After an hour burstier than Poisson the queueing model prices the bursts, and a
     # burst is over before a cold start: no pile-up is added.
     after_bursts = step(cfg, bursty=True)
-    assert "to drain" not in after_bursts.reason
-    assert after_bursts.desired == step(replace(cfg, pileup=False), bursty=True).desired
+    assert all("pile up" not in d.reason for d in after_bursts)
+    assert [d.desired for d in after_bursts] == [
+        d.desired for d in step(replace(cfg, pileup=False), bursty=True)
+    ]
     # A load the ready replicas carry piles up nothing: two replicas at 9 req/s of 10,
     # with a 1 s SLO the SLO model asks for more, alike with the rule on or off.
     two = replace(v, current_replicas=2, ready_replicas=2, ttft_slo_s=1.0)

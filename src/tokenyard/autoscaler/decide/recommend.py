@@ -90,7 +90,13 @@ class _Load:
     over one cold start (:func:`_pileup`): the size of a scale-up the stable window
     triggered (computed when asked for)."""
     panic_pileup: Callable[[], float]
-    """The same for the panic window's workload: the size of a panic scale-up."""
+    """The same for a panic: the size of a panic scale-up on a level that moved, read
+    from the last interval's arrivals at their point estimate. The panic test reads
+    the panic window at the low end of its counting noise, so the load is past the
+    ready replicas; sized at that low end and over the samples covering the window
+    (10 s at decisions every 5 s, half of them before a step), the first ask fell
+    short and was raised twice while its replicas started (the sweep's step: 4
+    frontier replicas, then 5)."""
     level: bool
     """The last hour's arrivals were no burstier than Poisson (the pooled ``ca2``): a
     load past the ready replicas is a level that moved, not a burst the queueing model
@@ -198,6 +204,13 @@ def _pileup(
 
 def _piled_reason(more: int) -> str:
     return f"{more} more to drain what arrives beyond the ready replicas in a cold start"
+
+
+def _panic_piled_reason(n: int) -> str:
+    return (
+        f"{n} for its arrivals as measured and what they pile up beyond the ready"
+        " replicas in a cold start"
+    )
 
 
 def _relative_error(
@@ -543,7 +556,18 @@ def _measure(  # noqa: PLR0917
     panic_avg = max(float(slo_replicas(view, bursty(w_panic), cfg, margin=margin)), conc_panic)
 
     def panic_pileup() -> float:
-        piled = _pileup(w_panic, panic_arrivals, ready, profile, view)
+        # A level that moved is measured by the last interval alone: the panic window
+        # (the samples that cover its 6 s: 10 s at decisions every 5 s) still holds
+        # some of the level before. At its point estimate: the panic test already read
+        # the window at the low end of its counting noise.
+        last, arrivals = w_panic, panic_arrivals
+        if measured and len(rates) > 1:
+            last, counted_last, _ = _workload(view, rates, rates[-2][0], waiting, cfg)
+            if counted_last < cfg.min_requests_measured:  # as the panic window's
+                last = replace(last, prompt=w_seen.prompt, output=w_seen.output)
+            last = replace(last, kv_load=w_panic.kv_load)
+            arrivals = max(0.0, last.rate - backlog)
+        piled = _pileup(last, arrivals, ready, profile, view)
         return max(float(slo_replicas(view, bursty(piled), cfg, margin=margin)), conc_panic)
 
     # The panic window's count at (1 - tolerance) x its load: the dead band on the load, not
@@ -746,7 +770,7 @@ def _panic(  # noqa: PLR0917
         # as a contradiction under a trickle.
         why = f"panic: SLO model needs {panic_want} at the 6s workload"
         if piled > panic_want:
-            why, panic_want = f"{why}; {_piled_reason(piled - panic_want)}", piled
+            why, panic_want = f"{why}; {_panic_piled_reason(piled)}", piled
         n = panic_want
     if panic:
         n = max(n, current)
@@ -1006,14 +1030,18 @@ def _scale_up(  # noqa: PLR0917
         and clear_s < view.cold_start_s
         and view.cold_start_s > cfg.stable_window_s
         and ld.stable <= ready
+        and not (cfg.pileup and ld.level and ld.panic_band > ready)
     ):
         # A new replica costs from now but serves only after its cold start; when the
         # ready ones clear all in flight before then (or nothing is in flight: a burst
         # that is over) and the steady load fits them, it would start to an empty
         # queue. A backlog that outlasts a cold start, or a steady load beyond the
-        # ready replicas, still scales up. Only for cold starts beyond the stable
-        # window: a shorter one is likely to meet the next burst of the same active
-        # period.
+        # ready replicas, still scales up; so does a level that moved (the pile-up's
+        # condition: no burstier than Poisson) with the panic window's load past the
+        # ready replicas at the low end of its band, as its queue grows through the
+        # cold start whatever is in flight now (the sweep's step held the frontier
+        # model's first ask 10 s). Only for cold starts beyond the stable window: a
+        # shorter one is likely to meet the next burst of the same active period.
         cleared = (
             f"nothing is in flight, and a replica would start in {view.cold_start_s:g}s"
             if idle
