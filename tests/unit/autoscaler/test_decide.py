@@ -1186,3 +1186,4 @@ def test_a_scale_up_drains_what_its_cold_start_piles_up() -> None:
     off = Driver(two, replace(cfg, pileup=False)).run(0, 60, _rate(9.0))
     assert on.desired == off.desired > 2
     assert "to drain" not in on.reason
+    assert "pile up" not in on.reason

@@ -101,6 +101,10 @@ class _Load:
     """The last hour's arrivals were no burstier than Poisson (the pooled ``ca2``): a
     load past the ready replicas is a level that moved, not a burst the queueing model
     prices. The pile-up and the raised ask while replicas start apply to it alone."""
+    piles_up: bool
+    """The pile-up applies (``DecisionConfig.pileup`` on a ``level`` load): a scale-up
+    drains its cold start's queue, and the cold-start-aware rule lets a panic past the
+    band go."""
     profile: ReplicaProfile
     """What one replica serves (:func:`_profile`), for the rules that price a count."""
     panic_band: float
@@ -641,6 +645,7 @@ def _measure(  # noqa: PLR0917
         up_pileup=up_pileup,
         panic_pileup=panic_pileup,
         level=level,
+        piles_up=cfg.pileup and level,
         profile=profile,
         panic_band=panic_band,
         by_concurrency=by_concurrency,
@@ -732,7 +737,7 @@ def _dead_band(
             # band a scale-down keeps, so a ramp takes fewer, larger steps; and what
             # drains the queue the cold start piles up (DecisionConfig.pileup).
             n = _ceil(max(ld.stable, ld.stable_up()))
-            if cfg.pileup and ld.level:
+            if ld.piles_up:
                 piled = _ceil(ld.up_pileup())
                 if piled > n:
                     return piled, f"{why}; {_piled_reason(piled - n)}"
@@ -764,7 +769,7 @@ def _panic(  # noqa: PLR0917
     if (ld.ready > 0 and over) or (ld.ready == 0 and ld.active):
         panic_until = now + cfg.stable_window_s
     panic = panic_until is not None and now < panic_until
-    piled = _ceil(ld.panic_pileup()) if panic and cfg.pileup and ld.level else 0
+    piled = _ceil(ld.panic_pileup()) if panic and ld.piles_up else 0
     if panic and max(panic_want, piled) >= n:
         # The count asked for (rounded up), not the load rounded: "needs 0 -> 1" read
         # as a contradiction under a trickle.
@@ -1030,7 +1035,7 @@ def _scale_up(  # noqa: PLR0917
         and clear_s < view.cold_start_s
         and view.cold_start_s > cfg.stable_window_s
         and ld.stable <= ready
-        and not (cfg.pileup and ld.level and ld.panic_band > ready)
+        and not (ld.piles_up and ld.panic_band > ready)
     ):
         # A new replica costs from now but serves only after its cold start; when the
         # ready ones clear all in flight before then (or nothing is in flight: a burst
