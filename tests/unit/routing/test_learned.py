@@ -385,6 +385,61 @@ def test_eval_routing_bad_options(
     assert "eval-routing:" in capsys.readouterr().err
 
 
+def test_data_files_as_people_write_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A data frame's booleans and padded header names load; a file in another encoding
+    is refused with its name and what to do, not a codec traceback."""
+    from tokenyard.routing.quality.data import load_csv
+
+    path = tmp_path / "frame.csv"
+    path.write_text("prompt, weak_correct ,strong_correct\nq1,False,TRUE\nq2,true,0.5\n")
+    (labelled,) = load_csv(path)
+    assert [(p.weak, p.strong) for p in labelled.prompts] == [(0.0, 1.0), (1.0, 0.5)]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("prompt,weak_correct,strong_correct\ncaf\u00e9,0,1\n".encode("latin-1"))
+    assert cli_main(["eval-routing", "--data", str(latin), "--kfold", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "latin.csv: not UTF-8 text (byte 0xe9" in err
+    assert "save the file as UTF-8" in err
+    yes = write_csv(
+        tmp_path / "yes.csv", [{"prompt": "a", "weak_correct": "yes", "strong_correct": 1}]
+    )
+    assert cli_main(["eval-routing", "--data", str(yes), "--kfold", "0"]) == 1
+    assert (
+        "weak_correct must be a number in [0, 1] (or true/false), got 'yes'"
+        in capsys.readouterr().err
+    )
+
+
+def test_eval_routing_says_why_a_figure_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One set the learned row cannot train on (the strong model never loses, never
+    wins) does not stop the others; the set says why its figures are missing."""
+    flat = [
+        {"dataset": "flat", "prompt": f"q{i}", "weak_correct": 1, "strong_correct": 1}
+        for i in range(40)
+    ]
+    data = write_csv(tmp_path / "two.csv", [*labelled_rows(), *flat])
+    code = cli_main(
+        ["eval-routing", "--data", str(data), "--kfold", "3", "--draws", "20", "--json"]
+    )
+    assert code == 0
+    toy, flat_set = json.loads(capsys.readouterr().out)["sets"]
+    assert "learned" in {r["router"] for r in toy["routers"]}
+    assert toy["notes"] == []
+    assert "learned" not in {r["router"] for r in flat_set["routers"]}
+    assert flat_set["routers"][0]["apgr"] is None
+    (gap, untrained) = flat_set["notes"]
+    assert "does no better than the weak one here (1.000 against 1.000)" in gap
+    assert untrained.startswith("learned: not trained on this set: training needs prompts")
+    assert cli_main(["eval-routing", "--data", str(data), "--kfold", "3", "--draws", "20"]) == 0
+    table = capsys.readouterr().out
+    assert table.count("  note: ") == 2
+    assert "note: learned: not trained on this set" in table
+
+
 def test_messages_column_is_parsed_as_the_router_parses(tmp_path: Path) -> None:
     from tokenyard.routing.quality.data import load_csv
 

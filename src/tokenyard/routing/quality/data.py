@@ -1,8 +1,8 @@
 """Labelled routing data: prompts with the outcomes of a weak and a strong model.
 
-:func:`load_csv` reads a CSV with ``prompt`` (a user message) or ``messages`` (an
-OpenAI messages list as JSON), ``weak_correct`` and ``strong_correct`` (0/1 or scores in
-[0, 1]) and optional ``dataset`` and ``subject`` columns. Each row becomes a
+:func:`load_csv` reads a UTF-8 CSV with ``prompt`` (a user message) or ``messages`` (an
+OpenAI messages list as JSON), ``weak_correct`` and ``strong_correct`` (0/1, true/false
+or scores in [0, 1]) and optional ``dataset`` and ``subject`` columns. Each row becomes a
 :class:`LabelledPrompt` whose request went through :func:`~tokenyard.routing.request.parse_request`
 exactly as a chat request to the router does, so every classifier scores what it would
 score live. Called by ``tokenyard eval-routing`` and ``tokenyard train-router``.
@@ -68,13 +68,20 @@ class LabelledSet:
         }
 
 
+_BOOLEANS = {"true": 1.0, "false": 0.0}
+"""Outcomes as a data frame writes booleans (``True``/``False``), read as 1 and 0."""
+
+
 def _outcome(raw: str | None, column: str, where: str) -> float:
+    text = (raw or "").strip()
     try:
-        value = float((raw or "").strip())
+        value = _BOOLEANS[text.lower()] if text.lower() in _BOOLEANS else float(text)
     except ValueError:
         value = float("nan")
     if not 0.0 <= value <= 1.0:
-        raise DataError(f"{where}: {column} must be a number in [0, 1], got {raw!r}")
+        raise DataError(
+            f"{where}: {column} must be a number in [0, 1] (or true/false), got {raw!r}"
+        )
     return value
 
 
@@ -114,8 +121,17 @@ def load_csv(path: str | Path) -> list[LabelledSet]:
         data = p.read_bytes()
     except OSError as e:
         raise DataError(f"{p}: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{p}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+            "save the file as UTF-8"
+        ) from None
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    reader = csv.DictReader(data.decode("utf-8-sig").splitlines(keepends=True))
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    if reader.fieldnames:  # " weak_correct" as written by hand still names the column
+        reader.fieldnames = [name.strip() for name in reader.fieldnames]
     missing = {"weak_correct", "strong_correct"} - set(reader.fieldnames or ())
     if missing:
         raise DataError(f"{p}: missing column(s) {', '.join(sorted(missing))}")

@@ -68,6 +68,8 @@ class SetResult:
     data: LabelledSet
     random: RandomRange
     routers: list[RouterResult]
+    notes: list[str] = field(default_factory=list)
+    """Why a figure is missing: no gap to recover, a learned row that could not train."""
 
     def as_dict(self) -> dict[str, Any]:
         s = self.data.summary()
@@ -79,6 +81,7 @@ class SetResult:
                 "cost_saving_at_target": self.random.cost_saving_at_target,
             },
             "routers": [r.as_dict() for r in self.routers],
+            "notes": self.notes,
         }
 
 
@@ -132,8 +135,20 @@ def evaluate_set(
     ]
     for name, clf in artifacts:
         results.append(evaluate_scores(name, "artifact", classifier_scores(clf, data), data, opts))
+    notes = []
+    weak, strong = float(data.weak.mean()), float(data.strong.mean())
+    if strong <= weak:
+        notes.append(
+            f"the strong model does no better than the weak one here ({strong:.3f} against "
+            f"{weak:.3f}): APGR and CPT measure how much of that gap a router recovers, so "
+            "they are undefined; the weak model alone keeps the quality target"
+        )
     for learn in learners:
-        name, trained_on, scores = learn(data)
+        try:
+            name, trained_on, scores = learn(data)
+        except ValueError as e:  # this set's labels cannot train it; the other rows stand
+            notes.append(f"learned: not trained on this set: {e}")
+            continue
         results.append(evaluate_scores(name, trained_on, scores, data, opts))
     rr = random_range(
         data.weak,
@@ -144,7 +159,7 @@ def evaluate_set(
         strong_price=opts.strong_price,
         weak_price=opts.weak_price,
     )
-    return SetResult(data=data, random=rr, routers=results)
+    return SetResult(data=data, random=rr, routers=results, notes=notes)
 
 
 def kfold_learner(k: int, seed: int, features: str = "auto", form: str = "auto") -> Learner:
@@ -227,6 +242,7 @@ def render_table(results: Sequence[SetResult], opts: Options) -> str:
             + ", saving "
             + ("-" if rs is None else f"{100 * rs[0]:.1f}%-{100 * rs[1]:.1f}%")
         )
+        lines.extend(f"  note: {note}" for note in res.notes)
     return "\n".join(lines).lstrip("\n")
 
 
