@@ -406,7 +406,7 @@ def _remember(marker: Path, text: str) -> None:
     try:
         if marker.read_text() == text:
             return
-    except OSError:
+    except (OSError, ValueError):  # unreadable or not text: written again below
         pass
     with contextlib.suppress(OSError):
         marker.write_text(text)

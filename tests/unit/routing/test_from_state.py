@@ -109,6 +109,10 @@ def test_load_state_reads_the_router_s_files(tmp_path: Path) -> None:
     (tmp_path / FEEDBACK_FILE).write_text("".join(json.dumps(x) + "\n" for x in fb))
     ts = load_state(tmp_path)
     assert len(ts.parsed) == 40 and ts.summary["strongRated"] == 20
+    # A damaged byte (a disk error, a torn multi-byte write) costs its line, not the run.
+    with (tmp_path / FEEDBACK_FILE).open("ab") as fh:
+        fh.write(b'{"request_id": "r1", "score": 1, "time": 2, "note": "\xff"}\n')
+    assert len(load_state(tmp_path).parsed) == 40
     model = fit(ts.parsed, ts.weak, ts.strong, weights=ts.weights)
     assert 0.0 <= model.score(ts.parsed[0]) <= 1.0
     with pytest.raises(ValueError, match="no feedback"):

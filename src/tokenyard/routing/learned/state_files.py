@@ -34,17 +34,17 @@ def endpoint_dir(endpoint: str) -> str:
 
 def read_lines(path: Path) -> Iterator[dict[str, Any]]:
     """The JSON objects of a journal and its rotated part (oldest first); a torn or
-    unreadable line is skipped."""
+    unreadable line (not JSON, not UTF-8) is skipped."""
     for p in (path.with_name(path.name + ROTATED_SUFFIX), path):
         try:
-            fh = p.open(encoding="utf-8")
+            fh = p.open("rb")  # decoded line by line: one damaged byte costs one line
         except FileNotFoundError:
             continue
         with fh:
             for line in fh:
                 try:
-                    obj = json.loads(line)
-                except ValueError:
+                    obj = json.loads(line.decode("utf-8"))
+                except ValueError:  # UnicodeDecodeError is one
                     continue
                 if isinstance(obj, dict):
                     yield obj
