@@ -43,6 +43,19 @@ def test_read_scale_and_reject(tmp_path: Path) -> None:
     bad.write_text(HEADER + "\n0,0,1,1,1\n")
     with pytest.raises(ValueError, match="window_s"):
         sim.read_rate_trace(bad)
+    for field in ("nan", "inf"):  # a NaN passes every comparison: it is refused by name
+        bad.write_text(HEADER + f"\n0,600,1,1,1\n600,600,{field},1,1\n")
+        with pytest.raises(ValueError, match="line 3: every field must be a finite number"):
+            sim.read_rate_trace(bad)
+    # A byte-order mark, padded header names and gzip, as spreadsheets and archives write.
+    import gzip
+
+    marked = tmp_path / "marked.csv"
+    marked.write_bytes(
+        gzip.compress(("\ufeff" + HEADER.replace(",", ", ") + "\n0,600,2,10,1\n").encode())
+    )
+    assert is_rate_trace(marked)
+    assert [(x.rps, x.prompt) for x in sim.read_rate_trace(marked)] == [(2.0, 10.0)]
 
 
 def _dispersion(times: list[float], span: float, slot: float = 60.0) -> float:

@@ -133,6 +133,12 @@ def test_public_trace_formats(
             "line 1.*finite",
         ),
         ("a.csv", "Timestamp,Request tokens,Response tokens\n5,many,1\n", "line 2.*BurstGPT"),
+        (
+            "a.csv",
+            "Timestamp,Request tokens,Response tokens\n5,1,1\n6,-10,1\n",
+            "line 3: not a token count.*'-10'.*BurstGPT",
+        ),
+        ("a.csv", "Timestamp,Request tokens,Response tokens\n5,inf,1\n", "line 2.*'inf'"),
     ],
 )
 def test_malformed_traces_name_the_line_and_the_format(
@@ -142,6 +148,32 @@ def test_malformed_traces_name_the_line_and_the_format(
     p.write_text(text)
     with pytest.raises(ValueError, match=match):
         read_trace(p)
+
+
+def test_compressed_and_foreign_encodings(tmp_path: Path) -> None:
+    """A gzip-compressed trace reads as its text, whatever its name; text that is not
+    UTF-8 and a gzip stream cut short are errors naming the file."""
+    import gzip
+
+    text = "Timestamp,Request tokens,Response tokens\n" + "".join(
+        f"{i},{100 + i},{i % 3}\n" for i in range(2000)
+    )
+    plain = tmp_path / "burst.csv"
+    plain.write_text(text)
+    packed = tmp_path / "burst.csv.gz"
+    packed.write_bytes(gzip.compress(text.encode()))
+    unnamed = tmp_path / "trace.dat"
+    unnamed.write_bytes(packed.read_bytes())
+    assert read_trace(packed) == read_trace(unnamed) == read_trace(plain)
+    assert len(read_trace(packed)) == 2000
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(packed.read_bytes()[:-200])
+    with pytest.raises(ValueError, match=r"cut\.csv\.gz: a damaged gzip file"):
+        read_trace(cut)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("Timestamp,Request tokens,Response tokens\n1,2,3 \u00e9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin\.csv: not UTF-8 text \(byte 0xe9\)"):
+        read_trace(latin)
 
 
 def test_empty_file_has_no_requests(tmp_path: Path) -> None:

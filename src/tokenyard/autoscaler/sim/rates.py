@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tokenyard.autoscaler.sim.trace import TraceRequest
+from tokenyard.autoscaler.sim.trace import TraceRequest, open_text
 
 RATE_COLUMNS = (
     "window_start_s",
@@ -67,7 +67,7 @@ class ArrivalSpec:
 
 def is_rate_trace(path: str | Path) -> bool:
     """True when the CSV's header names the rate-trace columns."""
-    with Path(path).open(newline="") as f:
+    with open_text(path) as f:
         header = next(csv.reader(f), [])
     return set(RATE_COLUMNS) <= {h.strip() for h in header}
 
@@ -76,21 +76,26 @@ def read_rate_trace(path: str | Path) -> list[RateWindow]:
     """The windows of a rate-trace CSV, sorted by start; a malformed row is a ValueError
     naming its line."""
     out: list[RateWindow] = []
-    with Path(path).open(newline="") as f:
-        for i, row in enumerate(csv.DictReader(f), start=2):
-            try:
-                w = RateWindow(
-                    float(row["window_start_s"]),
-                    float(row["window_s"]),
-                    float(row["requests_per_s"]),
-                    float(row["mean_prompt_tokens"]),
-                    float(row["mean_output_tokens"]),
-                )
-            except (KeyError, ValueError, TypeError) as exc:
-                raise ValueError(f"line {i}: {exc!r}: expected {', '.join(RATE_COLUMNS)}") from exc
-            if w.window_s <= 0 or w.rps < 0 or w.prompt < 0 or w.output < 0:
-                raise ValueError(f"line {i}: window_s must be > 0 and rates, tokens >= 0")
-            out.append(w)
+    with open_text(path) as f:
+        rows = list(csv.DictReader(f, skipinitialspace=True))
+    for i, raw in enumerate(rows, start=2):
+        row = {k.strip(): v for k, v in raw.items() if k is not None}
+        try:
+            w = RateWindow(
+                float(row["window_start_s"]),
+                float(row["window_s"]),
+                float(row["requests_per_s"]),
+                float(row["mean_prompt_tokens"]),
+                float(row["mean_output_tokens"]),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ValueError(f"line {i}: {exc!r}: expected {', '.join(RATE_COLUMNS)}") from exc
+        values = (w.start_s, w.window_s, w.rps, w.prompt, w.output)
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"line {i}: every field must be a finite number")
+        if w.window_s <= 0 or w.rps < 0 or w.prompt < 0 or w.output < 0:
+            raise ValueError(f"line {i}: window_s must be > 0 and rates, tokens >= 0")
+        out.append(w)
     out.sort(key=lambda w: w.start_s)
     return out
 

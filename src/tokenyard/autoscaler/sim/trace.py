@@ -13,20 +13,26 @@ told apart by the file's first line:
   (milliseconds), ``input_length``, ``output_length`` (other keys, such as ``hash_ids``,
   are ignored).
 
-Any time span works; times come back in seconds from the first request, sorted.
+Any time span works; times come back in seconds from the first request, sorted. A file
+may be gzip-compressed (as traces are often published: told by its first bytes, not its
+name) and must be UTF-8 text; a negative or non-finite token count is an error naming
+its line.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import json
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TextIO
 
 TICKS_PER_SECOND = 10_000_000
 
@@ -98,7 +104,33 @@ MOONCAKE = _Columns("Mooncake", "timestamp", "input_length", "output_length", _n
 
 
 def _tokens(raw: Any) -> int:
-    return max(0, int(_real(raw)))
+    value = _real(raw)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"not a token count (>= 0): {raw!r}")
+    return int(value)
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+@contextmanager
+def open_text(path: str | Path) -> Iterator[TextIO]:
+    """A trace file as a text stream: gunzipped as it is read when it starts with gzip's
+    magic bytes, decoded as UTF-8 (a byte-order mark dropped). Text that is not UTF-8,
+    or a damaged gzip stream, met while the caller reads is a ValueError naming the file."""
+    p = Path(path)
+    with p.open("rb") as raw:
+        binary: IO[bytes] | gzip.GzipFile = raw
+        if raw.read(2) == GZIP_MAGIC:
+            binary = gzip.GzipFile(fileobj=raw, mode="rb")
+        raw.seek(0)
+        try:
+            yield io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
+        except UnicodeDecodeError as exc:
+            bad = exc.object[exc.start : exc.start + 1].hex()
+            raise ValueError(f"{p}: not UTF-8 text (byte 0x{bad})") from None
+        except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+            raise ValueError(f"{p}: a damaged gzip file ({exc})") from None
 
 
 def _requests(items: Iterable[tuple[int, Any]], cols: _Columns) -> list[TraceRequest]:
@@ -112,8 +144,9 @@ def _requests(items: Iterable[tuple[int, Any]], cols: _Columns) -> list[TraceReq
             ts = cols.seconds(rec[cols.time])
             prompt, output = _tokens(rec[cols.prompt]), _tokens(rec[cols.output])
         except (KeyError, ValueError, TypeError, OverflowError) as exc:
+            what = exc if type(exc) is ValueError else repr(exc)  # a missing key: KeyError('…')
             raise ValueError(
-                f"line {line}: {exc!r}: expected {cols.time}, {cols.prompt}, {cols.output}"
+                f"line {line}: {what}: expected {cols.time}, {cols.prompt}, {cols.output}"
                 f" ({cols.name})"
             ) from exc
         if not math.isfinite(ts):
@@ -150,7 +183,7 @@ def _csv_format(header: list[str]) -> _Columns:
 
 def read_requests(path: str | Path) -> list[TraceRequest]:
     """Every request of a trace file in any of the formats (see the module's docstring)."""
-    with Path(path).open(newline="", encoding="utf-8-sig") as f:
+    with open_text(path) as f:
         first = ""
         for first in f:
             if first.strip():
