@@ -88,7 +88,10 @@ def quality(sets: list[LabelledSet], args: argparse.Namespace, opts: Options) ->
     t0 = time.perf_counter()
     learners = [kfold_learner(args.kfold, opts.seed)]
     for s in sets:  # held out across sets: trained on one, scored on the others
-        learners.append(trained_learner([s], opts.seed))
+        try:
+            learners.append(trained_learner([s], opts.seed))
+        except ValueError as e:  # its labels cannot train a model; the k-fold row says so too
+            print(f"not trained on {s.name}: {e}")
     routers = ("heuristic", "length", "random", "oracle")
     results = [evaluate_set(s, routers, [], learners, opts) for s in sets]
     print(render_table(results, opts))
@@ -107,9 +110,16 @@ def fold_seeds(sets: list[LabelledSet], args: argparse.Namespace) -> None:
     for s in sets:
         parsed = [p.parsed for p in s.prompts]
         got = []
-        for seed in range(args.fold_seeds):
-            scores = kfold_scores(parsed, s.weak, s.strong, k=args.kfold, seed=seed)
-            got.append(apgr(quality_curve(scores, s.weak, s.strong)) or 0.0)
+        try:
+            for seed in range(args.fold_seeds):
+                scores = kfold_scores(parsed, s.weak, s.strong, k=args.kfold, seed=seed)
+                got.append(apgr(quality_curve(scores, s.weak, s.strong)))
+        except ValueError as e:
+            print(f"  {s.name:<10} not trained: {e}")
+            continue
+        if any(g is None for g in got):
+            print(f"  {s.name:<10} no gap between the models: APGR undefined")
+            continue
         each = " ".join(f"{g:.4f}" for g in got)
         print(
             f"  {s.name:<10} mean {np.mean(got):.4f}  range {min(got):.4f}-{max(got):.4f}  ({each})"
@@ -129,7 +139,12 @@ def halves(sets: list[LabelledSet], opts: Options) -> None:
                 got[name] = apgr(
                     quality_curve(classifier_scores(clf, part), part.weak, part.strong)
                 )
-            print(f"  {part.name:<28} heuristic {got['heuristic']:.4f}  length {got['length']:.4f}")
+            h, n = (_apgr(got[k]) for k in ("heuristic", "length"))
+            print(f"  {part.name:<28} heuristic {h}  length {n}")
+
+
+def _apgr(value: float | None) -> str:
+    return "-     " if value is None else f"{value:.4f}"
 
 
 def timing(sets: list[LabelledSet], args: argparse.Namespace) -> None:
@@ -139,8 +154,18 @@ def timing(sets: list[LabelledSet], args: argparse.Namespace) -> None:
     parsed = parse_request(
         {"model": "m", "messages": [{"role": "user", "content": text}]}, {}, "chat"
     )
-    pool = sets[0]
-    model = fit([x.parsed for x in pool.prompts[:2000]], pool.weak[:2000], pool.strong[:2000])
+    model = None
+    for pool in sets:  # the first set whose labels train a model
+        try:
+            model = fit(
+                [x.parsed for x in pool.prompts[:2000]], pool.weak[:2000], pool.strong[:2000]
+            )
+            break
+        except ValueError:
+            continue
+    if model is None:
+        print("\nno set trains a learned model: its scoring cost is not measured")
+        return
     heuristic = HeuristicClassifier()
     for clf in (heuristic, model):  # warm up
         timings(clf, parsed, 50)
