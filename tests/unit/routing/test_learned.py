@@ -242,9 +242,17 @@ def test_selection_folds_and_candidates() -> None:
     # Too few prompts to cross-validate: the defaults, said so in the metadata.
     parsed, weak, strong = synthetic(24)
     m = fit(parsed, weak, strong)
-    assert m.training["selection"]["by"] == "too few prompts: defaults"
+    assert m.training["selection"]["by"] == "too few prompts: the first that fits"
     assert (m.training["features"], m.training["form"]) == ("presence", "two-heads")
     assert m.training["calibration"] == "none" and m.quality_table == ()
+    # The strong model never does worse: two heads cannot fit, the ordinal form can.
+    never_worse = np.maximum(strong, weak)
+    m = fit(parsed, weak, never_worse)
+    assert (m.training["features"], m.training["form"]) == ("presence", "ordinal")
+    with pytest.raises(ValueError, match="did better"):
+        fit(parsed, weak, never_worse, form="two-heads")
+    with pytest.raises(ValueError, match="did better"):  # nothing to learn at all
+        fit(parsed, weak, weak)
 
 
 def write_csv(path: Path, rows: list[dict[str, object]]) -> Path:

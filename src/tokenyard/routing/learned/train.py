@@ -411,9 +411,21 @@ def fit(
     scored, best, matrices, oofs = _select(
         parsed, weak, strong, tried, k=k, c=c, seed=seed, weights=weights
     )
-    chosen = scored[best]
-    x = matrices[chosen.settings]
-    heads = _Heads(x, weak, strong, c, seed, weights, chosen.form)
+    # Without cross-validation (too few prompts) nothing was scored: the defaults first,
+    # then the next candidate whose form these labels can fit (a set where the strong
+    # model never does worse fits the ordinal form, not two heads).
+    order = [best] if best in oofs else [best, *(i for i in range(len(tried)) if i != best)]
+    for i in order:
+        chosen = scored[i]
+        x = matrices[chosen.settings]
+        try:
+            heads = _Heads(x, weak, strong, c, seed, weights, chosen.form)
+        except ValueError:
+            if i == order[-1]:
+                raise
+            continue
+        best = i
+        break
     dim = chosen.settings.dim
     if calibrate and best in oofs:
         oof = oofs[best]
@@ -442,7 +454,7 @@ def fit(
     }
     if len(tried) > 1:
         meta["selection"] = {
-            "by": f"{k}-fold out-of-fold APGR" if k else "too few prompts: defaults",
+            "by": f"{k}-fold out-of-fold APGR" if k else "too few prompts: the first that fits",
             "candidates": [cand.as_dict() for cand in scored],
         }
     meta.update(training or {})
