@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -287,6 +288,53 @@ def test_command_line_overrides(tmp_path: Path) -> None:
     args.trace = str(tmp_path / "t.csv")
     (tmp_path / "t.csv").write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,10,1\n")
     assert sim.main(args) == 1  # the wrong option is reported, not raised
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("models: [valid\n", r"s\.yaml: not YAML \(.* at line 2, column 1\)"),
+        ("- a\n- b\n", "expected a mapping of scenario fields .*got list"),
+        ("", "got an empty file"),
+        (
+            "sloTarget: 2\naccelerators: []\nmodels: []\n",
+            r"s\.yaml: models: List should have at least 1 item.*; "
+            r"sloTarget: Input should be less than or equal to 1$",
+        ),
+        (
+            "accelerators: []\nmodels: [{name: a, gpus: -1}]\n",
+            "models.0.gpus: Extra inputs are not permitted",
+        ),
+    ],
+)
+def test_a_bad_scenario_file_is_named_with_its_fields(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    from tokenyard.cli import build_parser
+
+    (tmp_path / "s.yaml").write_text(text)
+    (tmp_path / "t.csv").write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,10,1\n")
+    args = build_parser().parse_args(
+        ["simulate", "--trace", str(tmp_path / "t.csv"), "--scenario", str(tmp_path / "s.yaml")]
+    )
+    with pytest.raises(ValueError, match=message):
+        sim.load_scenario(args.scenario)
+    assert sim.run_cli(args) is None  # said on stderr, not raised
+    assert re.search(message, capsys.readouterr().err.strip().splitlines()[-1])
+
+
+def test_files_that_cannot_be_read_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tokenyard.cli import build_parser
+
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ValueError, match=r"nope\.yaml: No such file"):
+        sim.load_scenario(str(missing))
+    for trace in (tmp_path / "nope.csv", tmp_path):  # missing, and a directory
+        args = build_parser().parse_args(["simulate", "--trace", str(trace)])
+        assert sim.run_cli(args) is None
+        assert f"simulate: {trace}: " in capsys.readouterr().err
 
 
 def _bench(name: str) -> object:

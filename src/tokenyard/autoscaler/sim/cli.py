@@ -100,6 +100,9 @@ def run_cli(args: argparse.Namespace) -> Report | None:
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return None
+    except OSError as exc:  # the trace cannot be read: missing, a directory, no access
+        print(f"simulate: {args.trace}: {exc.strerror or exc}", file=sys.stderr)
+        return None
     if args.plot:
         plot(report, args.plot)
     if args.json:

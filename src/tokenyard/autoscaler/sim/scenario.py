@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tokenyard.api.model import AutoscalingSpec
 from tokenyard.autoscaler.sim.trace import TraceRequest
@@ -176,9 +176,34 @@ def builtin_scenario() -> Scenario:
 
 
 def load_scenario(path: str | None) -> Scenario:
+    """The scenario in a YAML file (the built-in one for None). A file that cannot be
+    read, is not YAML or does not describe a scenario is a ValueError naming the file
+    and, for a scenario that does not validate, each field that is wrong."""
     if path is None:
         return builtin_scenario()
-    return Scenario.model_validate(yaml.safe_load(Path(path).read_text()))
+    try:
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"scenario {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"scenario {path}: not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or "not YAML"
+        raise ValueError(f"scenario {path}: not YAML ({problem}{at})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(
+            f"scenario {path}: expected a mapping of scenario fields (models, accelerators, "
+            f"...), got {type(doc).__name__ if doc is not None else 'an empty file'}"
+        )
+    try:
+        return Scenario.model_validate(doc)
+    except ValidationError as exc:
+        fields = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ValueError(f"scenario {path}: {fields}") from None
 
 
 def price_order(scenario: Scenario) -> list[int]:

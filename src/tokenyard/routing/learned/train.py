@@ -53,6 +53,11 @@ NEEDS_BOTH = (
     "training needs prompts where the strong model did better than the weak one, "
     "where it did worse, and where it did neither"
 )
+NEEDS_BETTER = (
+    "training needs prompts where the strong model did better than the weak one and "
+    "prompts where it did not"
+)
+"""What the ordinal form needs (the two-heads form needs NEEDS_BOTH)."""
 
 Form = Literal["two-heads", "ordinal"]
 FORMS: tuple[Form, ...] = ("two-heads", "ordinal")
@@ -173,7 +178,7 @@ def _ordinal(
     from scipy import sparse
 
     if np.ptp(better) == 0:  # the stacked labels would vary, but nothing would rank prompts
-        raise ValueError(NEEDS_BOTH)
+        raise ValueError(NEEDS_BETTER)
     n = better.size
     ones = np.ones((n, 1))
     zeros = np.zeros((n, 1))
