@@ -72,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         help="replay a generated one-hour service (from --seed) instead of --trace",
     )
     args = p.parse_args(argv)
+    try:  # a bad --scenario or option: one line, as `tokenyard simulate` says it
+        sim.scenario_from_args(args)
+    except ValueError as exc:
+        print(f"autoscaler_trace: {exc}", file=sys.stderr)
+        return 1
     if args.calibrate:
         print(calibration(sim.scenario_from_args(args)))
         return 0
