@@ -335,6 +335,14 @@ def test_files_that_cannot_be_read_are_named(
         args = build_parser().parse_args(["simulate", "--trace", str(trace)])
         assert sim.run_cli(args) is None
         assert f"simulate: {trace}: " in capsys.readouterr().err
+    # A plot that could not be written is said before the run, not after it.
+    (tmp_path / "t.csv").write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,10,1\n")
+    plot = tmp_path / "no" / "p.png"
+    args = build_parser().parse_args(
+        ["simulate", "--trace", str(tmp_path / "t.csv"), "--plot", str(plot)]
+    )
+    assert sim.run_cli(args) is None
+    assert f"--plot: no directory {plot.parent}" in capsys.readouterr().err
 
 
 def _bench(name: str) -> object:

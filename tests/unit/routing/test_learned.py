@@ -384,7 +384,13 @@ def test_eval_routing_bad_data(
 
 
 @pytest.mark.parametrize(
-    "args", [["--routers", "magic"], ["--kfold", "1"], ["--quality-target", "1.5"]]
+    "args",
+    [
+        ["--routers", "magic"],
+        ["--kfold", "1"],
+        ["--quality-target", "1.5"],
+        ["--plot", "/no-such-tokenyard-dir/curves.png"],  # said before the run, not after
+    ],
 )
 def test_eval_routing_bad_options(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]
@@ -477,6 +483,9 @@ def test_train_router_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "train-router:" in capsys.readouterr().err
     data = write_csv(tmp_path / "toy.csv", labelled_rows(20))
     assert cli_main(["train-router", "--data", str(data), "--out", out, "--c", "0"]) == 2
+    nowhere = str(tmp_path / "no" / "m.json")
+    assert cli_main(["train-router", "--data", str(data), "--out", nowhere]) == 2
+    assert f"--out: no directory {tmp_path / 'no'}" in capsys.readouterr().err
     same = write_csv(
         tmp_path / "same.csv", [{"prompt": f"q{i}", "weak_correct": 1, "strong_correct": 1}
                                 for i in range(30)]

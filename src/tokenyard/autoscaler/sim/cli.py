@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from tokenyard.autoscaler.sim.fluid import POOL_PEAK_SHARE, pool_rate, route_shares, simulate_fluid
@@ -77,6 +78,10 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
 def run_cli(args: argparse.Namespace) -> Report | None:
     """What ``tokenyard simulate`` does with its arguments; the report, or None (and a
     message on stderr) when the trace has no requests or an option is wrong."""
+    plot_to = getattr(args, "plot", None)
+    if plot_to and not Path(plot_to).parent.is_dir():  # said before the run, not after
+        print(f"simulate: --plot: no directory {Path(plot_to).parent}", file=sys.stderr)
+        return None
     try:
         scenario = scenario_from_args(args)
     except ValueError as exc:

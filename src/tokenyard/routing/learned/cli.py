@@ -40,6 +40,9 @@ def main(args: argparse.Namespace) -> int:
     if not args.c > 0:
         print("train-router: --c must be > 0", file=sys.stderr)
         return 2
+    if not Path(args.out).parent.is_dir():  # said before minutes of training, not after
+        print(f"train-router: --out: no directory {Path(args.out).parent}", file=sys.stderr)
+        return 2
     settings, form = fixed_choices(getattr(args, "features", "auto"), getattr(args, "form", "auto"))
     try:
         if getattr(args, "from_state", None):

@@ -316,6 +316,8 @@ def main(args: argparse.Namespace) -> int:
         problems.append("--kfold must be 0 (off) or at least 2")
     if args.draws < 1:
         problems.append("--draws must be at least 1")
+    if args.plot and not Path(args.plot).parent.is_dir():
+        problems.append(f"--plot: no directory {Path(args.plot).parent}")
     if problems:
         for msg in problems:
             print(f"eval-routing: {msg}", file=sys.stderr)
