@@ -483,6 +483,12 @@ def test_train_router_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "train-router:" in capsys.readouterr().err
     data = write_csv(tmp_path / "toy.csv", labelled_rows(20))
     assert cli_main(["train-router", "--data", str(data), "--out", out, "--c", "0"]) == 2
+    for name in ("Bad_Name", "-x", "a" * 254):  # refused before training, as kubectl would
+        assert (
+            cli_main(["train-router", "--data", str(data), "--out", out, f"--configmap={name}"])
+            == 2
+        )
+        assert "is not a ConfigMap name" in capsys.readouterr().err
     nowhere = str(tmp_path / "no" / "m.json")
     assert cli_main(["train-router", "--data", str(data), "--out", nowhere]) == 2
     assert f"--out: no directory {tmp_path / 'no'}" in capsys.readouterr().err

@@ -9,11 +9,13 @@ wrapped in a ConfigMap manifest that a RoutingPolicy can reference.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 import yaml
 
+from tokenyard.api.common import DNS_SUBDOMAIN
 from tokenyard.routing.learned.model import ARTIFACT_KEY, ArtifactError
 from tokenyard.routing.learned.state_files import FEEDBACK_FILE
 from tokenyard.routing.quality.data import DataError, load_all, merge
@@ -39,6 +41,16 @@ def main(args: argparse.Namespace) -> int:
 
     if not args.c > 0:
         print("train-router: --c must be > 0", file=sys.stderr)
+        return 2
+    configmap = getattr(args, "configmap", None)
+    if configmap is not None and not (
+        re.fullmatch(DNS_SUBDOMAIN, configmap) and len(configmap) <= 253
+    ):
+        print(
+            f"train-router: --configmap {configmap!r} is not a ConfigMap name (lower-case "
+            "letters, digits, '-' and '.', starting and ending with a letter or digit)",
+            file=sys.stderr,
+        )
         return 2
     if not Path(args.out).parent.is_dir():  # said before minutes of training, not after
         print(f"train-router: --out: no directory {Path(args.out).parent}", file=sys.stderr)
