@@ -8,7 +8,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+def validation_problems(err: ValidationError) -> list[str]:
+    """Each problem of a validation error as ``field.path: message``, for the messages
+    that name the fields a user has to fix (conditions, manifests, scenario files)."""
+    return [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in err.errors()]
+
 
 GROUP = "tokenyard.dev"
 VERSION = "v1alpha1"

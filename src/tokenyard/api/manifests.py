@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from tokenyard.api.common import API_VERSION
+from tokenyard.api.common import API_VERSION, validation_problems
 from tokenyard.api.model import ModelDeployment
 from tokenyard.api.policy import RoutingPolicy
 from tokenyard.api.pool import ServingPool
@@ -70,9 +70,7 @@ def _files(paths: Iterable[str | Path]) -> list[Path]:
 
 def _format_error(src: str, kind: str, name: str, err: ValidationError) -> str:
     lines = [f"{src}: {kind} {name!r} is invalid:"]
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        lines.append(f"  {loc}: {e['msg']}")
+    lines.extend(f"  {problem}" for problem in validation_problems(err))
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tokenyard.api.common import validation_problems
 from tokenyard.api.model import ModelDeployment, ModelDeploymentStatus
 from tokenyard.api.policy import RoutingPolicy, RoutingPolicyStatus
 from tokenyard.api.pool import ServingPool, ServingPoolStatus
@@ -36,11 +37,7 @@ _STATUS_TYPES: dict[str, type[Any]] = {
 
 
 def _format(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        parts.append(f"{loc}: {e['msg']}")
-    return "; ".join(parts)
+    return "; ".join(validation_problems(err))
 
 
 def parse(cls: type[Any], body: Body) -> Parsed:

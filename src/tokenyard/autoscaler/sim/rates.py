@@ -77,25 +77,26 @@ def read_rate_trace(path: str | Path) -> list[RateWindow]:
     naming its line."""
     out: list[RateWindow] = []
     with open_text(path) as f:
-        rows = list(csv.DictReader(f, skipinitialspace=True))
-    for i, raw in enumerate(rows, start=2):
-        row = {k.strip(): v for k, v in raw.items() if k is not None}
-        try:
-            w = RateWindow(
-                float(row["window_start_s"]),
-                float(row["window_s"]),
-                float(row["requests_per_s"]),
-                float(row["mean_prompt_tokens"]),
-                float(row["mean_output_tokens"]),
-            )
-        except (KeyError, ValueError, TypeError) as exc:
-            raise ValueError(f"line {i}: {exc!r}: expected {', '.join(RATE_COLUMNS)}") from exc
-        values = (w.start_s, w.window_s, w.rps, w.prompt, w.output)
-        if not all(math.isfinite(v) for v in values):
-            raise ValueError(f"line {i}: every field must be a finite number")
-        if w.window_s <= 0 or w.rps < 0 or w.prompt < 0 or w.output < 0:
-            raise ValueError(f"line {i}: window_s must be > 0 and rates, tokens >= 0")
-        out.append(w)
+        reader = csv.DictReader(f, skipinitialspace=True)
+        if reader.fieldnames:  # " requests_per_s " as a spreadsheet pads it
+            reader.fieldnames = [name.strip() for name in reader.fieldnames]
+        for i, row in enumerate(reader, start=2):
+            try:
+                w = RateWindow(
+                    float(row["window_start_s"]),
+                    float(row["window_s"]),
+                    float(row["requests_per_s"]),
+                    float(row["mean_prompt_tokens"]),
+                    float(row["mean_output_tokens"]),
+                )
+            except (KeyError, ValueError, TypeError) as exc:
+                raise ValueError(f"line {i}: {exc!r}: expected {', '.join(RATE_COLUMNS)}") from exc
+            values = (w.start_s, w.window_s, w.rps, w.prompt, w.output)
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(f"line {i}: every field must be a finite number")
+            if w.window_s <= 0 or w.rps < 0 or w.prompt < 0 or w.output < 0:
+                raise ValueError(f"line {i}: window_s must be > 0 and rates, tokens >= 0")
+            out.append(w)
     out.sort(key=lambda w: w.start_s)
     return out
 

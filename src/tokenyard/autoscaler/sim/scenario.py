@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tokenyard.api.common import validation_problems
 from tokenyard.api.model import AutoscalingSpec
 from tokenyard.autoscaler.sim.trace import TraceRequest
 
@@ -199,11 +200,8 @@ def load_scenario(path: str | None) -> Scenario:
         )
     try:
         return Scenario.model_validate(doc)
-    except ValidationError as exc:
-        fields = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ValueError(f"scenario {path}: {fields}") from None
+    except ValidationError as exc:  # a mapping: every problem has a field path
+        raise ValueError(f"scenario {path}: {'; '.join(validation_problems(exc))}") from None
 
 
 def price_order(scenario: Scenario) -> list[int]:

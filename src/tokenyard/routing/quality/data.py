@@ -74,8 +74,9 @@ _BOOLEANS = {"true": 1.0, "false": 0.0}
 
 def _outcome(raw: str | None, column: str, where: str) -> float:
     text = (raw or "").strip()
+    key = text.lower()
     try:
-        value = _BOOLEANS[text.lower()] if text.lower() in _BOOLEANS else float(text)
+        value = _BOOLEANS[key] if key in _BOOLEANS else float(text)
     except ValueError:
         value = float("nan")
     if not 0.0 <= value <= 1.0:
