@@ -176,6 +176,14 @@ def test_compressed_and_foreign_encodings(tmp_path: Path) -> None:
         read_trace(latin)
 
 
+def test_padded_header_names_read(tmp_path: Path) -> None:
+    """A header padded by hand names its columns: it was recognised as BurstGPT, then
+    every line failed its lookup."""
+    p = tmp_path / "padded.csv"
+    p.write_text("Timestamp , Request tokens ,Response tokens \n1,10,2\n3,20,4\n")
+    assert [(r.t, r.prompt, r.output) for r in read_trace(p)] == [(0.0, 10, 2), (2.0, 20, 4)]
+
+
 def test_empty_file_has_no_requests(tmp_path: Path) -> None:
     p = tmp_path / "empty.jsonl"
     p.write_text("")

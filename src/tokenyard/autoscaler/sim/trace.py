@@ -174,7 +174,7 @@ def _json_lines(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
 
 
 def _csv_format(header: list[str]) -> _Columns:
-    names = {h.strip() for h in header}
+    names = set(header)
     for cols in (AZURE, BURSTGPT):
         if {cols.time, cols.prompt, cols.output} <= names:
             return cols
@@ -194,6 +194,8 @@ def read_requests(path: str | Path) -> list[TraceRequest]:
         reader = csv.DictReader(f, skipinitialspace=True)
         if reader.fieldnames is None:
             return []
+        # "Timestamp " names the column, for the lookups as for telling the format apart.
+        reader.fieldnames = [name.strip() for name in reader.fieldnames]
         cols = _csv_format(list(reader.fieldnames))
         return _requests(enumerate(reader, start=2), cols)
 
