@@ -543,8 +543,10 @@ def legacy_bar(report: sim.Report) -> str:
             ty.scale_events < min(hpa.scale_events, hpa_slo.scale_events),
         ),
     ]
-    out = "the earlier issue's bar (static for the peak):\n" + "\n".join(
-        f"  {mark(ok):<8} {text}" for text, ok in rows
+    out = (
+        "the earlier issue's bar (static for the peak), superseded by the bar above and by "
+        "the 14-day trace's; for reference, not judged on a per-request trace:\n"
+        + "\n".join(f"  ({'met' if ok else 'not met'}) {text}" for text, ok in rows)
     )
     floor = floor_cost(report)
     if floor is not None:

@@ -214,6 +214,8 @@ def test_benchmark_prints_the_bar_and_seed_means(
     out = capsys.readouterr().out
     assert "the issue's bar on this run:" in out
     assert "tokenyard / hpa-slo = " in out and "tokenyard / static = " in out
+    superseded = out.split("the earlier issue's bar")[1].split("mean over routing seeds")[0]
+    assert "for reference, not judged" in superseded and "NOT met" not in superseded
     for policy in ("static", "static-pool", "hpa", "hpa-slo", "tokenyard"):
         assert f"\n{policy} " in out.split("mean over routing seeds 0-1:")[1]
     assert bench.main(["--trace", str(tmp_path / "missing.csv")]) == 1
