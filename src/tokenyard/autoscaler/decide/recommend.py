@@ -877,7 +877,8 @@ def return_misses(  # noqa: PLR0917
     more than ``slo_s`` of their work, arrivals miss. After the cold start it drains at
     ``need``'s spare rate, and arrivals keep missing until it is back under ``slo_s``
     of ``need``'s work. A fluid model: the queueing noise around it is the SLO model's
-    (measured: it undercounts a return near full utilisation, docs/autoscaling.md)."""
+    (measured: it undercounts a return near full utilisation,
+    docs/autoscaling-measurements.md)."""
     if m >= load or rate <= 0:
         return 0.0
     mu = rate / load

@@ -44,7 +44,8 @@ load: the rest of a long prompt) and Kingman's exponential at one replica's spar
                      + E[busy * max(residual(slo - s), exp(-(slo - s) theta_1)); s <= slo]
 
 with ``theta_1 = (mu - rate / n) * 2 / (1 + (ca2 - 1) / n + cs2)``. The autoscaler sizes
-with the pooled queue unless ``DecisionConfig.replica_queues`` is on (docs/autoscaling.md
+with the pooled queue unless ``DecisionConfig.replica_queues`` is on
+(docs/autoscaling-measurements.md
 has why).
 
 The scale-down averages the miss share over the rate's error (:func:`expected_miss`);

@@ -152,7 +152,7 @@ class DecisionConfig:
     queue a burst builds does not care whether this minute had one. The counting-noise
     band (``confidence_z``) keeps the window's own ``ca2``: it is the precision of this
     window's rate, and a wider band would hold back the scale-ups the bursts call for.
-    Off: the window's ``ca2`` alone (docs/autoscaling.md has both measured)."""
+    Off: the window's ``ca2`` alone (docs/autoscaling-measurements.md has both measured)."""
     slo_target: float = 0.99
     """Share of requests whose TTFT should be within the model's ttftSLOSeconds."""
     replica_queues: bool = False
@@ -161,13 +161,13 @@ class DecisionConfig:
     decide/slo.py), instead of one pooled queue. Off: it met the SLO on the
     long-context hours, but cost more than 1.10x the static fleet there and, on the
     14-day trace, took more scale events than HPA (1,609 against 1,521) and readied
-    fewer ramp scale-ups in time (89.0%); docs/autoscaling.md has the measurements."""
+    fewer ramp scale-ups in time (89.0%); docs/autoscaling-measurements.md has the measurements."""
     kv_admission: bool = False
     """Whether SLO sizing counts the requests that find their replica's KV cache too
     full to admit them (decide/slo.py ``kv_blocked``; only where the KV cache's size is
     known, the simulator's profiles). Off: on the 14-day trace it added scale events
     (1,723 against HPA's 1,521, with replica_queues) for KV blocking the aggregated
-    engine does not show; docs/autoscaling.md has the measurements."""
+    engine does not show; docs/autoscaling-measurements.md has the measurements."""
     slo_margin: float = 0.5
     """SLO sizing aims at this share of the miss budget (1 - slo_target): the queueing
     model's prediction is approximate, so half the budget is kept in reserve (which a
@@ -182,7 +182,7 @@ class DecisionConfig:
     scale-down keeps ``slo_margin`` (a clean hour says the fleet it had was enough, not
     that a smaller one would be), and nothing aims below it: a model that misses is the
     queueing model's and the guards' to size. Off: ``slo_margin`` always
-    (docs/autoscaling.md has both measured)."""
+    (docs/autoscaling-measurements.md has both measured)."""
     slo_margin_max: float = 1.0
     """The most of the miss budget a scale-up aims at when the last ``budget_window_s``
     left the whole reserve unspent (``budget_feedback``)."""
