@@ -112,6 +112,15 @@ def test_public_trace_formats(
     assert [(pytest.approx(r.t), r.prompt, r.output) for r in reqs] == expected
 
 
+def test_requests_are_sorted_by_arrival_and_equal_times_keep_the_file_s_order(
+    tmp_path: Path,
+) -> None:
+    p = tmp_path / "t.csv"
+    p.write_text("Timestamp,Request tokens,Response tokens\n9,1,1\n7,2,2\n9,3,3\n7,4,4\n8,5,5\n")
+    assert [(r.t, r.prompt) for r in read_trace(p)] == [(0, 2), (0, 4), (1, 5), (2, 1), (2, 3)]
+    assert [(r.t, r.prompt) for r in read_trace(p, start_s=1, duration_s=1)] == [(0, 5)]
+
+
 @pytest.mark.parametrize(
     ("name", "text", "match"),
     [
@@ -139,6 +148,11 @@ def test_public_trace_formats(
             "line 3: not a token count.*'-10'.*BurstGPT",
         ),
         ("a.csv", "Timestamp,Request tokens,Response tokens\n5,inf,1\n", "line 2.*'inf'"),
+        (
+            "a.csv",
+            "Timestamp,Request tokens,Response tokens\n5,1,1\n6,1e30,1\n",
+            "line 3: not a token count.*'1e30'.*BurstGPT",
+        ),
     ],
 )
 def test_malformed_traces_name_the_line_and_the_format(

@@ -27,6 +27,7 @@ import io
 import json
 import math
 import random
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ MOONCAKE = _Columns("Mooncake", "timestamp", "input_length", "output_length", _n
 
 def _tokens(raw: Any) -> int:
     value = _real(raw)
-    if not math.isfinite(value) or value < 0:
+    if not math.isfinite(value) or value < 0 or value >= 2**63:
         raise ValueError(f"not a token count (>= 0): {raw!r}")
     return int(value)
 
@@ -135,14 +136,17 @@ def open_text(path: str | Path) -> Iterator[TextIO]:
 
 def _requests(items: Iterable[tuple[int, Any]], cols: _Columns) -> list[TraceRequest]:
     """Trace requests from (line, record) pairs, sorted by arrival, times relative to the
-    first; a malformed record is a ValueError naming its line and the format's fields."""
-    raw: list[tuple[float, int, int]] = []
+    first; a malformed record is a ValueError naming its line and the format's fields.
+    The fields are kept in typed arrays until sorted (a week of requests is millions)."""
+    times, prompts, outputs = array("d"), array("q"), array("q")
     for line, rec in items:
         try:
             if not isinstance(rec, dict):
                 raise TypeError(f"not an object: {rec!r}")
             ts = cols.seconds(rec[cols.time])
             prompt, output = _tokens(rec[cols.prompt]), _tokens(rec[cols.output])
+            prompts.append(prompt)
+            outputs.append(output)
         except (KeyError, ValueError, TypeError, OverflowError) as exc:
             what = exc if type(exc) is ValueError else repr(exc)  # a missing key: KeyError('…')
             raise ValueError(
@@ -151,12 +155,12 @@ def _requests(items: Iterable[tuple[int, Any]], cols: _Columns) -> list[TraceReq
             ) from exc
         if not math.isfinite(ts):
             raise ValueError(f"line {line}: {cols.time} is not a finite time ({cols.name})")
-        raw.append((ts, prompt, output))
-    raw.sort(key=lambda r: r[0])
-    if not raw:
+        times.append(ts)
+    if not times:
         return []
-    t0 = raw[0][0]
-    return [TraceRequest(t - t0, p, o) for t, p, o in raw]
+    order = sorted(range(len(times)), key=times.__getitem__)  # stable, as before
+    t0 = times[order[0]]
+    return [TraceRequest(times[i] - t0, prompts[i], outputs[i]) for i in order]
 
 
 def parse_rows(rows: Iterable[dict[str, str]]) -> list[TraceRequest]:
@@ -205,6 +209,8 @@ def read_trace(
 ) -> list[TraceRequest]:
     """The requests of a trace within [start_s, start_s + duration_s), re-based to 0."""
     reqs = read_requests(path)
+    if start_s == 0.0 and duration_s is None:
+        return reqs  # the whole trace: no second copy of a week's requests in memory
     end = start_s + duration_s if duration_s is not None else float("inf")
     return [TraceRequest(r.t - start_s, r.prompt, r.output) for r in reqs if start_s <= r.t < end]
 
