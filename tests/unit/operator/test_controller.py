@@ -202,6 +202,33 @@ async def test_invalid_members_are_skipped_and_others_served() -> None:
     assert len([e for e in w.api.events if e[2] == "ValidationFailed"]) == 1
 
 
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [("p" * 48, "at most 47 characters (48 given)"), ("1pool", "must start with a letter")],
+)
+async def test_a_pool_name_kuberay_refuses_gets_no_ray_service(name: str, needle: str) -> None:
+    """The API server takes any DNS subdomain as the pool's name; KubeRay leaves a
+    RayService of such a name unreconciled. The pool says so instead of waiting forever."""
+    w = World()
+    w.add(pool_doc(name), model_doc("economy", pool=name))
+    for _ in range(2):
+        w.ctrl.enqueue_pool(NS, name, 0)
+        await w.ctrl.drain()
+        w.sync()
+    assert not [k for k in w.api.objects if k[0] == RAY_SERVICES]
+    assert ready(w.obj(POOLS, name)) == ("False", "ValidationFailed")
+    message = w.obj(POOLS, name)["status"]["conditions"][0]["message"]
+    assert message.startswith("invalid spec: metadata.name: ") and needle in message, message
+    assert [(e[0], e[2]) for e in w.api.events if e[1] == "Warning"] == [(name, "ValidationFailed")]
+    # At 47 characters, starting with a letter, the RayService is built.
+    w = World()
+    ok = "p" * 47
+    w.add(pool_doc(ok), model_doc("economy", pool=ok))
+    w.ctrl.enqueue_pool(NS, ok, 0)
+    await w.ctrl.drain()
+    assert (RAY_SERVICES, NS, ok) in w.api.objects
+
+
 async def test_an_invalid_orphan_is_reported_too() -> None:
     w = World()
     bad = model_doc("bad", pool="nowhere")

@@ -72,6 +72,14 @@ def test_invalid_manifest_names_file_and_field(name: str, needle: str) -> None:
     assert needle in err
 
 
+def test_a_pool_name_kuberay_refuses_is_an_error() -> None:
+    path = HERE / "invalid" / "long-pool-name.yaml"
+    code, out, err = run(path)
+    assert code == 1 and out == ""
+    assert err.startswith(f"error: {path}: ServingPool 'team-research-inference-gpu-pool-")
+    assert "metadata.name: at most 47 characters (48 given)" in err
+
+
 def test_missing_file() -> None:
     code, _, err = run("does/not/exist.yaml")
     assert code == 1 and "does/not/exist.yaml: no such file or directory" in err

@@ -21,9 +21,33 @@ Secrets = Mapping[str, Collection[str]]
 """Secrets known to exist in the namespace: Secret name -> its data keys."""
 
 
+RAY_SERVICE_NAME_MAX = 47
+"""KubeRay refuses to reconcile a RayService whose name is longer (ValidateRayServiceMetadata:
+its RayCluster takes the name plus six characters, and that cluster's longest Service
+suffix, ``-serve-svc``, must still fit a 63-character DNS label)."""
+_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
 def ray_service_name(pool_name: str) -> str:
     """The RayService of a pool has the pool's name (KubeRay derives its Services from it)."""
     return pool_name
+
+
+def ray_service_name_problem(pool_name: str) -> str | None:
+    """Why KubeRay would refuse a pool's name as its RayService's, or None. The API server
+    accepts any DNS subdomain as the pool's name; KubeRay then leaves such a RayService
+    unreconciled (an InvalidRayServiceMetadata Event on it, and the pool never ready)."""
+    if len(pool_name) > RAY_SERVICE_NAME_MAX:
+        return (
+            f"at most {RAY_SERVICE_NAME_MAX} characters ({len(pool_name)} given): the pool's "
+            "RayService has its name, and KubeRay refuses a longer one"
+        )
+    if not _DNS_1035_LABEL.match(pool_name):
+        return (
+            "must start with a letter and hold only lower-case letters, digits and '-' (a "
+            "DNS-1035 label): the pool's RayService has its name, and KubeRay refuses others"
+        )
+    return None
 
 
 def obj_name(obj: ServingPool | ModelDeployment | RoutingPolicy) -> str:

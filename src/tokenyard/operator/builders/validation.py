@@ -2,6 +2,9 @@
 
 For API servers that do not run them (the kmock emulator, an older CRD); and what CEL
 cannot check (the keys of ``engine.extraArgs``, a free-form object), for every server.
+Also the pool's name as KubeRay requires it of the RayService's: a CEL rule on
+``metadata.name`` would be evaluated on every later update of an object created before
+it, and a pool already holding such a name could then not even shed its finalizer.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from tokenyard.api.model import ModelDeploymentSpec
 from tokenyard.api.policy import RoutingPolicy
 from tokenyard.api.pool import ServingPool
 from tokenyard.contract import ENGINE_ARGS_SET_BY_FIELDS, ENGINE_ARGS_UNSUPPORTED
+from tokenyard.operator.builders.meta import ray_service_name_problem
 
 
 @dataclass(frozen=True)
@@ -74,8 +78,12 @@ def _extra_args_problems(spec: ModelDeploymentSpec) -> list[FieldProblem]:
 
 
 def pool_semantic_problems(pool: ServingPool) -> list[FieldProblem]:
-    """The CRD's CEL rules for ServingPool (see :func:`model_semantic_problems`)."""
+    """The CRD's CEL rules for ServingPool (see :func:`model_semantic_problems`), and the
+    pool's name as its RayService's (:func:`~.meta.ray_service_name_problem`)."""
     out: list[FieldProblem] = []
+    name_problem = ray_service_name_problem(str(pool.metadata.get("name", "")))
+    if pool.metadata.get("name") and name_problem is not None:
+        out.append(FieldProblem("metadata.name", name_problem))
     spec = pool.spec
     if spec.router.minReplicas > spec.router.maxReplicas:
         out.append(
