@@ -6,9 +6,9 @@ Imported by every resource module in ``tokenyard.api``; nothing here talks to a 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 def validation_problems(err: ValidationError) -> list[str]:
@@ -103,6 +103,17 @@ PRESERVE_UNKNOWN: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/"
+_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+QUALIFIED_NAME = rf"^({_PREFIX})?{_NAME}$"
+"""A label or taint key (core/v1): an optional DNS-subdomain prefix and '/', then a name
+of at most 63 letters, digits, '-', '_' and '.', beginning and ending with a letter or
+digit."""
+PREFIXED_NAME = rf"^{_PREFIX}{_NAME}$"
+"""A qualified name with its domain prefix, as an extended resource's (nvidia.com/gpu)."""
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+"""A label value (core/v1): empty, or at most 63 letters, digits, '-', '_' and '.',
+beginning and ending with a letter or digit."""
 DATA_CLASS = r"^[a-z][a-z0-9-]{0,62}$"
 
 DataClass = Annotated[str, Field(pattern=DATA_CLASS, max_length=63)]
@@ -140,16 +151,53 @@ class SecretKeyRef(ApiModel):
     """key inside the Secret's data."""
 
 
+# The API server's own rules for a Pod's tolerations (core/v1 validation): KubeRay copies
+# these into the Ray worker pods, where a broken one would fail only at the first scale-up.
+RULE_TOLERATION_EMPTY_KEY = (
+    "(has(self.key) && size(self.key) > 0) || (has(self.operator) && self.operator == 'Exists')",
+    "operator must be Exists when key is empty (a toleration of every taint)",
+)
+RULE_TOLERATION_EXISTS_NO_VALUE = (
+    "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || size(self.value) == 0",
+    "value must be empty when operator is Exists",
+)
+RULE_TOLERATION_SECONDS_NO_EXECUTE = (
+    "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+    "effect must be NoExecute when tolerationSeconds is set",
+)
+
+
 class Toleration(ApiModel):
     """A pod toleration, as in core/v1 Toleration."""
 
-    key: str | None = None
-    """key is the taint key the toleration applies to; empty matches all keys."""
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": cel(
+            RULE_TOLERATION_EMPTY_KEY,
+            RULE_TOLERATION_EXISTS_NO_VALUE,
+            RULE_TOLERATION_SECONDS_NO_EXECUTE,
+        )
+    }
+
+    key: str | None = Field(default=None, pattern=rf"^(({_PREFIX})?{_NAME})?$", max_length=317)
+    """key is the taint key the toleration applies to (a label key such as
+    nvidia.com/gpu); empty, with operator Exists, matches all keys."""
     operator: Literal["Exists", "Equal"] | None = None
     """operator is Exists or Equal (default Equal)."""
-    value: str | None = None
-    """value the taint must have when operator is Equal."""
+    value: str | None = Field(default=None, pattern=LABEL_VALUE, max_length=63)
+    """value the taint must have when operator is Equal (a label value); empty with
+    Exists."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """effect of the taint to tolerate; empty matches all effects."""
     tolerationSeconds: int | None = None
-    """tolerationSeconds bounds how long a NoExecute taint is tolerated."""
+    """tolerationSeconds bounds how long a NoExecute taint is tolerated (effect must be
+    NoExecute)."""
+
+    @model_validator(mode="after")
+    def _cel(self) -> Self:
+        require(bool(self.key) or self.operator == "Exists", RULE_TOLERATION_EMPTY_KEY[1])
+        require(self.operator != "Exists" or not self.value, RULE_TOLERATION_EXISTS_NO_VALUE[1])
+        require(
+            self.tolerationSeconds is None or self.effect == "NoExecute",
+            RULE_TOLERATION_SECONDS_NO_EXECUTE[1],
+        )
+        return self

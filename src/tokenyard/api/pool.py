@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Self
+from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import Field, model_validator
 
 from tokenyard.api.common import (
     DNS_LABEL,
+    DNS_SUBDOMAIN,
+    LABEL_VALUE,
+    PREFIXED_NAME,
     ApiModel,
     Condition,
     Toleration,
@@ -38,13 +41,16 @@ class AcceleratorClass(ApiModel):
 
     name: str = Field(pattern=DNS_LABEL, max_length=40)
     """name of the class, referred to by ModelDeployment spec.inCluster.accelerator."""
-    nodeSelector: dict[str, str] = Field(default_factory=dict)
+    nodeSelector: dict[str, Annotated[str, Field(pattern=LABEL_VALUE, max_length=63)]] = Field(
+        default_factory=dict, max_length=32
+    )
     """nodeSelector picks the Kubernetes nodes of this class (for example
-    nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3)."""
+    nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3): node label keys and values."""
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     """tolerations let this class's Ray workers run on tainted GPU nodes."""
-    resourceName: str = Field(default="nvidia.com/gpu", min_length=1, max_length=253)
-    """resourceName is the extended resource that counts this class's GPUs."""
+    resourceName: str = Field(default="nvidia.com/gpu", pattern=PREFIXED_NAME, max_length=253)
+    """resourceName is the extended resource that counts this class's GPUs, with its
+    domain (nvidia.com/gpu, amd.com/gpu)."""
     gpusPerNode: int = Field(default=1, ge=0, le=64)
     """gpusPerNode is how many GPUs one Ray worker pod of this class takes; 0 makes a
     CPU-only class (small models, tests)."""
@@ -83,7 +89,7 @@ class RouterStateSpec(ApiModel):
     """persistent keeps the ledger on a PersistentVolumeClaim (named POOL-router-state,
     owned by the pool) mounted on the Ray head; false keeps it on the head pod's own
     disk, lost whenever that pod is replaced."""
-    storageClassName: str | None = Field(default=None, max_length=253)
+    storageClassName: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
     """storageClassName of the claim; the cluster's default class when unset."""
     size: str = Field(default="1Gi", pattern=QUANTITY)
     """size of the claim (the ledger needs a few MB)."""
@@ -124,7 +130,7 @@ class ServingPoolSpec(ApiModel):
     )
     """accelerators lists the classes of worker nodes the pool may use; each becomes a
     Ray worker group."""
-    image: str | None = Field(default=None, max_length=512)
+    image: str | None = Field(default=None, pattern=r"^\S+$", max_length=512)
     """image is the container image of the Ray head and workers (with tokenyard and vLLM
     installed); defaults to the operator's setting."""
     rayVersion: str = Field(default="2.60.0", pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$")

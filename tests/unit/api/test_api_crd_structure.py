@@ -30,6 +30,7 @@ ALLOWED_KEYS = {
     "maxLength",
     "minItems",
     "maxItems",
+    "maxProperties",
     "nullable",
     "format",
     "x-kubernetes-validations",

@@ -938,3 +938,31 @@ def test_the_capped_condition_reaches_the_router_only_for_downgrading_pools() ->
     )
     r = render_pool(pool(), [model("economy", status=capped)], [off])
     assert "capped" not in router_user_config(r)["models"][0]
+
+
+@pytest.mark.parametrize(
+    ("key", "valid"),
+    [
+        ("nvidia.com/gpu.product", True),
+        ("node-role.kubernetes.io/gpu", True),
+        ("gpu", True),
+        ("x/" + "a" * 63, True),
+        ("x/" + "a" * 64, False),
+        ("nvidia.com/gpu product", False),
+        ("Nvidia.com/gpu", False),
+        ("/gpu", False),
+        ("-gpu", False),
+        ("a" * 254 + "/gpu", False),
+    ],
+)
+def test_node_selector_keys_are_label_keys(key: str, valid: bool) -> None:
+    """The CRD checks the values (a pattern); a map's keys only the operator can check, as
+    the API server checks them when KubeRay creates the worker pods, at the first
+    scale-up of the class."""
+    doc = pool_doc()
+    doc["spec"]["accelerators"][0]["nodeSelector"] = {key: "NVIDIA-L4"}
+    problems = builders.pool_semantic_problems(ServingPool.model_validate(doc))
+    assert (problems == []) is valid, problems
+    if not valid:
+        (p,) = problems
+        assert p.field == "spec.accelerators[0].nodeSelector" and repr(key) in p.message

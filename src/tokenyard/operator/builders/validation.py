@@ -2,20 +2,26 @@
 
 For API servers that do not run them (the kmock emulator, an older CRD); and what CEL
 cannot check (the keys of ``engine.extraArgs``, a free-form object), for every server.
-Also the pool's name as KubeRay requires it of the RayService's: a CEL rule on
+Also the keys of an accelerator class's ``nodeSelector`` (a map's keys: a CEL rule over
+them has no bounded cost), and the pool's name as KubeRay requires it of the
+RayService's: a CEL rule on
 ``metadata.name`` would be evaluated on every later update of an object created before
 it, and a pool already holding such a name could then not even shed its finalizer.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+from tokenyard.api.common import QUALIFIED_NAME
 from tokenyard.api.model import ModelDeploymentSpec
 from tokenyard.api.policy import RoutingPolicy
 from tokenyard.api.pool import ServingPool
 from tokenyard.contract import ENGINE_ARGS_SET_BY_FIELDS, ENGINE_ARGS_UNSUPPORTED
 from tokenyard.operator.builders.meta import ray_service_name_problem
+
+_QUALIFIED_NAME = re.compile(QUALIFIED_NAME)
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,16 @@ def pool_semantic_problems(pool: ServingPool) -> list[FieldProblem]:
         )
     seen: set[str] = set()
     for i, acc in enumerate(spec.accelerators):
+        for key in sorted(acc.nodeSelector):
+            if not _QUALIFIED_NAME.match(key) or len(key.rpartition("/")[0]) > 253:
+                out.append(
+                    FieldProblem(
+                        f"spec.accelerators[{i}].nodeSelector",
+                        f"{key!r} is not a label key (an optional DNS-subdomain prefix and "
+                        "'/', then at most 63 letters, digits, '-', '_' and '.', beginning "
+                        "and ending with a letter or digit); the worker pods would be refused",
+                    )
+                )
         if acc.name in seen:
             out.append(FieldProblem(f"spec.accelerators[{i}].name", f"duplicate name {acc.name!r}"))
         seen.add(acc.name)
