@@ -31,6 +31,7 @@ from tokenyard.api.common import (
 from tokenyard.api.model import ModelDeployment
 from tokenyard.operator import orphans, pools, status
 from tokenyard.operator.kube import (
+    CLAIMS,
     CONFIGMAPS,
     MODELS,
     POLICIES,
@@ -388,6 +389,26 @@ class Controller:
                 )
                 return None
             out[name] = set((s.get("data") or {}).keys()) | set((s.get("stringData") or {}).keys())
+        return out
+
+    async def claims_present(self, refs: Iterable[str], namespace: str) -> set[str] | None:
+        """The PersistentVolumeClaims named that exist; None if one cannot be read (then
+        every claim is assumed present, as for Secrets)."""
+        out: set[str] = set()
+        for name in sorted(set(refs)):
+            try:
+                await self.api.get(CLAIMS, namespace, name)
+            except NotFound:
+                continue
+            except ApiError as e:
+                self.log.warning(
+                    "cannot read PersistentVolumeClaim %s/%s (%s); assuming it exists",
+                    namespace,
+                    name,
+                    e,
+                )
+                return None
+            out.add(name)
         return out
 
     async def configmap_data(

@@ -104,6 +104,9 @@ async def reconcile_pool(ctrl: Controller, ns: str, name: str) -> None:
         ],
         ns,
     )
+    claims = await ctrl.claims_present(
+        [c for m in members.all_models for _, c in builders.pvc_sources(m)], ns
+    )
     render = builders.render_pool(
         pool,
         members.all_models,
@@ -111,6 +114,7 @@ async def reconcile_pool(ctrl: Controller, ns: str, name: str) -> None:
         secrets=secrets,
         settings=ctrl.settings,
         configmaps=configmaps,
+        claims=claims,
     )
     applied = await _apply_ray_service(ctrl, ns, body, render)
     observed = status.observe_ray_service(applied.existing)

@@ -54,6 +54,7 @@ POLICIES = f"{GROUP}/routingpolicies"
 RAYSERVICES = "ray.io/v1/rayservices"
 SECRETS = "v1/secrets"
 CONFIGMAPS = "v1/configmaps"
+CLAIMS = "v1/persistentvolumeclaims"
 
 _server: dict[str, str] = {}
 
@@ -99,6 +100,7 @@ def resource_of(doc: dict[str, Any]) -> str:
         "RoutingPolicy": POLICIES,
         "Secret": SECRETS,
         "ConfigMap": CONFIGMAPS,
+        "PersistentVolumeClaim": CLAIMS,
     }[kind]
 
 

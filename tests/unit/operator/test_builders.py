@@ -966,3 +966,37 @@ def test_node_selector_keys_are_label_keys(key: str, valid: bool) -> None:
     if not valid:
         (p,) = problems
         assert p.field == "spec.accelerators[0].nodeSelector" and repr(key) in p.message
+
+
+def test_a_model_whose_claim_is_missing_is_left_out_and_not_mounted() -> None:
+    """Every worker of a class mounts every admitted model's claims: one missing claim
+    would leave them all Pending, so the model that names it is left out instead."""
+    models = [
+        model("a-weights", source="pvc://weights/llama/8b"),
+        model("b-typo", source="pvc://wieghts/llama/8b"),
+        model("c-hub"),
+    ]
+    r = render_pool(pool(), models, [], claims={"weights"})
+    d = r.admission.decisions
+    assert d["a-weights"].admitted and d["c-hub"].admitted
+    assert not d["b-typo"].admitted and d["b-typo"].reason == "ClaimNotFound"
+    assert d["b-typo"].message.startswith(
+        "spec.inCluster.source: PersistentVolumeClaim 'wieghts' not found in namespace"
+    )
+    (group,) = r.ray_service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in group["template"]["spec"]["volumes"]
+              if "persistentVolumeClaim" in v]  # fmt: skip
+    assert claims == ["weights"]
+    assert "model-b-typo" not in r.ray_service["spec"]["serveConfigV2"]
+    # Unknown (the claims could not be read, or tokenyard render offline): all assumed present.
+    r = render_pool(pool(), models, [])
+    assert all(x.admitted for x in r.admission.decisions.values())
+    # A LoRA adapter's claim counts too, and its field is named.
+    lora = model_doc("d-lora")
+    lora["spec"]["inCluster"]["loraAdapters"] = [
+        {"name": "sql", "source": "pvc://adapters/sql"},
+    ]
+    r = render_pool(pool(), [ModelDeployment.model_validate(lora)], [], claims=set())
+    assert r.admission.decisions["d-lora"].message.startswith(
+        "spec.inCluster.loraAdapters[0].source: PersistentVolumeClaim 'adapters' not found"
+    )

@@ -229,6 +229,26 @@ async def test_a_pool_name_kuberay_refuses_gets_no_ray_service(name: str, needle
     assert (RAY_SERVICES, NS, ok) in w.api.objects
 
 
+async def test_a_model_waits_for_its_claim_and_the_others_are_served() -> None:
+    w = World()
+    w.add(pool_doc(), model_doc("economy"), model_doc("local", source="pvc://weights/qwen"))
+    await w.settle()
+    assert ready(w.obj(MODELS, "local")) == ("False", "ClaimNotFound")
+    message = w.obj(MODELS, "local")["status"]["conditions"][0]["message"]
+    assert message.startswith("spec.inCluster.source: PersistentVolumeClaim 'weights' not found")
+    rs = w.obj(RAY_SERVICES, "gpu-pool")
+    assert "model-economy" in rs["spec"]["serveConfigV2"]
+    assert "model-local" not in rs["spec"]["serveConfigV2"]
+    assert "weights" not in json.dumps(rs["spec"]["rayClusterConfig"])
+    # The claim is created: the next pass (a resync) admits the model and mounts it.
+    w.api.put(CLAIMS, {"metadata": {"name": "weights", "namespace": NS}})
+    await w.settle()
+    rs = w.obj(RAY_SERVICES, "gpu-pool")
+    assert "model-local" in rs["spec"]["serveConfigV2"]
+    assert '"claimName": "weights"' in json.dumps(rs["spec"]["rayClusterConfig"])
+    assert ready(w.obj(MODELS, "local"))[1] != "ClaimNotFound"
+
+
 async def test_an_invalid_orphan_is_reported_too() -> None:
     w = World()
     bad = model_doc("bad", pool="nowhere")

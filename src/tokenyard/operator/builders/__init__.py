@@ -21,6 +21,7 @@ from tokenyard.operator.builders.admission import (
     in_cluster_members,
     min_gpus,
     model_replicas,
+    pvc_sources,
     replica_gpus,
 )
 from tokenyard.operator.builders.cluster import (
@@ -129,6 +130,7 @@ __all__ = [
     "policy_semantic_problems",
     "pool_labels",
     "pool_semantic_problems",
+    "pvc_sources",
     "ray_service_name",
     "render_pool",
     "replica_gpus",

@@ -6,10 +6,14 @@ what is left of the class's maxGPUs; the outcome feeds the render and every stat
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from tokenyard.api.common import REASON_ACCELERATOR_NOT_FOUND, REASON_GPU_LIMIT_EXCEEDED
+from tokenyard.api.common import (
+    REASON_ACCELERATOR_NOT_FOUND,
+    REASON_CLAIM_NOT_FOUND,
+    REASON_GPU_LIMIT_EXCEEDED,
+)
 from tokenyard.api.model import ModelDeployment
 from tokenyard.api.pool import AcceleratorClass, ServingPool
 from tokenyard.operator.builders.meta import obj_name, obj_namespace
@@ -133,13 +137,37 @@ def in_cluster_members(
     return sorted(out, key=obj_name)
 
 
-def admit(pool: ServingPool, models: Iterable[ModelDeployment]) -> Admission:
+def pvc_sources(md: ModelDeployment) -> list[tuple[str, str]]:
+    """(field, claim) for every PersistentVolumeClaim a model's weights or LoRA adapters
+    load from (``pvc://CLAIM/path``)."""
+    ic = md.spec.inCluster
+    if ic is None:
+        return []
+    fields = [("spec.inCluster.source", ic.source)] + [
+        (f"spec.inCluster.loraAdapters[{i}].source", a.source)
+        for i, a in enumerate(ic.loraAdapters or [])
+    ]
+    return [
+        (field, source[len("pvc://") :].split("/", 1)[0])
+        for field, source in fields
+        if source.startswith("pvc://")
+    ]
+
+
+def admit(
+    pool: ServingPool,
+    models: Iterable[ModelDeployment],
+    claims: Collection[str] | None = None,
+) -> Admission:
     """Admit the pool's in-cluster models class by class, highest priority first.
 
     A model whose minimum GPUs do not fit what is left of its class's maxGPUs is
     excluded (GPULimitExceeded) and smaller, lower-priority models may still fit. A
     replica that cannot fit on one node (gpusPerReplica > gpusPerNode) is excluded too:
-    its placement group is STRICT_PACK.
+    its placement group is STRICT_PACK. So is a model that loads from a
+    PersistentVolumeClaim not in ``claims`` (ClaimNotFound; None: unknown, every claim
+    assumed present): the class's worker pods mount every admitted model's claims, and
+    one missing claim would leave all of them Pending, every model of the class with them.
     """
     pool_name = obj_name(pool)
     decisions: dict[str, Decision] = {}
@@ -170,6 +198,18 @@ def admit(pool: ServingPool, models: Iterable[ModelDeployment]) -> Admission:
                 f"spec.inCluster.gpusPerReplica: one replica takes {per_replica} GPUs but a "
                 f"{acc_name} node has {acc.gpusPerNode} (ServingPool {pool_name!r} "
                 f"spec.accelerators[{idx}].gpusPerNode); a replica must fit on one node",
+            )
+            continue
+        missing = [(f, c) for f, c in pvc_sources(md) if claims is not None and c not in claims]
+        if missing:
+            field_name, claim = missing[0]
+            decisions[name] = Decision(
+                False,
+                REASON_CLAIM_NOT_FOUND,
+                f"{field_name}: PersistentVolumeClaim {claim!r} not found in namespace "
+                f"{obj_namespace(pool)!r}; the model is left out until it exists (its "
+                f"{acc_name} workers would mount it, and wait for it, with every other model "
+                "of the class)",
             )
             continue
         need = min_gpus(md, acc)

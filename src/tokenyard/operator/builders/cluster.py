@@ -19,6 +19,7 @@ from tokenyard.api.common import SecretKeyRef
 from tokenyard.api.model import ModelDeployment
 from tokenyard.api.policy import RoutingPolicy
 from tokenyard.api.pool import AcceleratorClass, ServingPool
+from tokenyard.operator.builders.admission import pvc_sources
 from tokenyard.operator.builders.meta import (
     obj_name,
     obj_namespace,
@@ -236,15 +237,7 @@ def worker_max_replicas(acc: AcceleratorClass) -> int:
 
 def _pvc_claims(models: Iterable[ModelDeployment]) -> list[str]:
     """The PersistentVolumeClaims the models' weights and LoRA adapters load from."""
-    claims: set[str] = set()
-    for m in models:
-        ic = m.spec.inCluster
-        if ic is None:
-            continue
-        for source in [ic.source, *(a.source for a in ic.loraAdapters or [])]:
-            if source.startswith("pvc://"):
-                claims.add(source[len("pvc://") :].split("/", 1)[0])
-    return sorted(claims)
+    return sorted({claim for m in models for _, claim in pvc_sources(m)})
 
 
 def build_worker_group(

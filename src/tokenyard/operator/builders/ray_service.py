@@ -6,7 +6,7 @@ prints and the operator reports as conditions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +139,7 @@ def render_pool(
     secrets: Secrets | None = None,
     settings: OperatorSettings | None = None,
     configmaps: ConfigMaps | None = None,
+    claims: Collection[str] | None = None,
 ) -> PoolRender:
     """Render a pool's RayService and say which members got in and which did not.
 
@@ -146,12 +147,14 @@ def render_pool(
     whole namespace); members are picked here. ``secrets`` None means "unknown":
     every referenced Secret is assumed present. ``configmaps`` holds the ConfigMaps that
     Learned classifiers name (None: none read, every policy gets the heuristic).
+    ``claims`` names the PersistentVolumeClaims of the namespace that exist (None:
+    unknown, every claim a model loads from assumed present).
     """
     settings = settings or OperatorSettings()
     models = list(models)
     name, ns = obj_name(pool), obj_namespace(pool)
     image = pool.spec.image or settings.default_ray_image
-    admission = admit(pool, models)
+    admission = admit(pool, models, claims)
     members = in_cluster_members(pool, models)
     admitted = [m for m in members if admission.admitted(obj_name(m))]
     pol = _pool_policies(pool, policies)
