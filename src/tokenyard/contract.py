@@ -126,7 +126,14 @@ def accel_resource(accelerator: str) -> str:
 
 
 def _env_suffix(name: str) -> str:
-    return re.sub(r"[^A-Z0-9]", "_", name.upper())
+    """The name as an environment variable's suffix: upper case, '-' as '_'. A name with
+    a dot also gets ``_d`` and 8 hex digits of its SHA-256: 'gpt.4o' and 'gpt-4o' would
+    otherwise share one variable, and one model would call its provider with the other's
+    key (no dot-free name gives a lower-case letter, so the two kinds never meet)."""
+    suffix = re.sub(r"[^A-Z0-9]", "_", name.upper())
+    if "." in name:
+        suffix += "_d" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return suffix
 
 
 def api_key_env(model: str) -> str:

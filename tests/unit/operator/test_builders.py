@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 import pytest
@@ -1000,3 +1001,19 @@ def test_a_model_whose_claim_is_missing_is_left_out_and_not_mounted() -> None:
     assert r.admission.decisions["d-lora"].message.startswith(
         "spec.inCluster.loraAdapters[0].source: PersistentVolumeClaim 'adapters' not found"
     )
+
+
+def test_each_secret_gets_its_own_environment_variable() -> None:
+    """'gpt.4o' and 'gpt-4o' once shared TOKENYARD_APIKEY_GPT_4O: one model would have
+    called its provider with the other's key."""
+    from tokenyard import contract
+
+    names = ["gpt-4o", "gpt.4o", "gpt-4o-d", "a.b.c", "a-b.c", "a.b-c", "a-b-c"]
+    envs = [contract.api_key_env(n) for n in names]
+    assert len(set(envs)) == len(names), envs
+    assert contract.api_key_env("gpt-4o") == "TOKENYARD_APIKEY_GPT_4O"  # dot-free: unchanged
+    assert re.fullmatch(r"TOKENYARD_APIKEY_GPT_4O_d[0-9a-f]{8}", contract.api_key_env("gpt.4o"))
+    assert all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", e) for e in envs)  # shell-safe
+    docs = [external_doc(n) for n in ("gpt-4o", "gpt.4o")]
+    env = builders.secret_env_vars([ModelDeployment.model_validate(d) for d in docs], [])
+    assert len({e["name"] for e in env}) == 2, env
