@@ -110,6 +110,8 @@ QUALIFIED_NAME = rf"^({_PREFIX})?{_NAME}$"
 """A label or taint key (core/v1): an optional DNS-subdomain prefix and '/', then a name
 of at most 63 letters, digits, '-', '_' and '.', beginning and ending with a letter or
 digit."""
+TAINT_KEY = rf"^(({_PREFIX})?{_NAME})?$"
+"""A taint key: a qualified name, or empty (with operator Exists, every taint)."""
 PREFIXED_NAME = rf"^{_PREFIX}{_NAME}$"
 """A qualified name with its domain prefix, as an extended resource's (nvidia.com/gpu)."""
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
@@ -179,7 +181,7 @@ class Toleration(ApiModel):
         )
     }
 
-    key: str | None = Field(default=None, pattern=rf"^(({_PREFIX})?{_NAME})?$", max_length=317)
+    key: str | None = Field(default=None, pattern=TAINT_KEY, max_length=317)
     """key is the taint key the toleration applies to (a label key such as
     nvidia.com/gpu); empty, with operator Exists, matches all keys."""
     operator: Literal["Exists", "Equal"] | None = None

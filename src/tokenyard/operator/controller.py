@@ -375,57 +375,53 @@ class Controller:
         """Ask the API server again on the next pass whether it serves RayServices."""
         self._crd_served = None
 
-    async def secret_keys(self, refs: Iterable[str], namespace: str) -> dict[str, set[str]] | None:
-        """Data keys of the Secrets named, absent ones left out; None if unreadable."""
-        out: dict[str, set[str]] = {}
+    async def _read_named(
+        self, res: Any, kind: str, refs: Iterable[str], namespace: str, unreadable: str = ""
+    ) -> dict[str, Body] | None:
+        """The objects named that exist, by name; None (and a warning ending in
+        ``unreadable``) as soon as one cannot be read."""
+        out: dict[str, Body] = {}
         for name in sorted(set(refs)):
             try:
-                s = await self.api.get(SECRETS, namespace, name)
+                out[name] = await self.api.get(res, namespace, name)
             except NotFound:
                 continue
             except ApiError as e:
                 self.log.warning(
-                    "cannot read Secret %s/%s (%s); assuming it exists", namespace, name, e
+                    "cannot read %s %s/%s (%s)%s", kind, namespace, name, e, unreadable
                 )
                 return None
-            out[name] = set((s.get("data") or {}).keys()) | set((s.get("stringData") or {}).keys())
         return out
+
+    async def secret_keys(self, refs: Iterable[str], namespace: str) -> dict[str, set[str]] | None:
+        """Data keys of the Secrets named, absent ones left out; None if unreadable."""
+        found = await self._read_named(SECRETS, "Secret", refs, namespace, "; assuming it exists")
+        if found is None:
+            return None
+        return {
+            name: set((s.get("data") or {}).keys()) | set((s.get("stringData") or {}).keys())
+            for name, s in found.items()
+        }
 
     async def claims_present(self, refs: Iterable[str], namespace: str) -> set[str] | None:
         """The PersistentVolumeClaims named that exist; None if one cannot be read (then
         every claim is assumed present, as for Secrets)."""
-        out: set[str] = set()
-        for name in sorted(set(refs)):
-            try:
-                await self.api.get(CLAIMS, namespace, name)
-            except NotFound:
-                continue
-            except ApiError as e:
-                self.log.warning(
-                    "cannot read PersistentVolumeClaim %s/%s (%s); assuming it exists",
-                    namespace,
-                    name,
-                    e,
-                )
-                return None
-            out.add(name)
-        return out
+        found = await self._read_named(
+            CLAIMS, "PersistentVolumeClaim", refs, namespace, "; assuming it exists"
+        )
+        return None if found is None else set(found)
 
     async def configmap_data(
         self, refs: Iterable[str], namespace: str
     ) -> dict[str, dict[str, str]] | None:
         """The data of the ConfigMaps named, absent ones left out; None if unreadable."""
-        out: dict[str, dict[str, str]] = {}
-        for name in sorted(set(refs)):
-            try:
-                cm = await self.api.get(CONFIGMAPS, namespace, name)
-            except NotFound:
-                continue
-            except ApiError as e:
-                self.log.warning("cannot read ConfigMap %s/%s (%s)", namespace, name, e)
-                return None
-            out[name] = {str(k): str(v) for k, v in (cm.get("data") or {}).items()}
-        return out
+        found = await self._read_named(CONFIGMAPS, "ConfigMap", refs, namespace)
+        if found is None:
+            return None
+        return {
+            name: {str(k): str(v) for k, v in (cm.get("data") or {}).items()}
+            for name, cm in found.items()
+        }
 
     async def pool_exists(self, ns: str, name: str) -> bool:
         """Whether the pool exists: the index, else the API server (the pool's watch

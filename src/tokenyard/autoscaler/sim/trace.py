@@ -145,8 +145,6 @@ def _requests(items: Iterable[tuple[int, Any]], cols: _Columns) -> list[TraceReq
                 raise TypeError(f"not an object: {rec!r}")
             ts = cols.seconds(rec[cols.time])
             prompt, output = _tokens(rec[cols.prompt]), _tokens(rec[cols.output])
-            prompts.append(prompt)
-            outputs.append(output)
         except (KeyError, ValueError, TypeError, OverflowError) as exc:
             what = exc if type(exc) is ValueError else repr(exc)  # a missing key: KeyError('…')
             raise ValueError(
@@ -156,6 +154,8 @@ def _requests(items: Iterable[tuple[int, Any]], cols: _Columns) -> list[TraceReq
         if not math.isfinite(ts):
             raise ValueError(f"line {line}: {cols.time} is not a finite time ({cols.name})")
         times.append(ts)
+        prompts.append(prompt)
+        outputs.append(output)
     if not times:
         return []
     order = sorted(range(len(times)), key=times.__getitem__)  # stable, as before

@@ -200,7 +200,7 @@ def admit(
                 f"spec.accelerators[{idx}].gpusPerNode); a replica must fit on one node",
             )
             continue
-        missing = [(f, c) for f, c in pvc_sources(md) if claims is not None and c not in claims]
+        missing = [] if claims is None else [(f, c) for f, c in pvc_sources(md) if c not in claims]
         if missing:
             field_name, claim = missing[0]
             decisions[name] = Decision(

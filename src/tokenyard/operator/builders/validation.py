@@ -87,8 +87,9 @@ def pool_semantic_problems(pool: ServingPool) -> list[FieldProblem]:
     """The CRD's CEL rules for ServingPool (see :func:`model_semantic_problems`), and the
     pool's name as its RayService's (:func:`~.meta.ray_service_name_problem`)."""
     out: list[FieldProblem] = []
-    name_problem = ray_service_name_problem(str(pool.metadata.get("name", "")))
-    if pool.metadata.get("name") and name_problem is not None:
+    name = pool.metadata.get("name")
+    name_problem = ray_service_name_problem(str(name)) if name else None
+    if name_problem is not None:
         out.append(FieldProblem("metadata.name", name_problem))
     spec = pool.spec
     if spec.router.minReplicas > spec.router.maxReplicas:
